@@ -1,0 +1,272 @@
+//! `coupon-service api`: the HTTP apply service (DESIGN.md, "HTTP API").
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{TimeZone, Utc};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::event_id::EventId;
+use crate::gate::{read_counters, Decision, Gate};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::record::{validate_user_id, CouponRecord};
+use crate::redis_conn::RedisHandle;
+use crate::retry::Backoff;
+
+/// Health components of the api.
+pub const COMPONENTS: &[&str] = &["redis", "kafka"];
+
+/// Largest apply body accepted; a user id of 128 characters needs far less.
+pub const MAX_BODY_BYTES: usize = 1024;
+
+/// Everything a request handler needs.
+pub struct ApiState {
+    pub namespace: String,
+    pub redis: RedisHandle,
+    pub gate: Gate,
+    pub producer: FutureProducer,
+    pub produce_timeout: Duration,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    /// Events seen sold out, and when: answered 410 without Redis until `sold_out_recheck`
+    /// has passed, because a released slot can reopen the event.
+    sold_out: RwLock<HashMap<String, Instant>>,
+    pub sold_out_recheck: Duration,
+}
+
+impl ApiState {
+    pub fn new(namespace: String, redis: RedisHandle, producer: FutureProducer, produce_timeout: Duration, health: Health, metrics: Arc<Metrics>) -> Self {
+        Self {
+            namespace,
+            redis,
+            gate: Gate::new(),
+            producer,
+            produce_timeout,
+            health,
+            metrics,
+            sold_out: RwLock::new(HashMap::new()),
+            sold_out_recheck: Duration::from_secs(1),
+        }
+    }
+
+    fn known_sold_out(&self, event: &str) -> bool {
+        let map = self.sold_out.read().unwrap_or_else(|e| e.into_inner());
+        map.get(event).is_some_and(|seen| seen.elapsed() < self.sold_out_recheck)
+    }
+
+    fn mark_sold_out(&self, event: &str, sold_out: bool) {
+        let mut map = self.sold_out.write().unwrap_or_else(|e| e.into_inner());
+        if sold_out {
+            map.insert(event.to_owned(), Instant::now());
+        } else {
+            map.remove(event);
+        }
+    }
+}
+
+/// Routes of the api.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let ops = crate::ops::router(state.health.clone(), state.metrics.clone());
+    Router::new()
+        .route("/v1/events/{event}/apply", post(apply))
+        .route("/v1/events/{event}", get(event_stats))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+        .merge(ops)
+}
+
+/// Starts the probes that keep `/readyz` current.
+pub fn spawn_probes(state: &Arc<ApiState>) {
+    let redis = state.redis.clone();
+    state.health.spawn_probe("redis", Duration::from_secs(1), move || {
+        let redis = redis.clone();
+        async move {
+            match redis.get() {
+                Some(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
+                None => false,
+            }
+        }
+    });
+    let producer = state.producer.clone();
+    state.health.spawn_probe("kafka", Duration::from_secs(2), move || {
+        let producer = producer.clone();
+        async move {
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok())
+                .await
+                .unwrap_or(false)
+        }
+    });
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyRequest {
+    user_id: String,
+}
+
+/// An answer with the JSON body the API documents.
+fn answer(code: StatusCode, body: serde_json::Value) -> Response {
+    (code, Json(body)).into_response()
+}
+
+fn bad_request(error: impl std::fmt::Display) -> Response {
+    answer(StatusCode::BAD_REQUEST, json!({"status": "bad_request", "error": error.to_string()}))
+}
+
+fn unavailable() -> Response {
+    answer(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "unavailable"}))
+}
+
+async fn apply(State(state): State<Arc<ApiState>>, Path(event): Path<String>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+    let started = Instant::now();
+    let (status, response) = decide(&state, event, body).await;
+    state.metrics.answer(status);
+    state.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn decide(state: &Arc<ApiState>, event: String, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> (&'static str, Response) {
+    let event_id = match EventId::new(&state.namespace, &event) {
+        Ok(id) => id,
+        Err(error) => return ("bad_request", bad_request(error)),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let code = rejection.status();
+            return ("bad_request", answer(code, json!({"status": "bad_request", "error": rejection.body_text()})));
+        }
+    };
+    let request: ApplyRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => return ("bad_request", bad_request(format!("invalid JSON body: {error}"))),
+    };
+    if let Err(error) = validate_user_id(&request.user_id) {
+        return ("bad_request", bad_request(error));
+    }
+    if state.known_sold_out(&event) {
+        return ("sold_out", answer(StatusCode::GONE, json!({"status": "sold_out"})));
+    }
+    let Some(mut conn) = state.redis.get() else { return ("unavailable", unavailable()) };
+    if !state.health.is_ready("kafka") {
+        // Nothing is counted while the broker is known to be down.
+        return ("unavailable", unavailable());
+    }
+    let decision = match state.gate.apply(&mut conn, &event_id, &request.user_id).await {
+        Ok(decision) => decision,
+        Err(error) => {
+            tracing::warn!(%error, "gate script failed");
+            return ("unavailable", unavailable());
+        }
+    };
+    match decision {
+        Decision::Issued { slot, topic } => {
+            state.mark_sold_out(&event, false);
+            // The produce and, on failure, the release run to completion even if the client
+            // goes away, so no slot is left held by a request nobody waits for.
+            let task = tokio::spawn(deliver(state.clone(), event_id, request.user_id, slot, topic));
+            match task.await {
+                Ok(true) => ("issued", answer(StatusCode::CREATED, json!({"status": "issued", "slot": slot}))),
+                _ => ("unavailable", unavailable()),
+            }
+        }
+        Decision::Duplicate => ("duplicate", answer(StatusCode::CONFLICT, json!({"status": "duplicate"}))),
+        Decision::SoldOut => {
+            state.mark_sold_out(&event, true);
+            ("sold_out", answer(StatusCode::GONE, json!({"status": "sold_out"})))
+        }
+        Decision::NotOpen => ("not_open", answer(StatusCode::FORBIDDEN, json!({"status": "not_open"}))),
+        Decision::Closed => ("closed", answer(StatusCode::FORBIDDEN, json!({"status": "closed"}))),
+        Decision::UnknownEvent => ("unknown_event", answer(StatusCode::NOT_FOUND, json!({"status": "unknown_event"}))),
+        Decision::Recovering => ("unavailable", unavailable()),
+    }
+}
+
+/// Produces the record and waits for the broker's acknowledgement; on failure gives the slot
+/// and the user's mark back. Returns whether the record was acknowledged.
+async fn deliver(state: Arc<ApiState>, event: EventId, user_id: String, slot: i64, topic: String) -> bool {
+    let record = CouponRecord { event: event.to_string(), user_id, slot, issued_at: Utc::now() };
+    let payload = serde_json::to_vec(&record).expect("record serializes");
+    let produced = state
+        .producer
+        .send(FutureRecord::to(&topic).key(&record.user_id).payload(&payload), Timeout::After(state.produce_timeout))
+        .await;
+    let error = match produced {
+        Ok(_) => return true,
+        Err((error, _)) => error,
+    };
+    tracing::warn!(%error, event = %event, slot, "produce failed; releasing the slot");
+    state.metrics.released_slots.inc();
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    for _ in 0..20 {
+        if let Some(mut conn) = state.redis.get() {
+            match state.gate.release(&mut conn, &event, &record.user_id, slot).await {
+                Ok(_) => return false,
+                Err(error) => tracing::warn!(%error, event = %event, slot, "release failed, retrying"),
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+    tracing::error!(event = %event, slot, user = %record.user_id, "could not release slot: it stays counted without a coupon");
+    false
+}
+
+async fn event_stats(State(state): State<Arc<ApiState>>, Path(event): Path<String>) -> Response {
+    let event_id = match EventId::new(&state.namespace, &event) {
+        Ok(id) => id,
+        Err(error) => return bad_request(error),
+    };
+    let Some(mut conn) = state.redis.get() else { return unavailable() };
+    let counters = match read_counters(&mut conn, &event_id).await {
+        Ok(Some(counters)) => counters,
+        Ok(None) => return answer(StatusCode::NOT_FOUND, json!({"status": "unknown_event"})),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read event");
+            return unavailable();
+        }
+    };
+    let now = Utc::now().timestamp_millis();
+    let state_name = if counters.recovering {
+        "recovering"
+    } else if now < counters.start_ms {
+        "scheduled"
+    } else if now >= counters.end_ms {
+        "closed"
+    } else if counters.issued >= counters.limit {
+        "sold_out"
+    } else {
+        "open"
+    };
+    let rfc3339 = |ms: i64| Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339()).unwrap_or_default();
+    answer(
+        StatusCode::OK,
+        json!({
+            "event": event_id.to_string(),
+            "limit": counters.limit,
+            "issued": counters.issued,
+            "remaining": (counters.limit - counters.issued).max(0),
+            "persisted": counters.persisted,
+            "opensAt": rfc3339(counters.start_ms),
+            "closesAt": rfc3339(counters.end_ms),
+            "state": state_name,
+        }),
+    )
+}
+
+/// Flushes records still in the producer's queue before the process exits.
+pub fn flush_producer(producer: &FutureProducer, timeout: Duration) {
+    if let Err(error) = producer.flush(Timeout::After(timeout)) {
+        tracing::warn!(%error, "producer flush incomplete at shutdown");
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    coupon_service::cli::main()
+}

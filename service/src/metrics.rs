@@ -1,0 +1,75 @@
+//! Prometheus metrics of the api and the consumer.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+/// Every metric of the process, registered once.
+pub struct Metrics {
+    registry: Registry,
+    /// Apply answers by status (`issued`, `duplicate`, `sold_out`, ...).
+    pub apply_answers: Family<StatusLabel, Counter>,
+    /// Time from request to answer, seconds.
+    pub apply_seconds: Histogram,
+    /// Produce failures that released a slot.
+    pub released_slots: Counter,
+    /// Coupon rows written by the consumer.
+    pub rows_written: Counter,
+    /// Records sent to `failed_events`.
+    pub records_failed: Counter,
+    /// Batches committed (SQL and offsets).
+    pub batches: Counter,
+    /// Time to write one batch to SQL, seconds.
+    pub batch_seconds: Histogram,
+    /// Offset commits the broker refused (the batch will be redelivered and skipped).
+    pub commit_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("coupon");
+        let apply_answers = Family::<StatusLabel, Counter>::default();
+        registry.register("apply_answers", "Apply answers by status", apply_answers.clone());
+        let apply_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register("apply_seconds", "Apply latency in seconds", apply_seconds.clone());
+        let released_slots = Counter::default();
+        registry.register("released_slots", "Slots given back after a failed produce", released_slots.clone());
+        let rows_written = Counter::default();
+        registry.register("consumer_rows_written", "Coupon rows written to SQL", rows_written.clone());
+        let records_failed = Counter::default();
+        registry.register("consumer_records_failed", "Records written to failed_events", records_failed.clone());
+        let batches = Counter::default();
+        registry.register("consumer_batches", "Batches committed to SQL and Kafka", batches.clone());
+        let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("consumer_batch_seconds", "SQL time per batch in seconds", batch_seconds.clone());
+        let commit_errors = Counter::default();
+        registry.register("consumer_commit_errors", "Offset commits that failed", commit_errors.clone());
+        Self { registry, apply_answers, apply_seconds, released_slots, rows_written, records_failed, batches, batch_seconds, commit_errors }
+    }
+}
+
+impl Metrics {
+    pub fn shared() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn answer(&self, status: &'static str) {
+        self.apply_answers.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,1 +1,315 @@
+//! Test harness: real Redis, a real Kafka-protocol broker (tansu) and real SQL databases,
+//! reached at the addresses `dev/stack up` provides (overridable by environment variables).
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use coupon_service::api::ApiState;
+use coupon_service::event_id::EventId;
+use coupon_service::health::Health;
+use coupon_service::kafka::KafkaSettings;
+use coupon_service::metrics::Metrics;
+use coupon_service::provision::{self, EventConfig};
+use coupon_service::redis_conn::RedisHandle;
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+
+pub mod tcp_gate;
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// A fresh SQLite database file for one test.
+pub fn sqlite_url() -> String {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("coupon-test")));
+    format!("sqlite://{}", path.display())
+}
+
+/// A name no other test (or earlier run) uses: lower-case, valid as event name and topic.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}-{}", std::process::id(), Utc::now().timestamp_micros(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn kafka(brokers: &str) -> KafkaSettings {
+    KafkaSettings { bootstrap_servers: brokers.to_owned(), produce_timeout: Duration::from_secs(5) }
+}
+
+pub async fn redis() -> ConnectionManager {
+    RedisHandle::connect_with_deadline(&redis_url(), Duration::from_secs(10)).await.expect("Redis is up (dev/stack up)")
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A provisioned event on its own topic.
+#[derive(Clone, Debug)]
+pub struct TestEvent {
+    pub id: EventId,
+    pub topic: String,
+    pub limit: i64,
+}
+
+impl TestEvent {
+    pub fn key(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+/// Provisions an event open now for ten minutes, on a new topic of `partitions` partitions.
+pub async fn provision_event(brokers: &str, namespace: &str, limit: i64, partitions: i32) -> TestEvent {
+    let name = unique("ev");
+    let id = EventId::new(namespace, &name).unwrap();
+    let topic = format!("coupons.{name}");
+    let config = EventConfig { limit, per_user: 1, start: Utc::now() - chrono::Duration::seconds(5), end: Utc::now() + chrono::Duration::minutes(10), topic: topic.clone() };
+    let admin = kafka(brokers).admin().unwrap();
+    let mut conn = redis().await;
+    provision::provision_event(&mut conn, &admin, &id, &config, partitions, 1).await.expect("provision");
+    TestEvent { id, topic, limit }
+}
+
+/// Redis state of an event, for "nothing changed" assertions.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RedisSnapshot {
+    pub config: Vec<(String, String)>,
+    pub count: Option<i64>,
+    pub users: Vec<String>,
+    pub free: Vec<i64>,
+}
+
+pub async fn redis_snapshot(id: &EventId) -> RedisSnapshot {
+    let keys = id.keys();
+    let mut conn = redis().await;
+    let mut config: Vec<(String, String)> = redis::cmd("HGETALL").arg(&keys.config).query_async(&mut conn).await.unwrap();
+    config.sort();
+    let count: Option<i64> = redis::cmd("GET").arg(&keys.count).query_async(&mut conn).await.unwrap();
+    let mut users: Vec<String> = redis::cmd("SMEMBERS").arg(&keys.users).query_async(&mut conn).await.unwrap();
+    users.sort();
+    let free: Vec<i64> = redis::cmd("LRANGE").arg(&keys.free).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    RedisSnapshot { config, count, users, free }
+}
+
+/// An api served in this process on an ephemeral port.
+pub struct InProcessApi {
+    pub base_url: String,
+    pub state: Arc<ApiState>,
+    stop: watch::Sender<bool>,
+}
+
+impl InProcessApi {
+    /// Starts the api with its readiness probes and waits until it is ready.
+    pub async fn start(namespace: &str, brokers: &str) -> Self {
+        let api = Self::start_without_probes(namespace, brokers, Duration::from_secs(5)).await;
+        coupon_service::api::spawn_probes(&api.state);
+        let state = api.state.clone();
+        wait_until("api ready", Duration::from_secs(30), || {
+            let ready = state.health.all_ready();
+            async move { ready.then_some(()) }
+        })
+        .await;
+        api
+    }
+
+    /// Starts the api without probes: the test sets `state.health` itself.
+    pub async fn start_without_probes(namespace: &str, brokers: &str, produce_timeout: Duration) -> Self {
+        let redis = RedisHandle::connect_in_background(&redis_url()).unwrap();
+        redis.wait().await;
+        let settings = KafkaSettings { bootstrap_servers: brokers.to_owned(), produce_timeout };
+        let state = Arc::new(ApiState::new(namespace.to_owned(), redis, settings.producer().unwrap(), produce_timeout, Health::new(coupon_service::api::COMPONENTS), Metrics::shared()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stop_rx) = watch::channel(false);
+        let app = coupon_service::api::router(state.clone());
+        tokio::spawn(async move { axum_serve(listener, app, stop_rx).await });
+        Self { base_url, state, stop }
+    }
+
+    pub fn apply_url(&self, event: &EventId) -> String {
+        format!("{}/v1/events/{}/apply", self.base_url, event.name())
+    }
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router, stop: watch::Receiver<bool>) {
+    let _ = axum::serve(listener, app).with_graceful_shutdown(coupon_service::telemetry::wait_for(stop)).await;
+}
+
+impl Drop for InProcessApi {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A consumer running in this process.
+pub struct InProcessConsumer {
+    stop: watch::Sender<bool>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessConsumer {
+    pub fn start(database_url: &str, topics: &[&str], brokers: &str) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let settings = coupon_service::consumer::ConsumerSettings {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            group_id: unique("group"),
+            batch_size: 500,
+            batch_linger: Duration::from_millis(20),
+        };
+        let redis = RedisHandle::connect_in_background(&redis_url()).unwrap();
+        let handle = tokio::spawn(coupon_service::consumer::run(
+            settings,
+            kafka(brokers),
+            database_url.to_owned(),
+            redis,
+            Health::new(coupon_service::consumer::COMPONENTS),
+            Metrics::shared(),
+            stop_rx,
+        ));
+        Self { stop, handle: Some(handle) }
+    }
+
+    /// Stops after the batch in hand and returns the consumer's result.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.handle.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for InProcessConsumer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Waits until the event has `rows` coupon rows, then asserts it has exactly that many.
+pub async fn wait_for_rows(store: &coupon_service::store::Store, event: &str, rows: i64, timeout: Duration) {
+    let mut last = 0;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        last = store.count_coupons(event).await.unwrap();
+        if last >= rows {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, rows, "rows of {event} in {}", store.dialect());
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process that is killed when dropped, with its stderr kept in a file.
+pub struct ChildProcess {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+}
+
+impl ChildProcess {
+    pub fn spawn(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("child")));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = tokio::process::Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).kill_on_drop(true);
+        command.env("RUST_LOG", "info");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Self { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Still running?
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// GETs `url` and returns the status (0 when nothing answers).
+pub async fn http_status(url: &str) -> u16 {
+    match reqwest::Client::new().get(url).timeout(Duration::from_secs(2)).send().await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// A tansu broker owned by one test, for tests that stop the broker.
+pub struct OwnTansu {
+    pub port: u16,
+    process: Option<ChildProcess>,
+}
+
+impl OwnTansu {
+    pub fn binary() -> PathBuf {
+        if let Ok(path) = std::env::var("TANSU") {
+            return path.into();
+        }
+        let home = std::env::var("HOME").unwrap_or_default();
+        let cargo = Path::new(&home).join(".cargo/bin/tansu");
+        if cargo.exists() {
+            cargo
+        } else {
+            "tansu".into()
+        }
+    }
+
+    pub async fn start(port: u16) -> Self {
+        let mut tansu = Self { port, process: None };
+        tansu.restart().await;
+        tansu
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port with fresh in-memory storage.
+    pub async fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let process = ChildProcess::spawn(&Self::binary(), &["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"], &[]);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        wait_until("own tansu listening", Duration::from_secs(30), || async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }).await;
+        self.process = Some(process);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.child.kill().await;
+        }
+    }
+}

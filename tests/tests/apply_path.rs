@@ -1,0 +1,129 @@
+//! The apply path end to end: HTTP -> Redis gate -> Kafka (tansu) -> consumer -> SQL.
+
+use std::time::Duration;
+
+use coupon_service::load::{self, LoadPlan};
+use coupon_service::store::Store;
+use coupon_tests::*;
+
+const NAMESPACE: &str = "shop";
+
+async fn burst(base_url: &str, event: &str, requests: usize, same_user: bool, prefix: &str) -> load::LoadReport {
+    let plan = LoadPlan {
+        base_url: base_url.to_owned(),
+        event: event.to_owned(),
+        requests,
+        concurrency: 200,
+        same_user,
+        user_prefix: prefix.to_owned(),
+        progress: false,
+    };
+    load::run(&plan).await.unwrap()
+}
+
+/// 1,000 distinct users against limit 100: exactly slots 1..=100 issued once each, 900 sold
+/// out, and exactly 100 rows in the given database.
+async fn thousand_users_limit_hundred(database_url: String) {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 100, 3).await;
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let api = InProcessApi::start(NAMESPACE, &brokers).await;
+    let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
+
+    let report = burst(&api.base_url, event.id.name(), 1000, false, "user-").await;
+    assert_eq!(report.count(201), 100, "{}", report.table());
+    assert_eq!(report.count(410), 900, "{}", report.table());
+    let mut slots = report.slots.clone();
+    slots.sort();
+    assert_eq!(slots, (1..=100).collect::<Vec<i64>>());
+
+    wait_for_rows(&store, &event.key(), 100, Duration::from_secs(30)).await;
+    let rows = store.coupons(&event.key()).await.unwrap();
+    assert_eq!(rows.iter().map(|(_, slot)| *slot).collect::<Vec<_>>(), (1..=100).collect::<Vec<i64>>());
+    let mut users: Vec<&String> = rows.iter().map(|(user, _)| user).collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 100);
+    assert!(store.failed_events(&event.topic).await.unwrap().is_empty());
+
+    let snapshot = redis_snapshot(&event.id).await;
+    assert_eq!(snapshot.count, Some(100), "the counter never passes the limit");
+    assert_eq!(snapshot.users.len(), 100);
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_distinct_users_get_exactly_the_limit_on_postgres() {
+    thousand_users_limit_hundred(postgres_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_distinct_users_get_exactly_the_limit_on_mariadb() {
+    thousand_users_limit_hundred(mysql_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_distinct_users_get_exactly_the_limit_on_sqlite() {
+    thousand_users_limit_hundred(sqlite_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_user_applying_a_thousand_times_gets_one_coupon() {
+    let brokers = kafka_brokers();
+    let database_url = sqlite_url();
+    let event = provision_event(&brokers, NAMESPACE, 100, 3).await;
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let api = InProcessApi::start(NAMESPACE, &brokers).await;
+    let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
+
+    let report = burst(&api.base_url, event.id.name(), 1000, true, "solo-").await;
+    assert_eq!(report.count(201), 1, "{}", report.table());
+    assert_eq!(report.count(409), 999, "{}", report.table());
+    wait_for_rows(&store, &event.key(), 1, Duration::from_secs(30)).await;
+    assert_eq!(store.coupons(&event.key()).await.unwrap(), vec![("solo-0".to_owned(), 1)]);
+    let snapshot = redis_snapshot(&event.id).await;
+    assert_eq!(snapshot.count, Some(1));
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_api_processes_share_one_limit() {
+    let brokers = kafka_brokers();
+    let database_url = postgres_url();
+    let event = provision_event(&brokers, NAMESPACE, 100, 3).await;
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let ports = [free_port(), free_port()];
+    let redis_url = redis_url();
+    let apis: Vec<ChildProcess> = ports
+        .iter()
+        .map(|port| {
+            let listen = format!("127.0.0.1:{port}");
+            ChildProcess::spawn(binary, &["api"], &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)])
+        })
+        .collect();
+    for port in ports {
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        wait_until("api process ready", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { (http_status(&url).await == 200).then_some(()) }
+        })
+        .await;
+    }
+    let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
+
+    let first = format!("http://127.0.0.1:{}", ports[0]);
+    let second = format!("http://127.0.0.1:{}", ports[1]);
+    let (a, b) = tokio::join!(burst(&first, event.id.name(), 1000, false, "a-"), burst(&second, event.id.name(), 1000, false, "b-"));
+    assert_eq!(a.count(201) + b.count(201), 100, "{}\n{}", a.table(), b.table());
+    assert_eq!(a.count(410) + b.count(410), 1900);
+    let mut slots: Vec<i64> = a.slots.iter().chain(b.slots.iter()).copied().collect();
+    slots.sort();
+    assert_eq!(slots, (1..=100).collect::<Vec<i64>>());
+    wait_for_rows(&store, &event.key(), 100, Duration::from_secs(30)).await;
+    consumer.stop().await.unwrap();
+    drop(apis);
+}

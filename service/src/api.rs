@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{TimeZone, Utc};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Deserialize;
@@ -19,6 +20,7 @@ use serde_json::json;
 use crate::event_id::EventId;
 use crate::gate::{read_counters, Decision, Gate};
 use crate::health::Health;
+use crate::kafka::KafkaSettings;
 use crate::metrics::Metrics;
 use crate::record::{validate_user_id, CouponRecord};
 use crate::redis_conn::RedisHandle;
@@ -35,8 +37,10 @@ pub struct ApiState {
     pub namespace: String,
     pub redis: RedisHandle,
     pub gate: Gate,
-    pub producer: FutureProducer,
-    pub produce_timeout: Duration,
+    kafka: KafkaSettings,
+    /// The producer and its generation. An idempotent producer that hit a fatal error (for
+    /// example fenced after a timed-out batch) refuses every later record, so it is replaced.
+    producer: RwLock<(u64, FutureProducer)>,
     pub health: Health,
     pub metrics: Arc<Metrics>,
     /// Events seen sold out, and when: answered 410 without Redis until `sold_out_recheck`
@@ -46,17 +50,54 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(namespace: String, redis: RedisHandle, producer: FutureProducer, produce_timeout: Duration, health: Health, metrics: Arc<Metrics>) -> Self {
-        Self {
+    pub fn new(namespace: String, redis: RedisHandle, kafka: KafkaSettings, health: Health, metrics: Arc<Metrics>) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer = kafka.producer()?;
+        Ok(Self {
             namespace,
             redis,
             gate: Gate::new(),
-            producer,
-            produce_timeout,
+            kafka,
+            producer: RwLock::new((0, producer)),
             health,
             metrics,
             sold_out: RwLock::new(HashMap::new()),
             sold_out_recheck: Duration::from_secs(1),
+        })
+    }
+
+    /// The current producer and its generation.
+    pub fn producer(&self) -> (u64, FutureProducer) {
+        self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the producer of `generation` if it can no longer produce: a fatal error;
+    /// fenced (some brokers fence an idempotent producer whose batch timed out); or a record
+    /// timed out although the broker answers, which is what a broker that lost its producer
+    /// state after a restart looks like (librdkafka retries `UNKNOWN_PRODUCER_ID` until the
+    /// record expires). Later generations are left alone, so concurrent failures replace it
+    /// once; the old producer still delivers what it holds before it is dropped.
+    fn replace_if_broken(&self, generation: u64, failed: &FutureProducer, error: &KafkaError) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let fenced = match error {
+            KafkaError::MessageProduction(Code::ProducerFenced | Code::InvalidProducerEpoch | Code::OutOfOrderSequenceNumber | Code::UnknownProducerId | Code::Fatal) => true,
+            KafkaError::MessageProduction(Code::MessageTimedOut) => self.health.is_ready("kafka"),
+            _ => false,
+        };
+        let reason = match failed.client().fatal_error() {
+            Some((_, reason)) => reason,
+            None if fenced => error.to_string(),
+            None => return,
+        };
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if current.0 != generation {
+            return;
+        }
+        match self.kafka.producer() {
+            Ok(fresh) => {
+                tracing::warn!(%reason, "producer cannot produce any more; replaced it");
+                *current = (generation + 1, fresh);
+            }
+            Err(error) => tracing::error!(%error, "cannot create a new producer"),
         }
     }
 
@@ -98,9 +139,9 @@ pub fn spawn_probes(state: &Arc<ApiState>) {
             }
         }
     });
-    let producer = state.producer.clone();
+    let probe_state = state.clone();
     state.health.spawn_probe("kafka", Duration::from_secs(2), move || {
-        let producer = producer.clone();
+        let (_, producer) = probe_state.producer();
         async move {
             tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok())
                 .await
@@ -198,14 +239,15 @@ async fn decide(state: &Arc<ApiState>, event: String, body: Result<Bytes, axum::
 async fn deliver(state: Arc<ApiState>, event: EventId, user_id: String, slot: i64, topic: String) -> bool {
     let record = CouponRecord { event: event.to_string(), user_id, slot, issued_at: Utc::now() };
     let payload = serde_json::to_vec(&record).expect("record serializes");
-    let produced = state
-        .producer
-        .send(FutureRecord::to(&topic).key(&record.user_id).payload(&payload), Timeout::After(state.produce_timeout))
+    let (generation, producer) = state.producer();
+    let produced = producer
+        .send(FutureRecord::to(&topic).key(&record.user_id).payload(&payload), Timeout::After(state.kafka.produce_timeout))
         .await;
     let error = match produced {
         Ok(_) => return true,
         Err((error, _)) => error,
     };
+    state.replace_if_broken(generation, &producer, &error);
     tracing::warn!(%error, event = %event, slot, "produce failed; releasing the slot");
     state.metrics.released_slots.inc();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
@@ -265,8 +307,8 @@ async fn event_stats(State(state): State<Arc<ApiState>>, Path(event): Path<Strin
 }
 
 /// Flushes records still in the producer's queue before the process exits.
-pub fn flush_producer(producer: &FutureProducer, timeout: Duration) {
-    if let Err(error) = producer.flush(Timeout::After(timeout)) {
+pub fn flush_producer(state: &ApiState, timeout: Duration) {
+    if let Err(error) = state.producer().1.flush(Timeout::After(timeout)) {
         tracing::warn!(%error, "producer flush incomplete at shutdown");
     }
 }

@@ -226,15 +226,13 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     EventId::new(&args.namespace, "x").map_err(|e| anyhow::anyhow!("--namespace: {e}"))?;
     let health = Health::new(crate::api::COMPONENTS);
     let redis = RedisHandle::connect_in_background(&args.redis.redis_url)?;
-    let kafka = args.kafka.settings();
-    let producer = kafka.producer()?;
-    let state = Arc::new(crate::api::ApiState::new(args.namespace, redis, producer.clone(), kafka.produce_timeout, health, Metrics::shared()));
+    let state = Arc::new(crate::api::ApiState::new(args.namespace, redis, args.kafka.settings(), health, Metrics::shared())?);
     crate::api::spawn_probes(&state);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "api listening");
     let shutdown = telemetry::shutdown_signal();
-    axum::serve(listener, crate::api::router(state)).with_graceful_shutdown(telemetry::wait_for(shutdown)).await?;
-    tokio::task::spawn_blocking(move || crate::api::flush_producer(&producer, Duration::from_secs(10))).await?;
+    axum::serve(listener, crate::api::router(state.clone())).with_graceful_shutdown(telemetry::wait_for(shutdown)).await?;
+    tokio::task::spawn_blocking(move || crate::api::flush_producer(&state, Duration::from_secs(10))).await?;
     tracing::info!("api stopped");
     Ok(())
 }

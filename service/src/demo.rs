@@ -108,7 +108,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         stop_rx.clone(),
     ));
 
-    let api_state = Arc::new(crate::api::ApiState::new("demo".into(), redis.clone(), kafka.producer()?, kafka.produce_timeout, Health::new(crate::api::COMPONENTS), Metrics::shared()));
+    let api_state = Arc::new(crate::api::ApiState::new("demo".into(), redis.clone(), kafka.clone(), Health::new(crate::api::COMPONENTS), Metrics::shared())?);
     crate::api::spawn_probes(&api_state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base_url = format!("http://{}", listener.local_addr()?);

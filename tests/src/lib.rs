@@ -49,6 +49,12 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}-{}", std::process::id(), Utc::now().timestamp_micros(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Logs of in-process components go to the test output (shown for failing tests).
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| coupon_service::telemetry::init_logging(coupon_service::telemetry::LogFormat::Text, "warn"));
+}
+
 pub fn kafka(brokers: &str) -> KafkaSettings {
     KafkaSettings { bootstrap_servers: brokers.to_owned(), produce_timeout: Duration::from_secs(5) }
 }
@@ -143,10 +149,11 @@ impl InProcessApi {
 
     /// Starts the api without probes: the test sets `state.health` itself.
     pub async fn start_without_probes(namespace: &str, brokers: &str, produce_timeout: Duration) -> Self {
+        init_logging();
         let redis = RedisHandle::connect_in_background(&redis_url()).unwrap();
         redis.wait().await;
         let settings = KafkaSettings { bootstrap_servers: brokers.to_owned(), produce_timeout };
-        let state = Arc::new(ApiState::new(namespace.to_owned(), redis, settings.producer().unwrap(), produce_timeout, Health::new(coupon_service::api::COMPONENTS), Metrics::shared()));
+        let state = Arc::new(ApiState::new(namespace.to_owned(), redis, settings, Health::new(coupon_service::api::COMPONENTS), Metrics::shared()).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stop_rx) = watch::channel(false);
@@ -178,6 +185,7 @@ pub struct InProcessConsumer {
 
 impl InProcessConsumer {
     pub fn start(database_url: &str, topics: &[&str], brokers: &str) -> Self {
+        init_logging();
         let (stop, stop_rx) = watch::channel(false);
         let settings = coupon_service::consumer::ConsumerSettings {
             topics: topics.iter().map(|t| t.to_string()).collect(),

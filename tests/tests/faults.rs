@@ -1,0 +1,326 @@
+//! Failures on the apply path: broker down, consumer crash, bad records, bad input,
+//! dependencies missing at start-up.
+
+use std::path::Path;
+use std::time::Duration;
+
+use coupon_service::store::Store;
+use coupon_tests::tcp_gate::TcpGate;
+use coupon_tests::*;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::json;
+
+const NAMESPACE: &str = "shop";
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"))
+}
+
+async fn apply(client: &reqwest::Client, url: &str, body: String) -> (u16, serde_json::Value) {
+    let response = client.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+async fn apply_user(client: &reqwest::Client, url: &str, user: &str) -> (u16, serde_json::Value) {
+    apply(client, url, json!({ "userId": user }).to_string()).await
+}
+
+fn raw_producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("acks", "all").create().unwrap()
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &str) {
+    producer.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
+fn record(event: &str, user: &str, slot: i64) -> String {
+    json!({"event": event, "userId": user, "slot": slot, "issuedAt": "2026-11-27T10:00:00Z"}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_down_answers_503_releases_the_slot_and_recovers() {
+    let mut tansu = OwnTansu::start(free_port()).await;
+    let brokers = tansu.brokers();
+    let event = provision_event(&brokers, NAMESPACE, 5, 1).await;
+    let client = reqwest::Client::new();
+
+    // An api whose health is set by hand, so that a produce to a dead broker is attempted
+    // and the release path runs.
+    let api = InProcessApi::start_without_probes(NAMESPACE, &brokers, Duration::from_secs(1)).await;
+    api.state.health.set("redis", true);
+    api.state.health.set("kafka", true);
+    let url = api.apply_url(&event.id);
+    // The first produce may time out while the idempotent producer registers; a 503 releases
+    // the slot, so the user gets slot 1 once the producer is warm.
+    let first = wait_until("first coupon while the broker is up", Duration::from_secs(30), || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let answer = apply_user(&client, &url, "u1").await;
+            (answer.0 != 503).then_some(answer)
+        }
+    })
+    .await;
+    assert_eq!(first, (201, json!({"status": "issued", "slot": 1})));
+
+    tansu.stop().await;
+    let (a, b) = tokio::join!(apply_user(&client, &url, "u2"), apply_user(&client, &url, "u3"));
+    assert_eq!(a, (503, json!({"status": "unavailable"})));
+    assert_eq!(b, (503, json!({"status": "unavailable"})));
+    let snapshot = redis_snapshot(&event.id).await;
+    assert_eq!(snapshot.users, vec!["u1".to_owned()], "user marks released");
+    let mut free = snapshot.free.clone();
+    free.sort();
+    assert_eq!(free, vec![2, 3], "slots released to the free list");
+    assert_eq!(snapshot.count.unwrap() - snapshot.free.len() as i64, 1, "issued unchanged");
+
+    // A real api process notices the outage through its readiness probe and counts nothing.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let redis_url = redis_url();
+    let _process = ChildProcess::spawn(binary(), &["api"], &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)]);
+    let readyz = format!("http://{listen}/readyz");
+    wait_until("api process up but not ready", Duration::from_secs(30), || {
+        let readyz = readyz.clone();
+        async move { (http_status(&readyz).await == 503).then_some(()) }
+    })
+    .await;
+    let process_url = format!("http://{listen}/v1/events/{}/apply", event.id.name());
+    assert_eq!(apply_user(&client, &process_url, "u4").await.0, 503);
+    assert_eq!(redis_snapshot(&event.id).await, snapshot, "nothing counted while the broker is down");
+
+    // Broker back (fresh in-memory storage, so the topic is created again).
+    tansu.restart().await;
+    kafka(&brokers).admin().unwrap().ensure_topic(&event.topic, 1, 1).await.unwrap();
+    wait_until("api process ready again", Duration::from_secs(60), || {
+        let readyz = readyz.clone();
+        async move { (http_status(&readyz).await == 200).then_some(()) }
+    })
+    .await;
+    let mut slots = Vec::new();
+    for user in ["u2", "u3"] {
+        let answer = wait_until("the same user gets a coupon once the broker is back", Duration::from_secs(60), || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let answer = apply_user(&client, &url, user).await;
+                (answer.0 != 503).then_some(answer)
+            }
+        })
+        .await;
+        assert_eq!(answer.0, 201, "{answer:?}");
+        slots.push(answer.1["slot"].as_i64().unwrap());
+    }
+    slots.sort();
+    assert_eq!(slots, vec![2, 3], "released slots are reused first");
+    let after = redis_snapshot(&event.id).await;
+    assert_eq!(after.count, Some(3));
+    assert!(after.free.is_empty());
+
+    let database_url = sqlite_url();
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
+    wait_for_rows(&store, &event.key(), 2, Duration::from_secs(30)).await;
+    let mut rows = store.coupons(&event.key()).await.unwrap();
+    rows.sort();
+    let mut users: Vec<&str> = rows.iter().map(|(u, _)| u.as_str()).collect();
+    users.sort();
+    assert_eq!(users, ["u2", "u3"]);
+    let mut slots: Vec<i64> = rows.iter().map(|(_, s)| *s).collect();
+    slots.sort();
+    assert_eq!(slots, [2, 3]);
+    consumer.stop().await.unwrap();
+    tansu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_killed_after_sql_commit_before_offset_commit_loses_and_duplicates_nothing() {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 50, 1).await;
+    let producer = raw_producer(&brokers);
+    for slot in 1..=50 {
+        produce(&producer, &event.topic, &format!("u{slot}"), &record(&event.key(), &format!("u{slot}"), slot)).await;
+    }
+    let database_url = postgres_url();
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let group = unique("crash-group");
+    let redis_url = redis_url();
+    let env = |listen: &str| {
+        vec![
+            ("LISTEN_ADDR".to_owned(), listen.to_owned()),
+            ("DATABASE_URL".to_owned(), database_url.clone()),
+            ("COUPON_TOPICS".to_owned(), event.topic.clone()),
+            ("CONSUMER_GROUP".to_owned(), group.clone()),
+            ("REDIS_URL".to_owned(), redis_url.clone()),
+            ("KAFKA_BROKERS".to_owned(), brokers.clone()),
+            ("BATCH_SIZE".to_owned(), "20".to_owned()),
+        ]
+    };
+    let spawn = |extra: Vec<(String, String)>| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut vars = env(&listen);
+        vars.extend(extra);
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        ChildProcess::spawn(binary(), &["consumer"], &pairs)
+    };
+
+    let mut crashing = spawn(vec![("FAILPOINTS".to_owned(), "consumer-after-sql-commit=return".to_owned())]);
+    let status = tokio::time::timeout(Duration::from_secs(60), crashing.child.wait()).await.expect("consumer crashes at the fault point").unwrap();
+    assert!(!status.success(), "aborted, not a clean exit");
+    assert!(crashing.log_text().contains("consumer-after-sql-commit"), "{}", crashing.log_text());
+    let written_before_crash = store.count_coupons(&event.key()).await.unwrap();
+    assert!(written_before_crash > 0, "the first batch reached SQL before the crash");
+
+    let mut restarted = spawn(vec![]);
+    wait_for_rows(&store, &event.key(), 50, Duration::from_secs(60)).await;
+    let rows = store.coupons(&event.key()).await.unwrap();
+    assert_eq!(rows.iter().map(|(_, s)| *s).collect::<Vec<_>>(), (1..=50).collect::<Vec<i64>>());
+    assert!(rows.iter().all(|(user, slot)| user == &format!("u{slot}")));
+    assert!(store.failed_events(&event.topic).await.unwrap().is_empty(), "redelivered records are recognised, not failed");
+    assert!(restarted.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_record_lands_in_failed_events_and_later_records_are_written() {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 10, 1).await;
+    let producer = raw_producer(&brokers);
+    produce(&producer, &event.topic, "u1", &record(&event.key(), "u1", 1)).await;
+    produce(&producer, &event.topic, "junk", "{not json").await;
+    produce(&producer, &event.topic, "u2", &record(&event.key(), "u2", 2)).await;
+    produce(&producer, &event.topic, "u3", &record(&event.key(), "u3", 11)).await;
+    produce(&producer, &event.topic, "u4", &record(&event.key(), "u4", 3)).await;
+
+    let database_url = sqlite_url();
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
+    wait_for_rows(&store, &event.key(), 3, Duration::from_secs(30)).await;
+    let failed = wait_until("two failed records", Duration::from_secs(30), || {
+        let store = store.clone();
+        let topic = event.topic.clone();
+        async move {
+            let failed = store.failed_events(&topic).await.unwrap();
+            (failed.len() == 2).then_some(failed)
+        }
+    })
+    .await;
+    assert_eq!(failed[0].offset, 1);
+    assert_eq!(failed[0].payload, "{not json");
+    assert!(failed[0].reason.contains("not a coupon record"), "{}", failed[0].reason);
+    assert_eq!(failed[1].offset, 3);
+    assert!(failed[1].reason.contains("beyond the event's limit 10"), "{}", failed[1].reason);
+    let rows = store.coupons(&event.key()).await.unwrap();
+    assert_eq!(rows, vec![("u1".to_owned(), 1), ("u2".to_owned(), 2), ("u4".to_owned(), 3)]);
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_http_input_gets_a_documented_4xx_and_changes_no_redis_key() {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 10, 1).await;
+    let api = InProcessApi::start(NAMESPACE, &brokers).await;
+    let client = reqwest::Client::new();
+    let url = api.apply_url(&event.id);
+    let before = redis_snapshot(&event.id).await;
+
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("invalid JSON", "{".into(), 400),
+        ("missing userId", "{}".into(), 400),
+        ("userId of the wrong type", r#"{"userId": 5}"#.into(), 400),
+        ("empty userId", r#"{"userId": ""}"#.into(), 400),
+        ("129-character userId", json!({"userId": "x".repeat(129)}).to_string(), 400),
+        ("userId with a space", r#"{"userId": "a b"}"#.into(), 400),
+        ("body over the limit", json!({"userId": "x", "pad": "y".repeat(4096)}).to_string(), 413),
+    ];
+    for (what, body, expected) in cases {
+        let (status, answer) = apply(&client, &url, body).await;
+        assert_eq!(status, expected, "{what}: {answer}");
+        assert_eq!(answer["status"], "bad_request", "{what}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {answer}");
+    }
+    let unknown = unique("nope");
+    let (status, answer) = apply_user(&client, &format!("{}/v1/events/{unknown}/apply", api.base_url), "u1").await;
+    assert_eq!((status, answer), (404, json!({"status": "unknown_event"})));
+    let (status, answer) = apply_user(&client, &format!("{}/v1/events/Bad_Name/apply", api.base_url), "u1").await;
+    assert_eq!(status, 400, "{answer}");
+
+    assert_eq!(redis_snapshot(&event.id).await, before);
+    let unknown_id = coupon_service::event_id::EventId::new(NAMESPACE, &unknown).unwrap();
+    let mut conn = redis().await;
+    let exists: i64 = redis::cmd("EXISTS").arg(&unknown_id.keys().all()[..]).query_async(&mut conn).await.unwrap();
+    assert_eq!(exists, 0, "no key created for an unknown event");
+
+    // And a valid request still works afterwards.
+    assert_eq!(apply_user(&client, &url, "u1").await, (201, json!({"status": "issued", "slot": 1})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binaries_start_without_redis_kafka_or_sql_and_recover_when_they_appear() {
+    let mut redis_gate = TcpGate::closed("127.0.0.1:6379".parse().unwrap());
+    let mut kafka_gate = TcpGate::closed(kafka_brokers().parse().unwrap());
+    let mut sql_gate = TcpGate::closed("127.0.0.1:5432".parse().unwrap());
+    let redis_url = format!("redis://{}", redis_gate.addr());
+    let brokers = kafka_gate.addr().to_string();
+    let database_url = format!("postgres://postgres@{}/test", sql_gate.addr());
+    let api_listen = format!("127.0.0.1:{}", free_port());
+    let consumer_listen = format!("127.0.0.1:{}", free_port());
+    let mut api = ChildProcess::spawn(binary(), &["api"], &[("LISTEN_ADDR", &api_listen), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)]);
+    let mut consumer = ChildProcess::spawn(
+        binary(),
+        &["consumer"],
+        &[("LISTEN_ADDR", &consumer_listen), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers), ("DATABASE_URL", &database_url), ("COUPON_TOPICS", "coupon_create")],
+    );
+
+    for listen in [&api_listen, &consumer_listen] {
+        let healthz = format!("http://{listen}/healthz");
+        wait_until("process alive", Duration::from_secs(30), || {
+            let healthz = healthz.clone();
+            async move { (http_status(&healthz).await == 200).then_some(()) }
+        })
+        .await;
+        assert_eq!(http_status(&format!("http://{listen}/readyz")).await, 503, "{listen} not ready without its dependencies");
+    }
+    wait_until("api logs what it cannot reach", Duration::from_secs(30), || {
+        let log = api.log_text();
+        async move { log.contains("cannot reach Redis").then_some(()) }
+    })
+    .await;
+    wait_until("consumer logs what it cannot reach", Duration::from_secs(30), || {
+        let log = consumer.log_text();
+        async move { (log.contains("cannot reach SQL") && log.contains("cannot reach Redis")).then_some(()) }
+    })
+    .await;
+    assert!(api.is_running() && consumer.is_running(), "no panic, no exit");
+    assert!(!api.log_text().contains("panicked") && !consumer.log_text().contains("panicked"));
+
+    redis_gate.open().await;
+    kafka_gate.open().await;
+    sql_gate.open().await;
+    for listen in [&api_listen, &consumer_listen] {
+        let readyz = format!("http://{listen}/readyz");
+        wait_until("ready once the dependencies appear", Duration::from_secs(60), || {
+            let readyz = readyz.clone();
+            async move { (http_status(&readyz).await == 200).then_some(()) }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_issues_and_persists_exactly_the_limit_with_the_embedded_defaults() {
+    let output = tokio::process::Command::new(binary())
+        .args(["demo", "--users", "1000"])
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("DATABASE_URL")
+        .env("REDIS_URL", redis_url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("in-process mock cluster"), "{stdout}");
+    assert!(stdout.contains("PASS: 100 issued, 100 persisted, 900 rejected"), "{stdout}");
+}

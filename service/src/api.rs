@@ -50,7 +50,13 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(namespace: String, redis: RedisHandle, kafka: KafkaSettings, health: Health, metrics: Arc<Metrics>) -> Result<Self, rdkafka::error::KafkaError> {
+    pub fn new(
+        namespace: String,
+        redis: RedisHandle,
+        kafka: KafkaSettings,
+        health: Health,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
         let producer = kafka.producer()?;
         Ok(Self {
             namespace,
@@ -79,7 +85,9 @@ impl ApiState {
     fn replace_if_broken(&self, generation: u64, failed: &FutureProducer, error: &KafkaError) {
         use rdkafka::types::RDKafkaErrorCode as Code;
         let fenced = match error {
-            KafkaError::MessageProduction(Code::ProducerFenced | Code::InvalidProducerEpoch | Code::OutOfOrderSequenceNumber | Code::UnknownProducerId | Code::Fatal) => true,
+            KafkaError::MessageProduction(
+                Code::ProducerFenced | Code::InvalidProducerEpoch | Code::OutOfOrderSequenceNumber | Code::UnknownProducerId | Code::Fatal,
+            ) => true,
             KafkaError::MessageProduction(Code::MessageTimedOut) => self.health.is_ready("kafka"),
             _ => false,
         };
@@ -169,7 +177,11 @@ fn unavailable() -> Response {
     answer(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "unavailable"}))
 }
 
-async fn apply(State(state): State<Arc<ApiState>>, Path(event): Path<String>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+async fn apply(
+    State(state): State<Arc<ApiState>>,
+    Path(event): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let started = Instant::now();
     let (status, response) = decide(&state, event, body).await;
     state.metrics.answer(status);
@@ -177,7 +189,11 @@ async fn apply(State(state): State<Arc<ApiState>>, Path(event): Path<String>, bo
     response
 }
 
-async fn decide(state: &Arc<ApiState>, event: String, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> (&'static str, Response) {
+async fn decide(
+    state: &Arc<ApiState>,
+    event: String,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> (&'static str, Response) {
     let event_id = match EventId::new(&state.namespace, &event) {
         Ok(id) => id,
         Err(error) => return ("bad_request", bad_request(error)),
@@ -240,9 +256,8 @@ async fn deliver(state: Arc<ApiState>, event: EventId, user_id: String, slot: i6
     let record = CouponRecord { event: event.to_string(), user_id, slot, issued_at: Utc::now() };
     let payload = serde_json::to_vec(&record).expect("record serializes");
     let (generation, producer) = state.producer();
-    let produced = producer
-        .send(FutureRecord::to(&topic).key(&record.user_id).payload(&payload), Timeout::After(state.kafka.produce_timeout))
-        .await;
+    let produced =
+        producer.send(FutureRecord::to(&topic).key(&record.user_id).payload(&payload), Timeout::After(state.kafka.produce_timeout)).await;
     let error = match produced {
         Ok(_) => return true,
         Err((error, _)) => error,

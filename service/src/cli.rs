@@ -16,7 +16,11 @@ use crate::redis_conn::RedisHandle;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "coupon-service", version, about = "First-come-first-served coupon events: apply api, Kafka-to-SQL consumer and local tooling")]
+#[command(
+    name = "coupon-service",
+    version,
+    about = "First-come-first-served coupon events: apply api, Kafka-to-SQL consumer and local tooling"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
@@ -200,7 +204,13 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    telemetry::init_logging(cli.log_format, "info,sqlx=warn,librdkafka=warn");
+    // Servers log their life; one-shot tools only what went wrong.
+    let default_level = match cli.command {
+        Command::Api(_) | Command::Consumer(_) => "info,sqlx=warn",
+        Command::Demo(_) => "error,rdkafka=off,librdkafka=off",
+        Command::Event(_) | Command::Load(_) => "warn",
+    };
+    telemetry::init_logging(cli.log_format, default_level);
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(error) => {
@@ -247,7 +257,12 @@ async fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
     let ops = crate::ops::router(health.clone(), metrics.clone());
     let ops_shutdown = shutdown.clone();
     tokio::spawn(async move { axum::serve(listener, ops).with_graceful_shutdown(telemetry::wait_for(ops_shutdown)).await });
-    let settings = crate::consumer::ConsumerSettings { topics: args.topics, group_id: args.group_id, batch_size: args.batch_size.max(1), batch_linger: args.batch_linger };
+    let settings = crate::consumer::ConsumerSettings {
+        topics: args.topics,
+        group_id: args.group_id,
+        batch_size: args.batch_size.max(1),
+        batch_linger: args.batch_linger,
+    };
     crate::consumer::run(settings, args.kafka.settings(), args.database_url, redis, health, metrics, shutdown).await
 }
 

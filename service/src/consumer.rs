@@ -108,7 +108,11 @@ impl CouponConsumer {
 
     /// Makes sure every slot in the batch has its `coupon_slots` row, using the event's limit
     /// from Redis; coupons whose slot lies beyond the limit become failures.
-    async fn admit_slots(&mut self, coupons: Vec<(CouponRow, Position)>, failures: &mut Vec<FailedRow>) -> Result<Vec<(CouponRow, Position)>, BatchError> {
+    async fn admit_slots(
+        &mut self,
+        coupons: Vec<(CouponRow, Position)>,
+        failures: &mut Vec<FailedRow>,
+    ) -> Result<Vec<(CouponRow, Position)>, BatchError> {
         let mut highest: HashMap<&str, i64> = HashMap::new();
         for (row, _) in &coupons {
             let h = highest.entry(row.event.as_str()).or_default();
@@ -136,8 +140,18 @@ impl CouponConsumer {
         for (row, position) in coupons {
             let capacity = self.slot_capacity.get(&row.event).copied().unwrap_or(0);
             if row.slot > capacity {
-                let payload = serde_json::to_string(&CouponRecord { event: row.event.clone(), user_id: row.user_id.clone(), slot: row.slot, issued_at: row.issued_at }).unwrap_or_default();
-                let reason = if capacity == 0 { "event has no slots: it is not provisioned".to_owned() } else { format!("slot {} is beyond the event's limit {capacity}", row.slot) };
+                let payload = serde_json::to_string(&CouponRecord {
+                    event: row.event.clone(),
+                    user_id: row.user_id.clone(),
+                    slot: row.slot,
+                    issued_at: row.issued_at,
+                })
+                .unwrap_or_default();
+                let reason = if capacity == 0 {
+                    "event has no slots: it is not provisioned".to_owned()
+                } else {
+                    format!("slot {} is beyond the event's limit {capacity}", row.slot)
+                };
                 failures.push(position.failed(payload, reason));
             } else {
                 admitted.push((row, position));
@@ -326,7 +340,6 @@ fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
 }
 
 fn commit(consumer: &StreamConsumer, batch: &[RawRecord], metrics: &Metrics) {
-    
     let mut list = TopicPartitionList::new();
     for ((topic, partition), next) in next_offsets(batch) {
         if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
@@ -355,7 +368,11 @@ mod tests {
     #[test]
     fn good_and_bad_records_are_split_and_offsets_advance_past_both() {
         let good = r#"{"event":"shop/sale","userId":"u1","slot":3,"issuedAt":"2026-11-27T10:00:00Z"}"#;
-        let batch = [raw(0, 5, good), raw(0, 6, "not json"), raw(1, 9, r#"{"event":"shop/sale","userId":"","slot":1,"issuedAt":"2026-11-27T10:00:00Z"}"#)];
+        let batch = [
+            raw(0, 5, good),
+            raw(0, 6, "not json"),
+            raw(1, 9, r#"{"event":"shop/sale","userId":"","slot":1,"issuedAt":"2026-11-27T10:00:00Z"}"#),
+        ];
         let (coupons, failures) = split_batch(&batch);
         let next = next_offsets(&batch);
         assert_eq!(coupons.len(), 1);

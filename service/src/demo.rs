@@ -76,11 +76,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     let topic = format!("coupon_create.demo.{}", event.name());
     let kafka = KafkaSettings { bootstrap_servers: brokers, produce_timeout: Duration::from_secs(5) };
     let redis = RedisHandle::connect_in_background(&args.redis_url)?;
-    let mut conn = tokio::time::timeout(Duration::from_secs(10), redis.wait())
-        .await
-        .map_err(|_| anyhow::anyhow!("Redis at {} is not reachable; start it with dev/stack up", crate::redis_conn::redact_url(&args.redis_url)))?;
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), redis.wait()).await.map_err(|_| {
+        anyhow::anyhow!("Redis at {} is not reachable; start it with dev/stack up", crate::redis_conn::redact_url(&args.redis_url))
+    })?;
 
-    let config = EventConfig { limit: args.limit, per_user: 1, start: Utc::now() - chrono::Duration::seconds(1), end: Utc::now() + chrono::Duration::minutes(10), topic: topic.clone() };
+    let config = EventConfig {
+        limit: args.limit,
+        per_user: 1,
+        start: Utc::now() - chrono::Duration::seconds(1),
+        end: Utc::now() + chrono::Duration::minutes(10),
+        topic: topic.clone(),
+    };
     match &mock {
         None => {
             provision::provision_event(&mut conn, &kafka.admin()?, &event, &config, 3, 1).await?;
@@ -99,7 +105,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
 
     let health = Health::new(crate::consumer::COMPONENTS);
     let consumer = tokio::spawn(crate::consumer::run(
-        crate::consumer::ConsumerSettings { topics: vec![topic.clone()], group_id: format!("demo-{}", event.name()), batch_size: 500, batch_linger: Duration::from_millis(20) },
+        crate::consumer::ConsumerSettings {
+            topics: vec![topic.clone()],
+            group_id: format!("demo-{}", event.name()),
+            batch_size: 500,
+            batch_linger: Duration::from_millis(20),
+        },
         kafka.clone(),
         database_url.clone(),
         redis.clone(),
@@ -108,7 +119,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         stop_rx.clone(),
     ));
 
-    let api_state = Arc::new(crate::api::ApiState::new("demo".into(), redis.clone(), kafka.clone(), Health::new(crate::api::COMPONENTS), Metrics::shared())?);
+    let api_state = Arc::new(crate::api::ApiState::new(
+        "demo".into(),
+        redis.clone(),
+        kafka.clone(),
+        Health::new(crate::api::COMPONENTS),
+        Metrics::shared(),
+    )?);
     crate::api::spawn_probes(&api_state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base_url = format!("http://{}", listener.local_addr()?);
@@ -151,10 +168,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("| persisted within | {:.3} s after the burst |", persist_time.as_secs_f64());
     let rejected = report.total() as i64 - issued;
     let ok = issued == args.limit && rows == args.limit && report.server_errors() == 0;
-    println!(
-        "\n{}: {issued} issued, {rows} persisted, {rejected} rejected (limit {})",
-        if ok { "PASS" } else { "FAIL" },
-        args.limit
-    );
+    println!("\n{}: {issued} issued, {rows} persisted, {rejected} rejected (limit {})", if ok { "PASS" } else { "FAIL" }, args.limit);
     Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }

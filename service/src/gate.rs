@@ -13,7 +13,10 @@ use crate::event_id::EventId;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// The user holds `slot`; its record goes to `topic`.
-    Issued { slot: i64, topic: String },
+    Issued {
+        slot: i64,
+        topic: String,
+    },
     Duplicate,
     SoldOut,
     NotOpen,
@@ -34,11 +37,7 @@ impl Decision {
             -5 => Self::SoldOut,
             -6 => Self::Recovering,
             other => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::TypeError,
-                    "unexpected gate script answer",
-                    other.to_string(),
-                )))
+                return Err(redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected gate script answer", other.to_string())))
             }
         })
     }
@@ -118,15 +117,8 @@ impl Gate {
     /// One Redis round trip per apply.
     pub async fn apply(&self, conn: &mut ConnectionManager, event: &EventId, user_id: &str) -> redis::RedisResult<Decision> {
         let keys = event.keys();
-        let answer: (i64, String) = self
-            .apply
-            .key(&keys.config)
-            .key(&keys.count)
-            .key(&keys.users)
-            .key(&keys.free)
-            .arg(user_id)
-            .invoke_async(conn)
-            .await?;
+        let answer: (i64, String) =
+            self.apply.key(&keys.config).key(&keys.count).key(&keys.users).key(&keys.free).arg(user_id).invoke_async(conn).await?;
         Decision::from_answer(answer)
     }
 
@@ -134,15 +126,8 @@ impl Gate {
     /// was removed.
     pub async fn release(&self, conn: &mut ConnectionManager, event: &EventId, user_id: &str, slot: i64) -> redis::RedisResult<bool> {
         let keys = event.keys();
-        let removed: i64 = self
-            .release
-            .key(&keys.config)
-            .key(&keys.users)
-            .key(&keys.free)
-            .arg(user_id)
-            .arg(slot)
-            .invoke_async(conn)
-            .await?;
+        let removed: i64 =
+            self.release.key(&keys.config).key(&keys.users).key(&keys.free).arg(user_id).arg(slot).invoke_async(conn).await?;
         Ok(removed == 1)
     }
 }

@@ -21,10 +21,7 @@ pub struct KafkaSettings {
 impl KafkaSettings {
     fn base(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.bootstrap_servers)
-            .set("socket.timeout.ms", "5000")
-            .set("reconnect.backoff.max.ms", "2000");
+        config.set("bootstrap.servers", &self.bootstrap_servers).set("socket.timeout.ms", "5000").set("reconnect.backoff.max.ms", "2000");
         config
     }
 
@@ -102,10 +99,6 @@ impl TopicAdmin {
     /// Partition count of a topic, `None` if the broker does not know it.
     pub fn partitions(&self, topic: &str, timeout: Duration) -> Result<Option<usize>, KafkaError> {
         let metadata = self.client.inner().fetch_metadata(Some(topic), timeout)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len()))
+        Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len()))
     }
 }

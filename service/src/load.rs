@@ -94,15 +94,15 @@ impl LoadReport {
 
 /// Sends the plan's requests and collects the answers.
 pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.concurrency)
-        .timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .build()?;
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(plan.concurrency).timeout(Duration::from_secs(30)).tcp_nodelay(true).build()?;
     let url = format!("{}/v1/events/{}/apply", plan.base_url.trim_end_matches('/'), plan.event);
     let bar = if plan.progress {
         let bar = indicatif::ProgressBar::new(plan.requests as u64);
-        bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         bar
     } else {
         indicatif::ProgressBar::hidden()

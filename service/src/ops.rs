@@ -15,7 +15,12 @@ pub fn router(health: Health, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|State((_, metrics)): State<(Health, Arc<Metrics>)>| async move { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], metrics.encode()) }))
+        .route(
+            "/metrics",
+            get(|State((_, metrics)): State<(Health, Arc<Metrics>)>| async move {
+                ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], metrics.encode())
+            }),
+        )
         .with_state((health, metrics))
 }
 

@@ -28,6 +28,8 @@ pub enum InvalidConfig {
     Limit(i64),
     #[error("perUserLimit must be at least 1, got {0}")]
     PerUser(i64),
+    #[error("perUserLimit {0} is not supported yet: the SQL schema holds one coupon per user and event")]
+    PerUserAboveOne(i64),
     #[error("end ({end}) must be after start ({start})")]
     Window { start: DateTime<Utc>, end: DateTime<Utc> },
     #[error("topic name {0:?} is not a valid Kafka topic name (1..=249 of [a-zA-Z0-9._-], not '.' or '..')")]
@@ -53,6 +55,9 @@ impl EventConfig {
         }
         if self.per_user < 1 {
             return Err(InvalidConfig::PerUser(self.per_user));
+        }
+        if self.per_user > 1 {
+            return Err(InvalidConfig::PerUserAboveOne(self.per_user));
         }
         if self.end <= self.start {
             return Err(InvalidConfig::Window { start: self.start, end: self.end });
@@ -166,6 +171,7 @@ mod tests {
     fn invalid_configs_are_named() {
         assert_eq!(EventConfig { limit: 0, ..config() }.validate(), Err(InvalidConfig::Limit(0)));
         assert_eq!(EventConfig { per_user: 0, ..config() }.validate(), Err(InvalidConfig::PerUser(0)));
+        assert_eq!(EventConfig { per_user: 2, ..config() }.validate(), Err(InvalidConfig::PerUserAboveOne(2)));
         let c = config();
         assert!(matches!(EventConfig { end: c.start, ..c.clone() }.validate(), Err(InvalidConfig::Window { .. })));
         assert!(matches!(EventConfig { topic: "a b".into(), ..c }.validate(), Err(InvalidConfig::Topic(_))));

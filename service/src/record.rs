@@ -35,17 +35,10 @@ mod tests {
 
     #[test]
     fn record_json_matches_the_contract() {
-        let record = CouponRecord {
-            event: "shop/sale".into(),
-            user_id: "u1".into(),
-            slot: 7,
-            issued_at: "2026-11-27T10:00:00Z".parse().unwrap(),
-        };
+        let record =
+            CouponRecord { event: "shop/sale".into(), user_id: "u1".into(), slot: 7, issued_at: "2026-11-27T10:00:00Z".parse().unwrap() };
         let json = serde_json::to_value(&record).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"event":"shop/sale","userId":"u1","slot":7,"issuedAt":"2026-11-27T10:00:00Z"})
-        );
+        assert_eq!(json, serde_json::json!({"event":"shop/sale","userId":"u1","slot":7,"issuedAt":"2026-11-27T10:00:00Z"}));
         let back: CouponRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
     }

@@ -92,7 +92,11 @@ impl Store {
             Ok(Self::Sqlite(pool))
         } else {
             Err(sqlx::Error::Configuration(
-                format!("unsupported DATABASE_URL scheme in {:?}: use postgres://, mysql://, mariadb:// or sqlite:", crate::redis_conn::redact_url(url)).into(),
+                format!(
+                    "unsupported DATABASE_URL scheme in {:?}: use postgres://, mysql://, mariadb:// or sqlite:",
+                    crate::redis_conn::redact_url(url)
+                )
+                .into(),
             ))
         }
     }
@@ -185,7 +189,8 @@ impl Store {
     /// conflict with another row and are recorded in `failed_events` in the same transaction.
     pub async fn write_batch(&self, coupons: &[(CouponRow, Position)], failures: &[FailedRow]) -> Result<BatchOutcome, sqlx::Error> {
         let (coupon_head, coupon_tail) = self.insert_ignoring_duplicates("coupons (event, user_id, slot, issued_at)");
-        let (failed_head, failed_tail) = self.insert_ignoring_duplicates("failed_events (topic, kafka_partition, kafka_offset, payload, reason)");
+        let (failed_head, failed_tail) =
+            self.insert_ignoring_duplicates("failed_events (topic, kafka_partition, kafka_offset, payload, reason)");
         let find_sql = self.sql("SELECT slot FROM coupons WHERE event = $1 AND user_id = $2");
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;

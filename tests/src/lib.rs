@@ -98,7 +98,13 @@ pub async fn provision_event(brokers: &str, namespace: &str, limit: i64, partiti
     let name = unique("ev");
     let id = EventId::new(namespace, &name).unwrap();
     let topic = format!("coupons.{name}");
-    let config = EventConfig { limit, per_user: 1, start: Utc::now() - chrono::Duration::seconds(5), end: Utc::now() + chrono::Duration::minutes(10), topic: topic.clone() };
+    let config = EventConfig {
+        limit,
+        per_user: 1,
+        start: Utc::now() - chrono::Duration::seconds(5),
+        end: Utc::now() + chrono::Duration::minutes(10),
+        topic: topic.clone(),
+    };
     let admin = kafka(brokers).admin().unwrap();
     let mut conn = redis().await;
     provision::provision_event(&mut conn, &admin, &id, &config, partitions, 1).await.expect("provision");
@@ -153,7 +159,9 @@ impl InProcessApi {
         let redis = RedisHandle::connect_in_background(&redis_url()).unwrap();
         redis.wait().await;
         let settings = KafkaSettings { bootstrap_servers: brokers.to_owned(), produce_timeout };
-        let state = Arc::new(ApiState::new(namespace.to_owned(), redis, settings, Health::new(coupon_service::api::COMPONENTS), Metrics::shared()).unwrap());
+        let state = Arc::new(
+            ApiState::new(namespace.to_owned(), redis, settings, Health::new(coupon_service::api::COMPONENTS), Metrics::shared()).unwrap(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stop_rx) = watch::channel(false);
@@ -309,9 +317,16 @@ impl OwnTansu {
     /// Starts (again) on the same port with fresh in-memory storage.
     pub async fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let process = ChildProcess::spawn(&Self::binary(), &["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"], &[]);
+        let process = ChildProcess::spawn(
+            &Self::binary(),
+            &["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"],
+            &[],
+        );
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        wait_until("own tansu listening", Duration::from_secs(30), || async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }).await;
+        wait_until("own tansu listening", Duration::from_secs(30), || async move {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
         self.process = Some(process);
     }
 

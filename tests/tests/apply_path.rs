@@ -102,7 +102,11 @@ async fn two_api_processes_share_one_limit() {
         .iter()
         .map(|port| {
             let listen = format!("127.0.0.1:{port}");
-            ChildProcess::spawn(binary, &["api"], &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)])
+            ChildProcess::spawn(
+                binary,
+                &["api"],
+                &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)],
+            )
         })
         .collect();
     for port in ports {

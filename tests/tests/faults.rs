@@ -79,7 +79,11 @@ async fn broker_down_answers_503_releases_the_slot_and_recovers() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let redis_url = redis_url();
-    let _process = ChildProcess::spawn(binary(), &["api"], &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)]);
+    let _process = ChildProcess::spawn(
+        binary(),
+        &["api"],
+        &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)],
+    );
     let readyz = format!("http://{listen}/readyz");
     wait_until("api process up but not ready", Duration::from_secs(30), || {
         let readyz = readyz.clone();
@@ -167,7 +171,8 @@ async fn consumer_killed_after_sql_commit_before_offset_commit_loses_and_duplica
     };
 
     let mut crashing = spawn(vec![("FAILPOINTS".to_owned(), "consumer-after-sql-commit=return".to_owned())]);
-    let status = tokio::time::timeout(Duration::from_secs(60), crashing.child.wait()).await.expect("consumer crashes at the fault point").unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(60), crashing.child.wait()).await.expect("consumer crashes at the fault point").unwrap();
     assert!(!status.success(), "aborted, not a clean exit");
     assert!(crashing.log_text().contains("consumer-after-sql-commit"), "{}", crashing.log_text());
     let written_before_crash = store.count_coupons(&event.key()).await.unwrap();
@@ -267,11 +272,18 @@ async fn binaries_start_without_redis_kafka_or_sql_and_recover_when_they_appear(
     let database_url = format!("postgres://postgres@{}/test", sql_gate.addr());
     let api_listen = format!("127.0.0.1:{}", free_port());
     let consumer_listen = format!("127.0.0.1:{}", free_port());
-    let mut api = ChildProcess::spawn(binary(), &["api"], &[("LISTEN_ADDR", &api_listen), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)]);
+    let mut api =
+        ChildProcess::spawn(binary(), &["api"], &[("LISTEN_ADDR", &api_listen), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)]);
     let mut consumer = ChildProcess::spawn(
         binary(),
         &["consumer"],
-        &[("LISTEN_ADDR", &consumer_listen), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers), ("DATABASE_URL", &database_url), ("COUPON_TOPICS", "coupon_create")],
+        &[
+            ("LISTEN_ADDR", &consumer_listen),
+            ("REDIS_URL", &redis_url),
+            ("KAFKA_BROKERS", &brokers),
+            ("DATABASE_URL", &database_url),
+            ("COUPON_TOPICS", "coupon_create"),
+        ],
     );
 
     for listen in [&api_listen, &consumer_listen] {

@@ -1,0 +1,254 @@
+//! The `CouponEvent` custom resource (DESIGN.md, "CouponEvent").
+//!
+//! Rules the API server can check at admission are CEL rules in the schema, so that
+//! `kubectl apply` itself refuses them; `validate` checks them again in reconcile because CEL
+//! may be off on old clusters.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Longest event window the operator accepts: a flash sale, not a standing promotion.
+pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest warm-up before the start.
+pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
+
+/// A first-come-first-served coupon event: the first `limit` users who apply between
+/// `schedule.start` and `schedule.end` get a coupon. The operator provisions its Redis
+/// configuration and Kafka topic, scales the api and consumer Deployments for the window,
+/// and reports progress in `status`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "coupons.fcfs.dev",
+    version = "v1alpha1",
+    kind = "CouponEvent",
+    plural = "couponevents",
+    singular = "couponevent",
+    shortname = "ce",
+    namespaced,
+    status = "CouponEventStatus",
+    derive = "PartialEq",
+    doc = "A first-come-first-served coupon event: the first `limit` users who apply within the window get a coupon.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Issued", type_ = "integer", json_path = ".status.issued"),
+    printcolumn(name = "Limit", type_ = "integer", json_path = ".spec.limit"),
+    printcolumn(name = "Start", type_ = "string", json_path = ".spec.schedule.start"),
+    printcolumn(name = "End", type_ = "string", json_path = ".spec.schedule.end"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CouponEventSpec {
+    /// Number of coupons to hand out. It may be raised during the event, never lowered below
+    /// the coupons already issued.
+    #[schemars(range(min = 1, max = 100_000_000))]
+    pub limit: i64,
+    /// Coupons one user may get. Only 1 is supported: the SQL schema keeps one coupon per user.
+    #[serde(default = "default_per_user_limit")]
+    #[schemars(range(min = 1, max = 1))]
+    pub per_user_limit: i64,
+    /// Kafka topic the issued coupons travel on (Kafka's naming rules: 1..=249 characters of
+    /// letters, digits, '.', '_' and '-'; not '.' or '..').
+    #[serde(default = "default_topic")]
+    #[schemars(length(min = 1, max = 249))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]+$') && self != '.' && self != '..'").message("topic must be a valid Kafka topic name"))]
+    pub topic: String,
+    /// Partitions of the topic when the operator creates it (an existing topic is kept as is).
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub partitions: i32,
+    /// When the event opens and closes.
+    pub schedule: Schedule,
+    /// The api Deployment to scale for the window.
+    pub api: Workload,
+    /// The consumer Deployment to scale for the window and until every issued coupon is written.
+    pub consumer: Workload,
+    /// What happens to the event's Redis keys and Kafka topic when the CouponEvent is deleted.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+}
+
+fn default_per_user_limit() -> i64 {
+    1
+}
+
+fn default_topic() -> String {
+    "coupon_create".into()
+}
+
+fn default_partitions() -> i32 {
+    3
+}
+
+/// The event's window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("timestamp(self.end) > timestamp(self.start)").message("schedule.end must be after schedule.start"),
+    validation = Rule::new("timestamp(self.end) - timestamp(self.start) <= duration('168h')").message("the window may be at most 7 days (168h)")
+)]
+pub struct Schedule {
+    /// Opening time, RFC 3339 (e.g. 2026-11-27T10:00:00Z).
+    pub start: Time,
+    /// Closing time, RFC 3339; after `start`, at most 7 days later.
+    pub end: Time,
+    /// How long before `start` the Deployments are scaled up, as a duration such as `5m` or
+    /// `1h30m` (at most 24h). Default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub warm_up: Option<String>,
+}
+
+/// A Deployment in the event's namespace and its replica counts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// Name of the Deployment.
+    #[schemars(length(min = 1, max = 253))]
+    pub deployment: String,
+    /// Replicas while the event needs the Deployment.
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Replicas outside the window (default 0).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub idle_replicas: i32,
+}
+
+/// Clean-up on deletion.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnDelete {
+    /// Keep the Redis keys and the topic (the coupons in SQL are always kept).
+    #[default]
+    Retain,
+    /// Remove the event's Redis keys and its Kafka topic.
+    Delete,
+}
+
+/// Where the event is in its life.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Not reconciled yet.
+    #[default]
+    Pending,
+    /// Provisioned; the window and its warm-up lie ahead.
+    Scheduled,
+    /// Deployments scaled up ahead of the start.
+    WarmingUp,
+    /// Accepting applies.
+    Open,
+    /// Every coupon is issued; the consumer is still writing or done.
+    SoldOut,
+    /// Closed; the consumer is writing the last coupons.
+    Draining,
+    /// Closed and every issued coupon is written.
+    Closed,
+    /// The spec is invalid or cannot be applied; see the conditions.
+    Failed,
+}
+
+/// Observed state of a CouponEvent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CouponEventStatus {
+    pub phase: Phase,
+    /// Coupons handed out (from Redis).
+    pub issued: i64,
+    /// Coupons written to SQL (from Redis, reported by the consumer).
+    pub persisted: i64,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Provisioned, Open, SoldOut, Drained.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A spec the operator refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("schedule.end ({end}) must be after schedule.start ({start})")]
+    EndNotAfterStart { start: Timestamp, end: Timestamp },
+    #[error("the window is longer than the maximum of 7 days")]
+    WindowTooLong,
+    #[error("schedule.warmUp {0:?} is not a duration such as 5m or 1h30m (at most 24h)")]
+    WarmUp(String),
+    #[error("limit must be at least 1")]
+    Limit,
+    #[error("perUserLimit must be 1")]
+    PerUserLimit,
+    #[error("topic {0:?} is not a valid Kafka topic name")]
+    Topic(String),
+    #[error("partitions must be between 1 and 1000")]
+    Partitions,
+    #[error("{0} replicas must be between 0 and 1000")]
+    Replicas(&'static str),
+    #[error("{0}.deployment must be a Kubernetes name")]
+    Deployment(&'static str),
+}
+
+impl Schedule {
+    /// `warmUp`, defaulting to five minutes.
+    pub fn warm_up(&self) -> Result<Duration, SpecError> {
+        match &self.warm_up {
+            None => Ok(Duration::from_secs(300)),
+            Some(text) => humantime::parse_duration(text)
+                .ok()
+                .filter(|d| *d <= MAX_WARM_UP && text.chars().all(|c| c.is_ascii_alphanumeric()))
+                .ok_or_else(|| SpecError::WarmUp(text.clone())),
+        }
+    }
+}
+
+fn valid_deployment_name(name: &str) -> bool {
+    coupon_service::event_id::EventId::new("x", name).is_ok()
+}
+
+impl CouponEventSpec {
+    /// Everything the schema's rules say, checked again in the operator.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let (start, end) = (self.schedule.start.0, self.schedule.end.0);
+        if end <= start {
+            return Err(SpecError::EndNotAfterStart { start, end });
+        }
+        if end.duration_since(start).as_secs() > MAX_WINDOW.as_secs() as i64 {
+            return Err(SpecError::WindowTooLong);
+        }
+        self.schedule.warm_up()?;
+        if self.limit < 1 {
+            return Err(SpecError::Limit);
+        }
+        if self.per_user_limit != 1 {
+            return Err(SpecError::PerUserLimit);
+        }
+        if !coupon_service::provision::valid_topic_name(&self.topic) {
+            return Err(SpecError::Topic(self.topic.clone()));
+        }
+        if !(1..=1000).contains(&self.partitions) {
+            return Err(SpecError::Partitions);
+        }
+        for (what, workload) in [("api", &self.api), ("consumer", &self.consumer)] {
+            if !(0..=1000).contains(&workload.replicas) || !(0..=1000).contains(&workload.idle_replicas) {
+                return Err(SpecError::Replicas(what));
+            }
+            if !valid_deployment_name(&workload.deployment) {
+                return Err(SpecError::Deployment(what));
+            }
+        }
+        Ok(())
+    }
+
+    /// The event configuration the service library provisions in Redis.
+    pub fn event_config(&self) -> coupon_service::provision::EventConfig {
+        let to_chrono = |t: Timestamp| chrono::DateTime::from_timestamp_millis(t.as_millisecond()).unwrap_or_default();
+        coupon_service::provision::EventConfig {
+            limit: self.limit,
+            per_user: self.per_user_limit,
+            start: to_chrono(self.schedule.start.0),
+            end: to_chrono(self.schedule.end.0),
+            topic: self.topic.clone(),
+        }
+    }
+}

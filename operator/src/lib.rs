@@ -1,0 +1,3 @@
+//! `coupon-operator`: the CouponEvent controller.
+
+pub mod crd;

@@ -1,3 +1,4 @@
 //! `coupon-operator`: the CouponEvent controller.
 
 pub mod crd;
+pub mod schedule;

@@ -1,0 +1,268 @@
+//! Pure decisions of the operator: an event's phase, the replicas every referenced
+//! Deployment should have, and when to look again. No I/O here, so the whole timeline can be
+//! tested instant by instant.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::crd::{CouponEventSpec, Phase};
+
+/// How often an event is looked at while its counters move.
+pub const ACTIVE_REQUEUE: Duration = Duration::from_secs(5);
+/// Longest sleep between two looks at a quiet event.
+pub const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
+
+/// One event as the scheduler sees it.
+#[derive(Clone, Debug)]
+pub struct EventState<'a> {
+    pub namespace: &'a str,
+    pub spec: &'a CouponEventSpec,
+    pub issued: i64,
+    pub persisted: i64,
+    /// Being deleted: it no longer asks for any replicas.
+    pub deleting: bool,
+    /// Spec refused: it asks only for idle replicas.
+    pub failed: bool,
+}
+
+/// A Deployment, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeploymentKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+fn warm_up_start(spec: &CouponEventSpec) -> Timestamp {
+    let warm_up = spec.schedule.warm_up().unwrap_or(Duration::from_secs(300));
+    spec.schedule.start.0 - SignedDuration::try_from(warm_up).unwrap_or(SignedDuration::ZERO)
+}
+
+/// The phase of a valid event at `now`. Boundaries belong to the later phase: at exactly
+/// `start - warmUp` it is warming up, at exactly `start` open, at exactly `end` closed.
+pub fn phase(now: Timestamp, spec: &CouponEventSpec, issued: i64, persisted: i64) -> Phase {
+    if now < warm_up_start(spec) {
+        Phase::Scheduled
+    } else if now < spec.schedule.start.0 {
+        Phase::WarmingUp
+    } else if now < spec.schedule.end.0 {
+        if issued >= spec.limit {
+            Phase::SoldOut
+        } else {
+            Phase::Open
+        }
+    } else if persisted < issued {
+        Phase::Draining
+    } else {
+        Phase::Closed
+    }
+}
+
+/// Replicas this event asks of its api and consumer Deployments, or `None` while deleting.
+pub fn requested(now: Timestamp, event: &EventState<'_>) -> Option<(i32, i32)> {
+    if event.deleting {
+        return None;
+    }
+    let (api, consumer) = (&event.spec.api, &event.spec.consumer);
+    if event.failed {
+        return Some((api.idle_replicas, consumer.idle_replicas));
+    }
+    let phase = phase(now, event.spec, event.issued, event.persisted);
+    let api_active = matches!(phase, Phase::WarmingUp | Phase::Open);
+    let consumer_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut | Phase::Draining);
+    Some((
+        if api_active { api.replicas } else { api.idle_replicas },
+        if consumer_active { consumer.replicas } else { consumer.idle_replicas },
+    ))
+}
+
+/// Desired replicas of every Deployment referenced by an event that is not being deleted:
+/// the largest request among the events that share it.
+pub fn desired_replicas(now: Timestamp, events: &[EventState<'_>]) -> BTreeMap<DeploymentKey, i32> {
+    let mut desired: BTreeMap<DeploymentKey, i32> = BTreeMap::new();
+    for event in events {
+        let Some((api, consumer)) = requested(now, event) else { continue };
+        for (deployment, replicas) in [(&event.spec.api.deployment, api), (&event.spec.consumer.deployment, consumer)] {
+            let key = DeploymentKey { namespace: event.namespace.to_owned(), name: deployment.clone() };
+            let entry = desired.entry(key).or_insert(replicas);
+            *entry = (*entry).max(replicas);
+        }
+    }
+    desired
+}
+
+/// The next instant after `now` at which the event's phase changes by the clock alone.
+pub fn next_boundary(now: Timestamp, spec: &CouponEventSpec) -> Option<Timestamp> {
+    [warm_up_start(spec), spec.schedule.start.0, spec.schedule.end.0].into_iter().filter(|t| *t > now).min()
+}
+
+/// When to reconcile again: at the next boundary, and every few seconds while counters move.
+pub fn requeue_after(now: Timestamp, spec: &CouponEventSpec, phase: Phase) -> Duration {
+    let until_boundary = next_boundary(now, spec)
+        .map(|t| Duration::from_millis(t.duration_since(now).as_millis().max(0) as u64))
+        .unwrap_or(IDLE_REQUEUE);
+    let cap = match phase {
+        Phase::WarmingUp | Phase::Open | Phase::SoldOut | Phase::Draining => ACTIVE_REQUEUE,
+        Phase::Pending | Phase::Failed => Duration::from_secs(300),
+        Phase::Scheduled | Phase::Closed => IDLE_REQUEUE,
+    };
+    until_boundary.min(cap).max(Duration::from_millis(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::crd::{OnDelete, Schedule, Workload};
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn spec(start: &str, end: &str, api: (&str, i32, i32), consumer: (&str, i32, i32)) -> CouponEventSpec {
+        CouponEventSpec {
+            limit: 100,
+            per_user_limit: 1,
+            topic: "coupon_create".into(),
+            partitions: 3,
+            schedule: Schedule { start: Time(t(start)), end: Time(t(end)), warm_up: Some("5m".into()) },
+            api: Workload { deployment: api.0.into(), replicas: api.1, idle_replicas: api.2 },
+            consumer: Workload { deployment: consumer.0.into(), replicas: consumer.1, idle_replicas: consumer.2 },
+            on_delete: OnDelete::Retain,
+        }
+    }
+
+    fn black_friday() -> CouponEventSpec {
+        spec("2026-11-27T10:00:00Z", "2026-11-27T10:30:00Z", ("coupon-api", 10, 0), ("coupon-consumer", 2, 0))
+    }
+
+    fn state<'a>(spec: &'a CouponEventSpec, issued: i64, persisted: i64) -> EventState<'a> {
+        EventState { namespace: "shop", spec, issued, persisted, deleting: false, failed: false }
+    }
+
+    fn key(name: &str) -> DeploymentKey {
+        DeploymentKey { namespace: "shop".into(), name: name.into() }
+    }
+
+    fn replicas(now: &str, events: &[EventState<'_>]) -> Vec<(String, i32)> {
+        desired_replicas(t(now), events).into_iter().map(|(k, v)| (k.name, v)).collect()
+    }
+
+    #[test]
+    fn one_event_over_its_whole_timeline() {
+        let s = black_friday();
+        // (instant, issued, persisted, phase, api, consumer)
+        let timeline = [
+            ("2026-11-26T10:00:00Z", 0, 0, Phase::Scheduled, 0, 0),
+            ("2026-11-27T09:54:59.999Z", 0, 0, Phase::Scheduled, 0, 0),
+            ("2026-11-27T09:55:00Z", 0, 0, Phase::WarmingUp, 10, 2),
+            ("2026-11-27T09:59:59.999Z", 0, 0, Phase::WarmingUp, 10, 2),
+            ("2026-11-27T10:00:00Z", 0, 0, Phase::Open, 10, 2),
+            ("2026-11-27T10:10:00Z", 99, 90, Phase::Open, 10, 2),
+            ("2026-11-27T10:29:59.999Z", 50, 50, Phase::Open, 10, 2),
+            ("2026-11-27T10:30:00Z", 50, 50, Phase::Closed, 0, 0),
+            ("2026-11-28T10:30:00Z", 50, 50, Phase::Closed, 0, 0),
+        ];
+        for (now, issued, persisted, expected_phase, api, consumer) in timeline {
+            assert_eq!(phase(t(now), &s, issued, persisted), expected_phase, "phase at {now}");
+            assert_eq!(replicas(now, &[state(&s, issued, persisted)]), vec![("coupon-api".into(), api), ("coupon-consumer".into(), consumer)], "replicas at {now}");
+        }
+    }
+
+    #[test]
+    fn sold_out_scales_the_api_down_and_keeps_the_consumer_until_drained() {
+        let s = black_friday();
+        let now = "2026-11-27T10:05:00Z";
+        assert_eq!(phase(t(now), &s, 100, 40), Phase::SoldOut);
+        assert_eq!(replicas(now, &[state(&s, 100, 40)]), vec![("coupon-api".into(), 0), ("coupon-consumer".into(), 2)]);
+        // Sold out and fully written: still SoldOut until the end; consumer stays for late records.
+        assert_eq!(phase(t(now), &s, 100, 100), Phase::SoldOut);
+        // A released slot reopens the event.
+        assert_eq!(phase(t(now), &s, 99, 99), Phase::Open);
+    }
+
+    #[test]
+    fn draining_keeps_the_consumer_after_the_end_until_persisted_equals_issued() {
+        let s = black_friday();
+        for now in ["2026-11-27T10:30:00Z", "2026-11-27T11:00:00Z", "2026-11-30T00:00:00Z"] {
+            assert_eq!(phase(t(now), &s, 100, 99), Phase::Draining, "{now}");
+            assert_eq!(replicas(now, &[state(&s, 100, 99)]), vec![("coupon-api".into(), 0), ("coupon-consumer".into(), 2)]);
+            assert_eq!(phase(t(now), &s, 100, 100), Phase::Closed);
+            assert_eq!(replicas(now, &[state(&s, 100, 100)]), vec![("coupon-api".into(), 0), ("coupon-consumer".into(), 0)]);
+        }
+    }
+
+    #[test]
+    fn overlapping_events_sharing_a_deployment_get_the_larger_request() {
+        let a = spec("2026-11-27T10:00:00Z", "2026-11-27T10:30:00Z", ("shared-api", 10, 1), ("consumer-a", 2, 0));
+        let b = spec("2026-11-27T10:20:00Z", "2026-11-27T11:00:00Z", ("shared-api", 4, 2), ("consumer-b", 1, 0));
+        let events = |ia: i64, ib: i64| vec![state(&a, ia, ia), state(&b, ib, ib)];
+        let expect = |api: i32, ca: i32, cb: i32| vec![("consumer-a".to_owned(), ca), ("consumer-b".to_owned(), cb), ("shared-api".to_owned(), api)];
+        // Before both: the larger idle count.
+        assert_eq!(replicas("2026-11-27T09:00:00Z", &events(0, 0)), expect(2, 0, 0));
+        // A warming up, B idle: A's 10.
+        assert_eq!(replicas("2026-11-27T09:55:00Z", &events(0, 0)), expect(10, 2, 0));
+        // B warming up at 10:15 while A is open: max(10, 4).
+        assert_eq!(replicas("2026-11-27T10:15:00Z", &events(5, 0)), expect(10, 2, 1));
+        // A sold out: its api request falls to idle 1, B still open asks 4.
+        assert_eq!(replicas("2026-11-27T10:25:00Z", &events(100, 3)), expect(4, 2, 1));
+        // A closed exactly at its end, B open.
+        assert_eq!(replicas("2026-11-27T10:30:00Z", &events(100, 3)), expect(4, 0, 1));
+        // Both closed: the larger idle count.
+        assert_eq!(replicas("2026-11-27T11:00:00Z", &events(100, 3)), expect(2, 0, 0));
+    }
+
+    #[test]
+    fn deleting_events_ask_for_nothing_and_failed_ones_for_idle() {
+        let a = black_friday();
+        let now = "2026-11-27T10:05:00Z";
+        let mut deleting = state(&a, 0, 0);
+        deleting.deleting = true;
+        assert!(replicas(now, &[deleting.clone()]).is_empty());
+        let mut failed = state(&a, 0, 0);
+        failed.failed = true;
+        assert_eq!(replicas(now, &[failed]), vec![("coupon-api".into(), 0), ("coupon-consumer".into(), 0)]);
+        // The deleting event does not hold a shared Deployment up.
+        let b = spec("2026-11-28T10:00:00Z", "2026-11-28T10:30:00Z", ("coupon-api", 3, 1), ("coupon-consumer", 1, 0));
+        assert_eq!(replicas(now, &[deleting, state(&b, 0, 0)]), vec![("coupon-api".into(), 1), ("coupon-consumer".into(), 0)]);
+    }
+
+    #[test]
+    fn deployments_are_keyed_by_namespace() {
+        let s = black_friday();
+        let other = EventState { namespace: "other", ..state(&s, 0, 0) };
+        let desired = desired_replicas(t("2026-11-27T10:05:00Z"), &[state(&s, 0, 0), other]);
+        assert_eq!(desired.len(), 4);
+        assert_eq!(desired[&key("coupon-api")], 10);
+    }
+
+    #[test]
+    fn requeue_lands_on_the_next_boundary() {
+        let s = black_friday();
+        assert_eq!(next_boundary(t("2026-11-27T09:00:00Z"), &s), Some(t("2026-11-27T09:55:00Z")));
+        assert_eq!(next_boundary(t("2026-11-27T09:55:00Z"), &s), Some(t("2026-11-27T10:00:00Z")));
+        assert_eq!(next_boundary(t("2026-11-27T10:00:00Z"), &s), Some(t("2026-11-27T10:30:00Z")));
+        assert_eq!(next_boundary(t("2026-11-27T10:30:00Z"), &s), None);
+        // Scheduled 10 minutes ahead of warm-up: sleep exactly until it.
+        assert_eq!(requeue_after(t("2026-11-27T09:45:00Z"), &s, Phase::Scheduled), Duration::from_secs(600));
+        // Far ahead: capped at an hour.
+        assert_eq!(requeue_after(t("2026-11-20T09:45:00Z"), &s, Phase::Scheduled), IDLE_REQUEUE);
+        // Open: every few seconds, or sooner when the end is nearer.
+        assert_eq!(requeue_after(t("2026-11-27T10:10:00Z"), &s, Phase::Open), ACTIVE_REQUEUE);
+        assert_eq!(requeue_after(t("2026-11-27T10:29:58Z"), &s, Phase::Open), Duration::from_secs(2));
+        assert_eq!(requeue_after(t("2026-11-27T11:00:00Z"), &s, Phase::Draining), ACTIVE_REQUEUE);
+        assert_eq!(requeue_after(t("2026-11-27T11:00:00Z"), &s, Phase::Closed), IDLE_REQUEUE);
+    }
+
+    #[test]
+    fn default_warm_up_is_five_minutes() {
+        let mut s = black_friday();
+        s.schedule.warm_up = None;
+        assert_eq!(phase(t("2026-11-27T09:55:00Z"), &s, 0, 0), Phase::WarmingUp);
+        assert_eq!(phase(t("2026-11-27T09:54:59Z"), &s, 0, 0), Phase::Scheduled);
+        s.schedule.warm_up = Some("0s".into());
+        assert_eq!(phase(t("2026-11-27T09:59:59Z"), &s, 0, 0), Phase::Scheduled);
+    }
+}

@@ -86,8 +86,8 @@ fn default_partitions() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("timestamp(self.end) > timestamp(self.start)").message("schedule.end must be after schedule.start"),
-    validation = Rule::new("timestamp(self.end) - timestamp(self.start) <= duration('168h')").message("the window may be at most 7 days (168h)")
+    validation = Rule::new("self.end > self.start").message("schedule.end must be after schedule.start"),
+    validation = Rule::new("self.end - self.start <= duration('168h')").message("the window may be at most 7 days (168h)")
 )]
 pub struct Schedule {
     /// Opening time, RFC 3339 (e.g. 2026-11-27T10:00:00Z).

@@ -1,4 +1,15 @@
-//! `coupon-operator`: the CouponEvent controller.
+//! `coupon-operator`: the CouponEvent controller. Decisions live in pure modules
+//! (`schedule`, `status`); `controller` only reads, calls them and writes differences.
 
+pub mod backend;
+pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod schedule;
+pub mod status;
+
+/// The CRD as YAML, exactly as `coupon-operator crd` prints it and `crds/` holds it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&crd::CouponEvent::crd()).expect("CRD serializes")
+}

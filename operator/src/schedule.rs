@@ -99,9 +99,8 @@ pub fn next_boundary(now: Timestamp, spec: &CouponEventSpec) -> Option<Timestamp
 
 /// When to reconcile again: at the next boundary, and every few seconds while counters move.
 pub fn requeue_after(now: Timestamp, spec: &CouponEventSpec, phase: Phase) -> Duration {
-    let until_boundary = next_boundary(now, spec)
-        .map(|t| Duration::from_millis(t.duration_since(now).as_millis().max(0) as u64))
-        .unwrap_or(IDLE_REQUEUE);
+    let until_boundary =
+        next_boundary(now, spec).map(|t| Duration::from_millis(t.duration_since(now).as_millis().max(0) as u64)).unwrap_or(IDLE_REQUEUE);
     let cap = match phase {
         Phase::WarmingUp | Phase::Open | Phase::SoldOut | Phase::Draining => ACTIVE_REQUEUE,
         Phase::Pending | Phase::Failed => Duration::from_secs(300),
@@ -167,7 +166,11 @@ mod tests {
         ];
         for (now, issued, persisted, expected_phase, api, consumer) in timeline {
             assert_eq!(phase(t(now), &s, issued, persisted), expected_phase, "phase at {now}");
-            assert_eq!(replicas(now, &[state(&s, issued, persisted)]), vec![("coupon-api".into(), api), ("coupon-consumer".into(), consumer)], "replicas at {now}");
+            assert_eq!(
+                replicas(now, &[state(&s, issued, persisted)]),
+                vec![("coupon-api".into(), api), ("coupon-consumer".into(), consumer)],
+                "replicas at {now}"
+            );
         }
     }
 
@@ -199,7 +202,8 @@ mod tests {
         let a = spec("2026-11-27T10:00:00Z", "2026-11-27T10:30:00Z", ("shared-api", 10, 1), ("consumer-a", 2, 0));
         let b = spec("2026-11-27T10:20:00Z", "2026-11-27T11:00:00Z", ("shared-api", 4, 2), ("consumer-b", 1, 0));
         let events = |ia: i64, ib: i64| vec![state(&a, ia, ia), state(&b, ib, ib)];
-        let expect = |api: i32, ca: i32, cb: i32| vec![("consumer-a".to_owned(), ca), ("consumer-b".to_owned(), cb), ("shared-api".to_owned(), api)];
+        let expect =
+            |api: i32, ca: i32, cb: i32| vec![("consumer-a".to_owned(), ca), ("consumer-b".to_owned(), cb), ("shared-api".to_owned(), api)];
         // Before both: the larger idle count.
         assert_eq!(replicas("2026-11-27T09:00:00Z", &events(0, 0)), expect(2, 0, 0));
         // A warming up, B idle: A's 10.

@@ -1,0 +1,71 @@
+//! The operator's side effects outside Kubernetes: the event's Redis configuration and Kafka
+//! topic, through the same provisioning code as `coupon-service event create`.
+
+use coupon_service::event_id::EventId;
+use coupon_service::gate::{read_counters, EventCounters};
+use coupon_service::kafka::{KafkaSettings, TopicAdmin};
+use coupon_service::provision::{self, InvalidConfig, ProvisionError, RedisOutcome};
+use coupon_service::redis_conn::RedisHandle;
+
+use crate::crd::CouponEventSpec;
+
+/// Redis and Kafka as the operator uses them.
+pub struct Backend {
+    pub redis: RedisHandle,
+    pub admin: TopicAdmin,
+    pub replication: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("Redis is not connected yet")]
+    RedisNotConnected,
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+impl BackendError {
+    /// The spec cannot be applied as it stands (as opposed to a dependency being down).
+    pub fn refusal(&self) -> Option<&InvalidConfig> {
+        match self {
+            Self::Provision(ProvisionError::Invalid(invalid)) => Some(invalid),
+            _ => None,
+        }
+    }
+}
+
+impl Backend {
+    pub fn new(redis_url: &str, kafka: &KafkaSettings, replication: i32) -> anyhow::Result<Self> {
+        Ok(Self { redis: RedisHandle::connect_in_background(redis_url)?, admin: kafka.admin()?, replication })
+    }
+
+    fn conn(&self) -> Result<redis::aio::ConnectionManager, BackendError> {
+        self.redis.get().ok_or(BackendError::RedisNotConnected)
+    }
+
+    /// Creates the topic (once; an existing topic is kept).
+    pub async fn ensure_topic(&self, spec: &CouponEventSpec) -> Result<(), BackendError> {
+        self.admin.ensure_topic(&spec.topic, spec.partitions, self.replication).await?;
+        Ok(())
+    }
+
+    /// Writes the Redis configuration; never touches counters, refuses a limit below them.
+    pub async fn provision_redis(&self, event: &EventId, spec: &CouponEventSpec) -> Result<RedisOutcome, BackendError> {
+        Ok(provision::provision_redis(&mut self.conn()?, event, &spec.event_config()).await?)
+    }
+
+    pub async fn counters(&self, event: &EventId) -> Result<Option<EventCounters>, BackendError> {
+        Ok(read_counters(&mut self.conn()?, event).await?)
+    }
+
+    /// `onDelete: Delete`: removes the Redis keys and the topic.
+    pub async fn delete(&self, event: &EventId, spec: &CouponEventSpec) -> Result<(), BackendError> {
+        provision::delete_redis(&mut self.conn()?, event).await?;
+        self.admin.delete_topic(&spec.topic).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! The kube-runtime controller: a thin layer that reads the cluster, calls the pure decisions
+//! in `schedule` and `status`, and writes back only what differs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coupon_service::event_id::EventId;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::Store;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::backend::{Backend, BackendError};
+use crate::crd::{CouponEvent, CouponEventSpec, CouponEventStatus, Phase};
+use crate::metrics::Metrics;
+use crate::schedule::{self, DeploymentKey, EventState};
+use crate::status::{next_status, Observation, Refusal};
+
+/// Finalizer that makes deletion wait for the clean-up.
+pub const FINALIZER: &str = "coupons.fcfs.dev/cleanup";
+/// Name under which the operator writes Kubernetes Events.
+pub const REPORTER: &str = "coupon-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub backend: Backend,
+    /// All CouponEvents, kept current by the controller's reflector; needed because several
+    /// events may share a Deployment.
+    pub events: Store<CouponEvent>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// The clock, injectable so tests see fixed instants.
+    pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+impl Context {
+    pub fn new(client: Client, backend: Backend, events: Store<CouponEvent>, metrics: Arc<Metrics>) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() });
+        Self { client, backend, events, recorder, metrics, clock: Arc::new(Timestamp::now) }
+    }
+
+    /// Now, to the second: the API server stores condition times to the second, so a finer
+    /// time would never compare equal to what was written.
+    fn now(&self) -> Timestamp {
+        Timestamp::from_second((self.clock)().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    async fn publish(&self, event: &CouponEvent, type_: EventType, reason: &str, note: String) {
+        let kube_event = KubeEvent { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        if let Err(error) = self.recorder.publish(&kube_event, &event.object_ref(&())).await {
+            tracing::warn!(%error, "cannot publish Kubernetes Event");
+        }
+    }
+}
+
+/// Entry point of one reconcile: the finalizer decides between apply and clean-up.
+pub async fn reconcile(event: Arc<CouponEvent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let namespace = event.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, event, |step| async {
+        match step {
+            Finalizer::Apply(event) => apply(&event, &ctx).await,
+            Finalizer::Cleanup(event) => cleanup(&event, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// After a failed reconcile: count it and try again soon.
+pub fn error_policy(event: Arc<CouponEvent>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failures.inc();
+    tracing::warn!(event = %event.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn event_id(event: &CouponEvent) -> Result<EventId, Error> {
+    let namespace = event.namespace().ok_or(Error::NoNamespace)?;
+    EventId::new(&namespace, &event.name_any()).map_err(|_| Error::NoNamespace)
+}
+
+/// The topic was created for this generation already (survives operator restarts, since it
+/// is read from the status).
+fn provisioned_for_generation(event: &CouponEvent) -> bool {
+    let generation = event.metadata.generation;
+    event
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == generation && s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"))
+}
+
+async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
+    let now = ctx.now();
+    let id = event_id(event)?;
+    let spec = &event.spec;
+    let previous = event.status.as_ref();
+
+    let provisioned = match spec.validate() {
+        Err(invalid) => Err(Refusal { reason: "InvalidSpec", message: invalid.to_string() }),
+        Ok(()) => provision(event, &id, ctx).await?,
+    };
+    let counters = match ctx.backend.counters(&id).await {
+        Ok(counters) => counters,
+        Err(error) if provisioned.is_err() => {
+            tracing::debug!(%error, "no counters for a refused event");
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let (issued, persisted) =
+        counters.map(|c| (c.issued, c.persisted)).unwrap_or_else(|| previous.map(|s| (s.issued, s.persisted)).unwrap_or_default());
+    let phase = if provisioned.is_ok() { schedule::phase(now, spec, issued, persisted) } else { Phase::Failed };
+
+    let this = EventState { namespace: id.namespace(), spec, issued, persisted, deleting: false, failed: phase == Phase::Failed };
+    scale(event, this, ctx, now).await?;
+
+    let observation = Observation {
+        phase,
+        issued,
+        persisted,
+        limit: spec.limit,
+        generation: event.metadata.generation,
+        provisioned: provisioned.clone(),
+    };
+    let status = next_status(now, previous, &observation);
+    if previous != Some(&status) {
+        let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
+        api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+    }
+    let previous_phase = previous.map(|s| s.phase);
+    if previous_phase != Some(phase) {
+        let from = previous_phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "new".into());
+        match &provisioned {
+            Err(refusal) => ctx.publish(event, EventType::Warning, refusal.reason, refusal.message.clone()).await,
+            Ok(()) => ctx.publish(event, EventType::Normal, "PhaseChanged", format!("{from} -> {phase:?}")).await,
+        }
+    }
+    Ok(Action::requeue(schedule::requeue_after(now, spec, phase)))
+}
+
+/// Topic (once per generation) and Redis configuration (every time: cheap, and it restores a
+/// configuration lost with Redis). A spec the live state refuses becomes a `Refusal`.
+async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<Result<(), Refusal>, Error> {
+    let spec = &event.spec;
+    // The live-state check first, so that a refused spec touches neither Redis nor Kafka.
+    if let Some(counters) = ctx.backend.counters(id).await? {
+        if spec.limit < counters.issued {
+            let message = format!("limit {} is below the {} coupons already issued", spec.limit, counters.issued);
+            return Ok(Err(Refusal { reason: "LimitBelowIssued", message }));
+        }
+    }
+    if !provisioned_for_generation(event) {
+        if let Err(error) = ctx.backend.ensure_topic(spec).await {
+            ctx.publish(event, EventType::Warning, "ProvisioningFailed", format!("Kafka topic {}: {error}", spec.topic)).await;
+            return Err(error.into());
+        }
+    }
+    match ctx.backend.provision_redis(id, spec).await {
+        Ok(_) => Ok(Ok(())),
+        Err(error) => match error.refusal() {
+            Some(invalid) => Ok(Err(Refusal { reason: "LimitBelowIssued", message: invalid.to_string() })),
+            None => {
+                ctx.publish(event, EventType::Warning, "ProvisioningFailed", format!("Redis: {error}")).await;
+                Err(error.into())
+            }
+        },
+    }
+}
+
+/// Every other event as the scheduler sees it, from the reflector's cache.
+fn other_events(all: &[Arc<CouponEvent>], this: &CouponEvent) -> Vec<(String, CouponEventSpec, CouponEventStatus, bool)> {
+    all.iter()
+        .filter(|e| !(e.name_any() == this.name_any() && e.namespace() == this.namespace()))
+        .map(|e| {
+            (
+                e.namespace().unwrap_or_default(),
+                e.spec.clone(),
+                e.status.clone().unwrap_or_default(),
+                e.metadata.deletion_timestamp.is_some(),
+            )
+        })
+        .collect()
+}
+
+/// Scales this event's Deployments to the largest request of the events sharing them; a
+/// Deployment no remaining event asks for goes to this event's idle count.
+async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Timestamp) -> Result<(), Error> {
+    let others = other_events(&ctx.events.state(), event);
+    let mut states: Vec<EventState<'_>> = others
+        .iter()
+        .map(|(namespace, spec, status, deleting)| EventState {
+            namespace,
+            spec,
+            issued: status.issued,
+            persisted: status.persisted,
+            deleting: *deleting,
+            failed: status.phase == Phase::Failed || spec.validate().is_err(),
+        })
+        .collect();
+    let namespace = this.namespace.to_owned();
+    let spec = this.spec;
+    states.push(this);
+    let desired = schedule::desired_replicas(now, &states);
+    let idle_of = |name: &str| {
+        [(&spec.api, 0), (&spec.consumer, 1)].iter().filter(|(w, _)| w.deployment == name).map(|(w, _)| w.idle_replicas).max().unwrap_or(0)
+    };
+    let mut names = vec![spec.api.deployment.as_str(), spec.consumer.deployment.as_str()];
+    names.dedup();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    for name in names {
+        let key = DeploymentKey { namespace: namespace.clone(), name: name.to_owned() };
+        let target = desired.get(&key).copied().unwrap_or_else(|| idle_of(name));
+        let current = match deployments.get_scale(name).await {
+            Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                ctx.publish(event, EventType::Warning, "DeploymentMissing", format!("Deployment {name} not found in {namespace}")).await;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if current != target {
+            deployments.patch_scale(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": target } }))).await?;
+            ctx.metrics.scalings.inc();
+            ctx.publish(event, EventType::Normal, "Scaled", format!("Deployment {name} scaled from {current} to {target}")).await;
+        }
+    }
+    Ok(())
+}
+
+async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
+    let now = ctx.now();
+    let id = event_id(event)?;
+    let this = EventState { namespace: id.namespace(), spec: &event.spec, issued: 0, persisted: 0, deleting: true, failed: false };
+    scale(event, this, ctx, now).await?;
+    if event.spec.on_delete == crate::crd::OnDelete::Delete {
+        ctx.backend.delete(&id, &event.spec).await?;
+        ctx.publish(event, EventType::Normal, "Deleted", format!("removed Redis keys and topic {}", event.spec.topic)).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Runs the controller until SIGTERM.
+pub async fn run(client: Client, backend: Backend, metrics: Arc<Metrics>) {
+    let events: Api<CouponEvent> = Api::all(client.clone());
+    let controller = Controller::new(events, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let ctx = Arc::new(Context::new(client, backend, store, metrics));
+    controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile error");
+            }
+        })
+        .await;
+}

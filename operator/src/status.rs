@@ -1,0 +1,134 @@
+//! The status the operator writes, computed from what it observed. Pure, so a reconcile of
+//! an unchanged object produces an identical status and therefore no write.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{CouponEventStatus, Phase};
+
+/// Why provisioning did not happen, as a condition reason and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What one reconcile saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub phase: Phase,
+    pub issued: i64,
+    pub persisted: i64,
+    pub limit: i64,
+    pub generation: Option<i64>,
+    /// `Err` when the spec was refused; the phase is then `Failed`.
+    pub provisioned: Result<(), Refusal>,
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+    previous: &[Condition],
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_owned();
+    // The transition time moves only when the status does.
+    let last_transition_time =
+        previous.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone()).unwrap_or(Time(now));
+    Condition { type_: type_.to_owned(), status, reason: reason.to_owned(), message, observed_generation: generation, last_transition_time }
+}
+
+/// The status to write after an observation.
+pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observed: &Observation) -> CouponEventStatus {
+    let before = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let g = observed.generation;
+    let (issued, persisted, limit) = (observed.issued, observed.persisted, observed.limit);
+    let provisioned = match &observed.provisioned {
+        Ok(()) => condition("Provisioned", true, "Provisioned", "Redis configuration and Kafka topic are in place".into(), g, now, before),
+        Err(refusal) => condition("Provisioned", false, refusal.reason, refusal.message.clone(), g, now, before),
+    };
+    let phase_name = format!("{:?}", observed.phase);
+    let open = condition("Open", observed.phase == Phase::Open, &phase_name, format!("phase {phase_name}"), g, now, before);
+    let sold_out = observed.provisioned.is_ok() && issued >= limit;
+    let sold_out = condition(
+        "SoldOut",
+        sold_out,
+        if sold_out { "LimitReached" } else { "CouponsLeft" },
+        format!("{issued} of {limit} coupons issued"),
+        g,
+        now,
+        before,
+    );
+    let drained = persisted >= issued;
+    let drained = condition(
+        "Drained",
+        drained,
+        if drained { "AllWritten" } else { "Writing" },
+        format!("{persisted} of {issued} issued coupons written to SQL"),
+        g,
+        now,
+        before,
+    );
+    CouponEventStatus {
+        phase: observed.phase,
+        issued,
+        persisted,
+        observed_generation: g,
+        conditions: vec![provisioned, open, sold_out, drained],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observation(phase: Phase, issued: i64, persisted: i64) -> Observation {
+        Observation { phase, issued, persisted, limit: 100, generation: Some(3), provisioned: Ok(()) }
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn find<'a>(status: &'a CouponEventStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn same_observation_gives_the_same_status() {
+        let first = next_status(t("2026-11-27T10:00:00Z"), None, &observation(Phase::Open, 10, 5));
+        let again = next_status(t("2026-11-27T10:00:05Z"), Some(&first), &observation(Phase::Open, 10, 5));
+        assert_eq!(first, again, "no transition, no change: the reconcile writes nothing");
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_a_condition_flips() {
+        let open = next_status(t("2026-11-27T10:00:00Z"), None, &observation(Phase::Open, 10, 5));
+        let sold = next_status(t("2026-11-27T10:01:00Z"), Some(&open), &observation(Phase::SoldOut, 100, 50));
+        assert_eq!(find(&sold, "SoldOut").status, "True");
+        assert_eq!(find(&sold, "SoldOut").last_transition_time, Time(t("2026-11-27T10:01:00Z")));
+        assert_eq!(find(&sold, "Open").status, "False");
+        assert_eq!(find(&sold, "Provisioned").last_transition_time, Time(t("2026-11-27T10:00:00Z")));
+        assert_eq!(find(&sold, "Drained").status, "False");
+        assert_eq!(find(&sold, "Drained").message, "50 of 100 issued coupons written to SQL");
+        assert_eq!(sold.phase, Phase::SoldOut);
+        assert_eq!(sold.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_refused_spec_is_failed_with_its_reason() {
+        let mut failed = observation(Phase::Failed, 0, 0);
+        failed.provisioned = Err(Refusal { reason: "InvalidSpec", message: "end before start".into() });
+        let status = next_status(t("2026-11-27T10:00:00Z"), None, &failed);
+        let provisioned = find(&status, "Provisioned");
+        assert_eq!(
+            (provisioned.status.as_str(), provisioned.reason.as_str(), provisioned.message.as_str()),
+            ("False", "InvalidSpec", "end before start")
+        );
+        assert_eq!(find(&status, "SoldOut").status, "False");
+        assert_eq!(status.phase, Phase::Failed);
+    }
+}

@@ -65,8 +65,10 @@ impl Context {
         Timestamp::from_second((self.clock)().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    async fn publish(&self, event: &CouponEvent, type_: EventType, reason: &str, note: String) {
-        let kube_event = KubeEvent { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+    /// Publishes a Kubernetes Event. Events with the same type, reason and action form one
+    /// series (kube's recorder), so `action` names what was acted on.
+    async fn publish(&self, event: &CouponEvent, type_: EventType, reason: &str, action: &str, note: String) {
+        let kube_event = KubeEvent { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         if let Err(error) = self.recorder.publish(&kube_event, &event.object_ref(&())).await {
             tracing::warn!(%error, "cannot publish Kubernetes Event");
         }
@@ -155,8 +157,8 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     if previous_phase != Some(phase) {
         let from = previous_phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "new".into());
         match &provisioned {
-            Err(refusal) => ctx.publish(event, EventType::Warning, refusal.reason, refusal.message.clone()).await,
-            Ok(()) => ctx.publish(event, EventType::Normal, "PhaseChanged", format!("{from} -> {phase:?}")).await,
+            Err(refusal) => ctx.publish(event, EventType::Warning, refusal.reason, "Provision", refusal.message.clone()).await,
+            Ok(()) => ctx.publish(event, EventType::Normal, "PhaseChanged", "Reconcile", format!("{from} -> {phase:?}")).await,
         }
     }
     Ok(Action::requeue(schedule::requeue_after(now, spec, phase)))
@@ -175,7 +177,8 @@ async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<R
     }
     if !provisioned_for_generation(event) {
         if let Err(error) = ctx.backend.ensure_topic(spec).await {
-            ctx.publish(event, EventType::Warning, "ProvisioningFailed", format!("Kafka topic {}: {error}", spec.topic)).await;
+            ctx.publish(event, EventType::Warning, "ProvisioningFailed", "CreateTopic", format!("Kafka topic {}: {error}", spec.topic))
+                .await;
             return Err(error.into());
         }
     }
@@ -184,7 +187,7 @@ async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<R
         Err(error) => match error.refusal() {
             Some(invalid) => Ok(Err(Refusal { reason: "LimitBelowIssued", message: invalid.to_string() })),
             None => {
-                ctx.publish(event, EventType::Warning, "ProvisioningFailed", format!("Redis: {error}")).await;
+                ctx.publish(event, EventType::Warning, "ProvisioningFailed", "ConfigureRedis", format!("Redis: {error}")).await;
                 Err(error.into())
             }
         },
@@ -237,7 +240,14 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
         let current = match deployments.get_scale(name).await {
             Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
             Err(kube::Error::Api(status)) if status.is_not_found() => {
-                ctx.publish(event, EventType::Warning, "DeploymentMissing", format!("Deployment {name} not found in {namespace}")).await;
+                ctx.publish(
+                    event,
+                    EventType::Warning,
+                    "DeploymentMissing",
+                    &format!("Scale {name}"),
+                    format!("Deployment {name} not found in {namespace}"),
+                )
+                .await;
                 continue;
             }
             Err(error) => return Err(error.into()),
@@ -245,7 +255,14 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
         if current != target {
             deployments.patch_scale(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": target } }))).await?;
             ctx.metrics.scalings.inc();
-            ctx.publish(event, EventType::Normal, "Scaled", format!("Deployment {name} scaled from {current} to {target}")).await;
+            ctx.publish(
+                event,
+                EventType::Normal,
+                "Scaled",
+                &format!("Scale {name}"),
+                format!("Deployment {name} scaled from {current} to {target}"),
+            )
+            .await;
         }
     }
     Ok(())
@@ -258,7 +275,7 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     scale(event, this, ctx, now).await?;
     if event.spec.on_delete == crate::crd::OnDelete::Delete {
         ctx.backend.delete(&id, &event.spec).await?;
-        ctx.publish(event, EventType::Normal, "Deleted", format!("removed Redis keys and topic {}", event.spec.topic)).await;
+        ctx.publish(event, EventType::Normal, "Deleted", "Cleanup", format!("removed Redis keys and topic {}", event.spec.topic)).await;
     }
     Ok(Action::await_change())
 }

@@ -1,0 +1,344 @@
+//! Reconcile against a fake API server (every request asserted) and the real Redis and Kafka
+//! broker (started by `dev/stack up`).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coupon_operator::backend::Backend;
+use coupon_operator::controller::{reconcile, Context, FINALIZER, REPORTER};
+use coupon_operator::crd::{CouponEvent, CouponEventSpec, OnDelete, Phase, Schedule, Workload};
+use coupon_operator::metrics::Metrics;
+use coupon_service::event_id::EventId;
+use coupon_service::kafka::KafkaSettings;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use support::{FakeApiServer, Recorded};
+
+const NS: &str = "shop";
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn kafka() -> KafkaSettings {
+    KafkaSettings {
+        bootstrap_servers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+        produce_timeout: Duration::from_secs(5),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}-{}", std::process::id(), Timestamp::now().as_microsecond(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+/// An event open 10:00–10:30 with a 5-minute warm-up, on its own topic.
+fn coupon_event(limit: i64, on_delete: OnDelete) -> CouponEvent {
+    let name = unique("ev");
+    let spec = CouponEventSpec {
+        limit,
+        per_user_limit: 1,
+        topic: format!("op.{name}"),
+        partitions: 2,
+        schedule: Schedule { start: Time(t("2026-11-27T10:00:00Z")), end: Time(t("2026-11-27T10:30:00Z")), warm_up: Some("5m".into()) },
+        api: Workload { deployment: "coupon-api".into(), replicas: 10, idle_replicas: 0 },
+        consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: 0 },
+        on_delete,
+    };
+    let mut event = CouponEvent::new(&name, spec);
+    event.metadata.namespace = Some(NS.into());
+    event.metadata.generation = Some(1);
+    event.metadata.uid = Some(unique("uid"));
+    event
+}
+
+struct Harness {
+    server: FakeApiServer,
+    ctx: Arc<Context>,
+    writer: reflector::store::Writer<CouponEvent>,
+}
+
+async fn harness(now: &str) -> Harness {
+    let server = FakeApiServer::default().with_deployment(NS, "coupon-api", 0).with_deployment(NS, "coupon-consumer", 0);
+    let client = server.client();
+    let backend = Backend::new(&redis_url(), &kafka(), 1).unwrap();
+    backend.redis.wait().await;
+    let (store, writer) = reflector::store::<CouponEvent>();
+    let now = t(now);
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), Reporter { controller: REPORTER.into(), instance: None }),
+        client,
+        backend,
+        events: store,
+        metrics: Arc::new(Metrics::default()),
+        clock: Arc::new(move || now),
+    });
+    Harness { server, ctx, writer }
+}
+
+impl Harness {
+    /// Puts the event in the fake cluster and the reflector cache, then reconciles it.
+    async fn reconcile(&mut self, event: &CouponEvent) -> Vec<Recorded> {
+        self.server.put_event(event);
+        self.writer.apply_watcher_event(&watcher::Event::Apply(event.clone()));
+        reconcile(Arc::new(event.clone()), self.ctx.clone()).await.unwrap();
+        self.server.take_requests()
+    }
+
+    fn stored(&self, event: &CouponEvent) -> CouponEvent {
+        self.server.event(NS, &event.name_any())
+    }
+}
+
+/// `METHOD path`, with the generated name of an event series replaced by `*`.
+fn shorts(requests: &[Recorded]) -> Vec<String> {
+    let series = format!("{EVENTS}/");
+    requests.iter().map(|r| if r.path.starts_with(&series) { format!("{} {series}*", r.method) } else { r.short() }).collect()
+}
+
+async fn redis_keys(id: &EventId) -> i64 {
+    let mut conn = coupon_service::redis_conn::RedisHandle::connect_with_deadline(&redis_url(), Duration::from_secs(5)).await.unwrap();
+    redis::cmd("EXISTS").arg(&id.keys().all()[..]).query_async(&mut conn).await.unwrap()
+}
+
+fn topic_partitions(topic: &str) -> Option<usize> {
+    kafka().admin().unwrap().partitions(topic, Duration::from_secs(5)).unwrap()
+}
+
+fn id(event: &CouponEvent) -> EventId {
+    EventId::new(NS, &event.name_any()).unwrap()
+}
+
+const SCALE_API: &str = "/apis/apps/v1/namespaces/shop/deployments/coupon-api/scale";
+const SCALE_CONSUMER: &str = "/apis/apps/v1/namespaces/shop/deployments/coupon-consumer/scale";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_then_nothing() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let event = coupon_event(100, OnDelete::Retain);
+    let object = format!("/apis/coupons.fcfs.dev/v1alpha1/namespaces/shop/couponevents/{}", event.name_any());
+
+    // 1. The finalizer first, and nothing else.
+    let requests = h.reconcile(&event).await;
+    assert_eq!(shorts(&requests), vec![format!("PATCH {object}")]);
+    assert_eq!(requests[0].body[1]["value"], serde_json::json!([FINALIZER]));
+    assert_eq!(redis_keys(&id(&event)).await, 0, "nothing provisioned before the finalizer is in place");
+
+    // 2. Provision, scale both Deployments, write status, tell the user.
+    let event = h.stored(&event);
+    let requests = h.reconcile(&event).await;
+    assert_eq!(
+        shorts(&requests),
+        vec![
+            format!("GET {SCALE_API}"),
+            format!("PATCH {SCALE_API}"),
+            format!("POST {EVENTS}"),
+            format!("GET {SCALE_CONSUMER}"),
+            format!("PATCH {SCALE_CONSUMER}"),
+            format!("POST {EVENTS}"),
+            format!("PATCH {object}/status"),
+            format!("POST {EVENTS}"),
+        ]
+    );
+    assert_eq!(requests[1].body, serde_json::json!({"spec": {"replicas": 10}}));
+    assert_eq!(requests[4].body, serde_json::json!({"spec": {"replicas": 2}}));
+    assert_eq!(requests[2].body["reason"], "Scaled");
+    let status = &requests[6].body["status"];
+    assert_eq!(status["phase"], "Open");
+    assert_eq!(status["issued"], 0);
+    assert_eq!(status["observedGeneration"], 1);
+    let conditions: Vec<(String, String)> = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["type"].as_str().unwrap().into(), c["status"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(
+        conditions,
+        vec![
+            ("Provisioned".into(), "True".into()),
+            ("Open".into(), "True".into()),
+            ("SoldOut".into(), "False".into()),
+            ("Drained".into(), "True".into())
+        ]
+    );
+    assert_eq!(requests[7].body["reason"], "PhaseChanged");
+    assert_eq!(requests[7].body["note"], "new -> Open");
+    assert_eq!(h.server.replicas(NS, "coupon-api"), Some(10));
+    assert_eq!(topic_partitions(&event.spec.topic), Some(2));
+    let counters = h.ctx.backend.counters(&id(&event)).await.unwrap().expect("Redis config provisioned");
+    assert_eq!((counters.limit, counters.topic.as_str()), (100, event.spec.topic.as_str()));
+
+    // 3. Unchanged object: reads only.
+    let event = h.stored(&event);
+    let requests = h.reconcile(&event).await;
+    assert!(requests.iter().all(|r| !r.is_write()), "{:?}", shorts(&requests));
+    assert_eq!(shorts(&requests), vec![format!("GET {SCALE_API}"), format!("GET {SCALE_CONSUMER}")]);
+
+    // 4. A new operator process (empty caches, same cluster) writes nothing either.
+    let mut restarted = harness("2026-11-27T10:01:30Z").await;
+    restarted.server.state.lock().unwrap().deployments = h.server.state.lock().unwrap().deployments.clone();
+    let requests = restarted.reconcile(&event).await;
+    assert!(requests.iter().all(|r| !r.is_write()), "{:?}", shorts(&requests));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_scales_to_idle_and_with_on_delete_delete_removes_keys_and_topic() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let event = coupon_event(50, OnDelete::Delete);
+    h.reconcile(&event).await;
+    let event = h.stored(&event);
+    h.reconcile(&event).await;
+    assert_eq!(redis_keys(&id(&event)).await, 1);
+    assert_eq!(topic_partitions(&event.spec.topic), Some(2));
+
+    let mut deleting = h.stored(&event);
+    deleting.metadata.deletion_timestamp = Some(Time(t("2026-11-27T10:02:00Z")));
+    let requests = h.reconcile(&deleting).await;
+    let object = format!("/apis/coupons.fcfs.dev/v1alpha1/namespaces/shop/couponevents/{}", event.name_any());
+    // The scale events repeat the ones of the scale-up, so kube's recorder updates their series.
+    assert_eq!(
+        shorts(&requests),
+        vec![
+            format!("GET {SCALE_API}"),
+            format!("PATCH {SCALE_API}"),
+            format!("PATCH {EVENTS}/*"),
+            format!("GET {SCALE_CONSUMER}"),
+            format!("PATCH {SCALE_CONSUMER}"),
+            format!("PATCH {EVENTS}/*"),
+            format!("POST {EVENTS}"),
+            format!("PATCH {object}"),
+        ]
+    );
+    assert_eq!(requests[1].body, serde_json::json!({"spec": {"replicas": 0}}));
+    assert_eq!(requests[6].body["reason"], "Deleted");
+    assert_eq!(requests[7].body.as_array().unwrap().last().unwrap()["op"], "remove", "finalizer removed last");
+    assert_eq!(redis_keys(&id(&event)).await, 0);
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        topic_partitions(&event.spec.topic).is_none()
+    });
+    assert!(gone, "topic deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_retain_keeps_keys_and_a_shared_deployment_stays_up_for_the_other_event() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let first = coupon_event(50, OnDelete::Retain);
+    let second = coupon_event(50, OnDelete::Retain);
+    for event in [&first, &second] {
+        h.reconcile(event).await;
+        let stored = h.stored(event);
+        h.reconcile(&stored).await;
+    }
+    assert_eq!(h.server.replicas(NS, "coupon-api"), Some(10));
+    let mut deleting = h.stored(&first);
+    deleting.metadata.deletion_timestamp = Some(Time(t("2026-11-27T10:02:00Z")));
+    let requests = h.reconcile(&deleting).await;
+    assert_eq!(shorts(&requests).iter().filter(|r| r.contains("/scale") && r.starts_with("PATCH")).count(), 0, "{:?}", shorts(&requests));
+    assert_eq!(h.server.replicas(NS, "coupon-api"), Some(10), "the other event still needs it");
+    assert_eq!(redis_keys(&id(&first)).await, 1, "Retain keeps the Redis keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_before_start_fails_with_a_condition_and_touches_neither_redis_nor_kafka() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let mut event = coupon_event(100, OnDelete::Retain);
+    event.spec.schedule.end = Time(t("2026-11-27T09:00:00Z"));
+    event.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let requests = h.reconcile(&event).await;
+    let status_patch = requests.iter().find(|r| r.path.ends_with("/status")).expect("status written");
+    let status = &status_patch.body["status"];
+    assert_eq!(status["phase"], "Failed");
+    let provisioned = &status["conditions"][0];
+    assert_eq!(
+        (provisioned["type"].as_str(), provisioned["status"].as_str(), provisioned["reason"].as_str()),
+        (Some("Provisioned"), Some("False"), Some("InvalidSpec"))
+    );
+    assert!(provisioned["message"].as_str().unwrap().contains("must be after"), "{provisioned}");
+    let warning = requests.iter().find(|r| r.path == EVENTS).expect("event published");
+    assert_eq!(warning.body["type"], "Warning");
+    assert_eq!(redis_keys(&id(&event)).await, 0);
+    assert_eq!(topic_partitions(&event.spec.topic), None);
+    assert_eq!(h.server.replicas(NS, "coupon-api"), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_the_limit_below_issued_fails_and_changes_nothing() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let event = coupon_event(10, OnDelete::Retain);
+    h.reconcile(&event).await;
+    let event = h.stored(&event);
+    h.reconcile(&event).await;
+    // Five coupons issued through the real gate (the window is judged by Redis' clock, so
+    // open it around the real now for this step).
+    let mut conn = h.ctx.backend.redis.get().unwrap();
+    let now = chrono::Utc::now();
+    let mut open = event.spec.event_config();
+    open.start = now - chrono::Duration::minutes(1);
+    open.end = now + chrono::Duration::minutes(10);
+    coupon_service::provision::provision_redis(&mut conn, &id(&event), &open).await.unwrap();
+    let gate = coupon_service::gate::Gate::new();
+    for user in 0..5 {
+        gate.apply(&mut conn, &id(&event), &format!("u{user}")).await.unwrap();
+    }
+    let before = h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap();
+    assert_eq!(before.issued, 5);
+
+    let mut lowered = h.stored(&event);
+    lowered.spec.limit = 3;
+    lowered.metadata.generation = Some(2);
+    let requests = h.reconcile(&lowered).await;
+    let status = &requests.iter().find(|r| r.path.ends_with("/status")).expect("status written").body["status"];
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["conditions"][0]["reason"], "LimitBelowIssued");
+    assert!(status["conditions"][0]["message"].as_str().unwrap().contains("below the 5 coupons already issued"));
+    assert_eq!(status["issued"], 5);
+    assert_eq!(h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap(), before, "Redis unchanged");
+
+    // Raising it is applied in place, counters kept.
+    let mut raised = h.stored(&lowered);
+    raised.spec.limit = 20;
+    raised.metadata.generation = Some(3);
+    h.reconcile(&raised).await;
+    let after = h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap();
+    assert_eq!((after.limit, after.issued), (20, 5));
+    assert_eq!(h.stored(&raised).status.unwrap().phase, Phase::Open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_is_idempotent_and_keeps_counters() {
+    let backend = Backend::new(&redis_url(), &kafka(), 1).unwrap();
+    backend.redis.wait().await;
+    let event = coupon_event(10, OnDelete::Delete);
+    let event_id = id(&event);
+    backend.ensure_topic(&event.spec).await.unwrap();
+    assert_eq!(backend.provision_redis(&event_id, &event.spec).await.unwrap(), coupon_service::provision::RedisOutcome::Created);
+    assert_eq!(topic_partitions(&event.spec.topic), Some(2));
+    // Second run: nothing changes.
+    backend.ensure_topic(&event.spec).await.unwrap();
+    assert_eq!(backend.provision_redis(&event_id, &event.spec).await.unwrap(), coupon_service::provision::RedisOutcome::Unchanged);
+    // Issued coupons survive re-provisioning with a new window.
+    let mut conn = backend.redis.get().unwrap();
+    redis::cmd("SET").arg(event_id.keys().count).arg(4).query_async::<()>(&mut conn).await.unwrap();
+    let mut moved = event.spec.clone();
+    moved.schedule.end = Time(t("2026-11-27T10:45:00Z"));
+    assert_eq!(backend.provision_redis(&event_id, &moved).await.unwrap(), coupon_service::provision::RedisOutcome::Updated);
+    let counters = backend.counters(&event_id).await.unwrap().unwrap();
+    assert_eq!(counters.issued, 4);
+    assert_eq!(counters.end_ms, t("2026-11-27T10:45:00Z").as_millisecond());
+    backend.delete(&event_id, &event.spec).await.unwrap();
+    assert_eq!(redis_keys(&event_id).await, 0);
+}

@@ -20,6 +20,8 @@ pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
 /// `schedule.start` and `schedule.end` get a coupon. The operator provisions its Redis
 /// configuration and Kafka topic, scales the api and consumer Deployments for the window,
 /// and reports progress in `status`.
+// Several `printcolumn(...)` share attribute values, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "coupons.fcfs.dev",

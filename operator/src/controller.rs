@@ -280,9 +280,16 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Runs the controller until SIGTERM.
-pub async fn run(client: Client, backend: Backend, metrics: Arc<Metrics>) {
-    let events: Api<CouponEvent> = Api::all(client.clone());
+/// What the controller's watch needs besides the requests reconcile makes:
+/// `(api group, resource, verbs)`. The chart's RBAC rules are checked against both.
+pub const WATCH_PERMISSIONS: (&str, &str, &[&str]) = ("coupons.fcfs.dev", "couponevents", &["list", "watch"]);
+
+/// Runs the controller until SIGTERM, for one namespace or (`None`) all of them.
+pub async fn run(client: Client, backend: Backend, metrics: Arc<Metrics>, namespace: Option<String>) {
+    let events: Api<CouponEvent> = match &namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
     let controller = Controller::new(events, watcher::Config::default().any_semantic());
     let store = controller.store();
     let ctx = Arc::new(Context::new(client, backend, store, metrics));

@@ -34,6 +34,9 @@ enum Command {
         /// Replication factor of the topics the operator creates.
         #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
         replication: i32,
+        /// Manage the CouponEvents of this namespace only (empty: all namespaces).
+        #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
+        watch_namespace: String,
     },
 }
 
@@ -42,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => print!("{}", coupon_operator::crd_yaml()),
-        Command::Run { listen, redis_url, kafka_brokers, replication } => {
+        Command::Run { listen, redis_url, kafka_brokers, replication, watch_namespace } => {
             telemetry::init_logging(cli.log_format, "info,kube=warn");
             let kafka = KafkaSettings { bootstrap_servers: kafka_brokers, produce_timeout: Duration::from_secs(5) };
             let backend = Backend::new(&redis_url, &kafka, replication)?;
@@ -55,7 +58,8 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(async move { axum::serve(listener, app).await });
             let client = kube::Client::try_default().await?;
             tracing::info!("coupon-operator started");
-            coupon_operator::controller::run(client, backend, metrics).await;
+            let namespace = Some(watch_namespace).filter(|n| !n.is_empty());
+            coupon_operator::controller::run(client, backend, metrics, namespace).await;
         }
     }
     Ok(())

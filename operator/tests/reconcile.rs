@@ -342,3 +342,57 @@ async fn provisioning_is_idempotent_and_keeps_counters() {
     backend.delete(&event_id, &event.spec).await.unwrap();
     assert_eq!(redis_keys(&event_id).await, 0);
 }
+
+/// `(api group, resource, verb)` of a request, as RBAC sees it.
+fn permission(request: &Recorded) -> (String, String, String) {
+    let parts: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+    // /apis/{group}/{version}/namespaces/{ns}/{resource}[/{name}[/{subresource}]]
+    let group = parts[1].to_owned();
+    let resource = match parts.get(7) {
+        Some(sub) => format!("{}/{sub}", parts[5]),
+        None => parts[5].to_owned(),
+    };
+    let verb = match (request.method.as_str(), parts.len()) {
+        ("GET", 6) => "list",
+        ("GET", _) => "get",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        (other, _) => panic!("unexpected method {other}"),
+    };
+    (group, resource, verb.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_rbac_rules_are_exactly_what_the_operator_calls() {
+    use std::collections::BTreeSet;
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let event = coupon_event(10, OnDelete::Retain);
+    let mut used: BTreeSet<(String, String, String)> = BTreeSet::new();
+    used.extend(h.reconcile(&event).await.iter().map(permission));
+    let stored = h.stored(&event);
+    used.extend(h.reconcile(&stored).await.iter().map(permission));
+    let mut deleting = h.stored(&event);
+    deleting.metadata.deletion_timestamp = Some(Time(t("2026-11-27T10:02:00Z")));
+    used.extend(h.reconcile(&deleting).await.iter().map(permission));
+    let (group, resource, verbs) = coupon_operator::controller::WATCH_PERMISSIONS;
+    used.extend(verbs.iter().map(|v| (group.to_owned(), resource.to_owned(), v.to_string())));
+
+    let rules_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/coupon-system/files/operator-rules.yaml");
+    let rules: Vec<serde_json::Value> = serde_yaml::from_str(&std::fs::read_to_string(rules_file).unwrap()).unwrap();
+    let mut granted = BTreeSet::new();
+    for rule in &rules {
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    granted.insert((
+                        group.as_str().unwrap().to_owned(),
+                        resource.as_str().unwrap().to_owned(),
+                        verb.as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(granted, used, "RBAC rules must match the operator's calls exactly (least privilege)");
+}

@@ -1,0 +1,203 @@
+"""Offline checks of what users install: the Helm chart (with Helm's own engine), the CRD,
+the examples and the shell scripts. No cluster is needed."""
+
+import subprocess
+from pathlib import Path
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "coupon-system"
+CRD = ROOT / "crds" / "couponevents.coupons.fcfs.dev.yaml"
+# Oldest and newest Kubernetes minor the chart claims (Chart.yaml kubeVersion: >=1.30).
+KUBE_VERSIONS = ["1.30.0", "1.37.0"]
+VALUES_FILES = {"default": None, "kind": ROOT / "examples" / "kind-values.yaml"}
+
+
+def render(values=None, **extra):
+    chart = helm_python.Chart.load(str(CHART))
+    files = chart.render(values, name="coupons", namespace="shop", is_install=True, **extra)
+    docs = []
+    for text in files.values():
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def values_of(name):
+    path = VALUES_FILES[name]
+    return yaml.safe_load(path.read_text()) if path else None
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_chart_lints_without_errors_or_warnings():
+    for name, path in VALUES_FILES.items():
+        report = helm_python.lint(str(CHART), values_of(name), strict=True, namespace="shop")
+        assert report["errors"] == [], report
+        assert [m for m in report["messages"] if m["severity"] >= 2] == [], report
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_renders_with_each_values_file(values):
+    docs = render(values_of(values))
+    kinds = sorted({d["kind"] for d in docs})
+    assert {"Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= set(kinds), kinds
+    names = {d["metadata"]["name"] for d in by_kind(docs, "Deployment")}
+    assert names == {"coupon-api", "coupon-consumer", "coupon-operator"}
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_rendered_manifests_pass_kubernetes_validate(values, version):
+    for doc in render(values_of(values)):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_crd_passes_kubernetes_validate(version):
+    kubernetes_validate.validate(yaml.safe_load(CRD.read_text()), version, strict=True)
+
+
+def test_chart_crd_is_the_root_crd():
+    assert (CHART / "crds" / CRD.name).read_bytes() == CRD.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"api": {"service": {"port": "eighty"}}}, "want integer"),
+        ({"consumer": {"batchSize": "many"}}, "want integer"),
+        ({"bogus": 1}, "additional properties 'bogus' not allowed"),
+    ],
+)
+def test_values_schema_rejects_bad_values(bad, message):
+    with pytest.raises(helm_python.HelmValuesError, match=message):
+        render(bad)
+
+
+def test_api_and_consumer_replicas_belong_to_the_operator():
+    for values in VALUES_FILES:
+        for deployment in by_kind(render(values_of(values)), "Deployment"):
+            if deployment["metadata"]["name"] in ("coupon-api", "coupon-consumer"):
+                assert "replicas" not in deployment["spec"], deployment["metadata"]["name"]
+
+
+def rules_used_by_the_operator():
+    """The operator's own list, checked against its reconcile requests by its Rust tests."""
+    return yaml.safe_load((CHART / "files" / "operator-rules.yaml").read_text())
+
+
+def normalised(rules):
+    return sorted(
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    )
+
+
+def test_rbac_grants_exactly_what_the_operator_calls():
+    docs = render()
+    (role,) = by_kind(docs, "ClusterRole")
+    assert normalised(role["rules"]) == normalised(rules_used_by_the_operator())
+    assert "*" not in str(role["rules"])
+    scoped = render({"operator": {"watchNamespace": "shop"}})
+    assert by_kind(scoped, "ClusterRole") == []
+    (role,) = by_kind(scoped, "Role")
+    assert normalised(role["rules"]) == normalised(rules_used_by_the_operator())
+
+
+def test_containers_are_non_root_and_read_only_and_probed():
+    for deployment in by_kind(render(), "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert container["resources"]["requests"]
+
+
+def test_credentials_come_from_a_secret_never_from_values():
+    values_text = (CHART / "values.yaml").read_text()
+    assert "redis://" not in values_text and "postgres://" not in values_text and "mysql://" not in values_text
+    for deployment in by_kind(render(), "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            for secret in ("REDIS_URL", "DATABASE_URL"):
+                if secret in env:
+                    assert env[secret]["valueFrom"]["secretKeyRef"]["name"] == "coupon-connections"
+                    assert "value" not in env[secret]
+
+
+def test_optional_objects_render_when_enabled():
+    docs = render({"serviceMonitor": {"enabled": True}, "podDisruptionBudget": {"enabled": True}, "networkPolicy": {"enabled": True, "metricsFrom": {"app": "prometheus"}}})
+    assert len(by_kind(docs, "ServiceMonitor")) == 1
+    assert len(by_kind(docs, "PodDisruptionBudget")) == 2
+    assert len(by_kind(docs, "NetworkPolicy")) == 2
+
+
+def crd_schema():
+    crd = yaml.safe_load(CRD.read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def coupon_events():
+    events = []
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        events.extend(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "CouponEvent")
+    assert len(events) >= 3
+    return events
+
+
+def test_examples_validate_against_the_crd_schema():
+    schema = crd_schema()
+    for event in coupon_events():
+        jsonschema.validate(event, schema, cls=jsonschema.Draft4Validator)
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("spec", "limit"), 0),
+        (("spec", "limit"), "100"),
+        (("spec", "api", "replicas"), -1),
+        (("spec", "onDelete"), "Sometimes"),
+        (("spec", "schedule", "warmUp"), "five minutes"),
+        (("spec", "perUserLimit"), 2),
+    ],
+)
+def test_crd_schema_rejects_invalid_fields(path, value):
+    event = coupon_events()[0]
+    target = event
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(event, crd_schema(), cls=jsonschema.Draft4Validator)
+
+
+def test_crd_schema_requires_the_window_and_workloads():
+    event = coupon_events()[0]
+    del event["spec"]["schedule"]["end"]
+    with pytest.raises(jsonschema.ValidationError, match="'end' is a required property"):
+        jsonschema.validate(event, crd_schema(), cls=jsonschema.Draft4Validator)
+
+
+SCRIPTS = sorted([*(ROOT / "dev").iterdir(), ROOT / ".ci" / "run", *(ROOT / "tests" / "e2e").glob("*.sh")])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shell_scripts_parse_and_pass_shellcheck(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    result = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# End-to-end on a kind cluster: build and load the images, install Redis, Kafka and
+# PostgreSQL, `helm install` the chart, apply a CouponEvent that opens shortly, and check the
+# whole life of the event: scale-up at warm-up, a burst through a port-forward, exactly
+# `limit` rows, scale-down after the window and drain, clean-up on delete.
+#
+# Needs docker, kind, kubectl, helm and cargo. Not part of `dev/test` (no docker there).
+#   tests/e2e/run.sh                 # KEEP_CLUSTER=1 keeps the cluster afterwards
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+cluster=${CLUSTER:-coupon-e2e}
+ns=shop
+event=e2e-sale
+limit=100
+
+log() { printf '[e2e] %s\n' "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+
+# wait_until SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds.
+wait_until() {
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || fail "timed out waiting for $what"
+    sleep 2
+  done
+  log "ok: $what"
+}
+
+replicas_are() { # replicas_are DEPLOYMENT N
+  [ "$(kubectl -n "$ns" get deployment "$1" -o jsonpath='{.spec.replicas}')" = "$2" ]
+}
+
+phase_is() {
+  [ "$(kubectl -n "$ns" get couponevent "$event" -o jsonpath='{.status.phase}')" = "$1" ]
+}
+
+for tool in docker kind kubectl helm cargo; do
+  command -v "$tool" >/dev/null || fail "$tool is required"
+done
+
+cleanup() {
+  if [ -n "${forward_pid:-}" ]; then kill "$forward_pid" 2>/dev/null || true; fi
+  if [ -z "${KEEP_CLUSTER:-}" ]; then kind delete cluster --name "$cluster" >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+kind get clusters | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 120s
+
+log "building images"
+docker build --target coupon-service -t coupon-service:e2e .
+docker build --target coupon-operator -t coupon-operator:e2e .
+kind load docker-image --name "$cluster" coupon-service:e2e coupon-operator:e2e
+
+log "installing Redis, Kafka and PostgreSQL"
+kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$ns" apply -f tests/e2e/deps.yaml
+for d in redis kafka postgres; do kubectl -n "$ns" rollout status "deployment/$d" --timeout=300s; done
+kubectl -n "$ns" create secret generic coupon-connections \
+  --from-literal=REDIS_URL=redis://redis:6379 \
+  --from-literal=DATABASE_URL=postgres://postgres:postgres@postgres:5432/coupons \
+  --dry-run=client -o yaml | kubectl apply -f -
+
+log "installing the chart"
+helm upgrade --install coupons charts/coupon-system -n "$ns" -f examples/kind-values.yaml --wait --timeout 300s
+
+start=$(date -u -d '+90 seconds' +%Y-%m-%dT%H:%M:%SZ)
+end=$(date -u -d '+240 seconds' +%Y-%m-%dT%H:%M:%SZ)
+log "CouponEvent $event: limit $limit, $start .. $end, warm-up 60s"
+kubectl -n "$ns" apply -f - <<YAML
+apiVersion: coupons.fcfs.dev/v1alpha1
+kind: CouponEvent
+metadata: {name: $event, namespace: $ns}
+spec:
+  limit: $limit
+  topic: coupon_create
+  schedule: {start: "$start", end: "$end", warmUp: 60s}
+  api: {deployment: coupon-api, replicas: 2, idleReplicas: 0}
+  consumer: {deployment: coupon-consumer, replicas: 1, idleReplicas: 0}
+  onDelete: Delete
+YAML
+
+provisioned() {
+  [ "$(kubectl -n "$ns" get couponevent "$event" -o jsonpath='{.status.conditions[?(@.type=="Provisioned")].status}')" = True ]
+}
+wait_until 60 "event provisioned (topic and Redis configuration)" provisioned
+wait_until 120 "api scaled up at warm-up" replicas_are coupon-api 2
+wait_until 30 "consumer scaled up at warm-up" replicas_are coupon-consumer 1
+kubectl -n "$ns" rollout status deployment/coupon-api --timeout=180s
+kubectl -n "$ns" rollout status deployment/coupon-consumer --timeout=180s
+wait_until 120 "event open" phase_is Open
+
+log "burst through a port-forward"
+kubectl -n "$ns" port-forward svc/coupon-api 18080:80 >/dev/null 2>&1 &
+forward_pid=$!
+wait_until 30 "port-forward" curl -sf http://127.0.0.1:18080/healthz
+cargo run --quiet --release --locked -p coupon-service -- load \
+  --url http://127.0.0.1:18080 --event "$event" --requests 3000 --concurrency 64 | tee /tmp/e2e-load.txt
+grep -q '| 201 issued (201) | 100 |' /tmp/e2e-load.txt || fail "expected exactly $limit coupons issued"
+
+rows() {
+  kubectl -n "$ns" exec deploy/postgres -- psql -U postgres -d coupons -tAc \
+    "SELECT count(*) FROM coupons WHERE event = '$ns/$event'"
+}
+rows_are_limit() { [ "$(rows)" = "$limit" ]; }
+wait_until 120 "exactly $limit rows in PostgreSQL" rows_are_limit
+wait_until 60 "sold out" phase_is SoldOut
+wait_until 60 "api scaled down once sold out" replicas_are coupon-api 0
+wait_until 300 "closed after the window and the drain" phase_is Closed
+wait_until 60 "consumer scaled down after the drain" replicas_are coupon-consumer 0
+[ "$(rows)" = "$limit" ] || fail "rows changed after the window"
+
+log "delete and clean-up"
+kubectl -n "$ns" delete couponevent "$event" --wait=true --timeout=120s
+keys=$(kubectl -n "$ns" exec deploy/redis -- redis-cli exists "coupon:{$ns/$event}:config")
+[ "$keys" = "0" ] || fail "Redis keys left after onDelete: Delete"
+log "PASS"

@@ -180,6 +180,9 @@ pub struct LoadArgs {
     /// Send every request as the same user.
     #[arg(long)]
     pub same_user: bool,
+    /// Spread the request starts over this long (e.g. 2s); default all at once.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub ramp: Duration,
     #[arg(long, default_value = "user-")]
     pub user_prefix: String,
     /// Count rows of the event in this database and fail unless they equal --expect-rows.
@@ -241,7 +244,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "api listening");
     let shutdown = telemetry::shutdown_signal();
-    axum::serve(listener, crate::api::router(state.clone())).with_graceful_shutdown(telemetry::wait_for(shutdown)).await?;
+    crate::server::serve(listener, crate::api::router(state.clone()), crate::server::ServerLimits::default(), shutdown).await;
     tokio::task::spawn_blocking(move || crate::api::flush_producer(&state, Duration::from_secs(10))).await?;
     tracing::info!("api stopped");
     Ok(())
@@ -256,7 +259,7 @@ async fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "consumer health endpoints listening");
     let ops = crate::ops::router(health.clone(), metrics.clone());
     let ops_shutdown = shutdown.clone();
-    tokio::spawn(async move { axum::serve(listener, ops).with_graceful_shutdown(telemetry::wait_for(ops_shutdown)).await });
+    tokio::spawn(crate::server::serve(listener, ops, crate::server::ServerLimits::default(), ops_shutdown));
     let settings = crate::consumer::ConsumerSettings {
         topics: args.topics,
         group_id: args.group_id,
@@ -316,6 +319,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
         concurrency: args.concurrency,
         same_user: args.same_user,
         user_prefix: args.user_prefix,
+        ramp: args.ramp,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = crate::load::run(&plan).await?;

@@ -130,7 +130,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base_url = format!("http://{}", listener.local_addr()?);
     let app = crate::api::router(api_state.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(crate::telemetry::wait_for(stop_rx)).await });
+    let server = tokio::spawn(crate::server::serve(listener, app, crate::server::ServerLimits::default(), stop_rx));
     let ready_by = Instant::now() + Duration::from_secs(30);
     while !api_state.health.all_ready() {
         anyhow::ensure!(Instant::now() < ready_by, "api not ready after 30 s: {:?}", api_state.health.snapshot());
@@ -145,6 +145,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         concurrency: args.concurrency,
         same_user: false,
         user_prefix: "demo-user-".into(),
+        ramp: Duration::ZERO,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = crate::load::run(&plan).await?;

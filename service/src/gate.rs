@@ -45,7 +45,7 @@ impl Decision {
 
 /// KEYS: config, count, users, free. ARGV: user id. Answers `{slot, topic}` or `{code, ''}`.
 /// Time comes from the Redis server, so every api replica sees the same window.
-const APPLY_LUA: &str = r#"
+pub const APPLY_LUA: &str = r#"
 local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic')
 local limit = tonumber(cfg[1])
 if not limit then return {-1, ''} end
@@ -95,6 +95,11 @@ end
 if removed == 1 then redis.call('LPUSH', KEYS[3], ARGV[2]) end
 return removed
 "#;
+
+/// SHA1 of the apply script, as EVALSHA wants it (for benchmarks driving the script directly).
+pub fn apply_script_sha() -> String {
+    Script::new(APPLY_LUA).get_hash().to_owned()
+}
 
 /// Holds the loaded scripts; `Script::invoke_async` sends EVALSHA and loads the script
 /// again when Redis answers NOSCRIPT (after a restart or `SCRIPT FLUSH`).

@@ -16,5 +16,6 @@ pub mod provision;
 pub mod record;
 pub mod redis_conn;
 pub mod retry;
+pub mod server;
 pub mod store;
 pub mod telemetry;

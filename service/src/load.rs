@@ -22,6 +22,8 @@ pub struct LoadPlan {
     pub same_user: bool,
     /// User ids are `<prefix><n>`.
     pub user_prefix: String,
+    /// Spread the request starts evenly over this long (zero: all at once).
+    pub ramp: Duration,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
@@ -31,14 +33,21 @@ pub struct LoadPlan {
 pub struct LoadReport {
     /// Answers by HTTP status; 0 counts requests that got no HTTP answer.
     pub by_status: BTreeMap<u16, u64>,
-    /// Slots in the 201 answers, in arrival order.
-    pub slots: Vec<i64>,
+    /// `(user, slot)` of every 201 answer, in arrival order.
+    pub issued: Vec<(String, i64)>,
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub latency_us: Option<Histogram<u64>>,
 }
 
 impl LoadReport {
+    /// Slots of the 201 answers, sorted.
+    pub fn slots(&self) -> Vec<i64> {
+        let mut slots: Vec<i64> = self.issued.iter().map(|(_, slot)| *slot).collect();
+        slots.sort();
+        slots
+    }
+
     pub fn count(&self, status: u16) -> u64 {
         self.by_status.get(&status).copied().unwrap_or(0)
     }
@@ -110,12 +119,15 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut report = LoadReport::default();
     let started = Instant::now();
+    let ramp_step = plan.ramp.checked_div(plan.requests.max(1) as u32).unwrap_or_default();
     let mut answers = stream::iter(0..plan.requests)
         .map(|n| {
             let client = client.clone();
             let url = url.clone();
             let user = if plan.same_user { format!("{}0", plan.user_prefix) } else { format!("{}{n}", plan.user_prefix) };
+            let start_at = tokio::time::Instant::from_std(started) + ramp_step * n as u32;
             async move {
+                tokio::time::sleep_until(start_at).await;
                 let sent = Instant::now();
                 let result = client.post(&url).json(&serde_json::json!({ "userId": user })).send().await;
                 let (status, slot) = match result {
@@ -126,14 +138,14 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
                     }
                     Err(_) => (0, None),
                 };
-                (status, slot, sent.elapsed())
+                (status, slot.map(|slot| (user, slot)), sent.elapsed())
             }
         })
         .buffer_unordered(plan.concurrency.max(1));
-    while let Some((status, slot, latency)) = answers.next().await {
+    while let Some((status, issued, latency)) = answers.next().await {
         *report.by_status.entry(status).or_default() += 1;
-        if let Some(slot) = slot {
-            report.slots.push(slot);
+        if let Some(issued) = issued {
+            report.issued.push(issued);
         }
         let _ = histogram.record((latency.as_micros() as u64).max(1));
         bar.inc(1);

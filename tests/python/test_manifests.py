@@ -193,7 +193,7 @@ def test_crd_schema_requires_the_window_and_workloads():
         jsonschema.validate(event, crd_schema(), cls=jsonschema.Draft4Validator)
 
 
-SCRIPTS = sorted([*(ROOT / "dev").iterdir(), ROOT / ".ci" / "run", *(ROOT / "tests" / "e2e").glob("*.sh")])
+SCRIPTS = sorted([*(ROOT / "dev").iterdir(), ROOT / ".ci" / "run", ROOT / "bench" / "run", *(ROOT / "tests" / "e2e").glob("*.sh")])
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))

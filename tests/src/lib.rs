@@ -155,8 +155,13 @@ impl InProcessApi {
 
     /// Starts the api without probes: the test sets `state.health` itself.
     pub async fn start_without_probes(namespace: &str, brokers: &str, produce_timeout: Duration) -> Self {
+        Self::start_with_redis(namespace, brokers, produce_timeout, &redis_url()).await
+    }
+
+    /// Starts the api without probes against the given Redis.
+    pub async fn start_with_redis(namespace: &str, brokers: &str, produce_timeout: Duration, redis_url: &str) -> Self {
         init_logging();
-        let redis = RedisHandle::connect_in_background(&redis_url()).unwrap();
+        let redis = RedisHandle::connect_in_background(redis_url).unwrap();
         redis.wait().await;
         let settings = KafkaSettings { bootstrap_servers: brokers.to_owned(), produce_timeout };
         let state = Arc::new(
@@ -166,17 +171,13 @@ impl InProcessApi {
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stop_rx) = watch::channel(false);
         let app = coupon_service::api::router(state.clone());
-        tokio::spawn(async move { axum_serve(listener, app, stop_rx).await });
+        tokio::spawn(coupon_service::server::serve(listener, app, coupon_service::server::ServerLimits::default(), stop_rx));
         Self { base_url, state, stop }
     }
 
     pub fn apply_url(&self, event: &EventId) -> String {
         format!("{}/v1/events/{}/apply", self.base_url, event.name())
     }
-}
-
-async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router, stop: watch::Receiver<bool>) {
-    let _ = axum::serve(listener, app).with_graceful_shutdown(coupon_service::telemetry::wait_for(stop)).await;
 }
 
 impl Drop for InProcessApi {
@@ -193,6 +194,10 @@ pub struct InProcessConsumer {
 
 impl InProcessConsumer {
     pub fn start(database_url: &str, topics: &[&str], brokers: &str) -> Self {
+        Self::start_with_redis(database_url, topics, brokers, &redis_url())
+    }
+
+    pub fn start_with_redis(database_url: &str, topics: &[&str], brokers: &str, redis_url: &str) -> Self {
         init_logging();
         let (stop, stop_rx) = watch::channel(false);
         let settings = coupon_service::consumer::ConsumerSettings {
@@ -201,7 +206,7 @@ impl InProcessConsumer {
             batch_size: 500,
             batch_linger: Duration::from_millis(20),
         };
-        let redis = RedisHandle::connect_in_background(&redis_url()).unwrap();
+        let redis = RedisHandle::connect_in_background(redis_url).unwrap();
         let handle = tokio::spawn(coupon_service::consumer::run(
             settings,
             kafka(brokers),
@@ -281,6 +286,47 @@ pub async fn http_status(url: &str) -> u16 {
     match reqwest::Client::new().get(url).timeout(Duration::from_secs(2)).send().await {
         Ok(response) => response.status().as_u16(),
         Err(_) => 0,
+    }
+}
+
+/// A Redis server owned by one test, persisting every write to its append-only file, so it
+/// can be killed and restarted with its data.
+pub struct OwnRedis {
+    pub port: u16,
+    dir: PathBuf,
+    process: Option<ChildProcess>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("redis-aof"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self { port: free_port(), dir, process: None };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let port = self.port.to_string();
+        let dir = self.dir.display().to_string();
+        let args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", &dir];
+        self.process = Some(ChildProcess::spawn(Path::new("redis-server"), &args, &[]));
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        wait_until("own Redis listening", Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// SIGKILL: no shutdown, no final save; only what the append-only file already holds.
+    pub async fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.child.kill().await;
+        }
     }
 }
 

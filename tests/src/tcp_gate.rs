@@ -4,13 +4,15 @@
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Forwards `127.0.0.1:port` to `target` while open; refuses connections while closed.
+/// Forwards `127.0.0.1:port` to `target` while open; while closed it refuses new
+/// connections and has cut the ones it carried.
 pub struct TcpGate {
     pub port: u16,
     target: SocketAddr,
-    task: Option<JoinHandle<()>>,
+    task: Option<(JoinHandle<()>, watch::Sender<bool>)>,
 }
 
 impl TcpGate {
@@ -29,22 +31,34 @@ impl TcpGate {
         }
         let listener = TcpListener::bind(self.addr()).await.expect("bind gate port");
         let target = self.target;
-        self.task = Some(tokio::spawn(async move {
+        let (cut, cut_rx) = watch::channel(false);
+        let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut_rx = cut_rx.clone();
                 tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut_rx.wait_for(|cut| *cut) => {}
+                        }
                     }
                 });
             }
-        }));
+        });
+        self.task = Some((accept, cut));
+    }
+
+    /// Stops accepting and cuts every carried connection.
+    pub fn close(&mut self) {
+        if let Some((accept, cut)) = self.task.take() {
+            accept.abort();
+            let _ = cut.send(true);
+        }
     }
 }
 
 impl Drop for TcpGate {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.close();
     }
 }

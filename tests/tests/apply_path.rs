@@ -16,6 +16,7 @@ async fn burst(base_url: &str, event: &str, requests: usize, same_user: bool, pr
         concurrency: 200,
         same_user,
         user_prefix: prefix.to_owned(),
+        ramp: Duration::ZERO,
         progress: false,
     };
     load::run(&plan).await.unwrap()
@@ -34,9 +35,7 @@ async fn thousand_users_limit_hundred(database_url: String) {
     let report = burst(&api.base_url, event.id.name(), 1000, false, "user-").await;
     assert_eq!(report.count(201), 100, "{}", report.table());
     assert_eq!(report.count(410), 900, "{}", report.table());
-    let mut slots = report.slots.clone();
-    slots.sort();
-    assert_eq!(slots, (1..=100).collect::<Vec<i64>>());
+    assert_eq!(report.slots(), (1..=100).collect::<Vec<i64>>());
 
     wait_for_rows(&store, &event.key(), 100, Duration::from_secs(30)).await;
     let rows = store.coupons(&event.key()).await.unwrap();
@@ -124,10 +123,57 @@ async fn two_api_processes_share_one_limit() {
     let (a, b) = tokio::join!(burst(&first, event.id.name(), 1000, false, "a-"), burst(&second, event.id.name(), 1000, false, "b-"));
     assert_eq!(a.count(201) + b.count(201), 100, "{}\n{}", a.table(), b.table());
     assert_eq!(a.count(410) + b.count(410), 1900);
-    let mut slots: Vec<i64> = a.slots.iter().chain(b.slots.iter()).copied().collect();
+    let mut slots: Vec<i64> = a.slots().into_iter().chain(b.slots()).collect();
     slots.sort();
     assert_eq!(slots, (1..=100).collect::<Vec<i64>>());
     wait_for_rows(&store, &event.key(), 100, Duration::from_secs(30)).await;
     consumer.stop().await.unwrap();
     drop(apis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn load_tool_verify_fails_when_rows_differ_from_the_limit() {
+    let brokers = kafka_brokers();
+    let database_url = sqlite_url();
+    let event = provision_event(&brokers, NAMESPACE, 20, 1).await;
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let api = InProcessApi::start(NAMESPACE, &brokers).await;
+    let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
+    let binary = env!("CARGO_BIN_EXE_coupon-service-under-test");
+    let run = |expect: &'static str| {
+        let args = [
+            "load",
+            "--url",
+            &api.base_url,
+            "--event",
+            event.id.name(),
+            "--requests",
+            "200",
+            "--concurrency",
+            "20",
+            "--namespace",
+            NAMESPACE,
+        ];
+        let mut command = std::process::Command::new(binary);
+        command.args(args).args(["--verify", &database_url, "--expect-rows", expect]);
+        command
+    };
+    let first = tokio::task::spawn_blocking({
+        let mut command = run("20");
+        move || command.output().unwrap()
+    });
+    let output = first.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(stdout.contains("| 201 issued (201) | 20 |"), "{stdout}");
+    // The rows may still be on their way: verify again once they are all written.
+    wait_for_rows(&store, &event.key(), 20, Duration::from_secs(30)).await;
+    let mut matching = run("20");
+    let ok = tokio::task::spawn_blocking(move || matching.output().unwrap()).await.unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    let mut wrong = run("21");
+    let bad = tokio::task::spawn_blocking(move || wrong.output().unwrap()).await.unwrap();
+    assert!(!bad.status.success(), "verify must fail when rows differ from the limit");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("verify failed: 20 rows, expected 21"));
+    consumer.stop().await.unwrap();
 }

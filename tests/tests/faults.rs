@@ -336,3 +336,166 @@ async fn demo_issues_and_persists_exactly_the_limit_with_the_embedded_defaults()
     assert!(stdout.contains("in-process mock cluster"), "{stdout}");
     assert!(stdout.contains("PASS: 100 issued, 100 persisted, 900 rejected"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sql_unreachable_for_ten_seconds_commits_nothing_then_loses_and_duplicates_nothing() {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 60, 1).await;
+    let mut gate = TcpGate::closed("127.0.0.1:5432".parse().unwrap());
+    gate.open().await;
+    let database_url = format!("postgres://postgres@{}/test", gate.addr());
+    let store = Store::connect(&postgres_url()).await.unwrap();
+    store.migrate().await.unwrap();
+
+    let metrics = coupon_service::metrics::Metrics::shared();
+    let health = coupon_service::health::Health::new(coupon_service::consumer::COMPONENTS);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(coupon_service::consumer::run(
+        coupon_service::consumer::ConsumerSettings {
+            topics: vec![event.topic.clone()],
+            group_id: unique("sql-outage"),
+            batch_size: 10,
+            batch_linger: Duration::from_millis(10),
+        },
+        kafka(&brokers),
+        database_url,
+        coupon_service::redis_conn::RedisHandle::connect_in_background(&redis_url()).unwrap(),
+        health.clone(),
+        metrics.clone(),
+        stop_rx,
+    ));
+    let producer = raw_producer(&brokers);
+    for slot in 1..=20 {
+        produce(&producer, &event.topic, &format!("u{slot}"), &record(&event.key(), &format!("u{slot}"), slot)).await;
+    }
+    wait_for_rows(&store, &event.key(), 20, Duration::from_secs(30)).await;
+    let batches_before = metrics.batches.get();
+
+    // SQL goes away for 10 s while 40 more records arrive.
+    gate.close();
+    for slot in 21..=60 {
+        produce(&producer, &event.topic, &format!("u{slot}"), &record(&event.key(), &format!("u{slot}"), slot)).await;
+    }
+    let outage = std::time::Instant::now();
+    wait_until("consumer reports SQL down", Duration::from_secs(10), || {
+        let ready = health.is_ready("sql");
+        async move { (!ready).then_some(()) }
+    })
+    .await;
+    while outage.elapsed() < Duration::from_secs(10) {
+        assert_eq!(metrics.batches.get(), batches_before, "no offsets committed while SQL is down");
+        assert_eq!(store.count_coupons(&event.key()).await.unwrap(), 20);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    gate.open().await;
+    wait_for_rows(&store, &event.key(), 60, Duration::from_secs(60)).await;
+    let rows = store.coupons(&event.key()).await.unwrap();
+    assert_eq!(rows.iter().map(|(_, s)| *s).collect::<Vec<_>>(), (1..=60).collect::<Vec<i64>>());
+    assert!(store.failed_events(&event.topic).await.unwrap().is_empty());
+    assert!(metrics.batches.get() > batches_before, "offsets committed after recovery");
+    assert_eq!(metrics.commit_errors.get(), 0);
+    let _ = stop.send(true);
+    consumer.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_idle_clients_cannot_hold_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 50, 1).await;
+    let api = InProcessApi::start(NAMESPACE, &brokers).await;
+    let addr = api.base_url.trim_start_matches("http://").to_owned();
+
+    // 300 connections: half idle, half stuck in the middle of their headers (slowloris).
+    let mut stalled = Vec::new();
+    for n in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if n % 2 == 0 {
+            stream.write_all(b"POST /v1/events/x/apply HTTP/1.1\r\nHost: a\r\nContent-Len").await.unwrap();
+        }
+        stalled.push(stream);
+    }
+
+    // Real users are still answered, promptly.
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+    let url = api.apply_url(&event.id);
+    for user in 0..50 {
+        let (status, _) = apply_user(&client, &url, &format!("u{user}")).await;
+        assert_eq!(status, 201);
+    }
+
+    // And the server lets go of every stalled connection after its header timeout.
+    let started = std::time::Instant::now();
+    for mut stream in stalled {
+        let mut buffer = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buffer)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => {
+                assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buffer[..n]))
+            }
+            Err(_) => panic!("a stalled connection was kept open for more than 15 s"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_and_restarted_mid_burst_issues_no_more_than_the_limit_and_every_201_has_its_row() {
+    let brokers = kafka_brokers();
+    let mut own = OwnRedis::start().await;
+    let name = unique("ev");
+    let id = coupon_service::event_id::EventId::new(NAMESPACE, &name).unwrap();
+    let topic = format!("coupons.{name}");
+    let config = coupon_service::provision::EventConfig {
+        limit: 100,
+        per_user: 1,
+        start: chrono::Utc::now() - chrono::Duration::seconds(5),
+        end: chrono::Utc::now() + chrono::Duration::minutes(10),
+        topic: topic.clone(),
+    };
+    let mut conn = coupon_service::redis_conn::RedisHandle::connect_with_deadline(&own.url(), Duration::from_secs(10)).await.unwrap();
+    coupon_service::provision::provision_event(&mut conn, &kafka(&brokers).admin().unwrap(), &id, &config, 1, 1).await.unwrap();
+    let database_url = sqlite_url();
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let api = InProcessApi::start_with_redis(NAMESPACE, &brokers, Duration::from_secs(5), &own.url()).await;
+    api.state.health.set("redis", true);
+    api.state.health.set("kafka", true);
+    let consumer = InProcessConsumer::start_with_redis(&database_url, &[&topic], &brokers, &own.url());
+
+    // 3,000 users spread over 3 s; Redis is killed after 1 s and back 0.5 s later.
+    let plan = coupon_service::load::LoadPlan {
+        base_url: api.base_url.clone(),
+        event: name.clone(),
+        requests: 3000,
+        concurrency: 50,
+        same_user: false,
+        user_prefix: "r-".into(),
+        ramp: Duration::from_secs(3),
+        progress: false,
+    };
+    let burst = tokio::spawn(async move { coupon_service::load::run(&plan).await.unwrap() });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    own.kill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    own.restart().await;
+    let report = burst.await.unwrap();
+
+    let issued = report.count(201) as i64;
+    assert!(report.count(503) > 0, "the outage was seen: {}", report.table());
+    assert!(issued <= 100, "never more than the limit: {}", report.table());
+    assert!(issued > 0, "{}", report.table());
+    wait_for_rows(&store, &id.to_string(), issued, Duration::from_secs(60)).await;
+    let rows: std::collections::BTreeSet<(String, i64)> = store.coupons(&id.to_string()).await.unwrap().into_iter().collect();
+    for answered in &report.issued {
+        assert!(rows.contains(answered), "201 {answered:?} has no row");
+    }
+    let slots = report.slots();
+    let mut unique_slots = slots.clone();
+    unique_slots.dedup();
+    assert_eq!(slots, unique_slots, "no slot issued twice");
+    eprintln!("redis restart mid-burst: {} issued, {} rows, {} x 503, {} x 410", issued, rows.len(), report.count(503), report.count(410));
+    consumer.stop().await.unwrap();
+    own.kill().await;
+}

@@ -1,0 +1,302 @@
+//! `coupon-bench`: measures the apply path and the consumer against baselines run in the
+//! same process on the same machine, and prints one markdown table of ratios.
+//!
+//! Needs Redis, PostgreSQL and a Kafka broker on loopback (`dev/stack up`) and
+//! `redis-benchmark` (Debian's redis-tools). Run it with `bench/run`.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use coupon_service::api::ApiState;
+use coupon_service::event_id::EventId;
+use coupon_service::health::Health;
+use coupon_service::kafka::KafkaSettings;
+use coupon_service::load::{self, LoadPlan, LoadReport};
+use coupon_service::metrics::Metrics;
+use coupon_service::provision::{self, EventConfig};
+use coupon_service::redis_conn::RedisHandle;
+use coupon_service::store::{CouponRow, Position, Store};
+
+const CONCURRENCY: usize = 64;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+struct Setup {
+    redis_url: String,
+    kafka: KafkaSettings,
+    postgres_url: String,
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", Utc::now().timestamp_micros())
+}
+
+/// Provisions an open event with `limit` coupons on a fresh topic.
+async fn event(setup: &Setup, limit: i64) -> anyhow::Result<(EventId, String)> {
+    let name = unique("bench");
+    let id = EventId::new("bench", &name)?;
+    let topic = format!("bench.{name}");
+    let config = EventConfig {
+        limit,
+        per_user: 1,
+        start: Utc::now() - chrono::Duration::seconds(5),
+        end: Utc::now() + chrono::Duration::hours(1),
+        topic: topic.clone(),
+    };
+    let mut conn = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
+    provision::provision_event(&mut conn, &setup.kafka.admin()?, &id, &config, 3, 1).await?;
+    Ok((id, topic))
+}
+
+/// Serves a router on an ephemeral port with the api's own server loop (so that both sides
+/// of a comparison differ only in their handlers); returns its base URL.
+async fn serve(app: axum::Router) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop); // runs for the whole benchmark
+    tokio::spawn(coupon_service::server::serve(listener, app, coupon_service::server::ServerLimits::default(), stop_rx));
+    Ok(url)
+}
+
+async fn api(setup: &Setup) -> anyhow::Result<(String, Arc<ApiState>)> {
+    let redis = RedisHandle::connect_in_background(&setup.redis_url)?;
+    redis.wait().await;
+    let state = Arc::new(ApiState::new(
+        "bench".into(),
+        redis,
+        setup.kafka.clone(),
+        Health::new(coupon_service::api::COMPONENTS),
+        Metrics::shared(),
+    )?);
+    coupon_service::api::spawn_probes(&state);
+    while !state.health.all_ready() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = serve(coupon_service::api::router(state.clone())).await?;
+    Ok((url, state))
+}
+
+async fn burst(url: &str, event: &str, requests: usize, concurrency: usize, prefix: &str) -> anyhow::Result<LoadReport> {
+    load::run(&LoadPlan {
+        base_url: url.to_owned(),
+        event: event.to_owned(),
+        requests,
+        concurrency,
+        same_user: false,
+        user_prefix: prefix.to_owned(),
+        ramp: Duration::ZERO,
+        progress: false,
+    })
+    .await
+}
+
+/// `redis-benchmark` running the gate script itself (EVALSHA, random users) at `concurrency`.
+async fn redis_benchmark_gate(setup: &Setup, requests: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let (id, _) = event(setup, i64::MAX / 2).await?;
+    let keys = id.keys();
+    let gate_sha = coupon_service::gate::apply_script_sha();
+    let mut conn = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
+    let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(coupon_service::gate::APPLY_LUA).query_async(&mut conn).await?;
+    let output = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "6379",
+            "-q",
+            "--csv",
+            "-n",
+            &requests.to_string(),
+            "-c",
+            &concurrency.to_string(),
+            "-r",
+            "1000000000",
+        ])
+        .args(["EVALSHA", &gate_sha, "4", &keys.config, &keys.count, &keys.users, &keys.free, "user:__rand_int__"])
+        .output()?;
+    anyhow::ensure!(output.status.success(), "redis-benchmark failed: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    // CSV: "test","rps",...
+    let line =
+        text.lines().find(|l| l.starts_with("\"EVALSHA")).ok_or_else(|| anyhow::anyhow!("unexpected redis-benchmark output: {text}"))?;
+    let rps: f64 = line.split(',').nth(1).unwrap_or("0").trim_matches('"').parse()?;
+    provision::delete_redis(&mut conn, &id).await?;
+    Ok(rps)
+}
+
+fn rows(event: &str, n: usize) -> Vec<(CouponRow, Position)> {
+    (1..=n as i64)
+        .map(|slot| {
+            (
+                CouponRow { event: event.to_owned(), user_id: format!("u{slot}"), slot, issued_at: Utc::now() },
+                Position { topic: "bench".into(), partition: 0, offset: slot },
+            )
+        })
+        .collect()
+}
+
+/// Rows per second: batched transactions of 500 (the consumer) vs one INSERT per record.
+async fn consumer_writes(setup: &Setup, n: usize) -> anyhow::Result<(f64, f64)> {
+    let store = Store::connect(&setup.postgres_url).await?;
+    store.migrate().await?;
+    let batched_event = format!("bench/{}", unique("batched"));
+    store.ensure_slots(&batched_event, n as i64).await?;
+    let records = rows(&batched_event, n);
+    let started = Instant::now();
+    for chunk in records.chunks(500) {
+        store.write_batch(chunk, &[]).await?;
+    }
+    let batched = n as f64 / started.elapsed().as_secs_f64();
+
+    let single_event = format!("bench/{}", unique("single"));
+    store.ensure_slots(&single_event, n as i64).await?;
+    let Store::Postgres(pool) = &store else { anyhow::bail!("the consumer benchmark needs PostgreSQL") };
+    let started = Instant::now();
+    for (row, _) in rows(&single_event, n) {
+        sqlx::query("INSERT INTO coupons (event, user_id, slot, issued_at) VALUES ($1, $2, $3, $4)")
+            .bind(&row.event)
+            .bind(&row.user_id)
+            .bind(row.slot)
+            .bind(row.issued_at)
+            .execute(pool)
+            .await?;
+    }
+    let single = n as f64 / started.elapsed().as_secs_f64();
+    Ok((batched, single))
+}
+
+struct Line {
+    what: &'static str,
+    ours: String,
+    baseline: String,
+    ratio: String,
+    target: &'static str,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let setup = Setup {
+        redis_url: env("REDIS_URL", "redis://127.0.0.1:6379"),
+        kafka: KafkaSettings { bootstrap_servers: env("KAFKA_BROKERS", "127.0.0.1:9092"), produce_timeout: Duration::from_secs(5) },
+        postgres_url: env("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    };
+    let issuing_requests: usize = env("BENCH_ISSUING_REQUESTS", "20000").parse()?;
+    let mut lines = Vec::new();
+
+    // 1. Issuing: the whole apply path (HTTP, gate, acknowledged produce) vs the gate script alone.
+    let (url, _state) = api(&setup).await?;
+    let (issuing, _) = event(&setup, issuing_requests as i64 * 2).await?;
+    burst(&url, issuing.name(), 500, CONCURRENCY, "warm-").await?;
+    let report = burst(&url, issuing.name(), issuing_requests, CONCURRENCY, "issue-").await?;
+    anyhow::ensure!(report.count(201) == issuing_requests as u64, "issuing run: {}", report.table());
+    let ours = report.throughput();
+    let baseline = redis_benchmark_gate(&setup, issuing_requests, CONCURRENCY).await?;
+    lines.push(Line {
+        what: "issuing throughput (req/s)",
+        ours: format!("{ours:.0}"),
+        baseline: format!("{baseline:.0} (redis-benchmark EVALSHA gate script)"),
+        ratio: format!("{:.2}", ours / baseline),
+        target: ">= 1.0",
+    });
+
+    // 2. Sold out: answered from the in-process flag vs a bare axum handler.
+    let (sold, _) = event(&setup, 1).await?;
+    burst(&url, sold.name(), 10, 1, "first-").await?;
+    let soldout_requests = issuing_requests;
+    let report = burst(&url, sold.name(), soldout_requests, CONCURRENCY, "late-").await?;
+    anyhow::ensure!(report.count(410) == soldout_requests as u64, "sold-out run: {}", report.table());
+    let ours = report.throughput();
+    let bare = serve(axum::Router::new().route(
+        "/v1/events/{event}/apply",
+        axum::routing::post(|| async { (axum::http::StatusCode::GONE, axum::Json(serde_json::json!({"status": "sold_out"}))) }),
+    ))
+    .await?;
+    let baseline = burst(&bare, "x", soldout_requests, CONCURRENCY, "bare-").await?.throughput();
+    lines.push(Line {
+        what: "sold-out throughput (req/s)",
+        ours: format!("{ours:.0}"),
+        baseline: format!("{baseline:.0} (bare axum handler)"),
+        ratio: format!("{:.2}", ours / baseline),
+        target: ">= 0.9",
+    });
+
+    // 3. Consumer writes into PostgreSQL.
+    let (batched, single) = consumer_writes(&setup, env("BENCH_ROWS", "20000").parse()?).await?;
+    lines.push(Line {
+        what: "consumer writes to PostgreSQL (rows/s)",
+        ours: format!("{batched:.0}"),
+        baseline: format!("{single:.0} (one INSERT per record)"),
+        ratio: format!("{:.1}", batched / single),
+        target: ">= 20",
+    });
+
+    // 4. Burst of 10,000 users, limit 100, consumer on PostgreSQL.
+    let (flash, topic) = event(&setup, 100).await?;
+    let store = Store::connect(&setup.postgres_url).await?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(coupon_service::consumer::run(
+        coupon_service::consumer::ConsumerSettings {
+            topics: vec![topic],
+            group_id: unique("bench"),
+            batch_size: 500,
+            batch_linger: Duration::from_millis(5),
+        },
+        setup.kafka.clone(),
+        setup.postgres_url.clone(),
+        RedisHandle::connect_in_background(&setup.redis_url)?,
+        Health::new(coupon_service::consumer::COMPONENTS),
+        Metrics::shared(),
+        stop_rx,
+    ));
+    // Let the consumer join its group before the burst, as a deployed consumer would have.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = burst(&url, flash.name(), 10_000, 256, "crowd-").await?;
+    let burst_done = Instant::now();
+    let mut persisted = store.count_coupons(&flash.to_string()).await?;
+    while persisted < 100 && burst_done.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        persisted = store.count_coupons(&flash.to_string()).await?;
+    }
+    let persist_time = burst_done.elapsed();
+    let _ = stop.send(true);
+    let _ = consumer.await;
+    lines.push(Line {
+        what: "burst of 10,000: coupons issued / rows",
+        ours: format!("{} / {persisted}", report.count(201)),
+        baseline: "limit 100".into(),
+        ratio: "-".into(),
+        target: "exactly 100 / 100",
+    });
+    lines.push(Line {
+        what: "burst of 10,000: 5xx answers",
+        ours: report.server_errors().to_string(),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "0",
+    });
+    lines.push(Line {
+        what: "burst of 10,000: latency p99 (ms)",
+        ours: format!("{:.1}", report.p99_ms()),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "< 50",
+    });
+    lines.push(Line {
+        what: "burst of 10,000: all rows persisted after (s)",
+        ours: format!("{:.3}", persist_time.as_secs_f64()),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "< 2",
+    });
+
+    println!("| measure | ours | baseline (same run) | ratio | target |\n|---|---:|---|---:|---|");
+    for line in lines {
+        println!("| {} | {} | {} | {} | {} |", line.what, line.ours, line.baseline, line.ratio, line.target);
+    }
+    Ok(())
+}

@@ -176,6 +176,7 @@ async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<R
         }
     }
     if !provisioned_for_generation(event) {
+        ctx.metrics.topic_provisionings.inc();
         if let Err(error) = ctx.backend.ensure_topic(spec).await {
             ctx.publish(event, EventType::Warning, "ProvisioningFailed", "CreateTopic", format!("Kafka topic {}: {error}", spec.topic))
                 .await;

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// Deployment scale changes made.
     pub scalings: Counter,
+    /// Kafka topic creations attempted (once per event generation).
+    pub topic_provisionings: Counter,
 }
 
 impl Default for Metrics {
@@ -24,7 +26,9 @@ impl Default for Metrics {
         registry.register("reconcile_seconds", "Reconcile duration in seconds", reconcile_seconds.clone());
         let scalings = Counter::default();
         registry.register("scalings", "Deployment scale changes", scalings.clone());
-        Self { registry, reconciles, failures, reconcile_seconds, scalings }
+        let topic_provisionings = Counter::default();
+        registry.register("topic_provisionings", "Kafka topic creations attempted", topic_provisionings.clone());
+        Self { registry, reconciles, failures, reconcile_seconds, scalings, topic_provisionings }
     }
 }
 

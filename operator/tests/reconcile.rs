@@ -67,27 +67,38 @@ struct Harness {
     server: FakeApiServer,
     ctx: Arc<Context>,
     writer: reflector::store::Writer<CouponEvent>,
+    clock: Arc<std::sync::Mutex<Timestamp>>,
 }
 
 async fn harness(now: &str) -> Harness {
     let server = FakeApiServer::default().with_deployment(NS, "coupon-api", 0).with_deployment(NS, "coupon-consumer", 0);
+    harness_on(server, now).await
+}
+
+/// An operator process (new caches, new metrics) on an existing fake cluster.
+async fn harness_on(server: FakeApiServer, now: &str) -> Harness {
     let client = server.client();
     let backend = Backend::new(&redis_url(), &kafka(), 1).unwrap();
     backend.redis.wait().await;
     let (store, writer) = reflector::store::<CouponEvent>();
-    let now = t(now);
+    let clock = Arc::new(std::sync::Mutex::new(t(now)));
+    let read_clock = clock.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter { controller: REPORTER.into(), instance: None }),
         client,
         backend,
         events: store,
         metrics: Arc::new(Metrics::default()),
-        clock: Arc::new(move || now),
+        clock: Arc::new(move || *read_clock.lock().unwrap()),
     });
-    Harness { server, ctx, writer }
+    Harness { server, ctx, writer, clock }
 }
 
 impl Harness {
+    fn set_time(&self, now: &str) {
+        *self.clock.lock().unwrap() = t(now);
+    }
+
     /// Puts the event in the fake cluster and the reflector cache, then reconciles it.
     async fn reconcile(&mut self, event: &CouponEvent) -> Vec<Recorded> {
         self.server.put_event(event);
@@ -188,8 +199,7 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
     assert_eq!(shorts(&requests), vec![format!("GET {SCALE_API}"), format!("GET {SCALE_CONSUMER}")]);
 
     // 4. A new operator process (empty caches, same cluster) writes nothing either.
-    let mut restarted = harness("2026-11-27T10:01:30Z").await;
-    restarted.server.state.lock().unwrap().deployments = h.server.state.lock().unwrap().deployments.clone();
+    let mut restarted = harness_on(h.server.clone(), "2026-11-27T10:01:30Z").await;
     let requests = restarted.reconcile(&event).await;
     assert!(requests.iter().all(|r| !r.is_write()), "{:?}", shorts(&requests));
 }
@@ -395,4 +405,55 @@ async fn the_charts_rbac_rules_are_exactly_what_the_operator_calls() {
         }
     }
     assert_eq!(granted, used, "RBAC rules must match the operator's calls exactly (least privilege)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restart_mid_window_neither_flaps_nor_provisions_again() {
+    let mut first = harness("2026-11-27T09:50:00Z").await;
+    let event = coupon_event(100, OnDelete::Retain);
+    let mut scale_patches = Vec::new();
+    let mut record = |now: &str, requests: &[Recorded]| {
+        for r in requests.iter().filter(|r| r.method == http::Method::PATCH && r.path.ends_with("/scale")) {
+            scale_patches.push((
+                now.to_owned(),
+                r.path.rsplit('/').nth(1).unwrap().to_owned(),
+                r.body["spec"]["replicas"].as_i64().unwrap(),
+            ));
+        }
+    };
+    first.reconcile(&event).await; // finalizer
+    for now in [
+        "2026-11-27T09:50:00Z",
+        "2026-11-27T09:54:59Z",
+        "2026-11-27T09:55:00Z",
+        "2026-11-27T09:58:00Z",
+        "2026-11-27T10:00:00Z",
+        "2026-11-27T10:05:00Z",
+    ] {
+        first.set_time(now);
+        let stored = first.stored(&event);
+        let requests = first.reconcile(&stored).await;
+        record(now, &requests);
+    }
+    // The operator restarts: new process, empty caches, same cluster.
+    let mut second = harness_on(first.server.clone(), "2026-11-27T10:06:00Z").await;
+    for now in ["2026-11-27T10:06:00Z", "2026-11-27T10:15:00Z", "2026-11-27T10:29:59Z", "2026-11-27T10:30:00Z", "2026-11-27T10:45:00Z"] {
+        second.set_time(now);
+        let stored = second.stored(&event);
+        let requests = second.reconcile(&stored).await;
+        record(now, &requests);
+    }
+    assert_eq!(
+        scale_patches,
+        vec![
+            ("2026-11-27T09:55:00Z".to_owned(), "coupon-api".to_owned(), 10),
+            ("2026-11-27T09:55:00Z".to_owned(), "coupon-consumer".to_owned(), 2),
+            ("2026-11-27T10:30:00Z".to_owned(), "coupon-api".to_owned(), 0),
+            ("2026-11-27T10:30:00Z".to_owned(), "coupon-consumer".to_owned(), 0),
+        ],
+        "scaled exactly at the boundaries, nothing in between or at the restart"
+    );
+    assert_eq!(first.ctx.metrics.topic_provisionings.get(), 1, "topic created once");
+    assert_eq!(second.ctx.metrics.topic_provisionings.get(), 0, "not again after the restart");
+    assert_eq!(second.stored(&event).status.unwrap().phase, Phase::Closed);
 }

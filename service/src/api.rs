@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -28,6 +29,10 @@ use crate::retry::Backoff;
 
 /// Health components of the api.
 pub const COMPONENTS: &[&str] = &["redis", "kafka"];
+
+/// The OpenAPI document of this api, served at `/openapi.json` (checked against the live
+/// api by schemathesis in the test suite).
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Largest apply body accepted; a user id of 128 characters needs far less.
 pub const MAX_BODY_BYTES: usize = 1024;
@@ -130,6 +135,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/events/{event}/apply", post(apply))
         .route("/v1/events/{event}", get(event_stats))
+        .route("/openapi.json", get(|| async { ([("content-type", "application/json")], OPENAPI) }))
+        // Paths that match no route (an event name with a '/', say) name no known event.
+        .fallback(|| async { answer(StatusCode::NOT_FOUND, json!({"status": "unknown_event"})) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
         .merge(ops)
@@ -179,21 +187,20 @@ fn unavailable() -> Response {
 
 async fn apply(
     State(state): State<Arc<ApiState>>,
-    Path(event): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    event: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let (status, response) = decide(&state, event, body).await;
+    let (status, response) = match event {
+        Ok(Path(event)) => decide(&state, event, body).await,
+        Err(rejection) => ("bad_request", bad_request(rejection.body_text())),
+    };
     state.metrics.answer(status);
     state.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
     response
 }
 
-async fn decide(
-    state: &Arc<ApiState>,
-    event: String,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> (&'static str, Response) {
+async fn decide(state: &Arc<ApiState>, event: String, body: Result<Bytes, BytesRejection>) -> (&'static str, Response) {
     let event_id = match EventId::new(&state.namespace, &event) {
         Ok(id) => id,
         Err(error) => return ("bad_request", bad_request(error)),
@@ -279,7 +286,11 @@ async fn deliver(state: Arc<ApiState>, event: EventId, user_id: String, slot: i6
     false
 }
 
-async fn event_stats(State(state): State<Arc<ApiState>>, Path(event): Path<String>) -> Response {
+async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<String>, PathRejection>) -> Response {
+    let Path(event) = match event {
+        Ok(event) => event,
+        Err(rejection) => return bad_request(rejection.body_text()),
+    };
     let event_id = match EventId::new(&state.namespace, &event) {
         Ok(id) => id,
         Err(error) => return bad_request(error),

@@ -196,12 +196,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             let mut inserted = 0u64;
             for chunk in coupons.chunks(INSERT_CHUNK) {
-                let mut query = QueryBuilder::new(&coupon_head);
-                query.push_values(chunk, |mut row, (coupon, _)| {
-                    row.push_bind(&coupon.event).push_bind(&coupon.user_id).push_bind(coupon.slot).push_bind(coupon.issued_at);
-                });
-                query.push(coupon_tail);
-                inserted += query.build().execute(&mut *tx).await?.rows_affected();
+                inserted += InsertCoupons::insert_coupons(&mut *tx, chunk, &coupon_head, coupon_tail).await?;
             }
             let mut conflicts = Vec::new();
             if inserted < coupons.len() as u64 {
@@ -258,6 +253,52 @@ impl Store {
         })
     }
 }
+
+/// The multi-row coupon INSERT, per dialect. PostgreSQL binds four arrays and UNNESTs them
+/// (four parameters and one cached plan whatever the batch size); the others bind a
+/// VALUES list.
+trait InsertCoupons {
+    /// Inserts, skipping rows that violate a unique key; returns the rows inserted.
+    async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error>;
+}
+
+impl InsertCoupons for sqlx::PgConnection {
+    async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], _head: &str, _tail: &str) -> Result<u64, sqlx::Error> {
+        let events: Vec<&str> = chunk.iter().map(|(c, _)| c.event.as_str()).collect();
+        let users: Vec<&str> = chunk.iter().map(|(c, _)| c.user_id.as_str()).collect();
+        let slots: Vec<i64> = chunk.iter().map(|(c, _)| c.slot).collect();
+        let issued: Vec<DateTime<Utc>> = chunk.iter().map(|(c, _)| c.issued_at).collect();
+        let result = sqlx::query(
+            "INSERT INTO coupons (event, user_id, slot, issued_at) \
+             SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::int8[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(events)
+        .bind(users)
+        .bind(slots)
+        .bind(issued)
+        .execute(self)
+        .await?;
+        Ok(result.rows_affected())
+    }
+}
+
+macro_rules! insert_coupons_with_values_list {
+    ($connection:ty) => {
+        impl InsertCoupons for $connection {
+            async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error> {
+                let mut query = QueryBuilder::new(head);
+                query.push_values(chunk, |mut row, (coupon, _)| {
+                    row.push_bind(&coupon.event).push_bind(&coupon.user_id).push_bind(coupon.slot).push_bind(coupon.issued_at);
+                });
+                query.push(tail);
+                Ok(query.build().execute(self).await?.rows_affected())
+            }
+        }
+    };
+}
+
+insert_coupons_with_values_list!(sqlx::MySqlConnection);
+insert_coupons_with_values_list!(sqlx::SqliteConnection);
 
 /// Where a record came from on the topic.
 #[derive(Clone, Debug, PartialEq, Eq)]

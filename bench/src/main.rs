@@ -186,113 +186,122 @@ async fn main() -> anyhow::Result<()> {
         postgres_url: env("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
     };
     let issuing_requests: usize = env("BENCH_ISSUING_REQUESTS", "20000").parse()?;
+    // BENCH_ONLY=soldout (say) runs one part, e.g. under a profiler.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let mut lines = Vec::new();
 
-    // 1. Issuing: the whole apply path (HTTP, gate, acknowledged produce) vs the gate script alone.
     let (url, _state) = api(&setup).await?;
-    let (issuing, _) = event(&setup, issuing_requests as i64 * 2).await?;
-    burst(&url, issuing.name(), 500, CONCURRENCY, "warm-").await?;
-    let report = burst(&url, issuing.name(), issuing_requests, CONCURRENCY, "issue-").await?;
-    anyhow::ensure!(report.count(201) == issuing_requests as u64, "issuing run: {}", report.table());
-    let ours = report.throughput();
-    let baseline = redis_benchmark_gate(&setup, issuing_requests, CONCURRENCY).await?;
-    lines.push(Line {
-        what: "issuing throughput (req/s)",
-        ours: format!("{ours:.0}"),
-        baseline: format!("{baseline:.0} (redis-benchmark EVALSHA gate script)"),
-        ratio: format!("{:.2}", ours / baseline),
-        target: ">= 1.0",
-    });
 
-    // 2. Sold out: answered from the in-process flag vs a bare axum handler.
-    let (sold, _) = event(&setup, 1).await?;
-    burst(&url, sold.name(), 10, 1, "first-").await?;
-    let soldout_requests = issuing_requests;
-    let report = burst(&url, sold.name(), soldout_requests, CONCURRENCY, "late-").await?;
-    anyhow::ensure!(report.count(410) == soldout_requests as u64, "sold-out run: {}", report.table());
-    let ours = report.throughput();
-    let bare = serve(axum::Router::new().route(
-        "/v1/events/{event}/apply",
-        axum::routing::post(|| async { (axum::http::StatusCode::GONE, axum::Json(serde_json::json!({"status": "sold_out"}))) }),
-    ))
-    .await?;
-    let baseline = burst(&bare, "x", soldout_requests, CONCURRENCY, "bare-").await?.throughput();
-    lines.push(Line {
-        what: "sold-out throughput (req/s)",
-        ours: format!("{ours:.0}"),
-        baseline: format!("{baseline:.0} (bare axum handler)"),
-        ratio: format!("{:.2}", ours / baseline),
-        target: ">= 0.9",
-    });
-
-    // 3. Consumer writes into PostgreSQL.
-    let (batched, single) = consumer_writes(&setup, env("BENCH_ROWS", "20000").parse()?).await?;
-    lines.push(Line {
-        what: "consumer writes to PostgreSQL (rows/s)",
-        ours: format!("{batched:.0}"),
-        baseline: format!("{single:.0} (one INSERT per record)"),
-        ratio: format!("{:.1}", batched / single),
-        target: ">= 20",
-    });
-
-    // 4. Burst of 10,000 users, limit 100, consumer on PostgreSQL.
-    let (flash, topic) = event(&setup, 100).await?;
-    let store = Store::connect(&setup.postgres_url).await?;
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let consumer = tokio::spawn(coupon_service::consumer::run(
-        coupon_service::consumer::ConsumerSettings {
-            topics: vec![topic],
-            group_id: unique("bench"),
-            batch_size: 500,
-            batch_linger: Duration::from_millis(5),
-        },
-        setup.kafka.clone(),
-        setup.postgres_url.clone(),
-        RedisHandle::connect_in_background(&setup.redis_url)?,
-        Health::new(coupon_service::consumer::COMPONENTS),
-        Metrics::shared(),
-        stop_rx,
-    ));
-    // Let the consumer join its group before the burst, as a deployed consumer would have.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let report = burst(&url, flash.name(), 10_000, 256, "crowd-").await?;
-    let burst_done = Instant::now();
-    let mut persisted = store.count_coupons(&flash.to_string()).await?;
-    while persisted < 100 && burst_done.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        persisted = store.count_coupons(&flash.to_string()).await?;
+    // 1. Issuing: the whole apply path (HTTP, gate, acknowledged produce) vs the gate script alone.
+    if run("issuing") {
+        let (issuing, _) = event(&setup, issuing_requests as i64 * 2).await?;
+        burst(&url, issuing.name(), 500, CONCURRENCY, "warm-").await?;
+        let report = burst(&url, issuing.name(), issuing_requests, CONCURRENCY, "issue-").await?;
+        anyhow::ensure!(report.count(201) == issuing_requests as u64, "issuing run: {}", report.table());
+        let ours = report.throughput();
+        let baseline = redis_benchmark_gate(&setup, issuing_requests, CONCURRENCY).await?;
+        lines.push(Line {
+            what: "issuing throughput (req/s)",
+            ours: format!("{ours:.0}"),
+            baseline: format!("{baseline:.0} (redis-benchmark EVALSHA gate script)"),
+            ratio: format!("{:.2}", ours / baseline),
+            target: ">= 1.0",
+        });
     }
-    let persist_time = burst_done.elapsed();
-    let _ = stop.send(true);
-    let _ = consumer.await;
-    lines.push(Line {
-        what: "burst of 10,000: coupons issued / rows",
-        ours: format!("{} / {persisted}", report.count(201)),
-        baseline: "limit 100".into(),
-        ratio: "-".into(),
-        target: "exactly 100 / 100",
-    });
-    lines.push(Line {
-        what: "burst of 10,000: 5xx answers",
-        ours: report.server_errors().to_string(),
-        baseline: "-".into(),
-        ratio: "-".into(),
-        target: "0",
-    });
-    lines.push(Line {
-        what: "burst of 10,000: latency p99 (ms)",
-        ours: format!("{:.1}", report.p99_ms()),
-        baseline: "-".into(),
-        ratio: "-".into(),
-        target: "< 50",
-    });
-    lines.push(Line {
-        what: "burst of 10,000: all rows persisted after (s)",
-        ours: format!("{:.3}", persist_time.as_secs_f64()),
-        baseline: "-".into(),
-        ratio: "-".into(),
-        target: "< 2",
-    });
+    // 2. Sold out: answered from the in-process flag vs a bare axum handler.
+    if run("soldout") {
+        let (sold, _) = event(&setup, 1).await?;
+        burst(&url, sold.name(), 10, 1, "first-").await?;
+        let soldout_requests = issuing_requests;
+        let report = burst(&url, sold.name(), soldout_requests, CONCURRENCY, "late-").await?;
+        anyhow::ensure!(report.count(410) == soldout_requests as u64, "sold-out run: {}", report.table());
+        let ours = report.throughput();
+        let bare = serve(axum::Router::new().route(
+            "/v1/events/{event}/apply",
+            axum::routing::post(|| async { (axum::http::StatusCode::GONE, axum::Json(serde_json::json!({"status": "sold_out"}))) }),
+        ))
+        .await?;
+        let baseline = burst(&bare, "x", soldout_requests, CONCURRENCY, "bare-").await?.throughput();
+        lines.push(Line {
+            what: "sold-out throughput (req/s)",
+            ours: format!("{ours:.0}"),
+            baseline: format!("{baseline:.0} (bare axum handler)"),
+            ratio: format!("{:.2}", ours / baseline),
+            target: ">= 0.9",
+        });
+    }
+    // 3. Consumer writes into PostgreSQL.
+    if run("consumer") {
+        let (batched, single) = consumer_writes(&setup, env("BENCH_ROWS", "20000").parse()?).await?;
+        lines.push(Line {
+            what: "consumer writes to PostgreSQL (rows/s)",
+            ours: format!("{batched:.0}"),
+            baseline: format!("{single:.0} (one INSERT per record)"),
+            ratio: format!("{:.1}", batched / single),
+            target: ">= 20",
+        });
+    }
+    // 4. Burst of 10,000 users, limit 100, consumer on PostgreSQL.
+    if run("burst") {
+        let (flash, topic) = event(&setup, 100).await?;
+        let store = Store::connect(&setup.postgres_url).await?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let consumer = tokio::spawn(coupon_service::consumer::run(
+            coupon_service::consumer::ConsumerSettings {
+                topics: vec![topic],
+                group_id: unique("bench"),
+                batch_size: 500,
+                batch_linger: Duration::from_millis(5),
+            },
+            setup.kafka.clone(),
+            setup.postgres_url.clone(),
+            RedisHandle::connect_in_background(&setup.redis_url)?,
+            Health::new(coupon_service::consumer::COMPONENTS),
+            Metrics::shared(),
+            stop_rx,
+        ));
+        // Let the consumer join its group before the burst, as a deployed consumer would have.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let report = burst(&url, flash.name(), 10_000, 256, "crowd-").await?;
+        let burst_done = Instant::now();
+        let mut persisted = store.count_coupons(&flash.to_string()).await?;
+        while persisted < 100 && burst_done.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            persisted = store.count_coupons(&flash.to_string()).await?;
+        }
+        let persist_time = burst_done.elapsed();
+        let _ = stop.send(true);
+        let _ = consumer.await;
+        lines.push(Line {
+            what: "burst of 10,000: coupons issued / rows",
+            ours: format!("{} / {persisted}", report.count(201)),
+            baseline: "limit 100".into(),
+            ratio: "-".into(),
+            target: "exactly 100 / 100",
+        });
+        lines.push(Line {
+            what: "burst of 10,000: 5xx answers",
+            ours: report.server_errors().to_string(),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "0",
+        });
+        lines.push(Line {
+            what: "burst of 10,000: latency p99 (ms)",
+            ours: format!("{:.1}", report.p99_ms()),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "< 50",
+        });
+        lines.push(Line {
+            what: "burst of 10,000: all rows persisted after (s)",
+            ours: format!("{:.3}", persist_time.as_secs_f64()),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "< 2",
+        });
+    }
 
     println!("| measure | ours | baseline (same run) | ratio | target |\n|---|---:|---|---:|---|");
     for line in lines {

@@ -42,6 +42,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    coupon_service::cli::load_secret_files().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => print!("{}", coupon_operator::crd_yaml()),

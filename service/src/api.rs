@@ -137,7 +137,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/events/{event}", get(event_stats))
         .route("/openapi.json", get(|| async { ([("content-type", "application/json")], OPENAPI) }))
         // Paths that match no route (an event name with a '/', say) name no known event.
-        .fallback(|| async { answer(StatusCode::NOT_FOUND, json!({"status": "unknown_event"})) })
+        .fallback(|| async { status_only(StatusCode::NOT_FOUND, r#"{"status":"unknown_event"}"#) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
         .merge(ops)
@@ -177,12 +177,18 @@ fn answer(code: StatusCode, body: serde_json::Value) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// An answer whose body is only `{"status": ...}`: a fixed string, no JSON value built per
+/// request (the sold-out path answers tens of thousands of these a second).
+fn status_only(code: StatusCode, body: &'static str) -> Response {
+    (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 fn bad_request(error: impl std::fmt::Display) -> Response {
     answer(StatusCode::BAD_REQUEST, json!({"status": "bad_request", "error": error.to_string()}))
 }
 
 fn unavailable() -> Response {
-    answer(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "unavailable"}))
+    status_only(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"unavailable"}"#)
 }
 
 async fn apply(
@@ -220,7 +226,7 @@ async fn decide(state: &Arc<ApiState>, event: String, body: Result<Bytes, BytesR
         return ("bad_request", bad_request(error));
     }
     if state.known_sold_out(&event) {
-        return ("sold_out", answer(StatusCode::GONE, json!({"status": "sold_out"})));
+        return ("sold_out", status_only(StatusCode::GONE, r#"{"status":"sold_out"}"#));
     }
     let Some(mut conn) = state.redis.get() else { return ("unavailable", unavailable()) };
     if !state.health.is_ready("kafka") {
@@ -245,14 +251,14 @@ async fn decide(state: &Arc<ApiState>, event: String, body: Result<Bytes, BytesR
                 _ => ("unavailable", unavailable()),
             }
         }
-        Decision::Duplicate => ("duplicate", answer(StatusCode::CONFLICT, json!({"status": "duplicate"}))),
+        Decision::Duplicate => ("duplicate", status_only(StatusCode::CONFLICT, r#"{"status":"duplicate"}"#)),
         Decision::SoldOut => {
             state.mark_sold_out(&event, true);
-            ("sold_out", answer(StatusCode::GONE, json!({"status": "sold_out"})))
+            ("sold_out", status_only(StatusCode::GONE, r#"{"status":"sold_out"}"#))
         }
-        Decision::NotOpen => ("not_open", answer(StatusCode::FORBIDDEN, json!({"status": "not_open"}))),
-        Decision::Closed => ("closed", answer(StatusCode::FORBIDDEN, json!({"status": "closed"}))),
-        Decision::UnknownEvent => ("unknown_event", answer(StatusCode::NOT_FOUND, json!({"status": "unknown_event"}))),
+        Decision::NotOpen => ("not_open", status_only(StatusCode::FORBIDDEN, r#"{"status":"not_open"}"#)),
+        Decision::Closed => ("closed", status_only(StatusCode::FORBIDDEN, r#"{"status":"closed"}"#)),
+        Decision::UnknownEvent => ("unknown_event", status_only(StatusCode::NOT_FOUND, r#"{"status":"unknown_event"}"#)),
         Decision::Recovering => ("unavailable", unavailable()),
     }
 }
@@ -298,7 +304,7 @@ async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<Stri
     let Some(mut conn) = state.redis.get() else { return unavailable() };
     let counters = match read_counters(&mut conn, &event_id).await {
         Ok(Some(counters)) => counters,
-        Ok(None) => return answer(StatusCode::NOT_FOUND, json!({"status": "unknown_event"})),
+        Ok(None) => return status_only(StatusCode::NOT_FOUND, r#"{"status":"unknown_event"}"#),
         Err(error) => {
             tracing::warn!(%error, "cannot read event");
             return unavailable();

@@ -196,9 +196,44 @@ pub struct LoadArgs {
     pub namespace: String,
 }
 
+/// Settings that may carry credentials. Each can also come from a file named by `<NAME>_FILE`
+/// (a mounted Secret), so that it appears neither on the command line nor in the pod spec.
+pub const SECRET_SETTINGS: &[&str] = &["REDIS_URL", "DATABASE_URL", "VERIFY_DATABASE_URL", "KAFKA_BROKERS"];
+
+/// The value of `name`: the variable itself, else the trimmed content of the file named by
+/// `<name>_FILE`. `Err` when that file cannot be read.
+pub fn setting_from_env_or_file(name: &str, env: impl Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    if let Some(value) = env(name) {
+        return Ok(Some(value));
+    }
+    match env(&format!("{name}_FILE")) {
+        None => Ok(None),
+        Some(path) => {
+            std::fs::read_to_string(&path).map(|text| Some(text.trim().to_owned())).map_err(|e| format!("{name}_FILE={path}: {e}"))
+        }
+    }
+}
+
+/// Resolves every `<NAME>_FILE` of `SECRET_SETTINGS` into `<NAME>`. Call before any thread
+/// starts (it sets environment variables).
+pub fn load_secret_files() -> Result<(), String> {
+    for name in SECRET_SETTINGS {
+        if std::env::var_os(name).is_none() {
+            if let Some(value) = setting_from_env_or_file(name, |n| std::env::var(n).ok())? {
+                std::env::set_var(name, value);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Entry point shared by the `coupon-service` binary and the test harness's copy of it.
 pub fn main() -> std::process::ExitCode {
     let _failpoints = fail::FailScenario::setup();
+    if let Err(error) = load_secret_files() {
+        eprintln!("error: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -336,4 +371,31 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::setting_from_env_or_file;
+
+    #[test]
+    fn a_setting_comes_from_the_variable_or_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("coupon-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("redis-url");
+        std::fs::write(&file, "redis://:pw@redis:6379\n").unwrap();
+        let path = file.display().to_string();
+        let env = |vars: Vec<(&'static str, String)>| move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+        assert_eq!(
+            setting_from_env_or_file("REDIS_URL", env(vec![("REDIS_URL_FILE", path.clone())])),
+            Ok(Some("redis://:pw@redis:6379".into()))
+        );
+        assert_eq!(
+            setting_from_env_or_file("REDIS_URL", env(vec![("REDIS_URL", "direct".into()), ("REDIS_URL_FILE", path)])),
+            Ok(Some("direct".into()))
+        );
+        assert_eq!(setting_from_env_or_file("REDIS_URL", env(vec![])), Ok(None));
+        assert!(setting_from_env_or_file("REDIS_URL", env(vec![("REDIS_URL_FILE", "/nonexistent/x".into())]))
+            .unwrap_err()
+            .contains("REDIS_URL_FILE"));
+    }
 }

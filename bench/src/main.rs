@@ -253,6 +253,7 @@ async fn main() -> anyhow::Result<()> {
                 group_id: unique("bench"),
                 batch_size: 500,
                 batch_linger: Duration::from_millis(5),
+                recovery_settle: Duration::from_secs(10),
             },
             setup.kafka.clone(),
             setup.postgres_url.clone(),

@@ -54,8 +54,15 @@ impl Backend {
     }
 
     /// Writes the Redis configuration; never touches counters, refuses a limit below them.
-    pub async fn provision_redis(&self, event: &EventId, spec: &CouponEventSpec) -> Result<RedisOutcome, BackendError> {
-        Ok(provision::provision_redis(&mut self.conn()?, event, &spec.event_config()).await?)
+    /// `existed_before`: the event was provisioned earlier, so a missing configuration means
+    /// Redis lost its state and the event is written back marked recovering.
+    pub async fn provision_redis(
+        &self,
+        event: &EventId,
+        spec: &CouponEventSpec,
+        existed_before: bool,
+    ) -> Result<RedisOutcome, BackendError> {
+        Ok(provision::provision_redis_with_recovery(&mut self.conn()?, event, &spec.event_config(), existed_before).await?)
     }
 
     pub async fn counters(&self, event: &EventId) -> Result<Option<EventCounters>, BackendError> {

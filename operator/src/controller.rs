@@ -183,7 +183,20 @@ async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<R
             return Err(error.into());
         }
     }
-    match ctx.backend.provision_redis(id, spec).await {
+    // Provisioned before (the status says so): a missing configuration is lost state.
+    let existed_before = event.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"));
+    match ctx.backend.provision_redis(id, spec, existed_before).await {
+        Ok(coupon_service::provision::RedisOutcome::CreatedRecovering) => {
+            ctx.publish(
+                event,
+                EventType::Warning,
+                "RedisStateLost",
+                "Recover",
+                "Redis lost the event's state: applies answer 503 until the consumer restores it from SQL".into(),
+            )
+            .await;
+            Ok(Ok(()))
+        }
         Ok(_) => Ok(Ok(())),
         Err(error) => match error.refusal() {
             Some(invalid) => Ok(Err(Refusal { reason: "LimitBelowIssued", message: invalid.to_string() })),

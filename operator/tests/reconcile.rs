@@ -195,6 +195,9 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
     // 3. Unchanged object: reads only.
     let event = h.stored(&event);
     let requests = h.reconcile(&event).await;
+    let writes = requests.iter().filter(|r| r.is_write()).count();
+    // Picked up by bench/run for its table.
+    println!("BENCH| operator: writes made by reconciling an unchanged CouponEvent | {writes} | - | - | 0 |");
     assert!(requests.iter().all(|r| !r.is_write()), "{:?}", shorts(&requests));
     assert_eq!(shorts(&requests), vec![format!("GET {SCALE_API}"), format!("GET {SCALE_CONSUMER}")]);
 
@@ -335,17 +338,17 @@ async fn provisioning_is_idempotent_and_keeps_counters() {
     let event = coupon_event(10, OnDelete::Delete);
     let event_id = id(&event);
     backend.ensure_topic(&event.spec).await.unwrap();
-    assert_eq!(backend.provision_redis(&event_id, &event.spec).await.unwrap(), coupon_service::provision::RedisOutcome::Created);
+    assert_eq!(backend.provision_redis(&event_id, &event.spec, false).await.unwrap(), coupon_service::provision::RedisOutcome::Created);
     assert_eq!(topic_partitions(&event.spec.topic), Some(2));
     // Second run: nothing changes.
     backend.ensure_topic(&event.spec).await.unwrap();
-    assert_eq!(backend.provision_redis(&event_id, &event.spec).await.unwrap(), coupon_service::provision::RedisOutcome::Unchanged);
+    assert_eq!(backend.provision_redis(&event_id, &event.spec, false).await.unwrap(), coupon_service::provision::RedisOutcome::Unchanged);
     // Issued coupons survive re-provisioning with a new window.
     let mut conn = backend.redis.get().unwrap();
     redis::cmd("SET").arg(event_id.keys().count).arg(4).query_async::<()>(&mut conn).await.unwrap();
     let mut moved = event.spec.clone();
     moved.schedule.end = Time(t("2026-11-27T10:45:00Z"));
-    assert_eq!(backend.provision_redis(&event_id, &moved).await.unwrap(), coupon_service::provision::RedisOutcome::Updated);
+    assert_eq!(backend.provision_redis(&event_id, &moved, false).await.unwrap(), coupon_service::provision::RedisOutcome::Updated);
     let counters = backend.counters(&event_id).await.unwrap().unwrap();
     assert_eq!(counters.issued, 4);
     assert_eq!(counters.end_ms, t("2026-11-27T10:45:00Z").as_millisecond());
@@ -456,4 +459,43 @@ async fn an_operator_restart_mid_window_neither_flaps_nor_provisions_again() {
     assert_eq!(first.ctx.metrics.topic_provisionings.get(), 1, "topic created once");
     assert_eq!(second.ctx.metrics.topic_provisionings.get(), 0, "not again after the restart");
     assert_eq!(second.stored(&event).status.unwrap().phase, Phase::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_lost_with_redis_is_written_back_marked_recovering() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let event = coupon_event(100, OnDelete::Retain);
+    h.reconcile(&event).await;
+    let provisioned = h.stored(&event);
+    h.reconcile(&provisioned).await;
+    // Redis loses the event's keys (the whole Redis in real life; this Redis is shared).
+    let mut conn = h.ctx.backend.redis.get().unwrap();
+    redis::cmd("DEL").arg(&id(&event).keys().all()[..]).query_async::<()>(&mut conn).await.unwrap();
+
+    let requests = h.reconcile(&h.stored(&event)).await;
+    let lost = requests.iter().find(|r| r.body["reason"] == "RedisStateLost").expect("a Warning Event says so");
+    assert_eq!(lost.body["type"], "Warning");
+    let recovering: Option<String> =
+        redis::cmd("HGET").arg(id(&event).keys().config).arg("recovering").query_async(&mut conn).await.unwrap();
+    assert_eq!(recovering.as_deref(), Some("1"), "written back closed, not counting from zero");
+    let listed: bool = redis::cmd("SISMEMBER")
+        .arg(coupon_service::provision::RECOVERING_SET)
+        .arg(id(&event).to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(listed);
+    // A brand-new event is never marked recovering.
+    let fresh = coupon_event(100, OnDelete::Retain);
+    h.reconcile(&fresh).await;
+    h.reconcile(&h.stored(&fresh)).await;
+    let recovering: Option<String> =
+        redis::cmd("HGET").arg(id(&fresh).keys().config).arg("recovering").query_async(&mut conn).await.unwrap();
+    assert_eq!(recovering, None);
+    redis::cmd("SREM")
+        .arg(coupon_service::provision::RECOVERING_SET)
+        .arg(id(&event).to_string())
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
 }

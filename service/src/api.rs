@@ -52,6 +52,10 @@ pub struct ApiState {
     /// has passed, because a released slot can reopen the event.
     sold_out: RwLock<HashMap<String, Instant>>,
     pub sold_out_recheck: Duration,
+    /// Events this process has seen configured. If Redis later knows nothing of one, Redis
+    /// lost its data: the answer is 503 (try again), not 404, until the operator has written
+    /// the configuration back and the consumer has restored the counters.
+    known_events: RwLock<std::collections::HashSet<String>>,
 }
 
 impl ApiState {
@@ -73,6 +77,7 @@ impl ApiState {
             metrics,
             sold_out: RwLock::new(HashMap::new()),
             sold_out_recheck: Duration::from_secs(1),
+            known_events: RwLock::new(std::collections::HashSet::new()),
         })
     }
 
@@ -112,6 +117,10 @@ impl ApiState {
             }
             Err(error) => tracing::error!(%error, "cannot create a new producer"),
         }
+    }
+
+    fn is_known(&self, event: &str) -> bool {
+        self.known_events.read().unwrap_or_else(|e| e.into_inner()).contains(event)
     }
 
     fn known_sold_out(&self, event: &str) -> bool {
@@ -240,7 +249,11 @@ async fn decide(state: &Arc<ApiState>, event: String, body: Result<Bytes, BytesR
             return ("unavailable", unavailable());
         }
     };
+    if decision != Decision::UnknownEvent && !state.is_known(&event) {
+        state.known_events.write().unwrap_or_else(|e| e.into_inner()).insert(event.clone());
+    }
     match decision {
+        Decision::UnknownEvent if state.is_known(&event) => ("unavailable", unavailable()),
         Decision::Issued { slot, topic } => {
             state.mark_sold_out(&event, false);
             // The produce and, on failure, the release run to completion even if the client

@@ -100,6 +100,10 @@ pub struct ConsumerArgs {
     /// How long a batch waits for more records once the first arrived.
     #[arg(long, env = "BATCH_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
+    /// How long an event whose Redis state was lost stays closed (503) before the consumer
+    /// restores it from SQL; longer than the api's produce timeout.
+    #[arg(long, env = "RECOVERY_SETTLE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub recovery_settle: Duration,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -300,6 +304,7 @@ async fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
         group_id: args.group_id,
         batch_size: args.batch_size.max(1),
         batch_linger: args.batch_linger,
+        recovery_settle: args.recovery_settle,
     };
     crate::consumer::run(settings, args.kafka.settings(), args.database_url, redis, health, metrics, shutdown).await
 }

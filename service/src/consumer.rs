@@ -34,6 +34,10 @@ pub struct ConsumerSettings {
     pub batch_size: usize,
     /// How long to wait for more records once one arrived.
     pub batch_linger: Duration,
+    /// How long an event stays marked recovering before its state is restored from SQL:
+    /// longer than the api's produce timeout, so records issued before Redis lost its data
+    /// have reached the broker.
+    pub recovery_settle: Duration,
 }
 
 /// A record taken off the topic, owned so the batch outlives the consumer's buffers.
@@ -199,6 +203,23 @@ impl CouponConsumer {
     }
 }
 
+impl CouponConsumer {
+    /// Restores events whose Redis state was lost, once their topic is drained (see
+    /// `recovery`); best effort, retried on the next tick.
+    async fn restore_lost_events(&mut self, consumer: Arc<StreamConsumer>, settle: Duration) {
+        let Some(mut conn) = self.redis.get() else { return };
+        match crate::recovery::restore_drained(&self.store, &mut conn, consumer, settle).await {
+            Ok(restored) => {
+                for (event, _) in restored {
+                    // The limit may have changed with the new configuration.
+                    self.slot_capacity.remove(&event.to_string());
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot restore lost events yet"),
+        }
+    }
+}
+
 /// Connects to SQL with backoff and applies migrations; returns `None` on shutdown.
 pub async fn connect_store(url: &str, health: &Health, shutdown: &mut watch::Receiver<bool>) -> Option<Store> {
     let shown = crate::redis_conn::redact_url(url);
@@ -268,10 +289,16 @@ pub async fn run(
     consumer.subscribe(&topics)?;
     tracing::info!(topics = ?settings.topics, group = %settings.group_id, "consuming");
     let mut worker = CouponConsumer::new(store, redis, metrics.clone());
+    let mut recovery_tick = tokio::time::interval(Duration::from_secs(1));
+    recovery_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     loop {
         let first = tokio::select! {
             message = consumer.recv() => message,
+            _ = recovery_tick.tick() => {
+                worker.restore_lost_events(consumer.clone(), settings.recovery_settle).await;
+                continue;
+            }
             _ = shutdown.changed() => break,
         };
         let mut batch = Vec::with_capacity(settings.batch_size);

@@ -110,6 +110,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
             group_id: format!("demo-{}", event.name()),
             batch_size: 500,
             batch_linger: Duration::from_millis(20),
+            recovery_settle: Duration::from_secs(10),
         },
         kafka.clone(),
         database_url.clone(),

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod ops;
 pub mod provision;
 pub mod record;
+pub mod recovery;
 pub mod redis_conn;
 pub mod retry;
 pub mod server;

@@ -75,7 +75,14 @@ pub enum RedisOutcome {
     Created,
     Updated,
     Unchanged,
+    /// The configuration of an event known to have existed was missing (Redis lost its
+    /// data): it was written back marked `recovering`, so the gate answers 503 until the
+    /// consumer has restored the counters from SQL.
+    CreatedRecovering,
 }
+
+/// Events whose Redis state is being restored from SQL (members `<ns>/<name>`).
+pub const RECOVERING_SET: &str = "coupon:recovering";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -87,9 +94,9 @@ pub enum ProvisionError {
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
-/// KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic.
-/// Answers 0 created, 1 updated, 2 unchanged, or -count when the new limit is below the
-/// highest slot handed out (nothing is written then).
+/// KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing.
+/// Answers 0 created, 1 updated, 2 unchanged, 3 created recovering, or -count when the new
+/// limit is below the highest slot handed out (nothing is written then).
 const PROVISION_LUA: &str = r#"
 local count = tonumber(redis.call('GET', KEYS[2])) or 0
 if tonumber(ARGV[1]) < count then return -count end
@@ -99,12 +106,29 @@ if old[1] == ARGV[1] and old[2] == ARGV[2] and old[3] == ARGV[3] and old[4] == A
 end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5])
 if old[1] then return 1 end
+if ARGV[6] == '1' then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  return 3
+end
 return 0
 "#;
 
 /// Writes the event's configuration atomically. A limit below the slots already handed out
 /// is refused, because those coupons exist and cannot be taken back.
 pub async fn provision_redis(conn: &mut ConnectionManager, event: &EventId, config: &EventConfig) -> Result<RedisOutcome, ProvisionError> {
+    provision_redis_with_recovery(conn, event, config, false).await
+}
+
+/// As `provision_redis`; with `existed_before` (the caller knows the event was provisioned
+/// earlier), a missing configuration means Redis lost the event's state: it is written back
+/// marked `recovering` instead of starting the counters again from zero.
+pub async fn provision_redis_with_recovery(
+    conn: &mut ConnectionManager,
+    event: &EventId,
+    config: &EventConfig,
+    existed_before: bool,
+) -> Result<RedisOutcome, ProvisionError> {
     config.validate()?;
     let keys = event.keys();
     let answer: i64 = Script::new(PROVISION_LUA)
@@ -115,12 +139,19 @@ pub async fn provision_redis(conn: &mut ConnectionManager, event: &EventId, conf
         .arg(config.start.timestamp_millis())
         .arg(config.end.timestamp_millis())
         .arg(&config.topic)
-        .invoke_async(conn)
+        .arg(if existed_before { "1" } else { "0" })
+        .invoke_async(&mut *conn)
         .await?;
     Ok(match answer {
         0 => RedisOutcome::Created,
         1 => RedisOutcome::Updated,
         2 => RedisOutcome::Unchanged,
+        3 => {
+            // Outside the script: on Redis Cluster this set lives in another slot.
+            let _: i64 = redis::cmd("SADD").arg(RECOVERING_SET).arg(event.to_string()).query_async(conn).await?;
+            tracing::warn!(event = %event, "event configuration was missing although the event existed: marked recovering");
+            RedisOutcome::CreatedRecovering
+        }
         negative => return Err(InvalidConfig::LimitBelowIssued { limit: config.limit, issued: -negative }.into()),
     })
 }

@@ -356,6 +356,7 @@ async fn sql_unreachable_for_ten_seconds_commits_nothing_then_loses_and_duplicat
             group_id: unique("sql-outage"),
             batch_size: 10,
             batch_linger: Duration::from_millis(10),
+            recovery_settle: Duration::from_secs(10),
         },
         kafka(&brokers),
         database_url,
@@ -542,4 +543,94 @@ async fn credentials_from_files_are_used_and_never_logged() {
         assert!(!log.contains(secret), "{name} logged a credential:\n{log}");
         assert!(log.contains(":***@127.0.0.1"), "{name} names the endpoint with the password hidden:\n{log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_state_lost_mid_event_is_restored_from_sql_before_issuing_again() {
+    use coupon_service::provision::{provision_redis_with_recovery, RedisOutcome};
+    let brokers = kafka_brokers();
+    let own = OwnRedis::start().await;
+    let name = unique("ev");
+    let id = coupon_service::event_id::EventId::new(NAMESPACE, &name).unwrap();
+    let topic = format!("coupons.{name}");
+    let config = coupon_service::provision::EventConfig {
+        limit: 30,
+        per_user: 1,
+        start: chrono::Utc::now() - chrono::Duration::seconds(5),
+        end: chrono::Utc::now() + chrono::Duration::minutes(10),
+        topic: topic.clone(),
+    };
+    let mut conn = coupon_service::redis_conn::RedisHandle::connect_with_deadline(&own.url(), Duration::from_secs(10)).await.unwrap();
+    kafka(&brokers).admin().unwrap().ensure_topic(&topic, 2, 1).await.unwrap();
+    assert_eq!(provision_redis_with_recovery(&mut conn, &id, &config, false).await.unwrap(), RedisOutcome::Created);
+    let database_url = sqlite_url();
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let api = InProcessApi::start_with_redis(NAMESPACE, &brokers, Duration::from_secs(5), &own.url()).await;
+    api.state.health.set("redis", true);
+    api.state.health.set("kafka", true);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(coupon_service::consumer::run(
+        coupon_service::consumer::ConsumerSettings {
+            topics: vec![topic.clone()],
+            group_id: unique("recovery"),
+            batch_size: 100,
+            batch_linger: Duration::from_millis(10),
+            recovery_settle: Duration::from_secs(2),
+        },
+        kafka(&brokers),
+        database_url.clone(),
+        coupon_service::redis_conn::RedisHandle::connect_in_background(&own.url()).unwrap(),
+        coupon_service::health::Health::new(coupon_service::consumer::COMPONENTS),
+        coupon_service::metrics::Metrics::shared(),
+        stop_rx,
+    ));
+    let client = reqwest::Client::new();
+    let url = api.apply_url(&id);
+    for user in 0..20 {
+        assert_eq!(apply_user(&client, &url, &format!("u{user}")).await.0, 201);
+    }
+    wait_for_rows(&store, &id.to_string(), 20, Duration::from_secs(30)).await;
+
+    // Redis loses everything.
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+    assert_eq!(apply_user(&client, &url, "u20").await, (503, json!({"status": "unavailable"})), "a known event is not 'unknown'");
+    // The operator writes the configuration back, knowing the event existed.
+    assert_eq!(provision_redis_with_recovery(&mut conn, &id, &config, true).await.unwrap(), RedisOutcome::CreatedRecovering);
+    assert_eq!(apply_user(&client, &url, "u21").await, (503, json!({"status": "unavailable"})), "closed while recovering");
+    let lost_at = std::time::Instant::now();
+    wait_until("state restored from SQL", Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        let keys = id.keys();
+        async move {
+            let recovering: Option<String> = redis::cmd("HGET").arg(&keys.config).arg("recovering").query_async(&mut conn).await.unwrap();
+            recovering.is_none().then_some(())
+        }
+    })
+    .await;
+    eprintln!("redis state lost: restored {:.1} s after the configuration came back", lost_at.elapsed().as_secs_f64());
+    let counters = coupon_service::gate::read_counters(&mut conn, &id).await.unwrap().unwrap();
+    assert_eq!((counters.issued, counters.persisted), (20, 20));
+
+    // Not issued again from zero: old users are duplicates, new ones get slots 21..=30.
+    assert_eq!(apply_user(&client, &url, "u0").await, (409, json!({"status": "duplicate"})));
+    let mut new_slots = Vec::new();
+    for user in 100..120 {
+        let (status, body) = apply_user(&client, &url, &format!("u{user}")).await;
+        if status == 201 {
+            new_slots.push(body["slot"].as_i64().unwrap());
+        } else {
+            assert_eq!(status, 410, "{body}");
+        }
+    }
+    new_slots.sort();
+    assert_eq!(new_slots, (21..=30).collect::<Vec<i64>>());
+    wait_for_rows(&store, &id.to_string(), 30, Duration::from_secs(30)).await;
+    let rows = store.coupons(&id.to_string()).await.unwrap();
+    assert_eq!(rows.iter().map(|(_, s)| *s).collect::<Vec<_>>(), (1..=30).collect::<Vec<i64>>());
+    let users: std::collections::BTreeSet<&String> = rows.iter().map(|(u, _)| u).collect();
+    assert_eq!(users.len(), 30, "each user at most once");
+    assert!(store.failed_events(&topic).await.unwrap().is_empty());
+    let _ = stop.send(true);
+    consumer.await.unwrap().unwrap();
 }

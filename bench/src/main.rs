@@ -40,13 +40,7 @@ async fn event(setup: &Setup, limit: i64) -> anyhow::Result<(EventId, String)> {
     let name = unique("bench");
     let id = EventId::new("bench", &name)?;
     let topic = format!("bench.{name}");
-    let config = EventConfig {
-        limit,
-        per_user: 1,
-        start: Utc::now() - chrono::Duration::seconds(5),
-        end: Utc::now() + chrono::Duration::hours(1),
-        topic: topic.clone(),
-    };
+    let config = EventConfig::open_now(limit, &topic, Duration::from_secs(3600));
     let mut conn = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
     provision::provision_event(&mut conn, &setup.kafka.admin()?, &id, &config, 3, 1).await?;
     Ok((id, topic))

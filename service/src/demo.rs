@@ -80,13 +80,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         anyhow::anyhow!("Redis at {} is not reachable; start it with dev/stack up", crate::redis_conn::redact_url(&args.redis_url))
     })?;
 
-    let config = EventConfig {
-        limit: args.limit,
-        per_user: 1,
-        start: Utc::now() - chrono::Duration::seconds(1),
-        end: Utc::now() + chrono::Duration::minutes(10),
-        topic: topic.clone(),
-    };
+    let config = EventConfig::open_now(args.limit, &topic, Duration::from_secs(600));
     match &mock {
         None => {
             provision::provision_event(&mut conn, &kafka.admin()?, &event, &config, 3, 1).await?;

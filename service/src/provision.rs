@@ -48,6 +48,19 @@ pub fn valid_topic_name(topic: &str) -> bool {
 }
 
 impl EventConfig {
+    /// An event open from a few seconds ago for `duration`, one coupon per user (the demo,
+    /// the benchmarks and the tests).
+    pub fn open_now(limit: i64, topic: &str, duration: std::time::Duration) -> Self {
+        let now = Utc::now();
+        Self {
+            limit,
+            per_user: 1,
+            start: now - chrono::Duration::seconds(5),
+            end: now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::hours(1)),
+            topic: topic.to_owned(),
+        }
+    }
+
     /// Checks what can be checked without live state.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.limit < 1 {

@@ -98,13 +98,7 @@ pub async fn provision_event(brokers: &str, namespace: &str, limit: i64, partiti
     let name = unique("ev");
     let id = EventId::new(namespace, &name).unwrap();
     let topic = format!("coupons.{name}");
-    let config = EventConfig {
-        limit,
-        per_user: 1,
-        start: Utc::now() - chrono::Duration::seconds(5),
-        end: Utc::now() + chrono::Duration::minutes(10),
-        topic: topic.clone(),
-    };
+    let config = EventConfig::open_now(limit, &topic, Duration::from_secs(600));
     let admin = kafka(brokers).admin().unwrap();
     let mut conn = redis().await;
     provision::provision_event(&mut conn, &admin, &id, &config, partitions, 1).await.expect("provision");
@@ -329,6 +323,11 @@ impl OwnRedis {
             let _ = process.child.kill().await;
         }
     }
+}
+
+/// Polls `url` until it answers `status`, panicking with `what` after `timeout`.
+pub async fn wait_for_status(what: &str, url: &str, status: u16, timeout: Duration) {
+    wait_until(what, timeout, || async move { (http_status(url).await == status).then_some(()) }).await;
 }
 
 /// A tansu broker owned by one test, for tests that stop the broker.

@@ -110,11 +110,7 @@ async fn two_api_processes_share_one_limit() {
         .collect();
     for port in ports {
         let url = format!("http://127.0.0.1:{port}/readyz");
-        wait_until("api process ready", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move { (http_status(&url).await == 200).then_some(()) }
-        })
-        .await;
+        wait_for_status("api process ready", &url, 200, Duration::from_secs(30)).await;
     }
     let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
 

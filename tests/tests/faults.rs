@@ -85,11 +85,7 @@ async fn broker_down_answers_503_releases_the_slot_and_recovers() {
         &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)],
     );
     let readyz = format!("http://{listen}/readyz");
-    wait_until("api process up but not ready", Duration::from_secs(30), || {
-        let readyz = readyz.clone();
-        async move { (http_status(&readyz).await == 503).then_some(()) }
-    })
-    .await;
+    wait_for_status("api process up but not ready", &readyz, 503, Duration::from_secs(30)).await;
     let process_url = format!("http://{listen}/v1/events/{}/apply", event.id.name());
     assert_eq!(apply_user(&client, &process_url, "u4").await.0, 503);
     assert_eq!(redis_snapshot(&event.id).await, snapshot, "nothing counted while the broker is down");
@@ -97,11 +93,7 @@ async fn broker_down_answers_503_releases_the_slot_and_recovers() {
     // Broker back (fresh in-memory storage, so the topic is created again).
     tansu.restart().await;
     kafka(&brokers).admin().unwrap().ensure_topic(&event.topic, 1, 1).await.unwrap();
-    wait_until("api process ready again", Duration::from_secs(60), || {
-        let readyz = readyz.clone();
-        async move { (http_status(&readyz).await == 200).then_some(()) }
-    })
-    .await;
+    wait_for_status("api process ready again", &readyz, 200, Duration::from_secs(60)).await;
     let mut slots = Vec::new();
     for user in ["u2", "u3"] {
         let answer = wait_until("the same user gets a coupon once the broker is back", Duration::from_secs(60), || {
@@ -288,11 +280,7 @@ async fn binaries_start_without_redis_kafka_or_sql_and_recover_when_they_appear(
 
     for listen in [&api_listen, &consumer_listen] {
         let healthz = format!("http://{listen}/healthz");
-        wait_until("process alive", Duration::from_secs(30), || {
-            let healthz = healthz.clone();
-            async move { (http_status(&healthz).await == 200).then_some(()) }
-        })
-        .await;
+        wait_for_status("process alive", &healthz, 200, Duration::from_secs(30)).await;
         assert_eq!(http_status(&format!("http://{listen}/readyz")).await, 503, "{listen} not ready without its dependencies");
     }
     wait_until("api logs what it cannot reach", Duration::from_secs(30), || {
@@ -313,11 +301,7 @@ async fn binaries_start_without_redis_kafka_or_sql_and_recover_when_they_appear(
     sql_gate.open().await;
     for listen in [&api_listen, &consumer_listen] {
         let readyz = format!("http://{listen}/readyz");
-        wait_until("ready once the dependencies appear", Duration::from_secs(60), || {
-            let readyz = readyz.clone();
-            async move { (http_status(&readyz).await == 200).then_some(()) }
-        })
-        .await;
+        wait_for_status("ready once the dependencies appear", &readyz, 200, Duration::from_secs(60)).await;
     }
 }
 
@@ -451,13 +435,7 @@ async fn redis_killed_and_restarted_mid_burst_issues_no_more_than_the_limit_and_
     let name = unique("ev");
     let id = coupon_service::event_id::EventId::new(NAMESPACE, &name).unwrap();
     let topic = format!("coupons.{name}");
-    let config = coupon_service::provision::EventConfig {
-        limit: LIMIT,
-        per_user: 1,
-        start: chrono::Utc::now() - chrono::Duration::seconds(5),
-        end: chrono::Utc::now() + chrono::Duration::minutes(10),
-        topic: topic.clone(),
-    };
+    let config = coupon_service::provision::EventConfig::open_now(LIMIT, &topic, Duration::from_secs(600));
     let mut conn = coupon_service::redis_conn::RedisHandle::connect_with_deadline(&own.url(), Duration::from_secs(10)).await.unwrap();
     coupon_service::provision::provision_event(&mut conn, &kafka(&brokers).admin().unwrap(), &id, &config, 1, 1).await.unwrap();
     let database_url = sqlite_url();
@@ -553,13 +531,7 @@ async fn redis_state_lost_mid_event_is_restored_from_sql_before_issuing_again() 
     let name = unique("ev");
     let id = coupon_service::event_id::EventId::new(NAMESPACE, &name).unwrap();
     let topic = format!("coupons.{name}");
-    let config = coupon_service::provision::EventConfig {
-        limit: 30,
-        per_user: 1,
-        start: chrono::Utc::now() - chrono::Duration::seconds(5),
-        end: chrono::Utc::now() + chrono::Duration::minutes(10),
-        topic: topic.clone(),
-    };
+    let config = coupon_service::provision::EventConfig::open_now(30, &topic, Duration::from_secs(600));
     let mut conn = coupon_service::redis_conn::RedisHandle::connect_with_deadline(&own.url(), Duration::from_secs(10)).await.unwrap();
     kafka(&brokers).admin().unwrap().ensure_topic(&topic, 2, 1).await.unwrap();
     assert_eq!(provision_redis_with_recovery(&mut conn, &id, &config, false).await.unwrap(), RedisOutcome::Created);

@@ -13,8 +13,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{TimeZone, Utc};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -23,6 +21,7 @@ use crate::gate::{read_counters, Decision, Gate};
 use crate::health::Health;
 use crate::kafka::KafkaSettings;
 use crate::metrics::Metrics;
+use crate::producer::{CouponProducer, Delivery};
 use crate::record::{validate_user_id, CouponRecord};
 use crate::redis_conn::RedisHandle;
 use crate::retry::Backoff;
@@ -45,7 +44,7 @@ pub struct ApiState {
     kafka: KafkaSettings,
     /// The producer and its generation. An idempotent producer that hit a fatal error (for
     /// example fenced after a timed-out batch) refuses every later record, so it is replaced.
-    producer: RwLock<(u64, FutureProducer)>,
+    producer: RwLock<(u64, Arc<CouponProducer>)>,
     pub health: Health,
     pub metrics: Arc<Metrics>,
     /// Events seen sold out, and when: answered 410 without Redis until `sold_out_recheck`
@@ -72,7 +71,7 @@ impl ApiState {
             redis,
             gate: Gate::new(),
             kafka,
-            producer: RwLock::new((0, producer)),
+            producer: RwLock::new((0, Arc::new(producer))),
             health,
             metrics,
             sold_out: RwLock::new(HashMap::new()),
@@ -82,7 +81,7 @@ impl ApiState {
     }
 
     /// The current producer and its generation.
-    pub fn producer(&self) -> (u64, FutureProducer) {
+    pub fn producer(&self) -> (u64, Arc<CouponProducer>) {
         self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -92,7 +91,7 @@ impl ApiState {
     /// state after a restart looks like (librdkafka retries `UNKNOWN_PRODUCER_ID` until the
     /// record expires). Later generations are left alone, so concurrent failures replace it
     /// once; the old producer still delivers what it holds before it is dropped.
-    fn replace_if_broken(&self, generation: u64, failed: &FutureProducer, error: &KafkaError) {
+    fn replace_if_broken(&self, generation: u64, failed: &CouponProducer, error: &KafkaError) {
         use rdkafka::types::RDKafkaErrorCode as Code;
         let fenced = match error {
             KafkaError::MessageProduction(
@@ -113,7 +112,7 @@ impl ApiState {
         match self.kafka.producer() {
             Ok(fresh) => {
                 tracing::warn!(%reason, "producer cannot produce any more; replaced it");
-                *current = (generation + 1, fresh);
+                *current = (generation + 1, Arc::new(fresh));
             }
             Err(error) => tracing::error!(%error, "cannot create a new producer"),
         }
@@ -282,11 +281,18 @@ async fn deliver(state: Arc<ApiState>, event: EventId, user_id: String, slot: i6
     let record = CouponRecord { event: event.to_string(), user_id, slot, issued_at: Utc::now() };
     let payload = serde_json::to_vec(&record).expect("record serializes");
     let (generation, producer) = state.producer();
-    let produced =
-        producer.send(FutureRecord::to(&topic).key(&record.user_id).payload(&payload), Timeout::After(state.kafka.produce_timeout)).await;
-    let error = match produced {
-        Ok(_) => return true,
-        Err((error, _)) => error,
+    let error = match producer.send(&topic, &record.user_id, &payload).await {
+        Delivery::Acked => return true,
+        Delivery::NotPersisted(error) => error,
+        Delivery::PossiblyPersisted(error) => {
+            // The broker may hold the record: its slot must not go to anyone else. The user
+            // keeps the mark (a retry answers 409); if the record is on the topic, the coupon
+            // is theirs.
+            state.replace_if_broken(generation, &producer, &error);
+            state.metrics.undecided_produces.inc();
+            tracing::warn!(%error, event = %event, slot, user = %record.user_id, "produce timed out after sending; the record may be written, so the slot stays taken");
+            return false;
+        }
     };
     state.replace_if_broken(generation, &producer, &error);
     tracing::warn!(%error, event = %event, slot, "produce failed; releasing the slot");
@@ -353,7 +359,7 @@ async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<Stri
 
 /// Flushes records still in the producer's queue before the process exits.
 pub fn flush_producer(state: &ApiState, timeout: Duration) {
-    if let Err(error) = state.producer().1.flush(Timeout::After(timeout)) {
+    if let Err(error) = state.producer().1.flush(timeout) {
         tracing::warn!(%error, "producer flush incomplete at shutdown");
     }
 }

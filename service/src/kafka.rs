@@ -7,8 +7,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
+
+use crate::producer::CouponProducer;
 
 /// Settings shared by every client: where the brokers are.
 #[derive(Clone, Debug)]
@@ -27,15 +28,16 @@ impl KafkaSettings {
 
     /// Idempotent producer with `acks=all`: a retried send never duplicates a record, and a
     /// 201 means every in-sync replica has it.
-    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+    pub fn producer(&self) -> Result<CouponProducer, KafkaError> {
         let timeout_ms = self.produce_timeout.as_millis().max(1).to_string();
-        self.base()
+        let mut config = self.base();
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
             .set("message.timeout.ms", &timeout_ms)
-            .set("request.timeout.ms", &timeout_ms)
-            .create()
+            .set("request.timeout.ms", &timeout_ms);
+        CouponProducer::new(&config)
     }
 
     /// Consumer that never commits by itself: offsets are committed only after the SQL

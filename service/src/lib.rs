@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod load;
 pub mod metrics;
 pub mod ops;
+pub mod producer;
 pub mod provision;
 pub mod record;
 pub mod recovery;

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     /// Produce failures that released a slot.
     pub released_slots: Counter,
+    /// Produces that timed out after the record was sent: it may be written, so the slot
+    /// stays taken and the user gets 503.
+    pub undecided_produces: Counter,
     /// Coupon rows written by the consumer.
     pub rows_written: Counter,
     /// Records sent to `failed_events`.
@@ -43,6 +46,8 @@ impl Default for Metrics {
         registry.register("apply_seconds", "Apply latency in seconds", apply_seconds.clone());
         let released_slots = Counter::default();
         registry.register("released_slots", "Slots given back after a failed produce", released_slots.clone());
+        let undecided_produces = Counter::default();
+        registry.register("undecided_produces", "Produces that timed out after sending; slot kept", undecided_produces.clone());
         let rows_written = Counter::default();
         registry.register("consumer_rows_written", "Coupon rows written to SQL", rows_written.clone());
         let records_failed = Counter::default();
@@ -53,7 +58,18 @@ impl Default for Metrics {
         registry.register("consumer_batch_seconds", "SQL time per batch in seconds", batch_seconds.clone());
         let commit_errors = Counter::default();
         registry.register("consumer_commit_errors", "Offset commits that failed", commit_errors.clone());
-        Self { registry, apply_answers, apply_seconds, released_slots, rows_written, records_failed, batches, batch_seconds, commit_errors }
+        Self {
+            registry,
+            apply_answers,
+            apply_seconds,
+            released_slots,
+            undecided_produces,
+            rows_written,
+            records_failed,
+            batches,
+            batch_seconds,
+            commit_errors,
+        }
     }
 }
 

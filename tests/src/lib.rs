@@ -254,9 +254,15 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     pub fn spawn(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_in(&std::env::temp_dir(), program, args, env)
+    }
+
+    /// As `spawn`, with `dir` as the working directory.
+    pub fn spawn_in(dir: &Path, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique("child")));
         let file = std::fs::File::create(&log).unwrap();
         let mut command = tokio::process::Command::new(program);
+        command.current_dir(dir);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).kill_on_drop(true);
         command.env("RUST_LOG", "info");
         for (k, v) in env {
@@ -333,6 +339,9 @@ pub async fn wait_for_status(what: &str, url: &str, status: u16, timeout: Durati
 /// A tansu broker owned by one test, for tests that stop the broker.
 pub struct OwnTansu {
     pub port: u16,
+    /// `memory://tansu/` (lost on restart) or `sqlite://tansu.db` (kept in `dir`).
+    storage: &'static str,
+    dir: PathBuf,
     process: Option<ChildProcess>,
 }
 
@@ -350,8 +359,21 @@ impl OwnTansu {
         }
     }
 
+    /// A broker with in-memory storage: a restart loses every topic and record.
     pub async fn start(port: u16) -> Self {
-        let mut tansu = Self { port, process: None };
+        Self::start_with(port, "memory://tansu/").await
+    }
+
+    /// A broker on tansu's SQLite engine in a fresh directory: topics, records, offsets and
+    /// producer state survive a kill.
+    pub async fn start_durable(port: u16) -> Self {
+        Self::start_with(port, "sqlite://tansu.db").await
+    }
+
+    async fn start_with(port: u16, storage: &'static str) -> Self {
+        let dir = std::env::temp_dir().join(unique("tansu"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut tansu = Self { port, storage, dir, process: None };
         tansu.restart().await;
         tansu
     }
@@ -360,14 +382,11 @@ impl OwnTansu {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts (again) on the same port with fresh in-memory storage.
+    /// Starts (again) on the same port and storage.
     pub async fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let process = ChildProcess::spawn(
-            &Self::binary(),
-            &["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"],
-            &[],
-        );
+        let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", self.storage];
+        let process = ChildProcess::spawn_in(&self.dir, &Self::binary(), &args, &[]);
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         wait_until("own tansu listening", Duration::from_secs(30), || async move {
             tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())

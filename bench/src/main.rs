@@ -241,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
         let (flash, topic) = event(&setup, 100).await?;
         let store = Store::connect(&setup.postgres_url).await?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let assigned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let consumer = tokio::spawn(coupon_service::consumer::run(
             coupon_service::consumer::ConsumerSettings {
                 topics: vec![topic],
@@ -248,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
                 batch_size: 500,
                 batch_linger: Duration::from_millis(5),
                 recovery_settle: Duration::from_secs(10),
+                assigned: assigned.clone(),
             },
             setup.kafka.clone(),
             setup.postgres_url.clone(),
@@ -256,8 +258,12 @@ async fn main() -> anyhow::Result<()> {
             Metrics::shared(),
             stop_rx,
         ));
-        // Let the consumer join its group before the burst, as a deployed consumer would have.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The consumer joins its group before the burst, as a deployed consumer would have.
+        let joined_by = Instant::now() + Duration::from_secs(30);
+        while assigned.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            anyhow::ensure!(Instant::now() < joined_by, "the consumer got no partition within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let report = burst(&url, flash.name(), 10_000, 256, "crowd-").await?;
         let burst_done = Instant::now();
         let mut persisted = store.count_coupons(&flash.to_string()).await?;

@@ -305,6 +305,7 @@ async fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size.max(1),
         batch_linger: args.batch_linger,
         recovery_settle: args.recovery_settle,
+        assigned: Default::default(),
     };
     crate::consumer::run(settings, args.kafka.settings(), args.database_url, redis, health, metrics, shutdown).await
 }

@@ -5,6 +5,7 @@
 //! are then skipped as duplicates: every record becomes exactly one row.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::event_id::EventId;
 use crate::health::Health;
-use crate::kafka::KafkaSettings;
+use crate::kafka::{ConsumerEvents, KafkaSettings};
 use crate::metrics::Metrics;
 use crate::record::{validate_user_id, CouponRecord};
 use crate::redis_conn::RedisHandle;
@@ -38,6 +39,8 @@ pub struct ConsumerSettings {
     /// longer than the api's produce timeout, so records issued before Redis lost its data
     /// have reached the broker.
     pub recovery_settle: Duration,
+    /// Partitions currently assigned to this consumer (set by the rebalance callback).
+    pub assigned: Arc<AtomicUsize>,
 }
 
 /// A record taken off the topic, owned so the batch outlives the consumer's buffers.
@@ -206,7 +209,7 @@ impl CouponConsumer {
 impl CouponConsumer {
     /// Restores events whose Redis state was lost, once their topic is drained (see
     /// `recovery`); best effort, retried on the next tick.
-    async fn restore_lost_events(&mut self, consumer: Arc<StreamConsumer>, settle: Duration) {
+    async fn restore_lost_events(&mut self, consumer: Arc<StreamConsumer<ConsumerEvents>>, settle: Duration) {
         let Some(mut conn) = self.redis.get() else { return };
         match crate::recovery::restore_drained(&self.store, &mut conn, consumer, settle).await {
             Ok(restored) => {
@@ -259,7 +262,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let consumer = Arc::new(kafka.consumer(&settings.group_id)?);
+    let consumer = Arc::new(kafka.consumer(&settings.group_id, settings.assigned.clone())?);
     {
         let probe_consumer = consumer.clone();
         health.spawn_probe("kafka", Duration::from_secs(2), move || {
@@ -366,7 +369,7 @@ fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
     }
 }
 
-fn commit(consumer: &StreamConsumer, batch: &[RawRecord], metrics: &Metrics) {
+fn commit(consumer: &StreamConsumer<ConsumerEvents>, batch: &[RawRecord], metrics: &Metrics) {
     let mut list = TopicPartitionList::new();
     for ((topic, partition), next) in next_offsets(batch) {
         if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {

@@ -1,11 +1,13 @@
 //! Kafka clients: the idempotent producer, the manually committing consumer and topic admin.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -41,8 +43,9 @@ impl KafkaSettings {
     }
 
     /// Consumer that never commits by itself: offsets are committed only after the SQL
-    /// transaction holding the records has committed.
-    pub fn consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+    /// transaction holding the records has committed. `assigned` follows the number of
+    /// partitions the group gave it.
+    pub fn consumer(&self, group_id: &str, assigned: Arc<AtomicUsize>) -> Result<StreamConsumer<ConsumerEvents>, KafkaError> {
         self.base()
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -52,11 +55,36 @@ impl KafkaSettings {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "50")
-            .create()
+            .create_with_context(ConsumerEvents { assigned })
     }
 
     pub fn admin(&self) -> Result<TopicAdmin, KafkaError> {
         Ok(TopicAdmin { client: self.base().create()? })
+    }
+}
+
+/// Logs the consumer group's rebalances and keeps the assigned partition count: useful to
+/// operators, and lets a caller wait until a new consumer has joined (not part of readiness,
+/// since a replica beyond the partition count rightly holds none).
+pub struct ConsumerEvents {
+    assigned: Arc<AtomicUsize>,
+}
+
+impl ClientContext for ConsumerEvents {}
+
+impl ConsumerContext for ConsumerEvents {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                self.assigned.store(partitions.count(), Ordering::Relaxed);
+                tracing::info!(partitions = partitions.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(partitions) => {
+                self.assigned.store(0, Ordering::Relaxed);
+                tracing::info!(partitions = partitions.count(), "partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::event_id::EventId;
+use crate::kafka::ConsumerEvents;
 use crate::provision::RECOVERING_SET;
 use crate::store::Store;
 
@@ -59,7 +60,11 @@ return 1
 
 /// Whether the consumer group has committed every record of the topic: for each partition
 /// the committed offset has reached the high watermark. Blocking (broker round trips).
-pub fn topic_drained(consumer: &StreamConsumer, topic: &str, timeout: Duration) -> Result<bool, rdkafka::error::KafkaError> {
+pub fn topic_drained(
+    consumer: &StreamConsumer<ConsumerEvents>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<bool, rdkafka::error::KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(false) };
     let mut list = TopicPartitionList::new();
@@ -85,7 +90,7 @@ pub fn topic_drained(consumer: &StreamConsumer, topic: &str, timeout: Duration) 
 pub async fn restore_drained(
     store: &Store,
     conn: &mut ConnectionManager,
-    consumer: std::sync::Arc<StreamConsumer>,
+    consumer: std::sync::Arc<StreamConsumer<ConsumerEvents>>,
     settle: Duration,
 ) -> anyhow::Result<Vec<(EventId, Restored)>> {
     let pending: Vec<String> = redis::cmd("SMEMBERS").arg(RECOVERING_SET).query_async(&mut *conn).await?;

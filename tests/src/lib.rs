@@ -200,6 +200,7 @@ impl InProcessConsumer {
             batch_size: 500,
             batch_linger: Duration::from_millis(20),
             recovery_settle: Duration::from_secs(10),
+            assigned: Default::default(),
         };
         let redis = RedisHandle::connect_in_background(redis_url).unwrap();
         let handle = tokio::spawn(coupon_service::consumer::run(

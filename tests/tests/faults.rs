@@ -35,6 +35,29 @@ async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &st
     producer.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
 }
 
+/// 3,000 distinct users spread over 3 s, 50 in flight; `outage` starts 1 s in.
+async fn ramped_burst_with_outage(
+    base_url: &str,
+    event: &str,
+    prefix: &str,
+    outage: impl std::future::Future<Output = ()>,
+) -> coupon_service::load::LoadReport {
+    let plan = coupon_service::load::LoadPlan {
+        base_url: base_url.to_owned(),
+        event: event.to_owned(),
+        requests: 3000,
+        concurrency: 50,
+        same_user: false,
+        user_prefix: prefix.to_owned(),
+        ramp: Duration::from_secs(3),
+        progress: false,
+    };
+    let burst = tokio::spawn(async move { coupon_service::load::run(&plan).await.unwrap() });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    outage.await;
+    burst.await.unwrap()
+}
+
 fn record(event: &str, user: &str, slot: i64) -> String {
     json!({"event": event, "userId": user, "slot": slot, "issuedAt": "2026-11-27T10:00:00Z"}).to_string()
 }
@@ -447,26 +470,17 @@ async fn redis_killed_and_restarted_mid_burst_issues_no_more_than_the_limit_and_
     api.state.health.set("kafka", true);
     let consumer = InProcessConsumer::start_with_redis(&database_url, &[&topic], &brokers, &own.url());
 
-    // 3,000 users spread over 3 s; Redis is killed after 1 s and back 0.5 s later.
-    let plan = coupon_service::load::LoadPlan {
-        base_url: api.base_url.clone(),
-        event: name.clone(),
-        requests: 3000,
-        concurrency: 50,
-        same_user: false,
-        user_prefix: "r-".into(),
-        ramp: Duration::from_secs(3),
-        progress: false,
-    };
-    let burst = tokio::spawn(async move { coupon_service::load::run(&plan).await.unwrap() });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    own.kill().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    own.restart().await;
-    let report = burst.await.unwrap();
+    // Redis is killed after 1 s and back 0.5 s later.
+    let report = ramped_burst_with_outage(&api.base_url, &name, "r-", async {
+        own.kill().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        own.restart().await;
+    })
+    .await;
 
+    // The client's reconnects may absorb the outage or some applies answer 503; both are fine.
     let issued = report.count(201) as i64;
-    assert!(report.count(503) > 0, "the outage was seen: {}", report.table());
+    assert_eq!(report.server_errors(), report.count(503), "no other failure: {}", report.table());
     assert!(issued <= LIMIT, "never more than the limit: {}", report.table());
     assert!(issued > 0, "{}", report.table());
     wait_for_rows(&store, &id.to_string(), issued, Duration::from_secs(60)).await;
@@ -631,23 +645,13 @@ async fn broker_killed_and_restarted_on_durable_storage_mid_burst_every_201_has_
     })
     .await;
 
-    // 3,000 users over 3 s; the broker is killed (SIGKILL) after 1 s and back 0.5 s later.
-    let plan = coupon_service::load::LoadPlan {
-        base_url: api.base_url.clone(),
-        event: event.id.name().to_owned(),
-        requests: 3000,
-        concurrency: 50,
-        same_user: false,
-        user_prefix: "k-".into(),
-        ramp: Duration::from_secs(3),
-        progress: false,
-    };
-    let burst = tokio::spawn(async move { coupon_service::load::run(&plan).await.unwrap() });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    tansu.stop().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    tansu.restart().await;
-    let report = burst.await.unwrap();
+    // The broker is killed (SIGKILL) after 1 s and back 0.5 s later.
+    let report = ramped_burst_with_outage(&api.base_url, event.id.name(), "k-", async {
+        tansu.stop().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tansu.restart().await;
+    })
+    .await;
 
     // Depending on how the kill falls, librdkafka's retries absorb the outage within the
     // produce timeout or some applies answer 503 (and release their slots); both are fine.

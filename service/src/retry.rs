@@ -7,13 +7,12 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
-    initial: Duration,
     max: Duration,
 }
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { next: initial, initial, max }
+        Self { next: initial, max }
     }
 
     pub fn next_delay(&mut self) -> Duration {
@@ -23,10 +22,6 @@ impl Backoff {
         let jitter = base.mul_f64(f64::from(nanos % 250) / 1000.0);
         base + jitter
     }
-
-    pub fn reset(&mut self) {
-        self.next = self.initial;
-    }
 }
 
 #[cfg(test)]
@@ -34,14 +29,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn doubles_up_to_the_cap_and_resets() {
+    fn doubles_up_to_the_cap() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
         let d: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
         let bases = [100u64, 200, 400, 500, 500];
         for (delay, base) in d.iter().zip(bases) {
             assert!(*delay >= Duration::from_millis(base) && *delay < Duration::from_millis(base * 5 / 4 + 1), "{delay:?} vs {base}");
         }
-        b.reset();
-        assert!(b.next_delay() < Duration::from_millis(126));
     }
 }

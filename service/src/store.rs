@@ -52,22 +52,6 @@ pub struct FailedRow {
     pub reason: String,
 }
 
-/// Whether a database error is about the data (retrying cannot help) or about reaching the
-/// database (retry with backoff).
-pub fn is_data_error(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => !matches!(db.kind(), sqlx::error::ErrorKind::Other) || is_data_error_code(db.code().as_deref()),
-        sqlx::Error::Encode(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
-        _ => false,
-    }
-}
-
-/// Data errors that sqlx does not classify: string too long (PG 22001, MySQL 1406),
-/// out-of-range numbers (PG 22003, MySQL 1264).
-fn is_data_error_code(code: Option<&str>) -> bool {
-    matches!(code, Some("22001" | "22003" | "1406" | "1264" | "1452" | "23000"))
-}
-
 impl Store {
     /// Connects once; callers retry with backoff. `mariadb://` is accepted as `mysql://`.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {

@@ -95,14 +95,45 @@ impl TestEvent {
 
 /// Provisions an event open now for ten minutes, on a new topic of `partitions` partitions.
 pub async fn provision_event(brokers: &str, namespace: &str, limit: i64, partitions: i32) -> TestEvent {
+    provision_event_on(&redis_url(), brokers, namespace, limit, partitions).await
+}
+
+/// As `provision_event`, in the Redis at `redis_url` (a test's own).
+pub async fn provision_event_on(redis_url: &str, brokers: &str, namespace: &str, limit: i64, partitions: i32) -> TestEvent {
     let name = unique("ev");
     let id = EventId::new(namespace, &name).unwrap();
     let topic = format!("coupons.{name}");
     let config = EventConfig::open_now(limit, &topic, Duration::from_secs(600));
     let admin = kafka(brokers).admin().unwrap();
-    let mut conn = redis().await;
+    let mut conn = RedisHandle::connect_with_deadline(redis_url, Duration::from_secs(10)).await.expect("Redis is up");
     provision::provision_event(&mut conn, &admin, &id, &config, partitions, 1).await.expect("provision");
     TestEvent { id, topic, limit }
+}
+
+/// A store with the migrations applied.
+pub async fn migrated_store(database_url: &str) -> coupon_service::store::Store {
+    let store = coupon_service::store::Store::connect(database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// An event with the api and a consumer (writing to `database_url`) running in this process.
+pub struct InProcessStack {
+    pub event: TestEvent,
+    pub store: coupon_service::store::Store,
+    pub api: InProcessApi,
+    pub consumer: InProcessConsumer,
+}
+
+impl InProcessStack {
+    pub async fn start(database_url: &str, namespace: &str, limit: i64, partitions: i32) -> Self {
+        let brokers = kafka_brokers();
+        let event = provision_event(&brokers, namespace, limit, partitions).await;
+        let store = migrated_store(database_url).await;
+        let api = InProcessApi::start(namespace, &brokers).await;
+        let consumer = InProcessConsumer::start(database_url, &[&event.topic], &brokers);
+        Self { event, store, api, consumer }
+    }
 }
 
 /// Redis state of an event, for "nothing changed" assertions.

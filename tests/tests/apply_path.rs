@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use coupon_service::load::{self, LoadPlan};
-use coupon_service::store::Store;
 use coupon_tests::*;
 
 const NAMESPACE: &str = "shop";
@@ -25,12 +24,7 @@ async fn burst(base_url: &str, event: &str, requests: usize, same_user: bool, pr
 /// 1,000 distinct users against limit 100: exactly slots 1..=100 issued once each, 900 sold
 /// out, and exactly 100 rows in the given database.
 async fn thousand_users_limit_hundred(database_url: String) {
-    let brokers = kafka_brokers();
-    let event = provision_event(&brokers, NAMESPACE, 100, 3).await;
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
-    let api = InProcessApi::start(NAMESPACE, &brokers).await;
-    let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
+    let InProcessStack { event, store, api, consumer } = InProcessStack::start(&database_url, NAMESPACE, 100, 3).await;
 
     let report = burst(&api.base_url, event.id.name(), 1000, false, "user-").await;
     assert_eq!(report.count(201), 100, "{}", report.table());
@@ -69,13 +63,8 @@ async fn thousand_distinct_users_get_exactly_the_limit_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_user_applying_a_thousand_times_gets_one_coupon() {
-    let brokers = kafka_brokers();
     let database_url = sqlite_url();
-    let event = provision_event(&brokers, NAMESPACE, 100, 3).await;
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
-    let api = InProcessApi::start(NAMESPACE, &brokers).await;
-    let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
+    let InProcessStack { event, store, api, consumer } = InProcessStack::start(&database_url, NAMESPACE, 100, 3).await;
 
     let report = burst(&api.base_url, event.id.name(), 1000, true, "solo-").await;
     assert_eq!(report.count(201), 1, "{}", report.table());
@@ -92,8 +81,7 @@ async fn two_api_processes_share_one_limit() {
     let brokers = kafka_brokers();
     let database_url = postgres_url();
     let event = provision_event(&brokers, NAMESPACE, 100, 3).await;
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(&database_url).await;
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
     let ports = [free_port(), free_port()];
     let redis_url = redis_url();
@@ -129,13 +117,8 @@ async fn two_api_processes_share_one_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn load_tool_verify_fails_when_rows_differ_from_the_limit() {
-    let brokers = kafka_brokers();
     let database_url = sqlite_url();
-    let event = provision_event(&brokers, NAMESPACE, 20, 1).await;
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
-    let api = InProcessApi::start(NAMESPACE, &brokers).await;
-    let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
+    let InProcessStack { event, store, api, consumer } = InProcessStack::start(&database_url, NAMESPACE, 20, 1).await;
     let binary = env!("CARGO_BIN_EXE_coupon-service-under-test");
     let run = |expect: &'static str| {
         let args = [

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use coupon_service::store::Store;
 use coupon_tests::tcp_gate::TcpGate;
 use coupon_tests::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -137,8 +136,7 @@ async fn broker_down_answers_503_releases_the_slot_and_recovers() {
     assert!(after.free.is_empty());
 
     let database_url = sqlite_url();
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(&database_url).await;
     let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
     wait_for_rows(&store, &event.key(), 2, Duration::from_secs(30)).await;
     let mut rows = store.coupons(&event.key()).await.unwrap();
@@ -162,8 +160,7 @@ async fn consumer_killed_after_sql_commit_before_offset_commit_loses_and_duplica
         produce(&producer, &event.topic, &format!("u{slot}"), &record(&event.key(), &format!("u{slot}"), slot)).await;
     }
     let database_url = postgres_url();
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(&database_url).await;
     let group = unique("crash-group");
     let redis_url = redis_url();
     let env = |listen: &str| {
@@ -214,8 +211,7 @@ async fn malformed_record_lands_in_failed_events_and_later_records_are_written()
     produce(&producer, &event.topic, "u4", &record(&event.key(), "u4", 3)).await;
 
     let database_url = sqlite_url();
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(&database_url).await;
     let consumer = InProcessConsumer::start(&database_url, &[&event.topic], &brokers);
     wait_for_rows(&store, &event.key(), 3, Duration::from_secs(30)).await;
     let failed = wait_until("two failed records", Duration::from_secs(30), || {
@@ -351,8 +347,7 @@ async fn sql_unreachable_for_ten_seconds_commits_nothing_then_loses_and_duplicat
     let mut gate = TcpGate::closed("127.0.0.1:5432".parse().unwrap());
     gate.open().await;
     let database_url = format!("postgres://postgres@{}/test", gate.addr());
-    let store = Store::connect(&postgres_url()).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(&postgres_url()).await;
 
     let metrics = coupon_service::metrics::Metrics::shared();
     let health = coupon_service::health::Health::new(coupon_service::consumer::COMPONENTS);
@@ -458,15 +453,10 @@ async fn redis_killed_and_restarted_mid_burst_issues_no_more_than_the_limit_and_
     // Redis dies and after it is back.
     const LIMIT: i64 = 2000;
     let mut own = OwnRedis::start().await;
-    let name = unique("ev");
-    let id = coupon_service::event_id::EventId::new(NAMESPACE, &name).unwrap();
-    let topic = format!("coupons.{name}");
-    let config = coupon_service::provision::EventConfig::open_now(LIMIT, &topic, Duration::from_secs(600));
-    let mut conn = coupon_service::redis_conn::RedisHandle::connect_with_deadline(&own.url(), Duration::from_secs(10)).await.unwrap();
-    coupon_service::provision::provision_event(&mut conn, &kafka(&brokers).admin().unwrap(), &id, &config, 1, 1).await.unwrap();
+    let TestEvent { id, topic, .. } = provision_event_on(&own.url(), &brokers, NAMESPACE, LIMIT, 1).await;
+    let name = id.name().to_owned();
     let database_url = sqlite_url();
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(&database_url).await;
     let api = InProcessApi::start_with_redis(NAMESPACE, &brokers, Duration::from_secs(5), &own.url()).await;
     api.state.health.set("redis", true);
     api.state.health.set("kafka", true);
@@ -553,8 +543,7 @@ async fn redis_state_lost_mid_event_is_restored_from_sql_before_issuing_again() 
     kafka(&brokers).admin().unwrap().ensure_topic(&topic, 2, 1).await.unwrap();
     assert_eq!(provision_redis_with_recovery(&mut conn, &id, &config, false).await.unwrap(), RedisOutcome::Created);
     let database_url = sqlite_url();
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(&database_url).await;
     let api = InProcessApi::start_with_redis(NAMESPACE, &brokers, Duration::from_secs(5), &own.url()).await;
     api.state.health.set("redis", true);
     api.state.health.set("kafka", true);
@@ -632,8 +621,7 @@ async fn broker_killed_and_restarted_on_durable_storage_mid_burst_every_201_has_
     let brokers = tansu.brokers();
     let event = provision_event(&brokers, NAMESPACE, LIMIT, 2).await;
     let database_url = sqlite_url();
-    let store = Store::connect(&database_url).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(&database_url).await;
     let api = InProcessApi::start_without_probes(NAMESPACE, &brokers, Duration::from_secs(2)).await;
     api.state.health.set("redis", true);
     api.state.health.set("kafka", true);

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use coupon_service::api::ApiState;
-use coupon_service::event_id::EventId;
-use coupon_service::health::Health;
-use coupon_service::kafka::KafkaSettings;
-use coupon_service::load::{self, LoadPlan, LoadReport};
-use coupon_service::metrics::Metrics;
-use coupon_service::provision::{self, EventConfig};
-use coupon_service::redis_conn::RedisHandle;
-use coupon_service::store::{CouponRow, Position, Store};
+use coupon_core::event::{EventConfig, EventId};
+use coupon_core::kafka::KafkaSettings;
+use coupon_core::provision;
+use coupon_core::redis::keyspace;
+use coupon_core::redis::RedisHandle;
+use coupon_service::app::{Api, ApiSettings, Consumer, ConsumerSettings};
+use coupon_service::http::{self, ApiState, ServerLimits};
+use coupon_service::sql::{CouponRow, Position, Store};
+use coupon_service::tools::load::{self, LoadPlan, LoadReport};
 
 const CONCURRENCY: usize = 64;
 
@@ -53,26 +53,21 @@ async fn serve(app: axum::Router) -> anyhow::Result<String> {
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     std::mem::forget(stop); // runs for the whole benchmark
-    tokio::spawn(coupon_service::server::serve(listener, app, coupon_service::server::ServerLimits::default(), stop_rx));
+    tokio::spawn(http::serve(listener, app, ServerLimits::default(), stop_rx));
     Ok(url)
 }
 
+/// The api as the binary builds it, on an ephemeral port, once ready.
 async fn api(setup: &Setup) -> anyhow::Result<(String, Arc<ApiState>)> {
-    let redis = RedisHandle::connect_in_background(&setup.redis_url)?;
-    redis.wait().await;
-    let state = Arc::new(ApiState::new(
-        "bench".into(),
-        redis,
-        setup.kafka.clone(),
-        Health::new(coupon_service::api::COMPONENTS),
-        Metrics::shared(),
-    )?);
-    coupon_service::api::spawn_probes(&state);
-    while !state.health.all_ready() {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop); // runs for the whole benchmark
+    let settings =
+        ApiSettings { namespace: "bench".into(), redis_url: setup.redis_url.clone(), kafka: setup.kafka.clone(), ..ApiSettings::default() };
+    let api = Api::start(settings, tokio::net::TcpListener::bind("127.0.0.1:0").await?, stop_rx)?;
+    while !api.state.health.all_ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let url = serve(coupon_service::api::router(state.clone())).await?;
-    Ok((url, state))
+    Ok((api.base_url(), api.state.clone()))
 }
 
 async fn burst(url: &str, event: &str, requests: usize, concurrency: usize, prefix: &str) -> anyhow::Result<LoadReport> {
@@ -92,10 +87,8 @@ async fn burst(url: &str, event: &str, requests: usize, concurrency: usize, pref
 /// `redis-benchmark` running the gate script itself (EVALSHA, random users) at `concurrency`.
 async fn redis_benchmark_gate(setup: &Setup, requests: usize, concurrency: usize) -> anyhow::Result<f64> {
     let (id, _) = event(setup, i64::MAX / 2).await?;
-    let keys = id.keys();
-    let gate_sha = coupon_service::gate::apply_script_sha();
     let mut conn = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
-    let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(coupon_service::gate::APPLY_LUA).query_async(&mut conn).await?;
+    let evalsha_args = keyspace::prepare_gate_benchmark(&mut conn, &id).await?;
     let output = Command::new("redis-benchmark")
         .args([
             "-h",
@@ -111,7 +104,8 @@ async fn redis_benchmark_gate(setup: &Setup, requests: usize, concurrency: usize
             "-r",
             "1000000000",
         ])
-        .args(["EVALSHA", &gate_sha, "4", &keys.config, &keys.count, &keys.users, &keys.free, "user:__rand_int__"])
+        .arg("EVALSHA")
+        .args(&evalsha_args)
         .output()?;
     anyhow::ensure!(output.status.success(), "redis-benchmark failed: {}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8_lossy(&output.stdout);
@@ -176,7 +170,7 @@ struct Line {
 async fn main() -> anyhow::Result<()> {
     let setup = Setup {
         redis_url: env("REDIS_URL", "redis://127.0.0.1:6379"),
-        kafka: KafkaSettings { bootstrap_servers: env("KAFKA_BROKERS", "127.0.0.1:9092"), produce_timeout: Duration::from_secs(5) },
+        kafka: KafkaSettings::new(env("KAFKA_BROKERS", "127.0.0.1:9092")),
         postgres_url: env("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
     };
     let issuing_requests: usize = env("BENCH_ISSUING_REQUESTS", "20000").parse()?;
@@ -241,23 +235,20 @@ async fn main() -> anyhow::Result<()> {
         let (flash, topic) = event(&setup, 100).await?;
         let store = Store::connect(&setup.postgres_url).await?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let assigned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let consumer = tokio::spawn(coupon_service::consumer::run(
-            coupon_service::consumer::ConsumerSettings {
+        let consumer = Consumer::start(
+            ConsumerSettings {
+                database_url: setup.postgres_url.clone(),
+                redis_url: setup.redis_url.clone(),
+                kafka: setup.kafka.clone(),
                 topics: vec![topic],
                 group_id: unique("bench"),
-                batch_size: 500,
                 batch_linger: Duration::from_millis(5),
-                recovery_settle: Duration::from_secs(10),
-                assigned: assigned.clone(),
+                ..ConsumerSettings::default()
             },
-            setup.kafka.clone(),
-            setup.postgres_url.clone(),
-            RedisHandle::connect_in_background(&setup.redis_url)?,
-            Health::new(coupon_service::consumer::COMPONENTS),
-            Metrics::shared(),
+            None,
             stop_rx,
-        ));
+        )?;
+        let assigned = consumer.assigned.clone();
         // The consumer joins its group before the burst, as a deployed consumer would have.
         let joined_by = Instant::now() + Duration::from_secs(30);
         while assigned.load(std::sync::atomic::Ordering::Relaxed) == 0 {
@@ -273,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let persist_time = burst_done.elapsed();
         let _ = stop.send(true);
-        let _ = consumer.await;
+        consumer.stopped().await?;
         lines.push(Line {
             what: "burst of 10,000: coupons issued / rows",
             ours: format!("{} / {persisted}", report.count(201)),

@@ -1,11 +1,11 @@
 //! The operator's side effects outside Kubernetes: the event's Redis configuration and Kafka
 //! topic, through the same provisioning code as `coupon-service event create`.
 
-use coupon_service::event_id::EventId;
-use coupon_service::gate::{read_counters, EventCounters};
-use coupon_service::kafka::{KafkaSettings, TopicAdmin};
-use coupon_service::provision::{self, InvalidConfig, ProvisionError, RedisOutcome};
-use coupon_service::redis_conn::RedisHandle;
+use coupon_core::event::{EventId, InvalidConfig};
+use coupon_core::kafka::{KafkaSettings, TopicAdmin};
+use coupon_core::provision::{self, ProvisionError, RedisOutcome};
+use coupon_core::redis::keyspace::{self, EventCounters};
+use coupon_core::redis::{ConnectError, RedisHandle};
 
 use crate::crd::CouponEventSpec;
 
@@ -26,6 +26,8 @@ pub enum BackendError {
     Redis(#[from] redis::RedisError),
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
 }
 
 impl BackendError {
@@ -39,7 +41,7 @@ impl BackendError {
 }
 
 impl Backend {
-    pub fn new(redis_url: &str, kafka: &KafkaSettings, replication: i32) -> anyhow::Result<Self> {
+    pub fn new(redis_url: &str, kafka: &KafkaSettings, replication: i32) -> Result<Self, BackendError> {
         Ok(Self { redis: RedisHandle::connect_in_background(redis_url)?, admin: kafka.admin()?, replication })
     }
 
@@ -62,11 +64,11 @@ impl Backend {
         spec: &CouponEventSpec,
         existed_before: bool,
     ) -> Result<RedisOutcome, BackendError> {
-        Ok(provision::provision_redis_with_recovery(&mut self.conn()?, event, &spec.event_config(), existed_before).await?)
+        Ok(provision::provision_redis(&mut self.conn()?, event, &spec.event_config(), existed_before).await?)
     }
 
     pub async fn counters(&self, event: &EventId) -> Result<Option<EventCounters>, BackendError> {
-        Ok(read_counters(&mut self.conn()?, event).await?)
+        Ok(keyspace::counters(&mut self.conn()?, event).await?)
     }
 
     /// `onDelete: Delete`: removes the Redis keys and the topic.

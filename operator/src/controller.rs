@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coupon_service::event_id::EventId;
+use coupon_core::event::EventId;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
@@ -186,7 +186,7 @@ async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<R
     // Provisioned before (the status says so): a missing configuration is lost state.
     let existed_before = event.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"));
     match ctx.backend.provision_redis(id, spec, existed_before).await {
-        Ok(coupon_service::provision::RedisOutcome::CreatedRecovering) => {
+        Ok(coupon_core::provision::RedisOutcome::CreatedRecovering) => {
             ctx.publish(
                 event,
                 EventType::Warning,

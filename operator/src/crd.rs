@@ -1,4 +1,4 @@
-//! The `CouponEvent` custom resource (DESIGN.md, "CouponEvent").
+//! The `CouponEvent` custom resource (`docs/architecture.md`, "Data contracts").
 //!
 //! Rules the API server can check at admission are CEL rules in the schema, so that
 //! `kubectl apply` itself refuses them; `validate` checks them again in reconcile because CEL
@@ -205,7 +205,7 @@ impl Schedule {
 }
 
 fn valid_deployment_name(name: &str) -> bool {
-    coupon_service::event_id::EventId::new("x", name).is_ok()
+    coupon_core::event::EventId::new("x", name).is_ok()
 }
 
 impl CouponEventSpec {
@@ -225,7 +225,7 @@ impl CouponEventSpec {
         if self.per_user_limit != 1 {
             return Err(SpecError::PerUserLimit);
         }
-        if !coupon_service::provision::valid_topic_name(&self.topic) {
+        if !coupon_core::event::valid_topic_name(&self.topic) {
             return Err(SpecError::Topic(self.topic.clone()));
         }
         if !(1..=1000).contains(&self.partitions) {
@@ -243,9 +243,9 @@ impl CouponEventSpec {
     }
 
     /// The event configuration the service library provisions in Redis.
-    pub fn event_config(&self) -> coupon_service::provision::EventConfig {
+    pub fn event_config(&self) -> coupon_core::event::EventConfig {
         let to_chrono = |t: Timestamp| chrono::DateTime::from_timestamp_millis(t.as_millisecond()).unwrap_or_default();
-        coupon_service::provision::EventConfig {
+        coupon_core::event::EventConfig {
             limit: self.limit,
             per_user: self.per_user_limit,
             start: to_chrono(self.schedule.start.0),

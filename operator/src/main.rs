@@ -1,13 +1,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::routing::get;
 use clap::{Parser, Subcommand};
 use coupon_operator::backend::Backend;
 use coupon_operator::metrics::Metrics;
-use coupon_service::kafka::KafkaSettings;
-use coupon_service::telemetry::{self, LogFormat};
+use coupon_core::kafka::KafkaSettings;
+use coupon_core::telemetry::{self, LogFormat, OPENMETRICS_CONTENT_TYPE};
 
 #[derive(Parser)]
 #[command(name = "coupon-operator", version, about = "Kubernetes operator for CouponEvent resources")]
@@ -42,19 +41,19 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    coupon_service::cli::load_secret_files().map_err(anyhow::Error::msg)?;
+    coupon_core::secrets::load_secret_files()?;
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => print!("{}", coupon_operator::crd_yaml()),
         Command::Run { listen, redis_url, kafka_brokers, replication, watch_namespace } => {
             telemetry::init_logging(cli.log_format, "info,kube=warn");
-            let kafka = KafkaSettings { bootstrap_servers: kafka_brokers, produce_timeout: Duration::from_secs(5) };
+            let kafka = KafkaSettings::new(kafka_brokers);
             let backend = Backend::new(&redis_url, &kafka, replication)?;
             let metrics = Arc::new(Metrics::default());
             let served = metrics.clone();
             let app = axum::Router::new()
                 .route("/healthz", get(|| async { "ok" }))
-                .route("/metrics", get(move || async move { served.encode() }));
+                .route("/metrics", get(move || async move { ([("content-type", OPENMETRICS_CONTENT_TYPE)], served.encode()) }));
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tokio::spawn(async move { axum::serve(listener, app).await });
             let client = kube::Client::try_default().await?;

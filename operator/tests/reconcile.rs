@@ -10,8 +10,9 @@ use coupon_operator::backend::Backend;
 use coupon_operator::controller::{reconcile, Context, FINALIZER, REPORTER};
 use coupon_operator::crd::{CouponEvent, CouponEventSpec, OnDelete, Phase, Schedule, Workload};
 use coupon_operator::metrics::Metrics;
-use coupon_service::event_id::EventId;
-use coupon_service::kafka::KafkaSettings;
+use coupon_core::event::EventId;
+use coupon_core::kafka::KafkaSettings;
+use coupon_core::redis::keyspace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Recorder, Reporter};
@@ -119,8 +120,8 @@ fn shorts(requests: &[Recorded]) -> Vec<String> {
 }
 
 async fn redis_keys(id: &EventId) -> i64 {
-    let mut conn = coupon_service::redis_conn::RedisHandle::connect_with_deadline(&redis_url(), Duration::from_secs(5)).await.unwrap();
-    redis::cmd("EXISTS").arg(&id.keys().all()[..]).query_async(&mut conn).await.unwrap()
+    let mut conn = coupon_core::redis::RedisHandle::connect_with_deadline(&redis_url(), Duration::from_secs(5)).await.unwrap();
+    keyspace::existing_keys(&mut conn, id).await.unwrap()
 }
 
 fn topic_partitions(topic: &str) -> Option<usize> {
@@ -302,10 +303,9 @@ async fn lowering_the_limit_below_issued_fails_and_changes_nothing() {
     let mut open = event.spec.event_config();
     open.start = now - chrono::Duration::minutes(1);
     open.end = now + chrono::Duration::minutes(10);
-    coupon_service::provision::provision_redis(&mut conn, &id(&event), &open).await.unwrap();
-    let gate = coupon_service::gate::Gate::new();
+    coupon_core::provision::provision_redis(&mut conn, &id(&event), &open, false).await.unwrap();
     for user in 0..5 {
-        gate.apply(&mut conn, &id(&event), &format!("u{user}")).await.unwrap();
+        keyspace::apply(&mut conn, &id(&event), &format!("u{user}")).await.unwrap();
     }
     let before = h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap();
     assert_eq!(before.issued, 5);
@@ -338,17 +338,25 @@ async fn provisioning_is_idempotent_and_keeps_counters() {
     let event = coupon_event(10, OnDelete::Delete);
     let event_id = id(&event);
     backend.ensure_topic(&event.spec).await.unwrap();
-    assert_eq!(backend.provision_redis(&event_id, &event.spec, false).await.unwrap(), coupon_service::provision::RedisOutcome::Created);
+    assert_eq!(backend.provision_redis(&event_id, &event.spec, false).await.unwrap(), coupon_core::provision::RedisOutcome::Created);
     assert_eq!(topic_partitions(&event.spec.topic), Some(2));
     // Second run: nothing changes.
     backend.ensure_topic(&event.spec).await.unwrap();
-    assert_eq!(backend.provision_redis(&event_id, &event.spec, false).await.unwrap(), coupon_service::provision::RedisOutcome::Unchanged);
-    // Issued coupons survive re-provisioning with a new window.
+    assert_eq!(backend.provision_redis(&event_id, &event.spec, false).await.unwrap(), coupon_core::provision::RedisOutcome::Unchanged);
+    // Issued coupons survive re-provisioning with a new window: four issued through the real
+    // gate (the window is judged by Redis' clock, so open it around the real now first).
     let mut conn = backend.redis.get().unwrap();
-    redis::cmd("SET").arg(event_id.keys().count).arg(4).query_async::<()>(&mut conn).await.unwrap();
+    let now = chrono::Utc::now();
+    let mut open = event.spec.event_config();
+    open.start = now - chrono::Duration::minutes(1);
+    open.end = now + chrono::Duration::minutes(10);
+    coupon_core::provision::provision_redis(&mut conn, &event_id, &open, false).await.unwrap();
+    for user in 0..4 {
+        keyspace::apply(&mut conn, &event_id, &format!("u{user}")).await.unwrap();
+    }
     let mut moved = event.spec.clone();
     moved.schedule.end = Time(t("2026-11-27T10:45:00Z"));
-    assert_eq!(backend.provision_redis(&event_id, &moved, false).await.unwrap(), coupon_service::provision::RedisOutcome::Updated);
+    assert_eq!(backend.provision_redis(&event_id, &moved, false).await.unwrap(), coupon_core::provision::RedisOutcome::Updated);
     let counters = backend.counters(&event_id).await.unwrap().unwrap();
     assert_eq!(counters.issued, 4);
     assert_eq!(counters.end_ms, t("2026-11-27T10:45:00Z").as_millisecond());
@@ -470,32 +478,18 @@ async fn a_configuration_lost_with_redis_is_written_back_marked_recovering() {
     h.reconcile(&provisioned).await;
     // Redis loses the event's keys (the whole Redis in real life; this Redis is shared).
     let mut conn = h.ctx.backend.redis.get().unwrap();
-    redis::cmd("DEL").arg(&id(&event).keys().all()[..]).query_async::<()>(&mut conn).await.unwrap();
+    keyspace::delete_event(&mut conn, &id(&event)).await.unwrap();
 
     let requests = h.reconcile(&h.stored(&event)).await;
     let lost = requests.iter().find(|r| r.body["reason"] == "RedisStateLost").expect("a Warning Event says so");
     assert_eq!(lost.body["type"], "Warning");
-    let recovering: Option<String> =
-        redis::cmd("HGET").arg(id(&event).keys().config).arg("recovering").query_async(&mut conn).await.unwrap();
-    assert_eq!(recovering.as_deref(), Some("1"), "written back closed, not counting from zero");
-    let listed: bool = redis::cmd("SISMEMBER")
-        .arg(coupon_service::provision::RECOVERING_SET)
-        .arg(id(&event).to_string())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(listed);
+    let recovering = keyspace::counters(&mut conn, &id(&event)).await.unwrap().unwrap().recovering;
+    assert!(recovering, "written back closed, not counting from zero");
+    assert!(keyspace::is_marked_recovering(&mut conn, &id(&event)).await.unwrap());
     // A brand-new event is never marked recovering.
     let fresh = coupon_event(100, OnDelete::Retain);
     h.reconcile(&fresh).await;
     h.reconcile(&h.stored(&fresh)).await;
-    let recovering: Option<String> =
-        redis::cmd("HGET").arg(id(&fresh).keys().config).arg("recovering").query_async(&mut conn).await.unwrap();
-    assert_eq!(recovering, None);
-    redis::cmd("SREM")
-        .arg(coupon_service::provision::RECOVERING_SET)
-        .arg(id(&event).to_string())
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    assert!(!keyspace::counters(&mut conn, &id(&fresh)).await.unwrap().unwrap().recovering);
+    keyspace::unmark_recovering(&mut conn, &id(&event).to_string()).await.unwrap();
 }

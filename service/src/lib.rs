@@ -1,23 +1,21 @@
-//! First-come-first-served coupon events: the apply gate (Redis), the Kafka record path, the
-//! SQL consumer and the provisioning shared with the operator. See DESIGN.md.
+//! `coupon-service`: the api process (HTTP apply), the consumer process (Kafka → SQL) and the
+//! local tools (CLI, demo, load generator). What it shares with the operator lives in
+//! `coupon-core`; `docs/architecture.md` maps both.
+//!
+//! | folder | system |
+//! |---|---|
+//! | `app.rs` | builds the api and the consumer from their settings |
+//! | `http/` | routes, server loop and limits, health and metrics endpoints |
+//! | `apply/` | the apply decision: gate, produce, release, the answer table |
+//! | `consumer/` | batching, parsing, SQL writes, offsets, recovery of lost Redis state |
+//! | `sql/` | the store and its migrations per dialect |
+//! | `tools/` | the command line, the demo and the load generator |
 
-pub mod api;
-pub mod cli;
+pub mod app;
+pub mod apply;
 pub mod consumer;
-pub mod demo;
-pub mod event_id;
-pub mod gate;
 pub mod health;
-pub mod kafka;
-pub mod load;
+pub mod http;
 pub mod metrics;
-pub mod ops;
-pub mod producer;
-pub mod provision;
-pub mod record;
-pub mod recovery;
-pub mod redis_conn;
-pub mod retry;
-pub mod server;
-pub mod store;
-pub mod telemetry;
+pub mod sql;
+pub mod tools;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    coupon_service::cli::main()
+    coupon_service::tools::cli::main()
 }

@@ -57,7 +57,7 @@ def test_openapi_document_is_served(api):
     base, _ = api
     status, body = get(base + "/openapi.json")
     assert status == 200
-    assert json.loads(body) == json.loads((ROOT / "service" / "openapi.json").read_text())
+    assert json.loads(body) == json.loads((ROOT / "service" / "src" / "http" / "openapi.json").read_text())
 
 
 def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(api, tmp_path):

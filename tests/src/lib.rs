@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use coupon_service::api::ApiState;
-use coupon_service::event_id::EventId;
-use coupon_service::health::Health;
-use coupon_service::kafka::KafkaSettings;
-use coupon_service::metrics::Metrics;
-use coupon_service::provision::{self, EventConfig};
-use coupon_service::redis_conn::RedisHandle;
-use redis::aio::ConnectionManager;
+use coupon_core::event::{EventConfig, EventId};
+use coupon_core::kafka::KafkaSettings;
+use coupon_core::provision;
+use coupon_core::redis::keyspace::{self, EventSnapshot};
+use coupon_core::redis::{ConnectionManager, RedisHandle};
+use coupon_service::app::{Api, ApiSettings, Consumer, ConsumerSettings};
+use coupon_service::http::ApiState;
+use coupon_service::sql::Store;
 use tokio::sync::watch;
 
 pub mod tcp_gate;
@@ -52,11 +52,11 @@ pub fn unique(prefix: &str) -> String {
 /// Logs of in-process components go to the test output (shown for failing tests).
 pub fn init_logging() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| coupon_service::telemetry::init_logging(coupon_service::telemetry::LogFormat::Text, "warn"));
+    ONCE.call_once(|| coupon_core::telemetry::init_logging(coupon_core::telemetry::LogFormat::Text, "warn"));
 }
 
 pub fn kafka(brokers: &str) -> KafkaSettings {
-    KafkaSettings { bootstrap_servers: brokers.to_owned(), produce_timeout: Duration::from_secs(5) }
+    KafkaSettings::new(brokers)
 }
 
 pub async fn redis() -> ConnectionManager {
@@ -111,8 +111,8 @@ pub async fn provision_event_on(redis_url: &str, brokers: &str, namespace: &str,
 }
 
 /// A store with the migrations applied.
-pub async fn migrated_store(database_url: &str) -> coupon_service::store::Store {
-    let store = coupon_service::store::Store::connect(database_url).await.unwrap();
+pub async fn migrated_store(database_url: &str) -> Store {
+    let store = Store::connect(database_url).await.unwrap();
     store.migrate().await.unwrap();
     store
 }
@@ -120,7 +120,7 @@ pub async fn migrated_store(database_url: &str) -> coupon_service::store::Store 
 /// An event with the api and a consumer (writing to `database_url`) running in this process.
 pub struct InProcessStack {
     pub event: TestEvent,
-    pub store: coupon_service::store::Store,
+    pub store: Store,
     pub api: InProcessApi,
     pub consumer: InProcessConsumer,
 }
@@ -137,27 +137,13 @@ impl InProcessStack {
 }
 
 /// Redis state of an event, for "nothing changed" assertions.
-#[derive(Debug, PartialEq, Eq)]
-pub struct RedisSnapshot {
-    pub config: Vec<(String, String)>,
-    pub count: Option<i64>,
-    pub users: Vec<String>,
-    pub free: Vec<i64>,
-}
+pub type RedisSnapshot = EventSnapshot;
 
 pub async fn redis_snapshot(id: &EventId) -> RedisSnapshot {
-    let keys = id.keys();
-    let mut conn = redis().await;
-    let mut config: Vec<(String, String)> = redis::cmd("HGETALL").arg(&keys.config).query_async(&mut conn).await.unwrap();
-    config.sort();
-    let count: Option<i64> = redis::cmd("GET").arg(&keys.count).query_async(&mut conn).await.unwrap();
-    let mut users: Vec<String> = redis::cmd("SMEMBERS").arg(&keys.users).query_async(&mut conn).await.unwrap();
-    users.sort();
-    let free: Vec<i64> = redis::cmd("LRANGE").arg(&keys.free).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
-    RedisSnapshot { config, count, users, free }
+    keyspace::snapshot(&mut redis().await, id).await.unwrap()
 }
 
-/// An api served in this process on an ephemeral port.
+/// An api served in this process on an ephemeral port, built as the binary builds it.
 pub struct InProcessApi {
     pub base_url: String,
     pub state: Arc<ApiState>,
@@ -167,8 +153,13 @@ pub struct InProcessApi {
 impl InProcessApi {
     /// Starts the api with its readiness probes and waits until it is ready.
     pub async fn start(namespace: &str, brokers: &str) -> Self {
-        let api = Self::start_without_probes(namespace, brokers, Duration::from_secs(5)).await;
-        coupon_service::api::spawn_probes(&api.state);
+        let settings = ApiSettings {
+            namespace: namespace.to_owned(),
+            redis_url: redis_url(),
+            kafka: kafka(brokers),
+            ..ApiSettings::default()
+        };
+        let api = Self::start_with(settings).await;
         let state = api.state.clone();
         wait_until("api ready", Duration::from_secs(30), || {
             let ready = state.health.all_ready();
@@ -185,19 +176,25 @@ impl InProcessApi {
 
     /// Starts the api without probes against the given Redis.
     pub async fn start_with_redis(namespace: &str, brokers: &str, produce_timeout: Duration, redis_url: &str) -> Self {
+        let settings = ApiSettings {
+            namespace: namespace.to_owned(),
+            redis_url: redis_url.to_owned(),
+            kafka: kafka(brokers),
+            produce_timeout,
+            readiness_probes: false,
+            ..ApiSettings::default()
+        };
+        Self::start_with(settings).await
+    }
+
+    /// Starts the api from `settings` once its Redis is connected.
+    pub async fn start_with(settings: ApiSettings) -> Self {
         init_logging();
-        let redis = RedisHandle::connect_in_background(redis_url).unwrap();
-        redis.wait().await;
-        let settings = KafkaSettings { bootstrap_servers: brokers.to_owned(), produce_timeout };
-        let state = Arc::new(
-            ApiState::new(namespace.to_owned(), redis, settings, Health::new(coupon_service::api::COMPONENTS), Metrics::shared()).unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stop_rx) = watch::channel(false);
-        let app = coupon_service::api::router(state.clone());
-        tokio::spawn(coupon_service::server::serve(listener, app, coupon_service::server::ServerLimits::default(), stop_rx));
-        Self { base_url, state, stop }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = Api::start(settings, listener, stop_rx).unwrap();
+        api.state.redis.wait().await;
+        Self { base_url: api.base_url(), state: api.state.clone(), stop }
     }
 
     pub fn apply_url(&self, event: &EventId) -> String {
@@ -211,10 +208,10 @@ impl Drop for InProcessApi {
     }
 }
 
-/// A consumer running in this process.
+/// A consumer running in this process, built as the binary builds it.
 pub struct InProcessConsumer {
     stop: watch::Sender<bool>,
-    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    consumer: Option<Consumer>,
 }
 
 impl InProcessConsumer {
@@ -223,33 +220,32 @@ impl InProcessConsumer {
     }
 
     pub fn start_with_redis(database_url: &str, topics: &[&str], brokers: &str, redis_url: &str) -> Self {
-        init_logging();
-        let (stop, stop_rx) = watch::channel(false);
-        let settings = coupon_service::consumer::ConsumerSettings {
+        Self::start_with(ConsumerSettings {
+            database_url: database_url.to_owned(),
+            redis_url: redis_url.to_owned(),
+            kafka: kafka(brokers),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             group_id: unique("group"),
-            batch_size: 500,
-            batch_linger: Duration::from_millis(20),
-            recovery_settle: Duration::from_secs(10),
-            assigned: Default::default(),
-        };
-        let redis = RedisHandle::connect_in_background(redis_url).unwrap();
-        let handle = tokio::spawn(coupon_service::consumer::run(
-            settings,
-            kafka(brokers),
-            database_url.to_owned(),
-            redis,
-            Health::new(coupon_service::consumer::COMPONENTS),
-            Metrics::shared(),
-            stop_rx,
-        ));
-        Self { stop, handle: Some(handle) }
+            ..ConsumerSettings::default()
+        })
+    }
+
+    pub fn start_with(settings: ConsumerSettings) -> Self {
+        init_logging();
+        let (stop, stop_rx) = watch::channel(false);
+        let consumer = Consumer::start(settings, None, stop_rx).unwrap();
+        Self { stop, consumer: Some(consumer) }
+    }
+
+    /// The running consumer (health, metrics, assigned partitions).
+    pub fn process(&self) -> &Consumer {
+        self.consumer.as_ref().expect("running")
     }
 
     /// Stops after the batch in hand and returns the consumer's result.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> Result<(), coupon_service::consumer::ConsumerError> {
         let _ = self.stop.send(true);
-        self.handle.take().unwrap().await.unwrap()
+        self.consumer.take().unwrap().stopped().await
     }
 }
 
@@ -260,7 +256,7 @@ impl Drop for InProcessConsumer {
 }
 
 /// Waits until the event has `rows` coupon rows, then asserts it has exactly that many.
-pub async fn wait_for_rows(store: &coupon_service::store::Store, event: &str, rows: i64, timeout: Duration) {
+pub async fn wait_for_rows(store: &Store, event: &str, rows: i64, timeout: Duration) {
     let mut last = 0;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

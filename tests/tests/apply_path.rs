@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use coupon_service::load::{self, LoadPlan};
+use coupon_service::tools::load::{self, LoadPlan};
 use coupon_tests::*;
 
 const NAMESPACE: &str = "shop";

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use coupon_core::redis::keyspace;
 use coupon_tests::tcp_gate::TcpGate;
 use coupon_tests::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -40,8 +41,8 @@ async fn ramped_burst_with_outage(
     event: &str,
     prefix: &str,
     outage: impl std::future::Future<Output = ()>,
-) -> coupon_service::load::LoadReport {
-    let plan = coupon_service::load::LoadPlan {
+) -> coupon_service::tools::load::LoadReport {
+    let plan = coupon_service::tools::load::LoadPlan {
         base_url: base_url.to_owned(),
         event: event.to_owned(),
         requests: 3000,
@@ -51,7 +52,7 @@ async fn ramped_burst_with_outage(
         ramp: Duration::from_secs(3),
         progress: false,
     };
-    let burst = tokio::spawn(async move { coupon_service::load::run(&plan).await.unwrap() });
+    let burst = tokio::spawn(async move { coupon_service::tools::load::run(&plan).await.unwrap() });
     tokio::time::sleep(Duration::from_secs(1)).await;
     outage.await;
     burst.await.unwrap()
@@ -264,9 +265,8 @@ async fn bad_http_input_gets_a_documented_4xx_and_changes_no_redis_key() {
     assert_eq!(status, 400, "{answer}");
 
     assert_eq!(redis_snapshot(&event.id).await, before);
-    let unknown_id = coupon_service::event_id::EventId::new(NAMESPACE, &unknown).unwrap();
-    let mut conn = redis().await;
-    let exists: i64 = redis::cmd("EXISTS").arg(&unknown_id.keys().all()[..]).query_async(&mut conn).await.unwrap();
+    let unknown_id = coupon_core::event::EventId::new(NAMESPACE, &unknown).unwrap();
+    let exists = keyspace::existing_keys(&mut redis().await, &unknown_id).await.unwrap();
     assert_eq!(exists, 0, "no key created for an unknown event");
 
     // And a valid request still works afterwards.
@@ -349,25 +349,17 @@ async fn sql_unreachable_for_ten_seconds_commits_nothing_then_loses_and_duplicat
     let database_url = format!("postgres://postgres@{}/test", gate.addr());
     let store = migrated_store(&postgres_url()).await;
 
-    let metrics = coupon_service::metrics::Metrics::shared();
-    let health = coupon_service::health::Health::new(coupon_service::consumer::COMPONENTS);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let consumer = tokio::spawn(coupon_service::consumer::run(
-        coupon_service::consumer::ConsumerSettings {
-            topics: vec![event.topic.clone()],
-            group_id: unique("sql-outage"),
-            batch_size: 10,
-            batch_linger: Duration::from_millis(10),
-            recovery_settle: Duration::from_secs(10),
-            assigned: Default::default(),
-        },
-        kafka(&brokers),
+    let consumer = InProcessConsumer::start_with(coupon_service::app::ConsumerSettings {
         database_url,
-        coupon_service::redis_conn::RedisHandle::connect_in_background(&redis_url()).unwrap(),
-        health.clone(),
-        metrics.clone(),
-        stop_rx,
-    ));
+        redis_url: redis_url(),
+        kafka: kafka(&brokers),
+        topics: vec![event.topic.clone()],
+        group_id: unique("sql-outage"),
+        batch_size: 10,
+        batch_linger: Duration::from_millis(10),
+        ..Default::default()
+    });
+    let (health, metrics) = (consumer.process().health.clone(), consumer.process().metrics.clone());
     let producer = raw_producer(&brokers);
     for slot in 1..=20 {
         produce(&producer, &event.topic, &format!("u{slot}"), &record(&event.key(), &format!("u{slot}"), slot)).await;
@@ -400,8 +392,7 @@ async fn sql_unreachable_for_ten_seconds_commits_nothing_then_loses_and_duplicat
     assert!(store.failed_events(&event.topic).await.unwrap().is_empty());
     assert!(metrics.batches.get() > batches_before, "offsets committed after recovery");
     assert_eq!(metrics.commit_errors.get(), 0);
-    let _ = stop.send(true);
-    consumer.await.unwrap().unwrap();
+    consumer.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -532,38 +523,31 @@ async fn credentials_from_files_are_used_and_never_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_state_lost_mid_event_is_restored_from_sql_before_issuing_again() {
-    use coupon_service::provision::{provision_redis_with_recovery, RedisOutcome};
+    use coupon_core::provision::{provision_redis, RedisOutcome};
     let brokers = kafka_brokers();
     let own = OwnRedis::start().await;
     let name = unique("ev");
-    let id = coupon_service::event_id::EventId::new(NAMESPACE, &name).unwrap();
+    let id = coupon_core::event::EventId::new(NAMESPACE, &name).unwrap();
     let topic = format!("coupons.{name}");
-    let config = coupon_service::provision::EventConfig::open_now(30, &topic, Duration::from_secs(600));
-    let mut conn = coupon_service::redis_conn::RedisHandle::connect_with_deadline(&own.url(), Duration::from_secs(10)).await.unwrap();
+    let config = coupon_core::event::EventConfig::open_now(30, &topic, Duration::from_secs(600));
+    let mut conn = coupon_core::redis::RedisHandle::connect_with_deadline(&own.url(), Duration::from_secs(10)).await.unwrap();
     kafka(&brokers).admin().unwrap().ensure_topic(&topic, 2, 1).await.unwrap();
-    assert_eq!(provision_redis_with_recovery(&mut conn, &id, &config, false).await.unwrap(), RedisOutcome::Created);
+    assert_eq!(provision_redis(&mut conn, &id, &config, false).await.unwrap(), RedisOutcome::Created);
     let database_url = sqlite_url();
     let store = migrated_store(&database_url).await;
     let api = InProcessApi::start_with_redis(NAMESPACE, &brokers, Duration::from_secs(5), &own.url()).await;
     api.state.health.set("redis", true);
     api.state.health.set("kafka", true);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let consumer = tokio::spawn(coupon_service::consumer::run(
-        coupon_service::consumer::ConsumerSettings {
-            topics: vec![topic.clone()],
-            group_id: unique("recovery"),
-            batch_size: 100,
-            batch_linger: Duration::from_millis(10),
-            recovery_settle: Duration::from_secs(2),
-            assigned: Default::default(),
-        },
-        kafka(&brokers),
-        database_url.clone(),
-        coupon_service::redis_conn::RedisHandle::connect_in_background(&own.url()).unwrap(),
-        coupon_service::health::Health::new(coupon_service::consumer::COMPONENTS),
-        coupon_service::metrics::Metrics::shared(),
-        stop_rx,
-    ));
+    let consumer = InProcessConsumer::start_with(coupon_service::app::ConsumerSettings {
+        database_url: database_url.clone(),
+        redis_url: own.url(),
+        kafka: kafka(&brokers),
+        topics: vec![topic.clone()],
+        group_id: unique("recovery"),
+        batch_size: 100,
+        batch_linger: Duration::from_millis(10),
+        recovery_settle: Duration::from_secs(2),
+    });
     let client = reqwest::Client::new();
     let url = api.apply_url(&id);
     for user in 0..20 {
@@ -575,20 +559,20 @@ async fn redis_state_lost_mid_event_is_restored_from_sql_before_issuing_again() 
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
     assert_eq!(apply_user(&client, &url, "u20").await, (503, json!({"status": "unavailable"})), "a known event is not 'unknown'");
     // The operator writes the configuration back, knowing the event existed.
-    assert_eq!(provision_redis_with_recovery(&mut conn, &id, &config, true).await.unwrap(), RedisOutcome::CreatedRecovering);
+    assert_eq!(provision_redis(&mut conn, &id, &config, true).await.unwrap(), RedisOutcome::CreatedRecovering);
     assert_eq!(apply_user(&client, &url, "u21").await, (503, json!({"status": "unavailable"})), "closed while recovering");
     let lost_at = std::time::Instant::now();
     wait_until("state restored from SQL", Duration::from_secs(60), || {
         let mut conn = conn.clone();
-        let keys = id.keys();
+        let id = id.clone();
         async move {
-            let recovering: Option<String> = redis::cmd("HGET").arg(&keys.config).arg("recovering").query_async(&mut conn).await.unwrap();
-            recovering.is_none().then_some(())
+            let counters = keyspace::counters(&mut conn, &id).await.unwrap().unwrap();
+            (!counters.recovering).then_some(())
         }
     })
     .await;
     eprintln!("redis state lost: restored {:.1} s after the configuration came back", lost_at.elapsed().as_secs_f64());
-    let counters = coupon_service::gate::read_counters(&mut conn, &id).await.unwrap().unwrap();
+    let counters = keyspace::counters(&mut conn, &id).await.unwrap().unwrap();
     assert_eq!((counters.issued, counters.persisted), (20, 20));
 
     // Not issued again from zero: old users are duplicates, new ones get slots 21..=30.
@@ -610,8 +594,7 @@ async fn redis_state_lost_mid_event_is_restored_from_sql_before_issuing_again() 
     let users: std::collections::BTreeSet<&String> = rows.iter().map(|(u, _)| u).collect();
     assert_eq!(users.len(), 30, "each user at most once");
     assert!(store.failed_events(&topic).await.unwrap().is_empty());
-    let _ = stop.send(true);
-    consumer.await.unwrap().unwrap();
+    consumer.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

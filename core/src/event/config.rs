@@ -1,0 +1,118 @@
+//! What an event is, independent of where it is stored: how many coupons, to whom, when, and
+//! on which topic. The operator builds it from a `CouponEvent` spec, `coupon-service event
+//! create` from its flags.
+
+use chrono::{DateTime, Utc};
+
+/// What an event is: how many coupons, to whom, when, and on which topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventConfig {
+    pub limit: i64,
+    pub per_user: i64,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub topic: String,
+}
+
+/// A specification that must not be provisioned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidConfig {
+    #[error("limit must be at least 1, got {0}")]
+    Limit(i64),
+    #[error("perUserLimit must be at least 1, got {0}")]
+    PerUser(i64),
+    #[error("perUserLimit {0} is not supported yet: the SQL schema holds one coupon per user and event")]
+    PerUserAboveOne(i64),
+    #[error("end ({end}) must be after start ({start})")]
+    Window { start: DateTime<Utc>, end: DateTime<Utc> },
+    #[error("topic name {0:?} is not a valid Kafka topic name (1..=249 of [a-zA-Z0-9._-], not '.' or '..')")]
+    Topic(String),
+    #[error("limit {limit} is below the {issued} slots already handed out")]
+    LimitBelowIssued { limit: i64, issued: i64 },
+}
+
+/// Kafka's own rule for topic names.
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+impl EventConfig {
+    /// An event open from a few seconds ago for `duration`, one coupon per user (the demo,
+    /// the benchmarks and the tests).
+    pub fn open_now(limit: i64, topic: &str, duration: std::time::Duration) -> Self {
+        let now = Utc::now();
+        Self {
+            limit,
+            per_user: 1,
+            start: now - chrono::Duration::seconds(5),
+            end: now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::hours(1)),
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// Checks what can be checked without live state.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.limit < 1 {
+            return Err(InvalidConfig::Limit(self.limit));
+        }
+        if self.per_user < 1 {
+            return Err(InvalidConfig::PerUser(self.per_user));
+        }
+        if self.per_user > 1 {
+            return Err(InvalidConfig::PerUserAboveOne(self.per_user));
+        }
+        if self.end <= self.start {
+            return Err(InvalidConfig::Window { start: self.start, end: self.end });
+        }
+        if !valid_topic_name(&self.topic) {
+            return Err(InvalidConfig::Topic(self.topic.clone()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> EventConfig {
+        EventConfig {
+            limit: 100,
+            per_user: 1,
+            start: "2026-11-27T10:00:00Z".parse().unwrap(),
+            end: "2026-11-27T10:30:00Z".parse().unwrap(),
+            topic: "coupon_create".into(),
+        }
+    }
+
+    #[test]
+    fn a_sane_config_validates() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn invalid_configs_are_named() {
+        assert_eq!(EventConfig { limit: 0, ..config() }.validate(), Err(InvalidConfig::Limit(0)));
+        assert_eq!(EventConfig { per_user: 0, ..config() }.validate(), Err(InvalidConfig::PerUser(0)));
+        assert_eq!(EventConfig { per_user: 2, ..config() }.validate(), Err(InvalidConfig::PerUserAboveOne(2)));
+        let c = config();
+        assert!(matches!(EventConfig { end: c.start, ..c.clone() }.validate(), Err(InvalidConfig::Window { .. })));
+        assert!(matches!(EventConfig { topic: "a b".into(), ..c }.validate(), Err(InvalidConfig::Topic(_))));
+    }
+
+    #[test]
+    fn topic_names_follow_kafka() {
+        assert!(valid_topic_name("coupon_create"));
+        assert!(valid_topic_name("a.b-c_D9"));
+        assert!(!valid_topic_name(""));
+        assert!(!valid_topic_name("."));
+        assert!(!valid_topic_name(".."));
+        assert!(!valid_topic_name("a/b"));
+        assert!(valid_topic_name(&"a".repeat(249)));
+        assert!(!valid_topic_name(&"a".repeat(250)));
+    }
+}

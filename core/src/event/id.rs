@@ -1,0 +1,104 @@
+//! Event identity: an event is named the way Kubernetes names its `CouponEvent` object,
+//! `<namespace>/<name>`. The same string is the event of a Kafka record and of a SQL row, and
+//! the hash tag of the event's Redis keys (see `crate::redis::keyspace`).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Longest Kubernetes object name (DNS-1123 subdomain).
+const MAX_NAME_LEN: usize = 253;
+/// Longest Kubernetes namespace name (DNS-1123 label).
+const MAX_NAMESPACE_LEN: usize = 63;
+
+/// A coupon event, named the way Kubernetes names the `CouponEvent` object: `<namespace>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId {
+    namespace: String,
+    name: String,
+}
+
+/// Why a string is not a valid event name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventIdError {
+    #[error("event {what} must be 1..={max} characters")]
+    Length { what: &'static str, max: usize },
+    #[error("event {what} may contain only lower-case letters, digits, '-' and '.', and must start and end with a letter or digit")]
+    Charset { what: &'static str },
+    #[error("event id must look like <namespace>/<name>")]
+    Shape,
+}
+
+fn check_dns_part(value: &str, what: &'static str, max: usize, allow_dot: bool) -> Result<(), EventIdError> {
+    if value.is_empty() || value.len() > max {
+        return Err(EventIdError::Length { what, max });
+    }
+    let bytes = value.as_bytes();
+    let ok_inner = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (allow_dot && b == b'.');
+    let ok_edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !bytes.iter().all(|&b| ok_inner(b)) || !ok_edge(bytes[0]) || !ok_edge(bytes[bytes.len() - 1]) {
+        return Err(EventIdError::Charset { what });
+    }
+    Ok(())
+}
+
+impl EventId {
+    /// Validates both parts with Kubernetes' naming rules, so any id accepted here is also a
+    /// valid `CouponEvent` and cannot smuggle key separators into Redis.
+    pub fn new(namespace: &str, name: &str) -> Result<Self, EventIdError> {
+        check_dns_part(namespace, "namespace", MAX_NAMESPACE_LEN, false)?;
+        check_dns_part(name, "name", MAX_NAME_LEN, true)?;
+        Ok(Self { namespace: namespace.to_owned(), name: name.to_owned() })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = EventIdError;
+
+    /// Parses `<namespace>/<name>` (the form used in Kafka records and SQL rows).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ns, name) = s.split_once('/').ok_or(EventIdError::Shape)?;
+        Self::new(ns, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_namespace_slash_name() {
+        let id: EventId = "shop/sale.2026".parse().unwrap();
+        assert_eq!(id.namespace(), "shop");
+        assert_eq!(id.name(), "sale.2026");
+        assert_eq!(id.to_string(), "shop/sale.2026");
+    }
+
+    #[test]
+    fn rejects_names_kubernetes_would_reject() {
+        assert_eq!("noslash".parse::<EventId>(), Err(EventIdError::Shape));
+        assert!(EventId::new("shop", "").is_err());
+        assert!(EventId::new("shop", "Upper").is_err());
+        assert!(EventId::new("shop", "-lead").is_err());
+        assert!(EventId::new("shop", "trail-").is_err());
+        assert!(EventId::new("shop", "a}b").is_err());
+        assert!(EventId::new("shop", "a/b").is_err());
+        assert!(EventId::new("sh.op", "a").is_err(), "namespaces have no dots");
+        assert!(EventId::new("shop", &"a".repeat(253)).is_ok());
+        assert!(EventId::new("shop", &"a".repeat(254)).is_err());
+        assert!(EventId::new(&"a".repeat(64), "x").is_err());
+    }
+}

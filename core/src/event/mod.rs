@@ -1,0 +1,9 @@
+//! The event: its identity, its configuration and the Kafka record of one issued coupon.
+
+mod config;
+mod id;
+mod record;
+
+pub use config::{valid_topic_name, EventConfig, InvalidConfig};
+pub use id::{EventId, EventIdError};
+pub use record::{validate_user_id, CouponRecord, MAX_USER_ID_LEN};

@@ -1,0 +1,9 @@
+//! Redis: the connection, and the keyspace that owns every key, field, script and command
+//! the system sends. Nothing outside this folder spells a Redis key or a command.
+
+mod connection;
+pub mod keyspace;
+
+pub use connection::{ConnectError, RedisHandle};
+pub use redis::aio::ConnectionManager;
+pub use redis::RedisError;

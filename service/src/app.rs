@@ -1,0 +1,193 @@
+//! Builds each process once: the api and the consumer, each from one settings value with
+//! `Default`. The binary, the demo, the test harness and the benchmark all start them here,
+//! so a process under test is assembled exactly as in production.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coupon_core::event::{EventId, EventIdError};
+use coupon_core::kafka::{KafkaError, KafkaSettings};
+use coupon_core::redis::{ConnectError, RedisHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::apply::producer::ProducerSlot;
+use crate::apply::{ApplyService, COMPONENTS as API_COMPONENTS};
+use crate::consumer::{ConsumerError, COMPONENTS as CONSUMER_COMPONENTS};
+use crate::health::Health;
+use crate::http::{self, ApiState, ServerLimits};
+use crate::metrics::Metrics;
+
+/// Everything that configures an api process.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// Namespace of the events this api serves (the pod's namespace on Kubernetes).
+    pub namespace: String,
+    pub redis_url: String,
+    pub kafka: KafkaSettings,
+    /// How long a produce may take before the apply answers 503.
+    pub produce_timeout: Duration,
+    pub server: ServerLimits,
+    /// How long a sold-out event is answered 410 from memory before Redis is asked again.
+    pub sold_out_recheck: Duration,
+    /// Keep `/readyz` current with background probes. Off only in tests that set the
+    /// health by hand, to drive the api into paths a probe would close.
+    pub readiness_probes: bool,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            kafka: KafkaSettings::default(),
+            produce_timeout: Duration::from_secs(5),
+            server: ServerLimits::default(),
+            sold_out_recheck: Duration::from_secs(1),
+            readiness_probes: true,
+        }
+    }
+}
+
+/// Everything that configures a consumer process.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    /// `postgres://`, `mysql://`, `mariadb://` or `sqlite:` URL.
+    pub database_url: String,
+    pub redis_url: String,
+    pub kafka: KafkaSettings,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    /// Most records per SQL transaction.
+    pub batch_size: usize,
+    /// How long a batch waits for more records once the first arrived.
+    pub batch_linger: Duration,
+    /// How long an event whose Redis state was lost stays closed (503) before it is restored
+    /// from SQL: longer than the api's produce timeout, so records issued before the loss
+    /// have reached the broker.
+    pub recovery_settle: Duration,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://coupons.db".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            kafka: KafkaSettings::default(),
+            topics: vec!["coupon_create".into()],
+            group_id: "coupon-consumer".into(),
+            batch_size: 500,
+            batch_linger: Duration::from_millis(20),
+            recovery_settle: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a process could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("namespace: {0}")]
+    Namespace(#[from] EventIdError),
+    #[error(transparent)]
+    Redis(#[from] ConnectError),
+    #[error("Kafka client: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// A running api.
+pub struct Api {
+    pub state: Arc<ApiState>,
+    pub local_addr: SocketAddr,
+    server: JoinHandle<()>,
+}
+
+impl Api {
+    /// Builds the api and serves it on `listener` until `shutdown` turns true. Redis is
+    /// connected in the background; until then applies answer 503.
+    pub fn start(settings: ApiSettings, listener: TcpListener, shutdown: watch::Receiver<bool>) -> Result<Self, BuildError> {
+        EventId::new(&settings.namespace, "x")?;
+        let health = Health::new(API_COMPONENTS);
+        let metrics = Metrics::shared();
+        let redis = RedisHandle::connect_in_background(&settings.redis_url)?;
+        let producer = ProducerSlot::new(settings.kafka.clone(), settings.produce_timeout)?;
+        let apply = Arc::new(ApplyService::new(
+            settings.namespace.clone(),
+            redis.clone(),
+            producer,
+            health.clone(),
+            metrics.clone(),
+            settings.sold_out_recheck,
+        ));
+        let state = Arc::new(ApiState { apply, redis, health, metrics });
+        if settings.readiness_probes {
+            spawn_api_probes(&state);
+        }
+        let local_addr = listener.local_addr()?;
+        let server = tokio::spawn(http::serve(listener, http::router(state.clone()), settings.server, shutdown));
+        Ok(Self { state, local_addr, server })
+    }
+
+    /// `http://<address>` of the listener.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Waits until the server has stopped, then flushes records still queued.
+    pub async fn stopped(self) {
+        let _ = self.server.await;
+        let state = self.state;
+        let _ = tokio::task::spawn_blocking(move || state.apply.producer().flush(Duration::from_secs(10))).await;
+    }
+}
+
+/// Keeps `/readyz` current: Redis answers PING, a broker answers a metadata request.
+fn spawn_api_probes(state: &Arc<ApiState>) {
+    let redis = state.redis.clone();
+    state.health.spawn_probe("redis", Duration::from_secs(1), move || {
+        let redis = redis.clone();
+        async move { redis.ping().await }
+    });
+    let apply = state.apply.clone();
+    state.health.spawn_probe("kafka", Duration::from_secs(2), move || {
+        let apply = apply.clone();
+        async move {
+            tokio::task::spawn_blocking(move || apply.producer().broker_reachable(Duration::from_secs(2))).await.unwrap_or(false)
+        }
+    });
+}
+
+/// A running consumer.
+pub struct Consumer {
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    /// Partitions the group assigned to it.
+    pub assigned: Arc<AtomicUsize>,
+    task: JoinHandle<Result<(), ConsumerError>>,
+}
+
+impl Consumer {
+    /// Builds the consumer and runs it until `shutdown` turns true; with `ops`, serves
+    /// `/healthz`, `/readyz` and `/metrics` on that listener.
+    pub fn start(settings: ConsumerSettings, ops: Option<TcpListener>, shutdown: watch::Receiver<bool>) -> Result<Self, BuildError> {
+        let health = Health::new(CONSUMER_COMPONENTS);
+        let metrics = Metrics::shared();
+        let assigned = Arc::new(AtomicUsize::new(0));
+        let redis = RedisHandle::connect_in_background(&settings.redis_url)?;
+        if let Some(listener) = ops {
+            let router = http::ops_router(health.clone(), metrics.clone());
+            tokio::spawn(http::serve(listener, router, ServerLimits::default(), shutdown.clone()));
+        }
+        let task = tokio::spawn(crate::consumer::run(settings, redis, health.clone(), metrics.clone(), assigned.clone(), shutdown));
+        Ok(Self { health, metrics, assigned, task })
+    }
+
+    /// Waits until the consumer has stopped (after the batch in hand).
+    pub async fn stopped(self) -> Result<(), ConsumerError> {
+        self.task.await.unwrap_or_else(|join| Err(ConsumerError::Task(join.to_string())))
+    }
+}

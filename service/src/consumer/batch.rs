@@ -1,0 +1,87 @@
+//! Pure handling of a batch: parsing and checking records, and the offsets to commit.
+
+use std::collections::BTreeMap;
+
+use coupon_core::event::{validate_user_id, CouponRecord, EventId};
+
+use crate::sql::{CouponRow, FailedRow, Position};
+
+/// A record taken off the topic, owned so the batch outlives the consumer's buffers.
+#[derive(Clone, Debug)]
+pub struct RawRecord {
+    pub position: Position,
+    pub payload: Vec<u8>,
+}
+
+/// Parses and checks one record; the error is the reason stored in `failed_events`.
+pub fn parse_record(payload: &[u8]) -> Result<CouponRow, String> {
+    let record: CouponRecord = serde_json::from_slice(payload).map_err(|e| format!("not a coupon record: {e}"))?;
+    record.event.parse::<EventId>().map_err(|e| format!("bad event {:?}: {e}", record.event))?;
+    validate_user_id(&record.user_id)?;
+    if record.slot < 1 {
+        return Err(format!("slot {} is not positive", record.slot));
+    }
+    Ok(CouponRow { event: record.event, user_id: record.user_id, slot: record.slot, issued_at: record.issued_at })
+}
+
+/// Sorts a batch into coupon rows and failures.
+pub fn split_batch(batch: &[RawRecord]) -> (Vec<(CouponRow, Position)>, Vec<FailedRow>) {
+    let mut coupons = Vec::with_capacity(batch.len());
+    let mut failures = Vec::new();
+    for record in batch {
+        let p = &record.position;
+        match parse_record(&record.payload) {
+            Ok(row) => coupons.push((row, p.clone())),
+            Err(reason) => failures.push(p.failed(String::from_utf8_lossy(&record.payload).into_owned(), reason)),
+        }
+    }
+    (coupons, failures)
+}
+
+/// The offset to commit per partition: one past the highest record of the batch, failed
+/// records included, so the partition keeps moving.
+pub fn next_offsets(batch: &[RawRecord]) -> BTreeMap<(String, i32), i64> {
+    let mut next_offsets = BTreeMap::new();
+    for record in batch {
+        let p = &record.position;
+        let next = next_offsets.entry((p.topic.clone(), p.partition)).or_insert(p.offset + 1);
+        *next = (*next).max(p.offset + 1);
+    }
+    next_offsets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(partition: i32, offset: i64, payload: &str) -> RawRecord {
+        RawRecord { position: Position { topic: "t".into(), partition, offset }, payload: payload.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn good_and_bad_records_are_split_and_offsets_advance_past_both() {
+        let good = r#"{"event":"shop/sale","userId":"u1","slot":3,"issuedAt":"2026-11-27T10:00:00Z"}"#;
+        let batch = [
+            raw(0, 5, good),
+            raw(0, 6, "not json"),
+            raw(1, 9, r#"{"event":"shop/sale","userId":"","slot":1,"issuedAt":"2026-11-27T10:00:00Z"}"#),
+        ];
+        let (coupons, failures) = split_batch(&batch);
+        let next = next_offsets(&batch);
+        assert_eq!(coupons.len(), 1);
+        assert_eq!(coupons[0].0.slot, 3);
+        assert_eq!(failures.len(), 2);
+        assert!(failures[0].reason.contains("not a coupon record"), "{}", failures[0].reason);
+        assert!(failures[1].reason.contains("userId"), "{}", failures[1].reason);
+        assert_eq!(next.get(&("t".to_owned(), 0)), Some(&7));
+        assert_eq!(next.get(&("t".to_owned(), 1)), Some(&10));
+    }
+
+    #[test]
+    fn records_with_bad_fields_are_refused() {
+        assert!(parse_record(br#"{"event":"nope","userId":"u","slot":1,"issuedAt":"2026-11-27T10:00:00Z"}"#).is_err());
+        assert!(parse_record(br#"{"event":"a/b","userId":"u","slot":0,"issuedAt":"2026-11-27T10:00:00Z"}"#).is_err());
+        assert!(parse_record(br#"{"event":"a/b","userId":"u","slot":1}"#).is_err());
+        assert!(parse_record(br#"{"event":"a/b","userId":"u","slot":1,"issuedAt":"2026-11-27T10:00:00Z"}"#).is_ok());
+    }
+}

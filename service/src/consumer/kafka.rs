@@ -1,0 +1,79 @@
+//! The consumer's Kafka client: a group member that never commits by itself, its rebalance
+//! log, and whether the group has committed everything on a topic.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coupon_core::kafka::{KafkaError, KafkaSettings};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The consumer's client type.
+pub type GroupConsumer = StreamConsumer<ConsumerEvents>;
+
+/// A consumer that never commits by itself: offsets are committed only after the SQL
+/// transaction holding the records has committed. `assigned` follows the number of
+/// partitions the group gave it.
+pub fn group_consumer(kafka: &KafkaSettings, group_id: &str, assigned: Arc<AtomicUsize>) -> Result<GroupConsumer, KafkaError> {
+    kafka
+        .client_config()
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "50")
+        .create_with_context(ConsumerEvents { assigned })
+}
+
+/// Logs the consumer group's rebalances and keeps the assigned partition count: useful to
+/// operators, and lets a caller wait until a new consumer has joined (not part of readiness,
+/// since a replica beyond the partition count rightly holds none).
+pub struct ConsumerEvents {
+    assigned: Arc<AtomicUsize>,
+}
+
+impl ClientContext for ConsumerEvents {}
+
+impl ConsumerContext for ConsumerEvents {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                self.assigned.store(partitions.count(), Ordering::Relaxed);
+                tracing::info!(partitions = partitions.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(partitions) => {
+                self.assigned.store(0, Ordering::Relaxed);
+                tracing::info!(partitions = partitions.count(), "partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
+/// Whether the consumer group has committed every record of the topic: for each partition
+/// the committed offset has reached the high watermark. Blocking (broker round trips).
+pub fn topic_drained(consumer: &GroupConsumer, topic: &str, timeout: Duration) -> Result<bool, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(false) };
+    let mut list = TopicPartitionList::new();
+    for partition in topic_metadata.partitions() {
+        list.add_partition(topic, partition.id());
+    }
+    let committed = consumer.committed_offsets(list, timeout)?;
+    for element in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(topic, element.partition(), timeout)?;
+        let position = match element.offset() {
+            Offset::Offset(offset) => offset,
+            _ => low,
+        };
+        if position < high {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

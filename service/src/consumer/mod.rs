@@ -1,0 +1,202 @@
+//! The consumer: Kafka → SQL at the pace the database can take.
+//!
+//! Records are written in batches, one transaction per batch, and offsets are committed only
+//! after that transaction committed. A crash between the two redelivers the batch, whose rows
+//! are then skipped as duplicates: every record becomes exactly one row.
+
+pub mod batch;
+pub mod kafka;
+pub mod recovery;
+mod writer;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coupon_core::kafka::KafkaError;
+use coupon_core::redis::RedisHandle;
+use coupon_core::retry::Backoff;
+use coupon_core::secrets::redact_url;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::app::ConsumerSettings;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::sql::{Position, Store};
+use batch::{next_offsets, RawRecord};
+use kafka::GroupConsumer;
+pub use writer::{BatchError, BatchWriter};
+
+/// Health components of the consumer.
+pub const COMPONENTS: &[&str] = &["sql", "kafka", "redis"];
+
+/// Why the consumer stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("consumer task ended abnormally: {0}")]
+    Task(String),
+}
+
+/// Connects to SQL with backoff and applies migrations; returns `None` on shutdown.
+pub async fn connect_store(url: &str, health: &Health, shutdown: &mut watch::Receiver<bool>) -> Option<Store> {
+    let shown = redact_url(url);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let attempt = async {
+            let store = Store::connect(url).await.map_err(|e| e.to_string())?;
+            store.migrate().await.map_err(|e| format!("migration failed: {e}"))?;
+            Ok::<_, String>(store)
+        };
+        match attempt.await {
+            Ok(store) => {
+                tracing::info!(database = %shown, dialect = store.dialect(), "connected to SQL, migrations applied");
+                health.set("sql", true);
+                return Some(store);
+            }
+            Err(error) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(database = %shown, %error, retry_in = ?wait, "cannot reach SQL");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Runs the consumer until `shutdown` turns true. The batch in hand is finished and its
+/// offsets committed before returning.
+pub async fn run(
+    settings: ConsumerSettings,
+    redis: RedisHandle,
+    health: Health,
+    metrics: Arc<Metrics>,
+    assigned: Arc<AtomicUsize>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConsumerError> {
+    let consumer = Arc::new(kafka::group_consumer(&settings.kafka, &settings.group_id, assigned)?);
+    {
+        let probe_consumer = consumer.clone();
+        health.spawn_probe("kafka", Duration::from_secs(2), move || {
+            let c = probe_consumer.clone();
+            async move { tokio::task::spawn_blocking(move || c.fetch_metadata(None, Duration::from_secs(2)).is_ok()).await.unwrap_or(false) }
+        });
+        let probe_redis = redis.clone();
+        health.spawn_probe("redis", Duration::from_secs(2), move || {
+            let r = probe_redis.clone();
+            async move { r.ping().await }
+        });
+    }
+    let Some(store) = connect_store(&settings.database_url, &health, &mut shutdown).await else { return Ok(()) };
+    {
+        let probe_store = store.clone();
+        health.spawn_probe("sql", Duration::from_secs(2), move || {
+            let s = probe_store.clone();
+            async move { s.ping().await.is_ok() }
+        });
+    }
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    tracing::info!(topics = ?settings.topics, group = %settings.group_id, "consuming");
+    let mut writer = BatchWriter::new(store, redis, metrics.clone());
+    let mut recovery_tick = tokio::time::interval(Duration::from_secs(1));
+    recovery_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let batch_size = settings.batch_size.max(1);
+
+    loop {
+        let first = tokio::select! {
+            message = consumer.recv() => message,
+            _ = recovery_tick.tick() => {
+                writer.restore_lost_events(consumer.clone(), settings.recovery_settle).await;
+                continue;
+            }
+            _ = shutdown.changed() => break,
+        };
+        let mut batch = Vec::with_capacity(batch_size);
+        match first {
+            Ok(message) => batch.push(owned(&message)),
+            Err(error) => {
+                tracing::warn!(%error, "Kafka consume error");
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + settings.batch_linger;
+        while batch.len() < batch_size {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(owned(&message)),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "Kafka consume error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let events = loop {
+            match writer.write(&batch).await {
+                Ok(events) => {
+                    health.set("sql", true);
+                    break events;
+                }
+                Err(error) => {
+                    if matches!(error, BatchError::Sql(_)) {
+                        health.set("sql", false);
+                    }
+                    let wait = backoff.next_delay();
+                    tracing::warn!(%error, records = batch.len(), retry_in = ?wait, "batch not written; offsets stay uncommitted");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        // Stopping here leaves the batch uncommitted: it is redelivered.
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+            }
+        };
+        after_sql_commit();
+        commit(&consumer, &batch, &metrics);
+        writer.publish_persisted(&events).await;
+    }
+    tracing::info!("consumer stopped");
+    Ok(())
+}
+
+/// Fault point for the crash tests: a process killed here has written its batch to SQL but
+/// not committed the offsets.
+fn after_sql_commit() {
+    fail::fail_point!("consumer-after-sql-commit", |_| {
+        tracing::error!("fault point consumer-after-sql-commit: aborting");
+        std::process::abort()
+    });
+}
+
+fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+    RawRecord {
+        position: Position { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() },
+        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }
+}
+
+fn commit(consumer: &GroupConsumer, batch: &[RawRecord], metrics: &Metrics) {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), next) in next_offsets(batch) {
+        if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+            tracing::warn!(%error, "cannot build offset list");
+        }
+    }
+    match consumer.commit(&list, CommitMode::Sync) {
+        Ok(()) => {
+            metrics.batches.inc();
+        }
+        Err(error) => {
+            metrics.commit_errors.inc();
+            tracing::warn!(%error, "offset commit failed; the batch will be redelivered and skipped as duplicates");
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The api's HTTP face: routes, the mapping of `ApplyOutcome` to responses, the event stats,
+//! the server loop with its limits, and the health and metrics endpoints.
+
+mod ops;
+mod server;
+mod stats;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use coupon_core::redis::RedisHandle;
+use serde::Deserialize;
+
+pub use ops::router as ops_router;
+pub use server::{serve, ServerLimits};
+
+use crate::apply::{ApplyOutcome, ApplyService};
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// The OpenAPI document of this api, served at `/openapi.json` (checked against the live
+/// api by schemathesis in the test suite).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Largest apply body accepted; a user id of 128 characters needs far less.
+pub const MAX_BODY_BYTES: usize = 1024;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub apply: Arc<ApplyService>,
+    /// For the event stats.
+    pub redis: RedisHandle,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Routes of the api.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let ops = ops::router(state.health.clone(), state.metrics.clone());
+    Router::new()
+        .route("/v1/events/{event}/apply", post(apply))
+        .route("/v1/events/{event}", get(stats::event_stats))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        // Paths that match no route (an event name with a '/', say) name no known event.
+        .fallback(|| async { ApplyOutcome::UnknownEvent })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+        .merge(ops)
+}
+
+impl IntoResponse for ApplyOutcome {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, [(header::CONTENT_TYPE, "application/json")], self.body()).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyRequest {
+    user_id: String,
+}
+
+async fn apply(
+    State(state): State<Arc<ApiState>>,
+    event: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApplyOutcome {
+    let started = Instant::now();
+    let outcome = decide(&state, event, body).await;
+    state.metrics.answer(outcome.label());
+    state.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+    outcome
+}
+
+/// Checks the request in the documented order (path, body size, JSON), then asks the
+/// apply service.
+async fn decide(state: &Arc<ApiState>, event: Result<Path<String>, PathRejection>, body: Result<Bytes, BytesRejection>) -> ApplyOutcome {
+    let Path(name) = match event {
+        Ok(path) => path,
+        Err(rejection) => return ApplyOutcome::bad_request(rejection.body_text()),
+    };
+    let event = match state.apply.event_id(&name) {
+        Ok(event) => event,
+        Err(outcome) => return outcome,
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return ApplyOutcome::BadRequest { status: rejection.status().as_u16(), error: rejection.body_text() },
+    };
+    let request: ApplyRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => return ApplyOutcome::bad_request(format!("invalid JSON body: {error}")),
+    };
+    state.apply.apply(event, request.user_id).await
+}

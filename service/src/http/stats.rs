@@ -1,0 +1,111 @@
+//! `GET /v1/events/{event}`: an event's window, limit and counters.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{TimeZone, Utc};
+use coupon_core::redis::keyspace::{self, EventCounters};
+use serde::Serialize;
+
+use super::ApiState;
+use crate::apply::ApplyOutcome;
+
+/// The answer's body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventStats {
+    /// `<namespace>/<name>`.
+    pub event: String,
+    pub limit: i64,
+    pub issued: i64,
+    pub remaining: i64,
+    pub persisted: i64,
+    /// RFC 3339.
+    pub opens_at: String,
+    pub closes_at: String,
+    pub state: EventState,
+}
+
+/// Where the event stands now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    Recovering,
+    Scheduled,
+    Closed,
+    SoldOut,
+    Open,
+}
+
+impl EventStats {
+    /// The stats of `event` at `now_ms`.
+    pub fn from_counters(event: String, counters: &EventCounters, now_ms: i64) -> Self {
+        let state = if counters.recovering {
+            EventState::Recovering
+        } else if now_ms < counters.start_ms {
+            EventState::Scheduled
+        } else if now_ms >= counters.end_ms {
+            EventState::Closed
+        } else if counters.issued >= counters.limit {
+            EventState::SoldOut
+        } else {
+            EventState::Open
+        };
+        let rfc3339 = |ms: i64| Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339()).unwrap_or_default();
+        Self {
+            event,
+            limit: counters.limit,
+            issued: counters.issued,
+            remaining: (counters.limit - counters.issued).max(0),
+            persisted: counters.persisted,
+            opens_at: rfc3339(counters.start_ms),
+            closes_at: rfc3339(counters.end_ms),
+            state,
+        }
+    }
+}
+
+pub async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<String>, PathRejection>) -> Response {
+    let Path(name) = match event {
+        Ok(event) => event,
+        Err(rejection) => return ApplyOutcome::bad_request(rejection.body_text()).into_response(),
+    };
+    let event = match state.apply.event_id(&name) {
+        Ok(event) => event,
+        Err(outcome) => return outcome.into_response(),
+    };
+    let Some(mut conn) = state.redis.get() else { return ApplyOutcome::Unavailable.into_response() };
+    match keyspace::counters(&mut conn, &event).await {
+        Ok(Some(counters)) => Json(EventStats::from_counters(event.to_string(), &counters, Utc::now().timestamp_millis())).into_response(),
+        Ok(None) => ApplyOutcome::UnknownEvent.into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read event");
+            ApplyOutcome::Unavailable.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_follows_window_counters_and_recovery() {
+        let counters = EventCounters { limit: 10, start_ms: 1_000, end_ms: 2_000, issued: 3, ..Default::default() };
+        let at = |now, counters: &EventCounters| EventStats::from_counters("a/b".into(), counters, now).state;
+        assert_eq!(at(999, &counters), EventState::Scheduled);
+        assert_eq!(at(1_000, &counters), EventState::Open);
+        assert_eq!(at(2_000, &counters), EventState::Closed);
+        assert_eq!(at(1_500, &EventCounters { issued: 10, ..counters.clone() }), EventState::SoldOut);
+        assert_eq!(at(1_500, &EventCounters { recovering: true, ..counters.clone() }), EventState::Recovering);
+        let json = serde_json::to_value(EventStats::from_counters("a/b".into(), &counters, 1_500)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"event": "a/b", "limit": 10, "issued": 3, "remaining": 7, "persisted": 0,
+                "opensAt": "1970-01-01T00:00:01+00:00", "closesAt": "1970-01-01T00:00:02+00:00", "state": "open"})
+        );
+    }
+}

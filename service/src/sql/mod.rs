@@ -1,0 +1,321 @@
+//! SQL storage of issued coupons and failed records, on PostgreSQL, MySQL/MariaDB or SQLite
+//! (chosen by the `DATABASE_URL` scheme). The same statements serve all three; only the
+//! "ignore duplicates" clause differs per dialect.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::QueryBuilder;
+
+/// Rows per multi-row INSERT; keeps every dialect well under its bind-parameter limit.
+const INSERT_CHUNK: usize = 1000;
+
+/// A connection pool to one of the supported databases.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same body against whichever pool the store holds.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::MySql($pool) => $body,
+            Store::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// A coupon on its way into the `coupons` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CouponRow {
+    pub event: String,
+    pub user_id: String,
+    pub slot: i64,
+    pub issued_at: DateTime<Utc>,
+}
+
+/// A record that could not become a coupon row, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedRow {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: String,
+    pub reason: String,
+}
+
+impl Store {
+    /// Connects once; callers retry with backoff. `mariadb://` is accepted as `mysql://`.
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        let acquire = Duration::from_secs(5);
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new().max_connections(8).acquire_timeout(acquire).connect(url).await?;
+            Ok(Self::Postgres(pool))
+        } else if let Some(rest) = url.strip_prefix("mariadb://") {
+            let url = format!("mysql://{rest}");
+            let pool = MySqlPoolOptions::new().max_connections(8).acquire_timeout(acquire).connect(&url).await?;
+            Ok(Self::MySql(pool))
+        } else if url.starts_with("mysql://") {
+            let pool = MySqlPoolOptions::new().max_connections(8).acquire_timeout(acquire).connect(url).await?;
+            Ok(Self::MySql(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new().max_connections(4).acquire_timeout(acquire).connect_with(options).await?;
+            Ok(Self::Sqlite(pool))
+        } else {
+            Err(sqlx::Error::Configuration(
+                format!(
+                    "unsupported DATABASE_URL scheme in {:?}: use postgres://, mysql://, mariadb:// or sqlite:",
+                    coupon_core::secrets::redact_url(url)
+                )
+                .into(),
+            ))
+        }
+    }
+
+    pub fn dialect(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::MySql(_) => "mysql",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies the migrations in `service/src/sql/migrations/<dialect>`.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            Self::Postgres(pool) => sqlx::migrate!("./src/sql/migrations/postgres").run(pool).await,
+            Self::MySql(pool) => sqlx::migrate!("./src/sql/migrations/mysql").run(pool).await,
+            Self::Sqlite(pool) => sqlx::migrate!("./src/sql/migrations/sqlite").run(pool).await,
+        }
+    }
+
+    /// Cheap liveness probe for readiness.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+    }
+
+    /// Translates `$1`-style placeholders (PostgreSQL, also accepted by SQLite) to MySQL's `?`.
+    fn sql<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        match self {
+            Self::MySql(_) => {
+                let mut out = String::with_capacity(text.len());
+                let mut chars = text.chars().peekable();
+                while let Some(c) = chars.next() {
+                    if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                        while chars.peek().is_some_and(char::is_ascii_digit) {
+                            chars.next();
+                        }
+                        out.push('?');
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out.into()
+            }
+            _ => text.into(),
+        }
+    }
+
+    /// `INSERT` that skips rows violating a unique key, per dialect: the statement start and
+    /// the clause after the values.
+    fn insert_ignoring_duplicates(&self, table_and_columns: &str) -> (String, &'static str) {
+        match self {
+            Self::MySql(_) => (format!("INSERT IGNORE INTO {table_and_columns} "), ""),
+            _ => (format!("INSERT INTO {table_and_columns} "), " ON CONFLICT DO NOTHING"),
+        }
+    }
+
+    /// Highest slot row of the event (0 if none): the limit the database enforces.
+    pub async fn slot_capacity(&self, event: &str) -> Result<i64, sqlx::Error> {
+        let sql = self.sql("SELECT MAX(slot) FROM coupon_slots WHERE event = $1");
+        on_pool!(self, pool => {
+            let max: Option<i64> = sqlx::query_scalar(&sql).bind(event).fetch_one(pool).await?;
+            Ok(max.unwrap_or(0))
+        })
+    }
+
+    /// Makes sure slots `1..=limit` exist for the event. Slots are never removed, so a
+    /// raised limit adds rows and a lowered one changes nothing.
+    pub async fn ensure_slots(&self, event: &str, limit: i64) -> Result<(), sqlx::Error> {
+        let (head, tail) = self.insert_ignoring_duplicates("coupon_slots (event, slot)");
+        let mut next = self.slot_capacity(event).await? + 1;
+        while next <= limit {
+            let last = (next + INSERT_CHUNK as i64 - 1).min(limit);
+            on_pool!(self, pool => {
+                let mut query = QueryBuilder::new(&head);
+                query.push_values(next..=last, |mut row, slot| {
+                    row.push_bind(event).push_bind(slot);
+                });
+                query.push(tail);
+                query.build().execute(pool).await?;
+            });
+            next = last + 1;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch in one transaction: the coupons (duplicates of rows already there are
+    /// skipped, which makes redelivery harmless) and the failed records. Returns the coupons
+    /// that were neither inserted nor already present with the same user and slot: they
+    /// conflict with another row and are recorded in `failed_events` in the same transaction.
+    pub async fn write_batch(&self, coupons: &[(CouponRow, Position)], failures: &[FailedRow]) -> Result<BatchOutcome, sqlx::Error> {
+        let (coupon_head, coupon_tail) = self.insert_ignoring_duplicates("coupons (event, user_id, slot, issued_at)");
+        let (failed_head, failed_tail) =
+            self.insert_ignoring_duplicates("failed_events (topic, kafka_partition, kafka_offset, payload, reason)");
+        let find_sql = self.sql("SELECT slot FROM coupons WHERE event = $1 AND user_id = $2");
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut inserted = 0u64;
+            for chunk in coupons.chunks(INSERT_CHUNK) {
+                inserted += InsertCoupons::insert_coupons(&mut *tx, chunk, &coupon_head, coupon_tail).await?;
+            }
+            let mut conflicts = Vec::new();
+            if inserted < coupons.len() as u64 {
+                for (coupon, position) in coupons {
+                    let slot: Option<i64> = sqlx::query_scalar(&find_sql).bind(&coupon.event).bind(&coupon.user_id).fetch_optional(&mut *tx).await?;
+                    if slot != Some(coupon.slot) {
+                        conflicts.push(position.failed(
+                            serde_json::to_string(&coupon_core::event::CouponRecord {
+                                event: coupon.event.clone(),
+                                user_id: coupon.user_id.clone(),
+                                slot: coupon.slot,
+                                issued_at: coupon.issued_at,
+                            })
+                            .unwrap_or_default(),
+                            match slot {
+                                Some(other) => format!("user already holds slot {other} of this event"),
+                                None => "slot already taken by another user, or no such slot for the event".to_owned(),
+                            },
+                        ));
+                    }
+                }
+            }
+            for chunk in failures.iter().chain(conflicts.iter()).collect::<Vec<_>>().chunks(INSERT_CHUNK) {
+                let mut query = QueryBuilder::new(&failed_head);
+                query.push_values(chunk, |mut row, failed| {
+                    row.push_bind(&failed.topic).push_bind(failed.partition).push_bind(failed.offset).push_bind(&failed.payload).push_bind(&failed.reason);
+                });
+                query.push(failed_tail);
+                query.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(BatchOutcome { inserted, conflicts })
+        })
+    }
+
+    /// Coupons of an event.
+    pub async fn count_coupons(&self, event: &str) -> Result<i64, sqlx::Error> {
+        let sql = self.sql("SELECT COUNT(*) FROM coupons WHERE event = $1");
+        on_pool!(self, pool => sqlx::query_scalar(&sql).bind(event).fetch_one(pool).await)
+    }
+
+    /// `(user_id, slot)` of every coupon of an event, by slot.
+    pub async fn coupons(&self, event: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let sql = self.sql("SELECT user_id, slot FROM coupons WHERE event = $1 ORDER BY slot");
+        on_pool!(self, pool => sqlx::query_as(&sql).bind(event).fetch_all(pool).await)
+    }
+
+    /// Failed records of a topic, by position.
+    pub async fn failed_events(&self, topic: &str) -> Result<Vec<FailedRow>, sqlx::Error> {
+        let sql = self.sql("SELECT topic, kafka_partition, kafka_offset, payload, reason FROM failed_events WHERE topic = $1 ORDER BY kafka_partition, kafka_offset");
+        on_pool!(self, pool => {
+            let rows: Vec<(String, i32, i64, String, String)> = sqlx::query_as(&sql).bind(topic).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(|(topic, partition, offset, payload, reason)| FailedRow { topic, partition, offset, payload, reason }).collect())
+        })
+    }
+}
+
+/// The multi-row coupon INSERT, per dialect. PostgreSQL binds four arrays and UNNESTs them
+/// (four parameters and one cached plan whatever the batch size); the others bind a
+/// VALUES list.
+trait InsertCoupons {
+    /// Inserts, skipping rows that violate a unique key; returns the rows inserted.
+    async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error>;
+}
+
+impl InsertCoupons for sqlx::PgConnection {
+    async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], _head: &str, _tail: &str) -> Result<u64, sqlx::Error> {
+        let events: Vec<&str> = chunk.iter().map(|(c, _)| c.event.as_str()).collect();
+        let users: Vec<&str> = chunk.iter().map(|(c, _)| c.user_id.as_str()).collect();
+        let slots: Vec<i64> = chunk.iter().map(|(c, _)| c.slot).collect();
+        let issued: Vec<DateTime<Utc>> = chunk.iter().map(|(c, _)| c.issued_at).collect();
+        let result = sqlx::query(
+            "INSERT INTO coupons (event, user_id, slot, issued_at) \
+             SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::int8[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(events)
+        .bind(users)
+        .bind(slots)
+        .bind(issued)
+        .execute(self)
+        .await?;
+        Ok(result.rows_affected())
+    }
+}
+
+macro_rules! insert_coupons_with_values_list {
+    ($connection:ty) => {
+        impl InsertCoupons for $connection {
+            async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error> {
+                let mut query = QueryBuilder::new(head);
+                query.push_values(chunk, |mut row, (coupon, _)| {
+                    row.push_bind(&coupon.event).push_bind(&coupon.user_id).push_bind(coupon.slot).push_bind(coupon.issued_at);
+                });
+                query.push(tail);
+                Ok(query.build().execute(self).await?.rows_affected())
+            }
+        }
+    };
+}
+
+insert_coupons_with_values_list!(sqlx::MySqlConnection);
+insert_coupons_with_values_list!(sqlx::SqliteConnection);
+
+/// Where a record came from on the topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Position {
+    pub fn failed(&self, payload: String, reason: String) -> FailedRow {
+        FailedRow { topic: self.topic.clone(), partition: self.partition, offset: self.offset, payload, reason }
+    }
+}
+
+/// What a batch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// New coupon rows.
+    pub inserted: u64,
+    /// Records that clashed with other rows and went to `failed_events`.
+    pub conflicts: Vec<FailedRow>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn mysql_gets_question_mark_placeholders() {
+        let store = Store::MySql(MySqlPoolOptions::new().connect_lazy("mysql://root@127.0.0.1/test").unwrap());
+        assert_eq!(store.sql("a = $1 AND b = $12, '$'"), "a = ? AND b = ?, '$'");
+        let lite = Store::Sqlite(SqlitePoolOptions::new().connect_lazy("sqlite::memory:").unwrap());
+        assert_eq!(lite.sql("a = $1"), "a = $1");
+    }
+}

@@ -1,0 +1,357 @@
+//! Command line of `coupon-service`: flags with environment-variable fallbacks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use coupon_core::event::{EventConfig, EventId};
+use coupon_core::kafka::KafkaSettings;
+use coupon_core::provision;
+use coupon_core::redis::keyspace;
+use coupon_core::redis::RedisHandle;
+use coupon_core::telemetry::{self, LogFormat};
+
+use crate::app::{Api, ApiSettings, Consumer, ConsumerSettings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coupon-service",
+    version,
+    about = "First-come-first-served coupon events: apply api, Kafka-to-SQL consumer and local tooling"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the HTTP apply api.
+    Api(ApiArgs),
+    /// Move coupon records from Kafka into SQL.
+    Consumer(ConsumerArgs),
+    /// Provision, inspect or remove an event without Kubernetes.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Send a flash crowd of applies to a running api.
+    Load(LoadArgs),
+    /// Run the whole path locally (Redis, Kafka or its in-process mock, SQLite) and show
+    /// that exactly `limit` coupons are issued and persisted.
+    Demo(super::demo::DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Redis URL; put a password in the environment, not on the command line.
+    #[arg(long, env = "REDIS_URL", default_value_t = ApiSettings::default().redis_url, hide_env_values = true)]
+    pub redis_url: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value_t = KafkaSettings::default().bootstrap_servers)]
+    pub kafka_brokers: String,
+}
+
+impl KafkaArgs {
+    pub fn settings(&self) -> KafkaSettings {
+        KafkaSettings::new(&self.kafka_brokers)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Namespace of the events this api serves (the pod's namespace on Kubernetes).
+    #[arg(long, env = "COUPON_NAMESPACE", default_value_t = ApiSettings::default().namespace)]
+    pub namespace: String,
+    /// How long a produce may take before the apply answers 503.
+    #[arg(long, env = "PRODUCE_TIMEOUT", default_value_t = ApiSettings::default().produce_timeout.into())]
+    pub produce_timeout: humantime::Duration,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+impl ApiArgs {
+    fn settings(&self) -> ApiSettings {
+        ApiSettings {
+            namespace: self.namespace.clone(),
+            redis_url: self.redis.redis_url.clone(),
+            kafka: self.kafka.settings(),
+            produce_timeout: self.produce_timeout.into(),
+            ..ApiSettings::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumerArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// SQL database: postgres://, mysql://, mariadb:// or sqlite: URL.
+    #[arg(long, env = "DATABASE_URL", default_value_t = ConsumerSettings::default().database_url, hide_env_values = true)]
+    pub database_url: String,
+    /// Topics to consume, comma separated.
+    #[arg(long, env = "COUPON_TOPICS", default_value = "coupon_create", value_delimiter = ',')]
+    pub topics: Vec<String>,
+    #[arg(long, env = "CONSUMER_GROUP", default_value_t = ConsumerSettings::default().group_id)]
+    pub group_id: String,
+    /// Most records written in one SQL transaction.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = ConsumerSettings::default().batch_size)]
+    pub batch_size: usize,
+    /// How long a batch waits for more records once the first arrived.
+    #[arg(long, env = "BATCH_LINGER", default_value_t = ConsumerSettings::default().batch_linger.into())]
+    pub batch_linger: humantime::Duration,
+    /// How long an event whose Redis state was lost stays closed (503) before the consumer
+    /// restores it from SQL; longer than the api's produce timeout.
+    #[arg(long, env = "RECOVERY_SETTLE", default_value_t = ConsumerSettings::default().recovery_settle.into())]
+    pub recovery_settle: humantime::Duration,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+impl ConsumerArgs {
+    fn settings(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            database_url: self.database_url.clone(),
+            redis_url: self.redis.redis_url.clone(),
+            kafka: self.kafka.settings(),
+            topics: self.topics.clone(),
+            group_id: self.group_id.clone(),
+            batch_size: self.batch_size.max(1),
+            batch_linger: self.batch_linger.into(),
+            recovery_settle: self.recovery_settle.into(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventCommand {
+    /// Create or update an event: Kafka topic first, then the Redis configuration. Counters
+    /// of an existing event are kept.
+    Create(EventCreateArgs),
+    /// Print an event's configuration and counters as JSON.
+    Show(EventRef),
+    /// Remove an event's Redis keys (and with --delete-topic its topic).
+    Delete(EventDeleteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EventRef {
+    /// Event name.
+    pub name: String,
+    #[arg(long, env = "COUPON_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EventCreateArgs {
+    #[command(flatten)]
+    pub event: EventRef,
+    #[arg(long)]
+    pub limit: i64,
+    /// Coupons per user; only 1 is supported by the SQL schema today.
+    #[arg(long, default_value_t = 1)]
+    pub per_user: i64,
+    /// Opening time, RFC 3339; default now.
+    #[arg(long)]
+    pub start: Option<DateTime<Utc>>,
+    /// Closing time, RFC 3339; default start + --duration.
+    #[arg(long)]
+    pub end: Option<DateTime<Utc>>,
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value = "coupon_create")]
+    pub topic: String,
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    #[arg(long, default_value_t = 1)]
+    pub replication: i32,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EventDeleteArgs {
+    #[command(flatten)]
+    pub event: EventRef,
+    /// Also delete the Kafka topic.
+    #[arg(long)]
+    pub delete_topic: bool,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Base URL of the api.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Event name.
+    #[arg(long)]
+    pub event: String,
+    #[arg(long, default_value_t = 10_000)]
+    pub requests: usize,
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Send every request as the same user.
+    #[arg(long)]
+    pub same_user: bool,
+    /// Spread the request starts over this long (e.g. 2s); default all at once.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub ramp: Duration,
+    #[arg(long, default_value = "user-")]
+    pub user_prefix: String,
+    /// Count rows of the event in this database and fail unless they equal --expect-rows.
+    #[arg(long, env = "VERIFY_DATABASE_URL", hide_env_values = true)]
+    pub verify: Option<String>,
+    /// Rows expected with --verify (the event's limit).
+    #[arg(long)]
+    pub expect_rows: Option<i64>,
+    /// Namespace of the event, for --verify.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+}
+
+/// Entry point shared by the `coupon-service` binary and the test harness's copy of it.
+pub fn main() -> std::process::ExitCode {
+    let _failpoints = fail::FailScenario::setup();
+    if let Err(error) = coupon_core::secrets::load_secret_files() {
+        eprintln!("error: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // Servers log their life; one-shot tools only what went wrong.
+    let default_level = match cli.command {
+        Command::Api(_) | Command::Consumer(_) => "info,sqlx=warn",
+        Command::Demo(_) => "error,rdkafka=off,librdkafka=off",
+        Command::Event(_) | Command::Load(_) => "warn",
+    };
+    telemetry::init_logging(cli.log_format, default_level);
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        Command::Api(args) => run_api(args).await?,
+        Command::Consumer(args) => run_consumer(args).await?,
+        Command::Event(command) => run_event(command).await?,
+        Command::Load(args) => return run_load(args).await,
+        Command::Demo(args) => return super::demo::run(args).await,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let api = Api::start(args.settings(), listener, telemetry::shutdown_signal())?;
+    tracing::info!(listen = %api.local_addr, "api listening");
+    api.stopped().await;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+async fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "consumer health endpoints listening");
+    let consumer = Consumer::start(args.settings(), Some(listener), telemetry::shutdown_signal())?;
+    consumer.stopped().await?;
+    Ok(())
+}
+
+fn event_config(args: &EventCreateArgs) -> EventConfig {
+    let start = args.start.unwrap_or_else(Utc::now);
+    let end = args.end.unwrap_or_else(|| start + chrono::Duration::from_std(args.duration).unwrap_or(chrono::Duration::minutes(30)));
+    EventConfig { limit: args.limit, per_user: args.per_user, start, end, topic: args.topic.clone() }
+}
+
+async fn run_event(command: EventCommand) -> anyhow::Result<()> {
+    let deadline = Duration::from_secs(10);
+    match command {
+        EventCommand::Create(args) => {
+            let id = EventId::new(&args.event.namespace, &args.event.name)?;
+            let config = event_config(&args);
+            config.validate()?;
+            let mut conn = RedisHandle::connect_with_deadline(&args.event.redis.redis_url, deadline).await?;
+            let admin = args.kafka.settings().admin()?;
+            let (topic, redis) = provision::provision_event(&mut conn, &admin, &id, &config, args.partitions, args.replication).await?;
+            println!("{}", serde_json::json!({"event": id.to_string(), "topic": format!("{topic:?}"), "redis": format!("{redis:?}")}));
+        }
+        EventCommand::Show(args) => {
+            let id = EventId::new(&args.namespace, &args.name)?;
+            let mut conn = RedisHandle::connect_with_deadline(&args.redis.redis_url, deadline).await?;
+            match keyspace::counters(&mut conn, &id).await? {
+                Some(counters) => println!("{}", serde_json::to_string_pretty(&counters)?),
+                None => anyhow::bail!("event {id} is not provisioned"),
+            }
+        }
+        EventCommand::Delete(args) => {
+            let id = EventId::new(&args.event.namespace, &args.event.name)?;
+            let mut conn = RedisHandle::connect_with_deadline(&args.event.redis.redis_url, deadline).await?;
+            let topic = keyspace::counters(&mut conn, &id).await?.map(|c| c.topic);
+            let removed = provision::delete_redis(&mut conn, &id).await?;
+            if args.delete_topic {
+                if let Some(topic) = topic.filter(|t| !t.is_empty()) {
+                    args.kafka.settings().admin()?.delete_topic(&topic).await?;
+                }
+            }
+            println!("{}", serde_json::json!({"event": id.to_string(), "keysRemoved": removed}));
+        }
+    }
+    Ok(())
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
+    let plan = super::load::LoadPlan {
+        base_url: args.url,
+        event: args.event.clone(),
+        requests: args.requests,
+        concurrency: args.concurrency,
+        same_user: args.same_user,
+        user_prefix: args.user_prefix,
+        ramp: args.ramp,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = super::load::run(&plan).await?;
+    println!("{}", report.table());
+    if let Some(url) = args.verify {
+        let expected = args.expect_rows.ok_or_else(|| anyhow::anyhow!("--verify needs --expect-rows"))?;
+        let id = EventId::new(&args.namespace, &args.event)?;
+        let store = crate::sql::Store::connect(&url).await?;
+        let rows = store.count_coupons(&id.to_string()).await?;
+        println!("rows in SQL for {id}: {rows} (expected {expected})");
+        if rows != expected {
+            eprintln!("verify failed: {rows} rows, expected {expected}");
+            return Ok(std::process::ExitCode::FAILURE);
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

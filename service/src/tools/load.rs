@@ -1,0 +1,148 @@
+//! A flash-crowd load generator: many concurrent applies over keep-alive HTTP.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use hdrhistogram::Histogram;
+
+/// What to send.
+#[derive(Clone, Debug)]
+pub struct LoadPlan {
+    /// e.g. `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// Event name in the api's namespace.
+    pub event: String,
+    /// Number of requests.
+    pub requests: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Every request from the same user instead of distinct ones.
+    pub same_user: bool,
+    /// User ids are `<prefix><n>`.
+    pub user_prefix: String,
+    /// Spread the request starts evenly over this long (zero: all at once).
+    pub ramp: Duration,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What came back.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Answers by HTTP status; 0 counts requests that got no HTTP answer.
+    pub by_status: BTreeMap<u16, u64>,
+    /// `(user, slot)` of every 201 answer, in arrival order.
+    pub issued: Vec<(String, i64)>,
+    pub elapsed: Duration,
+    /// Latency in microseconds.
+    pub latency_us: Option<Histogram<u64>>,
+}
+
+impl LoadReport {
+    /// Slots of the 201 answers, sorted.
+    pub fn slots(&self) -> Vec<i64> {
+        let mut slots: Vec<i64> = self.issued.iter().map(|(_, slot)| *slot).collect();
+        slots.sort();
+        slots
+    }
+
+    pub fn count(&self, status: u16) -> u64 {
+        self.by_status.get(&status).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_status.values().sum()
+    }
+
+    pub fn server_errors(&self) -> u64 {
+        self.by_status.iter().filter(|(s, _)| **s >= 500 || **s == 0).map(|(_, n)| n).sum()
+    }
+
+    pub fn throughput(&self) -> f64 {
+        self.total() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn percentile_ms(&self, q: f64) -> f64 {
+        self.latency_us.as_ref().map(|h| h.value_at_quantile(q) as f64 / 1000.0).unwrap_or(0.0)
+    }
+
+    pub fn p99_ms(&self) -> f64 {
+        self.percentile_ms(0.99)
+    }
+
+    /// A markdown table of answers, throughput and latency.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "| answer | count |\n|---|---:|");
+        for (status, n) in &self.by_status {
+            let label = crate::apply::ApplyOutcome::labels_for_status(*status);
+            let name = if *status == 0 { label } else { format!("{status} {label}") };
+            let _ = writeln!(out, "| {name} ({status}) | {n} |");
+        }
+        let _ = writeln!(out, "| total | {} |", self.total());
+        let _ = writeln!(out, "\n| measure | value |\n|---|---:|");
+        let _ = writeln!(out, "| elapsed | {:.3} s |", self.elapsed.as_secs_f64());
+        let _ = writeln!(out, "| throughput | {:.0} req/s |", self.throughput());
+        for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+            let _ = writeln!(out, "| latency {label} | {:.2} ms |", self.percentile_ms(q));
+        }
+        out
+    }
+}
+
+/// Sends the plan's requests and collects the answers.
+pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(plan.concurrency).timeout(Duration::from_secs(30)).tcp_nodelay(true).build()?;
+    let url = format!("{}/v1/events/{}/apply", plan.base_url.trim_end_matches('/'), plan.event);
+    let bar = if plan.progress {
+        let bar = indicatif::ProgressBar::new(plan.requests as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut report = LoadReport::default();
+    let started = Instant::now();
+    let ramp_step = plan.ramp.checked_div(plan.requests.max(1) as u32).unwrap_or_default();
+    let mut answers = stream::iter(0..plan.requests)
+        .map(|n| {
+            let client = client.clone();
+            let url = url.clone();
+            let user = if plan.same_user { format!("{}0", plan.user_prefix) } else { format!("{}{n}", plan.user_prefix) };
+            let start_at = tokio::time::Instant::from_std(started) + ramp_step * n as u32;
+            async move {
+                tokio::time::sleep_until(start_at).await;
+                let sent = Instant::now();
+                let result = client.post(&url).json(&serde_json::json!({ "userId": user })).send().await;
+                let (status, slot) = match result {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let body: serde_json::Value = response.json().await.unwrap_or_default();
+                        (status, body.get("slot").and_then(serde_json::Value::as_i64))
+                    }
+                    Err(_) => (0, None),
+                };
+                (status, slot.map(|slot| (user, slot)), sent.elapsed())
+            }
+        })
+        .buffer_unordered(plan.concurrency.max(1));
+    while let Some((status, issued, latency)) = answers.next().await {
+        *report.by_status.entry(status).or_default() += 1;
+        if let Some(issued) = issued {
+            report.issued.push(issued);
+        }
+        let _ = histogram.record((latency.as_micros() as u64).max(1));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    report.elapsed = started.elapsed();
+    report.latency_us = Some(histogram);
+    Ok(report)
+}

@@ -1,0 +1,6 @@
+//! Local tools: the command line of `coupon-service`, the flash-crowd demo and the load
+//! generator.
+
+pub mod cli;
+pub mod demo;
+pub mod load;

@@ -22,9 +22,11 @@ pub fn setting_from_env_or_file(name: &str, env: impl Fn(&str) -> Option<String>
     }
     match env(&format!("{name}_FILE")) {
         None => Ok(None),
-        Some(path) => std::fs::read_to_string(&path)
-            .map(|text| Some(text.trim().to_owned()))
-            .map_err(|e| SecretFileError { name: name.to_owned(), path, reason: e.to_string() }),
+        Some(path) => std::fs::read_to_string(&path).map(|text| Some(text.trim().to_owned())).map_err(|e| SecretFileError {
+            name: name.to_owned(),
+            path,
+            reason: e.to_string(),
+        }),
     }
 }
 

@@ -3,10 +3,10 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use clap::{Parser, Subcommand};
-use coupon_operator::backend::Backend;
-use coupon_operator::metrics::Metrics;
 use coupon_core::kafka::KafkaSettings;
 use coupon_core::telemetry::{self, LogFormat, OPENMETRICS_CONTENT_TYPE};
+use coupon_operator::backend::Backend;
+use coupon_operator::metrics::Metrics;
 
 #[derive(Parser)]
 #[command(name = "coupon-operator", version, about = "Kubernetes operator for CouponEvent resources")]

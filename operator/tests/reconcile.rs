@@ -6,13 +6,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coupon_core::event::EventId;
+use coupon_core::kafka::KafkaSettings;
+use coupon_core::redis::keyspace;
 use coupon_operator::backend::Backend;
 use coupon_operator::controller::{reconcile, Context, FINALIZER, REPORTER};
 use coupon_operator::crd::{CouponEvent, CouponEventSpec, OnDelete, Phase, Schedule, Workload};
 use coupon_operator::metrics::Metrics;
-use coupon_core::event::EventId;
-use coupon_core::kafka::KafkaSettings;
-use coupon_core::redis::keyspace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Recorder, Reporter};
@@ -28,10 +28,7 @@ fn redis_url() -> String {
 }
 
 fn kafka() -> KafkaSettings {
-    KafkaSettings {
-        bootstrap_servers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
-        produce_timeout: Duration::from_secs(5),
-    }
+    KafkaSettings::new(std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()))
 }
 
 fn unique(prefix: &str) -> String {

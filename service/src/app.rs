@@ -155,9 +155,7 @@ fn spawn_api_probes(state: &Arc<ApiState>) {
     let apply = state.apply.clone();
     state.health.spawn_probe("kafka", Duration::from_secs(2), move || {
         let apply = apply.clone();
-        async move {
-            tokio::task::spawn_blocking(move || apply.producer().broker_reachable(Duration::from_secs(2))).await.unwrap_or(false)
-        }
+        async move { tokio::task::spawn_blocking(move || apply.producer().broker_reachable(Duration::from_secs(2))).await.unwrap_or(false) }
     });
 }
 

@@ -153,12 +153,8 @@ pub struct InProcessApi {
 impl InProcessApi {
     /// Starts the api with its readiness probes and waits until it is ready.
     pub async fn start(namespace: &str, brokers: &str) -> Self {
-        let settings = ApiSettings {
-            namespace: namespace.to_owned(),
-            redis_url: redis_url(),
-            kafka: kafka(brokers),
-            ..ApiSettings::default()
-        };
+        let settings =
+            ApiSettings { namespace: namespace.to_owned(), redis_url: redis_url(), kafka: kafka(brokers), ..ApiSettings::default() };
         let api = Self::start_with(settings).await;
         let state = api.state.clone();
         wait_until("api ready", Duration::from_secs(30), || {

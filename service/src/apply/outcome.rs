@@ -7,7 +7,9 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApplyOutcome {
     /// The user holds `slot` and the broker has the record.
-    Issued { slot: i64 },
+    Issued {
+        slot: i64,
+    },
     Duplicate,
     SoldOut,
     NotOpen,
@@ -16,7 +18,10 @@ pub enum ApplyOutcome {
     /// Redis or Kafka unavailable, or the event being restored: nothing counted.
     Unavailable,
     /// The request itself is wrong; `status` is 400, or 413 for a body over the limit.
-    BadRequest { status: u16, error: String },
+    BadRequest {
+        status: u16,
+        error: String,
+    },
 }
 
 /// The JSON body of an answer that carries more than its status.
@@ -31,15 +36,8 @@ struct Body<'a> {
 
 impl ApplyOutcome {
     /// Every answer kind once, for documentation and the load tool's report.
-    pub const KINDS: [ApplyOutcome; 7] = [
-        Self::Issued { slot: 0 },
-        Self::Duplicate,
-        Self::SoldOut,
-        Self::NotOpen,
-        Self::Closed,
-        Self::UnknownEvent,
-        Self::Unavailable,
-    ];
+    pub const KINDS: [ApplyOutcome; 7] =
+        [Self::Issued { slot: 0 }, Self::Duplicate, Self::SoldOut, Self::NotOpen, Self::Closed, Self::UnknownEvent, Self::Unavailable];
 
     /// The table: HTTP status, metric label (also the body's `status`), and the fixed body
     /// of answers that carry only their status. Fixed bytes, not a JSON value built per
@@ -115,7 +113,10 @@ mod tests {
         assert_eq!(issued, serde_json::json!({"status": "issued", "slot": 7}));
         let bad = ApplyOutcome::BadRequest { status: 413, error: "too big".into() };
         assert_eq!(bad.http_status(), 413);
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&bad.body()).unwrap(), serde_json::json!({"status": "bad_request", "error": "too big"}));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&bad.body()).unwrap(),
+            serde_json::json!({"status": "bad_request", "error": "too big"})
+        );
     }
 
     #[test]

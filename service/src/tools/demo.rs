@@ -105,7 +105,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         None,
         stop_rx.clone(),
     )?;
-    let api_settings = ApiSettings { namespace: event.namespace().to_owned(), redis_url: args.redis_url.clone(), kafka, ..ApiSettings::default() };
+    let api_settings =
+        ApiSettings { namespace: event.namespace().to_owned(), redis_url: args.redis_url.clone(), kafka, ..ApiSettings::default() };
     let api = Api::start(api_settings, tokio::net::TcpListener::bind("127.0.0.1:0").await?, stop_rx)?;
     let base_url = api.base_url();
     let ready_by = Instant::now() + Duration::from_secs(30);

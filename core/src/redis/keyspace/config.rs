@@ -21,7 +21,9 @@ pub enum ConfigWrite {
     /// consumer has restored the counters from SQL.
     CreatedRecovering,
     /// Nothing written: the new limit is below the `issued` slots already handed out.
-    RefusedBelowIssued { issued: i64 },
+    RefusedBelowIssued {
+        issued: i64,
+    },
 }
 
 /// Writes the configuration atomically; counters are never touched. With `existed_before`

@@ -23,7 +23,10 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lu
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GateDecision {
     /// The user holds `slot`; its record goes to `topic`.
-    Issued { slot: i64, topic: String },
+    Issued {
+        slot: i64,
+        topic: String,
+    },
     Duplicate,
     SoldOut,
     NotOpen,

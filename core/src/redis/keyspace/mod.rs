@@ -160,13 +160,9 @@ pub struct EventSnapshot {
 /// Reads an event's whole state (O(users): diagnostics and tests only, never a hot path).
 pub async fn snapshot(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<EventSnapshot> {
     let keys = EventKeys::of(event);
-    let (mut config, count, mut users, free): (Vec<(String, String)>, Option<i64>, Vec<String>, Vec<i64>) = redis::pipe()
-        .hgetall(&keys.config)
-        .get(&keys.count)
-        .smembers(&keys.users)
-        .lrange(&keys.free, 0, -1)
-        .query_async(conn)
-        .await?;
+    #[allow(clippy::type_complexity)]
+    let (mut config, count, mut users, free): (Vec<(String, String)>, Option<i64>, Vec<String>, Vec<i64>) =
+        redis::pipe().hgetall(&keys.config).get(&keys.count).smembers(&keys.users).lrange(&keys.free, 0, -1).query_async(conn).await?;
     config.sort();
     users.sort();
     Ok(EventSnapshot { config, count, users, free })

@@ -46,6 +46,43 @@ async fn thousand_users_limit_hundred(database_url: String) {
     consumer.stop().await.unwrap();
 }
 
+/// `Bob`, `bob` and `BOB` are three users: three coupons and three rows, none failed (a
+/// case-insensitive collation would merge them into one row and fail the others).
+async fn users_differing_only_by_case_are_distinct(database_url: String) {
+    let InProcessStack { event, store, api, consumer } = InProcessStack::start(&database_url, NAMESPACE, 10, 1).await;
+    let client = reqwest::Client::new();
+    let mut slots = Vec::new();
+    for user in ["Bob", "bob", "BOB"] {
+        let response = client.post(api.apply_url(&event.id)).json(&serde_json::json!({ "userId": user })).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 201, "{user}");
+        slots.push(response.json::<serde_json::Value>().await.unwrap()["slot"].as_i64().unwrap());
+    }
+    slots.sort();
+    assert_eq!(slots, [1, 2, 3]);
+    wait_for_rows(&store, &event.key(), 3, Duration::from_secs(30)).await;
+    let mut rows = store.coupons(&event.key()).await.unwrap();
+    rows.sort();
+    let users: Vec<&str> = rows.iter().map(|(user, _)| user.as_str()).collect();
+    assert_eq!(users, ["BOB", "Bob", "bob"]);
+    assert!(store.failed_events(&event.topic).await.unwrap().is_empty());
+    consumer.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_differing_only_by_case_are_distinct_on_postgres() {
+    users_differing_only_by_case_are_distinct(postgres_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_differing_only_by_case_are_distinct_on_mariadb() {
+    users_differing_only_by_case_are_distinct(mysql_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_differing_only_by_case_are_distinct_on_sqlite() {
+    users_differing_only_by_case_are_distinct(sqlite_url()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_distinct_users_get_exactly_the_limit_on_postgres() {
     thousand_users_limit_hundred(postgres_url()).await;

@@ -129,6 +129,16 @@ impl Store {
         }
     }
 
+    /// A column with a binary collation read as text. MySQL/MariaDB ids are `utf8mb4_bin` (so
+    /// `Bob` and `bob` differ), which sqlx reports as VARBINARY and refuses to decode into a
+    /// `String`; the cast gives it back its text type.
+    fn text(&self, column: &str) -> String {
+        match self {
+            Self::MySql(_) => format!("CAST({column} AS CHAR)"),
+            _ => column.to_owned(),
+        }
+    }
+
     /// `INSERT` that skips rows violating a unique key, per dialect: the statement start and
     /// the clause after the values.
     fn insert_ignoring_duplicates(&self, table_and_columns: &str) -> (String, &'static str) {
@@ -224,13 +234,18 @@ impl Store {
 
     /// `(user_id, slot)` of every coupon of an event, by slot.
     pub async fn coupons(&self, event: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let sql = self.sql("SELECT user_id, slot FROM coupons WHERE event = $1 ORDER BY slot");
+        let text = format!("SELECT {}, slot FROM coupons WHERE event = $1 ORDER BY slot", self.text("user_id"));
+        let sql = self.sql(&text);
         on_pool!(self, pool => sqlx::query_as(&sql).bind(event).fetch_all(pool).await)
     }
 
     /// Failed records of a topic, by position.
     pub async fn failed_events(&self, topic: &str) -> Result<Vec<FailedRow>, sqlx::Error> {
-        let sql = self.sql("SELECT topic, kafka_partition, kafka_offset, payload, reason FROM failed_events WHERE topic = $1 ORDER BY kafka_partition, kafka_offset");
+        let text = format!(
+            "SELECT {}, kafka_partition, kafka_offset, payload, reason FROM failed_events WHERE topic = $1 ORDER BY kafka_partition, kafka_offset",
+            self.text("topic")
+        );
+        let sql = self.sql(&text);
         on_pool!(self, pool => {
             let rows: Vec<(String, i32, i64, String, String)> = sqlx::query_as(&sql).bind(topic).fetch_all(pool).await?;
             Ok(rows.into_iter().map(|(topic, partition, offset, payload, reason)| FailedRow { topic, partition, offset, payload, reason }).collect())

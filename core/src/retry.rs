@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
-/// Doubling delays from `min` up to `max`, each with up to 100 % random jitter so that many
-/// replicas restarting together do not retry in lock-step. Never runs out: reconnect loops
-/// go on until the dependency answers or the process stops.
+/// Doubling delays from `min` up to `max`, with random jitter so that many replicas
+/// restarting together do not retry in lock-step; no delay exceeds `max` by more than a
+/// quarter. Never runs out: reconnect loops go on until the dependency answers or the
+/// process stops.
 #[derive(Debug)]
 pub struct Backoff {
     delays: ExponentialBackoff,
@@ -20,7 +21,9 @@ impl Backoff {
     }
 
     pub fn next_delay(&mut self) -> Duration {
-        self.delays.next().unwrap_or(self.max)
+        // backon's jitter adds up to one whole delay; the cap keeps an outage's worst-case
+        // retry interval near `max`.
+        self.delays.next().unwrap_or(self.max).min(self.max + self.max / 4)
     }
 }
 
@@ -29,12 +32,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn doubles_up_to_the_cap_with_jitter_below_one_delay() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-        let bases = [100u64, 200, 400, 500, 500, 500];
-        for base in bases {
-            let delay = backoff.next_delay();
-            assert!(delay >= Duration::from_millis(base) && delay <= Duration::from_millis(base * 2), "{delay:?} vs {base}");
+    fn doubles_up_to_the_cap_and_never_passes_a_quarter_above_it() {
+        for _ in 0..100 {
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+            for base in [100u64, 200, 400, 500, 500, 500] {
+                let delay = backoff.next_delay();
+                let ceiling = (base * 2).min(625);
+                assert!(delay >= Duration::from_millis(base) && delay <= Duration::from_millis(ceiling), "{delay:?} vs {base}");
+            }
         }
     }
 }

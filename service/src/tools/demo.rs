@@ -140,8 +140,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
 
     let _ = stop_tx.send(true);
     api.stopped().await;
-    consumer.stopped().await?;
+    let consumer_result = consumer.stopped().await;
     provision::delete_redis(&mut conn, &event).await?;
+    consumer_result?;
 
     println!("\n{}", report.table());
     println!("| persisted rows | {rows} |");

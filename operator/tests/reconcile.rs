@@ -483,6 +483,11 @@ async fn a_configuration_lost_with_redis_is_written_back_marked_recovering() {
     let recovering = keyspace::counters(&mut conn, &id(&event)).await.unwrap().unwrap().recovering;
     assert!(recovering, "written back closed, not counting from zero");
     assert!(keyspace::is_marked_recovering(&mut conn, &id(&event)).await.unwrap());
+    // The listing runs outside the script; one lost listing is made again by the next
+    // reconcile instead of leaving the event answering 503 for ever.
+    keyspace::unmark_recovering(&mut conn, &id(&event).to_string()).await.unwrap();
+    h.reconcile(&h.stored(&event)).await;
+    assert!(keyspace::is_marked_recovering(&mut conn, &id(&event)).await.unwrap(), "listed again");
     // A brand-new event is never marked recovering.
     let fresh = coupon_event(100, OnDelete::Retain);
     h.reconcile(&fresh).await;

@@ -29,6 +29,9 @@ pub enum ConfigWrite {
 /// Writes the configuration atomically; counters are never touched. With `existed_before`
 /// (the caller knows the event was provisioned earlier) a missing configuration means Redis
 /// lost the event's state: it is written back marked recovering and listed for the consumer.
+/// An event still marked recovering is listed again on every write, so one failed listing
+/// (it cannot be inside the script: on Redis Cluster the list lives in another slot) does
+/// not leave the event answering 503 for ever.
 pub async fn write_config(
     conn: &mut ConnectionManager,
     event: &EventId,
@@ -36,7 +39,7 @@ pub async fn write_config(
     existed_before: bool,
 ) -> RedisResult<ConfigWrite> {
     let keys = EventKeys::of(event);
-    let answer: i64 = PROVISION
+    let (answer, recovering): (i64, i64) = PROVISION
         .key(&keys.config)
         .key(&keys.count)
         .arg(config.limit)
@@ -47,15 +50,14 @@ pub async fn write_config(
         .arg(if existed_before { "1" } else { "0" })
         .invoke_async(&mut *conn)
         .await?;
+    if answer >= 0 && recovering == 1 {
+        mark_recovering(conn, event).await?;
+    }
     Ok(match answer {
         0 => ConfigWrite::Created,
         1 => ConfigWrite::Updated,
         2 => ConfigWrite::Unchanged,
-        3 => {
-            // Outside the script: on Redis Cluster the set lives in another slot.
-            mark_recovering(conn, event).await?;
-            ConfigWrite::CreatedRecovering
-        }
+        3 => ConfigWrite::CreatedRecovering,
         negative => ConfigWrite::RefusedBelowIssued { issued: -negative },
     })
 }

@@ -1,18 +1,22 @@
 -- Writes an event's configuration; never touches its counters.
 -- KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing.
--- Answers 0 created, 1 updated, 2 unchanged, 3 created recovering, or -count when the new
--- limit is below the highest slot handed out (nothing is written then).
+-- Answers {code, recovering}: code 0 created, 1 updated, 2 unchanged, 3 created recovering,
+-- or -count when the new limit is below the highest slot handed out (nothing is written
+-- then); recovering is 1 while the event is marked recovering, so the caller can list it
+-- for the consumer again (listing happens outside this script, and may have failed once).
 local count = tonumber(redis.call('GET', KEYS[2])) or 0
-if tonumber(ARGV[1]) < count then return -count end
-local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic')
+if tonumber(ARGV[1]) < count then return {-count, 0} end
+local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering')
+local recovering = 0
+if old[6] == '1' then recovering = 1 end
 if old[1] == ARGV[1] and old[2] == ARGV[2] and old[3] == ARGV[3] and old[4] == ARGV[4] and old[5] == ARGV[5] then
-  return 2
+  return {2, recovering}
 end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5])
-if old[1] then return 1 end
+if old[1] then return {1, recovering} end
 if ARGV[6] == '1' then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-  return 3
+  return {3, 1}
 end
-return 0
+return {0, 0}

@@ -15,7 +15,7 @@ use crate::secrets::redact_url;
 pub enum ConnectError {
     #[error("invalid Redis URL: {0}")]
     InvalidUrl(redis::RedisError),
-    #[error("Redis at {url} not reachable within {waited:?}; start it with dev/stack up")]
+    #[error("Redis at {url} not reachable within {waited:?}")]
     Unreachable { url: String, waited: Duration },
 }
 

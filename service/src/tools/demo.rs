@@ -74,7 +74,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     let event = EventId::new("demo", &format!("flash-sale-{}", Utc::now().timestamp_millis()))?;
     let topic = format!("coupon_create.demo.{}", event.name());
     let kafka = KafkaSettings::new(brokers);
-    let mut conn = RedisHandle::connect_with_deadline(&args.redis_url, Duration::from_secs(10)).await?;
+    let mut conn = RedisHandle::connect_with_deadline(&args.redis_url, Duration::from_secs(10))
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}; start it with dev/stack up"))?;
 
     let config = EventConfig::open_now(args.limit, &topic, Duration::from_secs(600));
     match &mock {

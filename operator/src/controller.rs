@@ -133,8 +133,9 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         }
         Err(error) => return Err(error.into()),
     };
-    let (issued, persisted) =
-        counters.map(|c| (c.issued, c.persisted)).unwrap_or_else(|| previous.map(|s| (s.issued, s.persisted)).unwrap_or_default());
+    let (issued, persisted, healed) = counters
+        .map(|c| (c.issued, c.persisted, c.healed))
+        .unwrap_or_else(|| previous.map(|s| (s.issued, s.persisted, s.healed)).unwrap_or_default());
     let phase = if provisioned.is_ok() { schedule::phase(now, spec, issued, persisted) } else { Phase::Failed };
 
     let this = EventState { namespace: id.namespace(), spec, issued, persisted, deleting: false, failed: phase == Phase::Failed };
@@ -144,6 +145,7 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         phase,
         issued,
         persisted,
+        healed,
         limit: spec.limit,
         generation: event.metadata.generation,
         provisioned: provisioned.clone(),

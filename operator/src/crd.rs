@@ -160,6 +160,11 @@ pub struct CouponEventStatus {
     pub issued: i64,
     /// Coupons written to SQL (from Redis, reported by the consumer).
     pub persisted: i64,
+    /// Issued coupons whose record was never written (a client or process that died
+    /// mid-apply, a produce with an unknown outcome), found by the consumer once the topic
+    /// was drained and given back; they are no longer counted in `issued`.
+    #[serde(default)]
+    pub healed: i64,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -19,6 +19,8 @@ pub struct Observation {
     pub phase: Phase,
     pub issued: i64,
     pub persisted: i64,
+    /// Issued coupons never written and given back by the consumer's healing.
+    pub healed: i64,
     pub limit: i64,
     pub generation: Option<i64>,
     /// `Err` when the spec was refused; the phase is then `Failed`.
@@ -76,6 +78,7 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         phase: observed.phase,
         issued,
         persisted,
+        healed: observed.healed,
         observed_generation: g,
         conditions: vec![provisioned, open, sold_out, drained],
     }
@@ -86,7 +89,7 @@ mod tests {
     use super::*;
 
     fn observation(phase: Phase, issued: i64, persisted: i64) -> Observation {
-        Observation { phase, issued, persisted, limit: 100, generation: Some(3), provisioned: Ok(()) }
+        Observation { phase, issued, persisted, healed: 0, limit: 100, generation: Some(3), provisioned: Ok(()) }
     }
 
     fn t(s: &str) -> Timestamp {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::apply::producer::ProducerSlot;
-use crate::apply::{ApplyService, COMPONENTS as API_COMPONENTS};
+use crate::apply::{ApplyService, ReplicaWait, COMPONENTS as API_COMPONENTS};
 use crate::consumer::{ConsumerError, COMPONENTS as CONSUMER_COMPONENTS};
 use crate::health::Health;
 use crate::http::{self, ApiState, ServerLimits};
@@ -33,6 +33,9 @@ pub struct ApiSettings {
     pub server: ServerLimits,
     /// How long a sold-out event is answered 410 from memory before Redis is asked again.
     pub sold_out_recheck: Duration,
+    /// Synchronous replication of the gate's writes (`WAIT`) before producing; off by
+    /// default.
+    pub replica_wait: Option<ReplicaWait>,
     /// Keep `/readyz` current with background probes. Off only in tests that set the
     /// health by hand, to drive the api into paths a probe would close.
     pub readiness_probes: bool,
@@ -47,10 +50,32 @@ impl Default for ApiSettings {
             produce_timeout: Duration::from_secs(5),
             server: ServerLimits::default(),
             sold_out_recheck: Duration::from_secs(1),
+            replica_wait: None,
             readiness_probes: true,
         }
     }
 }
+
+impl ApiSettings {
+    /// Refuses settings under which a request could time out (408) while its coupon is
+    /// issued: the gate, the optional `WAIT` and the produce must all fit in the request
+    /// timeout, with room to spare.
+    pub fn check(&self) -> Result<(), BuildError> {
+        let wait = self.replica_wait.map_or(Duration::ZERO, |w| w.timeout);
+        let needed = self.produce_timeout + wait + REDIS_AND_MARGIN;
+        if needed > self.server.request_timeout {
+            return Err(BuildError::Settings(format!(
+                "request timeout {:?} must exceed the produce timeout {:?} plus the replica wait {:?} plus {:?} for Redis",
+                self.server.request_timeout, self.produce_timeout, wait, REDIS_AND_MARGIN
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Room a request needs beyond its produce: the gate's round trip (bounded by the Redis
+/// client's response timeout) and a margin.
+const REDIS_AND_MARGIN: Duration = Duration::from_secs(3);
 
 /// Everything that configures a consumer process.
 #[derive(Clone, Debug)]
@@ -65,10 +90,14 @@ pub struct ConsumerSettings {
     pub batch_size: usize,
     /// How long a batch waits for more records once the first arrived.
     pub batch_linger: Duration,
-    /// How long an event whose Redis state was lost stays closed (503) before it is restored
-    /// from SQL: longer than the api's produce timeout, so records issued before the loss
+    /// How long an event whose Redis state may be lost stays closed (503) before it is
+    /// restored from SQL, and how long past its delivery deadline an unwritten entry waits
+    /// before it is healed: longer than the api's produce timeout, so records issued before
     /// have reached the broker.
     pub recovery_settle: Duration,
+    /// How long records of an event with no configuration in Redis are held (the operator
+    /// may be writing a lost configuration back) before they are failed as not provisioned.
+    pub missing_event_patience: Duration,
 }
 
 impl Default for ConsumerSettings {
@@ -82,6 +111,7 @@ impl Default for ConsumerSettings {
             batch_size: 500,
             batch_linger: Duration::from_millis(20),
             recovery_settle: Duration::from_secs(10),
+            missing_event_patience: Duration::from_secs(300),
         }
     }
 }
@@ -97,6 +127,8 @@ pub enum BuildError {
     Kafka(#[from] KafkaError),
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// A running api.
@@ -111,6 +143,7 @@ impl Api {
     /// connected in the background; until then applies answer 503.
     pub fn start(settings: ApiSettings, listener: TcpListener, shutdown: watch::Receiver<bool>) -> Result<Self, BuildError> {
         EventId::new(&settings.namespace, "x")?;
+        settings.check()?;
         let health = Health::new(API_COMPONENTS);
         let metrics = Metrics::shared();
         let redis = RedisHandle::connect_in_background(&settings.redis_url)?;
@@ -122,6 +155,7 @@ impl Api {
             health.clone(),
             metrics.clone(),
             settings.sold_out_recheck,
+            settings.replica_wait,
         ));
         let state = Arc::new(ApiState { apply, redis, health, metrics });
         if settings.readiness_probes {

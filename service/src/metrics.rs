@@ -5,12 +5,19 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    /// `<namespace>/<name>`.
+    pub event: String,
 }
 
 /// Every metric of the process, registered once.
@@ -25,6 +32,17 @@ pub struct Metrics {
     /// Produces that timed out after the record was sent: it may be written, so the slot
     /// stays taken and the user gets 503.
     pub undecided_produces: Counter,
+    /// Applies that delivered the record of an earlier, unfinished delivery again.
+    pub redelivered: Counter,
+    /// Issued applies not produced because too few Redis replicas acknowledged (`WAIT`).
+    pub replica_wait_failures: Counter,
+    /// Per event, from the consumer's verification pass: slots issued, entries written,
+    /// entries not yet written, entries healed, and 1 while the event is recovering.
+    pub event_issued: Family<EventLabel, Gauge>,
+    pub event_persisted: Family<EventLabel, Gauge>,
+    pub event_unwritten: Family<EventLabel, Gauge>,
+    pub event_healed: Family<EventLabel, Gauge>,
+    pub event_recovering: Family<EventLabel, Gauge>,
     /// Coupon rows written by the consumer.
     pub rows_written: Counter,
     /// Records sent to `failed_events`.
@@ -48,6 +66,20 @@ impl Default for Metrics {
         registry.register("released_slots", "Slots given back after a failed produce", released_slots.clone());
         let undecided_produces = Counter::default();
         registry.register("undecided_produces", "Produces that timed out after sending; slot kept", undecided_produces.clone());
+        let redelivered = Counter::default();
+        registry.register("redelivered", "Applies that delivered an unfinished record again", redelivered.clone());
+        let replica_wait_failures = Counter::default();
+        registry.register("replica_wait_failures", "Issued applies not produced: too few Redis replicas acknowledged", replica_wait_failures.clone());
+        let event_issued = Family::<EventLabel, Gauge>::default();
+        registry.register("event_issued", "Slots issued per event", event_issued.clone());
+        let event_persisted = Family::<EventLabel, Gauge>::default();
+        registry.register("event_persisted", "Coupons written to SQL per event", event_persisted.clone());
+        let event_unwritten = Family::<EventLabel, Gauge>::default();
+        registry.register("event_unwritten", "Issued coupons not yet written per event", event_unwritten.clone());
+        let event_healed = Family::<EventLabel, Gauge>::default();
+        registry.register("event_healed", "Issued coupons given back by healing per event", event_healed.clone());
+        let event_recovering = Family::<EventLabel, Gauge>::default();
+        registry.register("event_recovering", "1 while the event is being verified against SQL", event_recovering.clone());
         let rows_written = Counter::default();
         registry.register("consumer_rows_written", "Coupon rows written to SQL", rows_written.clone());
         let records_failed = Counter::default();
@@ -64,6 +96,13 @@ impl Default for Metrics {
             apply_seconds,
             released_slots,
             undecided_produces,
+            redelivered,
+            replica_wait_failures,
+            event_issued,
+            event_persisted,
+            event_unwritten,
+            event_healed,
+            event_recovering,
             rows_written,
             records_failed,
             batches,

@@ -225,7 +225,7 @@ async fn malformed_record_lands_in_failed_events_and_later_records_are_written()
     })
     .await;
     assert_eq!(failed[0].offset, 1);
-    assert_eq!(failed[0].payload, "{not json");
+    assert_eq!(failed[0].payload, b"{not json");
     assert!(failed[0].reason.contains("not a coupon record"), "{}", failed[0].reason);
     assert_eq!(failed[1].offset, 3);
     assert!(failed[1].reason.contains("beyond the event's limit 10"), "{}", failed[1].reason);
@@ -547,6 +547,7 @@ async fn redis_state_lost_mid_event_is_restored_from_sql_before_issuing_again() 
         batch_size: 100,
         batch_linger: Duration::from_millis(10),
         recovery_settle: Duration::from_secs(2),
+        ..Default::default()
     });
     let client = reqwest::Client::new();
     let url = api.apply_url(&id);

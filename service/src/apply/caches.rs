@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-/// Events seen sold out, and when: answered 410 without Redis until `recheck` has passed,
-/// because a released slot can reopen the event.
+/// Events seen sold out, and when: answered from one read-only lookup instead of the gate
+/// until `recheck` has passed, because a released slot can reopen the event.
 pub struct SoldOutCache {
     seen: RwLock<HashMap<String, Instant>>,
     recheck: Duration,
@@ -51,6 +51,13 @@ impl KnownEvents {
     pub fn insert(&self, event: &str) {
         if !self.contains(event) {
             self.names.write().unwrap_or_else(|e| e.into_inner()).insert(event.to_owned());
+        }
+    }
+
+    /// Forgets a deleted event: from now on a missing configuration means "no such event".
+    pub fn remove(&self, event: &str) {
+        if self.contains(event) {
+            self.names.write().unwrap_or_else(|e| e.into_inner()).remove(event);
         }
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use coupon_core::event::{validate_user_id, CouponRecord, EventId};
-use coupon_core::redis::keyspace::{self, GateDecision};
-use coupon_core::redis::RedisHandle;
+use coupon_core::redis::keyspace::{self, GateDecision, Holding, HoldingState};
+use coupon_core::redis::{ConnectionManager, RedisError, RedisHandle};
 use coupon_core::retry::Backoff;
 
 pub use caches::{KnownEvents, SoldOutCache};
@@ -25,6 +25,18 @@ use crate::metrics::Metrics;
 /// Health components of the api.
 pub const COMPONENTS: &[&str] = &["redis", "kafka"];
 
+/// Added to the produce timeout to make the lease of a delivery: until it has passed, a
+/// repeated apply of the same user answers 409 instead of delivering the record again.
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Optional synchronous replication of the gate's writes (`WAIT`), for a Redis with
+/// replicas: the record is produced only once `replicas` replicas hold the user's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaWait {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
 /// Decides applies for the events of one namespace.
 pub struct ApplyService {
     namespace: String,
@@ -34,6 +46,17 @@ pub struct ApplyService {
     metrics: Arc<Metrics>,
     sold_out: SoldOutCache,
     known: KnownEvents,
+    lease: Duration,
+    replica_wait: Option<ReplicaWait>,
+}
+
+/// What `GET /v1/events/{event}/users/{userId}` answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LookupOutcome {
+    Found(Holding),
+    NoCoupon,
+    UnknownEvent,
+    Unavailable,
 }
 
 impl ApplyService {
@@ -44,8 +67,20 @@ impl ApplyService {
         health: Health,
         metrics: Arc<Metrics>,
         sold_out_recheck: Duration,
+        replica_wait: Option<ReplicaWait>,
     ) -> Self {
-        Self { namespace, redis, producer, health, metrics, sold_out: SoldOutCache::new(sold_out_recheck), known: KnownEvents::default() }
+        let lease = producer.produce_timeout() + LEASE_MARGIN;
+        Self {
+            namespace,
+            redis,
+            producer,
+            health,
+            metrics,
+            sold_out: SoldOutCache::new(sold_out_recheck),
+            known: KnownEvents::default(),
+            lease,
+            replica_wait,
+        }
     }
 
     pub fn producer(&self) -> &ProducerSlot {
@@ -59,84 +94,202 @@ impl ApplyService {
 
     /// Decides one apply of `user_id` to `event` (from `event_id`).
     pub async fn apply(self: &Arc<Self>, event: EventId, user_id: String) -> ApplyOutcome {
-        let name = event.name();
         if let Err(error) = validate_user_id(&user_id) {
             return ApplyOutcome::bad_request(error);
         }
-        if self.sold_out.is_sold_out(name) {
-            return ApplyOutcome::SoldOut;
+        if self.sold_out.is_sold_out(event.name()) {
+            if let Some(answer) = self.answer_sold_out(&event, &user_id).await {
+                return answer;
+            }
         }
+        // From the gate to the broker's answer, the decision runs in its own task: a client
+        // that goes away, or the request timeout, cannot stop it half-way and leave a slot
+        // issued whose record nobody produces.
+        let this = self.clone();
+        tokio::spawn(async move { this.decide(event, user_id).await }).await.unwrap_or(ApplyOutcome::Unavailable)
+    }
+
+    /// The sold-out short cut: one read-only lookup instead of the gate, so that a user who
+    /// holds a coupon still hears 409 with their slot and a closed event 403. `None`: ask
+    /// the gate (the user's delivery is pending, or the event is not plainly sold out).
+    async fn answer_sold_out(&self, event: &EventId, user_id: &str) -> Option<ApplyOutcome> {
+        let Some(mut conn) = self.redis.get() else { return Some(ApplyOutcome::Unavailable) };
+        let view = match keyspace::user_view(&mut conn, event, user_id).await {
+            Ok(view) => view,
+            Err(error) => {
+                tracing::warn!(%error, "sold-out lookup failed");
+                return Some(ApplyOutcome::Unavailable);
+            }
+        };
+        if !view.provisioned || view.recovering {
+            return None;
+        }
+        match view.holdings.first() {
+            Some(Holding { state: HoldingState::Pending, .. }) => None,
+            Some(holding) => Some(ApplyOutcome::Duplicate { slot: holding.slot }),
+            None if view.now_ms >= view.end_ms => Some(ApplyOutcome::Closed),
+            None => Some(ApplyOutcome::SoldOut),
+        }
+    }
+
+    async fn decide(self: Arc<Self>, event: EventId, user_id: String) -> ApplyOutcome {
+        let name = event.name();
         let Some(mut conn) = self.redis.get() else { return ApplyOutcome::Unavailable };
         if !self.health.is_ready("kafka") {
             // Nothing is counted while the broker is known to be down.
             return ApplyOutcome::Unavailable;
         }
-        let decision = match keyspace::apply(&mut conn, &event, &user_id).await {
+        let decision = match keyspace::apply(&mut conn, &event, &user_id, self.lease).await {
             Ok(decision) => decision,
             Err(error) => {
+                // Redis may still run the script (a response timeout): the user's entry is
+                // then pending, and their next apply after the lease delivers it.
                 tracing::warn!(%error, "gate script failed");
                 return ApplyOutcome::Unavailable;
             }
         };
-        if decision == GateDecision::UnknownEvent {
-            return if self.known.contains(name) { ApplyOutcome::Unavailable } else { ApplyOutcome::UnknownEvent };
-        }
-        self.known.insert(name);
         match decision {
-            GateDecision::Issued { slot, topic } => {
+            GateDecision::Missing => {
+                // Known here but unknown to Redis: Redis lost its data (503 until the
+                // operator and the consumer restored it), not a name nobody provisioned.
+                return if self.known.contains(name) { ApplyOutcome::Unavailable } else { ApplyOutcome::UnknownEvent };
+            }
+            GateDecision::Deleted => {
+                self.known.remove(name);
                 self.sold_out.set(name, false);
-                // The produce and, on failure, the release run to completion even if the
-                // client goes away, so no slot is left held by a request nobody waits for.
-                let task = tokio::spawn(self.clone().deliver(event.clone(), user_id, slot, topic));
-                match task.await {
-                    Ok(true) => ApplyOutcome::Issued { slot },
-                    _ => ApplyOutcome::Unavailable,
+                return ApplyOutcome::UnknownEvent;
+            }
+            _ => self.known.insert(name),
+        }
+        match decision {
+            GateDecision::Issued { slot, topic, again } => {
+                self.sold_out.set(name, false);
+                if again {
+                    self.metrics.redelivered.inc();
+                }
+                if !self.replicated(&mut conn).await {
+                    return ApplyOutcome::Unavailable;
+                }
+                if self.deliver(&event, &user_id, slot, &topic).await {
+                    ApplyOutcome::Issued { slot }
+                } else {
+                    ApplyOutcome::Unavailable
                 }
             }
-            GateDecision::Duplicate => ApplyOutcome::Duplicate,
+            GateDecision::Duplicate { slot } => ApplyOutcome::Duplicate { slot },
             GateDecision::SoldOut => {
                 self.sold_out.set(name, true);
                 ApplyOutcome::SoldOut
             }
             GateDecision::NotOpen => ApplyOutcome::NotOpen,
             GateDecision::Closed => ApplyOutcome::Closed,
-            GateDecision::UnknownEvent | GateDecision::Recovering => ApplyOutcome::Unavailable,
+            GateDecision::Recovering | GateDecision::Missing | GateDecision::Deleted => ApplyOutcome::Unavailable,
         }
     }
 
-    /// Produces the record and waits for the broker's acknowledgement; on failure gives the
-    /// slot and the user's mark back. Returns whether the record was acknowledged.
-    async fn deliver(self: Arc<Self>, event: EventId, user_id: String, slot: i64, topic: String) -> bool {
-        let record = CouponRecord { event: event.to_string(), user_id, slot, issued_at: Utc::now() };
+    /// With `ReplicaWait`, whether enough replicas hold the gate's write. If not, nothing is
+    /// produced: the entry stays pending and the user's retry after the lease delivers it.
+    async fn replicated(&self, conn: &mut ConnectionManager) -> bool {
+        let Some(wait) = self.replica_wait else { return true };
+        match keyspace::wait_for_replicas(conn, wait.replicas, wait.timeout).await {
+            Ok(acked) if acked >= i64::from(wait.replicas) => true,
+            Ok(acked) => {
+                self.metrics.replica_wait_failures.inc();
+                tracing::warn!(acked, wanted = wait.replicas, "too few Redis replicas acknowledged the gate's write; not producing");
+                false
+            }
+            Err(error) => {
+                self.metrics.replica_wait_failures.inc();
+                tracing::warn!(%error, "WAIT failed; not producing");
+                false
+            }
+        }
+    }
+
+    /// Produces the record and waits for the broker's acknowledgement, then records the
+    /// outcome in the user's entry: acknowledged, or released when the record was certainly
+    /// not written. Returns whether the record was acknowledged.
+    async fn deliver(&self, event: &EventId, user_id: &str, slot: i64, topic: &str) -> bool {
+        let record = CouponRecord { event: event.to_string(), user_id: user_id.to_owned(), slot, issued_at: Utc::now() };
         let payload = serde_json::to_vec(&record).expect("record serializes");
         let (generation, producer) = self.producer.current();
-        let error = match producer.send(&topic, &record.user_id, &payload).await {
-            Delivery::Acked => return true,
+        let error = match producer.send(topic, user_id, &payload).await {
+            Delivery::Acked => {
+                // Best effort: an entry left pending is delivered again by the user's next
+                // apply (the consumer skips the duplicate) or marked when its row is written.
+                self.with_retries("acknowledge", event, slot, |mut conn| {
+                    let (event, user) = (event.clone(), user_id.to_owned());
+                    async move { keyspace::ack(&mut conn, &event, &user, slot).await }
+                })
+                .await;
+                return true;
+            }
             Delivery::NotPersisted(error) => error,
             Delivery::PossiblyPersisted(error) => {
                 // The broker may hold the record: its slot must not go to anyone else. The
-                // user keeps the mark (a retry answers 409); if the record is on the topic,
-                // the coupon is theirs.
+                // entry stays pending: the user's next apply after the lease delivers the
+                // same record again, and healing settles it if nobody does.
                 self.producer.replace_if_broken(generation, &producer, &error, self.health.is_ready("kafka"));
                 self.metrics.undecided_produces.inc();
-                tracing::warn!(%error, event = %event, slot, user = %record.user_id, "produce timed out after sending; the record may be written, so the slot stays taken");
+                tracing::warn!(%error, event = %event, slot, user = user_id, "produce timed out after sending; the record may be written, so the slot stays taken");
                 return false;
             }
         };
         self.producer.replace_if_broken(generation, &producer, &error, self.health.is_ready("kafka"));
         tracing::warn!(%error, event = %event, slot, "produce failed; releasing the slot");
         self.metrics.released_slots.inc();
+        let released = self
+            .with_retries("release", event, slot, |mut conn| {
+                let (event, user) = (event.clone(), user_id.to_owned());
+                async move { keyspace::release(&mut conn, &event, &user, slot).await }
+            })
+            .await;
+        if released.is_none() {
+            tracing::error!(event = %event, slot, user = user_id, "could not release the slot; healing will give it back");
+        }
+        false
+    }
+
+    /// Runs a small Redis write with backoff (about 20 s in all); `None` if it never went
+    /// through.
+    async fn with_retries<T, F, Fut>(&self, what: &str, event: &EventId, slot: i64, mut call: F) -> Option<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         for _ in 0..20 {
-            if let Some(mut conn) = self.redis.get() {
-                match keyspace::release(&mut conn, &event, &record.user_id, slot).await {
-                    Ok(_) => return false,
-                    Err(error) => tracing::warn!(%error, event = %event, slot, "release failed, retrying"),
+            if let Some(conn) = self.redis.get() {
+                match call(conn).await {
+                    Ok(value) => return Some(value),
+                    Err(error) => tracing::warn!(%error, event = %event, slot, "{what} failed, retrying"),
                 }
             }
             tokio::time::sleep(backoff.next_delay()).await;
         }
-        tracing::error!(event = %event, slot, user = %record.user_id, "could not release slot: it stays counted without a coupon");
-        false
+        None
+    }
+
+    /// The user's coupon in `event`.
+    pub async fn lookup(&self, event: &EventId, user_id: &str) -> LookupOutcome {
+        if validate_user_id(user_id).is_err() {
+            return LookupOutcome::NoCoupon;
+        }
+        let Some(mut conn) = self.redis.get() else { return LookupOutcome::Unavailable };
+        match keyspace::user_view(&mut conn, event, user_id).await {
+            Ok(view) if !view.provisioned => {
+                if self.known.contains(event.name()) {
+                    LookupOutcome::Unavailable
+                } else {
+                    LookupOutcome::UnknownEvent
+                }
+            }
+            Ok(view) if view.recovering => LookupOutcome::Unavailable,
+            Ok(view) => view.holdings.into_iter().next().map_or(LookupOutcome::NoCoupon, LookupOutcome::Found),
+            Err(error) => {
+                tracing::warn!(%error, "user lookup failed");
+                LookupOutcome::Unavailable
+            }
+        }
     }
 }

@@ -10,7 +10,10 @@ pub enum ApplyOutcome {
     Issued {
         slot: i64,
     },
-    Duplicate,
+    /// The user holds `slot` already.
+    Duplicate {
+        slot: i64,
+    },
     SoldOut,
     NotOpen,
     Closed,
@@ -37,7 +40,7 @@ struct Body<'a> {
 impl ApplyOutcome {
     /// Every answer kind once, for documentation and the load tool's report.
     pub const KINDS: [ApplyOutcome; 7] =
-        [Self::Issued { slot: 0 }, Self::Duplicate, Self::SoldOut, Self::NotOpen, Self::Closed, Self::UnknownEvent, Self::Unavailable];
+        [Self::Issued { slot: 0 }, Self::Duplicate { slot: 0 }, Self::SoldOut, Self::NotOpen, Self::Closed, Self::UnknownEvent, Self::Unavailable];
 
     /// The table: HTTP status, metric label (also the body's `status`), and the fixed body
     /// of answers that carry only their status. Fixed bytes, not a JSON value built per
@@ -45,7 +48,7 @@ impl ApplyOutcome {
     fn row(&self) -> (u16, &'static str, Option<&'static str>) {
         match self {
             Self::Issued { .. } => (201, "issued", None),
-            Self::Duplicate => (409, "duplicate", Some(r#"{"status":"duplicate"}"#)),
+            Self::Duplicate { .. } => (409, "duplicate", None),
             Self::SoldOut => (410, "sold_out", Some(r#"{"status":"sold_out"}"#)),
             Self::NotOpen => (403, "not_open", Some(r#"{"status":"not_open"}"#)),
             Self::Closed => (403, "closed", Some(r#"{"status":"closed"}"#)),
@@ -75,7 +78,7 @@ impl ApplyOutcome {
             return fixed.into();
         }
         let body = match self {
-            Self::Issued { slot } => Body { status, slot: Some(*slot), error: None },
+            Self::Issued { slot } | Self::Duplicate { slot } => Body { status, slot: Some(*slot), error: None },
             Self::BadRequest { error, .. } => Body { status, slot: None, error: Some(error) },
             _ => Body { status, slot: None, error: None },
         };
@@ -101,7 +104,7 @@ mod tests {
 
     #[test]
     fn fixed_bodies_say_their_label_as_json_would() {
-        for kind in ApplyOutcome::KINDS.iter().filter(|k| !matches!(k, ApplyOutcome::Issued { .. })) {
+        for kind in ApplyOutcome::KINDS.iter().filter(|k| !matches!(k, ApplyOutcome::Issued { .. } | ApplyOutcome::Duplicate { .. })) {
             let body: serde_json::Value = serde_json::from_str(&kind.body()).unwrap();
             assert_eq!(body, serde_json::json!({"status": kind.label()}), "{kind:?}");
         }
@@ -111,6 +114,8 @@ mod tests {
     fn bodies_with_more_than_a_status() {
         let issued: serde_json::Value = serde_json::from_str(&ApplyOutcome::Issued { slot: 7 }.body()).unwrap();
         assert_eq!(issued, serde_json::json!({"status": "issued", "slot": 7}));
+        let duplicate: serde_json::Value = serde_json::from_str(&ApplyOutcome::Duplicate { slot: 3 }.body()).unwrap();
+        assert_eq!(duplicate, serde_json::json!({"status": "duplicate", "slot": 3}));
         let bad = ApplyOutcome::BadRequest { status: 413, error: "too big".into() };
         assert_eq!(bad.http_status(), 413);
         assert_eq!(

@@ -111,6 +111,11 @@ impl ProducerSlot {
         Ok(Self { kafka, produce_timeout, current: RwLock::new((0, Arc::new(producer))) })
     }
 
+    /// How long one record's delivery may take.
+    pub fn produce_timeout(&self) -> Duration {
+        self.produce_timeout
+    }
+
     /// The current producer and its generation.
     pub fn current(&self) -> (u64, Arc<CouponProducer>) {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::Datelike;
 use coupon_core::event::{validate_user_id, CouponRecord, EventId};
 
 use crate::sql::{CouponRow, FailedRow, Position};
@@ -13,13 +14,22 @@ pub struct RawRecord {
     pub payload: Vec<u8>,
 }
 
-/// Parses and checks one record; the error is the reason stored in `failed_events`.
+/// Years an `issuedAt` may fall in: every database stores them, and nothing outside them is
+/// a coupon this system issued (a year -0001 made a bind panic on MySQL; one before 4713 BC
+/// is refused by PostgreSQL).
+const ISSUED_YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
+
+/// Parses and checks one record; the error is the reason stored in `failed_events`. Every
+/// field is range-checked here, so nothing that reaches SQL can make a bind fail.
 pub fn parse_record(payload: &[u8]) -> Result<CouponRow, String> {
     let record: CouponRecord = serde_json::from_slice(payload).map_err(|e| format!("not a coupon record: {e}"))?;
     record.event.parse::<EventId>().map_err(|e| format!("bad event {:?}: {e}", record.event))?;
     validate_user_id(&record.user_id)?;
     if record.slot < 1 {
         return Err(format!("slot {} is not positive", record.slot));
+    }
+    if !ISSUED_YEARS.contains(&record.issued_at.year()) {
+        return Err(format!("issuedAt {} is outside the years {ISSUED_YEARS:?}", record.issued_at.to_rfc3339()));
     }
     Ok(CouponRow { event: record.event, user_id: record.user_id, slot: record.slot, issued_at: record.issued_at })
 }
@@ -32,7 +42,7 @@ pub fn split_batch(batch: &[RawRecord]) -> (Vec<(CouponRow, Position)>, Vec<Fail
         let p = &record.position;
         match parse_record(&record.payload) {
             Ok(row) => coupons.push((row, p.clone())),
-            Err(reason) => failures.push(p.failed(String::from_utf8_lossy(&record.payload).into_owned(), reason)),
+            Err(reason) => failures.push(p.failed(record.payload.clone(), reason)),
         }
     }
     (coupons, failures)
@@ -83,5 +93,11 @@ mod tests {
         assert!(parse_record(br#"{"event":"a/b","userId":"u","slot":0,"issuedAt":"2026-11-27T10:00:00Z"}"#).is_err());
         assert!(parse_record(br#"{"event":"a/b","userId":"u","slot":1}"#).is_err());
         assert!(parse_record(br#"{"event":"a/b","userId":"u","slot":1,"issuedAt":"2026-11-27T10:00:00Z"}"#).is_ok());
+        for year in ["-0001", "-5000", "+10000", "1969"] {
+            let payload = format!(r#"{{"event":"a/b","userId":"u","slot":1,"issuedAt":"{year}-01-01T00:00:00Z"}}"#);
+            let error = parse_record(payload.as_bytes()).expect_err(year);
+            assert!(error.contains("not a coupon record") || error.contains("outside the years"), "{year}: {error}");
+        }
+        assert!(parse_record(b"{\"event\":\"a/b\",\"userId\":\"u\0\",\"slot\":1,\"issuedAt\":\"2026-11-27T10:00:00Z\"}").is_err());
     }
 }

@@ -5,8 +5,10 @@
 //! are then skipped as duplicates: every record becomes exactly one row.
 
 pub mod batch;
+pub mod healing;
 pub mod kafka;
 pub mod recovery;
+mod verify;
 mod writer;
 
 use std::sync::atomic::AtomicUsize;
@@ -104,16 +106,20 @@ pub async fn run(
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(topics = ?settings.topics, group = %settings.group_id, "consuming");
-    let mut writer = BatchWriter::new(store, redis, metrics.clone());
-    let mut recovery_tick = tokio::time::interval(Duration::from_secs(1));
-    recovery_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut writer = BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience);
+    let mut verify_tick = tokio::time::interval(Duration::from_secs(1));
+    verify_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let batch_size = settings.batch_size.max(1);
 
     loop {
         let first = tokio::select! {
             message = consumer.recv() => message,
-            _ = recovery_tick.tick() => {
-                writer.restore_lost_events(consumer.clone(), settings.recovery_settle).await;
+            _ = verify_tick.tick() => {
+                if let Some(mut conn) = redis.get() {
+                    if let Err(error) = verify::verify_events(&mut writer, &mut conn, &consumer, settings.recovery_settle, &metrics).await {
+                        tracing::warn!(%error, "verification pass incomplete; retried in a second");
+                    }
+                }
                 continue;
             }
             _ = shutdown.changed() => break,
@@ -139,11 +145,11 @@ pub async fn run(
         }
 
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let events = loop {
+        let written = loop {
             match writer.write(&batch).await {
-                Ok(events) => {
+                Ok(written) => {
                     health.set("sql", true);
-                    break events;
+                    break written;
                 }
                 Err(error) => {
                     if matches!(error, BatchError::Sql(_)) {
@@ -161,7 +167,7 @@ pub async fn run(
         };
         after_sql_commit();
         commit(&consumer, &batch, &metrics);
-        writer.publish_persisted(&events).await;
+        writer.mark_written(&written).await;
     }
     tracing::info!("consumer stopped");
     Ok(())

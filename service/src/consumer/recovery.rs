@@ -1,23 +1,28 @@
-//! Restoring an event's Redis state from SQL, the source of truth, after Redis lost it.
+//! Restoring an event's Redis state from SQL, the source of truth, when Redis may have lost
+//! acknowledged writes: its configuration was written back by the operator, or the gate's
+//! fencing saw that the state was last verified on another server (a restart, a failover, a
+//! restored snapshot).
 //!
-//! The operator writes a lost configuration back marked `recovering` (the gate answers 503
-//! meanwhile) and lists the event for restore. The consumer, which owns SQL, restores the
-//! counter, the users, the free slots and `persisted` once every record already on the
-//! topic is written, then clears the mark.
+//! The event answers 503 meanwhile. Once the mark is `settle` old (records issued before
+//! the loss have reached the broker) and the topic is drained, the consumer writes back the
+//! entries, the free slots below the highest row and the counter, page by page (bounded
+//! memory, no long Redis call), then opens the gate again.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coupon_core::event::EventId;
 use coupon_core::kafka::KafkaError;
-use coupon_core::redis::keyspace::{self, RestoreAnswer, RestoredState};
+use coupon_core::redis::keyspace::{self, EventPresence, RestoreStep};
 use coupon_core::redis::{ConnectionManager, RedisError};
 
-use super::kafka::{topic_drained, GroupConsumer};
 use crate::sql::Store;
 
-/// Why a restore pass stopped; retried on the next tick.
+/// Rows read from SQL and written to Redis per step.
+pub const RESTORE_PAGE: i64 = 2_000;
+/// Free slots written to Redis per step.
+const FREE_CHUNK: usize = 5_000;
+
+/// Why a pass stopped; retried on the next tick.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
     #[error("Redis: {0}")]
@@ -30,58 +35,98 @@ pub enum RecoveryError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// The state to restore, from the event's rows `(user, slot)`.
-pub fn state_from_rows(rows: Vec<(String, i64)>) -> RestoredState {
-    let count = rows.iter().map(|(_, slot)| *slot).max().unwrap_or(0);
-    let taken: BTreeSet<i64> = rows.iter().map(|(_, slot)| *slot).collect();
-    let free = (1..=count).filter(|slot| !taken.contains(slot)).collect();
-    RestoredState { count, persisted: rows.len() as i64, free, users: rows.into_iter().map(|(user, _)| user).collect() }
+/// What a finished restore wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// The counter: the highest slot with a row.
+    pub count: i64,
+    pub rows: i64,
+    pub free: i64,
+    /// Redis calls made and the longest one.
+    pub calls: u64,
+    pub longest_call: Duration,
 }
 
-/// One pass over the events marked recovering: restores those whose topic is drained.
-/// Returns the events restored.
-pub async fn restore_drained(
-    store: &Store,
-    conn: &mut ConnectionManager,
-    consumer: Arc<GroupConsumer>,
-    settle: Duration,
-) -> Result<Vec<EventId>, RecoveryError> {
-    let mut restored = Vec::new();
-    for name in keyspace::recovering_events(conn).await? {
-        let Ok(event) = name.parse::<EventId>() else {
-            keyspace::unmark_recovering(conn, &name).await?;
-            continue;
-        };
-        let Some(topic) = keyspace::topic(conn, &event).await? else { continue };
-        let probe = consumer.clone();
-        if !tokio::task::spawn_blocking(move || topic_drained(&probe, &topic, Duration::from_secs(5))).await?? {
-            continue;
-        }
-        let state = state_from_rows(store.coupons(&name).await?);
-        match keyspace::restore(conn, &event, &state, settle).await? {
-            RestoreAnswer::Restored => {
-                keyspace::unmark_recovering(conn, &name).await?;
-                tracing::warn!(event = %event, count = state.count, users = state.users.len(), free = state.free.len(), "restored the event's Redis state from SQL");
-                restored.push(event);
+/// Collects free slots and sends them in chunks.
+struct FreeSlots {
+    pending: Vec<i64>,
+    sent: i64,
+}
+
+/// Restores `event` if it is marked recovering, the mark is `settle` old and the caller has
+/// checked its topic is drained. `Ok(None)`: not restored now (too early, taken over,
+/// refused); retried on the next pass.
+pub async fn restore_event(store: &Store, conn: &mut ConnectionManager, event: &EventId, settle: Duration) -> Result<Option<RestoreReport>, RecoveryError> {
+    let name = event.to_string();
+    let EventPresence::Provisioned { limit } = keyspace::presence(conn, event).await? else { return Ok(None) };
+    let highest = store.max_coupon_slot(&name).await?;
+    if highest > limit {
+        tracing::error!(event = %event, limit, highest_row = highest, "cannot restore: the limit is below the slots that have rows; the event stays closed (503) until the limit is raised");
+        return Ok(None);
+    }
+    let token = restore_token();
+    let mut report = RestoreReport::default();
+    if timed(&mut report, keyspace::restore_begin(conn, event, &token, settle)).await? != RestoreStep::Done {
+        return Ok(None);
+    }
+    let mut free = FreeSlots { pending: Vec::with_capacity(FREE_CHUNK), sent: 0 };
+    let mut after = 0;
+    loop {
+        let page = store.coupons_after(&name, after, RESTORE_PAGE).await?;
+        let Some(&(_, last)) = page.last() else { break };
+        for (_, slot) in &page {
+            for gap in after + 1..*slot {
+                free.pending.push(gap);
+                if free.pending.len() == FREE_CHUNK && !send_free(conn, event, &token, &mut free, &mut report).await? {
+                    return Ok(None);
+                }
             }
-            RestoreAnswer::NotRecovering => keyspace::unmark_recovering(conn, &name).await?,
-            RestoreAnswer::TooEarly => {}
+            after = *slot;
         }
+        let rows = page.len() as i64;
+        let step = timed(&mut report, keyspace::restore_chunk(conn, event, &token, &page, &free.pending)).await?;
+        if step != RestoreStep::Done {
+            tracing::warn!(event = %event, "restore taken over or the server changed; will start again");
+            return Ok(None);
+        }
+        free.sent += free.pending.len() as i64;
+        free.pending.clear();
+        report.rows += rows;
+        after = last;
     }
-    Ok(restored)
+    if !free.pending.is_empty() && !send_free(conn, event, &token, &mut free, &mut report).await? {
+        return Ok(None);
+    }
+    report.count = after;
+    report.free = free.sent;
+    match timed(&mut report, keyspace::restore_finish(conn, event, &token, after)).await? {
+        RestoreStep::Done => Ok(Some(report)),
+        RestoreStep::LimitBelowRows => {
+            tracing::error!(event = %event, count = after, "cannot finish the restore: the limit is below the slots that have rows");
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+async fn send_free(conn: &mut ConnectionManager, event: &EventId, token: &str, free: &mut FreeSlots, report: &mut RestoreReport) -> Result<bool, RecoveryError> {
+    let step = timed(report, keyspace::restore_chunk(conn, event, token, &[], &free.pending)).await?;
+    free.sent += free.pending.len() as i64;
+    free.pending.clear();
+    Ok(step == RestoreStep::Done)
+}
 
-    #[test]
-    fn counter_is_the_highest_written_slot_and_gaps_become_free() {
-        let rows = vec![("a".to_owned(), 1), ("b".to_owned(), 2), ("c".to_owned(), 5)];
-        assert_eq!(
-            state_from_rows(rows),
-            RestoredState { count: 5, persisted: 3, free: vec![3, 4], users: vec!["a".into(), "b".into(), "c".into()] }
-        );
-        assert_eq!(state_from_rows(vec![]), RestoredState::default());
-    }
+/// Runs one Redis call, recording its duration in the report.
+async fn timed<T>(report: &mut RestoreReport, call: impl std::future::Future<Output = Result<T, RedisError>>) -> Result<T, RedisError> {
+    let started = Instant::now();
+    let result = call.await;
+    report.calls += 1;
+    report.longest_call = report.longest_call.max(started.elapsed());
+    result
+}
+
+/// A token no other restore uses.
+fn restore_token() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    format!("{}-{nanos}", std::process::id())
 }

@@ -1,19 +1,24 @@
 //! Writing one batch: slot rows for the events it touches, coupons and failures in one SQL
-//! transaction, then the persisted counts published to Redis.
+//! transaction, then the written entries marked in Redis.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coupon_core::event::{CouponRecord, EventId};
-use coupon_core::redis::keyspace;
+use coupon_core::event::EventId;
+use coupon_core::redis::keyspace::{self, EventPresence};
 use coupon_core::redis::{RedisError, RedisHandle};
 
 use super::batch::{split_batch, RawRecord};
-use super::kafka::GroupConsumer;
-use super::recovery;
 use crate::metrics::Metrics;
 use crate::sql::{CouponRow, FailedRow, Position, Store};
+
+/// Slot rows are added in steps of this many, as records need them: the first record of
+/// an event of a million coupons costs one step, not a million rows.
+const SLOT_STEP: i64 = 10_000;
+
+/// Entries marked written per Redis call.
+const MARK_CHUNK: usize = 500;
 
 /// Why a batch could not be written yet. Every variant is retried: data errors never get
 /// here, they become `failed_events` rows.
@@ -25,6 +30,8 @@ pub enum BatchError {
     Redis(#[from] RedisError),
     #[error("Redis is not connected yet")]
     RedisNotConnected,
+    #[error("event {0} has no configuration in Redis (yet); holding its records")]
+    EventMissing(String),
 }
 
 /// The consumer's long-lived state.
@@ -32,61 +39,89 @@ pub struct BatchWriter {
     store: Store,
     redis: RedisHandle,
     metrics: Arc<Metrics>,
-    /// Slot rows known to exist per event, so the limit is looked up once per event.
+    /// Slot rows known to exist per event, so Redis and SQL are asked once per step.
     slot_capacity: HashMap<String, i64>,
+    /// Events whose configuration was missing from Redis, since when: their records are
+    /// held (the operator may be writing it back) for `missing_event_patience`, then failed.
+    missing_since: HashMap<String, Instant>,
+    missing_event_patience: Duration,
 }
 
 impl BatchWriter {
-    pub fn new(store: Store, redis: RedisHandle, metrics: Arc<Metrics>) -> Self {
-        Self { store, redis, metrics, slot_capacity: HashMap::new() }
+    pub fn new(store: Store, redis: RedisHandle, metrics: Arc<Metrics>, missing_event_patience: Duration) -> Self {
+        Self { store, redis, metrics, slot_capacity: HashMap::new(), missing_since: HashMap::new(), missing_event_patience }
     }
 
-    /// Makes sure every slot in the batch has its `coupon_slots` row, using the event's limit
-    /// from Redis; coupons whose slot lies beyond the limit become failures.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Forgets what is cached about an event (its limit may have changed).
+    pub fn forget(&mut self, event: &str) {
+        self.slot_capacity.remove(event);
+    }
+
+    /// Makes sure every slot in the batch has its `coupon_slots` row, in steps, using the
+    /// event's limit from Redis; coupons of a deleted event, or whose slot lies beyond the
+    /// limit, become failures.
     async fn admit_slots(
         &mut self,
         coupons: Vec<(CouponRow, Position)>,
         failures: &mut Vec<FailedRow>,
     ) -> Result<Vec<(CouponRow, Position)>, BatchError> {
-        let mut highest: HashMap<&str, i64> = HashMap::new();
+        let mut highest: HashMap<String, i64> = HashMap::new();
         for (row, _) in &coupons {
-            let h = highest.entry(row.event.as_str()).or_default();
+            let h = highest.entry(row.event.clone()).or_default();
             *h = (*h).max(row.slot);
         }
+        let mut refused: HashMap<String, String> = HashMap::new();
         for (event, slot) in highest {
-            if self.slot_capacity.get(event).is_some_and(|cap| *cap >= slot) {
+            if self.slot_capacity.get(&event).is_some_and(|cap| *cap >= slot) {
                 continue;
             }
-            let mut capacity = self.store.slot_capacity(event).await?;
+            let mut capacity = self.store.slot_capacity(&event).await?;
             if capacity < slot {
                 let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
                 let id: EventId = event.parse().expect("validated by parse_record");
-                if let Some(limit) = keyspace::limit(&mut conn, &id).await? {
-                    if limit > capacity {
-                        self.store.ensure_slots(event, limit).await?;
-                        capacity = limit;
+                match keyspace::presence(&mut conn, &id).await? {
+                    EventPresence::Provisioned { limit } => {
+                        self.missing_since.remove(&event);
+                        let wanted = round_up(slot, SLOT_STEP).min(limit);
+                        if wanted > capacity {
+                            self.store.ensure_slots(&event, wanted).await?;
+                            capacity = wanted;
+                        }
+                        if slot > limit {
+                            refused.insert(event.clone(), format!("beyond the event's limit {limit}"));
+                        }
+                    }
+                    EventPresence::Deleted => {
+                        refused.insert(event.clone(), "the event was deleted".to_owned());
+                    }
+                    EventPresence::Missing => {
+                        let since = *self.missing_since.entry(event.clone()).or_insert_with(Instant::now);
+                        if since.elapsed() < self.missing_event_patience {
+                            return Err(BatchError::EventMissing(event));
+                        }
+                        refused.insert(event.clone(), format!("the event is not provisioned (waited {:?})", self.missing_event_patience));
                     }
                 }
             }
-            self.slot_capacity.insert(event.to_owned(), capacity);
+            self.slot_capacity.insert(event, capacity);
         }
         let mut admitted = Vec::with_capacity(coupons.len());
         for (row, position) in coupons {
             let capacity = self.slot_capacity.get(&row.event).copied().unwrap_or(0);
             if row.slot > capacity {
-                let payload = serde_json::to_string(&CouponRecord {
+                let why = refused.get(&row.event).map_or("beyond the event's slots", String::as_str);
+                let payload = serde_json::to_vec(&coupon_core::event::CouponRecord {
                     event: row.event.clone(),
                     user_id: row.user_id.clone(),
                     slot: row.slot,
                     issued_at: row.issued_at,
                 })
                 .unwrap_or_default();
-                let reason = if capacity == 0 {
-                    "event has no slots: it is not provisioned".to_owned()
-                } else {
-                    format!("slot {} is beyond the event's limit {capacity}", row.slot)
-                };
-                failures.push(position.failed(payload, reason));
+                failures.push(position.failed(payload, format!("slot {}: {why}", row.slot)));
             } else {
                 admitted.push((row, position));
             }
@@ -94,14 +129,15 @@ impl BatchWriter {
         Ok(admitted)
     }
 
-    /// Writes one batch to SQL (one transaction) and returns the events it touched.
-    pub async fn write(&mut self, batch: &[RawRecord]) -> Result<Vec<String>, BatchError> {
+    /// Writes one batch to SQL (one transaction, or record by record if the database
+    /// refuses some) and returns the coupons whose rows now exist.
+    pub async fn write(&mut self, batch: &[RawRecord]) -> Result<Vec<CouponRow>, BatchError> {
         let started = Instant::now();
         let (coupons, mut failures) = split_batch(batch);
         let coupons = self.admit_slots(coupons, &mut failures).await?;
         let outcome = self.store.write_batch(&coupons, &failures).await?;
         for conflict in &outcome.conflicts {
-            tracing::warn!(topic = %conflict.topic, partition = conflict.partition, offset = conflict.offset, reason = %conflict.reason, "record conflicts with an existing coupon");
+            tracing::warn!(topic = %conflict.topic, partition = conflict.partition, offset = conflict.offset, reason = %conflict.reason, "record not written: sent to failed_events");
         }
         for failure in &failures {
             tracing::warn!(topic = %failure.topic, partition = failure.partition, offset = failure.offset, reason = %failure.reason, "record sent to failed_events");
@@ -109,41 +145,40 @@ impl BatchWriter {
         self.metrics.rows_written.inc_by(outcome.inserted);
         self.metrics.records_failed.inc_by((failures.len() + outcome.conflicts.len()) as u64);
         self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-        let mut events: Vec<String> = coupons.into_iter().map(|(row, _)| row.event).collect();
-        events.sort();
-        events.dedup();
-        Ok(events)
+        Ok(outcome.written)
     }
 
-    /// Publishes the row count of each event to Redis for status; best effort, since the next
-    /// batch publishes it again.
-    pub async fn publish_persisted(&self, events: &[String]) {
+    /// Marks the entries of the rows written in Redis (which counts `persisted`); best
+    /// effort: an entry left unmarked is marked by healing once its deadline passed.
+    pub async fn mark_written(&self, written: &[CouponRow]) {
         let Some(mut conn) = self.redis.get() else { return };
-        for event in events {
+        let mut by_event: HashMap<&str, Vec<(&str, i64)>> = HashMap::new();
+        for row in written {
+            by_event.entry(row.event.as_str()).or_default().push((row.user_id.as_str(), row.slot));
+        }
+        for (event, rows) in by_event {
             let Ok(id) = event.parse::<EventId>() else { continue };
-            match self.store.count_coupons(event).await {
-                Ok(rows) => {
-                    if let Err(error) = keyspace::raise_persisted(&mut conn, &id, rows).await {
-                        tracing::warn!(%error, event, "cannot publish persisted count");
-                    }
+            for chunk in rows.chunks(MARK_CHUNK) {
+                if let Err(error) = keyspace::mark_written(&mut conn, &id, chunk).await {
+                    tracing::warn!(%error, event, "cannot mark written entries; healing will");
                 }
-                Err(error) => tracing::warn!(%error, event, "cannot count rows"),
             }
         }
     }
+}
 
-    /// Restores events whose Redis state was lost, once their topic is drained (see
-    /// `recovery`); best effort, retried on the next tick.
-    pub async fn restore_lost_events(&mut self, consumer: Arc<GroupConsumer>, settle: Duration) {
-        let Some(mut conn) = self.redis.get() else { return };
-        match recovery::restore_drained(&self.store, &mut conn, consumer, settle).await {
-            Ok(restored) => {
-                for event in restored {
-                    // The limit may have changed with the new configuration.
-                    self.slot_capacity.remove(&event.to_string());
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot restore lost events yet"),
-        }
+fn round_up(value: i64, step: i64) -> i64 {
+    (value + step - 1) / step * step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_rows_grow_in_steps() {
+        assert_eq!(round_up(1, SLOT_STEP), SLOT_STEP);
+        assert_eq!(round_up(SLOT_STEP, SLOT_STEP), SLOT_STEP);
+        assert_eq!(round_up(SLOT_STEP + 1, SLOT_STEP), 2 * SLOT_STEP);
     }
 }

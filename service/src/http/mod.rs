@@ -21,7 +21,7 @@ use serde::Deserialize;
 pub use ops::router as ops_router;
 pub use server::{serve, ServerLimits};
 
-use crate::apply::{ApplyOutcome, ApplyService};
+use crate::apply::{ApplyOutcome, ApplyService, LookupOutcome};
 use crate::health::Health;
 use crate::metrics::Metrics;
 
@@ -47,6 +47,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/events/{event}/apply", post(apply))
         .route("/v1/events/{event}", get(stats::event_stats))
+        .route("/v1/events/{event}/users/{user}", get(user_coupon))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         // Paths that match no route (an event name with a '/', say) name no known event.
         .fallback(|| async { ApplyOutcome::UnknownEvent })
@@ -100,4 +101,44 @@ async fn decide(state: &Arc<ApiState>, event: Result<Path<String>, PathRejection
         Err(error) => return ApplyOutcome::bad_request(format!("invalid JSON body: {error}")),
     };
     state.apply.apply(event, request.user_id).await
+}
+
+/// The user's coupon as `GET /v1/events/{event}/users/{userId}` answers it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserCoupon<'a> {
+    event: String,
+    user_id: &'a str,
+    slot: i64,
+    /// `pending` (issued, the record's delivery not acknowledged yet), `acknowledged` (the
+    /// broker has the record) or `persisted` (the row is written).
+    state: coupon_core::redis::keyspace::HoldingState,
+    /// Whether the row is written to SQL.
+    persisted: bool,
+}
+
+async fn user_coupon(State(state): State<Arc<ApiState>>, path: Result<Path<(String, String)>, PathRejection>) -> Response {
+    let Path((name, user)) = match path {
+        Ok(path) => path,
+        Err(rejection) => return ApplyOutcome::bad_request(rejection.body_text()).into_response(),
+    };
+    let event = match state.apply.event_id(&name) {
+        Ok(event) => event,
+        Err(outcome) => return outcome.into_response(),
+    };
+    match state.apply.lookup(&event, &user).await {
+        LookupOutcome::Found(holding) => axum::Json(UserCoupon {
+            event: event.to_string(),
+            user_id: &user,
+            slot: holding.slot,
+            state: holding.state,
+            persisted: holding.state == coupon_core::redis::keyspace::HoldingState::Persisted,
+        })
+        .into_response(),
+        LookupOutcome::NoCoupon => {
+            (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"no_coupon"}"#).into_response()
+        }
+        LookupOutcome::UnknownEvent => ApplyOutcome::UnknownEvent.into_response(),
+        LookupOutcome::Unavailable => ApplyOutcome::Unavailable.into_response(),
+    }
 }

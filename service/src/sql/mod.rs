@@ -42,14 +42,38 @@ pub struct CouponRow {
     pub issued_at: DateTime<Utc>,
 }
 
-/// A record that could not become a coupon row, and why.
+/// A record that could not become a coupon row, and why. The payload is kept byte for
+/// byte (a binary column), whatever it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailedRow {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    pub payload: String,
+    pub payload: Vec<u8>,
     pub reason: String,
+}
+
+/// Longest reason stored; longer ones are cut.
+const MAX_REASON_CHARS: usize = 1000;
+
+/// Whether the database refused the data itself (a value out of range, a constraint, an
+/// encoding), as opposed to being unreachable, overloaded or in a deadlock: a refused
+/// record goes to `failed_events`, anything else is retried.
+pub fn is_data_error(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else { return matches!(error, sqlx::Error::Encode(_)) };
+    if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
+        return true; // unique, foreign key, not null, check
+    }
+    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // Incorrect string value, incorrect datetime, out of range, too long, check.
+        return matches!(mysql.number(), 1264 | 1292 | 1366 | 1406 | 1411 | 3819) || mysql.code().is_some_and(|c| c.starts_with("22"));
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH and their extended codes.
+        let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or(0);
+        return matches!(code & 0xff, 18..=20);
+    }
+    db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
 }
 
 impl Store {
@@ -177,11 +201,51 @@ impl Store {
         Ok(())
     }
 
-    /// Writes one batch in one transaction: the coupons (duplicates of rows already there are
-    /// skipped, which makes redelivery harmless) and the failed records. Returns the coupons
-    /// that were neither inserted nor already present with the same user and slot: they
-    /// conflict with another row and are recorded in `failed_events` in the same transaction.
+    /// Writes one batch: the coupons (duplicates of rows already there are skipped, which
+    /// makes redelivery harmless) and the failed records, in one transaction. Coupons that
+    /// were neither inserted nor already present with the same user and slot conflict with
+    /// another row and are recorded in `failed_events` in the same transaction. If the
+    /// database refuses the data of the batch, its records are written one by one and each
+    /// refused one goes to `failed_events` with the database's reason, so one bad record
+    /// never holds the partition.
     pub async fn write_batch(&self, coupons: &[(CouponRow, Position)], failures: &[FailedRow]) -> Result<BatchOutcome, sqlx::Error> {
+        match self.write_in_one_transaction(coupons, failures).await {
+            Err(error) if is_data_error(&error) => {
+                tracing::warn!(%error, records = coupons.len() + failures.len(), "the database refused a batch; writing its records one by one");
+                self.write_one_by_one(coupons, failures).await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_one_by_one(&self, coupons: &[(CouponRow, Position)], failures: &[FailedRow]) -> Result<BatchOutcome, sqlx::Error> {
+        let mut outcome = BatchOutcome::default();
+        let mut failed = Vec::new();
+        for coupon in coupons {
+            match self.write_in_one_transaction(std::slice::from_ref(coupon), &[]).await {
+                Ok(one) => outcome.absorb(one),
+                Err(error) if is_data_error(&error) => {
+                    failed.push(coupon.1.failed(coupon_payload(&coupon.0), format!("refused by the database: {error}")))
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        for failure in failures.iter().chain(failed.iter()) {
+            match self.write_in_one_transaction(&[], std::slice::from_ref(failure)).await {
+                Ok(_) => {}
+                Err(error) if is_data_error(&error) => {
+                    // Even the failure row is refused: keep its position and the reason only.
+                    let bare = FailedRow { payload: Vec::new(), reason: format!("payload not storable: {error}"), ..failure.clone() };
+                    self.write_in_one_transaction(&[], &[bare]).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        outcome.conflicts.extend(failed);
+        Ok(outcome)
+    }
+
+    async fn write_in_one_transaction(&self, coupons: &[(CouponRow, Position)], failures: &[FailedRow]) -> Result<BatchOutcome, sqlx::Error> {
         let (coupon_head, coupon_tail) = self.insert_ignoring_duplicates("coupons (event, user_id, slot, issued_at)");
         let (failed_head, failed_tail) =
             self.insert_ignoring_duplicates("failed_events (topic, kafka_partition, kafka_offset, payload, reason)");
@@ -193,18 +257,15 @@ impl Store {
                 inserted += InsertCoupons::insert_coupons(&mut *tx, chunk, &coupon_head, coupon_tail).await?;
             }
             let mut conflicts = Vec::new();
+            let mut written = Vec::with_capacity(coupons.len());
             if inserted < coupons.len() as u64 {
                 for (coupon, position) in coupons {
                     let slot: Option<i64> = sqlx::query_scalar(&find_sql).bind(&coupon.event).bind(&coupon.user_id).fetch_optional(&mut *tx).await?;
-                    if slot != Some(coupon.slot) {
+                    if slot == Some(coupon.slot) {
+                        written.push(coupon.clone());
+                    } else {
                         conflicts.push(position.failed(
-                            serde_json::to_string(&coupon_core::event::CouponRecord {
-                                event: coupon.event.clone(),
-                                user_id: coupon.user_id.clone(),
-                                slot: coupon.slot,
-                                issued_at: coupon.issued_at,
-                            })
-                            .unwrap_or_default(),
+                            coupon_payload(coupon),
                             match slot {
                                 Some(other) => format!("user already holds slot {other} of this event"),
                                 None => "slot already taken by another user, or no such slot for the event".to_owned(),
@@ -212,6 +273,8 @@ impl Store {
                         ));
                     }
                 }
+            } else {
+                written.extend(coupons.iter().map(|(coupon, _)| coupon.clone()));
             }
             for chunk in failures.iter().chain(conflicts.iter()).collect::<Vec<_>>().chunks(INSERT_CHUNK) {
                 let mut query = QueryBuilder::new(&failed_head);
@@ -222,8 +285,33 @@ impl Store {
                 query.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(BatchOutcome { inserted, conflicts })
+            Ok(BatchOutcome { inserted, conflicts, written })
         })
+    }
+
+    /// Highest slot with a row (0 if none).
+    pub async fn max_coupon_slot(&self, event: &str) -> Result<i64, sqlx::Error> {
+        let sql = self.sql("SELECT MAX(slot) FROM coupons WHERE event = $1");
+        on_pool!(self, pool => {
+            let max: Option<i64> = sqlx::query_scalar(&sql).bind(event).fetch_one(pool).await?;
+            Ok(max.unwrap_or(0))
+        })
+    }
+
+    /// Up to `limit` coupons `(user_id, slot)` of an event with a slot above `after`, by slot:
+    /// one page of a restore, so memory stays bounded whatever the event's size.
+    pub async fn coupons_after(&self, event: &str, after: i64, limit: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let text = format!("SELECT {}, slot FROM coupons WHERE event = $1 AND slot > $2 ORDER BY slot LIMIT $3", self.text("user_id"));
+        let sql = self.sql(&text);
+        on_pool!(self, pool => sqlx::query_as(&sql).bind(event).bind(after).bind(limit).fetch_all(pool).await)
+    }
+
+    /// The rows of an event that hold `user_id` or `slot` (at most two): what healing needs
+    /// to know about one entry.
+    pub async fn rows_of_user_or_slot(&self, event: &str, user_id: &str, slot: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let text = format!("SELECT {}, slot FROM coupons WHERE event = $1 AND (user_id = $2 OR slot = $3)", self.text("user_id"));
+        let sql = self.sql(&text);
+        on_pool!(self, pool => sqlx::query_as(&sql).bind(event).bind(user_id).bind(slot).fetch_all(pool).await)
     }
 
     /// Coupons of an event.
@@ -247,7 +335,7 @@ impl Store {
         );
         let sql = self.sql(&text);
         on_pool!(self, pool => {
-            let rows: Vec<(String, i32, i64, String, String)> = sqlx::query_as(&sql).bind(topic).fetch_all(pool).await?;
+            let rows: Vec<(String, i32, i64, Vec<u8>, String)> = sqlx::query_as(&sql).bind(topic).fetch_all(pool).await?;
             Ok(rows.into_iter().map(|(topic, partition, offset, payload, reason)| FailedRow { topic, partition, offset, payload, reason }).collect())
         })
     }
@@ -308,9 +396,24 @@ pub struct Position {
 }
 
 impl Position {
-    pub fn failed(&self, payload: String, reason: String) -> FailedRow {
-        FailedRow { topic: self.topic.clone(), partition: self.partition, offset: self.offset, payload, reason }
+    /// The failure row of the record at this position. The reason is kept printable and
+    /// bounded, since it may quote the record.
+    pub fn failed(&self, payload: impl Into<Vec<u8>>, reason: String) -> FailedRow {
+        let reason: String = reason.chars().map(|c| if c.is_control() { '?' } else { c }).take(MAX_REASON_CHARS).collect();
+        FailedRow { topic: self.topic.clone(), partition: self.partition, offset: self.offset, payload: payload.into(), reason }
     }
+}
+
+/// The record of a coupon row, as the failure payload of a record that parsed but was not
+/// written.
+fn coupon_payload(coupon: &CouponRow) -> Vec<u8> {
+    serde_json::to_vec(&coupon_core::event::CouponRecord {
+        event: coupon.event.clone(),
+        user_id: coupon.user_id.clone(),
+        slot: coupon.slot,
+        issued_at: coupon.issued_at,
+    })
+    .unwrap_or_default()
 }
 
 /// What a batch did.
@@ -318,8 +421,19 @@ impl Position {
 pub struct BatchOutcome {
     /// New coupon rows.
     pub inserted: u64,
-    /// Records that clashed with other rows and went to `failed_events`.
+    /// Records that clashed with other rows, or that the database refused, and went to
+    /// `failed_events`.
     pub conflicts: Vec<FailedRow>,
+    /// Coupons whose row now exists (inserted, or already there with the same user and slot).
+    pub written: Vec<CouponRow>,
+}
+
+impl BatchOutcome {
+    fn absorb(&mut self, other: BatchOutcome) {
+        self.inserted += other.inserted;
+        self.conflicts.extend(other.conflicts);
+        self.written.extend(other.written);
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use coupon_core::redis::RedisHandle;
 use coupon_core::telemetry::{self, LogFormat};
 
 use crate::app::{Api, ApiSettings, Consumer, ConsumerSettings};
+use crate::apply::ReplicaWait;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +76,13 @@ pub struct ApiArgs {
     /// How long a produce may take before the apply answers 503.
     #[arg(long, env = "PRODUCE_TIMEOUT", default_value_t = ApiSettings::default().produce_timeout.into())]
     pub produce_timeout: humantime::Duration,
+    /// Redis replicas that must hold the gate's write (`WAIT`) before the record is
+    /// produced; 0 turns it off.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// How long to wait for those replicas before answering 503.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT", default_value = "500ms")]
+    pub redis_wait_timeout: humantime::Duration,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -88,6 +96,8 @@ impl ApiArgs {
             redis_url: self.redis.redis_url.clone(),
             kafka: self.kafka.settings(),
             produce_timeout: self.produce_timeout.into(),
+            replica_wait: (self.redis_wait_replicas > 0)
+                .then(|| ReplicaWait { replicas: self.redis_wait_replicas, timeout: self.redis_wait_timeout.into() }),
             ..ApiSettings::default()
         }
     }
@@ -112,10 +122,15 @@ pub struct ConsumerArgs {
     /// How long a batch waits for more records once the first arrived.
     #[arg(long, env = "BATCH_LINGER", default_value_t = ConsumerSettings::default().batch_linger.into())]
     pub batch_linger: humantime::Duration,
-    /// How long an event whose Redis state was lost stays closed (503) before the consumer
-    /// restores it from SQL; longer than the api's produce timeout.
+    /// How long an event whose Redis state may be lost stays closed (503) before the
+    /// consumer restores it from SQL, and how long past a delivery's deadline an unwritten
+    /// coupon waits before it is healed; longer than a broker may hold a produce request.
     #[arg(long, env = "RECOVERY_SETTLE", default_value_t = ConsumerSettings::default().recovery_settle.into())]
     pub recovery_settle: humantime::Duration,
+    /// How long records of an event with no configuration in Redis are held before they are
+    /// failed as not provisioned.
+    #[arg(long, env = "MISSING_EVENT_PATIENCE", default_value_t = ConsumerSettings::default().missing_event_patience.into())]
+    pub missing_event_patience: humantime::Duration,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -133,6 +148,7 @@ impl ConsumerArgs {
             batch_size: self.batch_size.max(1),
             batch_linger: self.batch_linger.into(),
             recovery_settle: self.recovery_settle.into(),
+            missing_event_patience: self.missing_event_patience.into(),
         }
     }
 }

@@ -1,14 +1,10 @@
 //! Writing an event's configuration hash.
 
-use std::sync::LazyLock;
-
 use redis::aio::ConnectionManager;
-use redis::{RedisResult, Script};
+use redis::RedisResult;
 
-use super::{mark_recovering, EventKeys};
+use super::{register, script, EventKeys};
 use crate::event::{EventConfig, EventId};
-
-static PROVISION: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/provision.lua")));
 
 /// What writing the configuration did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,10 +24,11 @@ pub enum ConfigWrite {
 
 /// Writes the configuration atomically; counters are never touched. With `existed_before`
 /// (the caller knows the event was provisioned earlier) a missing configuration means Redis
-/// lost the event's state: it is written back marked recovering and listed for the consumer.
-/// An event still marked recovering is listed again on every write, so one failed listing
-/// (it cannot be inside the script: on Redis Cluster the list lives in another slot) does
-/// not leave the event answering 503 for ever.
+/// lost the event's state: it is written back marked recovering, and the consumer restores
+/// it from SQL. Every write also lists the event among the provisioned ones (which the
+/// consumer's verification pass reads); it cannot be inside the script, since on Redis
+/// Cluster that list lives in another slot, so it is repeated on every write and one failed
+/// listing is mended by the next.
 pub async fn write_config(
     conn: &mut ConnectionManager,
     event: &EventId,
@@ -39,7 +36,7 @@ pub async fn write_config(
     existed_before: bool,
 ) -> RedisResult<ConfigWrite> {
     let keys = EventKeys::of(event);
-    let (answer, recovering): (i64, i64) = PROVISION
+    let (answer, _recovering): (i64, i64) = script!("provision")
         .key(&keys.config)
         .key(&keys.count)
         .arg(config.limit)
@@ -50,8 +47,8 @@ pub async fn write_config(
         .arg(if existed_before { "1" } else { "0" })
         .invoke_async(&mut *conn)
         .await?;
-    if answer >= 0 && recovering == 1 {
-        mark_recovering(conn, event).await?;
+    if answer >= 0 {
+        register(conn, event).await?;
     }
     Ok(match answer {
         0 => ConfigWrite::Created,

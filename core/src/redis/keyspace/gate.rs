@@ -1,51 +1,58 @@
-//! The apply gate: one atomic script decides whether a user gets a slot, and the release of
-//! a slot whose record was certainly not written.
+//! The apply gate: one atomic script decides whether a user gets a slot; the broker's
+//! acknowledgement and a certain failure of the delivery update the user's entry.
 //!
 //! Unlike the seed's `INCR`-then-compare, the counter never passes the limit: the script
 //! checks `count < limit` before it increments, so `count <= limit` holds in Redis itself.
+//! The user's entry remembers the slot and how far its delivery got, which makes applies
+//! idempotent: a user whose earlier delivery never completed gets the same slot delivered
+//! again, a user who holds one gets 409 with it.
 
-use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{RedisResult, Script};
+use redis::RedisResult;
 
-use super::EventKeys;
+use super::{script, EventKeys};
 use crate::event::EventId;
-
-const APPLY_LUA: &str = include_str!("lua/apply.lua");
-
-/// `Script::invoke_async` sends EVALSHA and loads the script again when Redis answers
-/// NOSCRIPT (after a restart or `SCRIPT FLUSH`).
-static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY_LUA));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
 
 /// The gate's decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GateDecision {
-    /// The user holds `slot`; its record goes to `topic`.
+    /// The user holds `slot`; its record goes to `topic`. `again`: the slot was issued
+    /// earlier and its delivery never completed, so this is a second delivery of the same
+    /// record.
     Issued {
         slot: i64,
         topic: String,
+        again: bool,
     },
-    Duplicate,
+    /// The user holds `slot` already (or another request of theirs is delivering it).
+    Duplicate {
+        slot: i64,
+    },
     SoldOut,
     NotOpen,
     Closed,
-    UnknownEvent,
-    /// Redis lost the event's state and the consumer is restoring it from SQL.
+    /// Deleted (the tombstone says so).
+    Deleted,
+    /// No configuration at all: never provisioned, or Redis lost its data.
+    Missing,
+    /// Being verified against SQL (Redis lost data, or the server changed).
     Recovering,
 }
 
 impl GateDecision {
-    fn from_answer((code, topic): (i64, String)) -> RedisResult<Self> {
+    fn from_answer((code, slot, topic): (i64, i64, String)) -> RedisResult<Self> {
         Ok(match code {
-            slot if slot > 0 => Self::Issued { slot, topic },
-            -1 => Self::UnknownEvent,
+            1 => Self::Issued { slot, topic, again: false },
+            2 => Self::Issued { slot, topic, again: true },
+            -1 => Self::Deleted,
             -2 => Self::NotOpen,
             -3 => Self::Closed,
-            -4 => Self::Duplicate,
+            -4 => Self::Duplicate { slot },
             -5 => Self::SoldOut,
             -6 => Self::Recovering,
+            -7 => Self::Missing,
             other => {
                 return Err(redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected gate script answer", other.to_string())))
             }
@@ -53,19 +60,37 @@ impl GateDecision {
     }
 }
 
-/// Decides one apply: one Redis round trip.
-pub async fn apply(conn: &mut ConnectionManager, event: &EventId, user_id: &str) -> RedisResult<GateDecision> {
+/// Decides one apply: one Redis round trip. `lease` is how long the delivery of an issued
+/// record may take; until it has passed, a repeated apply answers `Duplicate` instead of
+/// delivering the record a second time.
+pub async fn apply(conn: &mut ConnectionManager, event: &EventId, user_id: &str, lease: Duration) -> RedisResult<GateDecision> {
     let keys = EventKeys::of(event);
-    let answer: (i64, String) =
-        APPLY.key(&keys.config).key(&keys.count).key(&keys.users).key(&keys.free).arg(user_id).invoke_async(conn).await?;
+    let answer: (i64, i64, String) = script!("apply")
+        .key(&keys.config)
+        .key(&keys.count)
+        .key(&keys.users)
+        .key(&keys.free)
+        .key(&keys.unwritten)
+        .arg(user_id)
+        .arg(lease.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
     GateDecision::from_answer(answer)
 }
 
-/// Undoes an issued slot whose record never reached the broker. Returns whether a mark was
-/// removed.
+/// Records that the broker acknowledged the record of `user_id`'s `slot`. Returns whether a
+/// pending entry was updated.
+pub async fn ack(conn: &mut ConnectionManager, event: &EventId, user_id: &str, slot: i64) -> RedisResult<bool> {
+    let updated: i64 = script!("ack").key(EventKeys::of(event).users).arg(user_id).arg(slot).invoke_async(conn).await?;
+    Ok(updated == 1)
+}
+
+/// Undoes an issued slot whose record never reached the broker: only the user's pending
+/// entry of exactly that slot. Returns whether it was released.
 pub async fn release(conn: &mut ConnectionManager, event: &EventId, user_id: &str, slot: i64) -> RedisResult<bool> {
     let keys = EventKeys::of(event);
-    let removed: i64 = RELEASE.key(&keys.config).key(&keys.users).key(&keys.free).arg(user_id).arg(slot).invoke_async(conn).await?;
+    let removed: i64 =
+        script!("release").key(&keys.users).key(&keys.free).key(&keys.unwritten).arg(user_id).arg(slot).invoke_async(conn).await?;
     Ok(removed == 1)
 }
 
@@ -73,7 +98,7 @@ pub async fn release(conn: &mut ConnectionManager, event: &EventId, user_id: &st
 /// `redis-benchmark ... EVALSHA <args>` that run it against `event` with a random user
 /// (`__rand_int__`): the benchmark's baseline, the script alone.
 pub async fn prepare_gate_benchmark(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<Vec<String>> {
-    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_LUA).query_async(conn).await?;
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(super::script_source!("apply")).query_async(conn).await?;
     let keys = EventKeys::of(event);
-    Ok(vec![sha, "4".into(), keys.config, keys.count, keys.users, keys.free, "user:__rand_int__".into()])
+    Ok(vec![sha, "5".into(), keys.config, keys.count, keys.users, keys.free, keys.unwritten, "user:__rand_int__".into(), "5000".into()])
 }

@@ -9,32 +9,57 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `coupon:{ns/name}:config` | hash | `limit`, `per_user`, `start_ms`, `end_ms` (window, server time in ms), `topic`; while Redis state is being restored from SQL also `recovering` = `1` and `recovering_since_ms` |
+//! | `coupon:{ns/name}:config` | hash | `limit`, `per_user`, `start_ms`, `end_ms` (window, server time in ms), `topic`, `server` (replication id of the Redis the state was last verified on); while the state is being verified against SQL also `recovering` = `1`, `recovering_since_ms` and, during the write-back, `restoring` and `restore_server`. A deleted event leaves only `deleted` = `1` here for a day (a tombstone) |
 //! | `coupon:{ns/name}:count` | integer | the highest slot ever handed out (never above `limit`) |
-//! | `coupon:{ns/name}:users` | set | users holding a coupon (a hash user → count when `per_user` > 1) |
-//! | `coupon:{ns/name}:free` | list | slots given back after a produce that certainly failed; handed out first |
-//! | `coupon:{ns/name}:persisted` | integer | rows the consumer has written (raised, never lowered) |
-//! | `coupon:recovering` | set | events (`ns/name`) whose state the consumer must restore from SQL; outside any event's hash tag |
+//! | `coupon:{ns/name}:users` | hash | user → their entries, `slot:state` separated by spaces; state `p` pending (issued, record not yet acknowledged), `a` acknowledged by the broker, `w` written to SQL. One entry per user today; `per_user` > 1 adds entries to the same value |
+//! | `coupon:{ns/name}:unwritten` | sorted set | `slot:user` of every entry not yet written, scored by its delivery deadline (server ms): what healing looks at |
+//! | `coupon:{ns/name}:free` | list | slots given back (a produce that certainly failed, or healed); handed out first |
+//! | `coupon:{ns/name}:persisted` | integer | entries written to SQL |
+//! | `coupon:{ns/name}:healed` | integer | entries given back by healing |
+//! | `coupon:events` | set | every provisioned event (`ns/name`), for the consumer's verification and healing passes; outside any event's hash tag |
 //!
 //! Issued coupons are `count - len(free)`.
+//!
+//! Every script is `lua/common.lua` followed by its own file (`script!`).
 
 mod config;
 mod gate;
+mod heal;
 mod recovery;
 
-use std::sync::LazyLock;
-
 use redis::aio::ConnectionManager;
-use redis::{RedisResult, Script};
+use redis::RedisResult;
 
 use crate::event::EventId;
 
 pub use config::{write_config, ConfigWrite};
-pub use gate::{apply, prepare_gate_benchmark, release, GateDecision};
-pub use recovery::{is_marked_recovering, mark_recovering, recovering_events, restore, unmark_recovering, RestoreAnswer, RestoredState};
+pub use gate::{ack, apply, prepare_gate_benchmark, release, GateDecision};
+pub use heal::{heal, mark_written, overdue_entries, HealVerdict, Healed, OverdueEntry};
+pub use recovery::{fence, restore_begin, restore_chunk, restore_finish, RestoreStep};
 
-/// Events whose Redis state is being restored from SQL (members `<ns>/<name>`).
-const RECOVERING_SET: &str = "coupon:recovering";
+/// A script of this keyspace: `lua/common.lua` (shared helpers) followed by `lua/<name>.lua`.
+/// `Script::invoke_async` sends EVALSHA and loads the script again when Redis answers
+/// NOSCRIPT (after a restart or `SCRIPT FLUSH`).
+macro_rules! script {
+    ($name:literal) => {{
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new($crate::redis::keyspace::script_source!($name)));
+        &*SCRIPT
+    }};
+}
+
+/// The source text of a keyspace script (`script!`).
+macro_rules! script_source {
+    ($name:literal) => {
+        concat!(include_str!("lua/common.lua"), "\n", include_str!(concat!("lua/", $name, ".lua")))
+    };
+}
+pub(crate) use {script, script_source};
+
+/// Every provisioned event (members `<ns>/<name>`).
+const EVENTS: &str = "coupon:events";
+
+/// How long a deleted event's tombstone stays.
+const TOMBSTONE_TTL_SECS: u64 = 24 * 3600;
 
 /// Fields of the config hash.
 mod field {
@@ -44,6 +69,7 @@ mod field {
     pub const END_MS: &str = "end_ms";
     pub const TOPIC: &str = "topic";
     pub const RECOVERING: &str = "recovering";
+    pub const DELETED: &str = "deleted";
 }
 
 /// The keys of one event, all under one hash tag.
@@ -52,7 +78,9 @@ struct EventKeys {
     count: String,
     users: String,
     free: String,
+    unwritten: String,
     persisted: String,
+    healed: String,
 }
 
 impl EventKeys {
@@ -63,17 +91,19 @@ impl EventKeys {
             count: format!("{prefix}:count"),
             users: format!("{prefix}:users"),
             free: format!("{prefix}:free"),
+            unwritten: format!("{prefix}:unwritten"),
             persisted: format!("{prefix}:persisted"),
+            healed: format!("{prefix}:healed"),
         }
     }
 
-    fn all(&self) -> [&str; 5] {
-        [&self.config, &self.count, &self.users, &self.free, &self.persisted]
+    fn all(&self) -> [&str; 7] {
+        [&self.config, &self.count, &self.users, &self.free, &self.unwritten, &self.persisted, &self.healed]
     }
 }
 
-/// An event's configuration and counters, as the api's stats, the operator's status and
-/// `coupon-service event show` report them.
+/// An event's configuration and counters, as the api's stats, the operator's status, the
+/// consumer's metrics and `coupon-service event show` report them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EventCounters {
     pub limit: i64,
@@ -83,7 +113,12 @@ pub struct EventCounters {
     pub topic: String,
     /// Slots currently held by users: `count - len(free)`.
     pub issued: i64,
+    /// Entries written to SQL.
     pub persisted: i64,
+    /// Entries not yet written (being delivered, or waiting to be healed).
+    pub unwritten: i64,
+    /// Entries given back by healing since the event was provisioned or restored.
+    pub healed: i64,
     pub recovering: bool,
 }
 
@@ -91,8 +126,10 @@ pub struct EventCounters {
 pub async fn counters(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<Option<EventCounters>> {
     let keys = EventKeys::of(event);
     #[allow(clippy::type_complexity)]
-    let ((limit, per_user, start_ms, end_ms, topic, recovering), count, free, persisted): (
+    let ((limit, per_user, start_ms, end_ms, topic, recovering), count, free, persisted, unwritten, healed): (
         (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, Option<String>),
+        Option<i64>,
+        i64,
         Option<i64>,
         i64,
         Option<i64>,
@@ -101,6 +138,8 @@ pub async fn counters(conn: &mut ConnectionManager, event: &EventId) -> RedisRes
         .get(&keys.count)
         .llen(&keys.free)
         .get(&keys.persisted)
+        .zcard(&keys.unwritten)
+        .get(&keys.healed)
         .query_async(conn)
         .await?;
     let Some(limit) = limit else { return Ok(None) };
@@ -112,13 +151,33 @@ pub async fn counters(conn: &mut ConnectionManager, event: &EventId) -> RedisRes
         topic: topic.unwrap_or_default(),
         issued: count.unwrap_or(0) - free,
         persisted: persisted.unwrap_or(0),
+        unwritten,
+        healed: healed.unwrap_or(0),
         recovering: recovering.as_deref() == Some("1"),
     }))
 }
 
-/// The event's limit; `None` if not provisioned (one field, for the consumer's slot rows).
-pub async fn limit(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<Option<i64>> {
-    redis::cmd("HGET").arg(EventKeys::of(event).config).arg(field::LIMIT).query_async(conn).await
+/// What Redis knows of an event's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventPresence {
+    /// Provisioned, with this limit.
+    Provisioned { limit: i64 },
+    /// Deleted (its tombstone is there).
+    Deleted,
+    /// No configuration at all: never provisioned, or Redis lost it.
+    Missing,
+}
+
+/// Whether the event is provisioned, deleted or missing, and its limit (one hash read, for
+/// the consumer's slot rows).
+pub async fn presence(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<EventPresence> {
+    let (limit, deleted): (Option<i64>, Option<String>) =
+        redis::cmd("HMGET").arg(EventKeys::of(event).config).arg(field::LIMIT).arg(field::DELETED).query_async(conn).await?;
+    Ok(match (limit, deleted.as_deref()) {
+        (Some(limit), _) => EventPresence::Provisioned { limit },
+        (None, Some("1")) => EventPresence::Deleted,
+        (None, _) => EventPresence::Missing,
+    })
 }
 
 /// The event's topic; `None` if not provisioned.
@@ -126,23 +185,124 @@ pub async fn topic(conn: &mut ConnectionManager, event: &EventId) -> RedisResult
     redis::cmd("HGET").arg(EventKeys::of(event).config).arg(field::TOPIC).query_async(conn).await
 }
 
-/// Raises `persisted` to `rows` (never lowers it).
-pub async fn raise_persisted(conn: &mut ConnectionManager, event: &EventId, rows: i64) -> RedisResult<()> {
-    static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/raise_persisted.lua")));
-    let _: i64 = RAISE.key(EventKeys::of(event).persisted).arg(rows).invoke_async(conn).await?;
+/// Lists the event among the provisioned ones (done by every configuration write).
+async fn register(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<()> {
+    let _: i64 = redis::cmd("SADD").arg(EVENTS).arg(event.to_string()).query_async(conn).await?;
     Ok(())
 }
 
-/// Removes every key of the event. Returns how many existed.
-pub async fn delete_event(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<i64> {
-    let keys = EventKeys::of(event);
-    redis::cmd("DEL").arg(&keys.all()[..]).query_async(conn).await
+/// Every provisioned event, as stored (`ns/name`; a caller drops what does not parse).
+pub async fn registered_events(conn: &mut ConnectionManager) -> RedisResult<Vec<String>> {
+    redis::cmd("SMEMBERS").arg(EVENTS).query_async(conn).await
 }
 
-/// How many of the event's keys exist (0: Redis knows nothing of it).
+/// Takes a member off the list of provisioned events (by its stored name, so malformed ones
+/// can go too).
+pub async fn unregister(conn: &mut ConnectionManager, member: &str) -> RedisResult<()> {
+    let _: i64 = redis::cmd("SREM").arg(EVENTS).arg(member).query_async(conn).await?;
+    Ok(())
+}
+
+/// Removes every key of the event, leaving a tombstone for a day so that api replicas that
+/// served it answer 404 rather than 503. Returns how many keys existed.
+pub async fn delete_event(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<i64> {
+    let keys = EventKeys::of(event);
+    let mut invocation = script!("delete").prepare_invoke();
+    for key in keys.all() {
+        invocation.key(key);
+    }
+    let existed: i64 = invocation.arg(TOMBSTONE_TTL_SECS).invoke_async(&mut *conn).await?;
+    unregister(conn, &event.to_string()).await?;
+    Ok(existed)
+}
+
+/// How many of the event's keys hold state (0: Redis knows nothing of it, or only its
+/// tombstone).
 pub async fn existing_keys(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<i64> {
     let keys = EventKeys::of(event);
-    redis::cmd("EXISTS").arg(&keys.all()[..]).query_async(conn).await
+    let (config, others): (i64, i64) =
+        redis::pipe().hexists(&keys.config, field::LIMIT).exists(&keys.all()[1..]).query_async(conn).await?;
+    Ok(config + others)
+}
+
+/// A user's coupon in the gate.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Holding {
+    pub slot: i64,
+    pub state: HoldingState,
+}
+
+/// How far a user's coupon got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldingState {
+    /// Issued; the record's delivery has not been acknowledged (yet).
+    Pending,
+    /// The broker acknowledged the record.
+    Acknowledged,
+    /// The consumer wrote the row.
+    Persisted,
+}
+
+/// Parses a user's entries (`slot:state` separated by spaces).
+fn parse_holdings(value: &str) -> Vec<Holding> {
+    value
+        .split_ascii_whitespace()
+        .filter_map(|entry| {
+            let (slot, state) = entry.split_once(':')?;
+            let state = match state {
+                "p" => HoldingState::Pending,
+                "a" => HoldingState::Acknowledged,
+                "w" => HoldingState::Persisted,
+                _ => return None,
+            };
+            Some(Holding { slot: slot.parse().ok()?, state })
+        })
+        .collect()
+}
+
+/// The coupons `user` holds in the event (one read).
+pub async fn holdings(conn: &mut ConnectionManager, event: &EventId, user: &str) -> RedisResult<Vec<Holding>> {
+    let value: Option<String> = redis::cmd("HGET").arg(EventKeys::of(event).users).arg(user).query_async(conn).await?;
+    Ok(value.as_deref().map(parse_holdings).unwrap_or_default())
+}
+
+/// What the api needs to answer one user without the gate: whether the event is
+/// provisioned and open, and the user's entries (one read-only round trip).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserView {
+    pub provisioned: bool,
+    pub recovering: bool,
+    pub end_ms: i64,
+    /// Server time.
+    pub now_ms: i64,
+    pub holdings: Vec<Holding>,
+}
+
+/// Reads `UserView` in one pipeline.
+pub async fn user_view(conn: &mut ConnectionManager, event: &EventId, user: &str) -> RedisResult<UserView> {
+    let keys = EventKeys::of(event);
+    #[allow(clippy::type_complexity)]
+    let ((limit, end_ms, recovering), value, (secs, micros)): ((Option<i64>, Option<i64>, Option<String>), Option<String>, (i64, i64)) =
+        redis::pipe()
+            .hget(&keys.config, &[field::LIMIT, field::END_MS, field::RECOVERING])
+            .hget(&keys.users, user)
+            .cmd("TIME")
+            .query_async(conn)
+            .await?;
+    Ok(UserView {
+        provisioned: limit.is_some(),
+        recovering: recovering.as_deref() == Some("1"),
+        end_ms: end_ms.unwrap_or(0),
+        now_ms: secs * 1000 + micros / 1000,
+        holdings: value.as_deref().map(parse_holdings).unwrap_or_default(),
+    })
+}
+
+/// `WAIT`: blocks until `replicas` replicas acknowledged this connection's writes, or
+/// `timeout`; returns how many did.
+pub async fn wait_for_replicas(conn: &mut ConnectionManager, replicas: u32, timeout: std::time::Duration) -> RedisResult<i64> {
+    redis::cmd("WAIT").arg(replicas).arg(timeout.as_millis() as u64).query_async(conn).await
 }
 
 /// Everything Redis holds for an event, sorted, for "nothing changed" checks and diagnostics.
@@ -151,21 +311,40 @@ pub struct EventSnapshot {
     /// The config hash, by field.
     pub config: Vec<(String, String)>,
     pub count: Option<i64>,
-    /// Users holding a mark.
+    /// Users holding an entry.
     pub users: Vec<String>,
+    /// Every user's entries, by user.
+    pub entries: Vec<(String, Vec<Holding>)>,
     /// The free list, in order.
     pub free: Vec<i64>,
+    /// `slot:user` of entries not yet written.
+    pub unwritten: Vec<String>,
 }
 
 /// Reads an event's whole state (O(users): diagnostics and tests only, never a hot path).
 pub async fn snapshot(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<EventSnapshot> {
     let keys = EventKeys::of(event);
     #[allow(clippy::type_complexity)]
-    let (mut config, count, mut users, free): (Vec<(String, String)>, Option<i64>, Vec<String>, Vec<i64>) =
-        redis::pipe().hgetall(&keys.config).get(&keys.count).smembers(&keys.users).lrange(&keys.free, 0, -1).query_async(conn).await?;
+    let (mut config, count, mut users, free, mut unwritten): (Vec<(String, String)>, Option<i64>, Vec<(String, String)>, Vec<i64>, Vec<String>) =
+        redis::pipe()
+            .hgetall(&keys.config)
+            .get(&keys.count)
+            .hgetall(&keys.users)
+            .lrange(&keys.free, 0, -1)
+            .zrange(&keys.unwritten, 0, -1)
+            .query_async(conn)
+            .await?;
     config.sort();
     users.sort();
-    Ok(EventSnapshot { config, count, users, free })
+    unwritten.sort();
+    let entries: Vec<(String, Vec<Holding>)> = users.into_iter().map(|(user, value)| { let h = parse_holdings(&value); (user, h) }).collect();
+    Ok(EventSnapshot { config, count, users: entries.iter().map(|(u, _)| u.clone()).collect(), entries, free, unwritten })
+}
+
+/// Server time in ms (for cut-offs compared with scores the scripts wrote).
+pub async fn server_time_ms(conn: &mut ConnectionManager) -> RedisResult<i64> {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs * 1000 + micros / 1000)
 }
 
 #[cfg(test)]
@@ -180,5 +359,14 @@ mod tests {
             assert!(key.starts_with("coupon:{shop/black-friday}:"), "{key}");
         }
         assert_eq!(keys.count, "coupon:{shop/black-friday}:count");
+    }
+
+    #[test]
+    fn entries_parse_and_skip_what_is_not_an_entry() {
+        assert_eq!(
+            parse_holdings("3:p 7:w x:y 9:q"),
+            vec![Holding { slot: 3, state: HoldingState::Pending }, Holding { slot: 7, state: HoldingState::Persisted }]
+        );
+        assert!(parse_holdings("").is_empty());
     }
 }

@@ -1,82 +1,96 @@
-//! The recovering mark and the restore of an event's counters from SQL.
+//! Fencing and the restore of an event's state from SQL.
+//!
+//! The gate answers 503 `recovering` when the event's state was last verified on another
+//! Redis server (a restart, a failover, a restored snapshot: any of them may have lost
+//! acknowledged writes) or when the operator wrote back a lost configuration. The consumer,
+//! which owns SQL, then writes the state back from the rows in chunks: `restore_begin`,
+//! `restore_chunk` as often as needed, `restore_finish`. The event stays closed throughout,
+//! and a token and the server's identity make a restore that was taken over by another
+//! consumer, or interrupted by a failover, fail instead of opening a half-restored event.
 
-use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{RedisResult, Script};
+use redis::RedisResult;
 
-use super::{EventKeys, RECOVERING_SET};
+use super::{script, EventKeys};
 use crate::event::EventId;
 
-static RESTORE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/restore.lua")));
-
-/// Lists the event for the consumer's restore.
-pub async fn mark_recovering(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<()> {
-    let _: i64 = redis::cmd("SADD").arg(RECOVERING_SET).arg(event.to_string()).query_async(conn).await?;
-    Ok(())
+/// Runs the gate's fencing check for an event nobody applies to. Returns `Some(true)` if the
+/// event is recovering (perhaps marked just now), `None` if it has no configuration.
+pub async fn fence(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<Option<bool>> {
+    let answer: i64 = script!("fence").key(EventKeys::of(event).config).invoke_async(conn).await?;
+    Ok(match answer {
+        -1 => None,
+        state => Some(state == 1),
+    })
 }
 
-/// Events listed for restore, as stored (`ns/name`; a caller drops what does not parse).
-pub async fn recovering_events(conn: &mut ConnectionManager) -> RedisResult<Vec<String>> {
-    redis::cmd("SMEMBERS").arg(RECOVERING_SET).query_async(conn).await
-}
-
-/// Whether the event is listed for restore.
-pub async fn is_marked_recovering(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<bool> {
-    redis::cmd("SISMEMBER").arg(RECOVERING_SET).arg(event.to_string()).query_async(conn).await
-}
-
-/// Takes a member off the restore list (by its stored name, so malformed ones can go too).
-pub async fn unmark_recovering(conn: &mut ConnectionManager, member: &str) -> RedisResult<()> {
-    let _: i64 = redis::cmd("SREM").arg(RECOVERING_SET).arg(member).query_async(conn).await?;
-    Ok(())
-}
-
-/// The counters to write back, computed from SQL.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RestoredState {
-    /// Highest slot with a row: the counter.
-    pub count: i64,
-    /// Rows of the event.
-    pub persisted: i64,
-    /// Slots below the counter without a row: handed out again.
-    pub free: Vec<i64>,
-    /// Users holding a coupon.
-    pub users: Vec<String>,
-}
-
-/// What `restore` did.
+/// How a restore step ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RestoreAnswer {
-    Restored,
+pub enum RestoreStep {
+    Done,
     /// The event is not marked recovering (any more): nothing written.
     NotRecovering,
     /// Marked less than `settle` ago: nothing written yet.
     TooEarly,
+    /// Another restore took over, or the server changed: start again.
+    Interrupted,
+    /// The limit is below the highest slot with a row: the event stays recovering.
+    LimitBelowRows,
 }
 
-/// Writes the restored counters, only while the event is still marked recovering and the
-/// mark is at least `settle` old, and clears the mark.
-pub async fn restore(
+/// Starts a restore under `token` once the mark is `settle` old: clears the counters, the
+/// users, the free list and the unwritten entries.
+pub async fn restore_begin(conn: &mut ConnectionManager, event: &EventId, token: &str, settle: Duration) -> RedisResult<RestoreStep> {
+    let keys = EventKeys::of(event);
+    let answer: i64 = script!("restore_begin")
+        .key(&keys.config)
+        .key(&keys.count)
+        .key(&keys.users)
+        .key(&keys.free)
+        .key(&keys.unwritten)
+        .key(&keys.persisted)
+        .arg(settle.as_millis() as u64)
+        .arg(token)
+        .invoke_async(conn)
+        .await?;
+    Ok(match answer {
+        1 => RestoreStep::Done,
+        -2 => RestoreStep::TooEarly,
+        _ => RestoreStep::NotRecovering,
+    })
+}
+
+/// Writes back one chunk: rows `(user, slot)` and free slots.
+pub async fn restore_chunk(
     conn: &mut ConnectionManager,
     event: &EventId,
-    state: &RestoredState,
-    settle: std::time::Duration,
-) -> RedisResult<RestoreAnswer> {
+    token: &str,
+    rows: &[(String, i64)],
+    free: &[i64],
+) -> RedisResult<RestoreStep> {
     let keys = EventKeys::of(event);
-    let mut script = RESTORE.prepare_invoke();
-    script.key(&keys.config).key(&keys.count).key(&keys.users).key(&keys.free).key(&keys.persisted);
-    script.arg(state.count).arg(state.persisted).arg(settle.as_millis() as u64).arg(state.free.len());
-    for slot in &state.free {
-        script.arg(*slot);
+    let mut invocation = script!("restore_chunk").prepare_invoke();
+    invocation.key(&keys.config).key(&keys.users).key(&keys.free).key(&keys.persisted).arg(token).arg(rows.len());
+    for (user, slot) in rows {
+        invocation.arg(user).arg(*slot);
     }
-    for user in &state.users {
-        script.arg(user);
+    for slot in free {
+        invocation.arg(*slot);
     }
-    let answer: i64 = script.invoke_async(conn).await?;
+    let answer: i64 = invocation.invoke_async(conn).await?;
+    Ok(if answer == 1 { RestoreStep::Done } else { RestoreStep::Interrupted })
+}
+
+/// Sets the counter to `count` (the highest slot with a row), stamps the server and opens
+/// the gate again.
+pub async fn restore_finish(conn: &mut ConnectionManager, event: &EventId, token: &str, count: i64) -> RedisResult<RestoreStep> {
+    let keys = EventKeys::of(event);
+    let answer: i64 = script!("restore_finish").key(&keys.config).key(&keys.count).arg(token).arg(count).invoke_async(conn).await?;
     Ok(match answer {
-        1 => RestoreAnswer::Restored,
-        -2 => RestoreAnswer::TooEarly,
-        _ => RestoreAnswer::NotRecovering,
+        1 => RestoreStep::Done,
+        -2 => RestoreStep::LimitBelowRows,
+        _ => RestoreStep::Interrupted,
     })
 }

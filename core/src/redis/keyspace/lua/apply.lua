@@ -1,34 +1,58 @@
 -- The apply gate: decides one apply atomically.
--- KEYS: config, count, users, free. ARGV: user id.
--- Answers {slot, topic} or {code, ''}: -1 unknown event, -2 not open, -3 closed,
--- -4 duplicate, -5 sold out, -6 recovering.
--- Time comes from the Redis server, so every api replica sees the same window. The counter
--- never passes the limit: `count < limit` is checked before INCR, so `count` is the highest
--- slot ever handed out.
-local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic')
+-- KEYS: config, count, users, free, unwritten. ARGV: user id, lease_ms (how long a delivery
+-- may take: the api's produce timeout and a margin).
+-- Answers {code, slot, topic}:
+--   1  a new slot was issued to the user: deliver its record;
+--   2  the user's earlier delivery of `slot` never completed (its lease ran out): deliver the
+--      same record again (the consumer skips the duplicate);
+--  -1  the event was deleted; -7 no configuration at all (never provisioned, or Redis lost it);
+--  -2  not open yet; -3 closed; -4 the user holds `slot` already (or it is being delivered);
+--  -5  sold out; -6 recovering (being verified against SQL).
+-- The counter never passes the limit: `count < limit` is checked before INCR.
+local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server', 'deleted')
 local limit = tonumber(cfg[1])
-if not limit then return {-1, ''} end
-if cfg[5] == '1' then return {-6, ''} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now < tonumber(cfg[3]) then return {-2, ''} end
-if now >= tonumber(cfg[4]) then return {-3, ''} end
-local per_user = tonumber(cfg[2]) or 1
-local user = ARGV[1]
-if per_user <= 1 then
-  if redis.call('SISMEMBER', KEYS[3], user) == 1 then return {-4, ''} end
-else
-  if (tonumber(redis.call('HGET', KEYS[3], user)) or 0) >= per_user then return {-4, ''} end
+if not limit then
+  if cfg[8] == '1' then return {-1, 0, ''} end
+  return {-7, 0, ''}
 end
-local slot = tonumber(redis.call('LPOP', KEYS[4]))
+if cfg[5] == '1' then return {-6, 0, ''} end
+local now = now_ms()
+-- Fencing: the state was last verified on another server (a restart, a failover, a restored
+-- snapshot). It may have lost acknowledged writes, so nothing is decided until the consumer
+-- has verified it against SQL and the topic.
+if cfg[7] ~= server_id() then
+  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now)
+  return {-6, 0, ''}
+end
+if now < tonumber(cfg[3]) then return {-2, 0, ''} end
+if now >= tonumber(cfg[4]) then return {-3, 0, ''} end
+local user = ARGV[1]
+local lease = tonumber(ARGV[2])
+local per_user = tonumber(cfg[2]) or 1
+local held = redis.call('HGET', KEYS[3], user)
+local entries = parse_entries(held)
+for _, e in ipairs(entries) do
+  if e[2] == 'p' then
+    local member = unwritten_member(e[1], user)
+    local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member)) or 0
+    if deadline > now then return {-4, tonumber(e[1]), ''} end
+    redis.call('ZADD', KEYS[5], now + lease, member)
+    return {2, tonumber(e[1]), cfg[6]}
+  end
+end
+if #entries >= per_user then return {-4, tonumber(entries[1][1]), ''} end
+local slot
+for _ = 1, 16 do
+  slot = tonumber(redis.call('LPOP', KEYS[4]))
+  if not slot or slot <= limit then break end
+  slot = nil -- above a limit lowered since it was given back: dropped
+end
 if not slot then
   local count = tonumber(redis.call('GET', KEYS[2])) or 0
-  if count >= limit then return {-5, ''} end
+  if count >= limit then return {-5, 0, ''} end
   slot = redis.call('INCR', KEYS[2])
 end
-if per_user <= 1 then
-  redis.call('SADD', KEYS[3], user)
-else
-  redis.call('HINCRBY', KEYS[3], user, 1)
-end
-return {slot, cfg[6]}
+entries[#entries + 1] = {tostring(slot), 'p'}
+store_entries(KEYS[3], user, entries)
+redis.call('ZADD', KEYS[5], now + lease, unwritten_member(slot, user))
+return {1, slot, cfg[6]}

@@ -2,21 +2,29 @@
 -- KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing.
 -- Answers {code, recovering}: code 0 created, 1 updated, 2 unchanged, 3 created recovering,
 -- or -count when the new limit is below the highest slot handed out (nothing is written
--- then); recovering is 1 while the event is marked recovering, so the caller can list it
--- for the consumer again (listing happens outside this script, and may have failed once).
+-- then); recovering is 1 while the event is marked recovering.
+-- A new event records the server it lives on (`server`); an update never does, since that
+-- would hide a server that went back in time from the gate's fencing check. A configuration
+-- written before fencing existed adopts the current server once.
 local count = tonumber(redis.call('GET', KEYS[2])) or 0
 if tonumber(ARGV[1]) < count then return {-count, 0} end
-local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering')
+local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted')
+if old[8] == '1' then
+  -- The tombstone of a deleted event: the name is free again.
+  redis.call('DEL', KEYS[1])
+  old = {false, false, false, false, false, false, false, false}
+end
 local recovering = 0
 if old[6] == '1' then recovering = 1 end
+if old[1] and not old[7] then redis.call('HSET', KEYS[1], 'server', server_id()) end
 if old[1] == ARGV[1] and old[2] == ARGV[2] and old[3] == ARGV[3] and old[4] == ARGV[4] and old[5] == ARGV[5] then
   return {2, recovering}
 end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5])
 if old[1] then return {1, recovering} end
 if ARGV[6] == '1' then
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms())
   return {3, 1}
 end
+redis.call('HSET', KEYS[1], 'server', server_id())
 return {0, 0}

@@ -1,19 +1,15 @@
 -- Gives back the slot of a record that was certainly not written.
--- KEYS: config, users, free. ARGV: user id, slot. Answers 1 released, 0 nothing to release.
--- The slot goes back only if the user still holds a mark, so a repeated release cannot put
--- the same slot on the free list twice.
-local per_user = tonumber(redis.call('HGET', KEYS[1], 'per_user')) or 1
-local removed
-if per_user <= 1 then
-  removed = redis.call('SREM', KEYS[2], ARGV[1])
-else
-  local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1])) or 0
-  if n > 0 then
-    if n == 1 then redis.call('HDEL', KEYS[2], ARGV[1]) else redis.call('HINCRBY', KEYS[2], ARGV[1], -1) end
-    removed = 1
-  else
-    removed = 0
+-- KEYS: users, free, unwritten. ARGV: user id, slot. Answers 1 released, 0 nothing to release.
+-- Only the user's pending entry of exactly that slot is removed, so a repeated or stale
+-- release cannot put a slot on the free list twice or take another delivery's slot.
+local entries = parse_entries(redis.call('HGET', KEYS[1], ARGV[1]))
+for i, e in ipairs(entries) do
+  if e[1] == ARGV[2] and e[2] == 'p' then
+    table.remove(entries, i)
+    store_entries(KEYS[1], ARGV[1], entries)
+    redis.call('ZREM', KEYS[3], unwritten_member(ARGV[2], ARGV[1]))
+    redis.call('LPUSH', KEYS[2], ARGV[2])
+    return 1
   end
 end
-if removed == 1 then redis.call('LPUSH', KEYS[3], ARGV[2]) end
-return removed
+return 0

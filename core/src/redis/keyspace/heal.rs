@@ -1,0 +1,92 @@
+//! Settling entries that never got a row: the consumer marks what it wrote, and heals what
+//! was issued but never written (a client or a process that died mid-apply, a produce whose
+//! outcome stayed unknown), so every event ends with `issued == persisted`.
+
+use redis::aio::ConnectionManager;
+use redis::RedisResult;
+
+use super::{script, EventKeys};
+use crate::event::EventId;
+
+/// Marks the entries of rows the consumer wrote (one call per event and batch). Returns how
+/// many entries became written.
+pub async fn mark_written(conn: &mut ConnectionManager, event: &EventId, rows: &[(&str, i64)]) -> RedisResult<i64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let keys = EventKeys::of(event);
+    let mut invocation = script!("written").prepare_invoke();
+    invocation.key(&keys.users).key(&keys.unwritten).key(&keys.persisted);
+    for (user, slot) in rows {
+        invocation.arg(*user).arg(*slot);
+    }
+    invocation.invoke_async(conn).await
+}
+
+/// An entry whose delivery deadline has passed without a row being marked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverdueEntry {
+    pub user: String,
+    pub slot: i64,
+}
+
+/// Up to `max` entries whose delivery deadline is at or before `cutoff_ms` (server time),
+/// oldest first.
+pub async fn overdue_entries(conn: &mut ConnectionManager, event: &EventId, cutoff_ms: i64, max: usize) -> RedisResult<Vec<OverdueEntry>> {
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(EventKeys::of(event).unwritten)
+        .arg("-inf")
+        .arg(cutoff_ms)
+        .arg("BYSCORE")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(max)
+        .query_async(conn)
+        .await?;
+    Ok(members
+        .into_iter()
+        .filter_map(|member| {
+            let (slot, user) = member.split_once(':')?;
+            Some(OverdueEntry { user: user.to_owned(), slot: slot.parse().ok()? })
+        })
+        .collect())
+}
+
+/// What SQL says about an overdue entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealVerdict {
+    /// The row exists: the entry was written, only not marked.
+    Written,
+    /// No row, and no row holds the slot: the entry goes and the slot is free again.
+    Free,
+    /// No row for this entry, but another row holds the slot: the entry goes, the slot stays.
+    SlotTaken,
+}
+
+/// What one heal call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Healed {
+    pub healed: i64,
+    pub written: i64,
+}
+
+/// Settles overdue entries by their verdicts. An entry delivered again since `cutoff_ms`
+/// (its deadline moved) is left alone.
+pub async fn heal(conn: &mut ConnectionManager, event: &EventId, cutoff_ms: i64, verdicts: &[(OverdueEntry, HealVerdict)]) -> RedisResult<Healed> {
+    if verdicts.is_empty() {
+        return Ok(Healed::default());
+    }
+    let keys = EventKeys::of(event);
+    let mut invocation = script!("heal").prepare_invoke();
+    invocation.key(&keys.users).key(&keys.free).key(&keys.unwritten).key(&keys.persisted).key(&keys.healed).arg(cutoff_ms);
+    for (entry, verdict) in verdicts {
+        let code = match verdict {
+            HealVerdict::Written => "w",
+            HealVerdict::Free => "f",
+            HealVerdict::SlotTaken => "k",
+        };
+        invocation.arg(&entry.user).arg(entry.slot).arg(code);
+    }
+    let (healed, written): (i64, i64) = invocation.invoke_async(conn).await?;
+    Ok(Healed { healed, written })
+}

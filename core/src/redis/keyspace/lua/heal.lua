@@ -1,0 +1,36 @@
+-- Settles entries whose delivery deadline passed without a row, once the consumer has
+-- checked the topic is drained and looked each one up in SQL.
+-- KEYS: users, free, unwritten, persisted, healed. ARGV: cutoff_ms, then triples user, slot,
+-- verdict: 'w' the row exists (it was written but not marked), 'f' no row and no row holds
+-- the slot (the slot goes back to the free list), 'k' no row for the user but the slot is
+-- held by another row (the entry goes, the slot stays taken).
+-- An entry whose deadline moved past the cutoff (delivered again meanwhile) is left alone.
+-- Answers {healed, marked written}.
+local cutoff = tonumber(ARGV[1])
+local healed, written = 0, 0
+for i = 2, #ARGV, 3 do
+  local user, slot, verdict = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local member = unwritten_member(slot, user)
+  local deadline = tonumber(redis.call('ZSCORE', KEYS[3], member))
+  if deadline and deadline <= cutoff then
+    local entries = parse_entries(redis.call('HGET', KEYS[1], user))
+    for j, e in ipairs(entries) do
+      if e[1] == slot and e[2] ~= 'w' then
+        if verdict == 'w' then
+          e[2] = 'w'
+          written = written + 1
+        else
+          table.remove(entries, j)
+          healed = healed + 1
+          if verdict == 'f' then redis.call('LPUSH', KEYS[2], slot) end
+        end
+        store_entries(KEYS[1], user, entries)
+        break
+      end
+    end
+    redis.call('ZREM', KEYS[3], member)
+  end
+end
+if written > 0 then redis.call('INCRBY', KEYS[4], written) end
+if healed > 0 then redis.call('INCRBY', KEYS[5], healed) end
+return {healed, written}

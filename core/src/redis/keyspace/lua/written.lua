@@ -1,0 +1,19 @@
+-- The consumer wrote the rows of these entries. KEYS: users, unwritten, persisted.
+-- ARGV: user, slot, user, slot, ... Answers how many entries became written; `persisted`
+-- grows by that many, so a redelivered row is never counted twice.
+local n = 0
+for i = 1, #ARGV, 2 do
+  local user, slot = ARGV[i], ARGV[i + 1]
+  local entries = parse_entries(redis.call('HGET', KEYS[1], user))
+  for _, e in ipairs(entries) do
+    if e[1] == slot and e[2] ~= 'w' then
+      e[2] = 'w'
+      store_entries(KEYS[1], user, entries)
+      redis.call('ZREM', KEYS[2], unwritten_member(slot, user))
+      n = n + 1
+      break
+    end
+  end
+end
+if n > 0 then redis.call('INCRBY', KEYS[3], n) end
+return n

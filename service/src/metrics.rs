@@ -69,7 +69,11 @@ impl Default for Metrics {
         let redelivered = Counter::default();
         registry.register("redelivered", "Applies that delivered an unfinished record again", redelivered.clone());
         let replica_wait_failures = Counter::default();
-        registry.register("replica_wait_failures", "Issued applies not produced: too few Redis replicas acknowledged", replica_wait_failures.clone());
+        registry.register(
+            "replica_wait_failures",
+            "Issued applies not produced: too few Redis replicas acknowledged",
+            replica_wait_failures.clone(),
+        );
         let event_issued = Family::<EventLabel, Gauge>::default();
         registry.register("event_issued", "Slots issued per event", event_issued.clone());
         let event_persisted = Family::<EventLabel, Gauge>::default();

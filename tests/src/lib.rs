@@ -253,16 +253,28 @@ impl Drop for InProcessConsumer {
 
 /// Waits until the event has `rows` coupon rows, then asserts it has exactly that many.
 pub async fn wait_for_rows(store: &Store, event: &str, rows: i64, timeout: Duration) {
-    let mut last = 0;
+    let last = wait_for_stable_rows(store, event, timeout).await;
+    assert_eq!(last, rows, "rows of {event} in {}", store.dialect());
+}
+
+/// Polls the event's row count until it has not changed for two seconds (or `timeout`
+/// passed), and returns it: a count that is still growing is never taken as the answer.
+pub async fn wait_for_stable_rows(store: &Store, event: &str, timeout: Duration) -> i64 {
+    const STABLE_FOR: Duration = Duration::from_secs(2);
     let deadline = Instant::now() + timeout;
+    let mut last = store.count_coupons(event).await.unwrap();
+    let mut since = Instant::now();
     while Instant::now() < deadline {
-        last = store.count_coupons(event).await.unwrap();
-        if last >= rows {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = store.count_coupons(event).await.unwrap();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= STABLE_FOR {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(last, rows, "rows of {event} in {}", store.dialect());
+    last
 }
 
 /// A free TCP port on loopback (bound and released; good enough for tests on one machine).
@@ -314,19 +326,37 @@ pub async fn http_status(url: &str) -> u16 {
     }
 }
 
-/// A Redis server owned by one test, persisting every write to its append-only file, so it
-/// can be killed and restarted with its data.
+/// How an `OwnRedis` keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// Append-only file, fsync after every write: a kill loses nothing acknowledged.
+    EveryWrite,
+    /// Append-only file, fsync once a second (Redis's default): a kill may lose up to a
+    /// second of acknowledged writes.
+    EverySecond,
+    /// Snapshots only (`SAVE`), which a test can restore: Redis going back in time.
+    Snapshots,
+}
+
+/// A Redis server owned by one test, so it can be paused, killed, restarted and rolled back
+/// without disturbing the others.
 pub struct OwnRedis {
     pub port: u16,
     dir: PathBuf,
+    persistence: Persistence,
     process: Option<ChildProcess>,
 }
 
 impl OwnRedis {
+    /// A Redis persisting every write to its append-only file.
     pub async fn start() -> Self {
-        let dir = std::env::temp_dir().join(unique("redis-aof"));
+        Self::start_with(Persistence::EveryWrite).await
+    }
+
+    pub async fn start_with(persistence: Persistence) -> Self {
+        let dir = std::env::temp_dir().join(unique("own-redis"));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Self { port: free_port(), dir, process: None };
+        let mut redis = Self { port: free_port(), dir, persistence, process: None };
         redis.restart().await;
         redis
     }
@@ -335,10 +365,30 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `SAVE`, and keeps a copy of the snapshot for `restore_snapshot`.
+    pub async fn save_snapshot(&self) {
+        let mut conn = RedisHandle::connect_with_deadline(&self.url(), Duration::from_secs(10)).await.unwrap();
+        redis::cmd("SAVE").query_async::<()>(&mut conn).await.unwrap();
+        std::fs::copy(self.dir.join("dump.rdb"), self.dir.join("kept.rdb")).unwrap();
+    }
+
+    /// Kills the server and starts it again from the snapshot `save_snapshot` kept: every
+    /// write since is lost, as after restoring a backup or failing over to a stale replica.
+    pub async fn restore_snapshot(&mut self) {
+        self.kill().await;
+        std::fs::copy(self.dir.join("kept.rdb"), self.dir.join("dump.rdb")).unwrap();
+        self.restart().await;
+    }
+
     pub async fn restart(&mut self) {
         let port = self.port.to_string();
         let dir = self.dir.display().to_string();
-        let args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", &dir];
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", "", "--dir", &dir];
+        match self.persistence {
+            Persistence::EveryWrite => args.extend(["--appendonly", "yes", "--appendfsync", "always"]),
+            Persistence::EverySecond => args.extend(["--appendonly", "yes", "--appendfsync", "everysec"]),
+            Persistence::Snapshots => args.extend(["--appendonly", "no"]),
+        }
         self.process = Some(ChildProcess::spawn(Path::new("redis-server"), &args, &[]));
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         wait_until("own Redis listening", Duration::from_secs(20), || async move {
@@ -404,6 +454,23 @@ impl OwnTansu {
 
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGSTOP: the broker holds every connection open and answers nothing, as a broker in a
+    /// long pause or behind a network partition does.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`: the broker handles what it was sent meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.process.as_ref().and_then(|p| p.child.id()).expect("tansu is running");
+        let status = std::process::Command::new("kill").arg(signal).arg(pid.to_string()).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     /// Starts (again) on the same port and storage.

@@ -443,7 +443,9 @@ async fn redis_killed_and_restarted_mid_burst_issues_no_more_than_the_limit_and_
     // A limit the burst does not exhaust before the kill, so coupons are being issued when
     // Redis dies and after it is back.
     const LIMIT: i64 = 2000;
-    let mut own = OwnRedis::start().await;
+    // fsync once a second, Redis's default: the kill may lose acknowledged writes, which
+    // the gate's fencing must notice (the restart is a new server).
+    let mut own = OwnRedis::start_with(Persistence::EverySecond).await;
     let TestEvent { id, topic, .. } = provision_event_on(&own.url(), &brokers, NAMESPACE, LIMIT, 1).await;
     let name = id.name().to_owned();
     let database_url = sqlite_url();
@@ -577,7 +579,8 @@ async fn redis_state_lost_mid_event_is_restored_from_sql_before_issuing_again() 
     assert_eq!((counters.issued, counters.persisted), (20, 20));
 
     // Not issued again from zero: old users are duplicates, new ones get slots 21..=30.
-    assert_eq!(apply_user(&client, &url, "u0").await, (409, json!({"status": "duplicate"})));
+    let u0_slot = store.coupons(&id.to_string()).await.unwrap().into_iter().find(|(user, _)| user == "u0").unwrap().1;
+    assert_eq!(apply_user(&client, &url, "u0").await, (409, json!({"status": "duplicate", "slot": u0_slot})));
     let mut new_slots = Vec::new();
     for user in 100..120 {
         let (status, body) = apply_user(&client, &url, &format!("u{user}")).await;

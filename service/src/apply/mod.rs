@@ -125,7 +125,7 @@ impl ApplyService {
             return None;
         }
         match view.holdings.first() {
-            Some(Holding { state: HoldingState::Pending, .. }) => None,
+            Some(Holding { state: HoldingState::Pending, .. } | Holding { confirmed: false, .. }) => None,
             Some(holding) => Some(ApplyOutcome::Duplicate { slot: holding.slot }),
             None if view.now_ms >= view.end_ms => Some(ApplyOutcome::Closed),
             None => Some(ApplyOutcome::SoldOut),
@@ -176,6 +176,7 @@ impl ApplyService {
                     ApplyOutcome::Unavailable
                 }
             }
+            GateDecision::Confirmed { slot } => ApplyOutcome::Issued { slot },
             GateDecision::Duplicate { slot } => ApplyOutcome::Duplicate { slot },
             GateDecision::SoldOut => {
                 self.sold_out.set(name, true);

@@ -39,8 +39,15 @@ struct Body<'a> {
 
 impl ApplyOutcome {
     /// Every answer kind once, for documentation and the load tool's report.
-    pub const KINDS: [ApplyOutcome; 7] =
-        [Self::Issued { slot: 0 }, Self::Duplicate { slot: 0 }, Self::SoldOut, Self::NotOpen, Self::Closed, Self::UnknownEvent, Self::Unavailable];
+    pub const KINDS: [ApplyOutcome; 7] = [
+        Self::Issued { slot: 0 },
+        Self::Duplicate { slot: 0 },
+        Self::SoldOut,
+        Self::NotOpen,
+        Self::Closed,
+        Self::UnknownEvent,
+        Self::Unavailable,
+    ];
 
     /// The table: HTTP status, metric label (also the body's `status`), and the fixed body
     /// of answers that carry only their status. Fixed bytes, not a JSON value built per

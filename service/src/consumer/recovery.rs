@@ -56,7 +56,12 @@ struct FreeSlots {
 /// Restores `event` if it is marked recovering, the mark is `settle` old and the caller has
 /// checked its topic is drained. `Ok(None)`: not restored now (too early, taken over,
 /// refused); retried on the next pass.
-pub async fn restore_event(store: &Store, conn: &mut ConnectionManager, event: &EventId, settle: Duration) -> Result<Option<RestoreReport>, RecoveryError> {
+pub async fn restore_event(
+    store: &Store,
+    conn: &mut ConnectionManager,
+    event: &EventId,
+    settle: Duration,
+) -> Result<Option<RestoreReport>, RecoveryError> {
     let name = event.to_string();
     let EventPresence::Provisioned { limit } = keyspace::presence(conn, event).await? else { return Ok(None) };
     let highest = store.max_coupon_slot(&name).await?;
@@ -109,7 +114,13 @@ pub async fn restore_event(store: &Store, conn: &mut ConnectionManager, event: &
     }
 }
 
-async fn send_free(conn: &mut ConnectionManager, event: &EventId, token: &str, free: &mut FreeSlots, report: &mut RestoreReport) -> Result<bool, RecoveryError> {
+async fn send_free(
+    conn: &mut ConnectionManager,
+    event: &EventId,
+    token: &str,
+    free: &mut FreeSlots,
+    report: &mut RestoreReport,
+) -> Result<bool, RecoveryError> {
     let step = timed(report, keyspace::restore_chunk(conn, event, token, &[], &free.pending)).await?;
     free.sent += free.pending.len() as i64;
     free.pending.clear();

@@ -245,7 +245,11 @@ impl Store {
         Ok(outcome)
     }
 
-    async fn write_in_one_transaction(&self, coupons: &[(CouponRow, Position)], failures: &[FailedRow]) -> Result<BatchOutcome, sqlx::Error> {
+    async fn write_in_one_transaction(
+        &self,
+        coupons: &[(CouponRow, Position)],
+        failures: &[FailedRow],
+    ) -> Result<BatchOutcome, sqlx::Error> {
         let (coupon_head, coupon_tail) = self.insert_ignoring_duplicates("coupons (event, user_id, slot, issued_at)");
         let (failed_head, failed_tail) =
             self.insert_ignoring_duplicates("failed_events (topic, kafka_partition, kafka_offset, payload, reason)");

@@ -72,7 +72,12 @@ pub struct Healed {
 
 /// Settles overdue entries by their verdicts. An entry delivered again since `cutoff_ms`
 /// (its deadline moved) is left alone.
-pub async fn heal(conn: &mut ConnectionManager, event: &EventId, cutoff_ms: i64, verdicts: &[(OverdueEntry, HealVerdict)]) -> RedisResult<Healed> {
+pub async fn heal(
+    conn: &mut ConnectionManager,
+    event: &EventId,
+    cutoff_ms: i64,
+    verdicts: &[(OverdueEntry, HealVerdict)],
+) -> RedisResult<Healed> {
     if verdicts.is_empty() {
         return Ok(Healed::default());
     }

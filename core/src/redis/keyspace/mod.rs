@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `coupon:{ns/name}:config` | hash | `limit`, `per_user`, `start_ms`, `end_ms` (window, server time in ms), `topic`, `server` (replication id of the Redis the state was last verified on); while the state is being verified against SQL also `recovering` = `1`, `recovering_since_ms` and, during the write-back, `restoring` and `restore_server`. A deleted event leaves only `deleted` = `1` here for a day (a tombstone) |
 //! | `coupon:{ns/name}:count` | integer | the highest slot ever handed out (never above `limit`) |
-//! | `coupon:{ns/name}:users` | hash | user → their entries, `slot:state` separated by spaces; state `p` pending (issued, record not yet acknowledged), `a` acknowledged by the broker, `w` written to SQL. One entry per user today; `per_user` > 1 adds entries to the same value |
+//! | `coupon:{ns/name}:users` | hash | user → their entries, `slot:state` separated by spaces; state `p` pending (issued, record not yet acknowledged), `a` acknowledged by the broker (the user was answered 201), `w` written to SQL after that, `x` written to SQL but never confirmed to the user (their next apply answers 201 without producing). One entry per user today; `per_user` > 1 adds entries to the same value |
 //! | `coupon:{ns/name}:unwritten` | sorted set | `slot:user` of every entry not yet written, scored by its delivery deadline (server ms): what healing looks at |
 //! | `coupon:{ns/name}:free` | list | slots given back (a produce that certainly failed, or healed); handed out first |
 //! | `coupon:{ns/name}:persisted` | integer | entries written to SQL |
@@ -42,7 +42,8 @@ pub use recovery::{fence, restore_begin, restore_chunk, restore_finish, RestoreS
 /// NOSCRIPT (after a restart or `SCRIPT FLUSH`).
 macro_rules! script {
     ($name:literal) => {{
-        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new($crate::redis::keyspace::script_source!($name)));
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new($crate::redis::keyspace::script_source!($name)));
         &*SCRIPT
     }};
 }
@@ -220,8 +221,7 @@ pub async fn delete_event(conn: &mut ConnectionManager, event: &EventId) -> Redi
 /// tombstone).
 pub async fn existing_keys(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<i64> {
     let keys = EventKeys::of(event);
-    let (config, others): (i64, i64) =
-        redis::pipe().hexists(&keys.config, field::LIMIT).exists(&keys.all()[1..]).query_async(conn).await?;
+    let (config, others): (i64, i64) = redis::pipe().hexists(&keys.config, field::LIMIT).exists(&keys.all()[1..]).query_async(conn).await?;
     Ok(config + others)
 }
 
@@ -230,6 +230,10 @@ pub async fn existing_keys(conn: &mut ConnectionManager, event: &EventId) -> Red
 pub struct Holding {
     pub slot: i64,
     pub state: HoldingState,
+    /// Whether the user was answered 201 for it (false for a row written after an apply
+    /// that answered 503: their next apply answers 201).
+    #[serde(skip)]
+    pub confirmed: bool,
 }
 
 /// How far a user's coupon got.
@@ -250,13 +254,14 @@ fn parse_holdings(value: &str) -> Vec<Holding> {
         .split_ascii_whitespace()
         .filter_map(|entry| {
             let (slot, state) = entry.split_once(':')?;
-            let state = match state {
-                "p" => HoldingState::Pending,
-                "a" => HoldingState::Acknowledged,
-                "w" => HoldingState::Persisted,
+            let (state, confirmed) = match state {
+                "p" => (HoldingState::Pending, false),
+                "a" => (HoldingState::Acknowledged, true),
+                "w" => (HoldingState::Persisted, true),
+                "x" => (HoldingState::Persisted, false),
                 _ => return None,
             };
-            Some(Holding { slot: slot.parse().ok()?, state })
+            Some(Holding { slot: slot.parse().ok()?, state, confirmed })
         })
         .collect()
 }
@@ -325,19 +330,30 @@ pub struct EventSnapshot {
 pub async fn snapshot(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<EventSnapshot> {
     let keys = EventKeys::of(event);
     #[allow(clippy::type_complexity)]
-    let (mut config, count, mut users, free, mut unwritten): (Vec<(String, String)>, Option<i64>, Vec<(String, String)>, Vec<i64>, Vec<String>) =
-        redis::pipe()
-            .hgetall(&keys.config)
-            .get(&keys.count)
-            .hgetall(&keys.users)
-            .lrange(&keys.free, 0, -1)
-            .zrange(&keys.unwritten, 0, -1)
-            .query_async(conn)
-            .await?;
+    let (mut config, count, mut users, free, mut unwritten): (
+        Vec<(String, String)>,
+        Option<i64>,
+        Vec<(String, String)>,
+        Vec<i64>,
+        Vec<String>,
+    ) = redis::pipe()
+        .hgetall(&keys.config)
+        .get(&keys.count)
+        .hgetall(&keys.users)
+        .lrange(&keys.free, 0, -1)
+        .zrange(&keys.unwritten, 0, -1)
+        .query_async(conn)
+        .await?;
     config.sort();
     users.sort();
     unwritten.sort();
-    let entries: Vec<(String, Vec<Holding>)> = users.into_iter().map(|(user, value)| { let h = parse_holdings(&value); (user, h) }).collect();
+    let entries: Vec<(String, Vec<Holding>)> = users
+        .into_iter()
+        .map(|(user, value)| {
+            let h = parse_holdings(&value);
+            (user, h)
+        })
+        .collect();
     Ok(EventSnapshot { config, count, users: entries.iter().map(|(u, _)| u.clone()).collect(), entries, free, unwritten })
 }
 
@@ -364,8 +380,12 @@ mod tests {
     #[test]
     fn entries_parse_and_skip_what_is_not_an_entry() {
         assert_eq!(
-            parse_holdings("3:p 7:w x:y 9:q"),
-            vec![Holding { slot: 3, state: HoldingState::Pending }, Holding { slot: 7, state: HoldingState::Persisted }]
+            parse_holdings("3:p 7:w x:y 9:q 4:x"),
+            vec![
+                Holding { slot: 3, state: HoldingState::Pending, confirmed: false },
+                Holding { slot: 7, state: HoldingState::Persisted, confirmed: true },
+                Holding { slot: 4, state: HoldingState::Persisted, confirmed: false }
+            ]
         );
         assert!(parse_holdings("").is_empty());
     }

@@ -5,6 +5,8 @@
 --   1  a new slot was issued to the user: deliver its record;
 --   2  the user's earlier delivery of `slot` never completed (its lease ran out): deliver the
 --      same record again (the consumer skips the duplicate);
+--   3  the user's earlier delivery of `slot` was never confirmed to them, but its row is
+--      written: confirm it now, nothing to deliver;
 --  -1  the event was deleted; -7 no configuration at all (never provisioned, or Redis lost it);
 --  -2  not open yet; -3 closed; -4 the user holds `slot` already (or it is being delivered);
 --  -5  sold out; -6 recovering (being verified against SQL).
@@ -32,6 +34,11 @@ local per_user = tonumber(cfg[2]) or 1
 local held = redis.call('HGET', KEYS[3], user)
 local entries = parse_entries(held)
 for _, e in ipairs(entries) do
+  if e[2] == 'x' then
+    e[2] = 'w'
+    store_entries(KEYS[3], user, entries)
+    return {3, tonumber(e[1]), cfg[6]}
+  end
   if e[2] == 'p' then
     local member = unwritten_member(e[1], user)
     local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member)) or 0

@@ -12,8 +12,10 @@ local function server_id()
   return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
 end
 
--- A user's entries, `slot:state` separated by spaces (state p pending, a acknowledged by the
--- broker, w written to SQL), as a list of {slot, state}.
+-- A user's entries, `slot:state` separated by spaces, as a list of {slot, state}. States:
+-- p pending (issued, delivery not acknowledged), a acknowledged by the broker (the user was
+-- answered 201), w written to SQL after that, x written to SQL but never confirmed to the
+-- user (their apply answered 503; the next one answers 201).
 local function parse_entries(held)
   local list = {}
   if held then
@@ -35,4 +37,10 @@ end
 -- The member of the `unwritten` sorted set for one entry.
 local function unwritten_member(slot, user)
   return slot .. ':' .. user
+end
+
+-- The state of an entry whose row is written: `w` if the user was answered 201, else `x`.
+local function written_state(state)
+  if state == 'a' then return 'w' end
+  return 'x'
 end

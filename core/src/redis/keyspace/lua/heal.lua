@@ -15,9 +15,9 @@ for i = 2, #ARGV, 3 do
   if deadline and deadline <= cutoff then
     local entries = parse_entries(redis.call('HGET', KEYS[1], user))
     for j, e in ipairs(entries) do
-      if e[1] == slot and e[2] ~= 'w' then
+      if e[1] == slot and (e[2] == 'p' or e[2] == 'a') then
         if verdict == 'w' then
-          e[2] = 'w'
+          e[2] = written_state(e[2])
           written = written + 1
         else
           table.remove(entries, j)

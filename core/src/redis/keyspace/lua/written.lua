@@ -6,8 +6,8 @@ for i = 1, #ARGV, 2 do
   local user, slot = ARGV[i], ARGV[i + 1]
   local entries = parse_entries(redis.call('HGET', KEYS[1], user))
   for _, e in ipairs(entries) do
-    if e[1] == slot and e[2] ~= 'w' then
-      e[2] = 'w'
+    if e[1] == slot and (e[2] == 'p' or e[2] == 'a') then
+      e[2] = written_state(e[2])
       store_entries(KEYS[1], user, entries)
       redis.call('ZREM', KEYS[2], unwritten_member(slot, user))
       n = n + 1

@@ -158,6 +158,66 @@ async fn consumer_writes(setup: &Setup, n: usize) -> anyhow::Result<(f64, f64)> 
     Ok((batched, single))
 }
 
+/// A restore of an event of `n` rows from PostgreSQL, and the first record of an event of
+/// `n` coupons: `(restore time, Redis calls, longest call, first record time, all slot rows
+/// at once time)`.
+struct LargeEvent {
+    restore: Duration,
+    calls: u64,
+    longest_call: Duration,
+    first_record: Duration,
+    all_slots_at_once: Duration,
+}
+
+async fn large_event(setup: &Setup, n: i64) -> anyhow::Result<LargeEvent> {
+    use coupon_service::consumer::batch::RawRecord;
+    use coupon_service::consumer::recovery::restore_event;
+    use coupon_service::consumer::BatchWriter;
+
+    let store = Store::connect(&setup.postgres_url).await?;
+    store.migrate().await?;
+    let Store::Postgres(pool) = &store else { anyhow::bail!("the large-event benchmark needs PostgreSQL") };
+    // An event whose Redis state is lost, with `n` rows in SQL (every other slot, so the
+    // free list is as long as the users).
+    let name = unique("large");
+    let id = EventId::new("bench", &name)?;
+    let key = id.to_string();
+    let limit = 2 * n;
+    store.ensure_slots(&key, limit).await?;
+    sqlx::query(
+        "INSERT INTO coupons (event, user_id, slot, issued_at) SELECT $1, 'user-' || g, 2 * g, now() FROM generate_series(1, $2) AS g",
+    )
+    .bind(&key)
+    .bind(n)
+    .execute(pool)
+    .await?;
+    let mut conn = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
+    let config = EventConfig::open_now(limit, &format!("bench.{name}"), Duration::from_secs(3600));
+    provision::provision_redis(&mut conn, &id, &config, true).await?;
+    let started = Instant::now();
+    let report = restore_event(&store, &mut conn, &id, Duration::ZERO).await?.ok_or_else(|| anyhow::anyhow!("restore did not run"))?;
+    let restore = started.elapsed();
+    let counters = keyspace::counters(&mut conn, &id).await?.ok_or_else(|| anyhow::anyhow!("no counters"))?;
+    anyhow::ensure!(counters.issued == n && counters.persisted == n && !counters.recovering, "restored {counters:?}");
+    keyspace::delete_event(&mut conn, &id).await?;
+
+    // The first record of a fresh event of `n` coupons, through the consumer's writer.
+    let (fresh, _) = event(setup, n).await?;
+    let redis = RedisHandle::connect_in_background(&setup.redis_url)?;
+    redis.wait().await;
+    let mut writer = BatchWriter::new(store.clone(), redis, coupon_service::metrics::Metrics::shared(), Duration::from_secs(60));
+    let record = coupon_core::event::CouponRecord { event: fresh.to_string(), user_id: "first".into(), slot: 1, issued_at: Utc::now() };
+    let raw = RawRecord { position: Position { topic: "bench".into(), partition: 0, offset: 0 }, payload: serde_json::to_vec(&record)? };
+    let started = Instant::now();
+    writer.write(&[raw]).await?;
+    let first_record = started.elapsed();
+    // Baseline: every slot row at once, as the first record used to cost.
+    let started = Instant::now();
+    store.ensure_slots(&format!("bench/{}", unique("all-slots")), n).await?;
+    let all_slots_at_once = started.elapsed();
+    Ok(LargeEvent { restore, calls: report.calls, longest_call: report.longest_call, first_record, all_slots_at_once })
+}
+
 struct Line {
     what: &'static str,
     ours: String,
@@ -292,6 +352,33 @@ async fn main() -> anyhow::Result<()> {
             baseline: "-".into(),
             ratio: "-".into(),
             target: "< 2",
+        });
+    }
+
+    // 5. An event of 1,000,000: restore from SQL and the first record.
+    if run("large") {
+        let n: i64 = env("BENCH_LARGE_EVENT", "1000000").parse()?;
+        let large = large_event(&setup, n).await?;
+        lines.push(Line {
+            what: "restore of an event with 1,000,000 rows from SQL (s)",
+            ours: format!("{:.1}", large.restore.as_secs_f64()),
+            baseline: format!("{n} users, {n} free slots, {} Redis calls", large.calls),
+            ratio: "-".into(),
+            target: "bounded memory",
+        });
+        lines.push(Line {
+            what: "restore: longest single Redis call, client side (ms)",
+            ours: format!("{:.1}", large.longest_call.as_secs_f64() * 1000.0),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "a few ms",
+        });
+        lines.push(Line {
+            what: "first record of a 1,000,000-coupon event (ms)",
+            ours: format!("{:.0}", large.first_record.as_secs_f64() * 1000.0),
+            baseline: format!("{:.0} (all slot rows at once)", large.all_slots_at_once.as_secs_f64() * 1000.0),
+            ratio: format!("{:.3}", large.first_record.as_secs_f64() / large.all_slots_at_once.as_secs_f64()),
+            target: "<< 1",
         });
     }
 

@@ -302,23 +302,42 @@ async fn a_release_names_its_slot_and_a_repeated_apply_names_the_pending_slot() 
     let event = provision_event(&brokers, NAMESPACE, 5, 1).await;
     let mut conn = redis().await;
     let lease = Duration::from_secs(60);
+    let mut deadlines = vec![0];
     for user in 1..=5 {
         let decision = keyspace::apply(&mut conn, &event.id, &format!("u{user}"), lease).await.unwrap();
-        assert!(matches!(decision, GateDecision::Issued { slot, again: false, .. } if slot == user), "{decision:?}");
+        let GateDecision::Issued { slot, again: false, deadline_ms, .. } = decision else { panic!("{decision:?}") };
+        assert_eq!(slot, user);
+        deadlines.push(deadline_ms);
     }
-    assert!(!keyspace::release(&mut conn, &event.id, "u1", 2).await.unwrap(), "u1 does not hold slot 2");
-    assert!(!keyspace::release(&mut conn, &event.id, "u9", 1).await.unwrap(), "u9 holds nothing");
-    assert!(keyspace::release(&mut conn, &event.id, "u5", 5).await.unwrap());
-    assert!(!keyspace::release(&mut conn, &event.id, "u5", 5).await.unwrap(), "released once");
-    assert_eq!(
-        keyspace::apply(&mut conn, &event.id, "late", lease).await.unwrap(),
-        GateDecision::Issued { slot: 5, topic: event.topic.clone(), again: false },
-        "the released slot is handed out again"
-    );
+    assert!(!keyspace::release(&mut conn, &event.id, "u1", 2, deadlines[2]).await.unwrap(), "u1 does not hold slot 2");
+    assert!(!keyspace::release(&mut conn, &event.id, "u9", 1, deadlines[1]).await.unwrap(), "u9 holds nothing");
+    assert!(!keyspace::release(&mut conn, &event.id, "u5", 5, deadlines[5] - 1).await.unwrap(), "another delivery's deadline");
+    assert!(keyspace::release(&mut conn, &event.id, "u5", 5, deadlines[5]).await.unwrap());
+    assert!(!keyspace::release(&mut conn, &event.id, "u5", 5, deadlines[5]).await.unwrap(), "released once");
+    let late = keyspace::apply(&mut conn, &event.id, "late", Duration::from_millis(1)).await.unwrap();
+    let GateDecision::Issued { slot: 5, again: false, deadline_ms: first_deadline, .. } = late else {
+        panic!("the released slot again: {late:?}")
+    };
+    // The late user's lease runs out; their next apply delivers the same slot again, and a
+    // stale release of the first delivery can no longer give it away.
+    let again = wait_until("the lease ran out", Duration::from_secs(5), || {
+        let mut conn = conn.clone();
+        let id = event.id.clone();
+        async move {
+            match keyspace::apply(&mut conn, &id, "late", Duration::from_secs(60)).await.unwrap() {
+                GateDecision::Issued { slot: 5, again: true, deadline_ms, .. } => Some(deadline_ms),
+                GateDecision::Duplicate { slot: 5 } => None,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(!keyspace::release(&mut conn, &event.id, "late", 5, first_deadline).await.unwrap(), "stale release refused");
+    assert!(again > first_deadline);
     // A repeated apply of a pending entry within its lease names the slot.
     assert_eq!(keyspace::apply(&mut conn, &event.id, "u2", lease).await.unwrap(), GateDecision::Duplicate { slot: 2 });
     assert!(keyspace::ack(&mut conn, &event.id, "u2", 2).await.unwrap());
-    assert!(!keyspace::release(&mut conn, &event.id, "u2", 2).await.unwrap(), "an acknowledged slot is never released");
+    assert!(!keyspace::release(&mut conn, &event.id, "u2", 2, deadlines[2]).await.unwrap(), "an acknowledged slot is never released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,10 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-/// Events seen sold out, and when: answered from one read-only lookup instead of the gate
-/// until `recheck` has passed, because a released slot can reopen the event.
+/// Events seen sold out, when, and when their window ends: answered without the gate (a
+/// user's entry is read; the end is judged from memory) until `recheck` has passed, because
+/// a released slot can reopen the event.
 pub struct SoldOutCache {
-    seen: RwLock<HashMap<String, Instant>>,
+    seen: RwLock<HashMap<String, (Instant, i64)>>,
     recheck: Duration,
 }
 
@@ -17,21 +18,21 @@ impl SoldOutCache {
         Self { seen: RwLock::new(HashMap::new()), recheck }
     }
 
-    pub fn is_sold_out(&self, event: &str) -> bool {
+    /// `Some(closes_at_ms)` while the event is known sold out.
+    pub fn sold_out(&self, event: &str) -> Option<i64> {
         let map = self.seen.read().unwrap_or_else(|e| e.into_inner());
-        map.get(event).is_some_and(|seen| seen.elapsed() < self.recheck)
+        map.get(event).filter(|(seen, _)| seen.elapsed() < self.recheck).map(|(_, closes_at_ms)| *closes_at_ms)
     }
 
-    pub fn set(&self, event: &str, sold_out: bool) {
-        if !sold_out && !self.seen.read().unwrap_or_else(|e| e.into_inner()).contains_key(event) {
+    pub fn set_sold_out(&self, event: &str, closes_at_ms: i64) {
+        self.seen.write().unwrap_or_else(|e| e.into_inner()).insert(event.to_owned(), (Instant::now(), closes_at_ms));
+    }
+
+    pub fn clear(&self, event: &str) {
+        if !self.seen.read().unwrap_or_else(|e| e.into_inner()).contains_key(event) {
             return; // the common case on the issuing path: no write lock
         }
-        let mut map = self.seen.write().unwrap_or_else(|e| e.into_inner());
-        if sold_out {
-            map.insert(event.to_owned(), Instant::now());
-        } else {
-            map.remove(event);
-        }
+        self.seen.write().unwrap_or_else(|e| e.into_inner()).remove(event);
     }
 }
 
@@ -69,14 +70,14 @@ mod tests {
     #[test]
     fn sold_out_is_remembered_until_the_recheck() {
         let cache = SoldOutCache::new(Duration::from_secs(3600));
-        assert!(!cache.is_sold_out("a"));
-        cache.set("a", true);
-        assert!(cache.is_sold_out("a"));
-        assert!(!cache.is_sold_out("b"));
-        cache.set("a", false);
-        assert!(!cache.is_sold_out("a"), "a released slot reopens the event at once");
+        assert_eq!(cache.sold_out("a"), None);
+        cache.set_sold_out("a", 42);
+        assert_eq!(cache.sold_out("a"), Some(42));
+        assert_eq!(cache.sold_out("b"), None);
+        cache.clear("a");
+        assert_eq!(cache.sold_out("a"), None, "a released slot reopens the event at once");
         let expired = SoldOutCache::new(Duration::ZERO);
-        expired.set("a", true);
-        assert!(!expired.is_sold_out("a"), "re-checked once the interval has passed");
+        expired.set_sold_out("a", 42);
+        assert_eq!(expired.sold_out("a"), None, "re-checked once the interval has passed");
     }
 }

@@ -69,7 +69,7 @@ impl ApplyService {
         sold_out_recheck: Duration,
         replica_wait: Option<ReplicaWait>,
     ) -> Self {
-        let lease = producer.produce_timeout() + LEASE_MARGIN;
+        let lease = producer.produce_timeout() + replica_wait.map_or(Duration::ZERO, |w| w.timeout) + LEASE_MARGIN;
         Self {
             namespace,
             redis,
@@ -97,8 +97,8 @@ impl ApplyService {
         if let Err(error) = validate_user_id(&user_id) {
             return ApplyOutcome::bad_request(error);
         }
-        if self.sold_out.is_sold_out(event.name()) {
-            if let Some(answer) = self.answer_sold_out(&event, &user_id).await {
+        if let Some(closes_at_ms) = self.sold_out.sold_out(event.name()) {
+            if let Some(answer) = self.answer_sold_out(&event, &user_id, closes_at_ms).await {
                 return answer;
             }
         }
@@ -109,25 +109,24 @@ impl ApplyService {
         tokio::spawn(async move { this.decide(event, user_id).await }).await.unwrap_or(ApplyOutcome::Unavailable)
     }
 
-    /// The sold-out short cut: one read-only lookup instead of the gate, so that a user who
-    /// holds a coupon still hears 409 with their slot and a closed event 403. `None`: ask
-    /// the gate (the user's delivery is pending, or the event is not plainly sold out).
-    async fn answer_sold_out(&self, event: &EventId, user_id: &str) -> Option<ApplyOutcome> {
+    /// The sold-out short cut: the end of the window judged from memory (403), and one
+    /// read of the user's entry instead of the gate, so that a holder still hears 409 with
+    /// their slot. `None`: ask the gate (the user's delivery is pending or unconfirmed).
+    async fn answer_sold_out(&self, event: &EventId, user_id: &str, closes_at_ms: i64) -> Option<ApplyOutcome> {
+        if Utc::now().timestamp_millis() >= closes_at_ms {
+            return Some(ApplyOutcome::Closed);
+        }
         let Some(mut conn) = self.redis.get() else { return Some(ApplyOutcome::Unavailable) };
-        let view = match keyspace::user_view(&mut conn, event, user_id).await {
-            Ok(view) => view,
+        let holdings = match keyspace::holdings(&mut conn, event, user_id).await {
+            Ok(holdings) => holdings,
             Err(error) => {
                 tracing::warn!(%error, "sold-out lookup failed");
                 return Some(ApplyOutcome::Unavailable);
             }
         };
-        if !view.provisioned || view.recovering {
-            return None;
-        }
-        match view.holdings.first() {
+        match holdings.first() {
             Some(Holding { state: HoldingState::Pending, .. } | Holding { confirmed: false, .. }) => None,
             Some(holding) => Some(ApplyOutcome::Duplicate { slot: holding.slot }),
-            None if view.now_ms >= view.end_ms => Some(ApplyOutcome::Closed),
             None => Some(ApplyOutcome::SoldOut),
         }
     }
@@ -156,21 +155,21 @@ impl ApplyService {
             }
             GateDecision::Deleted => {
                 self.known.remove(name);
-                self.sold_out.set(name, false);
+                self.sold_out.clear(name);
                 return ApplyOutcome::UnknownEvent;
             }
             _ => self.known.insert(name),
         }
         match decision {
-            GateDecision::Issued { slot, topic, again } => {
-                self.sold_out.set(name, false);
+            GateDecision::Issued { slot, topic, again, deadline_ms } => {
+                self.sold_out.clear(name);
                 if again {
                     self.metrics.redelivered.inc();
                 }
                 if !self.replicated(&mut conn).await {
                     return ApplyOutcome::Unavailable;
                 }
-                if self.deliver(&event, &user_id, slot, &topic).await {
+                if self.clone().deliver(event, user_id, slot, &topic, again, deadline_ms).await {
                     ApplyOutcome::Issued { slot }
                 } else {
                     ApplyOutcome::Unavailable
@@ -178,8 +177,8 @@ impl ApplyService {
             }
             GateDecision::Confirmed { slot } => ApplyOutcome::Issued { slot },
             GateDecision::Duplicate { slot } => ApplyOutcome::Duplicate { slot },
-            GateDecision::SoldOut => {
-                self.sold_out.set(name, true);
+            GateDecision::SoldOut { closes_at_ms } => {
+                self.sold_out.set_sold_out(name, closes_at_ms);
                 ApplyOutcome::SoldOut
             }
             GateDecision::NotOpen => ApplyOutcome::NotOpen,
@@ -208,21 +207,24 @@ impl ApplyService {
     }
 
     /// Produces the record and waits for the broker's acknowledgement, then records the
-    /// outcome in the user's entry: acknowledged, or released when the record was certainly
-    /// not written. Returns whether the record was acknowledged.
-    async fn deliver(&self, event: &EventId, user_id: &str, slot: i64, topic: &str) -> bool {
-        let record = CouponRecord { event: event.to_string(), user_id: user_id.to_owned(), slot, issued_at: Utc::now() };
+    /// outcome in the user's entry (in the background: the answer does not wait for Redis):
+    /// acknowledged, or released when the record was certainly not written and this was its
+    /// only delivery. Returns whether the record was acknowledged.
+    async fn deliver(self: Arc<Self>, event: EventId, user_id: String, slot: i64, topic: &str, again: bool, deadline_ms: i64) -> bool {
+        let record = CouponRecord { event: event.to_string(), user_id: user_id.clone(), slot, issued_at: Utc::now() };
         let payload = serde_json::to_vec(&record).expect("record serializes");
         let (generation, producer) = self.producer.current();
-        let error = match producer.send(topic, user_id, &payload).await {
+        let error = match producer.send(topic, &user_id, &payload).await {
             Delivery::Acked => {
-                // Best effort: an entry left pending is delivered again by the user's next
-                // apply (the consumer skips the duplicate) or marked when its row is written.
-                self.with_retries("acknowledge", event, slot, |mut conn| {
-                    let (event, user) = (event.clone(), user_id.to_owned());
-                    async move { keyspace::ack(&mut conn, &event, &user, slot).await }
-                })
-                .await;
+                // An entry left pending (Redis unreachable for the whole retry) is marked when
+                // its row is written, or delivered again by the user's next apply.
+                tokio::spawn(async move {
+                    self.with_retries("acknowledge", &event, slot, |mut conn| {
+                        let (event, user) = (event.clone(), user_id.clone());
+                        async move { keyspace::ack(&mut conn, &event, &user, slot).await }
+                    })
+                    .await;
+                });
                 return true;
             }
             Delivery::NotPersisted(error) => error,
@@ -237,17 +239,24 @@ impl ApplyService {
             }
         };
         self.producer.replace_if_broken(generation, &producer, &error, self.health.is_ready("kafka"));
+        if again {
+            // An earlier delivery of this record may be on the broker: keep the slot.
+            tracing::warn!(%error, event = %event, slot, "repeated produce failed; the slot stays with the user");
+            return false;
+        }
         tracing::warn!(%error, event = %event, slot, "produce failed; releasing the slot");
         self.metrics.released_slots.inc();
-        let released = self
-            .with_retries("release", event, slot, |mut conn| {
-                let (event, user) = (event.clone(), user_id.to_owned());
-                async move { keyspace::release(&mut conn, &event, &user, slot).await }
-            })
-            .await;
-        if released.is_none() {
-            tracing::error!(event = %event, slot, user = user_id, "could not release the slot; healing will give it back");
-        }
+        tokio::spawn(async move {
+            let released = self
+                .with_retries("release", &event, slot, |mut conn| {
+                    let (event, user) = (event.clone(), user_id.clone());
+                    async move { keyspace::release(&mut conn, &event, &user, slot, deadline_ms).await }
+                })
+                .await;
+            if released.is_none() {
+                tracing::error!(event = %event, slot, user = user_id, "could not release the slot; healing will give it back");
+            }
+        });
         false
     }
 

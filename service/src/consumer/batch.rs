@@ -19,14 +19,18 @@ pub struct RawRecord {
 /// is refused by PostgreSQL).
 const ISSUED_YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
 
+/// Highest slot a record may carry: far above any limit (the CRD allows 100,000,000), far
+/// below where slot arithmetic could overflow.
+const MAX_SLOT: i64 = 1 << 40;
+
 /// Parses and checks one record; the error is the reason stored in `failed_events`. Every
 /// field is range-checked here, so nothing that reaches SQL can make a bind fail.
 pub fn parse_record(payload: &[u8]) -> Result<CouponRow, String> {
     let record: CouponRecord = serde_json::from_slice(payload).map_err(|e| format!("not a coupon record: {e}"))?;
     record.event.parse::<EventId>().map_err(|e| format!("bad event {:?}: {e}", record.event))?;
     validate_user_id(&record.user_id)?;
-    if record.slot < 1 {
-        return Err(format!("slot {} is not positive", record.slot));
+    if !(1..=MAX_SLOT).contains(&record.slot) {
+        return Err(format!("slot {} is outside 1..={MAX_SLOT}", record.slot));
     }
     if !ISSUED_YEARS.contains(&record.issued_at.year()) {
         return Err(format!("issuedAt {} is outside the years {ISSUED_YEARS:?}", record.issued_at.to_rfc3339()));

@@ -55,23 +55,38 @@ impl ConsumerContext for ConsumerEvents {
     }
 }
 
-/// Whether the consumer group has committed every record of the topic: for each partition
-/// the committed offset has reached the high watermark. Blocking (broker round trips).
-pub fn topic_drained(consumer: &GroupConsumer, topic: &str, timeout: Duration) -> Result<bool, KafkaError> {
+/// The high watermark of every partition of `topic` now: a drain target. Blocking (broker
+/// round trips).
+pub fn high_watermarks(consumer: &GroupConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64)>, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(false) };
-    let mut list = TopicPartitionList::new();
+    let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(Vec::new()) };
+    let mut highs = Vec::with_capacity(topic_metadata.partitions().len());
     for partition in topic_metadata.partitions() {
-        list.add_partition(topic, partition.id());
+        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+        highs.push((partition.id(), high));
+    }
+    Ok(highs)
+}
+
+/// Whether the consumer group has committed at least up to `targets` (partition, offset) on
+/// `topic`: every record written before the targets were read is in SQL. Unlike "committed
+/// up to the end now", this is reached while new records keep arriving. Blocking.
+pub fn committed_reached(consumer: &GroupConsumer, topic: &str, targets: &[(i32, i64)], timeout: Duration) -> Result<bool, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for (partition, _) in targets {
+        list.add_partition(topic, *partition);
     }
     let committed = consumer.committed_offsets(list, timeout)?;
-    for element in committed.elements() {
-        let (low, high) = consumer.fetch_watermarks(topic, element.partition(), timeout)?;
-        let position = match element.offset() {
-            Offset::Offset(offset) => offset,
-            _ => low,
+    for (partition, target) in targets {
+        let position = match committed.find_partition(topic, *partition).map(|e| e.offset()) {
+            Some(Offset::Offset(offset)) => offset,
+            _ => {
+                // Nothing committed: reached only if the partition held nothing to commit.
+                let (low, _) = consumer.fetch_watermarks(topic, *partition, timeout)?;
+                low
+            }
         };
-        if position < high {
+        if position < *target {
             return Ok(false);
         }
     }

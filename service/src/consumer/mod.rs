@@ -107,6 +107,7 @@ pub async fn run(
     consumer.subscribe(&topics)?;
     tracing::info!(topics = ?settings.topics, group = %settings.group_id, "consuming");
     let mut writer = BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience);
+    let mut verifier = verify::Verifier::new(&settings.topics, settings.recovery_settle);
     let mut verify_tick = tokio::time::interval(Duration::from_secs(1));
     verify_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let batch_size = settings.batch_size.max(1);
@@ -116,9 +117,7 @@ pub async fn run(
             message = consumer.recv() => message,
             _ = verify_tick.tick() => {
                 if let Some(mut conn) = redis.get() {
-                    if let Err(error) = verify::verify_events(&mut writer, &mut conn, &consumer, settings.recovery_settle, &metrics).await {
-                        tracing::warn!(%error, "verification pass incomplete; retried in a second");
-                    }
+                    verifier.pass(&mut writer, &mut conn, &consumer, &metrics).await;
                 }
                 continue;
             }
@@ -157,10 +156,20 @@ pub async fn run(
                     }
                     let wait = backoff.next_delay();
                     tracing::warn!(%error, records = batch.len(), retry_in = ?wait, "batch not written; offsets stay uncommitted");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        // Stopping here leaves the batch uncommitted: it is redelivered.
-                        _ = shutdown.changed() => return Ok(()),
+                    let retry_at = tokio::time::Instant::now() + wait;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(retry_at) => break,
+                            // Verification goes on while a batch waits (a held event must not
+                            // stop the restores and healing of the others).
+                            _ = verify_tick.tick() => {
+                                if let Some(mut conn) = redis.get() {
+                                    verifier.pass(&mut writer, &mut conn, &consumer, &metrics).await;
+                                }
+                            }
+                            // Stopping here leaves the batch uncommitted: it is redelivered.
+                            _ = shutdown.changed() => return Ok(()),
+                        }
                     }
                 }
             }

@@ -53,14 +53,15 @@ struct FreeSlots {
     sent: i64,
 }
 
-/// Restores `event` if it is marked recovering, the mark is `settle` old and the caller has
-/// checked its topic is drained. `Ok(None)`: not restored now (too early, taken over,
-/// refused); retried on the next pass.
+/// Restores `event` if it is marked recovering and the mark (plus the longest delivery
+/// lease) is no later than `trusted_until_ms`: server time up to which the caller knows every
+/// record of the event's topic is in SQL. `Ok(None)`: not restored now (too early, another
+/// restore under way, taken over, refused); retried on the next pass.
 pub async fn restore_event(
     store: &Store,
     conn: &mut ConnectionManager,
     event: &EventId,
-    settle: Duration,
+    trusted_until_ms: i64,
 ) -> Result<Option<RestoreReport>, RecoveryError> {
     let name = event.to_string();
     let EventPresence::Provisioned { limit } = keyspace::presence(conn, event).await? else { return Ok(None) };
@@ -71,7 +72,7 @@ pub async fn restore_event(
     }
     let token = restore_token();
     let mut report = RestoreReport::default();
-    if timed(&mut report, keyspace::restore_begin(conn, event, &token, settle)).await? != RestoreStep::Done {
+    if timed(&mut report, keyspace::restore_begin(conn, event, &token, trusted_until_ms)).await? != RestoreStep::Done {
         return Ok(None);
     }
     let mut free = FreeSlots { pending: Vec::with_capacity(FREE_CHUNK), sent: 0 };

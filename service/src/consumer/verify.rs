@@ -1,8 +1,14 @@
-//! The consumer's verification pass, once a second over every provisioned event: the
-//! fencing check for events nobody applies to, the restore of events marked recovering,
-//! healing of overdue entries, and the per-event metrics.
+//! The consumer's verification pass, once a second over the provisioned events of its
+//! topics: the fencing check for events nobody applies to, the restore of events marked
+//! recovering, healing of overdue entries, and the per-event metrics.
+//!
+//! Both restore and healing need "every record written before time T is in SQL". A drain
+//! target gives it without waiting for a quiet topic: the high watermarks of the topic's
+//! partitions are read at T (server time, read before them); once the group's committed
+//! offsets reach them (a later pass), every record written before T has its row, however
+//! many records arrived since.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,76 +17,132 @@ use coupon_core::redis::keyspace::{self, EventCounters};
 use coupon_core::redis::ConnectionManager;
 
 use super::healing::{heal_entries, HEAL_CHUNK};
-use super::kafka::{topic_drained, GroupConsumer};
+use super::kafka::{committed_reached, high_watermarks, GroupConsumer};
 use super::recovery::{restore_event, RecoveryError};
 use super::writer::BatchWriter;
 use crate::metrics::{EventLabel, Metrics};
 
-/// One pass. `settle`: how long after an entry's delivery deadline (or a recovering mark)
-/// the consumer waits before trusting that the topic holds every record that will ever be
-/// written for it.
-pub async fn verify_events(
-    writer: &mut BatchWriter,
-    conn: &mut ConnectionManager,
-    consumer: &Arc<GroupConsumer>,
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// High watermarks read at `taken_at_ms`.
+struct DrainTarget {
+    taken_at_ms: i64,
+    highs: Vec<(i32, i64)>,
+}
+
+/// The state of the verification passes.
+pub struct Verifier {
+    /// The topics this consumer reads: events of other topics are other consumers' work.
+    topics: HashSet<String>,
+    /// How long past a delivery's deadline (or a recovering mark plus the longest lease) the
+    /// consumer waits before trusting that the topic holds every record that will ever be
+    /// written for it.
     settle: Duration,
-    metrics: &Metrics,
-) -> Result<(), RecoveryError> {
-    // Read before any drain check: entries overdue at this time were delivered (or never
-    // will be) before the drain check looks at the topic.
-    let now_ms = keyspace::server_time_ms(conn).await?;
-    let cutoff_ms = now_ms - settle.as_millis() as i64;
-    let mut drained: HashMap<String, bool> = HashMap::new();
-    for member in keyspace::registered_events(conn).await? {
-        let Ok(event) = member.parse::<EventId>() else {
-            keyspace::unregister(conn, &member).await?;
-            continue;
+    targets: HashMap<String, DrainTarget>,
+}
+
+impl Verifier {
+    pub fn new(topics: &[String], settle: Duration) -> Self {
+        Self { topics: topics.iter().cloned().collect(), settle, targets: HashMap::new() }
+    }
+
+    /// One pass over every provisioned event of this consumer's topics. An event that fails
+    /// is logged and the pass goes on with the next.
+    pub async fn pass(&mut self, writer: &mut BatchWriter, conn: &mut ConnectionManager, consumer: &Arc<GroupConsumer>, metrics: &Metrics) {
+        let read = async {
+            Ok::<_, coupon_core::redis::RedisError>((keyspace::server_time_ms(conn).await?, keyspace::registered_events(conn).await?))
         };
-        let Some(recovering) = keyspace::fence(conn, &event).await? else { continue };
-        let Some(counters) = keyspace::counters(conn, &event).await? else { continue };
-        export(metrics, &member, &counters);
-        if recovering {
-            if !is_drained(&mut drained, consumer, &counters.topic).await? {
-                continue;
+        let (now_ms, members) = match read.await {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "verification pass skipped");
+                return;
             }
-            if let Some(report) = restore_event(writer.store(), conn, &event, settle).await? {
-                writer.forget(&member);
+        };
+        let mut drained_at: HashMap<String, Option<i64>> = HashMap::new();
+        for member in members {
+            let Ok(event) = member.parse::<EventId>() else {
+                let _ = keyspace::unregister(conn, &member).await;
+                continue;
+            };
+            if let Err(error) = self.verify_event(writer, conn, consumer, metrics, &event, now_ms, &mut drained_at).await {
+                tracing::warn!(%error, event = %event, "verification of the event incomplete; retried in a second");
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn verify_event(
+        &mut self,
+        writer: &mut BatchWriter,
+        conn: &mut ConnectionManager,
+        consumer: &Arc<GroupConsumer>,
+        metrics: &Metrics,
+        event: &EventId,
+        now_ms: i64,
+        drained_at: &mut HashMap<String, Option<i64>>,
+    ) -> Result<(), RecoveryError> {
+        let Some(counters) = keyspace::counters(conn, event).await? else { return Ok(()) };
+        if !self.topics.contains(&counters.topic) {
+            return Ok(());
+        }
+        let Some(recovering) = keyspace::fence(conn, event).await? else { return Ok(()) };
+        export(metrics, &event.to_string(), &counters, recovering);
+        if !recovering && counters.unwritten == 0 {
+            return Ok(());
+        }
+        let drained = match drained_at.get(&counters.topic) {
+            Some(known) => *known,
+            None => {
+                let reached = self.drained_at(consumer, &counters.topic, now_ms).await?;
+                drained_at.insert(counters.topic.clone(), reached);
+                reached
+            }
+        };
+        let Some(at_ms) = drained else { return Ok(()) };
+        let trusted_until_ms = at_ms - self.settle.as_millis() as i64;
+        if recovering {
+            if let Some(report) = restore_event(writer.store(), conn, event, trusted_until_ms).await? {
+                writer.forget(&event.to_string());
                 tracing::warn!(event = %event, count = report.count, rows = report.rows, free = report.free, calls = report.calls, longest_call = ?report.longest_call, "restored the event's Redis state from SQL");
             }
-            continue;
+            return Ok(());
         }
-        if counters.unwritten == 0 {
-            continue;
+        let overdue = keyspace::overdue_entries(conn, event, trusted_until_ms, HEAL_CHUNK).await?;
+        if overdue.is_empty() {
+            return Ok(());
         }
-        let overdue = keyspace::overdue_entries(conn, &event, cutoff_ms, HEAL_CHUNK).await?;
-        if overdue.is_empty() || !is_drained(&mut drained, consumer, &counters.topic).await? {
-            continue;
-        }
-        let healed = heal_entries(writer.store(), conn, &event, cutoff_ms, overdue).await?;
+        let healed = heal_entries(writer.store(), conn, event, trusted_until_ms, overdue).await?;
         if healed.healed > 0 || healed.written > 0 {
             tracing::warn!(event = %event, healed = healed.healed, marked_written = healed.written, "settled entries issued but never written");
         }
+        Ok(())
     }
-    Ok(())
+
+    /// `Some(T)`: every record written to `topic` before server time `T` is in SQL. Takes a
+    /// new target whenever the previous one is reached (or there is none).
+    async fn drained_at(&mut self, consumer: &Arc<GroupConsumer>, topic: &str, now_ms: i64) -> Result<Option<i64>, RecoveryError> {
+        let mut reached = None;
+        if let Some(target) = self.targets.get(topic) {
+            let (probe, name, highs) = (consumer.clone(), topic.to_owned(), target.highs.clone());
+            if tokio::task::spawn_blocking(move || committed_reached(&probe, &name, &highs, KAFKA_TIMEOUT)).await?? {
+                reached = Some(target.taken_at_ms);
+            } else {
+                return Ok(None);
+            }
+        }
+        let (probe, name) = (consumer.clone(), topic.to_owned());
+        let highs = tokio::task::spawn_blocking(move || high_watermarks(&probe, &name, KAFKA_TIMEOUT)).await??;
+        self.targets.insert(topic.to_owned(), DrainTarget { taken_at_ms: now_ms, highs });
+        Ok(reached)
+    }
 }
 
-fn export(metrics: &Metrics, event: &str, counters: &EventCounters) {
+fn export(metrics: &Metrics, event: &str, counters: &EventCounters, recovering: bool) {
     let label = EventLabel { event: event.to_owned() };
     metrics.event_issued.get_or_create(&label).set(counters.issued);
     metrics.event_persisted.get_or_create(&label).set(counters.persisted);
     metrics.event_unwritten.get_or_create(&label).set(counters.unwritten);
     metrics.event_healed.get_or_create(&label).set(counters.healed);
-    metrics.event_recovering.get_or_create(&label).set(i64::from(counters.recovering));
-}
-
-/// Whether the group has committed every record of `topic`, asked once per pass.
-async fn is_drained(cache: &mut HashMap<String, bool>, consumer: &Arc<GroupConsumer>, topic: &str) -> Result<bool, RecoveryError> {
-    if let Some(known) = cache.get(topic) {
-        return Ok(*known);
-    }
-    let probe = consumer.clone();
-    let name = topic.to_owned();
-    let drained = tokio::task::spawn_blocking(move || topic_drained(&probe, &name, Duration::from_secs(5))).await??;
-    cache.insert(topic.to_owned(), drained);
-    Ok(drained)
+    metrics.event_recovering.get_or_create(&label).set(i64::from(recovering));
 }

@@ -99,8 +99,11 @@ impl BatchWriter {
                         refused.insert(event.clone(), "the event was deleted".to_owned());
                     }
                     EventPresence::Missing => {
+                        // An event with slot rows existed: Redis lost its configuration and the
+                        // operator will write it back; its records wait, however long. An event
+                        // SQL never saw waits `missing_event_patience`, then is failed.
                         let since = *self.missing_since.entry(event.clone()).or_insert_with(Instant::now);
-                        if since.elapsed() < self.missing_event_patience {
+                        if capacity > 0 || since.elapsed() < self.missing_event_patience {
                             return Err(BatchError::EventMissing(event));
                         }
                         refused.insert(event.clone(), format!("the event is not provisioned (waited {:?})", self.missing_event_patience));

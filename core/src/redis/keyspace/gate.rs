@@ -25,6 +25,8 @@ pub enum GateDecision {
         slot: i64,
         topic: String,
         again: bool,
+        /// Server time by which this delivery ends; a release must name it.
+        deadline_ms: i64,
     },
     /// The user's earlier delivery of `slot` ended unconfirmed (they were answered 503) but its
     /// row is written: confirm it (201) without producing.
@@ -35,7 +37,10 @@ pub enum GateDecision {
     Duplicate {
         slot: i64,
     },
-    SoldOut,
+    /// Every slot is taken; the window ends at `closes_at_ms` (server time).
+    SoldOut {
+        closes_at_ms: i64,
+    },
     NotOpen,
     Closed,
     /// Deleted (the tombstone says so).
@@ -47,16 +52,16 @@ pub enum GateDecision {
 }
 
 impl GateDecision {
-    fn from_answer((code, slot, topic): (i64, i64, String)) -> RedisResult<Self> {
+    fn from_answer((code, slot, topic, deadline_ms): (i64, i64, String, i64)) -> RedisResult<Self> {
         Ok(match code {
-            1 => Self::Issued { slot, topic, again: false },
-            2 => Self::Issued { slot, topic, again: true },
+            1 => Self::Issued { slot, topic, again: false, deadline_ms },
+            2 => Self::Issued { slot, topic, again: true, deadline_ms },
             3 => Self::Confirmed { slot },
             -1 => Self::Deleted,
             -2 => Self::NotOpen,
             -3 => Self::Closed,
             -4 => Self::Duplicate { slot },
-            -5 => Self::SoldOut,
+            -5 => Self::SoldOut { closes_at_ms: slot },
             -6 => Self::Recovering,
             -7 => Self::Missing,
             other => {
@@ -71,7 +76,7 @@ impl GateDecision {
 /// delivering the record a second time.
 pub async fn apply(conn: &mut ConnectionManager, event: &EventId, user_id: &str, lease: Duration) -> RedisResult<GateDecision> {
     let keys = EventKeys::of(event);
-    let answer: (i64, i64, String) = script!("apply")
+    let answer: (i64, i64, String, i64) = script!("apply")
         .key(&keys.config)
         .key(&keys.count)
         .key(&keys.users)
@@ -92,11 +97,20 @@ pub async fn ack(conn: &mut ConnectionManager, event: &EventId, user_id: &str, s
 }
 
 /// Undoes an issued slot whose record never reached the broker: only the user's pending
-/// entry of exactly that slot. Returns whether it was released.
-pub async fn release(conn: &mut ConnectionManager, event: &EventId, user_id: &str, slot: i64) -> RedisResult<bool> {
+/// entry of exactly that slot, and only while its deadline is still `deadline_ms` (the
+/// failed delivery's; a later delivery of the same record moved it). Returns whether it was
+/// released.
+pub async fn release(conn: &mut ConnectionManager, event: &EventId, user_id: &str, slot: i64, deadline_ms: i64) -> RedisResult<bool> {
     let keys = EventKeys::of(event);
-    let removed: i64 =
-        script!("release").key(&keys.users).key(&keys.free).key(&keys.unwritten).arg(user_id).arg(slot).invoke_async(conn).await?;
+    let removed: i64 = script!("release")
+        .key(&keys.users)
+        .key(&keys.free)
+        .key(&keys.unwritten)
+        .arg(user_id)
+        .arg(slot)
+        .arg(deadline_ms)
+        .invoke_async(conn)
+        .await?;
     Ok(removed == 1)
 }
 
@@ -126,13 +140,17 @@ mod tests {
         let event = EventId::new("core-tests", &format!("free-{nanos}")).unwrap();
         write_config(&mut conn, &event, &EventConfig::open_now(5, "t", Duration::from_secs(60)), false).await.unwrap();
         let lease = Duration::from_secs(60);
+        let mut deadlines = Vec::new();
         for user in 1..=5 {
-            apply(&mut conn, &event, &format!("u{user}"), lease).await.unwrap();
+            let GateDecision::Issued { deadline_ms, .. } = apply(&mut conn, &event, &format!("u{user}"), lease).await.unwrap() else {
+                panic!("issued")
+            };
+            deadlines.push(deadline_ms);
         }
-        assert!(release(&mut conn, &event, "u5", 5).await.unwrap());
-        assert!(release(&mut conn, &event, "u4", 4).await.unwrap());
+        assert!(release(&mut conn, &event, "u5", 5, deadlines[4]).await.unwrap());
+        assert!(release(&mut conn, &event, "u4", 4, deadlines[3]).await.unwrap());
         let _: () = redis::cmd("HSET").arg(EventKeys::of(&event).config).arg("limit").arg(3).query_async(&mut conn).await.unwrap();
-        assert_eq!(apply(&mut conn, &event, "late", lease).await.unwrap(), GateDecision::SoldOut);
+        assert!(matches!(apply(&mut conn, &event, "late", lease).await.unwrap(), GateDecision::SoldOut { .. }));
         super::super::delete_event(&mut conn, &event).await.unwrap();
     }
 }

@@ -8,8 +8,6 @@
 //! and a token and the server's identity make a restore that was taken over by another
 //! consumer, or interrupted by a failover, fail instead of opening a half-restored event.
 
-use std::time::Duration;
-
 use redis::aio::ConnectionManager;
 use redis::RedisResult;
 
@@ -38,11 +36,15 @@ pub enum RestoreStep {
     Interrupted,
     /// The limit is below the highest slot with a row: the event stays recovering.
     LimitBelowRows,
+    /// Another consumer's restore is under way (its heartbeat is fresh).
+    Busy,
 }
 
-/// Starts a restore under `token` once the mark is `settle` old: clears the counters, the
-/// users, the free list and the unwritten entries.
-pub async fn restore_begin(conn: &mut ConnectionManager, event: &EventId, token: &str, settle: Duration) -> RedisResult<RestoreStep> {
+/// Starts a restore under `token` if the recovering mark was made at or before
+/// `not_after_ms` minus the longest delivery lease (server time; the caller passes when its
+/// drain check began, minus its settle time): clears the counters, the users, the free list
+/// and the unwritten entries.
+pub async fn restore_begin(conn: &mut ConnectionManager, event: &EventId, token: &str, not_after_ms: i64) -> RedisResult<RestoreStep> {
     let keys = EventKeys::of(event);
     let answer: i64 = script!("restore_begin")
         .key(&keys.config)
@@ -51,13 +53,14 @@ pub async fn restore_begin(conn: &mut ConnectionManager, event: &EventId, token:
         .key(&keys.free)
         .key(&keys.unwritten)
         .key(&keys.persisted)
-        .arg(settle.as_millis() as u64)
+        .arg(not_after_ms)
         .arg(token)
         .invoke_async(conn)
         .await?;
     Ok(match answer {
         1 => RestoreStep::Done,
         -2 => RestoreStep::TooEarly,
+        -3 => RestoreStep::Busy,
         _ => RestoreStep::NotRecovering,
     })
 }

@@ -1,7 +1,8 @@
 -- The apply gate: decides one apply atomically.
 -- KEYS: config, count, users, free, unwritten. ARGV: user id, lease_ms (how long a delivery
 -- may take: the api's produce timeout and a margin).
--- Answers {code, slot, topic}:
+-- Answers {code, slot, topic, deadline} (deadline: of the delivery now under way, which a
+-- release must name):
 --   1  a new slot was issued to the user: deliver its record;
 --   2  the user's earlier delivery of `slot` never completed (its lease ran out): deliver the
 --      same record again (the consumer skips the duplicate);
@@ -9,45 +10,54 @@
 --      written: confirm it now, nothing to deliver;
 --  -1  the event was deleted; -7 no configuration at all (never provisioned, or Redis lost it);
 --  -2  not open yet; -3 closed; -4 the user holds `slot` already (or it is being delivered);
---  -5  sold out; -6 recovering (being verified against SQL).
+--  -5  sold out (slot: the window's end, so the api can answer 403 from memory once it passed);
+--  -6  recovering (being verified against SQL).
 -- The counter never passes the limit: `count < limit` is checked before INCR.
-local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server', 'deleted')
+local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server',
+  'deleted', 'recovering_server', 'lease_ms')
 local limit = tonumber(cfg[1])
 if not limit then
-  if cfg[8] == '1' then return {-1, 0, ''} end
-  return {-7, 0, ''}
+  if cfg[8] == '1' then return {-1, 0, '', 0} end
+  return {-7, 0, '', 0}
 end
-if cfg[5] == '1' then return {-6, 0, ''} end
 local now = now_ms()
 -- Fencing: the state was last verified on another server (a restart, a failover, a restored
 -- snapshot). It may have lost acknowledged writes, so nothing is decided until the consumer
--- has verified it against SQL and the topic.
-if cfg[7] ~= server_id() then
-  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now)
-  return {-6, 0, ''}
+-- has verified it against SQL and the topic. Checked before the recovering mark: a mark
+-- carried over from an earlier server starts its settle time again on this one.
+local server = server_id()
+if cfg[7] ~= server then
+  if cfg[5] ~= '1' or cfg[9] ~= server then
+    redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now, 'recovering_server', server)
+  end
+  return {-6, 0, '', 0}
 end
-if now < tonumber(cfg[3]) then return {-2, 0, ''} end
-if now >= tonumber(cfg[4]) then return {-3, 0, ''} end
+if cfg[5] == '1' then return {-6, 0, '', 0} end
 local user = ARGV[1]
 local lease = tonumber(ARGV[2])
+-- The longest lease any api uses: a restore waits at least this long after its mark.
+if (tonumber(cfg[10]) or 0) < lease then redis.call('HSET', KEYS[1], 'lease_ms', lease) end
 local per_user = tonumber(cfg[2]) or 1
 local held = redis.call('HGET', KEYS[3], user)
 local entries = parse_entries(held)
+-- The user's own entries first: a coupon issued in the window stays theirs after it.
 for _, e in ipairs(entries) do
   if e[2] == 'x' then
     e[2] = 'w'
     store_entries(KEYS[3], user, entries)
-    return {3, tonumber(e[1]), cfg[6]}
+    return {3, tonumber(e[1]), cfg[6], 0}
   end
   if e[2] == 'p' then
     local member = unwritten_member(e[1], user)
     local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member)) or 0
-    if deadline > now then return {-4, tonumber(e[1]), ''} end
+    if deadline > now then return {-4, tonumber(e[1]), '', 0} end
     redis.call('ZADD', KEYS[5], now + lease, member)
-    return {2, tonumber(e[1]), cfg[6]}
+    return {2, tonumber(e[1]), cfg[6], now + lease}
   end
 end
-if #entries >= per_user then return {-4, tonumber(entries[1][1]), ''} end
+if #entries >= per_user then return {-4, tonumber(entries[1][1]), '', 0} end
+if now < tonumber(cfg[3]) then return {-2, 0, '', 0} end
+if now >= tonumber(cfg[4]) then return {-3, 0, '', 0} end
 local slot
 for _ = 1, 16 do
   slot = tonumber(redis.call('LPOP', KEYS[4]))
@@ -56,10 +66,10 @@ for _ = 1, 16 do
 end
 if not slot then
   local count = tonumber(redis.call('GET', KEYS[2])) or 0
-  if count >= limit then return {-5, 0, ''} end
+  if count >= limit then return {-5, tonumber(cfg[4]), '', 0} end
   slot = redis.call('INCR', KEYS[2])
 end
 entries[#entries + 1] = {tostring(slot), 'p'}
 store_entries(KEYS[3], user, entries)
 redis.call('ZADD', KEYS[5], now + lease, unwritten_member(slot, user))
-return {1, slot, cfg[6]}
+return {1, slot, cfg[6], now + lease}

@@ -2,7 +2,7 @@
 -- Leaves a tombstone (`deleted` = 1) in place of the configuration for a while, so api
 -- replicas that served the event answer 404 instead of taking it for a Redis that lost its
 -- data (503). Answers how many keys existed.
-local existed = redis.call('DEL', unpack(KEYS))
+local existed = redis.call('UNLINK', unpack(KEYS))
 redis.call('HSET', KEYS[1], 'deleted', '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return existed

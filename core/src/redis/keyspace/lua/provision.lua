@@ -5,7 +5,8 @@
 -- then); recovering is 1 while the event is marked recovering.
 -- A new event records the server it lives on (`server`); an update never does, since that
 -- would hide a server that went back in time from the gate's fencing check. A configuration
--- written before fencing existed adopts the current server once.
+-- written before fencing existed (and its users in the old layout) is verified against SQL
+-- like a server change: it is marked recovering.
 local count = tonumber(redis.call('GET', KEYS[2])) or 0
 if tonumber(ARGV[1]) < count then return {-count, 0} end
 local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted')
@@ -16,14 +17,17 @@ if old[8] == '1' then
 end
 local recovering = 0
 if old[6] == '1' then recovering = 1 end
-if old[1] and not old[7] then redis.call('HSET', KEYS[1], 'server', server_id()) end
+if old[1] and not old[7] and old[6] ~= '1' then
+  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server_id())
+  recovering = 1
+end
 if old[1] == ARGV[1] and old[2] == ARGV[2] and old[3] == ARGV[3] and old[4] == ARGV[4] and old[5] == ARGV[5] then
   return {2, recovering}
 end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5])
 if old[1] then return {1, recovering} end
 if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms())
+  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server_id())
   return {3, 1}
 end
 redis.call('HSET', KEYS[1], 'server', server_id())

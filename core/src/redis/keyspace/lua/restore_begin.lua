@@ -1,16 +1,20 @@
 -- Starts writing back an event's state from SQL. KEYS: config, count, users, free, unwritten,
--- persisted. ARGV: settle_ms, token.
--- Only while the event is marked recovering and the mark is at least `settle_ms` old (so
--- that records issued before the loss have reached the broker). Clears the counters and
--- records the token and the server: the chunks and the finish that follow must carry the
--- same token on the same server, so two consumers restoring at once, or a failover in the
--- middle, can never leave a half-restored event open.
--- Answers 1 begun, -1 not recovering, -2 too early.
-local mark = redis.call('HMGET', KEYS[1], 'recovering', 'recovering_since_ms')
+-- persisted. ARGV: not_after_ms, token.
+-- Only while the event is marked recovering and the mark was made at or before
+-- `not_after_ms` minus the longest delivery lease any api uses (`lease_ms`): the caller
+-- passes the time its drain check began minus its settle time, so every record issued before
+-- the loss had reached the broker before that check. Clears the counters and records the
+-- token, a heartbeat and the server: the chunks and the finish that follow must carry the
+-- same token on the same server, so a failover in the middle can never leave a half-restored
+-- event open, and another consumer cannot take a restore over while its heartbeat is fresh.
+-- Answers 1 begun, -1 not recovering, -2 too early, -3 another restore is under way.
+local mark = redis.call('HMGET', KEYS[1], 'recovering', 'recovering_since_ms', 'lease_ms', 'restoring', 'restore_beat_ms')
 if mark[1] ~= '1' then return -1 end
-if now_ms() - (tonumber(mark[2]) or 0) < tonumber(ARGV[1]) then return -2 end
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+local now = now_ms()
+if mark[4] and now - (tonumber(mark[5]) or 0) < 10000 and mark[4] ~= ARGV[2] then return -3 end
+if (tonumber(mark[2]) or 0) + (tonumber(mark[3]) or 0) > tonumber(ARGV[1]) then return -2 end
+redis.call('UNLINK', KEYS[3], KEYS[4], KEYS[5])
 redis.call('SET', KEYS[2], 0)
 redis.call('SET', KEYS[6], 0)
-redis.call('HSET', KEYS[1], 'restoring', ARGV[2], 'restore_server', server_id())
+redis.call('HSET', KEYS[1], 'restoring', ARGV[2], 'restore_server', server_id(), 'restore_beat_ms', now)
 return 1

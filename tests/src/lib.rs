@@ -252,9 +252,18 @@ impl Drop for InProcessConsumer {
 }
 
 /// Waits until the event has `rows` coupon rows, then asserts it has exactly that many.
+/// Waits until the event has `rows` rows, then until the count has stayed put for two
+/// seconds, and asserts it is still `rows`: a count that overshoots later fails the test.
 pub async fn wait_for_rows(store: &Store, event: &str, rows: i64, timeout: Duration) {
-    let last = wait_for_stable_rows(store, event, timeout).await;
+    let deadline = Instant::now() + timeout;
+    let mut last = store.count_coupons(event).await.unwrap();
+    while last < rows && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = store.count_coupons(event).await.unwrap();
+    }
     assert_eq!(last, rows, "rows of {event} in {}", store.dialect());
+    let settled = wait_for_stable_rows(store, event, Duration::from_secs(10)).await;
+    assert_eq!(settled, rows, "rows of {event} in {} after they settled", store.dialect());
 }
 
 /// Polls the event's row count until it has not changed for two seconds (or `timeout`

@@ -161,6 +161,13 @@ async fn clients_that_give_up_while_redis_is_paused_get_their_coupon_and_issued_
     assert_eq!(settled.healed, 15, "the entries nobody delivered were given back: {settled:?}");
     wait_for_rows(&store, &event.key(), 45, Duration::from_secs(10)).await;
     assert!(store.failed_events(&event.topic).await.unwrap().is_empty());
+    // Exported per event by the consumer.
+    let label = coupon_service::metrics::EventLabel { event: event.key() };
+    wait_until("healed exported", Duration::from_secs(10), || async {
+        let metrics = &consumer.process().metrics;
+        (metrics.event_healed.get_or_create(&label).get() == 15 && metrics.event_persisted.get_or_create(&label).get() == 45).then_some(())
+    })
+    .await;
     // The healed slots are handed out again.
     let (status, body) = apply(&client, &url, "late-comer").await;
     assert_eq!(status, 201, "{body}");

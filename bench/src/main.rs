@@ -165,6 +165,8 @@ struct LargeEvent {
     restore: Duration,
     calls: u64,
     longest_call: Duration,
+    /// Server side, from the slow log; `None`: none took 0.5 ms.
+    longest_command_micros: Option<u64>,
     first_record: Duration,
     all_slots_at_once: Duration,
 }
@@ -194,9 +196,11 @@ async fn large_event(setup: &Setup, n: i64) -> anyhow::Result<LargeEvent> {
     let mut conn = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
     let config = EventConfig::open_now(limit, &format!("bench.{name}"), Duration::from_secs(3600));
     provision::provision_redis(&mut conn, &id, &config, true).await?;
+    let saved = coupon_core::redis::diagnostics::start_slowlog(&mut conn).await?;
     let started = Instant::now();
     let report = restore_event(&store, &mut conn, &id, i64::MAX).await?.ok_or_else(|| anyhow::anyhow!("restore did not run"))?;
     let restore = started.elapsed();
+    let longest_command_micros = coupon_core::redis::diagnostics::slowest_since(&mut conn, saved).await?;
     let counters = keyspace::counters(&mut conn, &id).await?.ok_or_else(|| anyhow::anyhow!("no counters"))?;
     anyhow::ensure!(counters.issued == n && counters.persisted == n && !counters.recovering, "restored {counters:?}");
     keyspace::delete_event(&mut conn, &id).await?;
@@ -215,7 +219,14 @@ async fn large_event(setup: &Setup, n: i64) -> anyhow::Result<LargeEvent> {
     let started = Instant::now();
     store.ensure_slots(&format!("bench/{}", unique("all-slots")), n).await?;
     let all_slots_at_once = started.elapsed();
-    Ok(LargeEvent { restore, calls: report.calls, longest_call: report.longest_call, first_record, all_slots_at_once })
+    Ok(LargeEvent {
+        restore,
+        calls: report.calls,
+        longest_call: report.longest_call,
+        longest_command_micros,
+        first_record,
+        all_slots_at_once,
+    })
 }
 
 struct Line {
@@ -367,9 +378,9 @@ async fn main() -> anyhow::Result<()> {
             target: "bounded memory",
         });
         lines.push(Line {
-            what: "restore: longest single Redis call, client side (ms)",
-            ours: format!("{:.1}", large.longest_call.as_secs_f64() * 1000.0),
-            baseline: "-".into(),
+            what: "restore: longest single Redis command, server side (ms)",
+            ours: large.longest_command_micros.map_or("< 0.5".into(), |us| format!("{:.1}", us as f64 / 1000.0)),
+            baseline: format!("{:.1} client side, with the round trip", large.longest_call.as_secs_f64() * 1000.0),
             ratio: "-".into(),
             target: "a few ms",
         });

@@ -2,6 +2,7 @@
 //! the system sends. Nothing outside this folder spells a Redis key or a command.
 
 mod connection;
+pub mod diagnostics;
 pub mod keyspace;
 
 pub use connection::{ConnectError, RedisHandle};

@@ -18,9 +18,9 @@ use coupon_core::redis::{ConnectionManager, RedisError};
 use crate::sql::Store;
 
 /// Rows read from SQL and written to Redis per step.
-pub const RESTORE_PAGE: i64 = 1_000;
+pub const RESTORE_PAGE: i64 = 500;
 /// Free slots written to Redis per step.
-const FREE_CHUNK: usize = 2_500;
+const FREE_CHUNK: usize = 1_000;
 
 /// Why a pass stopped; retried on the next tick.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,18 @@ local m = redis.call('HMGET', KEYS[1], 'recovering', 'restoring', 'restore_serve
 if m[1] ~= '1' or m[2] ~= ARGV[1] or m[3] ~= server_id() then return -1 end
 redis.call('HSET', KEYS[1], 'restore_beat_ms', now_ms())
 local n = tonumber(ARGV[2])
-for i = 3, 2 + 2 * n, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':w') end
-if n > 0 then redis.call('INCRBY', KEYS[4], n) end
-for i = 3 + 2 * n, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+-- One HSET and one RPUSH per chunk (the caller keeps chunks well under Lua's stack limit
+-- for `unpack`): a call per element would cost most of the time.
+if n > 0 then
+  local pairs = {}
+  for i = 3, 2 + 2 * n, 2 do
+    pairs[#pairs + 1] = ARGV[i]
+    pairs[#pairs + 1] = ARGV[i + 1] .. ':w'
+  end
+  redis.call('HSET', KEYS[2], unpack(pairs))
+  redis.call('INCRBY', KEYS[4], n)
+end
+if #ARGV > 2 + 2 * n then
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, 3 + 2 * n))
+end
 return 1

@@ -10,7 +10,7 @@ REDIS_FOLDER = ROOT / "core" / "src" / "redis"
 APP = ROOT / "service" / "src" / "app.rs"
 CRATES = ["core", "service", "operator", "tests", "bench"]
 # Hash fields of the event config; only the keyspace may spell them as strings.
-CONFIG_FIELDS = ["per_user", "start_ms", "end_ms", "recovering", "recovering_since_ms", "server", "restoring", "deleted"]
+CONFIG_FIELDS = ["per_user", "start_ms", "end_ms", "recovering", "recovering_since_ms", "server", "restoring", "deleted", "holders_version", "lease_ms"]
 
 
 def rust_sources():

@@ -2,14 +2,35 @@
 //! safe.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+use coupon_core::redis::keyspace::Holding;
 use std::time::{Duration, Instant};
 
-/// Events seen sold out, when, and when their window ends: answered without the gate (a
-/// user's entry is read; the end is judged from memory) until `recheck` has passed, because
-/// a released slot can reopen the event.
+/// How the api may answer an event it saw sold out.
+#[derive(Clone, Debug)]
+pub struct SoldOutView {
+    /// End of the window (server time, as the gate reported it).
+    pub closes_at_ms: i64,
+    /// Every holder's entry, once loaded for the current `holders_version`: sold-out
+    /// answers then come from memory.
+    pub holders: Option<Arc<HashMap<String, Holding>>>,
+}
+
+struct SoldOutEntry {
+    seen: Instant,
+    closes_at_ms: i64,
+    holders_version: i64,
+    holders: Option<Arc<HashMap<String, Holding>>>,
+    loading: bool,
+}
+
+/// Events seen sold out: answered without the gate until `recheck` has passed, because a
+/// released slot can reopen the event. The holders of a sold-out event change only through
+/// a release, a heal or a restore, each of which changes `holders_version`; a snapshot of
+/// them taken for one version stays right as long as the gate keeps reporting that version.
 pub struct SoldOutCache {
-    seen: RwLock<HashMap<String, (Instant, i64)>>,
+    seen: RwLock<HashMap<String, SoldOutEntry>>,
     recheck: Duration,
 }
 
@@ -18,14 +39,42 @@ impl SoldOutCache {
         Self { seen: RwLock::new(HashMap::new()), recheck }
     }
 
-    /// `Some(closes_at_ms)` while the event is known sold out.
-    pub fn sold_out(&self, event: &str) -> Option<i64> {
+    /// `Some` while the event is known sold out.
+    pub fn sold_out(&self, event: &str) -> Option<SoldOutView> {
         let map = self.seen.read().unwrap_or_else(|e| e.into_inner());
-        map.get(event).filter(|(seen, _)| seen.elapsed() < self.recheck).map(|(_, closes_at_ms)| *closes_at_ms)
+        map.get(event)
+            .filter(|entry| entry.seen.elapsed() < self.recheck)
+            .map(|entry| SoldOutView { closes_at_ms: entry.closes_at_ms, holders: entry.holders.clone() })
     }
 
-    pub fn set_sold_out(&self, event: &str, closes_at_ms: i64) {
-        self.seen.write().unwrap_or_else(|e| e.into_inner()).insert(event.to_owned(), (Instant::now(), closes_at_ms));
+    /// Records what the gate said. Returns true if the caller should load the holders for
+    /// this version (nobody has, and nobody is loading them).
+    pub fn set_sold_out(&self, event: &str, closes_at_ms: i64, holders_version: i64) -> bool {
+        let mut map = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(event) {
+            Some(entry) if entry.holders_version == holders_version => {
+                entry.seen = Instant::now();
+                entry.closes_at_ms = closes_at_ms;
+                let load = entry.holders.is_none() && !entry.loading;
+                entry.loading |= load;
+                load
+            }
+            _ => {
+                let entry = SoldOutEntry { seen: Instant::now(), closes_at_ms, holders_version, holders: None, loading: true };
+                map.insert(event.to_owned(), entry);
+                true
+            }
+        }
+    }
+
+    /// Stores the holders loaded for `holders_version` (`None`: too many to keep, or the load
+    /// failed; single reads go on).
+    pub fn holders_loaded(&self, event: &str, holders_version: i64, holders: Option<HashMap<String, Holding>>) {
+        let mut map = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get_mut(event).filter(|entry| entry.holders_version == holders_version) {
+            entry.loading = false;
+            entry.holders = holders.map(Arc::new);
+        }
     }
 
     pub fn clear(&self, event: &str) {
@@ -66,18 +115,29 @@ impl KnownEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coupon_core::redis::keyspace::HoldingState;
 
     #[test]
     fn sold_out_is_remembered_until_the_recheck() {
         let cache = SoldOutCache::new(Duration::from_secs(3600));
-        assert_eq!(cache.sold_out("a"), None);
-        cache.set_sold_out("a", 42);
-        assert_eq!(cache.sold_out("a"), Some(42));
-        assert_eq!(cache.sold_out("b"), None);
+        assert!(cache.sold_out("a").is_none());
+        assert!(cache.set_sold_out("a", 42, 7), "load the holders");
+        assert!(!cache.set_sold_out("a", 42, 7), "already loading");
+        assert_eq!(cache.sold_out("a").unwrap().closes_at_ms, 42);
+        assert!(cache.sold_out("a").unwrap().holders.is_none());
+        let holder = Holding { slot: 3, state: HoldingState::Persisted, confirmed: true };
+        cache.holders_loaded("a", 7, Some(HashMap::from([("u".to_owned(), holder.clone())])));
+        assert_eq!(cache.sold_out("a").unwrap().holders.unwrap().get("u"), Some(&holder));
+        assert!(!cache.set_sold_out("a", 42, 7), "loaded for this version");
+        assert!(cache.set_sold_out("a", 42, 8), "a release changed the holders: load again");
+        assert!(cache.sold_out("a").unwrap().holders.is_none(), "the old holders are dropped");
+        cache.holders_loaded("a", 7, Some(HashMap::new()));
+        assert!(cache.sold_out("a").unwrap().holders.is_none(), "a stale load is ignored");
+        assert!(cache.sold_out("b").is_none());
         cache.clear("a");
-        assert_eq!(cache.sold_out("a"), None, "a released slot reopens the event at once");
+        assert!(cache.sold_out("a").is_none(), "a released slot reopens the event at once");
         let expired = SoldOutCache::new(Duration::ZERO);
-        expired.set_sold_out("a", 42);
-        assert_eq!(expired.sold_out("a"), None, "re-checked once the interval has passed");
+        expired.set_sold_out("a", 42, 1);
+        assert!(expired.sold_out("a").is_none(), "re-checked once the interval has passed");
     }
 }

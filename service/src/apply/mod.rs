@@ -15,7 +15,7 @@ use coupon_core::redis::keyspace::{self, GateDecision, Holding, HoldingState};
 use coupon_core::redis::{ConnectionManager, RedisError, RedisHandle};
 use coupon_core::retry::Backoff;
 
-pub use caches::{KnownEvents, SoldOutCache};
+pub use caches::{KnownEvents, SoldOutCache, SoldOutView};
 pub use outcome::ApplyOutcome;
 use producer::{Delivery, ProducerSlot};
 
@@ -24,6 +24,10 @@ use crate::metrics::Metrics;
 
 /// Health components of the api.
 pub const COMPONENTS: &[&str] = &["redis", "kafka"];
+
+/// Most holders an api keeps in memory per sold-out event (about 100 bytes each); larger
+/// events answer sold-out applies with one Redis read each.
+const HOLDERS_IN_MEMORY: usize = 200_000;
 
 /// Added to the produce timeout to make the lease of a delivery: until it has passed, a
 /// repeated apply of the same user answers 409 instead of delivering the record again.
@@ -97,8 +101,8 @@ impl ApplyService {
         if let Err(error) = validate_user_id(&user_id) {
             return ApplyOutcome::bad_request(error);
         }
-        if let Some(closes_at_ms) = self.sold_out.sold_out(event.name()) {
-            if let Some(answer) = self.answer_sold_out(&event, &user_id, closes_at_ms).await {
+        if let Some(view) = self.sold_out.sold_out(event.name()) {
+            if let Some(answer) = self.answer_sold_out(&event, &user_id, view).await {
                 return answer;
             }
         }
@@ -109,26 +113,48 @@ impl ApplyService {
         tokio::spawn(async move { this.decide(event, user_id).await }).await.unwrap_or(ApplyOutcome::Unavailable)
     }
 
-    /// The sold-out short cut: the end of the window judged from memory (403), and one
-    /// read of the user's entry instead of the gate, so that a holder still hears 409 with
-    /// their slot. `None`: ask the gate (the user's delivery is pending or unconfirmed).
-    async fn answer_sold_out(&self, event: &EventId, user_id: &str, closes_at_ms: i64) -> Option<ApplyOutcome> {
-        if Utc::now().timestamp_millis() >= closes_at_ms {
-            return Some(ApplyOutcome::Closed);
-        }
-        let Some(mut conn) = self.redis.get() else { return Some(ApplyOutcome::Unavailable) };
-        let holdings = match keyspace::holdings(&mut conn, event, user_id).await {
-            Ok(holdings) => holdings,
-            Err(error) => {
-                tracing::warn!(%error, "sold-out lookup failed");
-                return Some(ApplyOutcome::Unavailable);
+    /// The sold-out short cut: the user's entry (from the holders snapshot once loaded,
+    /// else one read), then the window's end (403) judged from memory; no gate. `None`: ask
+    /// the gate (the user's delivery is pending or unconfirmed).
+    async fn answer_sold_out(&self, event: &EventId, user_id: &str, view: SoldOutView) -> Option<ApplyOutcome> {
+        let holding = match &view.holders {
+            Some(holders) => holders.get(user_id).cloned(),
+            None => {
+                let Some(mut conn) = self.redis.get() else { return Some(ApplyOutcome::Unavailable) };
+                match keyspace::holdings(&mut conn, event, user_id).await {
+                    Ok(holdings) => holdings.into_iter().next(),
+                    Err(error) => {
+                        tracing::warn!(%error, "sold-out lookup failed");
+                        return Some(ApplyOutcome::Unavailable);
+                    }
+                }
             }
         };
-        match holdings.first() {
+        match holding {
             Some(Holding { state: HoldingState::Pending, .. } | Holding { confirmed: false, .. }) => None,
             Some(holding) => Some(ApplyOutcome::Duplicate { slot: holding.slot }),
+            None if Utc::now().timestamp_millis() >= view.closes_at_ms => Some(ApplyOutcome::Closed),
             None => Some(ApplyOutcome::SoldOut),
         }
+    }
+
+    /// Loads the holders of a sold-out event for the sold-out short cut (in the background;
+    /// single reads serve meanwhile).
+    fn load_holders(self: &Arc<Self>, event: EventId, holders_version: i64) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let holders = match this.redis.get() {
+                Some(mut conn) => match keyspace::holders(&mut conn, &event, HOLDERS_IN_MEMORY).await {
+                    Ok(holders) => holders,
+                    Err(error) => {
+                        tracing::warn!(%error, event = %event, "cannot load the holders; reading entries one by one");
+                        None
+                    }
+                },
+                None => None,
+            };
+            this.sold_out.holders_loaded(event.name(), holders_version, holders);
+        });
     }
 
     async fn decide(self: Arc<Self>, event: EventId, user_id: String) -> ApplyOutcome {
@@ -177,13 +203,19 @@ impl ApplyService {
             }
             GateDecision::Confirmed { slot } => ApplyOutcome::Issued { slot },
             GateDecision::Duplicate { slot } => ApplyOutcome::Duplicate { slot },
-            GateDecision::SoldOut { closes_at_ms } => {
-                self.sold_out.set_sold_out(name, closes_at_ms);
+            GateDecision::SoldOut { closes_at_ms, holders_version } => {
+                if self.sold_out.set_sold_out(name, closes_at_ms, holders_version) {
+                    self.load_holders(event.clone(), holders_version);
+                }
                 ApplyOutcome::SoldOut
             }
             GateDecision::NotOpen => ApplyOutcome::NotOpen,
             GateDecision::Closed => ApplyOutcome::Closed,
-            GateDecision::Recovering | GateDecision::Missing | GateDecision::Deleted => ApplyOutcome::Unavailable,
+            GateDecision::Recovering => {
+                self.sold_out.clear(name);
+                ApplyOutcome::Unavailable
+            }
+            GateDecision::Missing | GateDecision::Deleted => ApplyOutcome::Unavailable,
         }
     }
 

@@ -59,7 +59,15 @@ impl ConsumerContext for ConsumerEvents {
 /// round trips).
 pub fn high_watermarks(consumer: &GroupConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64)>, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(Vec::new()) };
+    let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopic));
+    };
+    if let Some(error) = topic_metadata.error() {
+        return Err(KafkaError::MetadataFetch(error.into()));
+    }
+    if topic_metadata.partitions().is_empty() {
+        return Err(KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition));
+    }
     let mut highs = Vec::with_capacity(topic_metadata.partitions().len());
     for partition in topic_metadata.partitions() {
         let (_, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
@@ -68,10 +76,27 @@ pub fn high_watermarks(consumer: &GroupConsumer, topic: &str, timeout: Duration)
     Ok(highs)
 }
 
+/// How far the group is from a drain target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetProgress {
+    /// Committed at least up to the target on every partition.
+    Reached,
+    NotYet,
+    /// The target no longer describes the topic (re-created, offsets below it, partitions
+    /// changed): take a new one.
+    Stale,
+}
+
 /// Whether the consumer group has committed at least up to `targets` (partition, offset) on
 /// `topic`: every record written before the targets were read is in SQL. Unlike "committed
 /// up to the end now", this is reached while new records keep arriving. Blocking.
-pub fn committed_reached(consumer: &GroupConsumer, topic: &str, targets: &[(i32, i64)], timeout: Duration) -> Result<bool, KafkaError> {
+pub fn committed_reached(consumer: &GroupConsumer, topic: &str, targets: &[(i32, i64)], timeout: Duration) -> Result<TargetProgress, KafkaError> {
+    let current = high_watermarks(consumer, topic, timeout)?;
+    let same_partitions = current.len() == targets.len() && targets.iter().all(|(p, _)| current.iter().any(|(q, _)| q == p));
+    let none_below = targets.iter().all(|(p, target)| current.iter().any(|(q, high)| q == p && high >= target));
+    if !same_partitions || !none_below {
+        return Ok(TargetProgress::Stale);
+    }
     let mut list = TopicPartitionList::new();
     for (partition, _) in targets {
         list.add_partition(topic, *partition);
@@ -87,8 +112,8 @@ pub fn committed_reached(consumer: &GroupConsumer, topic: &str, targets: &[(i32,
             }
         };
         if position < *target {
-            return Ok(false);
+            return Ok(TargetProgress::NotYet);
         }
     }
-    Ok(true)
+    Ok(TargetProgress::Reached)
 }

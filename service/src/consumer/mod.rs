@@ -11,6 +11,7 @@ pub mod recovery;
 mod verify;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,7 @@ pub async fn run(
     tracing::info!(topics = ?settings.topics, group = %settings.group_id, "consuming");
     let mut writer = BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience);
     let mut verifier = verify::Verifier::new(&settings.topics, settings.recovery_settle);
+    let mut pending_offsets = PendingOffsets::new();
     let mut verify_tick = tokio::time::interval(Duration::from_secs(1));
     verify_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let batch_size = settings.batch_size.max(1);
@@ -116,6 +118,7 @@ pub async fn run(
         let first = tokio::select! {
             message = consumer.recv() => message,
             _ = verify_tick.tick() => {
+                commit_pending(&consumer, &mut pending_offsets, &metrics);
                 if let Some(mut conn) = redis.get() {
                     verifier.pass(&mut writer, &mut conn, &consumer, &metrics).await;
                 }
@@ -175,9 +178,10 @@ pub async fn run(
             }
         };
         after_sql_commit();
-        commit(&consumer, &batch, &metrics);
+        commit(&consumer, &mut pending_offsets, &batch, &metrics);
         writer.mark_written(&written).await;
     }
+    commit_pending(&consumer, &mut pending_offsets, &metrics);
     tracing::info!("consumer stopped");
     Ok(())
 }
@@ -198,20 +202,43 @@ fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
     }
 }
 
-fn commit(consumer: &GroupConsumer, batch: &[RawRecord], metrics: &Metrics) {
+/// Offsets written to SQL but not yet committed (a commit failed): committed with the next
+/// batch or on the next verification tick. Until they are, the group's committed offsets lag
+/// behind what is in SQL, and a drain target past them could never be reached.
+type PendingOffsets = BTreeMap<(String, i32), i64>;
+
+/// Commits the batch's offsets together with any still pending; on failure keeps them all
+/// pending (a crash meanwhile redelivers the records, which are skipped as duplicates).
+fn commit(consumer: &GroupConsumer, pending: &mut PendingOffsets, batch: &[RawRecord], metrics: &Metrics) {
+    for (partition, next) in next_offsets(batch) {
+        let offset = pending.entry(partition).or_insert(next);
+        *offset = (*offset).max(next);
+    }
+    if commit_pending(consumer, pending, metrics) && !batch.is_empty() {
+        metrics.batches.inc();
+    }
+}
+
+/// Commits the pending offsets; returns whether it succeeded (or nothing was pending).
+fn commit_pending(consumer: &GroupConsumer, pending: &mut PendingOffsets, metrics: &Metrics) -> bool {
+    if pending.is_empty() {
+        return true;
+    }
     let mut list = TopicPartitionList::new();
-    for ((topic, partition), next) in next_offsets(batch) {
-        if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+    for ((topic, partition), next) in pending.iter() {
+        if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
             tracing::warn!(%error, "cannot build offset list");
         }
     }
     match consumer.commit(&list, CommitMode::Sync) {
         Ok(()) => {
-            metrics.batches.inc();
+            pending.clear();
+            true
         }
         Err(error) => {
             metrics.commit_errors.inc();
-            tracing::warn!(%error, "offset commit failed; the batch will be redelivered and skipped as duplicates");
+            tracing::warn!(%error, "offset commit failed; retried with the next batch or in a second");
+            false
         }
     }
 }

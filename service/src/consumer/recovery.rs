@@ -72,7 +72,7 @@ pub async fn restore_event(
     }
     let token = restore_token();
     let mut report = RestoreReport::default();
-    if timed(&mut report, keyspace::restore_begin(conn, event, &token, trusted_until_ms)).await? != RestoreStep::Done {
+    if timed(&mut report, keyspace::restore_begin(conn, event, &token, &PROCESS, trusted_until_ms)).await? != RestoreStep::Done {
         return Ok(None);
     }
     let mut free = FreeSlots { pending: Vec::with_capacity(FREE_CHUNK), sent: 0 };
@@ -137,8 +137,14 @@ async fn timed<T>(report: &mut RestoreReport, call: impl std::future::Future<Out
     result
 }
 
+/// This process, among the consumers that may restore (pids repeat across containers).
+static PROCESS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    format!("{}-{nanos}", std::process::id())
+});
+
 /// A token no other restore uses.
 fn restore_token() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    format!("{}-{nanos}", std::process::id())
+    format!("{}-{nanos}", *PROCESS)
 }

@@ -17,7 +17,7 @@ use coupon_core::redis::keyspace::{self, EventCounters};
 use coupon_core::redis::ConnectionManager;
 
 use super::healing::{heal_entries, HEAL_CHUNK};
-use super::kafka::{committed_reached, high_watermarks, GroupConsumer};
+use super::kafka::{committed_reached, high_watermarks, GroupConsumer, TargetProgress};
 use super::recovery::{restore_event, RecoveryError};
 use super::writer::BatchWriter;
 use crate::metrics::{EventLabel, Metrics};
@@ -125,10 +125,10 @@ impl Verifier {
         let mut reached = None;
         if let Some(target) = self.targets.get(topic) {
             let (probe, name, highs) = (consumer.clone(), topic.to_owned(), target.highs.clone());
-            if tokio::task::spawn_blocking(move || committed_reached(&probe, &name, &highs, KAFKA_TIMEOUT)).await?? {
-                reached = Some(target.taken_at_ms);
-            } else {
-                return Ok(None);
+            match tokio::task::spawn_blocking(move || committed_reached(&probe, &name, &highs, KAFKA_TIMEOUT)).await?? {
+                TargetProgress::Reached => reached = Some(target.taken_at_ms),
+                TargetProgress::NotYet => return Ok(None),
+                TargetProgress::Stale => tracing::warn!(topic, "drain target no longer matches the topic; taking a new one"),
             }
         }
         let (probe, name) = (consumer.clone(), topic.to_owned());

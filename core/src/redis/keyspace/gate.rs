@@ -37,9 +37,12 @@ pub enum GateDecision {
     Duplicate {
         slot: i64,
     },
-    /// Every slot is taken; the window ends at `closes_at_ms` (server time).
+    /// Every slot is taken; the window ends at `closes_at_ms` (server time). The holders
+    /// stay as they are while `holders_version` does (a release, a heal or a restore
+    /// changes it).
     SoldOut {
         closes_at_ms: i64,
+        holders_version: i64,
     },
     NotOpen,
     Closed,
@@ -61,7 +64,7 @@ impl GateDecision {
             -2 => Self::NotOpen,
             -3 => Self::Closed,
             -4 => Self::Duplicate { slot },
-            -5 => Self::SoldOut { closes_at_ms: slot },
+            -5 => Self::SoldOut { closes_at_ms: slot, holders_version: deadline_ms },
             -6 => Self::Recovering,
             -7 => Self::Missing,
             other => {
@@ -106,6 +109,7 @@ pub async fn release(conn: &mut ConnectionManager, event: &EventId, user_id: &st
         .key(&keys.users)
         .key(&keys.free)
         .key(&keys.unwritten)
+        .key(&keys.config)
         .arg(user_id)
         .arg(slot)
         .arg(deadline_ms)
@@ -150,7 +154,8 @@ mod tests {
         assert!(release(&mut conn, &event, "u5", 5, deadlines[4]).await.unwrap());
         assert!(release(&mut conn, &event, "u4", 4, deadlines[3]).await.unwrap());
         let _: () = redis::cmd("HSET").arg(EventKeys::of(&event).config).arg("limit").arg(3).query_async(&mut conn).await.unwrap();
-        assert!(matches!(apply(&mut conn, &event, "late", lease).await.unwrap(), GateDecision::SoldOut { .. }));
+        // Sold out, and the two releases changed the holders twice.
+        assert!(matches!(apply(&mut conn, &event, "late", lease).await.unwrap(), GateDecision::SoldOut { holders_version: 2, .. }));
         super::super::delete_event(&mut conn, &event).await.unwrap();
     }
 }

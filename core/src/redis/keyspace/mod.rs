@@ -272,6 +272,32 @@ pub async fn holdings(conn: &mut ConnectionManager, event: &EventId, user: &str)
     Ok(value.as_deref().map(parse_holdings).unwrap_or_default())
 }
 
+/// Every user's entries, read with `HSCAN` in steps of 1,000 (never one long command), or
+/// `None` if there are more than `max` users (the caller then reads entries one by one). For
+/// the api's sold-out short cut: once an event is sold out its holders change only through a
+/// release, a heal or a restore, which the gate's `holders_version` counts.
+pub async fn holders(conn: &mut ConnectionManager, event: &EventId, max: usize) -> RedisResult<Option<std::collections::HashMap<String, Holding>>> {
+    let key = EventKeys::of(event).users;
+    let mut holders = std::collections::HashMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<(String, String)>) =
+            redis::cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(1000).query_async(conn).await?;
+        for (user, value) in page {
+            if let Some(first) = parse_holdings(&value).into_iter().next() {
+                holders.insert(user, first);
+            }
+        }
+        if holders.len() > max {
+            return Ok(None);
+        }
+        if next == 0 {
+            return Ok(Some(holders));
+        }
+        cursor = next;
+    }
+}
+
 /// What the api needs to answer one user without the gate: whether the event is
 /// provisioned and open, and the user's entries (one read-only round trip).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -44,7 +44,8 @@ pub enum RestoreStep {
 /// `not_after_ms` minus the longest delivery lease (server time; the caller passes when its
 /// drain check began, minus its settle time): clears the counters, the users, the free list
 /// and the unwritten entries.
-pub async fn restore_begin(conn: &mut ConnectionManager, event: &EventId, token: &str, not_after_ms: i64) -> RedisResult<RestoreStep> {
+/// `owner` names the restoring process, which may take over its own interrupted restore.
+pub async fn restore_begin(conn: &mut ConnectionManager, event: &EventId, token: &str, owner: &str, not_after_ms: i64) -> RedisResult<RestoreStep> {
     let keys = EventKeys::of(event);
     let answer: i64 = script!("restore_begin")
         .key(&keys.config)
@@ -55,6 +56,7 @@ pub async fn restore_begin(conn: &mut ConnectionManager, event: &EventId, token:
         .key(&keys.persisted)
         .arg(not_after_ms)
         .arg(token)
+        .arg(owner)
         .invoke_async(conn)
         .await?;
     Ok(match answer {

@@ -10,11 +10,12 @@
 --      written: confirm it now, nothing to deliver;
 --  -1  the event was deleted; -7 no configuration at all (never provisioned, or Redis lost it);
 --  -2  not open yet; -3 closed; -4 the user holds `slot` already (or it is being delivered);
---  -5  sold out (slot: the window's end, so the api can answer 403 from memory once it passed);
+--  -5  sold out (slot: the window's end, so the api can answer 403 from memory once it passed;
+--      deadline: `holders_version`, which changes whenever a holder can have changed);
 --  -6  recovering (being verified against SQL).
 -- The counter never passes the limit: `count < limit` is checked before INCR.
 local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server',
-  'deleted', 'recovering_server', 'lease_ms')
+  'deleted', 'recovering_server', 'lease_ms', 'holders_version')
 local limit = tonumber(cfg[1])
 if not limit then
   if cfg[8] == '1' then return {-1, 0, '', 0} end
@@ -66,7 +67,7 @@ for _ = 1, 16 do
 end
 if not slot then
   local count = tonumber(redis.call('GET', KEYS[2])) or 0
-  if count >= limit then return {-5, tonumber(cfg[4]), '', 0} end
+  if count >= limit then return {-5, tonumber(cfg[4]), '', tonumber(cfg[11]) or 0} end
   slot = redis.call('INCR', KEYS[2])
 end
 entries[#entries + 1] = {tostring(slot), 'p'}

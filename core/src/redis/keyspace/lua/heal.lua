@@ -1,6 +1,6 @@
 -- Settles entries whose delivery deadline passed without a row, once the consumer has
 -- checked the topic is drained and looked each one up in SQL.
--- KEYS: users, free, unwritten, persisted, healed. ARGV: cutoff_ms, then triples user, slot,
+-- KEYS: users, free, unwritten, persisted, healed, config. ARGV: cutoff_ms, then triples user, slot,
 -- verdict: 'w' the row exists (it was written but not marked), 'f' no row and no row holds
 -- the slot (the slot goes back to the free list), 'k' no row for the user but the slot is
 -- held by another row (the entry goes, the slot stays taken).
@@ -32,5 +32,8 @@ for i = 2, #ARGV, 3 do
   end
 end
 if written > 0 then redis.call('INCRBY', KEYS[4], written) end
-if healed > 0 then redis.call('INCRBY', KEYS[5], healed) end
+if healed > 0 then
+  redis.call('INCRBY', KEYS[5], healed)
+  redis.call('HINCRBY', KEYS[6], 'holders_version', 1)
+end
 return {healed, written}

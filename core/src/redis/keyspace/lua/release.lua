@@ -1,5 +1,6 @@
 -- Gives back the slot of a record that was certainly not written.
--- KEYS: users, free, unwritten. ARGV: user id, slot, deadline (of the delivery that failed).
+-- KEYS: users, free, unwritten, config. ARGV: user id, slot, deadline (of the delivery that
+-- failed). A release changes the holders: `holders_version` counts it.
 -- Answers 1 released, 0 nothing to release.
 -- Only the user's pending entry of exactly that slot, and only while its deadline is still
 -- the failed delivery's: a repeated or stale release, or one racing a later delivery of the
@@ -13,6 +14,7 @@ for i, e in ipairs(entries) do
     store_entries(KEYS[1], ARGV[1], entries)
     redis.call('ZREM', KEYS[3], member)
     redis.call('LPUSH', KEYS[2], ARGV[2])
+    redis.call('HINCRBY', KEYS[4], 'holders_version', 1)
     return 1
   end
 end

@@ -90,7 +90,12 @@ pub enum TargetProgress {
 /// Whether the consumer group has committed at least up to `targets` (partition, offset) on
 /// `topic`: every record written before the targets were read is in SQL. Unlike "committed
 /// up to the end now", this is reached while new records keep arriving. Blocking.
-pub fn committed_reached(consumer: &GroupConsumer, topic: &str, targets: &[(i32, i64)], timeout: Duration) -> Result<TargetProgress, KafkaError> {
+pub fn committed_reached(
+    consumer: &GroupConsumer,
+    topic: &str,
+    targets: &[(i32, i64)],
+    timeout: Duration,
+) -> Result<TargetProgress, KafkaError> {
     let current = high_watermarks(consumer, topic, timeout)?;
     let same_partitions = current.len() == targets.len() && targets.iter().all(|(p, _)| current.iter().any(|(q, _)| q == p));
     let none_below = targets.iter().all(|(p, target)| current.iter().any(|(q, high)| q == p && high >= target));

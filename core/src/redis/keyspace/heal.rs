@@ -83,7 +83,14 @@ pub async fn heal(
     }
     let keys = EventKeys::of(event);
     let mut invocation = script!("heal").prepare_invoke();
-    invocation.key(&keys.users).key(&keys.free).key(&keys.unwritten).key(&keys.persisted).key(&keys.healed).key(&keys.config).arg(cutoff_ms);
+    invocation
+        .key(&keys.users)
+        .key(&keys.free)
+        .key(&keys.unwritten)
+        .key(&keys.persisted)
+        .key(&keys.healed)
+        .key(&keys.config)
+        .arg(cutoff_ms);
     for (entry, verdict) in verdicts {
         let code = match verdict {
             HealVerdict::Written => "w",

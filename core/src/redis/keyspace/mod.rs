@@ -276,7 +276,11 @@ pub async fn holdings(conn: &mut ConnectionManager, event: &EventId, user: &str)
 /// `None` if there are more than `max` users (the caller then reads entries one by one). For
 /// the api's sold-out short cut: once an event is sold out its holders change only through a
 /// release, a heal or a restore, which the gate's `holders_version` counts.
-pub async fn holders(conn: &mut ConnectionManager, event: &EventId, max: usize) -> RedisResult<Option<std::collections::HashMap<String, Holding>>> {
+pub async fn holders(
+    conn: &mut ConnectionManager,
+    event: &EventId,
+    max: usize,
+) -> RedisResult<Option<std::collections::HashMap<String, Holding>>> {
     let key = EventKeys::of(event).users;
     let mut holders = std::collections::HashMap::new();
     let mut cursor: u64 = 0;

@@ -45,7 +45,13 @@ pub enum RestoreStep {
 /// drain check began, minus its settle time): clears the counters, the users, the free list
 /// and the unwritten entries.
 /// `owner` names the restoring process, which may take over its own interrupted restore.
-pub async fn restore_begin(conn: &mut ConnectionManager, event: &EventId, token: &str, owner: &str, not_after_ms: i64) -> RedisResult<RestoreStep> {
+pub async fn restore_begin(
+    conn: &mut ConnectionManager,
+    event: &EventId,
+    token: &str,
+    owner: &str,
+    not_after_ms: i64,
+) -> RedisResult<RestoreStep> {
     let keys = EventKeys::of(event);
     let answer: i64 = script!("restore_begin")
         .key(&keys.config)

@@ -496,3 +496,38 @@ async fn a_configuration_lost_with_redis_is_written_back_marked_recovering() {
     assert!(!keyspace::counters(&mut conn, &id(&fresh)).await.unwrap().unwrap().recovering);
     keyspace::delete_event(&mut conn, &id(&event)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healed_coupons_are_reported_in_the_status_and_the_event_counts_as_drained() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let event = coupon_event(10, OnDelete::Retain);
+    h.reconcile(&event).await;
+    let event = h.stored(&event);
+    h.reconcile(&event).await;
+    // Three coupons issued through the real gate (window around the real now, as Redis
+    // judges it); one is written, two were never delivered and are healed.
+    let mut conn = h.ctx.backend.redis.get().unwrap();
+    let now = chrono::Utc::now();
+    let mut open = event.spec.event_config();
+    open.start = now - chrono::Duration::minutes(1);
+    open.end = now + chrono::Duration::minutes(10);
+    coupon_core::provision::provision_redis(&mut conn, &id(&event), &open, false).await.unwrap();
+    for user in 0..3 {
+        keyspace::apply(&mut conn, &id(&event), &format!("u{user}"), Duration::from_secs(5)).await.unwrap();
+    }
+    assert_eq!(keyspace::mark_written(&mut conn, &id(&event), &[("u0", 1)]).await.unwrap(), 1);
+    let overdue = keyspace::overdue_entries(&mut conn, &id(&event), i64::MAX, 10).await.unwrap();
+    assert_eq!(overdue.len(), 2);
+    let verdicts: Vec<_> = overdue.into_iter().map(|entry| (entry, keyspace::HealVerdict::Free)).collect();
+    let healed = keyspace::heal(&mut conn, &id(&event), i64::MAX, &verdicts).await.unwrap();
+    assert_eq!(healed, keyspace::Healed { healed: 2, written: 0 });
+
+    let mut reopened = h.stored(&event);
+    reopened.spec = event.spec.clone();
+    let requests = h.reconcile(&reopened).await;
+    let status = &requests.iter().find(|r| r.path.ends_with("/status")).expect("status written").body["status"];
+    assert_eq!((status["issued"].as_i64(), status["persisted"].as_i64(), status["healed"].as_i64()), (Some(1), Some(1), Some(2)));
+    let drained = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Drained").unwrap();
+    assert_eq!(drained["status"], "True", "{drained}");
+    keyspace::delete_event(&mut conn, &id(&event)).await.unwrap();
+}

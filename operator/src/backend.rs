@@ -2,7 +2,7 @@
 //! topic, through the same provisioning code as `coupon-service event create`.
 
 use coupon_core::event::{EventId, InvalidConfig};
-use coupon_core::kafka::{KafkaSettings, TopicAdmin};
+use coupon_core::kafka::{KafkaSettings, TopicAdmin, TopicOutcome};
 use coupon_core::provision::{self, ProvisionError, RedisOutcome};
 use coupon_core::redis::keyspace::{self, EventCounters};
 use coupon_core::redis::{ConnectError, RedisHandle};
@@ -49,10 +49,9 @@ impl Backend {
         self.redis.get().ok_or(BackendError::RedisNotConnected)
     }
 
-    /// Creates the topic (once; an existing topic is kept).
-    pub async fn ensure_topic(&self, spec: &CouponEventSpec) -> Result<(), BackendError> {
-        self.admin.ensure_topic(&spec.topic, spec.partitions, self.replication).await?;
-        Ok(())
+    /// Creates the topic if it is missing (an existing topic is kept as it is).
+    pub async fn ensure_topic(&self, spec: &CouponEventSpec) -> Result<TopicOutcome, BackendError> {
+        Ok(self.admin.ensure_topic(&spec.topic, spec.partitions, self.replication).await?)
     }
 
     /// Writes the Redis configuration; never touches counters, refuses a limit below them.
@@ -71,10 +70,14 @@ impl Backend {
         Ok(keyspace::counters(&mut self.conn()?, event).await?)
     }
 
-    /// `onDelete: Delete`: removes the Redis keys and the topic.
-    pub async fn delete(&self, event: &EventId, spec: &CouponEventSpec) -> Result<(), BackendError> {
+    /// `onDelete: Delete`: removes the event's Redis keys.
+    pub async fn delete_redis(&self, event: &EventId) -> Result<(), BackendError> {
         provision::delete_redis(&mut self.conn()?, event).await?;
-        self.admin.delete_topic(&spec.topic).await?;
         Ok(())
+    }
+
+    /// Deletes a topic (the caller decided it is safe: see `lifecycle::topic_deletion`).
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), BackendError> {
+        Ok(self.admin.delete_topic(topic).await?)
     }
 }

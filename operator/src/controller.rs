@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::backend::{Backend, BackendError};
 use crate::crd::{CouponEvent, CouponEventSpec, CouponEventStatus, Phase};
+use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::schedule::{self, DeploymentKey, EventState};
 use crate::status::{next_status, Observation, Refusal};
@@ -105,25 +106,22 @@ fn event_id(event: &CouponEvent) -> Result<EventId, Error> {
     EventId::new(&namespace, &event.name_any()).map_err(|_| Error::NoNamespace)
 }
 
-/// The topic was created for this generation already (survives operator restarts, since it
-/// is read from the status).
-fn provisioned_for_generation(event: &CouponEvent) -> bool {
-    let generation = event.metadata.generation;
-    event
-        .status
-        .as_ref()
-        .is_some_and(|s| s.observed_generation == generation && s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"))
-}
-
 async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let now = ctx.now();
     let id = event_id(event)?;
     let spec = &event.spec;
     let previous = event.status.as_ref();
 
+    let mut topic_created = previous.is_some_and(|s| s.topic_created);
     let provisioned = match spec.validate() {
         Err(invalid) => Err(Refusal { reason: "InvalidSpec", message: invalid.to_string() }),
-        Ok(()) => provision(event, &id, ctx).await?,
+        Ok(()) => match provision(event, &id, ctx).await? {
+            Ok(created) => {
+                topic_created |= created;
+                Ok(())
+            }
+            Err(refusal) => Err(refusal),
+        },
     };
     let counters = match ctx.backend.counters(&id).await {
         Ok(counters) => counters,
@@ -146,6 +144,7 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         issued,
         persisted,
         healed,
+        topic_created,
         limit: spec.limit,
         generation: event.metadata.generation,
         provisioned: provisioned.clone(),
@@ -166,9 +165,10 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(schedule::requeue_after(now, spec, phase)))
 }
 
-/// Topic (once per generation) and Redis configuration (every time: cheap, and it restores a
-/// configuration lost with Redis). A spec the live state refuses becomes a `Refusal`.
-async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<Result<(), Refusal>, Error> {
+/// Topic and Redis configuration, every time: both are cheap when in place, and this puts
+/// back a topic someone deleted and a configuration lost with Redis. A spec the live state
+/// refuses becomes a `Refusal`. `Ok(Ok(true))`: the topic was created now.
+async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<Result<bool, Refusal>, Error> {
     let spec = &event.spec;
     // The live-state check first, so that a refused spec touches neither Redis nor Kafka.
     if let Some(counters) = ctx.backend.counters(id).await? {
@@ -177,16 +177,23 @@ async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<R
             return Ok(Err(Refusal { reason: "LimitBelowIssued", message }));
         }
     }
-    if !provisioned_for_generation(event) {
-        ctx.metrics.topic_provisionings.inc();
-        if let Err(error) = ctx.backend.ensure_topic(spec).await {
+    // Provisioned before (the status says so): a missing topic or configuration is lost.
+    let existed_before = event.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"));
+    let created = match ctx.backend.ensure_topic(spec).await {
+        Ok(outcome) => outcome == coupon_core::kafka::TopicOutcome::Created,
+        Err(error) => {
             ctx.publish(event, EventType::Warning, "ProvisioningFailed", "CreateTopic", format!("Kafka topic {}: {error}", spec.topic))
                 .await;
             return Err(error.into());
         }
+    };
+    if created {
+        ctx.metrics.topic_provisionings.inc();
+        if existed_before {
+            let message = format!("Kafka topic {} was missing and was created again; records it held are gone", spec.topic);
+            ctx.publish(event, EventType::Warning, "TopicRecreated", "CreateTopic", message).await;
+        }
     }
-    // Provisioned before (the status says so): a missing configuration is lost state.
-    let existed_before = event.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"));
     match ctx.backend.provision_redis(id, spec, existed_before).await {
         Ok(coupon_core::provision::RedisOutcome::CreatedRecovering) => {
             ctx.publish(
@@ -197,9 +204,9 @@ async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<R
                 "Redis lost the event's state: applies answer 503 until the consumer restores it from SQL".into(),
             )
             .await;
-            Ok(Ok(()))
+            Ok(Ok(created))
         }
-        Ok(_) => Ok(Ok(())),
+        Ok(_) => Ok(Ok(created)),
         Err(error) => match error.refusal() {
             Some(invalid) => Ok(Err(Refusal { reason: "LimitBelowIssued", message: invalid.to_string() })),
             None => {
@@ -290,8 +297,29 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let this = EventState { namespace: id.namespace(), spec: &event.spec, issued: 0, persisted: 0, deleting: true, failed: false };
     scale(event, this, ctx, now).await?;
     if event.spec.on_delete == crate::crd::OnDelete::Delete {
-        ctx.backend.delete(&id, &event.spec).await?;
-        ctx.publish(event, EventType::Normal, "Deleted", "Cleanup", format!("removed Redis keys and topic {}", event.spec.topic)).await;
+        // Read before the keys go: whether every issued coupon reached SQL.
+        let counters = ctx.backend.counters(&id).await?;
+        let (issued, persisted) = counters.map(|c| (c.issued, c.persisted)).unwrap_or_default();
+        let others: Vec<String> = ctx
+            .events
+            .state()
+            .iter()
+            .filter(|e| e.spec.topic == event.spec.topic && !(e.name_any() == event.name_any() && e.namespace() == event.namespace()))
+            .map(|e| format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any()))
+            .collect();
+        let created = event.status.as_ref().is_some_and(|s| s.topic_created);
+        ctx.backend.delete_redis(&id).await?;
+        match lifecycle::topic_deletion(created, &others, issued, persisted) {
+            Ok(()) => {
+                ctx.backend.delete_topic(&event.spec.topic).await?;
+                ctx.publish(event, EventType::Normal, "Deleted", "Cleanup", format!("removed Redis keys and topic {}", event.spec.topic))
+                    .await;
+            }
+            Err(keep) => {
+                let message = format!("removed Redis keys; kept topic {}: {keep}", event.spec.topic);
+                ctx.publish(event, EventType::Warning, "TopicKept", "Cleanup", message).await;
+            }
+        }
     }
     Ok(Action::await_change())
 }

@@ -165,6 +165,10 @@ pub struct CouponEventStatus {
     /// was drained and given back; they are no longer counted in `issued`.
     #[serde(default)]
     pub healed: i64,
+    /// Whether the operator created the event's Kafka topic (rather than finding it). Only
+    /// such a topic is ever deleted by `onDelete: Delete`.
+    #[serde(default)]
+    pub topic_created: bool,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

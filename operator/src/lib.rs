@@ -1,9 +1,10 @@
 //! `coupon-operator`: the CouponEvent controller. Decisions live in pure modules
-//! (`schedule`, `status`); `controller` only reads, calls them and writes differences.
+//! (`schedule`, `status`, `lifecycle`); `controller` only reads, calls them and writes differences.
 
 pub mod backend;
 pub mod controller;
 pub mod crd;
+pub mod lifecycle;
 pub mod metrics;
 pub mod schedule;
 pub mod status;

@@ -27,7 +27,7 @@ impl Default for Metrics {
         let scalings = Counter::default();
         registry.register("scalings", "Deployment scale changes", scalings.clone());
         let topic_provisionings = Counter::default();
-        registry.register("topic_provisionings", "Kafka topic creations attempted", topic_provisionings.clone());
+        registry.register("topic_provisionings", "Kafka topics created (a missing topic is created again)", topic_provisionings.clone());
         Self { registry, reconciles, failures, reconcile_seconds, scalings, topic_provisionings }
     }
 }

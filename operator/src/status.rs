@@ -21,6 +21,8 @@ pub struct Observation {
     pub persisted: i64,
     /// Issued coupons never written and given back by the consumer's healing.
     pub healed: i64,
+    /// The operator created the topic (now or earlier).
+    pub topic_created: bool,
     pub limit: i64,
     pub generation: Option<i64>,
     /// `Err` when the spec was refused; the phase is then `Failed`.
@@ -79,6 +81,7 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         issued,
         persisted,
         healed: observed.healed,
+        topic_created: observed.topic_created,
         observed_generation: g,
         conditions: vec![provisioned, open, sold_out, drained],
     }
@@ -89,7 +92,7 @@ mod tests {
     use super::*;
 
     fn observation(phase: Phase, issued: i64, persisted: i64) -> Observation {
-        Observation { phase, issued, persisted, healed: 0, limit: 100, generation: Some(3), provisioned: Ok(()) }
+        Observation { phase, issued, persisted, healed: 0, topic_created: false, limit: 100, generation: Some(3), provisioned: Ok(()) }
     }
 
     fn t(s: &str) -> Timestamp {

@@ -357,7 +357,8 @@ async fn provisioning_is_idempotent_and_keeps_counters() {
     let counters = backend.counters(&event_id).await.unwrap().unwrap();
     assert_eq!(counters.issued, 4);
     assert_eq!(counters.end_ms, t("2026-11-27T10:45:00Z").as_millisecond());
-    backend.delete(&event_id, &event.spec).await.unwrap();
+    backend.delete_redis(&event_id).await.unwrap();
+    backend.delete_topic(&event.spec.topic).await.unwrap();
     assert_eq!(redis_keys(&event_id).await, 0);
 }
 
@@ -530,4 +531,48 @@ async fn healed_coupons_are_reported_in_the_status_and_the_event_counts_as_drain
     let drained = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Drained").unwrap();
     assert_eq!(drained["status"], "True", "{drained}");
     keyspace::delete_event(&mut conn, &id(&event)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_delete_delete_keeps_a_shared_or_foreign_topic_and_a_deleted_topic_is_created_again() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    // Two events on one topic, both deleted with `onDelete: Delete`.
+    let first = coupon_event(50, OnDelete::Delete);
+    let mut second = coupon_event(50, OnDelete::Delete);
+    second.spec.topic = first.spec.topic.clone();
+    for event in [&first, &second] {
+        h.reconcile(event).await;
+        let stored = h.stored(event);
+        h.reconcile(&stored).await;
+    }
+    assert!(h.stored(&first).status.unwrap().topic_created, "the first event created the topic");
+    assert!(!h.stored(&second).status.unwrap().topic_created, "the second found it");
+
+    // Someone deletes the topic: the next reconcile creates it again and says so.
+    kafka().admin().unwrap().delete_topic(&first.spec.topic).await.unwrap();
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        topic_partitions(&first.spec.topic).is_none()
+    });
+    assert!(gone, "topic deleted by hand");
+    let requests = h.reconcile(&h.stored(&first)).await;
+    assert!(requests.iter().any(|r| r.body["reason"] == "TopicRecreated"), "{:?}", shorts(&requests));
+    assert_eq!(topic_partitions(&first.spec.topic), Some(2), "created again");
+
+    // Deleting the first keeps the topic the second still uses.
+    let mut deleting = h.stored(&first);
+    deleting.metadata.deletion_timestamp = Some(Time(t("2026-11-27T10:02:00Z")));
+    let requests = h.reconcile(&deleting).await;
+    let kept = requests.iter().find(|r| r.body["reason"] == "TopicKept").expect("a Warning says why");
+    assert!(kept.body["note"].as_str().unwrap().contains(&second.name_any()), "{}", kept.body);
+    assert_eq!(redis_keys(&id(&first)).await, 0, "its own Redis keys go");
+    h.writer.apply_watcher_event(&watcher::Event::Delete(deleting.clone()));
+    // The second did not create the topic: deleting it keeps the topic as well.
+    let mut deleting = h.stored(&second);
+    deleting.metadata.deletion_timestamp = Some(Time(t("2026-11-27T10:03:00Z")));
+    let requests = h.reconcile(&deleting).await;
+    let kept = requests.iter().find(|r| r.body["reason"] == "TopicKept").expect("a Warning says why");
+    assert!(kept.body["note"].as_str().unwrap().contains("existed before"), "{}", kept.body);
+    assert_eq!(topic_partitions(&first.spec.topic), Some(2), "the topic is still there");
+    kafka().admin().unwrap().delete_topic(&first.spec.topic).await.unwrap();
 }

@@ -1,0 +1,58 @@
+//! Pure decisions about an event's Kafka topic when the event is deleted.
+//!
+//! A topic is shared data: other events may write to it (every event defaults to
+//! `coupon_create`, the consumer's topic), and records not yet written to SQL are coupons
+//! users were promised. So `onDelete: Delete` deletes the topic only when all of these hold;
+//! otherwise the topic is kept and a Warning says why.
+
+/// Why a topic is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeepTopic {
+    /// The topic existed before the event: the operator does not own it.
+    NotCreatedByOperator,
+    /// Another CouponEvent (`namespace/name`) uses the same topic.
+    SharedWith(String),
+    /// Coupons issued but not yet written to SQL (`issued - persisted` of them).
+    NotDrained(i64),
+}
+
+impl std::fmt::Display for KeepTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotCreatedByOperator => write!(f, "the topic existed before the event, so the operator does not delete it"),
+            Self::SharedWith(other) => write!(f, "CouponEvent {other} uses the same topic"),
+            Self::NotDrained(left) => write!(f, "{left} issued coupons are not written to SQL yet"),
+        }
+    }
+}
+
+/// Whether the topic of an event being deleted with `onDelete: Delete` may be deleted.
+/// `others_on_topic`: other CouponEvents (deleting or not) that name the same topic.
+pub fn topic_deletion(created_by_operator: bool, others_on_topic: &[String], issued: i64, persisted: i64) -> Result<(), KeepTopic> {
+    if !created_by_operator {
+        return Err(KeepTopic::NotCreatedByOperator);
+    }
+    if let Some(other) = others_on_topic.first() {
+        return Err(KeepTopic::SharedWith(other.clone()));
+    }
+    if persisted < issued {
+        return Err(KeepTopic::NotDrained(issued - persisted));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_owned_unshared_drained_topic_is_deleted() {
+        assert_eq!(topic_deletion(true, &[], 10, 10), Ok(()));
+        assert_eq!(topic_deletion(true, &[], 0, 0), Ok(()));
+        assert_eq!(topic_deletion(false, &[], 10, 10), Err(KeepTopic::NotCreatedByOperator));
+        assert_eq!(topic_deletion(true, &["shop/other".into()], 10, 10), Err(KeepTopic::SharedWith("shop/other".into())));
+        assert_eq!(topic_deletion(true, &[], 10, 7), Err(KeepTopic::NotDrained(3)));
+        // The first reason that applies is reported.
+        assert_eq!(topic_deletion(false, &["shop/other".into()], 10, 7), Err(KeepTopic::NotCreatedByOperator));
+    }
+}

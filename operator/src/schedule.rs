@@ -69,7 +69,10 @@ pub fn requested(now: Timestamp, event: &EventState<'_>) -> Option<(i32, i32)> {
         return Some((api.idle_replicas, consumer.idle_replicas));
     }
     let phase = phase(now, event.spec, event.issued, event.persisted);
-    let api_active = matches!(phase, Phase::WarmingUp | Phase::Open);
+    // The api stays up until the end, sold out included: at the peak of the crowd users must
+    // hear the cheap 410 (and holders their 409), not meet an empty Service, and a released
+    // slot reopens the event without pods starting from zero.
+    let api_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut);
     let consumer_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut | Phase::Draining);
     Some((
         if api_active { api.replicas } else { api.idle_replicas },
@@ -175,11 +178,12 @@ mod tests {
     }
 
     #[test]
-    fn sold_out_scales_the_api_down_and_keeps_the_consumer_until_drained() {
+    fn sold_out_keeps_the_api_and_the_consumer_up_until_the_end() {
         let s = black_friday();
         let now = "2026-11-27T10:05:00Z";
         assert_eq!(phase(t(now), &s, 100, 40), Phase::SoldOut);
-        assert_eq!(replicas(now, &[state(&s, 100, 40)]), vec![("coupon-api".into(), 0), ("coupon-consumer".into(), 2)]);
+        assert_eq!(replicas(now, &[state(&s, 100, 40)]), vec![("coupon-api".into(), 10), ("coupon-consumer".into(), 2)]);
+        assert_eq!(replicas(now, &[state(&s, 100, 100)]), vec![("coupon-api".into(), 10), ("coupon-consumer".into(), 2)]);
         // Sold out and fully written: still SoldOut until the end; consumer stays for late records.
         assert_eq!(phase(t(now), &s, 100, 100), Phase::SoldOut);
         // A released slot reopens the event.
@@ -210,8 +214,8 @@ mod tests {
         assert_eq!(replicas("2026-11-27T09:55:00Z", &events(0, 0)), expect(10, 2, 0));
         // B warming up at 10:15 while A is open: max(10, 4).
         assert_eq!(replicas("2026-11-27T10:15:00Z", &events(5, 0)), expect(10, 2, 1));
-        // A sold out: its api request falls to idle 1, B still open asks 4.
-        assert_eq!(replicas("2026-11-27T10:25:00Z", &events(100, 3)), expect(4, 2, 1));
+        // A sold out: it keeps its api request until its end (410s at the peak), max(10, 4).
+        assert_eq!(replicas("2026-11-27T10:25:00Z", &events(100, 3)), expect(10, 2, 1));
         // A closed exactly at its end, B open.
         assert_eq!(replicas("2026-11-27T10:30:00Z", &events(100, 3)), expect(4, 0, 1));
         // Both closed: the larger idle count.

@@ -134,9 +134,21 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let (issued, persisted, healed) = counters
         .map(|c| (c.issued, c.persisted, c.healed))
         .unwrap_or_else(|| previous.map(|s| (s.issued, s.persisted, s.healed)).unwrap_or_default());
-    let phase = if provisioned.is_ok() { schedule::phase(now, spec, issued, persisted) } else { Phase::Failed };
-
-    let this = EventState { namespace: id.namespace(), spec, issued, persisted, deleting: false, failed: phase == Phase::Failed };
+    // A refused edit leaves the last accepted spec in effect (as Redis still holds it): a live
+    // sale goes on, and nothing is scaled down because of the refusal.
+    let accepted = if provisioned.is_ok() { Some(spec) } else { previous.and_then(|s| s.last_accepted_spec.as_ref()) };
+    let phase = match accepted {
+        Some(accepted) => schedule::phase(now, accepted, issued, persisted),
+        None => Phase::Failed,
+    };
+    let this = EventState {
+        namespace: id.namespace(),
+        spec: accepted.unwrap_or(spec),
+        issued,
+        persisted,
+        deleting: false,
+        failed: accepted.is_none(),
+    };
     scale(event, this, ctx, now).await?;
 
     let observation = Observation {
@@ -145,24 +157,32 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         persisted,
         healed,
         topic_created,
-        limit: spec.limit,
+        limit: accepted.unwrap_or(spec).limit,
         generation: event.metadata.generation,
         provisioned: provisioned.clone(),
+        accepted: accepted.cloned(),
     };
     let status = next_status(now, previous, &observation);
     if previous != Some(&status) {
         let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
         api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
     }
-    let previous_phase = previous.map(|s| s.phase);
-    if previous_phase != Some(phase) {
-        let from = previous_phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "new".into());
-        match &provisioned {
-            Err(refusal) => ctx.publish(event, EventType::Warning, refusal.reason, "Provision", refusal.message.clone()).await,
-            Ok(()) => ctx.publish(event, EventType::Normal, "PhaseChanged", "Reconcile", format!("{from} -> {phase:?}")).await,
+    if let Err(refusal) = &provisioned {
+        let already_reported = previous.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Provisioned" && c.status == "False" && c.reason == refusal.reason && c.message == refusal.message)
+        });
+        if !already_reported {
+            ctx.publish(event, EventType::Warning, refusal.reason, "Provision", refusal.message.clone()).await;
         }
     }
-    Ok(Action::requeue(schedule::requeue_after(now, spec, phase)))
+    let previous_phase = previous.map(|s| s.phase);
+    if previous_phase != Some(phase) && phase != Phase::Failed {
+        let from = previous_phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "new".into());
+        ctx.publish(event, EventType::Normal, "PhaseChanged", "Reconcile", format!("{from} -> {phase:?}")).await;
+    }
+    Ok(Action::requeue(schedule::requeue_after(now, accepted.unwrap_or(spec), phase)))
 }
 
 /// Topic and Redis configuration, every time: both are cheap when in place, and this puts
@@ -178,7 +198,11 @@ async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<R
         }
     }
     // Provisioned before (the status says so): a missing topic or configuration is lost.
-    let existed_before = event.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"));
+    // "Provisioned once" is read from the last accepted spec, which no refusal erases.
+    let existed_before = event
+        .status
+        .as_ref()
+        .is_some_and(|s| s.last_accepted_spec.is_some() || s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"));
     let created = match ctx.backend.ensure_topic(spec).await {
         Ok(outcome) => outcome == coupon_core::kafka::TopicOutcome::Created,
         Err(error) => {
@@ -238,13 +262,16 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
     let others = other_events(&ctx.events.state(), event);
     let mut states: Vec<EventState<'_>> = others
         .iter()
-        .map(|(namespace, spec, status, deleting)| EventState {
-            namespace,
-            spec,
-            issued: status.issued,
-            persisted: status.persisted,
-            deleting: *deleting,
-            failed: status.phase == Phase::Failed || spec.validate().is_err(),
+        .map(|(namespace, spec, status, deleting)| {
+            let accepted = status.last_accepted_spec.as_ref();
+            EventState {
+                namespace,
+                spec: accepted.unwrap_or(spec),
+                issued: status.issued,
+                persisted: status.persisted,
+                deleting: *deleting,
+                failed: accepted.is_none() && (status.phase == Phase::Failed || spec.validate().is_err()),
+            }
         })
         .collect();
     let namespace = this.namespace.to_owned();

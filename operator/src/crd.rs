@@ -169,10 +169,14 @@ pub struct CouponEventStatus {
     /// such a topic is ever deleted by `onDelete: Delete`.
     #[serde(default)]
     pub topic_created: bool,
+    /// The spec in effect: the last one the operator accepted. A refused edit (see the
+    /// `Ready` condition) leaves it in effect, so a live sale goes on as accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accepted_spec: Option<CouponEventSpec>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Provisioned, Open, SoldOut, Drained.
+    /// Provisioned, Open, SoldOut, Drained, Ready.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{CouponEventStatus, Phase};
+use crate::crd::{CouponEventSpec, CouponEventStatus, Phase};
 
 /// Why provisioning did not happen, as a condition reason and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,7 +14,7 @@ pub struct Refusal {
 }
 
 /// What one reconcile saw.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
     pub phase: Phase,
     pub issued: i64,
@@ -25,8 +25,11 @@ pub struct Observation {
     pub topic_created: bool,
     pub limit: i64,
     pub generation: Option<i64>,
-    /// `Err` when the spec was refused; the phase is then `Failed`.
+    /// `Err` when the spec was refused.
     pub provisioned: Result<(), Refusal>,
+    /// The spec in effect: this one if accepted, else the last accepted one (`None`: the
+    /// event was never accepted, and its phase is `Failed`).
+    pub accepted: Option<CouponEventSpec>,
 }
 
 fn condition(
@@ -76,6 +79,13 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         now,
         before,
     );
+    let ready = match &observed.provisioned {
+        Ok(()) => condition("Ready", true, "Provisioned", "the spec is in effect".into(), g, now, before),
+        Err(refusal) => {
+            let effect = if observed.accepted.is_some() { "the last accepted spec stays in effect" } else { "nothing is in effect" };
+            condition("Ready", false, refusal.reason, format!("{}; {effect}", refusal.message), g, now, before)
+        }
+    };
     CouponEventStatus {
         phase: observed.phase,
         issued,
@@ -83,7 +93,8 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         healed: observed.healed,
         topic_created: observed.topic_created,
         observed_generation: g,
-        conditions: vec![provisioned, open, sold_out, drained],
+        conditions: vec![provisioned, open, sold_out, drained, ready],
+        last_accepted_spec: observed.accepted.clone(),
     }
 }
 
@@ -92,7 +103,17 @@ mod tests {
     use super::*;
 
     fn observation(phase: Phase, issued: i64, persisted: i64) -> Observation {
-        Observation { phase, issued, persisted, healed: 0, topic_created: false, limit: 100, generation: Some(3), provisioned: Ok(()) }
+        Observation {
+            phase,
+            issued,
+            persisted,
+            healed: 0,
+            topic_created: false,
+            limit: 100,
+            generation: Some(3),
+            provisioned: Ok(()),
+            accepted: None,
+        }
     }
 
     fn t(s: &str) -> Timestamp {

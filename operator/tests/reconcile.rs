@@ -180,7 +180,8 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
             ("Provisioned".into(), "True".into()),
             ("Open".into(), "True".into()),
             ("SoldOut".into(), "False".into()),
-            ("Drained".into(), "True".into())
+            ("Drained".into(), "True".into()),
+            ("Ready".into(), "True".into())
         ]
     );
     assert_eq!(requests[7].body["reason"], "PhaseChanged");
@@ -312,16 +313,37 @@ async fn lowering_the_limit_below_issued_fails_and_changes_nothing() {
     lowered.metadata.generation = Some(2);
     let requests = h.reconcile(&lowered).await;
     let status = &requests.iter().find(|r| r.path.ends_with("/status")).expect("status written").body["status"];
-    assert_eq!(status["phase"], "Failed");
+    // A refused edit of a live event: the sale goes on as accepted, nothing is scaled.
+    assert_eq!(status["phase"], "Open", "the last accepted spec stays in effect");
     assert_eq!(status["conditions"][0]["reason"], "LimitBelowIssued");
     assert!(status["conditions"][0]["message"].as_str().unwrap().contains("below the 5 coupons already issued"));
+    let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("LimitBelowIssued")));
+    assert!(ready["message"].as_str().unwrap().contains("last accepted spec stays in effect"), "{ready}");
+    assert_eq!(status["lastAcceptedSpec"]["limit"], 10);
     assert_eq!(status["issued"], 5);
+    assert!(!shorts(&requests).iter().any(|r| r.contains("/scale") && r.starts_with("PATCH")), "{:?}", shorts(&requests));
+    assert_eq!(h.server.replicas(NS, "coupon-api"), Some(10));
+    assert!(requests.iter().any(|r| r.body["reason"] == "LimitBelowIssued" && r.body["type"] == "Warning"), "a Warning Event");
     assert_eq!(h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap(), before, "Redis unchanged");
+    // An edit the CRD's CEL rules would let through but the operator refuses (a warm-up of
+    // 48 h): the same, and the same Warning is not repeated on the next reconcile.
+    let mut invalid = h.stored(&lowered);
+    invalid.spec.schedule.warm_up = Some("48h".into());
+    invalid.metadata.generation = Some(3);
+    let requests = h.reconcile(&invalid).await;
+    assert!(!shorts(&requests).iter().any(|r| r.contains("/scale") && r.starts_with("PATCH")), "{:?}", shorts(&requests));
+    let stored = h.stored(&invalid).status.unwrap();
+    assert_eq!(stored.phase, Phase::Open);
+    assert_eq!(stored.conditions.iter().find(|c| c.type_ == "Ready").unwrap().reason, "InvalidSpec");
+    let again = h.reconcile(&h.stored(&invalid)).await;
+    assert!(!again.iter().any(|r| r.body["type"] == "Warning"), "reported once: {:?}", shorts(&again));
 
     // Raising it is applied in place, counters kept.
-    let mut raised = h.stored(&lowered);
+    let mut raised = h.stored(&invalid);
     raised.spec.limit = 20;
-    raised.metadata.generation = Some(3);
+    raised.spec.schedule.warm_up = Some("5m".into());
+    raised.metadata.generation = Some(4);
     h.reconcile(&raised).await;
     let after = h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap();
     assert_eq!((after.limit, after.issued), (20, 5));

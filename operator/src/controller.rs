@@ -279,7 +279,12 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
     states.push(this);
     let desired = schedule::desired_replicas(now, &states);
     let idle_of = |name: &str| {
-        [(&spec.api, 0), (&spec.consumer, 1)].iter().filter(|(w, _)| w.deployment == name).map(|(w, _)| w.idle_replicas).max().unwrap_or(0)
+        [(&spec.api, spec.api_idle_replicas()), (&spec.consumer, spec.consumer_idle_replicas())]
+            .iter()
+            .filter(|(w, _)| w.deployment == name)
+            .map(|(_, idle)| *idle)
+            .max()
+            .unwrap_or(0)
     };
     let mut names = vec![spec.api.deployment.as_str(), spec.consumer.deployment.as_str()];
     names.dedup();

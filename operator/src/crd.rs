@@ -89,7 +89,8 @@ fn default_partitions() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.end > self.start").message("schedule.end must be after schedule.start"),
-    validation = Rule::new("self.end - self.start <= duration('168h')").message("the window may be at most 7 days (168h)")
+    validation = Rule::new("self.end - self.start <= duration('168h')").message("the window may be at most 7 days (168h)"),
+    validation = Rule::new("!has(self.warmUp) || duration(self.warmUp) <= duration('24h')").message("warmUp may be at most 24h")
 )]
 pub struct Schedule {
     /// Opening time, RFC 3339 (e.g. 2026-11-27T10:00:00Z).
@@ -106,17 +107,28 @@ pub struct Schedule {
 /// A Deployment in the event's namespace and its replica counts.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.idleReplicas) || self.idleReplicas <= self.replicas").message("idleReplicas may not exceed replicas")
+)]
 pub struct Workload {
     /// Name of the Deployment.
     #[schemars(length(min = 1, max = 253))]
     pub deployment: String,
-    /// Replicas while the event needs the Deployment.
-    #[schemars(range(min = 0, max = 1000))]
+    /// Replicas while the event needs the Deployment (at least 1).
+    #[schemars(range(min = 1, max = 1000))]
     pub replicas: i32,
-    /// Replicas outside the window (default 0).
-    #[serde(default)]
+    /// Replicas outside the window, at most `replicas`. Default: 1 for the api, so that
+    /// before the start and after the end users hear 403 (and can read the event) from a
+    /// live api rather than meet an empty Service; 0 for the consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
-    pub idle_replicas: i32,
+    pub idle_replicas: Option<i32>,
+}
+
+impl Workload {
+    fn idle_or(&self, default: i32) -> i32 {
+        self.idle_replicas.unwrap_or(default).min(self.replicas)
+    }
 }
 
 /// Clean-up on deletion.
@@ -198,7 +210,7 @@ pub enum SpecError {
     Topic(String),
     #[error("partitions must be between 1 and 1000")]
     Partitions,
-    #[error("{0} replicas must be between 0 and 1000")]
+    #[error("{0}.replicas must be between 1 and 1000, and idleReplicas between 0 and replicas")]
     Replicas(&'static str),
     #[error("{0}.deployment must be a Kubernetes name")]
     Deployment(&'static str),
@@ -222,6 +234,16 @@ fn valid_deployment_name(name: &str) -> bool {
 }
 
 impl CouponEventSpec {
+    /// Replicas of the api outside the window (default 1).
+    pub fn api_idle_replicas(&self) -> i32 {
+        self.api.idle_or(1)
+    }
+
+    /// Replicas of the consumer outside the window and once drained (default 0).
+    pub fn consumer_idle_replicas(&self) -> i32 {
+        self.consumer.idle_or(0)
+    }
+
     /// Everything the schema's rules say, checked again in the operator.
     pub fn validate(&self) -> Result<(), SpecError> {
         let (start, end) = (self.schedule.start.0, self.schedule.end.0);
@@ -245,7 +267,7 @@ impl CouponEventSpec {
             return Err(SpecError::Partitions);
         }
         for (what, workload) in [("api", &self.api), ("consumer", &self.consumer)] {
-            if !(0..=1000).contains(&workload.replicas) || !(0..=1000).contains(&workload.idle_replicas) {
+            if !(1..=1000).contains(&workload.replicas) || !(0..=workload.replicas).contains(&workload.idle_replicas.unwrap_or(0)) {
                 return Err(SpecError::Replicas(what));
             }
             if !valid_deployment_name(&workload.deployment) {

@@ -66,7 +66,7 @@ pub fn requested(now: Timestamp, event: &EventState<'_>) -> Option<(i32, i32)> {
     }
     let (api, consumer) = (&event.spec.api, &event.spec.consumer);
     if event.failed {
-        return Some((api.idle_replicas, consumer.idle_replicas));
+        return Some((event.spec.api_idle_replicas(), event.spec.consumer_idle_replicas()));
     }
     let phase = phase(now, event.spec, event.issued, event.persisted);
     // The api stays up until the end, sold out included: at the peak of the crowd users must
@@ -75,8 +75,8 @@ pub fn requested(now: Timestamp, event: &EventState<'_>) -> Option<(i32, i32)> {
     let api_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut);
     let consumer_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut | Phase::Draining);
     Some((
-        if api_active { api.replicas } else { api.idle_replicas },
-        if consumer_active { consumer.replicas } else { consumer.idle_replicas },
+        if api_active { api.replicas } else { event.spec.api_idle_replicas() },
+        if consumer_active { consumer.replicas } else { event.spec.consumer_idle_replicas() },
     ))
 }
 
@@ -130,8 +130,8 @@ mod tests {
             topic: "coupon_create".into(),
             partitions: 3,
             schedule: Schedule { start: Time(t(start)), end: Time(t(end)), warm_up: Some("5m".into()) },
-            api: Workload { deployment: api.0.into(), replicas: api.1, idle_replicas: api.2 },
-            consumer: Workload { deployment: consumer.0.into(), replicas: consumer.1, idle_replicas: consumer.2 },
+            api: Workload { deployment: api.0.into(), replicas: api.1, idle_replicas: Some(api.2) },
+            consumer: Workload { deployment: consumer.0.into(), replicas: consumer.1, idle_replicas: Some(consumer.2) },
             on_delete: OnDelete::Retain,
         }
     }

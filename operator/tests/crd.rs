@@ -65,6 +65,8 @@ fn cel_rules_refuse_what_admission_should_refuse() {
         ("/spec/schedule/end", serde_json::json!("2026-12-05T10:00:00Z"), "at most 7 days"),
         ("/spec/topic", serde_json::json!("bad topic"), "valid Kafka topic name"),
         ("/spec/topic", serde_json::json!(".."), "valid Kafka topic name"),
+        ("/spec/schedule/warmUp", serde_json::json!("48h"), "warmUp may be at most 24h"),
+        ("/spec/api/idleReplicas", serde_json::json!(500), "idleReplicas may not exceed replicas"),
     ];
     for (pointer, value, message) in cases {
         let bad = with(base.clone(), pointer, value.clone());
@@ -74,6 +76,15 @@ fn cel_rules_refuse_what_admission_should_refuse() {
         let event: CouponEvent = serde_json::from_value(bad).unwrap();
         assert!(event.spec.validate().is_err(), "{pointer}={value}");
     }
+    // The schema's minimum refuses an api with no replicas; the operator does too.
+    let mut event: CouponEvent = serde_json::from_value(base.clone()).unwrap();
+    event.spec.api.replicas = 0;
+    assert!(event.spec.validate().is_err(), "api.replicas 0");
+    // An omitted idleReplicas: 1 for the api (it answers outside the window), 0 for the consumer.
+    let mut event: CouponEvent = serde_json::from_value(base.clone()).unwrap();
+    event.spec.api.idle_replicas = None;
+    event.spec.consumer.idle_replicas = None;
+    assert_eq!((event.spec.api_idle_replicas(), event.spec.consumer_idle_replicas()), (1, 0));
     // Exactly seven days is allowed.
     let week = with(base, "/spec/schedule/end", serde_json::json!("2026-12-04T10:00:00Z"));
     Validator::new().validate(&schema(), &week, None).unwrap();

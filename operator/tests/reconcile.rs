@@ -50,8 +50,8 @@ fn coupon_event(limit: i64, on_delete: OnDelete) -> CouponEvent {
         topic: format!("op.{name}"),
         partitions: 2,
         schedule: Schedule { start: Time(t("2026-11-27T10:00:00Z")), end: Time(t("2026-11-27T10:30:00Z")), warm_up: Some("5m".into()) },
-        api: Workload { deployment: "coupon-api".into(), replicas: 10, idle_replicas: 0 },
-        consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: 0 },
+        api: Workload { deployment: "coupon-api".into(), replicas: 10, idle_replicas: Some(0) },
+        consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
         on_delete,
     };
     let mut event = CouponEvent::new(&name, spec);

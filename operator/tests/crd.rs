@@ -51,8 +51,10 @@ fn examples_parse_into_the_types_and_pass_the_cel_rules() {
     }
 }
 
+/// The example with the field at `pointer` set (added if missing).
 fn with(mut example: serde_json::Value, pointer: &str, value: serde_json::Value) -> serde_json::Value {
-    *example.pointer_mut(pointer).unwrap() = value;
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    example.pointer_mut(parent).unwrap().as_object_mut().unwrap().insert(key.to_owned(), value);
     example
 }
 

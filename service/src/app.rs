@@ -36,6 +36,9 @@ pub struct ApiSettings {
     /// Synchronous replication of the gate's writes (`WAIT`) before producing; off by
     /// default.
     pub replica_wait: Option<ReplicaWait>,
+    /// After the stop signal, how long the api keeps serving with `/readyz` answering 503, so
+    /// that Kubernetes takes it out of the Service's endpoints before it stops accepting.
+    pub shutdown_delay: Duration,
     /// Keep `/readyz` current with background probes. Off only in tests that set the
     /// health by hand, to drive the api into paths a probe would close.
     pub readiness_probes: bool,
@@ -51,6 +54,7 @@ impl Default for ApiSettings {
             server: ServerLimits::default(),
             sold_out_recheck: Duration::from_secs(1),
             replica_wait: None,
+            shutdown_delay: Duration::ZERO,
             readiness_probes: true,
         }
     }
@@ -157,12 +161,14 @@ impl Api {
             settings.sold_out_recheck,
             settings.replica_wait,
         ));
-        let state = Arc::new(ApiState { apply, redis, health, metrics });
+        health.set("serving", true);
+        let state = Arc::new(ApiState { apply, redis, health: health.clone(), metrics });
         if settings.readiness_probes {
             spawn_api_probes(&state);
         }
         let local_addr = listener.local_addr()?;
-        let server = tokio::spawn(http::serve(listener, http::router(state.clone()), settings.server, shutdown));
+        let stop_accepting = drain_before_stopping(shutdown, health, settings.shutdown_delay);
+        let server = tokio::spawn(http::serve(listener, http::router(state.clone()), settings.server, stop_accepting));
         Ok(Self { state, local_addr, server })
     }
 
@@ -177,6 +183,22 @@ impl Api {
         let state = self.state;
         let _ = tokio::task::spawn_blocking(move || state.apply.producer().flush(Duration::from_secs(10))).await;
     }
+}
+
+/// Turns `shutdown` into the server's stop signal, `delay` later: meanwhile `/readyz`
+/// answers 503 (`serving` false) while requests are still served, so endpoints drain first.
+fn drain_before_stopping(mut shutdown: watch::Receiver<bool>, health: Health, delay: Duration) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        health.set("serving", false);
+        if !delay.is_zero() {
+            tracing::info!(?delay, "stopping: readiness off, still serving while endpoints drain");
+            tokio::time::sleep(delay).await;
+        }
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 /// Keeps `/readyz` current: Redis answers PING, a broker answers a metadata request.

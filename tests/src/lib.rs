@@ -193,6 +193,11 @@ impl InProcessApi {
         Self { base_url: api.base_url(), state: api.state.clone(), stop }
     }
 
+    /// Sends the stop signal (as SIGTERM does to the binary).
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
     pub fn apply_url(&self, event: &EventId) -> String {
         format!("{}/v1/events/{}/apply", self.base_url, event.name())
     }

@@ -488,3 +488,32 @@ async fn a_refused_batch_is_written_record_by_record_on_mariadb() {
 async fn a_refused_batch_is_written_record_by_record_on_sqlite() {
     a_refused_batch_is_written_record_by_record(sqlite_url()).await;
 }
+
+/// On the stop signal the api turns `/readyz` to 503 at once and keeps answering for the
+/// shutdown delay, so Kubernetes takes it out of the endpoints before it stops accepting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_api_drains_before_it_stops_accepting() {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 10, 1).await;
+    let settings = ApiSettings { shutdown_delay: Duration::from_secs(2), ..api_settings(&redis_url(), &brokers) };
+    let api = InProcessApi::start_with(settings).await;
+    api.state.health.set("redis", true);
+    api.state.health.set("kafka", true);
+    let client = reqwest::Client::new();
+    let readyz = format!("{}/readyz", api.base_url);
+    assert_eq!(client.get(&readyz).send().await.unwrap().status().as_u16(), 200);
+    api.request_stop();
+    wait_until("readiness off", Duration::from_secs(2), || async {
+        let status = client.get(&readyz).send().await.ok()?.status().as_u16();
+        (status == 503).then_some(())
+    })
+    .await;
+    // Still serving applies during the delay.
+    let (status, body) = apply(&reqwest::Client::new(), &api.apply_url(&event.id), "late-but-served").await;
+    assert!(status == 201 || status == 503, "answered while draining: {status} {body}");
+    assert_ne!(status, 0);
+    wait_until("stopped accepting", Duration::from_secs(10), || async {
+        reqwest::Client::new().get(&readyz).send().await.is_err().then_some(())
+    })
+    .await;
+}

@@ -22,8 +22,9 @@ use producer::{Delivery, ProducerSlot};
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-/// Health components of the api.
-pub const COMPONENTS: &[&str] = &["redis", "kafka"];
+/// Health components of the api: its dependencies, and `serving`, which turns false when the
+/// process is asked to stop (so endpoints drain before it stops accepting).
+pub const COMPONENTS: &[&str] = &["redis", "kafka", "serving"];
 
 /// Most holders an api keeps in memory per sold-out event (about 100 bytes each); larger
 /// events answer sold-out applies with one Redis read each.

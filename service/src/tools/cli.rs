@@ -83,6 +83,10 @@ pub struct ApiArgs {
     /// How long to wait for those replicas before answering 503.
     #[arg(long, env = "REDIS_WAIT_TIMEOUT", default_value = "500ms")]
     pub redis_wait_timeout: humantime::Duration,
+    /// After SIGTERM, how long to keep serving with readiness off before no longer accepting
+    /// connections (endpoints drain meanwhile); below the pod's termination grace period.
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "5s")]
+    pub shutdown_delay: humantime::Duration,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -98,6 +102,7 @@ impl ApiArgs {
             produce_timeout: self.produce_timeout.into(),
             replica_wait: (self.redis_wait_replicas > 0)
                 .then(|| ReplicaWait { replicas: self.redis_wait_replicas, timeout: self.redis_wait_timeout.into() }),
+            shutdown_delay: self.shutdown_delay.into(),
             ..ApiSettings::default()
         }
     }

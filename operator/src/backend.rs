@@ -66,6 +66,29 @@ impl Backend {
         Ok(provision::provision_redis(&mut self.conn()?, event, &spec.event_config(), existed_before).await?)
     }
 
+    /// `Retain` on deletion: the sale closes now (the window is moved to end at `now`) while
+    /// the counters stay. Returns whether a configuration was there to close.
+    pub async fn close_sale(
+        &self,
+        event: &EventId,
+        spec: &CouponEventSpec,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> Result<bool, BackendError> {
+        let mut conn = self.conn()?;
+        let Some(counters) = keyspace::counters(&mut conn, event).await? else { return Ok(false) };
+        let now_ms = now.as_millisecond();
+        if counters.end_ms <= now_ms {
+            return Ok(false);
+        }
+        let mut config = spec.event_config();
+        config.limit = counters.limit.max(counters.issued);
+        let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        config.start = at(counters.start_ms.min(now_ms - 1000));
+        config.end = at(now_ms);
+        provision::provision_redis(&mut conn, event, &config, true).await?;
+        Ok(true)
+    }
+
     pub async fn counters(&self, event: &EventId) -> Result<Option<EventCounters>, BackendError> {
         Ok(keyspace::counters(&mut self.conn()?, event).await?)
     }

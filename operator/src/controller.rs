@@ -323,37 +323,70 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
     Ok(())
 }
 
+/// How long a deletion keeps trying to reach Redis and Kafka before it lets the object go
+/// (with a Warning naming what was left behind), so a deletion always ends.
+pub const CLEANUP_PATIENCE: Duration = Duration::from_secs(120);
+
 async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let now = ctx.now();
     let id = event_id(event)?;
     let this = EventState { namespace: id.namespace(), spec: &event.spec, issued: 0, persisted: 0, deleting: true, failed: false };
     scale(event, this, ctx, now).await?;
-    if event.spec.on_delete == crate::crd::OnDelete::Delete {
-        // Read before the keys go: whether every issued coupon reached SQL.
-        let counters = ctx.backend.counters(&id).await?;
-        let (issued, persisted) = counters.map(|c| (c.issued, c.persisted)).unwrap_or_default();
-        let others: Vec<String> = ctx
-            .events
-            .state()
-            .iter()
-            .filter(|e| e.spec.topic == event.spec.topic && !(e.name_any() == event.name_any() && e.namespace() == event.namespace()))
-            .map(|e| format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any()))
-            .collect();
-        let created = event.status.as_ref().is_some_and(|s| s.topic_created);
-        ctx.backend.delete_redis(&id).await?;
-        match lifecycle::topic_deletion(created, &others, issued, persisted) {
-            Ok(()) => {
-                ctx.backend.delete_topic(&event.spec.topic).await?;
-                ctx.publish(event, EventType::Normal, "Deleted", "Cleanup", format!("removed Redis keys and topic {}", event.spec.topic))
-                    .await;
+    match cleanup_backends(event, &id, ctx, now).await {
+        Ok(()) => Ok(Action::await_change()),
+        Err(error) => {
+            let deleting_for = event
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .map(|t| Duration::from_millis(now.duration_since(t.0).as_millis().max(0) as u64))
+                .unwrap_or_default();
+            if deleting_for < CLEANUP_PATIENCE {
+                return Err(error);
             }
-            Err(keep) => {
-                let message = format!("removed Redis keys; kept topic {}: {keep}", event.spec.topic);
-                ctx.publish(event, EventType::Warning, "TopicKept", "Cleanup", message).await;
-            }
+            let left = match event.spec.on_delete {
+                crate::crd::OnDelete::Delete => format!("its Redis keys and perhaps topic {}", event.spec.topic),
+                crate::crd::OnDelete::Retain => "its sale open in Redis until its end".to_owned(),
+            };
+            let message = format!("gave up cleaning up after {deleting_for:?} ({error}); left behind: {left}");
+            ctx.publish(event, EventType::Warning, "CleanupAbandoned", "Cleanup", message).await;
+            Ok(Action::await_change())
         }
     }
-    Ok(Action::await_change())
+}
+
+/// `Retain` closes the sale (its window ends now) and keeps the rest; `Delete` removes the
+/// Redis keys, and the topic only where `lifecycle::topic_deletion` allows it.
+async fn cleanup_backends(event: &CouponEvent, id: &EventId, ctx: &Context, now: Timestamp) -> Result<(), Error> {
+    if event.spec.on_delete == crate::crd::OnDelete::Retain {
+        if ctx.backend.close_sale(id, &event.spec, now).await? {
+            ctx.publish(event, EventType::Normal, "SaleClosed", "Cleanup", "the event's window now ends at its deletion".into()).await;
+        }
+        return Ok(());
+    }
+    // Read before the keys go: whether every issued coupon reached SQL.
+    let counters = ctx.backend.counters(id).await?;
+    let (issued, persisted) = counters.map(|c| (c.issued, c.persisted)).unwrap_or_default();
+    let others: Vec<String> = ctx
+        .events
+        .state()
+        .iter()
+        .filter(|e| e.spec.topic == event.spec.topic && !(e.name_any() == event.name_any() && e.namespace() == event.namespace()))
+        .map(|e| format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any()))
+        .collect();
+    let created = event.status.as_ref().is_some_and(|s| s.topic_created);
+    ctx.backend.delete_redis(id).await?;
+    match lifecycle::topic_deletion(created, &others, issued, persisted) {
+        Ok(()) => {
+            ctx.backend.delete_topic(&event.spec.topic).await?;
+            ctx.publish(event, EventType::Normal, "Deleted", "Cleanup", format!("removed Redis keys and topic {}", event.spec.topic)).await;
+        }
+        Err(keep) => {
+            let message = format!("removed Redis keys; kept topic {}: {keep}", event.spec.topic);
+            ctx.publish(event, EventType::Warning, "TopicKept", "Cleanup", message).await;
+        }
+    }
+    Ok(())
 }
 
 /// What the controller's watch needs besides the requests reconcile makes:
@@ -374,7 +407,8 @@ pub async fn run(client: Client, backend: Backend, metrics: Arc<Metrics>, namesp
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
-                tracing::debug!(%error, "reconcile error");
+                // Watch errors too (RBAC refusals, a missing CRD): never silent.
+                tracing::warn!(%error, "controller error");
             }
         })
         .await;

@@ -75,9 +75,13 @@ async fn harness(now: &str) -> Harness {
 
 /// An operator process (new caches, new metrics) on an existing fake cluster.
 async fn harness_on(server: FakeApiServer, now: &str) -> Harness {
-    let client = server.client();
     let backend = Backend::new(&redis_url(), &kafka(), 1).unwrap();
     backend.redis.wait().await;
+    harness_with(server, now, backend)
+}
+
+fn harness_with(server: FakeApiServer, now: &str, backend: Backend) -> Harness {
+    let client = server.client();
     let (store, writer) = reflector::store::<CouponEvent>();
     let clock = Arc::new(std::sync::Mutex::new(t(now)));
     let read_clock = clock.clone();
@@ -262,6 +266,10 @@ async fn delete_with_retain_keeps_keys_and_a_shared_deployment_stays_up_for_the_
     assert_eq!(shorts(&requests).iter().filter(|r| r.contains("/scale") && r.starts_with("PATCH")).count(), 0, "{:?}", shorts(&requests));
     assert_eq!(h.server.replicas(NS, "coupon-api"), Some(10), "the other event still needs it");
     assert_eq!(redis_keys(&id(&first)).await, 1, "Retain keeps the Redis keys");
+    // ... and closes the sale: its window now ends at the deletion.
+    let counters = h.ctx.backend.counters(&id(&first)).await.unwrap().unwrap();
+    assert_eq!(counters.end_ms, t("2026-11-27T10:01:00Z").as_millisecond(), "closed at the operator's now");
+    assert!(requests.iter().any(|r| r.body["reason"] == "SaleClosed"), "{:?}", shorts(&requests));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,4 +605,33 @@ async fn on_delete_delete_keeps_a_shared_or_foreign_topic_and_a_deleted_topic_is
     assert!(kept.body["note"].as_str().unwrap().contains("existed before"), "{}", kept.body);
     assert_eq!(topic_partitions(&first.spec.topic), Some(2), "the topic is still there");
     kafka().admin().unwrap().delete_topic(&first.spec.topic).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_gives_up_on_an_unreachable_redis_after_its_patience_and_says_so() {
+    // Provisioned by an operator that reached Redis ...
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let event = coupon_event(50, OnDelete::Delete);
+    h.reconcile(&event).await;
+    let event = h.stored(&event);
+    h.reconcile(&event).await;
+    // ... deleted while the operator cannot reach it (nothing listens on port 1).
+    let unreachable = Backend::new("redis://127.0.0.1:1", &kafka(), 1).unwrap();
+    let mut lost = harness_with(h.server.clone(), "2026-11-27T10:02:30Z", unreachable);
+    let mut deleting = lost.stored(&event);
+    deleting.metadata.deletion_timestamp = Some(Time(t("2026-11-27T10:02:00Z")));
+    lost.server.put_event(&deleting);
+    lost.writer.apply_watcher_event(&watcher::Event::Apply(deleting.clone()));
+    let early = reconcile(Arc::new(deleting.clone()), lost.ctx.clone()).await;
+    assert!(early.is_err(), "retried while within its patience");
+    assert!(lost.server.event(NS, &event.name_any()).metadata.finalizers.is_some_and(|f| !f.is_empty()), "finalizer kept");
+    lost.server.take_requests();
+    lost.set_time("2026-11-27T10:05:00Z");
+    let requests = lost.reconcile(&deleting).await;
+    let abandoned = requests.iter().find(|r| r.body["reason"] == "CleanupAbandoned").expect("a Warning says what was left");
+    assert!(abandoned.body["note"].as_str().unwrap().contains("Redis keys"), "{}", abandoned.body);
+    assert_eq!(requests.last().unwrap().body.as_array().unwrap().last().unwrap()["op"], "remove", "finalizer removed");
+    // The keys are still there for someone to clean up.
+    assert_eq!(redis_keys(&id(&event)).await, 1);
+    keyspace::delete_event(&mut h.ctx.backend.redis.get().unwrap(), &id(&event)).await.unwrap();
 }

@@ -47,7 +47,7 @@ def test_chart_lints_without_errors_or_warnings():
 def test_renders_with_each_values_file(values):
     docs = render(values_of(values))
     kinds = sorted({d["kind"] for d in docs})
-    assert {"Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= set(kinds), kinds
+    assert {"Deployment", "Service", "ServiceAccount", "Role", "RoleBinding"} <= set(kinds), kinds
     names = {d["metadata"]["name"] for d in by_kind(docs, "Deployment")}
     assert names == {"coupon-api", "coupon-consumer", "coupon-operator"}
 
@@ -103,15 +103,31 @@ def normalised(rules):
     )
 
 
+def watched_namespace(docs):
+    (operator,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "coupon-operator"]
+    env = operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    return next(e["value"] for e in env if e["name"] == "WATCH_NAMESPACE")
+
+
 def test_rbac_grants_exactly_what_the_operator_calls():
+    # By default the operator manages its release namespace only (a Role there).
     docs = render()
-    (role,) = by_kind(docs, "ClusterRole")
+    assert by_kind(docs, "ClusterRole") == []
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == "shop"
     assert normalised(role["rules"]) == normalised(rules_used_by_the_operator())
     assert "*" not in str(role["rules"])
-    scoped = render({"operator": {"watchNamespace": "shop"}})
-    assert by_kind(scoped, "ClusterRole") == []
-    (role,) = by_kind(scoped, "Role")
+    assert watched_namespace(docs) == "shop"
+    other = render({"operator": {"watchNamespace": "sales"}})
+    (role,) = by_kind(other, "Role")
+    assert role["metadata"]["namespace"] == "sales"
+    assert watched_namespace(other) == "sales"
+    # Cluster-wide only when asked.
+    everywhere = render({"operator": {"watchAllNamespaces": True}})
+    assert by_kind(everywhere, "Role") == []
+    (role,) = by_kind(everywhere, "ClusterRole")
     assert normalised(role["rules"]) == normalised(rules_used_by_the_operator())
+    assert watched_namespace(everywhere) == ""
 
 
 def test_containers_are_non_root_and_read_only_and_probed():

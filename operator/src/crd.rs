@@ -70,6 +70,11 @@ pub struct CouponEventSpec {
     /// What happens to the event's Redis keys and Kafka topic when the CouponEvent is deleted.
     #[serde(default)]
     pub on_delete: OnDelete,
+    /// Stops issuing at once (the api answers `403 {"status":"paused"}`) while everything else
+    /// stays: counters, Deployments, the window. Setting it back to false resumes the same
+    /// event. The emergency stop after a pricing mistake.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 fn default_per_user_limit() -> i64 {
@@ -286,6 +291,7 @@ impl CouponEventSpec {
             start: to_chrono(self.schedule.start.0),
             end: to_chrono(self.schedule.end.0),
             topic: self.topic.clone(),
+            paused: self.paused,
         }
     }
 }

@@ -133,6 +133,7 @@ mod tests {
             api: Workload { deployment: api.0.into(), replicas: api.1, idle_replicas: Some(api.2) },
             consumer: Workload { deployment: consumer.0.into(), replicas: consumer.1, idle_replicas: Some(consumer.2) },
             on_delete: OnDelete::Retain,
+            paused: false,
         }
     }
 

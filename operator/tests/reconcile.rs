@@ -53,6 +53,7 @@ fn coupon_event(limit: i64, on_delete: OnDelete) -> CouponEvent {
         api: Workload { deployment: "coupon-api".into(), replicas: 10, idle_replicas: Some(0) },
         consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
         on_delete,
+        paused: false,
     };
     let mut event = CouponEvent::new(&name, spec);
     event.metadata.namespace = Some(NS.into());

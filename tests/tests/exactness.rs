@@ -517,3 +517,30 @@ async fn a_stopping_api_drains_before_it_stops_accepting() {
     })
     .await;
 }
+
+/// `spec.paused` (the operator writes it into the configuration): issuing stops at once,
+/// and resuming continues the same event with the same counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_event_answers_403_at_once_and_resumes_with_the_same_counters() {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 10, 1).await;
+    let api = start_api(&redis_url(), &brokers).await;
+    let client = reqwest::Client::new();
+    let url = api.apply_url(&event.id);
+    let issued = issue_to(&client, &url, (0..3).map(|i| format!("before-{i}"))).await;
+    assert_eq!(issued.len(), 3);
+    let mut conn = redis().await;
+    let config = EventConfig::open_now(10, &event.topic, Duration::from_secs(600));
+    let paused = EventConfig { paused: true, ..config.clone() };
+    provision_redis(&mut conn, &event.id, &paused, true).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(apply(&client, &url, "during").await, (403, json!({"status": "paused"})));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(apply(&client, &url, "before-0").await, (403, json!({"status": "paused"})), "nothing is decided while paused");
+    assert_eq!(counters(&mut conn, &event.id).await.issued, 3, "counters kept");
+
+    provision_redis(&mut conn, &event.id, &config, true).await.unwrap();
+    let resumed = issue_to(&client, &url, std::iter::once("after".to_owned())).await;
+    assert_eq!(resumed, vec![("after".to_owned(), 4)], "the same event goes on");
+    assert_eq!(apply(&client, &url, "before-0").await.0, 409);
+}

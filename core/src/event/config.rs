@@ -12,6 +12,9 @@ pub struct EventConfig {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub topic: String,
+    /// Paused: the gate answers `403 paused` at once and issues nothing; the counters stay,
+    /// and resuming continues the same event (the emergency stop after a pricing mistake).
+    pub paused: bool,
 }
 
 /// A specification that must not be provisioned.
@@ -51,6 +54,7 @@ impl EventConfig {
             start: now - chrono::Duration::seconds(5),
             end: now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::hours(1)),
             topic: topic.to_owned(),
+            paused: false,
         }
     }
 
@@ -86,6 +90,7 @@ mod tests {
             start: "2026-11-27T10:00:00Z".parse().unwrap(),
             end: "2026-11-27T10:30:00Z".parse().unwrap(),
             topic: "coupon_create".into(),
+            paused: false,
         }
     }
 

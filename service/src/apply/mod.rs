@@ -211,6 +211,10 @@ impl ApplyService {
                 ApplyOutcome::SoldOut
             }
             GateDecision::NotOpen => ApplyOutcome::NotOpen,
+            GateDecision::Paused => {
+                self.sold_out.clear(name);
+                ApplyOutcome::Paused
+            }
             GateDecision::Closed => ApplyOutcome::Closed,
             GateDecision::Recovering => {
                 self.sold_out.clear(name);

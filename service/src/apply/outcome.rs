@@ -17,6 +17,8 @@ pub enum ApplyOutcome {
     SoldOut,
     NotOpen,
     Closed,
+    /// The shop paused the event.
+    Paused,
     UnknownEvent,
     /// Redis or Kafka unavailable, or the event being restored: nothing counted.
     Unavailable,
@@ -39,12 +41,13 @@ struct Body<'a> {
 
 impl ApplyOutcome {
     /// Every answer kind once, for documentation and the load tool's report.
-    pub const KINDS: [ApplyOutcome; 7] = [
+    pub const KINDS: [ApplyOutcome; 8] = [
         Self::Issued { slot: 0 },
         Self::Duplicate { slot: 0 },
         Self::SoldOut,
         Self::NotOpen,
         Self::Closed,
+        Self::Paused,
         Self::UnknownEvent,
         Self::Unavailable,
     ];
@@ -59,6 +62,7 @@ impl ApplyOutcome {
             Self::SoldOut => (410, "sold_out", Some(r#"{"status":"sold_out"}"#)),
             Self::NotOpen => (403, "not_open", Some(r#"{"status":"not_open"}"#)),
             Self::Closed => (403, "closed", Some(r#"{"status":"closed"}"#)),
+            Self::Paused => (403, "paused", Some(r#"{"status":"paused"}"#)),
             Self::UnknownEvent => (404, "unknown_event", Some(r#"{"status":"unknown_event"}"#)),
             Self::Unavailable => (503, "unavailable", Some(r#"{"status":"unavailable"}"#)),
             Self::BadRequest { status, .. } => (*status, "bad_request", None),
@@ -133,7 +137,7 @@ mod tests {
 
     #[test]
     fn the_load_report_names_statuses_with_the_same_labels() {
-        assert_eq!(ApplyOutcome::labels_for_status(403), "not_open/closed");
+        assert_eq!(ApplyOutcome::labels_for_status(403), "not_open/closed/paused");
         assert_eq!(ApplyOutcome::labels_for_status(410), "sold_out");
         assert_eq!(ApplyOutcome::labels_for_status(413), "bad_request");
         assert_eq!(ApplyOutcome::labels_for_status(0), "no answer");

@@ -45,6 +45,7 @@ pub async fn write_config(
         .arg(config.end.timestamp_millis())
         .arg(&config.topic)
         .arg(if existed_before { "1" } else { "0" })
+        .arg(if config.paused { "1" } else { "0" })
         .invoke_async(&mut *conn)
         .await?;
     if answer >= 0 {

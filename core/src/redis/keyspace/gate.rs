@@ -52,6 +52,8 @@ pub enum GateDecision {
     Missing,
     /// Being verified against SQL (Redis lost data, or the server changed).
     Recovering,
+    /// Paused by the shop: nothing is issued until it resumes.
+    Paused,
 }
 
 impl GateDecision {
@@ -67,6 +69,7 @@ impl GateDecision {
             -5 => Self::SoldOut { closes_at_ms: slot, holders_version: deadline_ms },
             -6 => Self::Recovering,
             -7 => Self::Missing,
+            -8 => Self::Paused,
             other => {
                 return Err(redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected gate script answer", other.to_string())))
             }

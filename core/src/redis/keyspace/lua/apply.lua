@@ -12,10 +12,10 @@
 --  -2  not open yet; -3 closed; -4 the user holds `slot` already (or it is being delivered);
 --  -5  sold out (slot: the window's end, so the api can answer 403 from memory once it passed;
 --      deadline: `holders_version`, which changes whenever a holder can have changed);
---  -6  recovering (being verified against SQL).
+--  -6  recovering (being verified against SQL); -8 paused.
 -- The counter never passes the limit: `count < limit` is checked before INCR.
 local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server',
-  'deleted', 'recovering_server', 'lease_ms', 'holders_version')
+  'deleted', 'recovering_server', 'lease_ms', 'holders_version', 'paused')
 local limit = tonumber(cfg[1])
 if not limit then
   if cfg[8] == '1' then return {-1, 0, '', 0} end
@@ -34,6 +34,7 @@ if cfg[7] ~= server then
   return {-6, 0, '', 0}
 end
 if cfg[5] == '1' then return {-6, 0, '', 0} end
+if cfg[12] == '1' then return {-8, 0, '', 0} end
 local user = ARGV[1]
 local lease = tonumber(ARGV[2])
 -- The longest lease any api uses: a restore waits at least this long after its mark.

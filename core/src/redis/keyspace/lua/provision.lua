@@ -1,5 +1,5 @@
 -- Writes an event's configuration; never touches its counters.
--- KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing.
+-- KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing, paused.
 -- Answers {code, recovering}: code 0 created, 1 updated, 2 unchanged, 3 created recovering,
 -- or -count when the new limit is below the highest slot handed out (nothing is written
 -- then); recovering is 1 while the event is marked recovering.
@@ -9,11 +9,11 @@
 -- like a server change: it is marked recovering.
 local count = tonumber(redis.call('GET', KEYS[2])) or 0
 if tonumber(ARGV[1]) < count then return {-count, 0} end
-local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted')
+local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted', 'paused')
 if old[8] == '1' then
   -- The tombstone of a deleted event: the name is free again.
   redis.call('DEL', KEYS[1])
-  old = {false, false, false, false, false, false, false, false}
+  old = {false, false, false, false, false, false, false, false, false}
 end
 local recovering = 0
 if old[6] == '1' then recovering = 1 end
@@ -21,10 +21,11 @@ if old[1] and not old[7] and old[6] ~= '1' then
   redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server_id())
   recovering = 1
 end
-if old[1] == ARGV[1] and old[2] == ARGV[2] and old[3] == ARGV[3] and old[4] == ARGV[4] and old[5] == ARGV[5] then
+if old[1] == ARGV[1] and old[2] == ARGV[2] and old[3] == ARGV[3] and old[4] == ARGV[4] and old[5] == ARGV[5]
+  and (old[9] or '0') == ARGV[7] then
   return {2, recovering}
 end
-redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5])
+redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5], 'paused', ARGV[7])
 if old[1] then return {1, recovering} end
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server_id())

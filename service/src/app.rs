@@ -89,6 +89,9 @@ pub struct ConsumerSettings {
     pub redis_url: String,
     pub kafka: KafkaSettings,
     pub topics: Vec<String>,
+    /// Also consume the topics of this namespace's provisioned events (from the event
+    /// registry), picked up within seconds of their provisioning.
+    pub event_namespace: Option<String>,
     pub group_id: String,
     /// Most records per SQL transaction.
     pub batch_size: usize,
@@ -111,6 +114,7 @@ impl Default for ConsumerSettings {
             redis_url: "redis://127.0.0.1:6379".into(),
             kafka: KafkaSettings::default(),
             topics: vec!["coupon_create".into()],
+            event_namespace: None,
             group_id: "coupon-consumer".into(),
             batch_size: 500,
             batch_linger: Duration::from_millis(20),

@@ -193,3 +193,34 @@ async fn load_tool_verify_fails_when_rows_differ_from_the_limit() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("verify failed: 20 rows, expected 21"));
     consumer.stop().await.unwrap();
 }
+
+/// A consumer following its namespace's events writes the coupons of an event on a topic it
+/// was not configured with, created while it runs, within seconds and without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_consumer_follows_the_topic_of_a_new_event() {
+    let brokers = kafka_brokers();
+    let namespace = unique("follow");
+    let first = provision_event(&brokers, &namespace, 10, 1).await;
+    let database_url = sqlite_url();
+    let store = migrated_store(&database_url).await;
+    let consumer = InProcessConsumer::start_with(coupon_service::app::ConsumerSettings {
+        database_url: database_url.clone(),
+        redis_url: redis_url(),
+        kafka: kafka(&brokers),
+        topics: vec![first.topic.clone()],
+        event_namespace: Some(namespace.clone()),
+        group_id: unique("follow"),
+        batch_linger: Duration::from_millis(10),
+        ..Default::default()
+    });
+    let api = InProcessApi::start(&namespace, &brokers).await;
+    // An event on a new topic, provisioned while the consumer runs.
+    let second = provision_event(&brokers, &namespace, 10, 1).await;
+    assert_ne!(second.topic, first.topic);
+    let report = burst(&api.base_url, second.id.name(), 5, false, "late-").await;
+    assert_eq!(report.count(201), 5, "{}", report.table());
+    let started = std::time::Instant::now();
+    wait_for_rows(&store, &second.key(), 5, Duration::from_secs(30)).await;
+    eprintln!("new topic followed: rows written {:.1} s after the applies", started.elapsed().as_secs_f64());
+    consumer.stop().await.unwrap();
+}

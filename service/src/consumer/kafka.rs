@@ -27,6 +27,8 @@ pub fn group_consumer(kafka: &KafkaSettings, group_id: &str, assigned: Arc<Atomi
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "50")
+        // A topic created after the subscription is seen within seconds, not minutes.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .create_with_context(ConsumerEvents { assigned })
 }
 

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod healing;
 pub mod kafka;
 pub mod recovery;
+mod topics;
 mod verify;
 mod writer;
 
@@ -104,11 +105,13 @@ pub async fn run(
             async move { s.ping().await.is_ok() }
         });
     }
-    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-    tracing::info!(topics = ?settings.topics, group = %settings.group_id, "consuming");
+    let mut topics = topics::Topics::new(&settings.topics, settings.event_namespace.clone());
+    subscribe(&consumer, &topics.current())?;
+    tracing::info!(topics = ?settings.topics, group = %settings.group_id, event_namespace = ?settings.event_namespace, "consuming");
     let mut writer = BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience);
-    let mut verifier = verify::Verifier::new(&settings.topics, settings.recovery_settle);
+    let mut verifier = verify::Verifier::new(&topics.current(), settings.recovery_settle);
+    let mut topics_tick = tokio::time::interval(topics::REFRESH);
+    topics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut pending_offsets = PendingOffsets::new();
     let mut verify_tick = tokio::time::interval(Duration::from_secs(1));
     verify_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -121,6 +124,26 @@ pub async fn run(
                 commit_pending(&consumer, &mut pending_offsets, &metrics);
                 if let Some(mut conn) = redis.get() {
                     verifier.pass(&mut writer, &mut conn, &consumer, &metrics).await;
+                }
+                continue;
+            }
+            _ = topics_tick.tick() => {
+                if let Some(mut conn) = redis.get() {
+                    match topics.refresh(&mut conn).await {
+                        Ok(Some(grown)) => {
+                            // Offsets of the batch in hand are already committed or pending;
+                            // a new subscription rebalances the group.
+                            commit_pending(&consumer, &mut pending_offsets, &metrics);
+                            if let Err(error) = subscribe(&consumer, &grown) {
+                                tracing::warn!(%error, "cannot subscribe to the new topics; retried");
+                            } else {
+                                tracing::info!(topics = ?grown, "following the topics of new events");
+                                verifier = verify::Verifier::new(&grown, settings.recovery_settle);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, "cannot read the event registry for new topics"),
+                    }
                 }
                 continue;
             }
@@ -184,6 +207,11 @@ pub async fn run(
     commit_pending(&consumer, &mut pending_offsets, &metrics);
     tracing::info!("consumer stopped");
     Ok(())
+}
+
+fn subscribe(consumer: &GroupConsumer, topics: &[String]) -> Result<(), KafkaError> {
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)
 }
 
 /// Fault point for the crash tests: a process killed here has written its batch to SQL but

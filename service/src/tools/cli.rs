@@ -119,6 +119,10 @@ pub struct ConsumerArgs {
     /// Topics to consume, comma separated.
     #[arg(long, env = "COUPON_TOPICS", default_value = "coupon_create", value_delimiter = ',')]
     pub topics: Vec<String>,
+    /// Also consume the topics that this namespace's events declare, picked up within
+    /// seconds of their provisioning (the chart sets the release namespace).
+    #[arg(long, env = "EVENT_NAMESPACE")]
+    pub event_namespace: Option<String>,
     #[arg(long, env = "CONSUMER_GROUP", default_value_t = ConsumerSettings::default().group_id)]
     pub group_id: String,
     /// Most records written in one SQL transaction.
@@ -149,6 +153,7 @@ impl ConsumerArgs {
             redis_url: self.redis.redis_url.clone(),
             kafka: self.kafka.settings(),
             topics: self.topics.clone(),
+            event_namespace: self.event_namespace.clone(),
             group_id: self.group_id.clone(),
             batch_size: self.batch_size.max(1),
             batch_linger: self.batch_linger.into(),

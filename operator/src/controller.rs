@@ -113,9 +113,11 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let previous = event.status.as_ref();
 
     let mut topic_created = previous.is_some_and(|s| s.topic_created);
-    let provisioned = match spec.validate() {
-        Err(invalid) => Err(Refusal { reason: "InvalidSpec", message: invalid.to_string() }),
-        Ok(()) => match provision(event, &id, ctx).await? {
+    let immutable = previous.and_then(|s| s.last_accepted_spec.as_ref()).and_then(|accepted| lifecycle::changed_immutable(accepted, spec));
+    let provisioned = match (spec.validate(), immutable) {
+        (Err(invalid), _) => Err(Refusal { reason: "InvalidSpec", message: invalid.to_string() }),
+        (Ok(()), Some(message)) => Err(Refusal { reason: "ImmutableField", message }),
+        (Ok(()), None) => match provision(event, &id, ctx).await? {
             Ok(created) => {
                 topic_created |= created;
                 Ok(())

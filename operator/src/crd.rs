@@ -41,6 +41,10 @@ pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
     printcolumn(name = "End", type_ = "string", json_path = ".spec.schedule.end"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[x_kube(
+    validation = Rule::new("self.topic == oldSelf.topic").message("topic cannot change: records would be split across two topics"),
+    validation = Rule::new("self.partitions == oldSelf.partitions").message("partitions cannot change once the topic exists")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct CouponEventSpec {
     /// Number of coupons to hand out. It may be raised during the event, never lowered below

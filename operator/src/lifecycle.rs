@@ -5,6 +5,21 @@
 //! users were promised. So `onDelete: Delete` deletes the topic only when all of these hold;
 //! otherwise the topic is kept and a Warning says why.
 
+use crate::crd::CouponEventSpec;
+
+/// The field of an accepted spec that an edit may not change (`None`: the edit keeps them):
+/// a new topic would split the event's records across two topics, and a topic's partitions
+/// are fixed when it is created. The CRD refuses both too (transition rules).
+pub fn changed_immutable(accepted: &CouponEventSpec, edited: &CouponEventSpec) -> Option<String> {
+    if accepted.topic != edited.topic {
+        return Some(format!("topic cannot change from {} to {}", accepted.topic, edited.topic));
+    }
+    if accepted.partitions != edited.partitions {
+        return Some(format!("partitions cannot change from {} to {}", accepted.partitions, edited.partitions));
+    }
+    None
+}
+
 /// Why a topic is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeepTopic {
@@ -44,6 +59,20 @@ pub fn topic_deletion(created_by_operator: bool, others_on_topic: &[String], iss
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_and_partitions_are_immutable() {
+        let accepted: CouponEventSpec = serde_json::from_value(serde_json::json!({
+            "limit": 10, "topic": "a", "partitions": 3,
+            "schedule": {"start": "2026-11-27T10:00:00Z", "end": "2026-11-27T10:30:00Z"},
+            "api": {"deployment": "coupon-api", "replicas": 2},
+            "consumer": {"deployment": "coupon-consumer", "replicas": 1}
+        }))
+        .unwrap();
+        assert_eq!(changed_immutable(&accepted, &CouponEventSpec { limit: 20, ..accepted.clone() }), None);
+        assert!(changed_immutable(&accepted, &CouponEventSpec { topic: "b".into(), ..accepted.clone() }).unwrap().contains("topic"));
+        assert!(changed_immutable(&accepted, &CouponEventSpec { partitions: 6, ..accepted.clone() }).unwrap().contains("partitions"));
+    }
 
     #[test]
     fn only_an_owned_unshared_drained_topic_is_deleted() {

@@ -87,6 +87,15 @@ fn cel_rules_refuse_what_admission_should_refuse() {
     event.spec.api.idle_replicas = None;
     event.spec.consumer.idle_replicas = None;
     assert_eq!((event.spec.api_idle_replicas(), event.spec.consumer_idle_replicas()), (1, 0));
+    // Transition rules: topic and partitions cannot change on an existing object.
+    let edited = with(base.clone(), "/spec/topic", serde_json::json!("another.topic"));
+    let errors = Validator::new().validate(&schema(), &edited, Some(&base)).expect_err("a topic change must be refused");
+    assert!(format!("{errors:?}").contains("topic cannot change"), "{errors:?}");
+    let edited = with(base.clone(), "/spec/partitions", serde_json::json!(12));
+    let errors = Validator::new().validate(&schema(), &edited, Some(&base)).expect_err("a partitions change must be refused");
+    assert!(format!("{errors:?}").contains("partitions cannot change"), "{errors:?}");
+    let raised = with(base.clone(), "/spec/limit", serde_json::json!(100_000));
+    Validator::new().validate(&schema(), &raised, Some(&base)).unwrap();
     // Exactly seven days is allowed.
     let week = with(base, "/spec/schedule/end", serde_json::json!("2026-12-04T10:00:00Z"));
     Validator::new().validate(&schema(), &week, None).unwrap();

@@ -636,3 +636,25 @@ async fn a_deletion_gives_up_on_an_unreachable_redis_after_its_patience_and_says
     assert_eq!(redis_keys(&id(&event)).await, 1);
     keyspace::delete_event(&mut h.ctx.backend.redis.get().unwrap(), &id(&event)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_topic_of_an_accepted_event_is_refused_and_the_old_topic_stays_in_effect() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let event = coupon_event(50, OnDelete::Retain);
+    h.reconcile(&event).await;
+    let event = h.stored(&event);
+    h.reconcile(&event).await;
+    let mut moved = h.stored(&event);
+    moved.spec.topic = format!("{}.moved", event.spec.topic);
+    moved.metadata.generation = Some(2);
+    let requests = h.reconcile(&moved).await;
+    let status = h.stored(&moved).status.unwrap();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ImmutableField"));
+    assert_eq!(status.phase, Phase::Open, "the sale goes on on its topic");
+    assert_eq!(status.last_accepted_spec.unwrap().topic, event.spec.topic);
+    assert_eq!(topic_partitions(&moved.spec.topic), None, "no second topic");
+    let counters = h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap();
+    assert_eq!(counters.topic, event.spec.topic, "Redis keeps the accepted topic");
+    assert!(!shorts(&requests).iter().any(|r| r.contains("/scale") && r.starts_with("PATCH")));
+}

@@ -66,6 +66,20 @@ impl Backend {
         Ok(provision::provision_redis(&mut self.conn()?, event, &spec.event_config(), existed_before).await?)
     }
 
+    /// Other events (`ns/name`, any namespace, also ones this operator does not watch or
+    /// that were deleted with `Retain`) still registered in Redis on `topic`.
+    pub async fn other_events_on_topic(&self, topic: &str, except: &EventId) -> Result<Vec<String>, BackendError> {
+        let mut conn = self.conn()?;
+        let mut others = Vec::new();
+        for member in keyspace::registered_events(&mut conn).await? {
+            let Ok(event) = member.parse::<EventId>() else { continue };
+            if &event != except && keyspace::topic(&mut conn, &event).await?.as_deref() == Some(topic) {
+                others.push(member);
+            }
+        }
+        Ok(others)
+    }
+
     /// `Retain` on deletion: the sale closes now (the window is moved to end at `now`) while
     /// the counters stay. Returns whether a configuration was there to close.
     pub async fn close_sale(
@@ -81,7 +95,11 @@ impl Backend {
             return Ok(false);
         }
         let mut config = spec.event_config();
-        config.limit = counters.limit.max(counters.issued);
+        // Everything but the window as Redis holds it (the limit there is never below the
+        // slots handed out).
+        config.limit = counters.limit;
+        config.per_user = counters.per_user;
+        config.topic = counters.topic.clone();
         let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
         config.start = at(counters.start_ms.min(now_ms - 1000));
         config.end = at(now_ms);

@@ -52,12 +52,16 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The clock, injectable so tests see fixed instants.
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// When this process first failed to clean up an object (by uid): a deletion's patience
+    /// counts from there, not from the deletion, so an operator that was down does not give
+    /// up at its first attempt.
+    pub cleanup_failing_since: Arc<std::sync::Mutex<std::collections::HashMap<String, Timestamp>>>,
 }
 
 impl Context {
     pub fn new(client: Client, backend: Backend, events: Store<CouponEvent>, metrics: Arc<Metrics>) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() });
-        Self { client, backend, events, recorder, metrics, clock: Arc::new(Timestamp::now) }
+        Self { client, backend, events, recorder, metrics, clock: Arc::new(Timestamp::now), cleanup_failing_since: Default::default() }
     }
 
     /// Now, to the second: the API server stores condition times to the second, so a finer
@@ -113,18 +117,35 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let previous = event.status.as_ref();
 
     let mut topic_created = previous.is_some_and(|s| s.topic_created);
-    let immutable = previous.and_then(|s| s.last_accepted_spec.as_ref()).and_then(|accepted| lifecycle::changed_immutable(accepted, spec));
+    // The spec in effect before this reconcile. A status written before `lastAcceptedSpec`
+    // existed counts the current spec as accepted if it was provisioned for this generation,
+    // so an upgrade never turns a live event `Failed`.
+    let accepted_before = previous.and_then(|s| s.last_accepted_spec.clone()).or_else(|| {
+        previous
+            .filter(|s| {
+                s.observed_generation == event.metadata.generation
+                    && s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True")
+            })
+            .map(|_| spec.clone())
+    });
+    let immutable = accepted_before.as_ref().and_then(|accepted| lifecycle::changed_immutable(accepted, spec));
     let provisioned = match (spec.validate(), immutable) {
         (Err(invalid), _) => Err(Refusal { reason: "InvalidSpec", message: invalid.to_string() }),
         (Ok(()), Some(message)) => Err(Refusal { reason: "ImmutableField", message }),
-        (Ok(()), None) => match provision(event, &id, ctx).await? {
-            Ok(created) => {
-                topic_created |= created;
-                Ok(())
-            }
-            Err(refusal) => Err(refusal),
-        },
+        (Ok(()), None) => {
+            let (created, outcome) = provision(event, spec, &id, ctx).await?;
+            topic_created |= created;
+            outcome
+        }
     };
+    if provisioned.is_err() {
+        // The accepted spec stays in effect: keep its topic and configuration in place (a
+        // topic deleted or a Redis that lost its state meanwhile is put back).
+        if let Some(accepted) = accepted_before.as_ref() {
+            let (created, _) = provision(event, accepted, &id, ctx).await?;
+            topic_created |= created;
+        }
+    }
     let counters = match ctx.backend.counters(&id).await {
         Ok(counters) => counters,
         Err(error) if provisioned.is_err() => {
@@ -138,7 +159,7 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         .unwrap_or_else(|| previous.map(|s| (s.issued, s.persisted, s.healed)).unwrap_or_default());
     // A refused edit leaves the last accepted spec in effect (as Redis still holds it): a live
     // sale goes on, and nothing is scaled down because of the refusal.
-    let accepted = if provisioned.is_ok() { Some(spec) } else { previous.and_then(|s| s.last_accepted_spec.as_ref()) };
+    let accepted = if provisioned.is_ok() { Some(spec) } else { accepted_before.as_ref() };
     let phase = match accepted {
         Some(accepted) => schedule::phase(now, accepted, issued, persisted),
         None => Phase::Failed,
@@ -170,10 +191,14 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
     }
     if let Err(refusal) = &provisioned {
+        // Once per reason and generation (the message may carry live counts).
         let already_reported = previous.is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Provisioned" && c.status == "False" && c.reason == refusal.reason && c.message == refusal.message)
+            s.conditions.iter().any(|c| {
+                c.type_ == "Provisioned"
+                    && c.status == "False"
+                    && c.reason == refusal.reason
+                    && c.observed_generation == event.metadata.generation
+            })
         });
         if !already_reported {
             ctx.publish(event, EventType::Warning, refusal.reason, "Provision", refusal.message.clone()).await;
@@ -189,15 +214,17 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
 
 /// Topic and Redis configuration, every time: both are cheap when in place, and this puts
 /// back a topic someone deleted and a configuration lost with Redis. A spec the live state
-/// refuses becomes a `Refusal`. `Ok(Ok(true))`: the topic was created now.
-async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<Result<bool, Refusal>, Error> {
-    let spec = &event.spec;
+/// refuses becomes a `Refusal`. Returns whether the topic was created now, and the outcome.
+async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ctx: &Context) -> Result<(bool, Result<(), Refusal>), Error> {
     // The live-state check first, so that a refused spec touches neither Redis nor Kafka.
-    if let Some(counters) = ctx.backend.counters(id).await? {
-        if spec.limit < counters.issued {
-            let message = format!("limit {} is below the {} coupons already issued", spec.limit, counters.issued);
-            return Ok(Err(Refusal { reason: "LimitBelowIssued", message }));
-        }
+    // With Redis' counters lost, the last issued count the status saw stands in for them.
+    let issued = match ctx.backend.counters(id).await? {
+        Some(counters) => counters.issued,
+        None => event.status.as_ref().map_or(0, |s| s.issued),
+    };
+    if spec.limit < issued {
+        let message = format!("limit {} is below the {issued} coupons already issued", spec.limit);
+        return Ok((false, Err(Refusal { reason: "LimitBelowIssued", message })));
     }
     // Provisioned before (the status says so): a missing topic or configuration is lost.
     // "Provisioned once" is read from the last accepted spec, which no refusal erases.
@@ -230,11 +257,11 @@ async fn provision(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<R
                 "Redis lost the event's state: applies answer 503 until the consumer restores it from SQL".into(),
             )
             .await;
-            Ok(Ok(created))
+            Ok((created, Ok(())))
         }
-        Ok(_) => Ok(Ok(created)),
+        Ok(_) => Ok((created, Ok(()))),
         Err(error) => match error.refusal() {
-            Some(invalid) => Ok(Err(Refusal { reason: "LimitBelowIssued", message: invalid.to_string() })),
+            Some(invalid) => Ok((created, Err(Refusal { reason: "LimitBelowIssued", message: invalid.to_string() }))),
             None => {
                 ctx.publish(event, EventType::Warning, "ProvisioningFailed", "ConfigureRedis", format!("Redis: {error}")).await;
                 Err(error.into())
@@ -332,25 +359,31 @@ pub const CLEANUP_PATIENCE: Duration = Duration::from_secs(120);
 async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let now = ctx.now();
     let id = event_id(event)?;
-    let this = EventState { namespace: id.namespace(), spec: &event.spec, issued: 0, persisted: 0, deleting: true, failed: false };
-    scale(event, this, ctx, now).await?;
-    match cleanup_backends(event, &id, ctx, now).await {
-        Ok(()) => Ok(Action::await_change()),
+    // What is in effect is the last accepted spec, not an edit that was refused.
+    let spec = event.status.as_ref().and_then(|s| s.last_accepted_spec.as_ref()).unwrap_or(&event.spec);
+    let attempt = async {
+        let this = EventState { namespace: id.namespace(), spec, issued: 0, persisted: 0, deleting: true, failed: false };
+        scale(event, this, ctx, now).await?;
+        cleanup_backends(event, spec, &id, ctx, now).await
+    };
+    let uid = event.metadata.uid.clone().unwrap_or_else(|| id.to_string());
+    match attempt.await {
+        Ok(()) => {
+            ctx.cleanup_failing_since.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+            Ok(Action::await_change())
+        }
         Err(error) => {
-            let deleting_for = event
-                .metadata
-                .deletion_timestamp
-                .as_ref()
-                .map(|t| Duration::from_millis(now.duration_since(t.0).as_millis().max(0) as u64))
-                .unwrap_or_default();
-            if deleting_for < CLEANUP_PATIENCE {
+            let since = *ctx.cleanup_failing_since.lock().unwrap_or_else(|e| e.into_inner()).entry(uid.clone()).or_insert(now);
+            let failing_for = Duration::from_millis(now.duration_since(since).as_millis().max(0) as u64);
+            if failing_for < CLEANUP_PATIENCE {
                 return Err(error);
             }
-            let left = match event.spec.on_delete {
-                crate::crd::OnDelete::Delete => format!("its Redis keys and perhaps topic {}", event.spec.topic),
+            ctx.cleanup_failing_since.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+            let left = match spec.on_delete {
+                crate::crd::OnDelete::Delete => format!("its Redis keys and perhaps topic {}", spec.topic),
                 crate::crd::OnDelete::Retain => "its sale open in Redis until its end".to_owned(),
             };
-            let message = format!("gave up cleaning up after {deleting_for:?} ({error}); left behind: {left}");
+            let message = format!("gave up cleaning up after failing for {failing_for:?} ({error}); left behind: {left}");
             ctx.publish(event, EventType::Warning, "CleanupAbandoned", "Cleanup", message).await;
             Ok(Action::await_change())
         }
@@ -359,32 +392,40 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
 
 /// `Retain` closes the sale (its window ends now) and keeps the rest; `Delete` removes the
 /// Redis keys, and the topic only where `lifecycle::topic_deletion` allows it.
-async fn cleanup_backends(event: &CouponEvent, id: &EventId, ctx: &Context, now: Timestamp) -> Result<(), Error> {
-    if event.spec.on_delete == crate::crd::OnDelete::Retain {
-        if ctx.backend.close_sale(id, &event.spec, now).await? {
+async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ctx: &Context, now: Timestamp) -> Result<(), Error> {
+    if spec.on_delete == crate::crd::OnDelete::Retain {
+        if ctx.backend.close_sale(id, spec, now).await? {
             ctx.publish(event, EventType::Normal, "SaleClosed", "Cleanup", "the event's window now ends at its deletion".into()).await;
         }
         return Ok(());
     }
-    // Read before the keys go: whether every issued coupon reached SQL.
-    let counters = ctx.backend.counters(id).await?;
-    let (issued, persisted) = counters.map(|c| (c.issued, c.persisted)).unwrap_or_default();
-    let others: Vec<String> = ctx
+    // Read before the keys go: whether every issued coupon reached SQL. Without counters
+    // (Redis lost them, or an earlier attempt removed them) the status' last counts decide.
+    let (issued, persisted) = match ctx.backend.counters(id).await? {
+        Some(c) => (c.issued, c.persisted),
+        None => event.status.as_ref().map_or((0, 0), |s| (s.issued, s.persisted)),
+    };
+    // Users of the topic: the events this operator watches, and every event registered in
+    // Redis (other namespaces, events deleted with `Retain` whose records may be unwritten).
+    let mut others: Vec<String> = ctx
         .events
         .state()
         .iter()
-        .filter(|e| e.spec.topic == event.spec.topic && !(e.name_any() == event.name_any() && e.namespace() == event.namespace()))
+        .filter(|e| e.spec.topic == spec.topic && !(e.name_any() == event.name_any() && e.namespace() == event.namespace()))
         .map(|e| format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any()))
         .collect();
+    others.extend(ctx.backend.other_events_on_topic(&spec.topic, id).await?);
+    others.sort();
+    others.dedup();
     let created = event.status.as_ref().is_some_and(|s| s.topic_created);
     ctx.backend.delete_redis(id).await?;
     match lifecycle::topic_deletion(created, &others, issued, persisted) {
         Ok(()) => {
-            ctx.backend.delete_topic(&event.spec.topic).await?;
-            ctx.publish(event, EventType::Normal, "Deleted", "Cleanup", format!("removed Redis keys and topic {}", event.spec.topic)).await;
+            ctx.backend.delete_topic(&spec.topic).await?;
+            ctx.publish(event, EventType::Normal, "Deleted", "Cleanup", format!("removed Redis keys and topic {}", spec.topic)).await;
         }
         Err(keep) => {
-            let message = format!("removed Redis keys; kept topic {}: {keep}", event.spec.topic);
+            let message = format!("removed Redis keys; kept topic {}: {keep}", spec.topic);
             ctx.publish(event, EventType::Warning, "TopicKept", "Cleanup", message).await;
         }
     }

@@ -93,6 +93,7 @@ fn harness_with(server: FakeApiServer, now: &str, backend: Backend) -> Harness {
         events: store,
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(move || *read_clock.lock().unwrap()),
+        cleanup_failing_since: Default::default(),
     });
     Harness { server, ctx, writer, clock }
 }
@@ -334,7 +335,10 @@ async fn lowering_the_limit_below_issued_fails_and_changes_nothing() {
     assert!(!shorts(&requests).iter().any(|r| r.contains("/scale") && r.starts_with("PATCH")), "{:?}", shorts(&requests));
     assert_eq!(h.server.replicas(NS, "coupon-api"), Some(10));
     assert!(requests.iter().any(|r| r.body["reason"] == "LimitBelowIssued" && r.body["type"] == "Warning"), "a Warning Event");
-    assert_eq!(h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap(), before, "Redis unchanged");
+    // The refused limit is not written; the accepted spec is provisioned again as it was
+    // (which puts back the accepted window this test had moved by hand).
+    let after = h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap();
+    assert_eq!((after.limit, after.issued, &after.topic), (before.limit, before.issued, &before.topic), "limit and counters unchanged");
     // An edit the CRD's CEL rules would let through but the operator refuses (a warm-up of
     // 48 h): the same, and the same Warning is not repeated on the next reconcile.
     let mut invalid = h.stored(&lowered);
@@ -657,4 +661,27 @@ async fn changing_the_topic_of_an_accepted_event_is_refused_and_the_old_topic_st
     let counters = h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap();
     assert_eq!(counters.topic, event.spec.topic, "Redis keeps the accepted topic");
     assert!(!shorts(&requests).iter().any(|r| r.contains("/scale") && r.starts_with("PATCH")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_used_by_an_event_of_a_namespace_the_operator_does_not_watch_is_kept() {
+    let mut h = harness("2026-11-27T10:01:00Z").await;
+    let event = coupon_event(50, OnDelete::Delete);
+    h.reconcile(&event).await;
+    let event = h.stored(&event);
+    h.reconcile(&event).await;
+    assert!(h.stored(&event).status.unwrap().topic_created);
+    // Another shop's event on the same topic, known only to Redis' event registry.
+    let foreign = EventId::new("other-shop", &unique("ev")).unwrap();
+    let mut conn = h.ctx.backend.redis.get().unwrap();
+    coupon_core::provision::provision_redis(&mut conn, &foreign, &event.spec.event_config(), false).await.unwrap();
+
+    let mut deleting = h.stored(&event);
+    deleting.metadata.deletion_timestamp = Some(Time(t("2026-11-27T10:02:00Z")));
+    let requests = h.reconcile(&deleting).await;
+    let kept = requests.iter().find(|r| r.body["reason"] == "TopicKept").expect("a Warning says why");
+    assert!(kept.body["note"].as_str().unwrap().contains(&foreign.to_string()), "{}", kept.body);
+    assert_eq!(topic_partitions(&event.spec.topic), Some(2), "the other shop's records stay");
+    keyspace::delete_event(&mut conn, &foreign).await.unwrap();
+    kafka().admin().unwrap().delete_topic(&event.spec.topic).await.unwrap();
 }

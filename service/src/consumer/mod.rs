@@ -110,7 +110,8 @@ pub async fn run(
     tracing::info!(topics = ?settings.topics, group = %settings.group_id, event_namespace = ?settings.event_namespace, "consuming");
     let mut writer = BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience);
     let mut verifier = verify::Verifier::new(&topics.current(), settings.recovery_settle);
-    let mut topics_tick = tokio::time::interval(topics::REFRESH);
+    // The first look after one period: the start-up subscription has just rebalanced.
+    let mut topics_tick = tokio::time::interval_at(tokio::time::Instant::now() + topics::REFRESH, topics::REFRESH);
     topics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut pending_offsets = PendingOffsets::new();
     let mut verify_tick = tokio::time::interval(Duration::from_secs(1));
@@ -131,13 +132,16 @@ pub async fn run(
                 if let Some(mut conn) = redis.get() {
                     match topics.refresh(&mut conn).await {
                         Ok(Some(grown)) => {
-                            // Offsets of the batch in hand are already committed or pending;
-                            // a new subscription rebalances the group.
-                            commit_pending(&consumer, &mut pending_offsets, &metrics);
+                            // A new subscription rebalances the group: only with every written
+                            // batch committed, else on the next tick.
+                            if !commit_pending(&consumer, &mut pending_offsets, &metrics) {
+                                continue;
+                            }
                             if let Err(error) = subscribe(&consumer, &grown) {
-                                tracing::warn!(%error, "cannot subscribe to the new topics; retried");
+                                tracing::warn!(%error, "cannot subscribe to the new topics; retried on the next tick");
                             } else {
                                 tracing::info!(topics = ?grown, "following the topics of new events");
+                                topics.subscribed(&grown);
                                 verifier = verify::Verifier::new(&grown, settings.recovery_settle);
                             }
                         }

@@ -29,19 +29,25 @@ impl Topics {
         self.current.iter().cloned().collect()
     }
 
-    /// Reads the registry; returns the new subscription if it grew.
-    pub async fn refresh(&mut self, conn: &mut ConnectionManager) -> Result<Option<Vec<String>>, RedisError> {
+    /// Reads the registry; returns the larger subscription if new topics appeared. The
+    /// caller makes it current with `subscribed` once the subscription succeeded.
+    pub async fn refresh(&self, conn: &mut ConnectionManager) -> Result<Option<Vec<String>>, RedisError> {
         let Some(namespace) = &self.namespace else { return Ok(None) };
-        let mut grew = false;
+        let mut wanted = self.current.clone();
         for member in keyspace::registered_events(conn).await? {
             let Ok(event) = member.parse::<EventId>() else { continue };
             if event.namespace() != namespace {
                 continue;
             }
             if let Some(topic) = keyspace::topic(conn, &event).await? {
-                grew |= self.current.insert(topic);
+                wanted.insert(topic);
             }
         }
-        Ok(grew.then(|| self.current()))
+        Ok((wanted.len() > self.current.len()).then(|| wanted.into_iter().collect()))
+    }
+
+    /// The subscription now in force.
+    pub fn subscribed(&mut self, topics: &[String]) {
+        self.current = topics.iter().cloned().collect();
     }
 }

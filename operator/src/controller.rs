@@ -183,9 +183,12 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         limit: accepted.unwrap_or(spec).limit,
         generation: event.metadata.generation,
         provisioned: provisioned.clone(),
-        accepted: accepted.cloned(),
+        accepted: accepted.map(CouponEventSpec::with_defaults),
     };
+    // Through serde and back, so that what is compared is what the API server will hold
+    // (times to the second, say): a status that differs only in its encoding is not written.
     let status = next_status(now, previous, &observation);
+    let status = serde_json::to_value(&status).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or(status);
     if previous != Some(&status) {
         let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
         api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;

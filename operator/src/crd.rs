@@ -243,6 +243,17 @@ fn valid_deployment_name(name: &str) -> bool {
 }
 
 impl CouponEventSpec {
+    /// The spec with every default written out, as `status.lastAcceptedSpec` keeps it: a
+    /// merge patch cannot remove a field, so a status with an optional field left out would
+    /// keep an old value for ever (and differ from the computed status on every reconcile).
+    pub fn with_defaults(&self) -> Self {
+        let mut spec = self.clone();
+        spec.api.idle_replicas = Some(self.api_idle_replicas());
+        spec.consumer.idle_replicas = Some(self.consumer_idle_replicas());
+        spec.schedule.warm_up = Some(self.schedule.warm_up.clone().unwrap_or_else(|| "5m".into()));
+        spec
+    }
+
     /// Replicas of the api outside the window (default 1).
     pub fn api_idle_replicas(&self) -> i32 {
         self.api.idle_or(1)

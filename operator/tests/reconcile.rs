@@ -685,3 +685,22 @@ async fn a_topic_used_by_an_event_of_a_namespace_the_operator_does_not_watch_is_
     keyspace::delete_event(&mut conn, &foreign).await.unwrap();
     kafka().admin().unwrap().delete_topic(&event.spec.topic).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_optional_field_is_written_once_and_then_nothing() {
+    let mut h = harness("2026-11-27T09:00:00Z").await;
+    let mut event = coupon_event(50, OnDelete::Retain);
+    event.spec.api.idle_replicas = Some(3);
+    h.reconcile(&event).await;
+    let stored = h.stored(&event);
+    h.reconcile(&stored).await;
+    // The user drops idleReplicas: the status takes the default (1), once.
+    let mut edited = h.stored(&event);
+    edited.spec.api.idle_replicas = None;
+    edited.metadata.generation = Some(2);
+    h.reconcile(&edited).await;
+    let status = h.stored(&edited).status.unwrap();
+    assert_eq!(status.last_accepted_spec.unwrap().api.idle_replicas, Some(1));
+    let again = h.reconcile(&h.stored(&edited)).await;
+    assert!(again.iter().all(|r| !r.is_write()), "{:?}", shorts(&again));
+}

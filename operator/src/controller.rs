@@ -172,7 +172,13 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         deleting: false,
         failed: accepted.is_none(),
     };
-    scale(event, this, ctx, now).await?;
+    let missing_deployments = scale(event, this, ctx, now).await?;
+    let already_missing = previous.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DeploymentNotFound"));
+    if !missing_deployments.is_empty() && !already_missing {
+        let message =
+            format!("Deployment {} not found in {}: the event has no pods to serve it", missing_deployments.join(", "), id.namespace());
+        ctx.publish(event, EventType::Warning, "DeploymentNotFound", "Scale", message).await;
+    }
 
     let observation = Observation {
         phase,
@@ -184,6 +190,7 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         generation: event.metadata.generation,
         provisioned: provisioned.clone(),
         accepted: accepted.map(CouponEventSpec::with_defaults),
+        missing_deployments,
     };
     // Through serde and back, so that what is compared is what the API server will hold
     // (times to the second, say): a status that differs only in its encoding is not written.
@@ -290,7 +297,8 @@ fn other_events(all: &[Arc<CouponEvent>], this: &CouponEvent) -> Vec<(String, Co
 
 /// Scales this event's Deployments to the largest request of the events sharing them; a
 /// Deployment no remaining event asks for goes to this event's idle count.
-async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Timestamp) -> Result<(), Error> {
+/// Returns the Deployments the event names that do not exist.
+async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Timestamp) -> Result<Vec<String>, Error> {
     let others = other_events(&ctx.events.state(), event);
     let mut states: Vec<EventState<'_>> = others
         .iter()
@@ -321,20 +329,15 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
     let mut names = vec![spec.api.deployment.as_str(), spec.consumer.deployment.as_str()];
     names.dedup();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut missing = Vec::new();
     for name in names {
         let key = DeploymentKey { namespace: namespace.clone(), name: name.to_owned() };
         let target = desired.get(&key).copied().unwrap_or_else(|| idle_of(name));
         let current = match deployments.get_scale(name).await {
             Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
             Err(kube::Error::Api(status)) if status.is_not_found() => {
-                ctx.publish(
-                    event,
-                    EventType::Warning,
-                    "DeploymentMissing",
-                    &format!("Scale {name}"),
-                    format!("Deployment {name} not found in {namespace}"),
-                )
-                .await;
+                // Reported by the caller (the `Ready` condition and one Warning).
+                missing.push(name.to_owned());
                 continue;
             }
             Err(error) => return Err(error.into()),
@@ -352,7 +355,7 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
             .await;
         }
     }
-    Ok(())
+    Ok(missing)
 }
 
 /// How long a deletion keeps trying to reach Redis and Kafka before it lets the object go

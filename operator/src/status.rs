@@ -30,6 +30,8 @@ pub struct Observation {
     /// The spec in effect: this one if accepted, else the last accepted one (`None`: the
     /// event was never accepted, and its phase is `Failed`).
     pub accepted: Option<CouponEventSpec>,
+    /// Deployments the event names that do not exist.
+    pub missing_deployments: Vec<String>,
 }
 
 fn condition(
@@ -80,6 +82,15 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         before,
     );
     let ready = match &observed.provisioned {
+        Ok(()) if !observed.missing_deployments.is_empty() => condition(
+            "Ready",
+            false,
+            "DeploymentNotFound",
+            format!("Deployment {} not found: the event has no pods to serve it", observed.missing_deployments.join(", ")),
+            g,
+            now,
+            before,
+        ),
         Ok(()) => condition("Ready", true, "Provisioned", "the spec is in effect".into(), g, now, before),
         Err(refusal) => {
             let effect = if observed.accepted.is_some() { "the last accepted spec stays in effect" } else { "nothing is in effect" };
@@ -113,6 +124,7 @@ mod tests {
             generation: Some(3),
             provisioned: Ok(()),
             accepted: None,
+            missing_deployments: Vec::new(),
         }
     }
 

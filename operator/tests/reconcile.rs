@@ -704,3 +704,20 @@ async fn removing_an_optional_field_is_written_once_and_then_nothing() {
     let again = h.reconcile(&h.stored(&edited)).await;
     assert!(again.iter().all(|r| !r.is_write()), "{:?}", shorts(&again));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_deployment_makes_the_event_not_ready_with_one_warning() {
+    let server = FakeApiServer::default().with_deployment(NS, "coupon-consumer", 0);
+    let mut h = harness_on(server, "2026-11-27T10:01:00Z").await;
+    let event = coupon_event(50, OnDelete::Retain);
+    h.reconcile(&event).await;
+    let requests = h.reconcile(&h.stored(&event)).await;
+    let warnings: Vec<_> = requests.iter().filter(|r| r.body["reason"] == "DeploymentNotFound").collect();
+    assert_eq!(warnings.len(), 1, "{:?}", shorts(&requests));
+    let status = h.stored(&event).status.unwrap();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "DeploymentNotFound"));
+    assert!(ready.message.contains("coupon-api"), "{}", ready.message);
+    let again = h.reconcile(&h.stored(&event)).await;
+    assert!(again.iter().all(|r| !r.is_write()), "reported once: {:?}", shorts(&again));
+}

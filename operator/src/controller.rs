@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::Store;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -442,14 +442,34 @@ async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &Even
 /// `(api group, resource, verbs)`. The chart's RBAC rules are checked against both.
 pub const WATCH_PERMISSIONS: (&str, &str, &[&str]) = ("coupons.fcfs.dev", "couponevents", &["list", "watch"]);
 
+/// What of an event asks for a reconcile when it changes: its spec (generation), its
+/// deletion, its finalizers. Status is left out on purpose.
+pub fn reconcile_trigger(event: &CouponEvent) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    event.metadata.generation.hash(&mut hasher);
+    event.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    event.finalizers().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// Runs the controller until SIGTERM, for one namespace or (`None`) all of them.
 pub async fn run(client: Client, backend: Backend, metrics: Arc<Metrics>, namespace: Option<String>) {
     let events: Api<CouponEvent> = match &namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(events, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // Every change lands in the store (other events' state is read from it), but only a
+    // change that asks for a reconcile triggers one: not the operator's own status writes,
+    // which would otherwise start the next reconcile at once, over and over while counters
+    // move. Clock-driven looks come from each reconcile's requeue.
+    let (store, writer) = kube::runtime::reflector::store();
+    let triggers = watcher(events, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(reconcile_trigger, Default::default());
+    let controller = Controller::for_stream(triggers, store.clone());
     let ctx = Arc::new(Context::new(client, backend, store, metrics));
     controller
         .shutdown_on_signal()

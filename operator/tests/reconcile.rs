@@ -721,3 +721,25 @@ async fn a_missing_deployment_makes_the_event_not_ready_with_one_warning() {
     let again = h.reconcile(&h.stored(&event)).await;
     assert!(again.iter().all(|r| !r.is_write()), "reported once: {:?}", shorts(&again));
 }
+
+/// The controller's watch triggers a reconcile on spec, deletion and finalizer changes,
+/// never on the operator's own status writes (which would loop while counters move).
+#[test]
+fn status_writes_do_not_trigger_a_reconcile() {
+    use coupon_operator::controller::reconcile_trigger;
+    let event = coupon_event(50, OnDelete::Retain);
+    let base = reconcile_trigger(&event);
+    let mut with_status = event.clone();
+    with_status.status = Some(coupon_operator::crd::CouponEventStatus { issued: 7, persisted: 3, ..Default::default() });
+    with_status.metadata.resource_version = Some("42".into());
+    assert_eq!(reconcile_trigger(&with_status), base, "status and resourceVersion only");
+    let mut edited = event.clone();
+    edited.metadata.generation = Some(2);
+    assert_ne!(reconcile_trigger(&edited), base, "a spec change");
+    let mut deleting = event.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(t("2026-11-27T10:02:00Z")));
+    assert_ne!(reconcile_trigger(&deleting), base, "a deletion");
+    let mut finalized = event.clone();
+    finalized.metadata.finalizers = Some(vec!["coupons.fcfs.dev/cleanup".into()]);
+    assert_ne!(reconcile_trigger(&finalized), base, "a finalizer");
+}

@@ -454,7 +454,15 @@ pub fn reconcile_trigger(event: &CouponEvent) -> Option<u64> {
 }
 
 /// Runs the controller until SIGTERM, for one namespace or (`None`) all of them.
-pub async fn run(client: Client, backend: Backend, metrics: Arc<Metrics>, namespace: Option<String>) {
+/// `ready` turns true once the cache of CouponEvents has synced (the operator's readiness:
+/// before that, a missing CRD or an RBAC refusal keeps it unready and the logs say why).
+pub async fn run(
+    client: Client,
+    backend: Backend,
+    metrics: Arc<Metrics>,
+    namespace: Option<String>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
     let events: Api<CouponEvent> = match &namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
@@ -470,6 +478,13 @@ pub async fn run(client: Client, backend: Backend, metrics: Arc<Metrics>, namesp
         .applied_objects()
         .predicate_filter(reconcile_trigger, Default::default());
     let controller = Controller::for_stream(triggers, store.clone());
+    let synced = store.clone();
+    tokio::spawn(async move {
+        if synced.wait_until_ready().await.is_ok() {
+            ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("CouponEvent cache synced; ready");
+        }
+    });
     let ctx = Arc::new(Context::new(client, backend, store, metrics));
     controller
         .shutdown_on_signal()

@@ -23,7 +23,7 @@ enum Command {
     Crd,
     /// Run the controller.
     Run {
-        /// Address of /healthz and /metrics.
+        /// Address of /healthz, /readyz and /metrics.
         #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
@@ -51,15 +51,28 @@ async fn main() -> anyhow::Result<()> {
             let backend = Backend::new(&redis_url, &kafka, replication)?;
             let metrics = Arc::new(Metrics::default());
             let served = metrics.clone();
+            let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let readiness = ready.clone();
             let app = axum::Router::new()
                 .route("/healthz", get(|| async { "ok" }))
+                // Ready once the CouponEvent cache has synced.
+                .route(
+                    "/readyz",
+                    get(move || async move {
+                        if readiness.load(std::sync::atomic::Ordering::Relaxed) {
+                            (axum::http::StatusCode::OK, "ready")
+                        } else {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "CouponEvent cache not synced")
+                        }
+                    }),
+                )
                 .route("/metrics", get(move || async move { ([("content-type", OPENMETRICS_CONTENT_TYPE)], served.encode()) }));
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tokio::spawn(async move { axum::serve(listener, app).await });
             let client = kube::Client::try_default().await?;
             tracing::info!("coupon-operator started");
             let namespace = Some(watch_namespace).filter(|n| !n.is_empty());
-            coupon_operator::controller::run(client, backend, metrics, namespace).await;
+            coupon_operator::controller::run(client, backend, metrics, namespace, ready).await;
         }
     }
     Ok(())

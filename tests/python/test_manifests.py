@@ -140,6 +140,8 @@ def test_containers_are_non_root_and_read_only_and_probed():
             assert security["allowPrivilegeEscalation"] is False
             assert security["capabilities"]["drop"] == ["ALL"]
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            # Readiness means something: dependencies (api, consumer), a synced cache (operator).
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
             assert container["resources"]["requests"]
 
 

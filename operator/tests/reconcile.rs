@@ -111,6 +111,15 @@ impl Harness {
         self.server.take_requests()
     }
 
+    /// The first two reconciles of a new event (the finalizer, then provisioning, scaling
+    /// and status); returns the event as stored.
+    async fn accept(&mut self, event: &CouponEvent) -> CouponEvent {
+        self.reconcile(event).await;
+        let stored = self.stored(event);
+        self.reconcile(&stored).await;
+        self.stored(event)
+    }
+
     fn stored(&self, event: &CouponEvent) -> CouponEvent {
         self.server.event(NS, &event.name_any())
     }
@@ -129,6 +138,32 @@ async fn redis_keys(id: &EventId) -> i64 {
 
 fn topic_partitions(topic: &str) -> Option<usize> {
     kafka().admin().unwrap().partitions(topic, Duration::from_secs(5)).unwrap()
+}
+
+/// Whether the broker stops knowing `topic` within 5 s (deletion is asynchronous).
+fn topic_gone(topic: &str) -> bool {
+    (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        topic_partitions(topic).is_none()
+    })
+}
+
+/// Opens the event's Redis window around the real now (the gate judges it by Redis' clock,
+/// not the harness') and issues slots to `users` users `u0`, `u1`, ... through the real gate.
+async fn issue_through_the_gate(
+    conn: &mut coupon_core::redis::ConnectionManager,
+    event_id: &EventId,
+    spec: &CouponEventSpec,
+    users: usize,
+) {
+    let now = chrono::Utc::now();
+    let mut open = spec.event_config();
+    open.start = now - chrono::Duration::minutes(1);
+    open.end = now + chrono::Duration::minutes(10);
+    coupon_core::provision::provision_redis(conn, event_id, &open, false).await.unwrap();
+    for user in 0..users {
+        keyspace::apply(conn, event_id, &format!("u{user}"), Duration::from_secs(5)).await.unwrap();
+    }
 }
 
 fn id(event: &CouponEvent) -> EventId {
@@ -216,9 +251,7 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
 async fn delete_scales_to_idle_and_with_on_delete_delete_removes_keys_and_topic() {
     let mut h = harness("2026-11-27T10:01:00Z").await;
     let event = coupon_event(50, OnDelete::Delete);
-    h.reconcile(&event).await;
-    let event = h.stored(&event);
-    h.reconcile(&event).await;
+    let event = h.accept(&event).await;
     assert_eq!(redis_keys(&id(&event)).await, 1);
     assert_eq!(topic_partitions(&event.spec.topic), Some(2));
 
@@ -244,11 +277,7 @@ async fn delete_scales_to_idle_and_with_on_delete_delete_removes_keys_and_topic(
     assert_eq!(requests[6].body["reason"], "Deleted");
     assert_eq!(requests[7].body.as_array().unwrap().last().unwrap()["op"], "remove", "finalizer removed last");
     assert_eq!(redis_keys(&id(&event)).await, 0);
-    let gone = (0..50).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        topic_partitions(&event.spec.topic).is_none()
-    });
-    assert!(gone, "topic deleted");
+    assert!(topic_gone(&event.spec.topic), "topic deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,9 +286,7 @@ async fn delete_with_retain_keeps_keys_and_a_shared_deployment_stays_up_for_the_
     let first = coupon_event(50, OnDelete::Retain);
     let second = coupon_event(50, OnDelete::Retain);
     for event in [&first, &second] {
-        h.reconcile(event).await;
-        let stored = h.stored(event);
-        h.reconcile(&stored).await;
+        h.accept(event).await;
     }
     assert_eq!(h.server.replicas(NS, "coupon-api"), Some(10));
     let mut deleting = h.stored(&first);
@@ -301,20 +328,10 @@ async fn end_before_start_fails_with_a_condition_and_touches_neither_redis_nor_k
 async fn lowering_the_limit_below_issued_fails_and_changes_nothing() {
     let mut h = harness("2026-11-27T10:01:00Z").await;
     let event = coupon_event(10, OnDelete::Retain);
-    h.reconcile(&event).await;
-    let event = h.stored(&event);
-    h.reconcile(&event).await;
-    // Five coupons issued through the real gate (the window is judged by Redis' clock, so
-    // open it around the real now for this step).
+    let event = h.accept(&event).await;
+    // Five coupons issued through the real gate.
     let mut conn = h.ctx.backend.redis.get().unwrap();
-    let now = chrono::Utc::now();
-    let mut open = event.spec.event_config();
-    open.start = now - chrono::Duration::minutes(1);
-    open.end = now + chrono::Duration::minutes(10);
-    coupon_core::provision::provision_redis(&mut conn, &id(&event), &open, false).await.unwrap();
-    for user in 0..5 {
-        keyspace::apply(&mut conn, &id(&event), &format!("u{user}"), Duration::from_secs(5)).await.unwrap();
-    }
+    issue_through_the_gate(&mut conn, &id(&event), &event.spec, 5).await;
     let before = h.ctx.backend.counters(&id(&event)).await.unwrap().unwrap();
     assert_eq!(before.issued, 5);
 
@@ -376,16 +393,9 @@ async fn provisioning_is_idempotent_and_keeps_counters() {
     backend.ensure_topic(&event.spec).await.unwrap();
     assert_eq!(backend.provision_redis(&event_id, &event.spec, false).await.unwrap(), coupon_core::provision::RedisOutcome::Unchanged);
     // Issued coupons survive re-provisioning with a new window: four issued through the real
-    // gate (the window is judged by Redis' clock, so open it around the real now first).
+    // gate.
     let mut conn = backend.redis.get().unwrap();
-    let now = chrono::Utc::now();
-    let mut open = event.spec.event_config();
-    open.start = now - chrono::Duration::minutes(1);
-    open.end = now + chrono::Duration::minutes(10);
-    coupon_core::provision::provision_redis(&mut conn, &event_id, &open, false).await.unwrap();
-    for user in 0..4 {
-        keyspace::apply(&mut conn, &event_id, &format!("u{user}"), Duration::from_secs(5)).await.unwrap();
-    }
+    issue_through_the_gate(&mut conn, &event_id, &event.spec, 4).await;
     let mut moved = event.spec.clone();
     moved.schedule.end = Time(t("2026-11-27T10:45:00Z"));
     assert_eq!(backend.provision_redis(&event_id, &moved, false).await.unwrap(), coupon_core::provision::RedisOutcome::Updated);
@@ -506,9 +516,7 @@ async fn an_operator_restart_mid_window_neither_flaps_nor_provisions_again() {
 async fn a_configuration_lost_with_redis_is_written_back_marked_recovering() {
     let mut h = harness("2026-11-27T10:01:00Z").await;
     let event = coupon_event(100, OnDelete::Retain);
-    h.reconcile(&event).await;
-    let provisioned = h.stored(&event);
-    h.reconcile(&provisioned).await;
+    h.accept(&event).await;
     // Redis loses the event's keys (the whole Redis in real life; this Redis is shared).
     let mut conn = h.ctx.backend.redis.get().unwrap();
     keyspace::delete_event(&mut conn, &id(&event)).await.unwrap();
@@ -537,20 +545,11 @@ async fn a_configuration_lost_with_redis_is_written_back_marked_recovering() {
 async fn healed_coupons_are_reported_in_the_status_and_the_event_counts_as_drained() {
     let mut h = harness("2026-11-27T10:01:00Z").await;
     let event = coupon_event(10, OnDelete::Retain);
-    h.reconcile(&event).await;
-    let event = h.stored(&event);
-    h.reconcile(&event).await;
-    // Three coupons issued through the real gate (window around the real now, as Redis
-    // judges it); one is written, two were never delivered and are healed.
+    let event = h.accept(&event).await;
+    // Three coupons issued through the real gate; one is written, two were never delivered
+    // and are healed.
     let mut conn = h.ctx.backend.redis.get().unwrap();
-    let now = chrono::Utc::now();
-    let mut open = event.spec.event_config();
-    open.start = now - chrono::Duration::minutes(1);
-    open.end = now + chrono::Duration::minutes(10);
-    coupon_core::provision::provision_redis(&mut conn, &id(&event), &open, false).await.unwrap();
-    for user in 0..3 {
-        keyspace::apply(&mut conn, &id(&event), &format!("u{user}"), Duration::from_secs(5)).await.unwrap();
-    }
+    issue_through_the_gate(&mut conn, &id(&event), &event.spec, 3).await;
     assert_eq!(keyspace::mark_written(&mut conn, &id(&event), &[("u0", 1)]).await.unwrap(), 1);
     let overdue = keyspace::overdue_entries(&mut conn, &id(&event), i64::MAX, 10).await.unwrap();
     assert_eq!(overdue.len(), 2);
@@ -576,20 +575,14 @@ async fn on_delete_delete_keeps_a_shared_or_foreign_topic_and_a_deleted_topic_is
     let mut second = coupon_event(50, OnDelete::Delete);
     second.spec.topic = first.spec.topic.clone();
     for event in [&first, &second] {
-        h.reconcile(event).await;
-        let stored = h.stored(event);
-        h.reconcile(&stored).await;
+        h.accept(event).await;
     }
     assert!(h.stored(&first).status.unwrap().topic_created, "the first event created the topic");
     assert!(!h.stored(&second).status.unwrap().topic_created, "the second found it");
 
     // Someone deletes the topic: the next reconcile creates it again and says so.
     kafka().admin().unwrap().delete_topic(&first.spec.topic).await.unwrap();
-    let gone = (0..50).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        topic_partitions(&first.spec.topic).is_none()
-    });
-    assert!(gone, "topic deleted by hand");
+    assert!(topic_gone(&first.spec.topic), "topic deleted by hand");
     let requests = h.reconcile(&h.stored(&first)).await;
     assert!(requests.iter().any(|r| r.body["reason"] == "TopicRecreated"), "{:?}", shorts(&requests));
     assert_eq!(topic_partitions(&first.spec.topic), Some(2), "created again");
@@ -617,9 +610,7 @@ async fn a_deletion_gives_up_on_an_unreachable_redis_after_its_patience_and_says
     // Provisioned by an operator that reached Redis ...
     let mut h = harness("2026-11-27T10:01:00Z").await;
     let event = coupon_event(50, OnDelete::Delete);
-    h.reconcile(&event).await;
-    let event = h.stored(&event);
-    h.reconcile(&event).await;
+    let event = h.accept(&event).await;
     // ... deleted while the operator cannot reach it (nothing listens on port 1).
     let unreachable = Backend::new("redis://127.0.0.1:1", &kafka(), 1).unwrap();
     let mut lost = harness_with(h.server.clone(), "2026-11-27T10:02:30Z", unreachable);
@@ -645,9 +636,7 @@ async fn a_deletion_gives_up_on_an_unreachable_redis_after_its_patience_and_says
 async fn changing_the_topic_of_an_accepted_event_is_refused_and_the_old_topic_stays_in_effect() {
     let mut h = harness("2026-11-27T10:01:00Z").await;
     let event = coupon_event(50, OnDelete::Retain);
-    h.reconcile(&event).await;
-    let event = h.stored(&event);
-    h.reconcile(&event).await;
+    let event = h.accept(&event).await;
     let mut moved = h.stored(&event);
     moved.spec.topic = format!("{}.moved", event.spec.topic);
     moved.metadata.generation = Some(2);
@@ -667,9 +656,7 @@ async fn changing_the_topic_of_an_accepted_event_is_refused_and_the_old_topic_st
 async fn a_topic_used_by_an_event_of_a_namespace_the_operator_does_not_watch_is_kept() {
     let mut h = harness("2026-11-27T10:01:00Z").await;
     let event = coupon_event(50, OnDelete::Delete);
-    h.reconcile(&event).await;
-    let event = h.stored(&event);
-    h.reconcile(&event).await;
+    let event = h.accept(&event).await;
     assert!(h.stored(&event).status.unwrap().topic_created);
     // Another shop's event on the same topic, known only to Redis' event registry.
     let foreign = EventId::new("other-shop", &unique("ev")).unwrap();
@@ -691,9 +678,7 @@ async fn removing_an_optional_field_is_written_once_and_then_nothing() {
     let mut h = harness("2026-11-27T09:00:00Z").await;
     let mut event = coupon_event(50, OnDelete::Retain);
     event.spec.api.idle_replicas = Some(3);
-    h.reconcile(&event).await;
-    let stored = h.stored(&event);
-    h.reconcile(&stored).await;
+    h.accept(&event).await;
     // The user drops idleReplicas: the status takes the default (1), once.
     let mut edited = h.stored(&event);
     edited.spec.api.idle_replicas = None;

@@ -110,6 +110,30 @@ pub async fn provision_event_on(redis_url: &str, brokers: &str, namespace: &str,
     TestEvent { id, topic, limit }
 }
 
+/// Runs `$check(database_url)` as three tests, one per SQL dialect the consumer supports:
+/// `$name::postgres`, `$name::mariadb` and `$name::sqlite`.
+#[macro_export]
+macro_rules! on_every_dialect {
+    ($name:ident, $check:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$check($crate::postgres_url()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mariadb() {
+                super::$check($crate::mysql_url()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$check($crate::sqlite_url()).await;
+            }
+        }
+    };
+}
+
 /// A store with the migrations applied.
 pub async fn migrated_store(database_url: &str) -> Store {
     let store = Store::connect(database_url).await.unwrap();
@@ -260,15 +284,22 @@ impl Drop for InProcessConsumer {
 /// Waits until the event has `rows` rows, then until the count has stayed put for two
 /// seconds, and asserts it is still `rows`: a count that overshoots later fails the test.
 pub async fn wait_for_rows(store: &Store, event: &str, rows: i64, timeout: Duration) {
+    let reached = wait_for_at_least_rows(store, event, rows, timeout).await;
+    assert_eq!(reached, rows, "rows of {event} in {}", store.dialect());
+    let settled = wait_for_stable_rows(store, event, Duration::from_secs(10)).await;
+    assert_eq!(settled, rows, "rows of {event} in {} after they settled", store.dialect());
+}
+
+/// Polls the event's row count until it reaches `rows` or `timeout` passes; returns the
+/// last count seen.
+pub async fn wait_for_at_least_rows(store: &Store, event: &str, rows: i64, timeout: Duration) -> i64 {
     let deadline = Instant::now() + timeout;
     let mut last = store.count_coupons(event).await.unwrap();
     while last < rows && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
         last = store.count_coupons(event).await.unwrap();
     }
-    assert_eq!(last, rows, "rows of {event} in {}", store.dialect());
-    let settled = wait_for_stable_rows(store, event, Duration::from_secs(10)).await;
-    assert_eq!(settled, rows, "rows of {event} in {} after they settled", store.dialect());
+    last
 }
 
 /// Polls the event's row count until it has not changed for two seconds (or `timeout`

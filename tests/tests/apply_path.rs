@@ -68,35 +68,9 @@ async fn users_differing_only_by_case_are_distinct(database_url: String) {
     consumer.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn users_differing_only_by_case_are_distinct_on_postgres() {
-    users_differing_only_by_case_are_distinct(postgres_url()).await;
-}
+on_every_dialect!(users_differing_only_by_case_are_distinct_on, users_differing_only_by_case_are_distinct);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn users_differing_only_by_case_are_distinct_on_mariadb() {
-    users_differing_only_by_case_are_distinct(mysql_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn users_differing_only_by_case_are_distinct_on_sqlite() {
-    users_differing_only_by_case_are_distinct(sqlite_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thousand_distinct_users_get_exactly_the_limit_on_postgres() {
-    thousand_users_limit_hundred(postgres_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thousand_distinct_users_get_exactly_the_limit_on_mariadb() {
-    thousand_users_limit_hundred(mysql_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thousand_distinct_users_get_exactly_the_limit_on_sqlite() {
-    thousand_users_limit_hundred(sqlite_url()).await;
-}
+on_every_dialect!(thousand_distinct_users_get_exactly_the_limit_on, thousand_users_limit_hundred);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_user_applying_a_thousand_times_gets_one_coupon() {

@@ -432,20 +432,7 @@ async fn poison_records_land_in_failed_events_and_the_next_good_record_is_writte
     consumer.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_records_on_postgres() {
-    poison_records_land_in_failed_events_and_the_next_good_record_is_written(postgres_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_records_on_mariadb() {
-    poison_records_land_in_failed_events_and_the_next_good_record_is_written(mysql_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_records_on_sqlite() {
-    poison_records_land_in_failed_events_and_the_next_good_record_is_written(sqlite_url()).await;
-}
+on_every_dialect!(poison_records_on, poison_records_land_in_failed_events_and_the_next_good_record_is_written);
 
 /// A batch the database refuses (here a slot with no slot row, which the foreign key
 /// refuses) is written record by record: the good ones land, the refused one is failed.
@@ -474,20 +461,7 @@ async fn a_refused_batch_is_written_record_by_record(database_url: String) {
     assert_eq!(store.coupons(&event).await.unwrap(), vec![("a".to_owned(), 1), ("c".to_owned(), 2)]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_batch_is_written_record_by_record_on_postgres() {
-    a_refused_batch_is_written_record_by_record(postgres_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_batch_is_written_record_by_record_on_mariadb() {
-    a_refused_batch_is_written_record_by_record(mysql_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_batch_is_written_record_by_record_on_sqlite() {
-    a_refused_batch_is_written_record_by_record(sqlite_url()).await;
-}
+on_every_dialect!(a_refused_batch_is_written_record_by_record_on, a_refused_batch_is_written_record_by_record);
 
 /// On the stop signal the api turns `/readyz` to 503 at once and keeps answering for the
 /// shutdown delay, so Kubernetes takes it out of the endpoints before it stops accepting.

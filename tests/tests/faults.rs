@@ -639,10 +639,7 @@ async fn broker_killed_and_restarted_on_durable_storage_mid_burst_every_201_has_
     // user's coupon (their next apply answers 201 with it). So rows are the 201s plus at most
     // the undecided produces.
     let undecided = api.state.metrics.undecided_produces.get() as i64;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while store.count_coupons(&event.key()).await.unwrap() < issued && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_at_least_rows(&store, &event.key(), issued, Duration::from_secs(60)).await;
     let written = wait_for_stable_rows(&store, &event.key(), Duration::from_secs(30)).await;
     assert!((issued..=issued + undecided).contains(&written), "{written} rows for {issued} x 201 and {undecided} undecided");
     let rows: std::collections::HashMap<String, i64> = store.coupons(&event.key()).await.unwrap().into_iter().collect();

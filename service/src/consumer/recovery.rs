@@ -18,7 +18,7 @@ use coupon_core::redis::{ConnectionManager, RedisError};
 use crate::sql::Store;
 
 /// Rows read from SQL and written to Redis per step.
-pub const RESTORE_PAGE: i64 = 500;
+const RESTORE_PAGE: i64 = 500;
 /// Free slots written to Redis per step.
 const FREE_CHUNK: usize = 1_000;
 

@@ -302,34 +302,23 @@ pub async fn holders(
     }
 }
 
-/// What the api needs to answer one user without the gate: whether the event is
-/// provisioned and open, and the user's entries (one read-only round trip).
+/// A user's coupon as `GET /v1/events/{event}/users/{userId}` reads it: whether the event is
+/// provisioned and being verified, and the user's entries (one read-only round trip).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserView {
     pub provisioned: bool,
     pub recovering: bool,
-    pub end_ms: i64,
-    /// Server time.
-    pub now_ms: i64,
     pub holdings: Vec<Holding>,
 }
 
 /// Reads `UserView` in one pipeline.
 pub async fn user_view(conn: &mut ConnectionManager, event: &EventId, user: &str) -> RedisResult<UserView> {
     let keys = EventKeys::of(event);
-    #[allow(clippy::type_complexity)]
-    let ((limit, end_ms, recovering), value, (secs, micros)): ((Option<i64>, Option<i64>, Option<String>), Option<String>, (i64, i64)) =
-        redis::pipe()
-            .hget(&keys.config, &[field::LIMIT, field::END_MS, field::RECOVERING])
-            .hget(&keys.users, user)
-            .cmd("TIME")
-            .query_async(conn)
-            .await?;
+    let ((limit, recovering), value): ((Option<i64>, Option<String>), Option<String>) =
+        redis::pipe().hget(&keys.config, &[field::LIMIT, field::RECOVERING]).hget(&keys.users, user).query_async(conn).await?;
     Ok(UserView {
         provisioned: limit.is_some(),
         recovering: recovering.as_deref() == Some("1"),
-        end_ms: end_ms.unwrap_or(0),
-        now_ms: secs * 1000 + micros / 1000,
         holdings: value.as_deref().map(parse_holdings).unwrap_or_default(),
     })
 }

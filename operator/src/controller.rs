@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use coupon_core::event::EventId;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -22,7 +23,7 @@ use crate::crd::{CouponEvent, CouponEventSpec, CouponEventStatus, Phase};
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::schedule::{self, DeploymentKey, EventState};
-use crate::status::{next_status, Observation, Refusal};
+use crate::status::{next_status, unavailable_status, Observation, Refusal, ScaleReport, SCALABLE_LABEL};
 
 /// Finalizer that makes deletion wait for the clean-up.
 pub const FINALIZER: &str = "coupons.fcfs.dev/cleanup";
@@ -88,7 +89,13 @@ pub async fn reconcile(event: Arc<CouponEvent>, ctx: Arc<Context>) -> Result<Act
     let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, event, |step| async {
         match step {
-            Finalizer::Apply(event) => apply(&event, &ctx).await,
+            Finalizer::Apply(event) => match apply(&event, &ctx).await {
+                Err(Error::Backend(error)) => {
+                    report_unavailable(&event, &ctx, &error).await;
+                    Err(Error::Backend(error))
+                }
+                outcome => outcome,
+            },
             Finalizer::Cleanup(event) => cleanup(&event, &ctx).await,
         }
     })
@@ -103,6 +110,22 @@ pub fn error_policy(event: Arc<CouponEvent>, error: &Error, ctx: Arc<Context>) -
     ctx.metrics.failures.inc();
     tracing::warn!(event = %event.name_any(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(10))
+}
+
+/// Redis or Kafka failed: `Ready=False` (`BackendUnavailable`) with the error, written once
+/// per outage (the error policy retries the reconcile).
+async fn report_unavailable(event: &CouponEvent, ctx: &Context, error: &BackendError) {
+    let previous = event.status.as_ref();
+    let already = previous.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "BackendUnavailable"));
+    if already {
+        return;
+    }
+    let status = unavailable_status(ctx.now(), previous, event.metadata.generation, &error.to_string());
+    let Some(namespace) = event.namespace() else { return };
+    let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Err(error) = api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await {
+        tracing::warn!(%error, "cannot write the status");
+    }
 }
 
 fn event_id(event: &CouponEvent) -> Result<EventId, Error> {
@@ -172,12 +195,25 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         deleting: false,
         failed: accepted.is_none(),
     };
-    let missing_deployments = scale(event, this, ctx, now).await?;
+    let scaling = scale(event, this, ctx, now).await?;
     let already_missing = previous.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DeploymentNotFound"));
-    if !missing_deployments.is_empty() && !already_missing {
+    if !scaling.missing.is_empty() && !already_missing {
         let message =
-            format!("Deployment {} not found in {}: the event has no pods to serve it", missing_deployments.join(", "), id.namespace());
+            format!("Deployment {} not found in {}: the event has no pods to serve it", scaling.missing.join(", "), id.namespace());
         ctx.publish(event, EventType::Warning, "DeploymentNotFound", "Scale", message).await;
+    }
+    let scaling_reported = |reason: &str| previous.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Scaling" && c.reason == reason));
+    if !scaling.not_opted_in.is_empty() && !scaling_reported("NotOptedIn") {
+        let message = format!(
+            "Deployment {} lacks the label {SCALABLE_LABEL}=\"true\": the operator does not scale it",
+            scaling.not_opted_in.join(", ")
+        );
+        ctx.publish(event, EventType::Warning, "NotOptedIn", "Scale", message).await;
+    }
+    if !scaling.autoscaled.is_empty() && !scaling_reported("Autoscaled") {
+        let which: Vec<String> = scaling.autoscaled.iter().map(|(d, h)| format!("{d} by HorizontalPodAutoscaler {h}")).collect();
+        let message = format!("left to its autoscaler: {}", which.join(", "));
+        ctx.publish(event, EventType::Warning, "Autoscaled", "Scale", message).await;
     }
 
     let observation = Observation {
@@ -190,7 +226,8 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         generation: event.metadata.generation,
         provisioned: provisioned.clone(),
         accepted: accepted.map(CouponEventSpec::with_defaults),
-        missing_deployments,
+        scaling,
+        paused: accepted.is_some_and(|a| a.paused),
     };
     // Through serde and back, so that what is compared is what the API server will hold
     // (times to the second, say): a status that differs only in its encoding is not written.
@@ -251,6 +288,14 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
         }
     };
     if created {
+        // Written at once: only a topic the operator created is ever deleted, and that must
+        // survive a crash before this reconcile's status write.
+        if !event.status.as_ref().is_some_and(|s| s.topic_created) {
+            let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
+            let mut status = event.status.clone().unwrap_or_default();
+            status.topic_created = true;
+            api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+        }
         ctx.metrics.topic_provisionings.inc();
         if existed_before {
             let message = format!("Kafka topic {} was missing and was created again; records it held are gone", spec.topic);
@@ -296,9 +341,10 @@ fn other_events(all: &[Arc<CouponEvent>], this: &CouponEvent) -> Vec<(String, Co
 }
 
 /// Scales this event's Deployments to the largest request of the events sharing them; a
-/// Deployment no remaining event asks for goes to this event's idle count.
-/// Returns the Deployments the event names that do not exist.
-async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Timestamp) -> Result<Vec<String>, Error> {
+/// Deployment no remaining event asks for goes to this event's idle count. Only Deployments
+/// that opted in (`SCALABLE_LABEL`) and that no HorizontalPodAutoscaler drives are touched.
+/// Returns what was found about them.
+async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Timestamp) -> Result<ScaleReport, Error> {
     let others = other_events(&ctx.events.state(), event);
     let mut states: Vec<EventState<'_>> = others
         .iter()
@@ -329,19 +375,33 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
     let mut names = vec![spec.api.deployment.as_str(), spec.consumer.deployment.as_str()];
     names.dedup();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut missing = Vec::new();
+    let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    let autoscaled = autoscalers.list(&ListParams::default()).await?;
+    let mut report = ScaleReport::default();
     for name in names {
         let key = DeploymentKey { namespace: namespace.clone(), name: name.to_owned() };
         let target = desired.get(&key).copied().unwrap_or_else(|| idle_of(name));
-        let current = match deployments.get_scale(name).await {
-            Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
-            Err(kube::Error::Api(status)) if status.is_not_found() => {
+        let deployment = match deployments.get_opt(name).await? {
+            Some(deployment) => deployment,
+            None => {
                 // Reported by the caller (the `Ready` condition and one Warning).
-                missing.push(name.to_owned());
+                report.missing.push(name.to_owned());
                 continue;
             }
-            Err(error) => return Err(error.into()),
         };
+        if deployment.labels().get(SCALABLE_LABEL).map(String::as_str) != Some("true") {
+            report.not_opted_in.push(name.to_owned());
+            continue;
+        }
+        let driver = autoscaled
+            .items
+            .iter()
+            .find(|hpa| hpa.spec.as_ref().is_some_and(|s| s.scale_target_ref.kind == "Deployment" && s.scale_target_ref.name == name));
+        if let Some(hpa) = driver {
+            report.autoscaled.push((name.to_owned(), hpa.name_any()));
+            continue;
+        }
+        let current = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
         if current != target {
             deployments.patch_scale(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": target } }))).await?;
             ctx.metrics.scalings.inc();
@@ -355,7 +415,7 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
             .await;
         }
     }
-    Ok(missing)
+    Ok(report)
 }
 
 /// How long a deletion keeps trying to reach Redis and Kafka before it lets the object go

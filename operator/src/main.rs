@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use coupon_core::kafka::KafkaSettings;
 use coupon_core::telemetry::{self, LogFormat, OPENMETRICS_CONTENT_TYPE};
 use coupon_operator::backend::Backend;
+use coupon_operator::leader::LeaderElection;
 use coupon_operator::metrics::Metrics;
 
 #[derive(Parser)]
@@ -36,6 +37,26 @@ enum Command {
         /// Manage the CouponEvents of this namespace only (empty: all namespaces).
         #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
         watch_namespace: String,
+        /// Act only while holding a Lease, so that one instance of several writes. Turn off
+        /// only where a single instance is guaranteed otherwise.
+        #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Name of the Lease (one per release).
+        #[arg(long, env = "LEASE_NAME", default_value = "coupon-operator")]
+        lease_name: String,
+        /// Namespace of the Lease: the operator's own (the chart passes it).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// This instance's name among the candidates (the chart passes the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// How long a Lease outlives its holder's last renewal: the longest wait for a
+        /// hand-over after an instance died without releasing it.
+        #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+        lease_duration: std::time::Duration,
+        /// How long before the Lease expires its holder renews it.
+        #[arg(long, env = "LEASE_RENEW_MARGIN", default_value = "5s", value_parser = humantime::parse_duration)]
+        lease_renew_margin: std::time::Duration,
     },
 }
 
@@ -45,7 +66,22 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => print!("{}", coupon_operator::crd_yaml()),
-        Command::Run { listen, redis_url, kafka_brokers, replication, watch_namespace } => {
+        Command::Run {
+            listen,
+            redis_url,
+            kafka_brokers,
+            replication,
+            watch_namespace,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            identity,
+            lease_duration,
+            lease_renew_margin,
+        } => {
+            if leader_election && lease_renew_margin >= lease_duration {
+                anyhow::bail!("LEASE_RENEW_MARGIN ({lease_renew_margin:?}) must be below LEASE_DURATION ({lease_duration:?})");
+            }
             telemetry::init_logging(cli.log_format, "info,kube=warn");
             let kafka = KafkaSettings::new(kafka_brokers);
             let backend = Backend::new(&redis_url, &kafka, replication)?;
@@ -72,7 +108,15 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default().await?;
             tracing::info!("coupon-operator started");
             let namespace = Some(watch_namespace).filter(|n| !n.is_empty());
-            coupon_operator::controller::run(client, backend, metrics, namespace, ready).await;
+            let controller = coupon_operator::controller::run(client.clone(), backend, metrics, namespace, ready);
+            if leader_election {
+                let identity = identity.unwrap_or_else(|| format!("coupon-operator-{}", std::process::id()));
+                let election =
+                    LeaderElection { namespace: lease_namespace, lease_name, identity, lease_duration, renew_margin: lease_renew_margin };
+                election.run(client, controller).await?;
+            } else {
+                controller.await;
+            }
         }
     }
     Ok(())

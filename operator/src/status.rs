@@ -30,8 +30,44 @@ pub struct Observation {
     /// The spec in effect: this one if accepted, else the last accepted one (`None`: the
     /// event was never accepted, and its phase is `Failed`).
     pub accepted: Option<CouponEventSpec>,
-    /// Deployments the event names that do not exist.
-    pub missing_deployments: Vec<String>,
+    /// What scaling found about the event's Deployments.
+    pub scaling: ScaleReport,
+    /// The accepted spec has the sale paused.
+    pub paused: bool,
+}
+
+/// Label a Deployment carries to let the operator scale it: without it a CouponEvent could
+/// scale any Deployment of its namespace.
+pub const SCALABLE_LABEL: &str = "coupons.fcfs.dev/scalable";
+
+/// What the scaling step found about the Deployments an event names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScaleReport {
+    /// Named but not there: nothing serves the event.
+    pub missing: Vec<String>,
+    /// Without `SCALABLE_LABEL: "true"`: left alone.
+    pub not_opted_in: Vec<String>,
+    /// `(deployment, autoscaler)`: the target of a HorizontalPodAutoscaler (KEDA's
+    /// ScaledObjects create one), left to it rather than fought over.
+    pub autoscaled: Vec<(String, String)>,
+}
+
+impl ScaleReport {
+    /// The `Scaling` condition: whether the operator scales every Deployment it names.
+    fn condition(&self) -> (bool, &'static str, String) {
+        if !self.autoscaled.is_empty() {
+            let which: Vec<String> = self.autoscaled.iter().map(|(d, h)| format!("{d} (HorizontalPodAutoscaler {h})")).collect();
+            return (false, "Autoscaled", format!("left to their autoscaler: {}", which.join(", ")));
+        }
+        if !self.not_opted_in.is_empty() {
+            let names = self.not_opted_in.join(", ");
+            return (false, "NotOptedIn", format!("{names} lack the label {SCALABLE_LABEL}=\"true\": their scale is left alone"));
+        }
+        if !self.missing.is_empty() {
+            return (false, "DeploymentNotFound", format!("Deployment {} not found", self.missing.join(", ")));
+        }
+        (true, "Scaled", "the operator scales the event's Deployments".into())
+    }
 }
 
 fn condition(
@@ -81,16 +117,21 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         now,
         before,
     );
+    let (scaled, scaling_reason, scaling_message) = observed.scaling.condition();
+    let scaling = condition("Scaling", scaled, scaling_reason, scaling_message, g, now, before);
     let ready = match &observed.provisioned {
-        Ok(()) if !observed.missing_deployments.is_empty() => condition(
+        Ok(()) if !observed.scaling.missing.is_empty() => condition(
             "Ready",
             false,
             "DeploymentNotFound",
-            format!("Deployment {} not found: the event has no pods to serve it", observed.missing_deployments.join(", ")),
+            format!("Deployment {} not found: the event has no pods to serve it", observed.scaling.missing.join(", ")),
             g,
             now,
             before,
         ),
+        Ok(()) if observed.paused => {
+            condition("Ready", false, "Paused", "the sale is paused: applies answer 403 paused".into(), g, now, before)
+        }
         Ok(()) => condition("Ready", true, "Provisioned", "the spec is in effect".into(), g, now, before),
         Err(refusal) => {
             let effect = if observed.accepted.is_some() { "the last accepted spec stays in effect" } else { "nothing is in effect" };
@@ -104,9 +145,20 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         healed: observed.healed,
         topic_created: observed.topic_created,
         observed_generation: g,
-        conditions: vec![provisioned, open, sold_out, drained, ready],
+        conditions: vec![provisioned, open, sold_out, drained, scaling, ready],
         last_accepted_spec: observed.accepted.clone(),
     }
+}
+
+/// The status while Redis or Kafka cannot be reached: everything as last seen, and
+/// `Ready=False` with reason `BackendUnavailable` saying what failed.
+pub fn unavailable_status(now: Timestamp, previous: Option<&CouponEventStatus>, generation: Option<i64>, error: &str) -> CouponEventStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let before = status.conditions.clone();
+    let ready = condition("Ready", false, "BackendUnavailable", format!("cannot reach a backend: {error}"), generation, now, &before);
+    status.conditions.retain(|c| c.type_ != "Ready");
+    status.conditions.push(ready);
+    status
 }
 
 #[cfg(test)]
@@ -124,7 +176,8 @@ mod tests {
             generation: Some(3),
             provisioned: Ok(()),
             accepted: None,
-            missing_deployments: Vec::new(),
+            scaling: ScaleReport::default(),
+            paused: false,
         }
     }
 
@@ -169,5 +222,32 @@ mod tests {
         );
         assert_eq!(find(&status, "SoldOut").status, "False");
         assert_eq!(status.phase, Phase::Failed);
+    }
+
+    #[test]
+    fn ready_and_scaling_name_what_is_wrong() {
+        let now = t("2026-11-27T10:00:00Z");
+        let ready = |o: &Observation| {
+            let status = next_status(now, None, o);
+            let (r, s) = (find(&status, "Ready").clone(), find(&status, "Scaling").clone());
+            (r.status, r.reason, s.status, s.reason)
+        };
+        let mut o = observation(Phase::Open, 1, 0);
+        assert_eq!(ready(&o), ("True".into(), "Provisioned".into(), "True".into(), "Scaled".into()));
+        o.paused = true;
+        assert_eq!(ready(&o).1, "Paused");
+        o.paused = false;
+        o.scaling.not_opted_in = vec!["coupon-api".into()];
+        assert_eq!(ready(&o), ("True".into(), "Provisioned".into(), "False".into(), "NotOptedIn".into()));
+        o.scaling.autoscaled = vec![("coupon-api".into(), "keda-hpa-api".into())];
+        assert_eq!(ready(&o).3, "Autoscaled");
+        o.scaling.missing = vec!["coupon-consumer".into()];
+        assert_eq!(ready(&o).1, "DeploymentNotFound");
+
+        let before = next_status(now, None, &observation(Phase::Open, 7, 3));
+        let down = unavailable_status(t("2026-11-27T10:00:09Z"), Some(&before), Some(3), "Redis: connection refused");
+        assert_eq!((find(&down, "Ready").status.as_str(), find(&down, "Ready").reason.as_str()), ("False", "BackendUnavailable"));
+        assert_eq!((down.issued, down.persisted, down.phase), (7, 3, Phase::Open), "the last counts stay");
+        assert_eq!(find(&down, "Ready").last_transition_time, Time(t("2026-11-27T10:00:09Z")));
     }
 }

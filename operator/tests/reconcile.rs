@@ -172,6 +172,9 @@ fn id(event: &CouponEvent) -> EventId {
 
 const SCALE_API: &str = "/apis/apps/v1/namespaces/shop/deployments/coupon-api/scale";
 const SCALE_CONSUMER: &str = "/apis/apps/v1/namespaces/shop/deployments/coupon-consumer/scale";
+const DEPLOYMENT_API: &str = "/apis/apps/v1/namespaces/shop/deployments/coupon-api";
+const DEPLOYMENT_CONSUMER: &str = "/apis/apps/v1/namespaces/shop/deployments/coupon-consumer";
+const HPAS: &str = "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,20 +195,21 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
     assert_eq!(
         shorts(&requests),
         vec![
-            format!("GET {SCALE_API}"),
+            format!("GET {HPAS}"),
+            format!("GET {DEPLOYMENT_API}"),
             format!("PATCH {SCALE_API}"),
             format!("POST {EVENTS}"),
-            format!("GET {SCALE_CONSUMER}"),
+            format!("GET {DEPLOYMENT_CONSUMER}"),
             format!("PATCH {SCALE_CONSUMER}"),
             format!("POST {EVENTS}"),
             format!("PATCH {object}/status"),
             format!("POST {EVENTS}"),
         ]
     );
-    assert_eq!(requests[1].body, serde_json::json!({"spec": {"replicas": 10}}));
-    assert_eq!(requests[4].body, serde_json::json!({"spec": {"replicas": 2}}));
-    assert_eq!(requests[2].body["reason"], "Scaled");
-    let status = &requests[6].body["status"];
+    assert_eq!(requests[2].body, serde_json::json!({"spec": {"replicas": 10}}));
+    assert_eq!(requests[5].body, serde_json::json!({"spec": {"replicas": 2}}));
+    assert_eq!(requests[3].body["reason"], "Scaled");
+    let status = &requests[7].body["status"];
     assert_eq!(status["phase"], "Open");
     assert_eq!(status["issued"], 0);
     assert_eq!(status["observedGeneration"], 1);
@@ -222,11 +226,12 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
             ("Open".into(), "True".into()),
             ("SoldOut".into(), "False".into()),
             ("Drained".into(), "True".into()),
+            ("Scaling".into(), "True".into()),
             ("Ready".into(), "True".into())
         ]
     );
-    assert_eq!(requests[7].body["reason"], "PhaseChanged");
-    assert_eq!(requests[7].body["note"], "new -> Open");
+    assert_eq!(requests[8].body["reason"], "PhaseChanged");
+    assert_eq!(requests[8].body["note"], "new -> Open");
     assert_eq!(h.server.replicas(NS, "coupon-api"), Some(10));
     assert_eq!(topic_partitions(&event.spec.topic), Some(2));
     let counters = h.ctx.backend.counters(&id(&event)).await.unwrap().expect("Redis config provisioned");
@@ -239,7 +244,7 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
     // Picked up by bench/run for its table.
     println!("BENCH| operator: writes made by reconciling an unchanged CouponEvent | {writes} | - | - | 0 |");
     assert!(requests.iter().all(|r| !r.is_write()), "{:?}", shorts(&requests));
-    assert_eq!(shorts(&requests), vec![format!("GET {SCALE_API}"), format!("GET {SCALE_CONSUMER}")]);
+    assert_eq!(shorts(&requests), vec![format!("GET {HPAS}"), format!("GET {DEPLOYMENT_API}"), format!("GET {DEPLOYMENT_CONSUMER}")]);
 
     // 4. A new operator process (empty caches, same cluster) writes nothing either.
     let mut restarted = harness_on(h.server.clone(), "2026-11-27T10:01:30Z").await;
@@ -263,19 +268,20 @@ async fn delete_scales_to_idle_and_with_on_delete_delete_removes_keys_and_topic(
     assert_eq!(
         shorts(&requests),
         vec![
-            format!("GET {SCALE_API}"),
+            format!("GET {HPAS}"),
+            format!("GET {DEPLOYMENT_API}"),
             format!("PATCH {SCALE_API}"),
             format!("PATCH {EVENTS}/*"),
-            format!("GET {SCALE_CONSUMER}"),
+            format!("GET {DEPLOYMENT_CONSUMER}"),
             format!("PATCH {SCALE_CONSUMER}"),
             format!("PATCH {EVENTS}/*"),
             format!("POST {EVENTS}"),
             format!("PATCH {object}"),
         ]
     );
-    assert_eq!(requests[1].body, serde_json::json!({"spec": {"replicas": 0}}));
-    assert_eq!(requests[6].body["reason"], "Deleted");
-    assert_eq!(requests[7].body.as_array().unwrap().last().unwrap()["op"], "remove", "finalizer removed last");
+    assert_eq!(requests[2].body, serde_json::json!({"spec": {"replicas": 0}}));
+    assert_eq!(requests[7].body["reason"], "Deleted");
+    assert_eq!(requests[8].body.as_array().unwrap().last().unwrap()["op"], "remove", "finalizer removed last");
     assert_eq!(redis_keys(&id(&event)).await, 0);
     assert!(topic_gone(&event.spec.topic), "topic deleted");
 }

@@ -109,25 +109,61 @@ def watched_namespace(docs):
     return next(e["value"] for e in env if e["name"] == "WATCH_NAMESPACE")
 
 
+def leader_election_rules():
+    """The Lease calls, checked against the running operator's requests by its Rust tests."""
+    return yaml.safe_load((CHART / "files" / "operator-leader-election-rules.yaml").read_text())
+
+
+def roles(docs):
+    """The operator's Role for the events it manages, and the one for its Lease."""
+    managed = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+    (lease,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert lease["metadata"]["namespace"] == "shop", "the Lease is in the operator's own namespace"
+    assert normalised(lease["rules"]) == normalised(leader_election_rules())
+    return managed
+
+
+def operator_env(docs):
+    (operator,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "coupon-operator"]
+    return operator["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
 def test_rbac_grants_exactly_what_the_operator_calls():
     # By default the operator manages its release namespace only (a Role there).
     docs = render()
     assert by_kind(docs, "ClusterRole") == []
-    (role,) = by_kind(docs, "Role")
+    (role,) = roles(docs)
     assert role["metadata"]["namespace"] == "shop"
     assert normalised(role["rules"]) == normalised(rules_used_by_the_operator())
     assert "*" not in str(role["rules"])
     assert watched_namespace(docs) == "shop"
     other = render({"operator": {"watchNamespace": "sales"}})
-    (role,) = by_kind(other, "Role")
+    (role,) = roles(other)
     assert role["metadata"]["namespace"] == "sales"
     assert watched_namespace(other) == "sales"
     # Cluster-wide only when asked.
     everywhere = render({"operator": {"watchAllNamespaces": True}})
-    assert by_kind(everywhere, "Role") == []
+    assert roles(everywhere) == []
     (role,) = by_kind(everywhere, "ClusterRole")
     assert normalised(role["rules"]) == normalised(rules_used_by_the_operator())
     assert watched_namespace(everywhere) == ""
+
+
+def test_operator_elects_a_leader_per_release():
+    env = {e["name"]: e for e in operator_env(render())}
+    assert env["LEASE_NAME"]["value"] == "coupons-coupon-operator"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "LEADER_ELECTION" not in env, "on by default in the binary"
+
+
+def test_only_the_charts_own_deployments_opt_in_to_scaling():
+    for deployment in by_kind(render(), "Deployment"):
+        labels = deployment["metadata"]["labels"]
+        scalable = labels.get("coupons.fcfs.dev/scalable") == "true"
+        assert scalable == (deployment["metadata"]["name"] in ("coupon-api", "coupon-consumer")), deployment["metadata"]["name"]
+        # The label is the Deployment's, not its pods'.
+        assert "coupons.fcfs.dev/scalable" not in deployment["spec"]["template"]["metadata"]["labels"]
 
 
 def test_containers_are_non_root_and_read_only_and_probed():

@@ -59,6 +59,15 @@ fn scale(namespace: &str, name: &str, replicas: i32) -> Value {
     })
 }
 
+/// A Deployment that opted in to being scaled by the operator.
+fn deployment(namespace: &str, name: &str, replicas: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"coupons.fcfs.dev/scalable": "true"}},
+        "spec": {"replicas": replicas, "selector": {}, "template": {}}
+    })
+}
+
 /// Applies an RFC 6902 patch of the `add`/`remove`/`test` kind kube's finalizer helper sends.
 fn json_patch(target: &mut Value, patch: &Value) {
     for op in patch.as_array().unwrap() {
@@ -138,6 +147,16 @@ impl FakeApiServer {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let mut state = self.state.lock().unwrap();
         match (method.as_str(), parts.as_slice()) {
+            ("GET", ["apis", "apps", "v1", "namespaces", ns, "deployments", name]) => {
+                match state.deployments.get(&(ns.to_string(), name.to_string())) {
+                    Some(replicas) => (StatusCode::OK, deployment(ns, name, *replicas)),
+                    None => not_found(name),
+                }
+            }
+            ("GET", ["apis", "autoscaling", "v2", "namespaces", _, "horizontalpodautoscalers"]) => (
+                StatusCode::OK,
+                json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {}, "items": []}),
+            ),
             ("GET", ["apis", "apps", "v1", "namespaces", ns, "deployments", name, "scale"]) => {
                 match state.deployments.get(&(ns.to_string(), name.to_string())) {
                     Some(replicas) => (StatusCode::OK, scale(ns, name, *replicas)),

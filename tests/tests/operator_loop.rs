@@ -1,0 +1,368 @@
+//! The real operator, as `coupon-operator run` runs it (kube-runtime controller behind leader
+//! election), against the fake API server over HTTP and the real Redis and Kafka broker: what
+//! only a running loop shows. Write rates are counted at the fake server, per client.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coupon_operator::backend::Backend;
+use coupon_operator::crd::{CouponEvent, CouponEventSpec, OnDelete, Phase, Schedule, Workload};
+use coupon_operator::leader::{LeaderElection, LeadershipError};
+use coupon_operator::metrics::Metrics;
+use coupon_tests::kube_fake::{FakeCluster, Recorded};
+use coupon_tests::{kafka, kafka_brokers, redis_url, unique, wait_until, InProcessApi};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+const NS: &str = "shop";
+const LEASE: Duration = Duration::from_secs(6);
+
+/// A Deployment the operator may scale.
+fn deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS, "labels": {"coupons.fcfs.dev/scalable": "true"}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": []}}}
+    }))
+    .unwrap()
+}
+
+fn cluster() -> FakeCluster {
+    let cluster = FakeCluster::new();
+    cluster.create(&deployment("coupon-api", 1));
+    cluster.create(&deployment("coupon-consumer", 0));
+    cluster
+}
+
+/// An event of `limit` coupons on its own topic, open `from`..`to` from now.
+fn coupon_event(limit: i64, from: SignedDuration, to: SignedDuration) -> CouponEvent {
+    let name = unique("loop");
+    let now = Timestamp::now();
+    let spec = CouponEventSpec {
+        limit,
+        per_user_limit: 1,
+        topic: format!("op.{name}"),
+        partitions: 1,
+        schedule: Schedule { start: Time(now + from), end: Time(now + to), warm_up: Some("1m".into()) },
+        api: Workload { deployment: "coupon-api".into(), replicas: 3, idle_replicas: Some(1) },
+        consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
+        on_delete: OnDelete::Delete,
+        paused: false,
+    };
+    let mut event = CouponEvent::new(&name, spec);
+    event.metadata.namespace = Some(NS.into());
+    event
+}
+
+/// One operator instance, as `coupon-operator run` starts it.
+struct Operator {
+    name: String,
+    task: JoinHandle<Result<(), LeadershipError>>,
+}
+
+async fn start_operator(cluster: &FakeCluster, name: &str) -> Operator {
+    coupon_tests::init_logging();
+    let client = cluster.client(name).await;
+    let backend = Backend::new(&redis_url(), &kafka(&kafka_brokers()), 1).unwrap();
+    let election = LeaderElection {
+        namespace: NS.into(),
+        lease_name: "coupon-operator".into(),
+        identity: name.into(),
+        lease_duration: LEASE,
+        renew_margin: Duration::from_secs(2),
+    };
+    let controller = coupon_operator::controller::run(
+        client.clone(),
+        backend,
+        Arc::new(Metrics::default()),
+        Some(NS.into()),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let task = tokio::spawn(async move { election.run(client, controller).await });
+    Operator { name: name.into(), task }
+}
+
+impl Operator {
+    /// As if the process died: nothing more reaches the API server, nothing is released.
+    fn kill(self, cluster: &FakeCluster) {
+        cluster.cut(&self.name);
+        self.task.abort();
+    }
+}
+
+fn lease_holder(cluster: &FakeCluster) -> Option<String> {
+    cluster.get::<Lease>(NS, "coupon-operator").and_then(|l| l.spec?.holder_identity)
+}
+
+fn status_writes<'a>(requests: &'a [Recorded], event: &str) -> impl Iterator<Item = &'a Recorded> + 'a {
+    let path = format!("/couponevents/{event}/status");
+    requests.iter().filter(move |r| r.method == "PATCH" && r.path.ends_with(&path))
+}
+
+fn scale_writes(requests: &[Recorded]) -> Vec<&Recorded> {
+    requests.iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/scale")).collect()
+}
+
+async fn wait_for_phase(cluster: &FakeCluster, name: &str, phase: Phase) -> CouponEvent {
+    wait_until(&format!("{name} {phase:?}"), Duration::from_secs(30), || {
+        let event = cluster.get::<CouponEvent>(NS, name).filter(|e| e.status.as_ref().is_some_and(|s| s.phase == phase));
+        async move { event }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_steady_load_status_writes_are_bounded_and_nothing_is_scaled_after_the_warm_up() {
+    let cluster = cluster();
+    let operator = start_operator(&cluster, "operator-0").await;
+    let event = cluster.create(&coupon_event(100_000, SignedDuration::from_secs(2), SignedDuration::from_secs(120)));
+    let name = event.metadata.name.clone().unwrap();
+    wait_for_phase(&cluster, &name, Phase::Open).await;
+    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(3));
+    assert_eq!(cluster.replicas(NS, "coupon-consumer"), Some(2));
+
+    let api = InProcessApi::start(NS, &kafka_brokers()).await;
+    let id = coupon_core::event::EventId::new(NS, &name).unwrap();
+    let url = api.apply_url(&id);
+    let load_started = Instant::now();
+    let load = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut issued = 0u64;
+        let mut n = 0u64;
+        while load_started.elapsed() < Duration::from_secs(30) {
+            n += 1;
+            let response = http.post(&url).json(&json!({ "userId": format!("user-{n}") })).send().await.unwrap();
+            issued += u64::from(response.status() == 201);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        issued
+    });
+    let issued = load.await.unwrap();
+    let load_ended = Instant::now();
+    assert!(issued > 500, "the load issued only {issued} coupons");
+
+    let requests = cluster.requests();
+    let during = |r: &&Recorded| r.at >= load_started && r.at <= load_ended;
+    let writes: Vec<_> = status_writes(&requests, &name).filter(during).collect();
+    let seconds = (load_ended - load_started).as_secs_f64();
+    println!("{} status writes in {seconds:.1} s under {issued} issued coupons", writes.len());
+    assert!(writes.len() as f64 <= seconds / 2.0 + 1.0, "{} status writes in {seconds:.1} s", writes.len());
+    assert!(writes.len() >= 3, "the status must follow the counters: {} writes", writes.len());
+    let scaled: Vec<_> = scale_writes(&requests).into_iter().filter(during).map(|r| r.path.clone()).collect();
+    assert!(scaled.is_empty(), "scale writes under load: {scaled:?}");
+    // The status catches up with what was issued.
+    wait_until("status.issued", Duration::from_secs(15), || {
+        let seen = cluster.get::<CouponEvent>(NS, &name).and_then(|e| e.status).map(|s| s.issued);
+        async move { (seen == Some(issued as i64)).then_some(()) }
+    })
+    .await;
+    operator.kill(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_operators_exactly_one_writes_and_a_killed_leader_hands_over_within_the_lease() {
+    let cluster = cluster();
+    let first = start_operator(&cluster, "operator-a").await;
+    wait_until("operator-a leads", Duration::from_secs(15), || {
+        let holder = lease_holder(&cluster);
+        async move { (holder.as_deref() == Some("operator-a")).then_some(()) }
+    })
+    .await;
+    let second = start_operator(&cluster, "operator-b").await;
+    let event = cluster.create(&coupon_event(10, SignedDuration::from_hours(1), SignedDuration::from_hours(2)));
+    let name = event.metadata.name.clone().unwrap();
+    wait_for_phase(&cluster, &name, Phase::Scheduled).await;
+    // Long enough for the second instance to have acted if it were going to.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let is_effect = |r: &&Recorded| r.is_write() && !r.path.contains("/leases");
+    let writers: std::collections::BTreeSet<_> = cluster.requests().iter().filter(is_effect).map(|r| r.client.clone()).collect();
+    assert_eq!(writers, ["operator-a".to_owned()].into(), "only the leader writes");
+
+    let killed = Instant::now();
+    first.kill(&cluster);
+    // An edit made right after the leader died is acted on by the next one.
+    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "limit": 20 } }));
+    wait_until("operator-b leads", LEASE + Duration::from_secs(5), || {
+        let holder = lease_holder(&cluster);
+        async move { (holder.as_deref() == Some("operator-b")).then_some(()) }
+    })
+    .await;
+    let handed_over = killed.elapsed();
+    wait_until("the edit is acted on", Duration::from_secs(10), || {
+        let limit = cluster.get::<CouponEvent>(NS, &name).and_then(|e| e.status?.last_accepted_spec).map(|s| s.limit);
+        async move { (limit == Some(20)).then_some(()) }
+    })
+    .await;
+    println!("hand-over {handed_over:?} after the leader died (lease {LEASE:?})");
+    // The lease's duration, plus the up to 1 s of jitter the lease manager adds before
+    // taking an expired lease so that two candidates do not collide.
+    assert!(handed_over <= LEASE + Duration::from_millis(1500), "hand-over took {handed_over:?}");
+    let late: Vec<_> = cluster.requests().iter().filter(|r| r.at > killed && r.client == "operator-a").map(|r| r.path.clone()).collect();
+    assert!(late.iter().all(|p| p.contains("/leases")), "the dead leader had effects: {late:?}");
+    second.kill(&cluster);
+}
+
+fn condition(event: &CouponEvent, type_: &str) -> Option<(String, String)> {
+    let condition = event.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((condition.status.clone(), condition.reason.clone()))
+}
+
+async fn wait_for_condition(cluster: &FakeCluster, name: &str, type_: &str, status: &str, reason: &str) -> CouponEvent {
+    wait_until(&format!("{name} {type_}={status} ({reason})"), Duration::from_secs(30), || {
+        let event = cluster.get::<CouponEvent>(NS, name).filter(|e| condition(e, type_) == Some((status.to_owned(), reason.to_owned())));
+        async move { event }
+    })
+    .await
+}
+
+fn warnings(cluster: &FakeCluster, reason: &str) -> usize {
+    cluster
+        .list::<k8s_openapi::api::events::v1::Event>(NS)
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_that_did_not_opt_in_or_have_an_autoscaler_are_left_alone_and_reported() {
+    let cluster = FakeCluster::new();
+    let mut unlabelled = deployment("coupon-api", 1);
+    unlabelled.metadata.labels = None;
+    cluster.create(&unlabelled);
+    cluster.create(&deployment("coupon-consumer", 0));
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "keda-hpa-consumer", "namespace": NS},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "coupon-consumer"}, "maxReplicas": 5}
+    }))
+    .unwrap();
+    cluster.create(&hpa);
+    let operator = start_operator(&cluster, "operator-0").await;
+    let event = cluster.create(&coupon_event(10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60)));
+    let name = event.metadata.name.clone().unwrap();
+    let event = wait_for_condition(&cluster, &name, "Scaling", "False", "Autoscaled").await;
+    assert_eq!(event.status.as_ref().unwrap().phase, Phase::Open);
+    assert_eq!(condition(&event, "Ready").unwrap().0, "True", "the sale itself is in place");
+    assert!(scale_writes(&cluster.requests()).is_empty(), "nothing scaled");
+    assert_eq!((cluster.replicas(NS, "coupon-api"), cluster.replicas(NS, "coupon-consumer")), (Some(1), Some(0)));
+    assert_eq!(warnings(&cluster, "Autoscaled"), 1);
+    assert_eq!(warnings(&cluster, "NotOptedIn"), 1);
+    let message = &event.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Scaling").unwrap().message;
+    assert!(message.contains("keda-hpa-consumer"), "{message}");
+
+    // Removing the autoscaler leaves the label missing on the api: reported as such.
+    cluster.delete::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(NS, "keda-hpa-consumer");
+    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "limit": 11 } }));
+    wait_for_condition(&cluster, &name, "Scaling", "False", "NotOptedIn").await;
+    wait_until("consumer scaled", Duration::from_secs(10), || {
+        let replicas = cluster.replicas(NS, "coupon-consumer");
+        async move { (replicas == Some(2)).then_some(()) }
+    })
+    .await;
+    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(1), "the api that did not opt in keeps its scale");
+    operator.kill(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_edit_mid_window_scales_nothing_and_says_why() {
+    let cluster = cluster();
+    let operator = start_operator(&cluster, "operator-0").await;
+    let event = cluster.create(&coupon_event(100, SignedDuration::from_secs(-1), SignedDuration::from_secs(120)));
+    let name = event.metadata.name.clone().unwrap();
+    wait_for_phase(&cluster, &name, Phase::Open).await;
+    let api = InProcessApi::start(NS, &kafka_brokers()).await;
+    let id = coupon_core::event::EventId::new(NS, &name).unwrap();
+    let http = reqwest::Client::new();
+    for user in ["u1", "u2", "u3"] {
+        let response = http.post(api.apply_url(&id)).json(&json!({ "userId": user })).send().await.unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let edited = Instant::now();
+    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "limit": 2, "api": { "replicas": 1 } } }));
+    let event = wait_for_condition(&cluster, &name, "Ready", "False", "LimitBelowIssued").await;
+    assert_eq!(event.status.as_ref().unwrap().phase, Phase::Open, "the accepted spec stays in effect");
+    let late_scales: Vec<_> = scale_writes(&cluster.requests()).into_iter().filter(|r| r.at > edited).map(|r| r.body.clone()).collect();
+    assert!(late_scales.is_empty(), "a refused edit scaled: {late_scales:?}");
+    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(3));
+    let response = http.post(api.apply_url(&id)).json(&json!({ "userId": "u4" })).send().await.unwrap();
+    assert_eq!(response.status(), 201, "the sale goes on under the accepted limit");
+    assert_eq!(warnings(&cluster, "LimitBelowIssued"), 1);
+    operator.kill(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_stops_issuing_within_a_second_and_resuming_keeps_the_counters() {
+    let cluster = cluster();
+    let operator = start_operator(&cluster, "operator-0").await;
+    let event = cluster.create(&coupon_event(100, SignedDuration::from_secs(-1), SignedDuration::from_secs(120)));
+    let name = event.metadata.name.clone().unwrap();
+    wait_for_phase(&cluster, &name, Phase::Open).await;
+    let api = InProcessApi::start(NS, &kafka_brokers()).await;
+    let id = coupon_core::event::EventId::new(NS, &name).unwrap();
+    let http = reqwest::Client::new();
+    let apply = |user: String| {
+        let request = http.post(api.apply_url(&id)).json(&json!({ "userId": user }));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(apply("before".into()).await.0, 201);
+    let paused_at = Instant::now();
+    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "paused": true } }));
+    let mut n = 0;
+    let stopped = loop {
+        n += 1;
+        let (status, body) = apply(format!("while-{n}")).await;
+        if status == 403 && body["status"] == "paused" {
+            break paused_at.elapsed();
+        }
+        assert!(paused_at.elapsed() < Duration::from_secs(5), "still issuing after {:?}", paused_at.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("paused after {stopped:?}");
+    assert!(stopped <= Duration::from_secs(1), "issuing stopped only after {stopped:?}");
+    wait_for_condition(&cluster, &name, "Ready", "False", "Paused").await;
+    let issued_while_pausing = (n - 1) as i64;
+    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(3), "a paused sale keeps its pods");
+
+    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "paused": false } }));
+    let (status, body) = wait_until("resumed", Duration::from_secs(5), || {
+        let next = apply("after".into());
+        async move {
+            let (status, body) = next.await;
+            (status == 201).then_some((status, body))
+        }
+    })
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(body["slot"], json!(2 + issued_while_pausing), "resuming continues the same counters");
+    operator.kill(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_backend_makes_the_event_unready_with_the_reason() {
+    let cluster = cluster();
+    coupon_tests::init_logging();
+    let client = cluster.client("operator-0").await;
+    // Nothing listens on port 1.
+    let backend = Backend::new("redis://127.0.0.1:1", &kafka(&kafka_brokers()), 1).unwrap();
+    let controller =
+        coupon_operator::controller::run(client, backend, Arc::new(Metrics::default()), Some(NS.into()), Arc::new(AtomicBool::new(false)));
+    let task = tokio::spawn(controller);
+    let event = cluster.create(&coupon_event(10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60)));
+    let name = event.metadata.name.clone().unwrap();
+    let event = wait_for_condition(&cluster, &name, "Ready", "False", "BackendUnavailable").await;
+    let message = event.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
+    assert!(message.contains("Redis"), "{message}");
+    assert!(scale_writes(&cluster.requests()).is_empty(), "nothing scaled for an event that is not in place");
+    // One status write for the outage, not one per retry.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(status_writes(&cluster.requests(), &name).count(), 1);
+    task.abort();
+}

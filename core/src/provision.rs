@@ -6,7 +6,7 @@
 
 use redis::aio::ConnectionManager;
 
-use crate::event::{EventConfig, EventId, InvalidConfig};
+use crate::event::{EventConfig, EventId, EventKey, InvalidConfig};
 use crate::kafka::{KafkaError, TopicAdmin, TopicOutcome};
 use crate::redis::keyspace::{self, ConfigWrite};
 
@@ -44,6 +44,7 @@ pub async fn provision_redis(
     existed_before: bool,
 ) -> Result<RedisOutcome, ProvisionError> {
     config.validate()?;
+    EventKey::new(event.clone(), config.incarnation.as_deref()).map_err(InvalidConfig::Key)?;
     Ok(match keyspace::write_config(conn, event, config, existed_before).await? {
         ConfigWrite::Created => RedisOutcome::Created,
         ConfigWrite::Updated => RedisOutcome::Updated,
@@ -53,6 +54,7 @@ pub async fn provision_redis(
             RedisOutcome::CreatedRecovering
         }
         ConfigWrite::RefusedBelowIssued { issued } => return Err(InvalidConfig::LimitBelowIssued { limit: config.limit, issued }.into()),
+        ConfigWrite::RefusedOtherIncarnation => return Err(InvalidConfig::OtherIncarnation.into()),
     })
 }
 

@@ -57,13 +57,16 @@ impl Backend {
     /// Writes the Redis configuration; never touches counters, refuses a limit below them.
     /// `existed_before`: the event was provisioned earlier, so a missing configuration means
     /// Redis lost its state and the event is written back marked recovering.
+    /// `incarnation`: the CouponEvent's UID, which the event's records and rows carry.
     pub async fn provision_redis(
         &self,
         event: &EventId,
         spec: &CouponEventSpec,
         existed_before: bool,
+        incarnation: Option<&str>,
     ) -> Result<RedisOutcome, BackendError> {
-        Ok(provision::provision_redis(&mut self.conn()?, event, &spec.event_config(), existed_before).await?)
+        let config = coupon_core::event::EventConfig { incarnation: incarnation.map(str::to_owned), ..spec.event_config() };
+        Ok(provision::provision_redis(&mut self.conn()?, event, &config, existed_before).await?)
     }
 
     /// Other events (`ns/name`, any namespace, also ones this operator does not watch or
@@ -100,6 +103,7 @@ impl Backend {
         config.limit = counters.limit;
         config.per_user = counters.per_user;
         config.topic = counters.topic.clone();
+        config.incarnation = counters.incarnation.clone();
         let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
         config.start = at(counters.start_ms.min(now_ms - 1000));
         config.end = at(now_ms);

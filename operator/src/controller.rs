@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coupon_core::event::EventId;
+use coupon_core::event::{EventId, InvalidConfig};
+use coupon_core::redis::keyspace::EventCounters;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -256,6 +257,9 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         let from = previous_phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "new".into());
         ctx.publish(event, EventType::Normal, "PhaseChanged", "Reconcile", format!("{from} -> {phase:?}")).await;
     }
+    if matches!(&provisioned, Err(refusal) if refusal.reason == PREVIOUS_DRAINING) {
+        return Ok(Action::requeue(schedule::ACTIVE_REQUEUE));
+    }
     Ok(Action::requeue(schedule::requeue_after(now, accepted.unwrap_or(spec), phase)))
 }
 
@@ -265,7 +269,24 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
 async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ctx: &Context) -> Result<(bool, Result<(), Refusal>), Error> {
     // The live-state check first, so that a refused spec touches neither Redis nor Kafka.
     // With Redis' counters lost, the last issued count the status saw stands in for them.
-    let issued = match ctx.backend.counters(id).await? {
+    let mut counters = ctx.backend.counters(id).await?;
+    if let Some(theirs) = counters.as_ref().filter(|c| !owns(c, event)) {
+        // Redis holds the state of an earlier object of this name. Its coupons are its
+        // own (their rows carry its UID); once all are written it is removed, and this
+        // object starts from zero with its own limit.
+        if theirs.persisted < theirs.issued || theirs.unwritten > 0 {
+            let message = format!(
+                "Redis still holds {} unwritten coupons of an earlier CouponEvent of this name; this one is provisioned once they are written",
+                (theirs.issued - theirs.persisted).max(theirs.unwritten)
+            );
+            return Ok((false, Err(Refusal { reason: PREVIOUS_DRAINING, message })));
+        }
+        ctx.backend.delete_redis(id).await?;
+        let message = format!("removed the Redis state of an earlier CouponEvent of this name ({} coupons, all written)", theirs.issued);
+        ctx.publish(event, EventType::Normal, "PreviousEventRemoved", "Provision", message).await;
+        counters = None;
+    }
+    let issued = match counters {
         Some(counters) => counters.issued,
         None => event.status.as_ref().map_or(0, |s| s.issued),
     };
@@ -273,12 +294,7 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
         let message = format!("limit {} is below the {issued} coupons already issued", spec.limit);
         return Ok((false, Err(Refusal { reason: "LimitBelowIssued", message })));
     }
-    // Provisioned before (the status says so): a missing topic or configuration is lost.
-    // "Provisioned once" is read from the last accepted spec, which no refusal erases.
-    let existed_before = event
-        .status
-        .as_ref()
-        .is_some_and(|s| s.last_accepted_spec.is_some() || s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"));
+    let existed_before = provisioned_before(event);
     let created = match ctx.backend.ensure_topic(spec).await {
         Ok(outcome) => outcome == coupon_core::kafka::TopicOutcome::Created,
         Err(error) => {
@@ -302,7 +318,7 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
             ctx.publish(event, EventType::Warning, "TopicRecreated", "CreateTopic", message).await;
         }
     }
-    match ctx.backend.provision_redis(id, spec, existed_before).await {
+    match ctx.backend.provision_redis(id, spec, existed_before, event.metadata.uid.as_deref()).await {
         Ok(coupon_core::provision::RedisOutcome::CreatedRecovering) => {
             ctx.publish(
                 event,
@@ -316,12 +332,42 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
         }
         Ok(_) => Ok((created, Ok(()))),
         Err(error) => match error.refusal() {
-            Some(invalid) => Ok((created, Err(Refusal { reason: "LimitBelowIssued", message: invalid.to_string() }))),
+            Some(invalid) => {
+                let reason = match invalid {
+                    InvalidConfig::LimitBelowIssued { .. } => "LimitBelowIssued",
+                    InvalidConfig::OtherIncarnation => PREVIOUS_DRAINING,
+                    _ => "InvalidSpec",
+                };
+                Ok((created, Err(Refusal { reason, message: invalid.to_string() })))
+            }
             None => {
                 ctx.publish(event, EventType::Warning, "ProvisioningFailed", "ConfigureRedis", format!("Redis: {error}")).await;
                 Err(error.into())
             }
         },
+    }
+}
+
+/// Refusal reason while Redis holds an earlier object's undrained state under this name.
+const PREVIOUS_DRAINING: &str = "PreviousEventDraining";
+
+/// This object provisioned its event before (the status says so): a missing topic or
+/// configuration was lost, not never made. Read from the last accepted spec, which no
+/// refusal erases.
+fn provisioned_before(event: &CouponEvent) -> bool {
+    event
+        .status
+        .as_ref()
+        .is_some_and(|s| s.last_accepted_spec.is_some() || s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"))
+}
+
+/// Whether Redis' state under the object's name is this object's: its incarnation is the
+/// object's UID, or it has none (made before incarnations existed) and this object
+/// provisioned it.
+fn owns(counters: &EventCounters, event: &CouponEvent) -> bool {
+    match counters.incarnation.as_deref() {
+        Some(incarnation) => Some(incarnation) == event.metadata.uid.as_deref(),
+        None => provisioned_before(event),
     }
 }
 
@@ -459,6 +505,14 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
 /// `Retain` closes the sale (its window ends now) and keeps the rest; `Delete` removes the
 /// Redis keys, and the topic only where `lifecycle::topic_deletion` allows it.
 async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ctx: &Context, now: Timestamp) -> Result<(), Error> {
+    let counters = ctx.backend.counters(id).await?;
+    if counters.as_ref().is_some_and(|c| !owns(c, event)) {
+        // This object never got to provision (an earlier one of its name was draining):
+        // what Redis and the topic hold is that earlier object's, and stays.
+        let message = "Redis holds an earlier CouponEvent's state under this name: left as it is".to_owned();
+        ctx.publish(event, EventType::Normal, "NothingToClean", "Cleanup", message).await;
+        return Ok(());
+    }
     if spec.on_delete == crate::crd::OnDelete::Retain {
         if ctx.backend.close_sale(id, spec, now).await? {
             ctx.publish(event, EventType::Normal, "SaleClosed", "Cleanup", "the event's window now ends at its deletion".into()).await;
@@ -467,7 +521,7 @@ async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &Even
     }
     // Read before the keys go: whether every issued coupon reached SQL. Without counters
     // (Redis lost them, or an earlier attempt removed them) the status' last counts decide.
-    let (issued, persisted) = match ctx.backend.counters(id).await? {
+    let (issued, persisted) = match counters {
         Some(c) => (c.issued, c.persisted),
         None => event.status.as_ref().map_or((0, 0), |s| (s.issued, s.persisted)),
     };

@@ -39,7 +39,8 @@ pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
     printcolumn(name = "Limit", type_ = "integer", json_path = ".spec.limit"),
     printcolumn(name = "Start", type_ = "string", json_path = ".spec.schedule.start"),
     printcolumn(name = "End", type_ = "string", json_path = ".spec.schedule.end"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 200").message("name may be at most 200 characters: records and rows carry it with the object's UID")
 )]
 #[x_kube(
     validation = Rule::new("self.topic == oldSelf.topic").message("topic cannot change: records would be split across two topics"),
@@ -307,6 +308,7 @@ impl CouponEventSpec {
             end: to_chrono(self.schedule.end.0),
             topic: self.topic.clone(),
             paused: self.paused,
+            incarnation: None,
         }
     }
 }

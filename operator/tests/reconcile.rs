@@ -393,18 +393,21 @@ async fn provisioning_is_idempotent_and_keeps_counters() {
     let event = coupon_event(10, OnDelete::Delete);
     let event_id = id(&event);
     backend.ensure_topic(&event.spec).await.unwrap();
-    assert_eq!(backend.provision_redis(&event_id, &event.spec, false).await.unwrap(), coupon_core::provision::RedisOutcome::Created);
+    assert_eq!(backend.provision_redis(&event_id, &event.spec, false, None).await.unwrap(), coupon_core::provision::RedisOutcome::Created);
     assert_eq!(topic_partitions(&event.spec.topic), Some(2));
     // Second run: nothing changes.
     backend.ensure_topic(&event.spec).await.unwrap();
-    assert_eq!(backend.provision_redis(&event_id, &event.spec, false).await.unwrap(), coupon_core::provision::RedisOutcome::Unchanged);
+    assert_eq!(
+        backend.provision_redis(&event_id, &event.spec, false, None).await.unwrap(),
+        coupon_core::provision::RedisOutcome::Unchanged
+    );
     // Issued coupons survive re-provisioning with a new window: four issued through the real
     // gate.
     let mut conn = backend.redis.get().unwrap();
     issue_through_the_gate(&mut conn, &event_id, &event.spec, 4).await;
     let mut moved = event.spec.clone();
     moved.schedule.end = Time(t("2026-11-27T10:45:00Z"));
-    assert_eq!(backend.provision_redis(&event_id, &moved, false).await.unwrap(), coupon_core::provision::RedisOutcome::Updated);
+    assert_eq!(backend.provision_redis(&event_id, &moved, false, None).await.unwrap(), coupon_core::provision::RedisOutcome::Updated);
     let counters = backend.counters(&event_id).await.unwrap().unwrap();
     assert_eq!(counters.issued, 4);
     assert_eq!(counters.end_ms, t("2026-11-27T10:45:00Z").as_millisecond());

@@ -366,3 +366,269 @@ async fn an_unreachable_backend_makes_the_event_unready_with_the_reason() {
     assert_eq!(status_writes(&cluster.requests(), &name).count(), 1);
     task.abort();
 }
+
+/// Applies for `users` and returns the slots of the 201s.
+async fn apply_all(api: &InProcessApi, name: &str, users: impl IntoIterator<Item = String>) -> Vec<i64> {
+    let id = coupon_core::event::EventId::new(NS, name).unwrap();
+    let http = reqwest::Client::new();
+    let mut slots = Vec::new();
+    for user in users {
+        let response = http.post(api.apply_url(&id)).json(&json!({ "userId": user })).send().await.unwrap();
+        if response.status() == 201 {
+            slots.push(response.json::<serde_json::Value>().await.unwrap()["slot"].as_i64().unwrap());
+        }
+    }
+    slots.sort();
+    slots
+}
+
+fn key_of(event: &CouponEvent) -> String {
+    format!("{NS}/{}@{}", event.metadata.name.as_deref().unwrap(), event.metadata.uid.as_deref().unwrap())
+}
+
+/// The same name, deleted and created again (as next year's sale would be): a new event.
+async fn a_re_created_name_is_a_new_event(on_delete: OnDelete) {
+    let cluster = cluster();
+    let operator = start_operator(&cluster, "operator-0").await;
+    let database = coupon_tests::sqlite_url();
+    let store = coupon_tests::migrated_store(&database).await;
+    let mut first = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
+    first.spec.on_delete = on_delete;
+    let first = cluster.create(&first);
+    let name = first.metadata.name.clone().unwrap();
+    let topic = first.spec.topic.clone();
+    wait_for_phase(&cluster, &name, Phase::Open).await;
+    let consumer = coupon_tests::InProcessConsumer::start(&database, &[topic.as_str()], &kafka_brokers());
+    let api = InProcessApi::start(NS, &kafka_brokers()).await;
+    let users = || (1..=8).map(|u| format!("user-{u}"));
+    assert_eq!(apply_all(&api, &name, users()).await, vec![1, 2, 3, 4, 5]);
+    coupon_tests::wait_for_rows(&store, &key_of(&first), 5, Duration::from_secs(30)).await;
+    wait_for_phase(&cluster, &name, Phase::SoldOut).await;
+
+    cluster.delete::<CouponEvent>(NS, &name);
+    wait_until("the first object is gone", Duration::from_secs(30), || {
+        let gone = cluster.get::<CouponEvent>(NS, &name).is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let mut second = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
+    second.metadata.name = Some(name.clone());
+    second.spec.topic = topic.clone();
+    second.spec.on_delete = on_delete;
+    let second = cluster.create(&second);
+    assert_ne!(second.metadata.uid, first.metadata.uid);
+    let status = wait_for_phase(&cluster, &name, Phase::Open).await.status.unwrap();
+    assert_eq!(status.issued, 0, "the new object starts from zero");
+    // The same users get coupons of the new event, its full limit.
+    let slots = wait_until("the new event issues", Duration::from_secs(10), || {
+        let apply = apply_all(&api, &name, users());
+        async move { Some(apply.await).filter(|s| !s.is_empty()) }
+    })
+    .await;
+    assert_eq!(slots, vec![1, 2, 3, 4, 5]);
+    coupon_tests::wait_for_rows(&store, &key_of(&second), 5, Duration::from_secs(30)).await;
+    assert_eq!(store.count_coupons(&key_of(&first)).await.unwrap(), 5, "the old coupons stay readable");
+    assert!(store.failed_events(&topic).await.unwrap().is_empty(), "nothing failed");
+    consumer.stop().await.unwrap();
+    operator.kill(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_name_with_retain_is_a_new_event_with_its_own_limit() {
+    a_re_created_name_is_a_new_event(OnDelete::Retain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_name_with_delete_is_a_new_event_with_its_own_limit() {
+    a_re_created_name_is_a_new_event(OnDelete::Delete).await;
+}
+
+/// Stands in for the kubelet: one real `coupon-service` process per Deployment scaled above
+/// zero (one pod stands for all replicas), stopped with SIGTERM when scaled to zero. Records
+/// every start and stop.
+struct Kubelet {
+    task: JoinHandle<()>,
+    transitions: Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+}
+
+impl Kubelet {
+    fn start(cluster: &FakeCluster, pods: Vec<(&'static str, Vec<(String, String)>)>) -> Self {
+        let transitions: Arc<std::sync::Mutex<Vec<(String, bool)>>> = Arc::default();
+        let (cluster, seen) = (cluster.clone(), transitions.clone());
+        let task = tokio::spawn(async move {
+            let binary = std::path::Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+            let mut running: std::collections::HashMap<&str, coupon_tests::ChildProcess> = Default::default();
+            loop {
+                for (deployment, env) in &pods {
+                    let wanted = cluster.replicas(NS, deployment).unwrap_or(0) > 0;
+                    let command = if *deployment == "coupon-api" { "api" } else { "consumer" };
+                    match (wanted, running.contains_key(deployment)) {
+                        (true, false) => {
+                            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                            running.insert(deployment, coupon_tests::ChildProcess::spawn(binary, &[command], &env));
+                            seen.lock().unwrap().push((deployment.to_string(), true));
+                        }
+                        (false, true) => {
+                            let mut process = running.remove(deployment).unwrap();
+                            let pid = process.child.id().unwrap().to_string();
+                            let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+                            let _ = tokio::time::timeout(Duration::from_secs(20), process.child.wait()).await;
+                            seen.lock().unwrap().push((deployment.to_string(), false));
+                        }
+                        _ => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self { task, transitions }
+    }
+
+    fn transitions(&self) -> Vec<(String, bool)> {
+        self.transitions.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        // Dropping the task's processes kills them.
+        self.task.abort();
+    }
+}
+
+/// Replica counts each scale write set, per Deployment, in order.
+fn scale_history(cluster: &FakeCluster, deployment: &str) -> Vec<i64> {
+    let path = format!("/deployments/{deployment}/scale");
+    cluster
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(&path))
+        .filter_map(|r| r.body["spec"]["replicas"].as_i64())
+        .collect()
+}
+
+async fn apply_concurrently(url: &str, users: Vec<String>) -> Vec<(u16, serde_json::Value)> {
+    let http = reqwest::Client::new();
+    let requests = users.into_iter().map(|user| {
+        let request = http.post(url).json(&json!({ "userId": user }));
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    });
+    futures::future::join_all(requests).await
+}
+
+/// The whole life of two overlapping events on one shared topic, with real api and consumer
+/// processes started and stopped as the operator scales their Deployments: applied, warmed
+/// up, open, a crowd, one event deleted (`onDelete: Delete`) mid-way, the other sold out
+/// (410 still answered by running pods), closed, drained, scaled down, deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
+    let cluster = cluster();
+    cluster.patch::<Deployment>(NS, "coupon-api", json!({ "spec": { "replicas": 0 } }));
+    let database = coupon_tests::postgres_url();
+    let store = coupon_tests::migrated_store(&database).await;
+    let topic = unique("life");
+    let (api_port, consumer_port) = (coupon_tests::free_port(), coupon_tests::free_port());
+    let common = [("REDIS_URL".to_owned(), redis_url()), ("KAFKA_BROKERS".to_owned(), kafka_brokers())];
+    let api_env: Vec<(String, String)> = common
+        .iter()
+        .cloned()
+        .chain([
+            ("LISTEN_ADDR".into(), format!("127.0.0.1:{api_port}")),
+            ("COUPON_NAMESPACE".into(), NS.into()),
+            ("SHUTDOWN_DELAY".into(), "1s".into()),
+        ])
+        .collect();
+    let consumer_env: Vec<(String, String)> = common
+        .iter()
+        .cloned()
+        .chain([
+            ("LISTEN_ADDR".into(), format!("127.0.0.1:{consumer_port}")),
+            ("DATABASE_URL".into(), database.clone()),
+            ("COUPON_TOPICS".into(), topic.clone()),
+            ("EVENT_NAMESPACE".into(), NS.into()),
+            ("CONSUMER_GROUP".into(), unique("life-group")),
+        ])
+        .collect();
+    let kubelet = Kubelet::start(&cluster, vec![("coupon-api", api_env), ("coupon-consumer", consumer_env)]);
+    let operator = start_operator(&cluster, "operator-0").await;
+
+    // Applied: both open in 10 s, warming up now; `kept` ends first.
+    let mut deleted = coupon_event(50, SignedDuration::from_secs(10), SignedDuration::from_secs(60));
+    deleted.spec.topic = topic.clone();
+    let mut kept = coupon_event(50, SignedDuration::from_secs(10), SignedDuration::from_secs(35));
+    kept.spec.topic = topic.clone();
+    let (deleted, kept) = (cluster.create(&deleted), cluster.create(&kept));
+    let (deleted_name, kept_name) = (deleted.metadata.name.clone().unwrap(), kept.metadata.name.clone().unwrap());
+    wait_for_phase(&cluster, &kept_name, Phase::WarmingUp).await;
+    let base = format!("http://127.0.0.1:{api_port}");
+    coupon_tests::wait_for_status("api pod ready", &format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
+    let kept_url = format!("{base}/v1/events/{kept_name}/apply");
+    let deleted_url = format!("{base}/v1/events/{deleted_name}/apply");
+    assert_eq!(apply_concurrently(&kept_url, vec!["early".into()]).await[0].0, 403, "not open yet");
+
+    // Open: a crowd on both.
+    wait_for_phase(&cluster, &kept_name, Phase::Open).await;
+    let users = |prefix: &str, range: std::ops::RangeInclusive<u32>| range.map(|n| format!("{prefix}-{n}")).collect::<Vec<_>>();
+    let (first_kept, on_deleted) =
+        tokio::join!(apply_concurrently(&kept_url, users("k", 1..=30)), apply_concurrently(&deleted_url, users("d", 1..=20)));
+    assert!(first_kept.iter().all(|(status, _)| *status == 201), "{first_kept:?}");
+    assert!(on_deleted.iter().all(|(status, _)| *status == 201), "{on_deleted:?}");
+
+    // One event deleted mid-way: the other goes on, on the same topic.
+    cluster.delete::<CouponEvent>(NS, &deleted_name);
+    wait_until("the deleted event is gone", Duration::from_secs(30), || {
+        let gone = cluster.get::<CouponEvent>(NS, &deleted_name).is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    assert_eq!(apply_concurrently(&deleted_url, vec!["d-late".into()]).await[0].0, 404, "a deleted event is unknown");
+    let second_kept = apply_concurrently(&kept_url, users("k", 31..=100)).await;
+    let issued_after = second_kept.iter().filter(|(status, _)| *status == 201).count();
+    assert_eq!(issued_after, 20, "the kept event still issues after the other's deletion");
+    assert!(second_kept.iter().all(|(status, _)| *status == 201 || *status == 410), "{second_kept:?}");
+    let mut slots: Vec<i64> =
+        first_kept.iter().chain(&second_kept).filter(|(s, _)| *s == 201).map(|(_, b)| b["slot"].as_i64().unwrap()).collect();
+    slots.sort();
+    assert_eq!(slots, (1..=50).collect::<Vec<_>>(), "exactly the limit, each slot once");
+
+    // Sold out: the pods stay, and answer 410.
+    wait_for_phase(&cluster, &kept_name, Phase::SoldOut).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(apply_concurrently(&kept_url, vec!["late".into()]).await[0].0, 410);
+    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(3), "sold out keeps the api up");
+    let kept_key = format!("{NS}/{kept_name}@{}", kept.metadata.uid.as_deref().unwrap());
+    coupon_tests::wait_for_rows(&store, &kept_key, 50, Duration::from_secs(60)).await;
+
+    // Closed, drained, scaled down.
+    let closed = wait_until("closed and scaled down", Duration::from_secs(60), || {
+        let event = cluster.get::<CouponEvent>(NS, &kept_name);
+        let down = cluster.replicas(NS, "coupon-consumer") == Some(0);
+        async move { event.filter(|e| e.status.as_ref().is_some_and(|s| s.phase == Phase::Closed) && down) }
+    })
+    .await;
+    let status = closed.status.unwrap();
+    assert_eq!((status.issued, status.persisted), (50, 50));
+    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(1), "the api keeps its idle replica to answer 403");
+    assert_eq!(scale_history(&cluster, "coupon-api"), vec![3, 1], "scaled up at the warm-up and down after the drain, nothing between");
+    assert_eq!(scale_history(&cluster, "coupon-consumer"), vec![2, 0]);
+    wait_until("consumer pod stopped", Duration::from_secs(30), || {
+        let stopped = kubelet.transitions().contains(&("coupon-consumer".to_owned(), false));
+        async move { stopped.then_some(()) }
+    })
+    .await;
+
+    // Deleted: the finalizer ends, the object goes.
+    cluster.delete::<CouponEvent>(NS, &kept_name);
+    wait_until("the kept event is gone", Duration::from_secs(30), || {
+        let gone = cluster.get::<CouponEvent>(NS, &kept_name).is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    assert_eq!(store.count_coupons(&kept_key).await.unwrap(), 50, "its rows stay");
+    let failed = store.failed_events(&topic).await.unwrap();
+    assert!(failed.iter().all(|f| !String::from_utf8_lossy(&f.payload).contains(&kept_name)), "failed rows of the kept event: {failed:?}");
+    operator.kill(&cluster);
+}

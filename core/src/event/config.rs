@@ -15,6 +15,10 @@ pub struct EventConfig {
     /// Paused: the gate answers `403 paused` at once and issues nothing; the counters stay,
     /// and resuming continues the same event (the emergency stop after a pricing mistake).
     pub paused: bool,
+    /// The object this event belongs to (a `CouponEvent`'s UID), written when the event is
+    /// created and never changed: records and rows carry it in their event key (see
+    /// `EventKey`). `None` for events made without Kubernetes.
+    pub incarnation: Option<String>,
 }
 
 /// A specification that must not be provisioned.
@@ -30,6 +34,10 @@ pub enum InvalidConfig {
     Window { start: DateTime<Utc>, end: DateTime<Utc> },
     #[error("topic name {0:?} is not a valid Kafka topic name (1..=249 of [a-zA-Z0-9._-], not '.' or '..')")]
     Topic(String),
+    #[error("Redis holds the state of another object of this name: it must be drained and removed before this one is provisioned")]
+    OtherIncarnation,
+    #[error("event key: {0}")]
+    Key(#[from] super::EventKeyError),
     #[error("limit {limit} is below the {issued} slots already handed out")]
     LimitBelowIssued { limit: i64, issued: i64 },
 }
@@ -55,6 +63,7 @@ impl EventConfig {
             end: now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::hours(1)),
             topic: topic.to_owned(),
             paused: false,
+            incarnation: None,
         }
     }
 
@@ -91,6 +100,7 @@ mod tests {
             end: "2026-11-27T10:30:00Z".parse().unwrap(),
             topic: "coupon_create".into(),
             paused: false,
+            incarnation: None,
         }
     }
 

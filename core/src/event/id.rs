@@ -75,9 +75,100 @@ impl FromStr for EventId {
     }
 }
 
+/// Longest event key: the width of SQL's `event` columns.
+pub const MAX_KEY_LEN: usize = 320;
+/// Longest incarnation (a Kubernetes UID is 36 characters).
+const MAX_INCARNATION_LEN: usize = 36;
+
+/// What SQL rows and Kafka records name an event by: its id and, for an event the operator
+/// manages, the UID of its `CouponEvent` object, as `<namespace>/<name>@<uid>`. A name that is
+/// deleted and created again is a new object with a new UID, so its rows never collide with
+/// the old ones, which stay readable under their own key. Events made without Kubernetes
+/// (`coupon-service event create`) have no incarnation: their key is their id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey {
+    id: EventId,
+    incarnation: Option<String>,
+}
+
+/// Why a string is not a valid event key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventKeyError {
+    #[error(transparent)]
+    Id(#[from] EventIdError),
+    #[error("event incarnation must be 1..={MAX_INCARNATION_LEN} of [a-z0-9-]")]
+    Incarnation,
+    #[error("event key must be at most {MAX_KEY_LEN} characters (event names of operator-managed events: at most 200)")]
+    TooLong,
+}
+
+impl EventKey {
+    pub fn new(id: EventId, incarnation: Option<&str>) -> Result<Self, EventKeyError> {
+        if let Some(incarnation) = incarnation {
+            let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+            if incarnation.is_empty() || incarnation.len() > MAX_INCARNATION_LEN || !incarnation.bytes().all(valid) {
+                return Err(EventKeyError::Incarnation);
+            }
+        }
+        let key = Self { id, incarnation: incarnation.map(str::to_owned) };
+        if key.to_string().len() > MAX_KEY_LEN {
+            return Err(EventKeyError::TooLong);
+        }
+        Ok(key)
+    }
+
+    pub fn id(&self) -> &EventId {
+        &self.id
+    }
+
+    pub fn incarnation(&self) -> Option<&str> {
+        self.incarnation.as_deref()
+    }
+}
+
+impl fmt::Display for EventKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.incarnation {
+            Some(incarnation) => write!(f, "{}@{incarnation}", self.id),
+            None => write!(f, "{}", self.id),
+        }
+    }
+}
+
+impl FromStr for EventKey {
+    type Err = EventKeyError;
+
+    /// Parses `<namespace>/<name>` or `<namespace>/<name>@<incarnation>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('@') {
+            Some((id, incarnation)) => Self::new(id.parse()?, Some(incarnation)),
+            None => Self::new(s.parse()?, None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_carry_the_incarnation_when_there_is_one() {
+        let plain: EventKey = "shop/sale".parse().unwrap();
+        assert_eq!((plain.id().to_string(), plain.incarnation()), ("shop/sale".into(), None));
+        assert_eq!(plain.to_string(), "shop/sale");
+        let uid = "5f0c2d4e-8a1b-4c3d-9e2f-0a1b2c3d4e5f";
+        let again: EventKey = format!("shop/sale@{uid}").parse().unwrap();
+        assert_eq!(again.incarnation(), Some(uid));
+        assert_eq!(again.to_string(), format!("shop/sale@{uid}"));
+        assert_ne!(plain, again);
+        assert_eq!("shop/sale@".parse::<EventKey>(), Err(EventKeyError::Incarnation));
+        assert_eq!("shop/sale@A".parse::<EventKey>(), Err(EventKeyError::Incarnation));
+        assert_eq!("shop/sale@a@b".parse::<EventKey>(), Err(EventKeyError::Incarnation));
+        assert!(EventKey::new(EventId::new("shop", &"a".repeat(200)).unwrap(), Some(uid)).is_ok());
+        let long = EventId::new(&"n".repeat(63), &"a".repeat(253)).unwrap();
+        assert_eq!(EventKey::new(long.clone(), Some(uid)), Err(EventKeyError::TooLong));
+        assert!(EventKey::new(long, None).is_ok(), "every id fits without an incarnation");
+    }
 
     #[test]
     fn parses_and_prints_namespace_slash_name() {

@@ -5,5 +5,5 @@ mod id;
 mod record;
 
 pub use config::{valid_topic_name, EventConfig, InvalidConfig};
-pub use id::{EventId, EventIdError};
+pub use id::{EventId, EventIdError, EventKey, EventKeyError, MAX_KEY_LEN};
 pub use record::{validate_user_id, CouponRecord, MAX_USER_ID_LEN};

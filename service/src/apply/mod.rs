@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use coupon_core::event::{validate_user_id, CouponRecord, EventId};
+use coupon_core::event::{validate_user_id, CouponRecord, EventId, EventKey};
 use coupon_core::redis::keyspace::{self, GateDecision, Holding, HoldingState};
 use coupon_core::redis::{ConnectionManager, RedisError, RedisHandle};
 use coupon_core::retry::Backoff;
@@ -188,7 +188,7 @@ impl ApplyService {
             _ => self.known.insert(name),
         }
         match decision {
-            GateDecision::Issued { slot, topic, again, deadline_ms } => {
+            GateDecision::Issued { slot, topic, incarnation, again, deadline_ms } => {
                 self.sold_out.clear(name);
                 if again {
                     self.metrics.redelivered.inc();
@@ -196,7 +196,10 @@ impl ApplyService {
                 if !self.replicated(&mut conn).await {
                     return ApplyOutcome::Unavailable;
                 }
-                if self.clone().deliver(event, user_id, slot, &topic, again, deadline_ms).await {
+                // An incarnation the config holds was validated when it was written.
+                let key = EventKey::new(event.clone(), incarnation.as_deref())
+                    .unwrap_or_else(|_| EventKey::new(event, None).expect("an id is a key"));
+                if self.clone().deliver(key, user_id, slot, &topic, again, deadline_ms).await {
                     ApplyOutcome::Issued { slot }
                 } else {
                     ApplyOutcome::Unavailable
@@ -247,8 +250,9 @@ impl ApplyService {
     /// outcome in the user's entry (in the background: the answer does not wait for Redis):
     /// acknowledged, or released when the record was certainly not written and this was its
     /// only delivery. Returns whether the record was acknowledged.
-    async fn deliver(self: Arc<Self>, event: EventId, user_id: String, slot: i64, topic: &str, again: bool, deadline_ms: i64) -> bool {
-        let record = CouponRecord { event: event.to_string(), user_id: user_id.clone(), slot, issued_at: Utc::now() };
+    async fn deliver(self: Arc<Self>, key: EventKey, user_id: String, slot: i64, topic: &str, again: bool, deadline_ms: i64) -> bool {
+        let record = CouponRecord { event: key.to_string(), user_id: user_id.clone(), slot, issued_at: Utc::now() };
+        let event = key.id().clone();
         let payload = serde_json::to_vec(&record).expect("record serializes");
         let (generation, producer) = self.producer.current();
         let error = match producer.send(topic, &user_id, &payload).await {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Datelike;
-use coupon_core::event::{validate_user_id, CouponRecord, EventId};
+use coupon_core::event::{validate_user_id, CouponRecord, EventKey};
 
 use crate::sql::{CouponRow, FailedRow, Position};
 
@@ -27,7 +27,7 @@ const MAX_SLOT: i64 = 1 << 40;
 /// field is range-checked here, so nothing that reaches SQL can make a bind fail.
 pub fn parse_record(payload: &[u8]) -> Result<CouponRow, String> {
     let record: CouponRecord = serde_json::from_slice(payload).map_err(|e| format!("not a coupon record: {e}"))?;
-    record.event.parse::<EventId>().map_err(|e| format!("bad event {:?}: {e}", record.event))?;
+    record.event.parse::<EventKey>().map_err(|e| format!("bad event {:?}: {e}", record.event))?;
     validate_user_id(&record.user_id)?;
     if !(1..=MAX_SLOT).contains(&record.slot) {
         return Err(format!("slot {} is outside 1..={MAX_SLOT}", record.slot));

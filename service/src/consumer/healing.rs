@@ -5,7 +5,7 @@
 //! `issued == persisted`. The work is proportional to the overdue entries, never to the
 //! event's size.
 
-use coupon_core::event::EventId;
+use coupon_core::event::EventKey;
 use coupon_core::redis::keyspace::{self, HealVerdict, Healed, OverdueEntry};
 use coupon_core::redis::ConnectionManager;
 
@@ -31,11 +31,12 @@ pub fn verdict(entry: &OverdueEntry, rows: &[(String, i64)]) -> HealVerdict {
 pub async fn heal_entries(
     store: &Store,
     conn: &mut ConnectionManager,
-    event: &EventId,
+    key: &EventKey,
     cutoff_ms: i64,
     entries: Vec<OverdueEntry>,
 ) -> Result<Healed, RecoveryError> {
-    let name = event.to_string();
+    let event = key.id();
+    let name = key.to_string();
     let mut verdicts = Vec::with_capacity(entries.len());
     for entry in entries {
         let rows = store.rows_of_user_or_slot(&name, &entry.user, entry.slot).await?;

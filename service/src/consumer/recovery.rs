@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use coupon_core::event::EventId;
+use coupon_core::event::{EventId, EventKey};
 use coupon_core::kafka::KafkaError;
 use coupon_core::redis::keyspace::{self, EventPresence, RestoreStep};
 use coupon_core::redis::{ConnectionManager, RedisError};
@@ -63,8 +63,10 @@ pub async fn restore_event(
     event: &EventId,
     trusted_until_ms: i64,
 ) -> Result<Option<RestoreReport>, RecoveryError> {
-    let name = event.to_string();
-    let EventPresence::Provisioned { limit } = keyspace::presence(conn, event).await? else { return Ok(None) };
+    let EventPresence::Provisioned { limit, incarnation } = keyspace::presence(conn, event).await? else { return Ok(None) };
+    // The rows of this incarnation only: an earlier object of the same name has its own.
+    let Ok(key) = EventKey::new(event.clone(), incarnation.as_deref()) else { return Ok(None) };
+    let name = key.to_string();
     let highest = store.max_coupon_slot(&name).await?;
     if highest > limit {
         tracing::error!(event = %event, limit, highest_row = highest, "cannot restore: the limit is below the slots that have rows; the event stays closed (503) until the limit is raised");

@@ -103,7 +103,7 @@ impl Verifier {
         let trusted_until_ms = at_ms - self.settle.as_millis() as i64;
         if recovering {
             if let Some(report) = restore_event(writer.store(), conn, event, trusted_until_ms).await? {
-                writer.forget(&event.to_string());
+                writer.forget(event);
                 tracing::warn!(event = %event, count = report.count, rows = report.rows, free = report.free, calls = report.calls, longest_call = ?report.longest_call, "restored the event's Redis state from SQL");
             }
             return Ok(());
@@ -112,7 +112,7 @@ impl Verifier {
         if overdue.is_empty() {
             return Ok(());
         }
-        let healed = heal_entries(writer.store(), conn, event, trusted_until_ms, overdue).await?;
+        let healed = heal_entries(writer.store(), conn, &counters.key(event), trusted_until_ms, overdue).await?;
         if healed.healed > 0 || healed.written > 0 {
             tracing::warn!(event = %event, healed = healed.healed, marked_written = healed.written, "settled entries issued but never written");
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coupon_core::event::EventId;
+use coupon_core::event::{EventId, EventKey};
 use coupon_core::redis::keyspace::{self, EventPresence};
 use coupon_core::redis::{RedisError, RedisHandle};
 
@@ -57,8 +57,8 @@ impl BatchWriter {
     }
 
     /// Forgets what is cached about an event (its limit may have changed).
-    pub fn forget(&mut self, event: &str) {
-        self.slot_capacity.remove(event);
+    pub fn forget(&mut self, event: &EventId) {
+        self.slot_capacity.retain(|key, _| key.parse::<EventKey>().map_or(true, |k| k.id() != event));
     }
 
     /// Makes sure every slot in the batch has its `coupon_slots` row, in steps, using the
@@ -82,9 +82,16 @@ impl BatchWriter {
             let mut capacity = self.store.slot_capacity(&event).await?;
             if capacity < slot {
                 let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
-                let id: EventId = event.parse().expect("validated by parse_record");
-                match keyspace::presence(&mut conn, &id).await? {
-                    EventPresence::Provisioned { limit } => {
+                let key: EventKey = event.parse().expect("validated by parse_record");
+                match keyspace::presence(&mut conn, key.id()).await? {
+                    EventPresence::Provisioned { incarnation, .. } if incarnation.as_deref() != key.incarnation() => {
+                        // Another object of the same name lives in Redis now: this record is
+                        // of an earlier one that was deleted (`onDelete: Delete` fails its
+                        // unwritten records like a deletion does; `Retain` drains before the
+                        // name is provisioned again).
+                        refused.insert(event.clone(), "the event was deleted and its name re-used".to_owned());
+                    }
+                    EventPresence::Provisioned { limit, .. } => {
                         self.missing_since.remove(&event);
                         let wanted = round_up(slot, SLOT_STEP).min(limit);
                         if wanted > capacity {
@@ -163,9 +170,9 @@ impl BatchWriter {
             by_event.entry(row.event.as_str()).or_default().push((row.user_id.as_str(), row.slot));
         }
         for (event, rows) in by_event {
-            let Ok(id) = event.parse::<EventId>() else { continue };
+            let Ok(key) = event.parse::<EventKey>() else { continue };
             for chunk in rows.chunks(MARK_CHUNK) {
-                if let Err(error) = keyspace::mark_written(&mut conn, &id, chunk).await {
+                if let Err(error) = keyspace::mark_written(&mut conn, key.id(), chunk).await {
                     tracing::warn!(%error, event, "cannot mark written entries; healing will");
                 }
             }

@@ -316,7 +316,7 @@ async fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
 fn event_config(args: &EventCreateArgs) -> EventConfig {
     let start = args.start.unwrap_or_else(Utc::now);
     let end = args.end.unwrap_or_else(|| start + chrono::Duration::from_std(args.duration).unwrap_or(chrono::Duration::minutes(30)));
-    EventConfig { limit: args.limit, per_user: args.per_user, start, end, topic: args.topic.clone(), paused: false }
+    EventConfig { limit: args.limit, per_user: args.per_user, start, end, topic: args.topic.clone(), paused: false, incarnation: None }
 }
 
 async fn run_event(command: EventCommand) -> anyhow::Result<()> {

@@ -20,6 +20,9 @@ pub enum ConfigWrite {
     RefusedBelowIssued {
         issued: i64,
     },
+    /// Nothing written: the configuration belongs to another incarnation (another object
+    /// of the same name), whose state must be removed first.
+    RefusedOtherIncarnation,
 }
 
 /// Writes the configuration atomically; counters are never touched. With `existed_before`
@@ -46,9 +49,10 @@ pub async fn write_config(
         .arg(&config.topic)
         .arg(if existed_before { "1" } else { "0" })
         .arg(if config.paused { "1" } else { "0" })
+        .arg(config.incarnation.as_deref().unwrap_or_default())
         .invoke_async(&mut *conn)
         .await?;
-    if answer >= 0 {
+    if (0..=3).contains(&answer) {
         register(conn, event).await?;
     }
     Ok(match answer {
@@ -56,6 +60,7 @@ pub async fn write_config(
         1 => ConfigWrite::Updated,
         2 => ConfigWrite::Unchanged,
         3 => ConfigWrite::CreatedRecovering,
+        4 => ConfigWrite::RefusedOtherIncarnation,
         negative => ConfigWrite::RefusedBelowIssued { issued: -negative },
     })
 }

@@ -24,6 +24,8 @@ pub enum GateDecision {
     Issued {
         slot: i64,
         topic: String,
+        /// The event's incarnation: with its id, the event key the record carries.
+        incarnation: Option<String>,
         again: bool,
         /// Server time by which this delivery ends; a release must name it.
         deadline_ms: i64,
@@ -57,10 +59,11 @@ pub enum GateDecision {
 }
 
 impl GateDecision {
-    fn from_answer((code, slot, topic, deadline_ms): (i64, i64, String, i64)) -> RedisResult<Self> {
+    fn from_answer((code, slot, topic, deadline_ms, incarnation): (i64, i64, String, i64, String)) -> RedisResult<Self> {
+        let incarnation = Some(incarnation).filter(|i| !i.is_empty());
         Ok(match code {
-            1 => Self::Issued { slot, topic, again: false, deadline_ms },
-            2 => Self::Issued { slot, topic, again: true, deadline_ms },
+            1 => Self::Issued { slot, topic, incarnation, again: false, deadline_ms },
+            2 => Self::Issued { slot, topic, incarnation, again: true, deadline_ms },
             3 => Self::Confirmed { slot },
             -1 => Self::Deleted,
             -2 => Self::NotOpen,
@@ -82,7 +85,7 @@ impl GateDecision {
 /// delivering the record a second time.
 pub async fn apply(conn: &mut ConnectionManager, event: &EventId, user_id: &str, lease: Duration) -> RedisResult<GateDecision> {
     let keys = EventKeys::of(event);
-    let answer: (i64, i64, String, i64) = script!("apply")
+    let answer: (i64, i64, String, i64, String) = script!("apply")
         .key(&keys.config)
         .key(&keys.count)
         .key(&keys.users)

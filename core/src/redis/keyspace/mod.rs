@@ -30,7 +30,7 @@ mod recovery;
 use redis::aio::ConnectionManager;
 use redis::RedisResult;
 
-use crate::event::EventId;
+use crate::event::{EventId, EventKey};
 
 pub use config::{write_config, ConfigWrite};
 pub use gate::{ack, apply, prepare_gate_benchmark, release, GateDecision};
@@ -70,6 +70,7 @@ mod field {
     pub const END_MS: &str = "end_ms";
     pub const TOPIC: &str = "topic";
     pub const RECOVERING: &str = "recovering";
+    pub const INCARNATION: &str = "incarnation";
     pub const DELETED: &str = "deleted";
 }
 
@@ -121,21 +122,34 @@ pub struct EventCounters {
     /// Entries given back by healing since the event was provisioned or restored.
     pub healed: i64,
     pub recovering: bool,
+    /// The object the event belongs to (see `EventKey`).
+    pub incarnation: Option<String>,
+}
+
+impl EventCounters {
+    /// The key the event's records and rows carry.
+    pub fn key(&self, event: &EventId) -> EventKey {
+        EventKey::new(event.clone(), self.incarnation.as_deref())
+            .unwrap_or_else(|_| EventKey::new(event.clone(), None).expect("an id is a key"))
+    }
 }
 
 /// Reads an event's configuration and counters in one pipeline; `None` if not provisioned.
 pub async fn counters(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<Option<EventCounters>> {
     let keys = EventKeys::of(event);
     #[allow(clippy::type_complexity)]
-    let ((limit, per_user, start_ms, end_ms, topic, recovering), count, free, persisted, unwritten, healed): (
-        (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, Option<String>),
+    let ((limit, per_user, start_ms, end_ms, topic, recovering, incarnation), count, free, persisted, unwritten, healed): (
+        (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, Option<String>, Option<String>),
         Option<i64>,
         i64,
         Option<i64>,
         i64,
         Option<i64>,
     ) = redis::pipe()
-        .hget(&keys.config, &[field::LIMIT, field::PER_USER, field::START_MS, field::END_MS, field::TOPIC, field::RECOVERING])
+        .hget(
+            &keys.config,
+            &[field::LIMIT, field::PER_USER, field::START_MS, field::END_MS, field::TOPIC, field::RECOVERING, field::INCARNATION],
+        )
         .get(&keys.count)
         .llen(&keys.free)
         .get(&keys.persisted)
@@ -155,14 +169,15 @@ pub async fn counters(conn: &mut ConnectionManager, event: &EventId) -> RedisRes
         unwritten,
         healed: healed.unwrap_or(0),
         recovering: recovering.as_deref() == Some("1"),
+        incarnation,
     }))
 }
 
 /// What Redis knows of an event's configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventPresence {
-    /// Provisioned, with this limit.
-    Provisioned { limit: i64 },
+    /// Provisioned, with this limit, for this incarnation.
+    Provisioned { limit: i64, incarnation: Option<String> },
     /// Deleted (its tombstone is there).
     Deleted,
     /// No configuration at all: never provisioned, or Redis lost it.
@@ -172,10 +187,15 @@ pub enum EventPresence {
 /// Whether the event is provisioned, deleted or missing, and its limit (one hash read, for
 /// the consumer's slot rows).
 pub async fn presence(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<EventPresence> {
-    let (limit, deleted): (Option<i64>, Option<String>) =
-        redis::cmd("HMGET").arg(EventKeys::of(event).config).arg(field::LIMIT).arg(field::DELETED).query_async(conn).await?;
+    let (limit, deleted, incarnation): (Option<i64>, Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(EventKeys::of(event).config)
+        .arg(field::LIMIT)
+        .arg(field::DELETED)
+        .arg(field::INCARNATION)
+        .query_async(conn)
+        .await?;
     Ok(match (limit, deleted.as_deref()) {
-        (Some(limit), _) => EventPresence::Provisioned { limit },
+        (Some(limit), _) => EventPresence::Provisioned { limit, incarnation },
         (None, Some("1")) => EventPresence::Deleted,
         (None, _) => EventPresence::Missing,
     })

@@ -1,8 +1,9 @@
 -- The apply gate: decides one apply atomically.
 -- KEYS: config, count, users, free, unwritten. ARGV: user id, lease_ms (how long a delivery
 -- may take: the api's produce timeout and a margin).
--- Answers {code, slot, topic, deadline} (deadline: of the delivery now under way, which a
--- release must name):
+-- Answers {code, slot, topic, deadline, incarnation} (deadline: of the delivery now under way,
+-- which a release must name; topic and incarnation, which the record carries, for codes 1
+-- and 2 only):
 --   1  a new slot was issued to the user: deliver its record;
 --   2  the user's earlier delivery of `slot` never completed (its lease ran out): deliver the
 --      same record again (the consumer skips the duplicate);
@@ -15,11 +16,11 @@
 --  -6  recovering (being verified against SQL); -8 paused.
 -- The counter never passes the limit: `count < limit` is checked before INCR.
 local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server',
-  'deleted', 'recovering_server', 'lease_ms', 'holders_version', 'paused')
+  'deleted', 'recovering_server', 'lease_ms', 'holders_version', 'paused', 'incarnation')
 local limit = tonumber(cfg[1])
 if not limit then
-  if cfg[8] == '1' then return {-1, 0, '', 0} end
-  return {-7, 0, '', 0}
+  if cfg[8] == '1' then return {-1, 0, '', 0, ''} end
+  return {-7, 0, '', 0, ''}
 end
 local now = now_ms()
 -- Fencing: the state was last verified on another server (a restart, a failover, a restored
@@ -31,10 +32,10 @@ if cfg[7] ~= server then
   if cfg[5] ~= '1' or cfg[9] ~= server then
     redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now, 'recovering_server', server)
   end
-  return {-6, 0, '', 0}
+  return {-6, 0, '', 0, ''}
 end
-if cfg[5] == '1' then return {-6, 0, '', 0} end
-if cfg[12] == '1' then return {-8, 0, '', 0} end
+if cfg[5] == '1' then return {-6, 0, '', 0, ''} end
+if cfg[12] == '1' then return {-8, 0, '', 0, ''} end
 local user = ARGV[1]
 local lease = tonumber(ARGV[2])
 -- The longest lease any api uses: a restore waits at least this long after its mark.
@@ -47,19 +48,19 @@ for _, e in ipairs(entries) do
   if e[2] == 'x' then
     e[2] = 'w'
     store_entries(KEYS[3], user, entries)
-    return {3, tonumber(e[1]), cfg[6], 0}
+    return {3, tonumber(e[1]), cfg[6], 0, ''}
   end
   if e[2] == 'p' then
     local member = unwritten_member(e[1], user)
     local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member)) or 0
-    if deadline > now then return {-4, tonumber(e[1]), '', 0} end
+    if deadline > now then return {-4, tonumber(e[1]), '', 0, ''} end
     redis.call('ZADD', KEYS[5], now + lease, member)
-    return {2, tonumber(e[1]), cfg[6], now + lease}
+    return {2, tonumber(e[1]), cfg[6], now + lease, cfg[13] or ''}
   end
 end
-if #entries >= per_user then return {-4, tonumber(entries[1][1]), '', 0} end
-if now < tonumber(cfg[3]) then return {-2, 0, '', 0} end
-if now >= tonumber(cfg[4]) then return {-3, 0, '', 0} end
+if #entries >= per_user then return {-4, tonumber(entries[1][1]), '', 0, ''} end
+if now < tonumber(cfg[3]) then return {-2, 0, '', 0, ''} end
+if now >= tonumber(cfg[4]) then return {-3, 0, '', 0, ''} end
 local slot
 for _ = 1, 16 do
   slot = tonumber(redis.call('LPOP', KEYS[4]))
@@ -68,10 +69,10 @@ for _ = 1, 16 do
 end
 if not slot then
   local count = tonumber(redis.call('GET', KEYS[2])) or 0
-  if count >= limit then return {-5, tonumber(cfg[4]), '', tonumber(cfg[11]) or 0} end
+  if count >= limit then return {-5, tonumber(cfg[4]), '', tonumber(cfg[11]) or 0, ''} end
   slot = redis.call('INCR', KEYS[2])
 end
 entries[#entries + 1] = {tostring(slot), 'p'}
 store_entries(KEYS[3], user, entries)
 redis.call('ZADD', KEYS[5], now + lease, unwritten_member(slot, user))
-return {1, slot, cfg[6], now + lease}
+return {1, slot, cfg[6], now + lease, cfg[13] or ''}

@@ -1,20 +1,27 @@
 -- Writes an event's configuration; never touches its counters.
--- KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing, paused.
+-- KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing, paused,
+-- incarnation ('' for none).
 -- Answers {code, recovering}: code 0 created, 1 updated, 2 unchanged, 3 created recovering,
--- or -count when the new limit is below the highest slot handed out (nothing is written
--- then); recovering is 1 while the event is marked recovering.
+-- 4 the configuration belongs to another incarnation (another object of the same name: nothing
+-- is written), or -count when the new limit is below the highest slot handed out (nothing is
+-- written then); recovering is 1 while the event is marked recovering.
+-- The incarnation is written when the event is created and never changed: it is part of the
+-- key every record and row of the event carries. A configuration without one (made before
+-- incarnations existed, or by the CLI) is kept as it is.
 -- A new event records the server it lives on (`server`); an update never does, since that
 -- would hide a server that went back in time from the gate's fencing check. A configuration
 -- written before fencing existed (and its users in the old layout) is verified against SQL
 -- like a server change: it is marked recovering.
-local count = tonumber(redis.call('GET', KEYS[2])) or 0
-if tonumber(ARGV[1]) < count then return {-count, 0} end
-local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted', 'paused')
+local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted', 'paused',
+  'incarnation')
 if old[8] == '1' then
   -- The tombstone of a deleted event: the name is free again.
   redis.call('DEL', KEYS[1])
-  old = {false, false, false, false, false, false, false, false, false}
+  old = {false, false, false, false, false, false, false, false, false, false}
 end
+if old[1] and old[10] and old[10] ~= ARGV[8] then return {4, 0} end
+local count = tonumber(redis.call('GET', KEYS[2])) or 0
+if tonumber(ARGV[1]) < count then return {-count, 0} end
 local recovering = 0
 if old[6] == '1' then recovering = 1 end
 if old[1] and not old[7] and old[6] ~= '1' then
@@ -27,6 +34,7 @@ if old[1] == ARGV[1] and old[2] == ARGV[2] and old[3] == ARGV[3] and old[4] == A
 end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5], 'paused', ARGV[7])
 if old[1] then return {1, recovering} end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'incarnation', ARGV[8]) end
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server_id())
   return {3, 1}

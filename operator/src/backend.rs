@@ -121,6 +121,12 @@ impl Backend {
         Ok(())
     }
 
+    /// Removes an earlier object's state under the event's name if it is finished (see
+    /// `keyspace::retire_event`).
+    pub async fn retire(&self, event: &EventId, incarnation: Option<&str>) -> Result<keyspace::Retirement, BackendError> {
+        Ok(keyspace::retire_event(&mut self.conn()?, event, incarnation).await?)
+    }
+
     /// Deletes a topic (the caller decided it is safe: see `lifecycle::topic_deletion`).
     pub async fn delete_topic(&self, topic: &str) -> Result<(), BackendError> {
         Ok(self.admin.delete_topic(topic).await?)

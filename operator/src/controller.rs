@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coupon_core::event::{EventId, InvalidConfig};
-use coupon_core::redis::keyspace::EventCounters;
+use coupon_core::redis::keyspace::{EventCounters, Retirement};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -58,12 +58,24 @@ pub struct Context {
     /// counts from there, not from the deletion, so an operator that was down does not give
     /// up at its first attempt.
     pub cleanup_failing_since: Arc<std::sync::Mutex<std::collections::HashMap<String, Timestamp>>>,
+    /// Held while a reconcile reads and writes scales: events sharing a Deployment are
+    /// reconciled concurrently, and each would otherwise read the old count and write.
+    pub scaling: tokio::sync::Mutex<()>,
 }
 
 impl Context {
     pub fn new(client: Client, backend: Backend, events: Store<CouponEvent>, metrics: Arc<Metrics>) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() });
-        Self { client, backend, events, recorder, metrics, clock: Arc::new(Timestamp::now), cleanup_failing_since: Default::default() }
+        Self {
+            client,
+            backend,
+            events,
+            recorder,
+            metrics,
+            clock: Arc::new(Timestamp::now),
+            cleanup_failing_since: Default::default(),
+            scaling: Default::default(),
+        }
     }
 
     /// Now, to the second: the API server stores condition times to the second, so a finer
@@ -124,7 +136,10 @@ async fn report_unavailable(event: &CouponEvent, ctx: &Context, error: &BackendE
     let status = unavailable_status(ctx.now(), previous, event.metadata.generation, &error.to_string());
     let Some(namespace) = event.namespace() else { return };
     let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Err(error) = api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await {
+    // Only the conditions: the rest of the status in hand may be stale (a `topicCreated`
+    // written earlier in this reconcile, say).
+    let patch = json!({ "status": { "conditions": status.conditions } });
+    if let Err(error) = api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
         tracing::warn!(%error, "cannot write the status");
     }
 }
@@ -171,7 +186,8 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let counters = match ctx.backend.counters(&id).await {
-        Ok(counters) => counters,
+        // An earlier object's state (this one waits for it to drain) is not this one's.
+        Ok(counters) => counters.filter(|c| owns(c, event)),
         Err(error) if provisioned.is_err() => {
             tracing::debug!(%error, "no counters for a refused event");
             None
@@ -227,6 +243,7 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         generation: event.metadata.generation,
         provisioned: provisioned.clone(),
         accepted: accepted.map(CouponEventSpec::with_defaults),
+        incarnation: incarnation(event).map(str::to_owned),
         scaling,
         paused: accepted.is_some_and(|a| a.paused),
     };
@@ -272,16 +289,22 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
     let mut counters = ctx.backend.counters(id).await?;
     if let Some(theirs) = counters.as_ref().filter(|c| !owns(c, event)) {
         // Redis holds the state of an earlier object of this name. Its coupons are its
-        // own (their rows carry its UID); once all are written it is removed, and this
-        // object starts from zero with its own limit.
-        if theirs.persisted < theirs.issued || theirs.unwritten > 0 {
+        // own (their rows carry its incarnation); once it is finished it is removed, and
+        // this object starts from zero with its own limit.
+        let unwritten = (theirs.issued - theirs.persisted).max(theirs.unwritten);
+        let waiting = match ctx.backend.retire(id, theirs.incarnation.as_deref()).await? {
+            Retirement::Removed | Retirement::Absent => None,
+            Retirement::StillOpen => Some("its sale is still open".to_owned()),
+            Retirement::Recovering => Some("it is being verified against SQL".to_owned()),
+            Retirement::Unwritten => Some(format!("{unwritten} of its coupons are not written to SQL yet")),
+            Retirement::OtherIncarnation => Some("it changed while being removed".to_owned()),
+        };
+        if let Some(why) = waiting {
             let message = format!(
-                "Redis still holds {} unwritten coupons of an earlier CouponEvent of this name; this one is provisioned once they are written",
-                (theirs.issued - theirs.persisted).max(theirs.unwritten)
+                "Redis holds the state of an earlier CouponEvent of this name and {why}; this one is provisioned once it is finished"
             );
             return Ok((false, Err(Refusal { reason: PREVIOUS_DRAINING, message })));
         }
-        ctx.backend.delete_redis(id).await?;
         let message = format!("removed the Redis state of an earlier CouponEvent of this name ({} coupons, all written)", theirs.issued);
         ctx.publish(event, EventType::Normal, "PreviousEventRemoved", "Provision", message).await;
         counters = None;
@@ -308,9 +331,9 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
         // survive a crash before this reconcile's status write.
         if !event.status.as_ref().is_some_and(|s| s.topic_created) {
             let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
-            let mut status = event.status.clone().unwrap_or_default();
-            status.topic_created = true;
-            api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+            // Only the flag: the rest of the status in hand may be stale.
+            let patch = json!({ "status": { "topicCreated": true } });
+            api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
         }
         ctx.metrics.topic_provisionings.inc();
         if existed_before {
@@ -318,7 +341,7 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
             ctx.publish(event, EventType::Warning, "TopicRecreated", "CreateTopic", message).await;
         }
     }
-    match ctx.backend.provision_redis(id, spec, existed_before, event.metadata.uid.as_deref()).await {
+    match ctx.backend.provision_redis(id, spec, existed_before, incarnation(event)).await {
         Ok(coupon_core::provision::RedisOutcome::CreatedRecovering) => {
             ctx.publish(
                 event,
@@ -361,14 +384,20 @@ fn provisioned_before(event: &CouponEvent) -> bool {
         .is_some_and(|s| s.last_accepted_spec.is_some() || s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"))
 }
 
-/// Whether Redis' state under the object's name is this object's: its incarnation is the
-/// object's UID, or it has none (made before incarnations existed) and this object
-/// provisioned it.
-fn owns(counters: &EventCounters, event: &CouponEvent) -> bool {
-    match counters.incarnation.as_deref() {
-        Some(incarnation) => Some(incarnation) == event.metadata.uid.as_deref(),
-        None => provisioned_before(event),
+/// The incarnation this object's event carries in its key: the one its status recorded
+/// once provisioned (none for an event provisioned before incarnations existed, whose rows
+/// are keyed by name alone), else its UID.
+fn incarnation(event: &CouponEvent) -> Option<&str> {
+    if provisioned_before(event) {
+        event.status.as_ref().and_then(|s| s.incarnation.as_deref())
+    } else {
+        event.metadata.uid.as_deref()
     }
+}
+
+/// Whether Redis' state under the object's name is this object's.
+fn owns(counters: &EventCounters, event: &CouponEvent) -> bool {
+    counters.incarnation.as_deref() == incarnation(event)
 }
 
 /// Every other event as the scheduler sees it, from the reflector's cache.
@@ -391,6 +420,7 @@ fn other_events(all: &[Arc<CouponEvent>], this: &CouponEvent) -> Vec<(String, Co
 /// that opted in (`SCALABLE_LABEL`) and that no HorizontalPodAutoscaler drives are touched.
 /// Returns what was found about them.
 async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Timestamp) -> Result<ScaleReport, Error> {
+    let _one_at_a_time = ctx.scaling.lock().await;
     let others = other_events(&ctx.events.state(), event);
     let mut states: Vec<EventState<'_>> = others
         .iter()

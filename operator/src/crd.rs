@@ -39,8 +39,7 @@ pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
     printcolumn(name = "Limit", type_ = "integer", json_path = ".spec.limit"),
     printcolumn(name = "Start", type_ = "string", json_path = ".spec.schedule.start"),
     printcolumn(name = "End", type_ = "string", json_path = ".spec.schedule.end"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 200").message("name may be at most 200 characters: records and rows carry it with the object's UID")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(
     validation = Rule::new("self.topic == oldSelf.topic").message("topic cannot change: records would be split across two topics"),
@@ -177,10 +176,13 @@ pub enum Phase {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct CouponEventStatus {
+    #[serde(default)]
     pub phase: Phase,
     /// Coupons handed out (from Redis).
+    #[serde(default)]
     pub issued: i64,
     /// Coupons written to SQL (from Redis, reported by the consumer).
+    #[serde(default)]
     pub persisted: i64,
     /// Issued coupons whose record was never written (a client or process that died
     /// mid-apply, a produce with an unknown outcome), found by the consumer once the topic
@@ -195,6 +197,12 @@ pub struct CouponEventStatus {
     /// `Ready` condition) leaves it in effect, so a live sale goes on as accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_accepted_spec: Option<CouponEventSpec>,
+    /// What the event's records and SQL rows carry after its name, `<namespace>/<name>@<incarnation>`:
+    /// the object's UID, so a name re-used by a new object never mixes with this one's rows.
+    /// Absent for an event provisioned before incarnations existed (its rows are keyed
+    /// `<namespace>/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

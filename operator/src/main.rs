@@ -23,41 +23,44 @@ enum Command {
     /// Print the CustomResourceDefinition as YAML.
     Crd,
     /// Run the controller.
-    Run {
-        /// Address of /healthz, /readyz and /metrics.
-        #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
-        listen: SocketAddr,
-        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
-        redis_url: String,
-        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-        kafka_brokers: String,
-        /// Replication factor of the topics the operator creates.
-        #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
-        replication: i32,
-        /// Manage the CouponEvents of this namespace only (empty: all namespaces).
-        #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
-        watch_namespace: String,
-        /// Act only while holding a Lease, so that one instance of several writes. Turn off
-        /// only where a single instance is guaranteed otherwise.
-        #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-        leader_election: bool,
-        /// Name of the Lease (one per release).
-        #[arg(long, env = "LEASE_NAME", default_value = "coupon-operator")]
-        lease_name: String,
-        /// Namespace of the Lease: the operator's own (the chart passes it).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-        lease_namespace: String,
-        /// This instance's name among the candidates (the chart passes the pod name).
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-        /// How long a Lease outlives its holder's last renewal: the longest wait for a
-        /// hand-over after an instance died without releasing it.
-        #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
-        lease_duration: std::time::Duration,
-        /// How long before the Lease expires its holder renews it.
-        #[arg(long, env = "LEASE_RENEW_MARGIN", default_value = "5s", value_parser = humantime::parse_duration)]
-        lease_renew_margin: std::time::Duration,
-    },
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    redis_url: String,
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Replication factor of the topics the operator creates.
+    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
+    replication: i32,
+    /// Manage the CouponEvents of this namespace only (empty: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
+    watch_namespace: String,
+    /// Act only while holding a Lease, so that one instance of several writes. Turn off
+    /// only where a single instance is guaranteed otherwise.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease (one per release).
+    #[arg(long, env = "LEASE_NAME", default_value = "coupon-operator")]
+    lease_name: String,
+    /// Namespace of the Lease: the operator's own (the chart passes it).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This instance's name among the candidates (the chart passes the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease outlives its holder's last renewal: the longest wait for a
+    /// hand-over after an instance died without releasing it.
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: std::time::Duration,
+    /// How long before the Lease expires its holder renews it.
+    #[arg(long, env = "LEASE_RENEW_MARGIN", default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_renew_margin: std::time::Duration,
 }
 
 #[tokio::main]
@@ -66,19 +69,20 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => print!("{}", coupon_operator::crd_yaml()),
-        Command::Run {
-            listen,
-            redis_url,
-            kafka_brokers,
-            replication,
-            watch_namespace,
-            leader_election,
-            lease_name,
-            lease_namespace,
-            identity,
-            lease_duration,
-            lease_renew_margin,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                listen,
+                redis_url,
+                kafka_brokers,
+                replication,
+                watch_namespace,
+                leader_election,
+                lease_name,
+                lease_namespace,
+                identity,
+                lease_duration,
+                lease_renew_margin,
+            } = *args;
             if leader_election && lease_renew_margin >= lease_duration {
                 anyhow::bail!("LEASE_RENEW_MARGIN ({lease_renew_margin:?}) must be below LEASE_DURATION ({lease_duration:?})");
             }
@@ -110,7 +114,13 @@ async fn main() -> anyhow::Result<()> {
             let namespace = Some(watch_namespace).filter(|n| !n.is_empty());
             let controller = coupon_operator::controller::run(client.clone(), backend, metrics, namespace, ready);
             if leader_election {
-                let identity = identity.unwrap_or_else(|| format!("coupon-operator-{}", std::process::id()));
+                // Unique among candidates: the pod name; else the host name and the start time
+                // (process ids repeat across containers).
+                let identity = identity.unwrap_or_else(|| {
+                    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "coupon-operator".into());
+                    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+                    format!("{host}-{started}")
+                });
                 let election =
                     LeaderElection { namespace: lease_namespace, lease_name, identity, lease_duration, renew_margin: lease_renew_margin };
                 election.run(client, controller).await?;

@@ -30,6 +30,8 @@ pub struct Observation {
     /// The spec in effect: this one if accepted, else the last accepted one (`None`: the
     /// event was never accepted, and its phase is `Failed`).
     pub accepted: Option<CouponEventSpec>,
+    /// The incarnation the event's records carry (kept with the accepted spec).
+    pub incarnation: Option<String>,
     /// What scaling found about the event's Deployments.
     pub scaling: ScaleReport,
     /// The accepted spec has the sale paused.
@@ -147,6 +149,7 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         observed_generation: g,
         conditions: vec![provisioned, open, sold_out, drained, scaling, ready],
         last_accepted_spec: observed.accepted.clone(),
+        incarnation: observed.accepted.as_ref().and(observed.incarnation.clone()),
     }
 }
 
@@ -176,6 +179,7 @@ mod tests {
             generation: Some(3),
             provisioned: Ok(()),
             accepted: None,
+            incarnation: None,
             scaling: ScaleReport::default(),
             paused: false,
         }

@@ -94,6 +94,7 @@ fn harness_with(server: FakeApiServer, now: &str, backend: Backend) -> Harness {
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(move || *read_clock.lock().unwrap()),
         cleanup_failing_since: Default::default(),
+        scaling: Default::default(),
     });
     Harness { server, ctx, writer, clock }
 }
@@ -158,6 +159,7 @@ async fn issue_through_the_gate(
 ) {
     let now = chrono::Utc::now();
     let mut open = spec.event_config();
+    open.incarnation = keyspace::counters(conn, event_id).await.unwrap().and_then(|c| c.incarnation);
     open.start = now - chrono::Duration::minutes(1);
     open.end = now + chrono::Duration::minutes(10);
     coupon_core::provision::provision_redis(conn, event_id, &open, false).await.unwrap();
@@ -189,12 +191,14 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
     assert_eq!(requests[0].body[1]["value"], serde_json::json!([FINALIZER]));
     assert_eq!(redis_keys(&id(&event)).await, 0, "nothing provisioned before the finalizer is in place");
 
-    // 2. Provision, scale both Deployments, write status, tell the user.
+    // 2. Provision (the topic's creation is recorded at once), scale both Deployments,
+    // write status, tell the user.
     let event = h.stored(&event);
     let requests = h.reconcile(&event).await;
     assert_eq!(
         shorts(&requests),
         vec![
+            format!("PATCH {object}/status"),
             format!("GET {HPAS}"),
             format!("GET {DEPLOYMENT_API}"),
             format!("PATCH {SCALE_API}"),
@@ -206,10 +210,11 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
             format!("POST {EVENTS}"),
         ]
     );
-    assert_eq!(requests[2].body, serde_json::json!({"spec": {"replicas": 10}}));
-    assert_eq!(requests[5].body, serde_json::json!({"spec": {"replicas": 2}}));
-    assert_eq!(requests[3].body["reason"], "Scaled");
-    let status = &requests[7].body["status"];
+    assert_eq!(requests[0].body, serde_json::json!({"status": {"topicCreated": true}}), "only the flag, before anything else");
+    assert_eq!(requests[3].body, serde_json::json!({"spec": {"replicas": 10}}));
+    assert_eq!(requests[6].body, serde_json::json!({"spec": {"replicas": 2}}));
+    assert_eq!(requests[4].body["reason"], "Scaled");
+    let status = &requests[8].body["status"];
     assert_eq!(status["phase"], "Open");
     assert_eq!(status["issued"], 0);
     assert_eq!(status["observedGeneration"], 1);
@@ -230,8 +235,8 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
             ("Ready".into(), "True".into())
         ]
     );
-    assert_eq!(requests[8].body["reason"], "PhaseChanged");
-    assert_eq!(requests[8].body["note"], "new -> Open");
+    assert_eq!(requests[9].body["reason"], "PhaseChanged");
+    assert_eq!(requests[9].body["note"], "new -> Open");
     assert_eq!(h.server.replicas(NS, "coupon-api"), Some(10));
     assert_eq!(topic_partitions(&event.spec.topic), Some(2));
     let counters = h.ctx.backend.counters(&id(&event)).await.unwrap().expect("Redis config provisioned");
@@ -559,7 +564,16 @@ async fn healed_coupons_are_reported_in_the_status_and_the_event_counts_as_drain
     // and are healed.
     let mut conn = h.ctx.backend.redis.get().unwrap();
     issue_through_the_gate(&mut conn, &id(&event), &event.spec, 3).await;
-    assert_eq!(keyspace::mark_written(&mut conn, &id(&event), &[("u0", 1)]).await.unwrap(), 1);
+    assert_eq!(
+        keyspace::mark_written(
+            &mut conn,
+            &coupon_core::event::EventKey::new(id(&event), event.metadata.uid.as_deref()).unwrap(),
+            &[("u0", 1)]
+        )
+        .await
+        .unwrap(),
+        1
+    );
     let overdue = keyspace::overdue_entries(&mut conn, &id(&event), i64::MAX, 10).await.unwrap();
     assert_eq!(overdue.len(), 2);
     let verdicts: Vec<_> = overdue.into_iter().map(|entry| (entry, keyspace::HealVerdict::Free)).collect();

@@ -99,15 +99,18 @@ cargo run --quiet --release --locked -p coupon-service -- load \
   --url http://127.0.0.1:18080 --event "$event" --requests 3000 --concurrency 64 | tee /tmp/e2e-load.txt
 grep -q '| 201 issued (201) | 100 |' /tmp/e2e-load.txt || fail "expected exactly $limit coupons issued"
 
+# Rows carry the event key: namespace, name and the CouponEvent's UID.
+uid=$(kubectl -n "$ns" get couponevent "$event" -o jsonpath='{.metadata.uid}')
 rows() {
   kubectl -n "$ns" exec deploy/postgres -- psql -U postgres -d coupons -tAc \
-    "SELECT count(*) FROM coupons WHERE event = '$ns/$event'"
+    "SELECT count(*) FROM coupons WHERE event = '$ns/$event@$uid'"
 }
 rows_are_limit() { [ "$(rows)" = "$limit" ]; }
 wait_until 120 "exactly $limit rows in PostgreSQL" rows_are_limit
 wait_until 60 "sold out" phase_is SoldOut
-wait_until 60 "api scaled down once sold out" replicas_are coupon-api 0
+replicas_are coupon-api 2 || fail "sold out must keep the api up (it answers 410)"
 wait_until 300 "closed after the window and the drain" phase_is Closed
+wait_until 60 "api scaled to its idle replicas after the window" replicas_are coupon-api 0
 wait_until 60 "consumer scaled down after the drain" replicas_are coupon-consumer 0
 [ "$(rows)" = "$limit" ] || fail "rows changed after the window"
 

@@ -394,6 +394,12 @@ async fn a_re_created_name_is_a_new_event(on_delete: OnDelete) {
     let store = coupon_tests::migrated_store(&database).await;
     let mut first = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
     first.spec.on_delete = on_delete;
+    // The topic exists before the event, so `onDelete: Delete` keeps it (only a topic the
+    // operator created is deleted). Deleting it under the running consumer would crash the
+    // consumer: tansu answers metadata of a deleted topic with a null topic name, on which
+    // librdkafka segfaults (rd_kafka_metadata_update_op); Kafka answers UNKNOWN_TOPIC.
+    let admin = kafka(&kafka_brokers()).admin().unwrap();
+    admin.ensure_topic(&first.spec.topic, 1, 1).await.unwrap();
     let first = cluster.create(&first);
     let name = first.metadata.name.clone().unwrap();
     let topic = first.spec.topic.clone();
@@ -631,4 +637,114 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
     let failed = store.failed_events(&topic).await.unwrap();
     assert!(failed.iter().all(|f| !String::from_utf8_lossy(&f.payload).contains(&kept_name)), "failed rows of the kept event: {failed:?}");
     operator.kill(&cluster);
+
+    // Everything the running operator called over this whole life is granted by the chart's
+    // rules, and its Lease calls are exactly the leader-election rules.
+    let used: std::collections::BTreeSet<_> =
+        cluster.requests().iter().filter(|r| r.client == "operator-0").map(Recorded::permission).collect();
+    let granted = |file: &str| -> std::collections::BTreeSet<(String, String, String)> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/coupon-system/files").join(file);
+        let rules: Vec<serde_json::Value> = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut granted = std::collections::BTreeSet::new();
+        for rule in &rules {
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        granted.insert((group.as_str().unwrap().into(), resource.as_str().unwrap().into(), verb.as_str().unwrap().into()));
+                    }
+                }
+            }
+        }
+        granted
+    };
+    let (events, lease) = (granted("operator-rules.yaml"), granted("operator-leader-election-rules.yaml"));
+    let not_granted: Vec<_> = used.iter().filter(|p| !events.contains(*p) && !lease.contains(*p)).collect();
+    assert!(not_granted.is_empty(), "calls the chart does not grant: {not_granted:?}");
+    let lease_calls: std::collections::BTreeSet<_> = used.into_iter().filter(|(_, resource, _)| resource == "leases").collect();
+    assert_eq!(lease_calls, lease, "the leader-election rules are exactly the Lease calls");
+}
+
+/// A name re-used while the earlier object's coupons are still on their way to SQL: the new
+/// object waits, says why, and starts from zero once they are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_name_waits_for_the_earlier_objects_coupons_to_be_written() {
+    let cluster = cluster();
+    let operator = start_operator(&cluster, "operator-0").await;
+    let database = coupon_tests::sqlite_url();
+    let store = coupon_tests::migrated_store(&database).await;
+    let first = cluster.create(&coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120)));
+    let name = first.metadata.name.clone().unwrap();
+    let topic = first.spec.topic.clone();
+    wait_for_phase(&cluster, &name, Phase::Open).await;
+    let api = InProcessApi::start(NS, &kafka_brokers()).await;
+    let users = || (1..=8).map(|u| format!("user-{u}"));
+    // No consumer yet: the three coupons stay unwritten.
+    assert_eq!(apply_all(&api, &name, users().take(3)).await, vec![1, 2, 3]);
+    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "onDelete": "Retain" } }));
+    wait_until("Retain accepted", Duration::from_secs(10), || {
+        let accepted = cluster.get::<CouponEvent>(NS, &name).and_then(|e| e.status?.last_accepted_spec).map(|s| s.on_delete);
+        async move { (accepted == Some(OnDelete::Retain)).then_some(()) }
+    })
+    .await;
+    cluster.delete::<CouponEvent>(NS, &name);
+    wait_until("the first object is gone", Duration::from_secs(30), || {
+        let gone = cluster.get::<CouponEvent>(NS, &name).is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+
+    let mut second = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
+    second.metadata.name = Some(name.clone());
+    second.spec.topic = topic.clone();
+    let second = cluster.create(&second);
+    let waiting = wait_for_condition(&cluster, &name, "Ready", "False", "PreviousEventDraining").await;
+    assert_eq!(waiting.status.as_ref().unwrap().issued, 0, "the earlier object's counts are not this one's");
+    let http = reqwest::Client::new();
+    let id = coupon_core::event::EventId::new(NS, &name).unwrap();
+    let closed = http.post(api.apply_url(&id)).json(&json!({ "userId": "user-9" })).send().await.unwrap();
+    assert_eq!(closed.status(), 403, "the earlier sale is closed and the new one not provisioned yet");
+
+    // The consumer writes the earlier coupons; then the new object starts from zero.
+    let consumer = coupon_tests::InProcessConsumer::start(&database, &[topic.as_str()], &kafka_brokers());
+    coupon_tests::wait_for_rows(&store, &key_of(&first), 3, Duration::from_secs(30)).await;
+    wait_for_condition(&cluster, &name, "Ready", "True", "Provisioned").await;
+    let slots = wait_until("the new event issues", Duration::from_secs(10), || {
+        let apply = apply_all(&api, &name, users());
+        async move { Some(apply.await).filter(|s| !s.is_empty()) }
+    })
+    .await;
+    assert_eq!(slots, vec![1, 2, 3, 4, 5], "its full limit, to the same users too");
+    coupon_tests::wait_for_rows(&store, &key_of(&second), 5, Duration::from_secs(30)).await;
+    assert_eq!(store.count_coupons(&key_of(&first)).await.unwrap(), 3);
+    assert!(store.failed_events(&topic).await.unwrap().is_empty(), "nothing failed");
+    consumer.stop().await.unwrap();
+    operator.kill(&cluster);
+}
+
+/// A leader cut off from the API server (alive, but its renewals fail) stops acting before
+/// its Lease can expire, so the next leader is never a second writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_steps_down_before_another_takes_over() {
+    let cluster = cluster();
+    let first = start_operator(&cluster, "operator-a").await;
+    wait_until("operator-a leads", Duration::from_secs(15), || {
+        let holder = lease_holder(&cluster);
+        async move { (holder.as_deref() == Some("operator-a")).then_some(()) }
+    })
+    .await;
+    let second = start_operator(&cluster, "operator-b").await;
+    let cut = Instant::now();
+    cluster.cut("operator-a");
+    let outcome = tokio::time::timeout(LEASE + Duration::from_secs(2), first.task).await.expect("the cut-off leader stops");
+    let stepped_down = cut.elapsed();
+    assert!(matches!(outcome, Ok(Err(LeadershipError::Lost(_)))), "{outcome:?}");
+    wait_until("operator-b leads", LEASE + Duration::from_secs(5), || {
+        let holder = lease_holder(&cluster);
+        async move { (holder.as_deref() == Some("operator-b")).then_some(()) }
+    })
+    .await;
+    let taken_over = cut.elapsed();
+    println!("stepped down {stepped_down:?} and taken over {taken_over:?} after the cut (lease {LEASE:?})");
+    assert!(stepped_down < taken_over, "the old leader stopped ({stepped_down:?}) only after the new one led ({taken_over:?})");
+    second.kill(&cluster);
 }

@@ -196,9 +196,13 @@ impl ApplyService {
                 if !self.replicated(&mut conn).await {
                     return ApplyOutcome::Unavailable;
                 }
-                // An incarnation the config holds was validated when it was written.
-                let key = EventKey::new(event.clone(), incarnation.as_deref())
-                    .unwrap_or_else(|_| EventKey::new(event, None).expect("an id is a key"));
+                // Provisioning validates the incarnation; one written by hand that is not
+                // valid must not become a record under another key: nothing is produced
+                // (the pending entry is healed once its lease is over).
+                let Ok(key) = EventKey::new(event.clone(), incarnation.as_deref()) else {
+                    tracing::error!(event = %event, ?incarnation, "invalid incarnation in the event's configuration: not producing");
+                    return ApplyOutcome::Unavailable;
+                };
                 if self.clone().deliver(key, user_id, slot, &topic, again, deadline_ms).await {
                     ApplyOutcome::Issued { slot }
                 } else {

@@ -112,7 +112,11 @@ impl Verifier {
         if overdue.is_empty() {
             return Ok(());
         }
-        let healed = heal_entries(writer.store(), conn, &counters.key(event), trusted_until_ms, overdue).await?;
+        let Some(key) = counters.key(event) else {
+            tracing::error!(event = %event, incarnation = ?counters.incarnation, "invalid incarnation in the event's configuration: not healing");
+            return Ok(());
+        };
+        let healed = heal_entries(writer.store(), conn, &key, trusted_until_ms, overdue).await?;
         if healed.healed > 0 || healed.written > 0 {
             tracing::warn!(event = %event, healed = healed.healed, marked_written = healed.written, "settled entries issued but never written");
         }

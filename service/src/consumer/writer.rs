@@ -142,11 +142,41 @@ impl BatchWriter {
         Ok(admitted)
     }
 
+    /// An api of the version before event keys carried the incarnation produces records
+    /// named `<namespace>/<name>` for an event that has one (during a rolling upgrade): they
+    /// are the current incarnation's coupons (that api read the current configuration), so
+    /// they get its key. One Redis read per such event and batch; none once every api is
+    /// upgraded.
+    async fn key_records_of_older_apis(&self, coupons: &mut [(CouponRow, Position)]) -> Result<(), BatchError> {
+        let mut keys: HashMap<String, Option<String>> = HashMap::new();
+        for (row, _) in coupons.iter_mut() {
+            if row.event.contains('@') {
+                continue;
+            }
+            if !keys.contains_key(&row.event) {
+                let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
+                let id: EventId = row.event.parse().expect("validated by parse_record");
+                let key = match keyspace::presence(&mut conn, &id).await? {
+                    EventPresence::Provisioned { incarnation: Some(incarnation), .. } => {
+                        EventKey::new(id, Some(&incarnation)).ok().map(|k| k.to_string())
+                    }
+                    _ => None,
+                };
+                keys.insert(row.event.clone(), key);
+            }
+            if let Some(Some(key)) = keys.get(&row.event) {
+                row.event = key.clone();
+            }
+        }
+        Ok(())
+    }
+
     /// Writes one batch to SQL (one transaction, or record by record if the database
     /// refuses some) and returns the coupons whose rows now exist.
     pub async fn write(&mut self, batch: &[RawRecord]) -> Result<Vec<CouponRow>, BatchError> {
         let started = Instant::now();
-        let (coupons, mut failures) = split_batch(batch);
+        let (mut coupons, mut failures) = split_batch(batch);
+        self.key_records_of_older_apis(&mut coupons).await?;
         let coupons = self.admit_slots(coupons, &mut failures).await?;
         let outcome = self.store.write_batch(&coupons, &failures).await?;
         for conflict in &outcome.conflicts {
@@ -172,7 +202,7 @@ impl BatchWriter {
         for (event, rows) in by_event {
             let Ok(key) = event.parse::<EventKey>() else { continue };
             for chunk in rows.chunks(MARK_CHUNK) {
-                if let Err(error) = keyspace::mark_written(&mut conn, key.id(), chunk).await {
+                if let Err(error) = keyspace::mark_written(&mut conn, &key, chunk).await {
                     tracing::warn!(%error, event, "cannot mark written entries; healing will");
                 }
             }

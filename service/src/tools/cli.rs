@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use coupon_core::event::{EventConfig, EventId};
+use coupon_core::event::{EventConfig, EventId, EventKey};
 use coupon_core::kafka::KafkaSettings;
 use coupon_core::provision;
 use coupon_core::redis::keyspace;
@@ -251,6 +251,10 @@ pub struct LoadArgs {
     /// Namespace of the event, for --verify.
     #[arg(long, default_value = "default")]
     pub namespace: String,
+    /// For --verify: the UID of the event's CouponEvent, part of the key its rows carry
+    /// (`<namespace>/<name>@<uid>`); omit for an event made with `event create`.
+    #[arg(long)]
+    pub uid: Option<String>,
 }
 
 /// Entry point shared by the `coupon-service` binary and the test harness's copy of it.
@@ -370,10 +374,10 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("{}", report.table());
     if let Some(url) = args.verify {
         let expected = args.expect_rows.ok_or_else(|| anyhow::anyhow!("--verify needs --expect-rows"))?;
-        let id = EventId::new(&args.namespace, &args.event)?;
+        let key = EventKey::new(EventId::new(&args.namespace, &args.event)?, args.uid.as_deref())?;
         let store = crate::sql::Store::connect(&url).await?;
-        let rows = store.count_coupons(&id.to_string()).await?;
-        println!("rows in SQL for {id}: {rows} (expected {expected})");
+        let rows = store.count_coupons(&key.to_string()).await?;
+        println!("rows in SQL for {key}: {rows} (expected {expected})");
         if rows != expected {
             eprintln!("verify failed: {rows} rows, expected {expected}");
             return Ok(std::process::ExitCode::FAILURE);

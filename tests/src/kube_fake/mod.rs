@@ -162,10 +162,7 @@ impl FakeCluster {
     }
 
     /// Creates an object as `kubectl create` would.
-    pub fn create<K: KubeResource<DynamicType = ()> + Serialize>(&self, object: &K) -> K
-    where
-        K: DeserializeOwned,
-    {
+    pub fn create<K: KubeResource<DynamicType = ()> + Serialize + DeserializeOwned>(&self, object: &K) -> K {
         let mut value = serde_json::to_value(object).unwrap();
         value["apiVersion"] = K::api_version(&()).into();
         value["kind"] = K::kind(&()).into();

@@ -95,9 +95,6 @@ pub(super) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if cluster.is_cut(&client) {
-        return answer(503, &json!({"message": "unreachable"}));
-    }
     let path = uri.path().to_owned();
     let query = uri.query().unwrap_or_default().to_owned();
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
@@ -111,6 +108,10 @@ pub(super) async fn handle(
         body: parsed.clone(),
         at: std::time::Instant::now(),
     });
+    // Recorded, then refused: a test sees what a cut-off client still tried.
+    if cluster.is_cut(&client) {
+        return answer(503, &json!({"message": "unreachable"}));
+    }
     let Some(target) = parse(&path) else {
         return answer(404, &Refused { code: 404, reason: "NotFound", message: format!("no route {path}") }.status());
     };

@@ -6,17 +6,18 @@ use redis::aio::ConnectionManager;
 use redis::RedisResult;
 
 use super::{script, EventKeys};
-use crate::event::EventId;
+use crate::event::{EventId, EventKey};
 
 /// Marks the entries of rows the consumer wrote (one call per event and batch). Returns how
 /// many entries became written.
-pub async fn mark_written(conn: &mut ConnectionManager, event: &EventId, rows: &[(&str, i64)]) -> RedisResult<i64> {
+pub async fn mark_written(conn: &mut ConnectionManager, key: &EventKey, rows: &[(&str, i64)]) -> RedisResult<i64> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let keys = EventKeys::of(event);
+    let keys = EventKeys::of(key.id());
     let mut invocation = script!("written").prepare_invoke();
-    invocation.key(&keys.users).key(&keys.unwritten).key(&keys.persisted);
+    invocation.key(&keys.users).key(&keys.unwritten).key(&keys.persisted).key(&keys.config);
+    invocation.arg(key.incarnation().unwrap_or_default());
     for (user, slot) in rows {
         invocation.arg(*user).arg(*slot);
     }

@@ -9,7 +9,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `coupon:{ns/name}:config` | hash | `limit`, `per_user`, `start_ms`, `end_ms` (window, server time in ms), `topic`, `server` (replication id of the Redis the state was last verified on); while the state is being verified against SQL also `recovering` = `1`, `recovering_since_ms` and, during the write-back, `restoring` and `restore_server`. A deleted event leaves only `deleted` = `1` here for a day (a tombstone) |
+//! | `coupon:{ns/name}:config` | hash | `limit`, `per_user`, `start_ms`, `end_ms` (window, server time in ms), `topic`, `paused`, `incarnation` (the UID of the `CouponEvent` the event belongs to, written at creation and never changed: records and rows carry it in their event key), `server` (replication id of the Redis the state was last verified on); while the state is being verified against SQL also `recovering` = `1`, `recovering_since_ms` and, during the write-back, `restoring` and `restore_server`. A deleted event leaves only `deleted` = `1` here for a day (a tombstone) |
 //! | `coupon:{ns/name}:count` | integer | the highest slot ever handed out (never above `limit`) |
 //! | `coupon:{ns/name}:users` | hash | user → their entries, `slot:state` separated by spaces; state `p` pending (issued, record not yet acknowledged), `a` acknowledged by the broker (the user was answered 201), `w` written to SQL after that, `x` written to SQL but never confirmed to the user (their next apply answers 201 without producing). One entry per user today; `per_user` > 1 adds entries to the same value |
 //! | `coupon:{ns/name}:unwritten` | sorted set | `slot:user` of every entry not yet written, scored by its delivery deadline (server ms): what healing looks at |
@@ -127,10 +127,10 @@ pub struct EventCounters {
 }
 
 impl EventCounters {
-    /// The key the event's records and rows carry.
-    pub fn key(&self, event: &EventId) -> EventKey {
-        EventKey::new(event.clone(), self.incarnation.as_deref())
-            .unwrap_or_else(|_| EventKey::new(event.clone(), None).expect("an id is a key"))
+    /// The key the event's records and rows carry; `None` if the stored incarnation is not
+    /// a valid one (written by hand: provisioning validates it).
+    pub fn key(&self, event: &EventId) -> Option<EventKey> {
+        EventKey::new(event.clone(), self.incarnation.as_deref()).ok()
     }
 }
 
@@ -235,6 +235,46 @@ pub async fn delete_event(conn: &mut ConnectionManager, event: &EventId) -> Redi
     let existed: i64 = invocation.arg(TOMBSTONE_TTL_SECS).invoke_async(&mut *conn).await?;
     unregister(conn, &event.to_string()).await?;
     Ok(existed)
+}
+
+/// Why the state of an earlier object of a name stays (see `retire_event`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retirement {
+    /// Removed (a tombstone is left, as by a deletion).
+    Removed,
+    /// Nothing was there.
+    Absent,
+    /// The state is of another incarnation than the one named.
+    OtherIncarnation,
+    /// Being verified against SQL: its counts are not known yet.
+    Recovering,
+    /// Its window has not ended: it could still issue.
+    StillOpen,
+    /// Some of its coupons are not written to SQL yet.
+    Unwritten,
+}
+
+/// Removes the state of an earlier object of the event's name (incarnation `incarnation`)
+/// if, and only if, it is finished: its window over, every coupon written, not being
+/// verified. Checked and removed in one script, so nothing is issued in between.
+pub async fn retire_event(conn: &mut ConnectionManager, event: &EventId, incarnation: Option<&str>) -> RedisResult<Retirement> {
+    let keys = EventKeys::of(event);
+    let mut invocation = script!("retire").prepare_invoke();
+    for key in keys.all() {
+        invocation.key(key);
+    }
+    let answer: i64 = invocation.arg(incarnation.unwrap_or_default()).arg(TOMBSTONE_TTL_SECS).invoke_async(&mut *conn).await?;
+    Ok(match answer {
+        1 => {
+            unregister(conn, &event.to_string()).await?;
+            Retirement::Removed
+        }
+        0 => Retirement::Absent,
+        -1 => Retirement::OtherIncarnation,
+        -2 => Retirement::Recovering,
+        -3 => Retirement::StillOpen,
+        _ => Retirement::Unwritten,
+    })
 }
 
 /// How many of the event's keys hold state (0: Redis knows nothing of it, or only its

@@ -35,6 +35,9 @@ end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5], 'paused', ARGV[7])
 if old[1] then return {1, recovering} end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'incarnation', ARGV[8]) end
+-- A new event's holders are versioned from the creation time, so an api's snapshot of the
+-- holders of an earlier event of the same name (deleted, then created again) never matches.
+redis.call('HSET', KEYS[1], 'holders_version', now_ms())
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server_id())
   return {3, 1}

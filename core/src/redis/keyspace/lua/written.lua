@@ -1,8 +1,12 @@
--- The consumer wrote the rows of these entries. KEYS: users, unwritten, persisted.
--- ARGV: user, slot, user, slot, ... Answers how many entries became written; `persisted`
--- grows by that many, so a redelivered row is never counted twice.
+-- The consumer wrote the rows of these entries. KEYS: users, unwritten, persisted, config.
+-- ARGV: incarnation of the rows ('' for none), then user, slot, user, slot, ... Answers how
+-- many entries became written; `persisted` grows by that many, so a redelivered row is never
+-- counted twice. Rows of another incarnation (an earlier object of the same name) mark
+-- nothing: the entries here are the current object's, whoever holds the same user and slot.
+local incarnation = redis.call('HGET', KEYS[4], 'incarnation') or ''
+if incarnation ~= ARGV[1] then return 0 end
 local n = 0
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local user, slot = ARGV[i], ARGV[i + 1]
   local entries = parse_entries(redis.call('HGET', KEYS[1], user))
   for _, e in ipairs(entries) do

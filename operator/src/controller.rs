@@ -9,7 +9,8 @@ use coupon_core::redis::keyspace::{EventCounters, Retirement};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -41,6 +42,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("object has no namespace")]
     NoNamespace,
+    #[error("waiting for {0} issued coupons to be written to SQL before letting the event go")]
+    Draining(i64),
 }
 
 /// What every reconcile shares.
@@ -503,10 +506,35 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let id = event_id(event)?;
     // What is in effect is the last accepted spec, not an edit that was refused.
     let spec = event.status.as_ref().and_then(|s| s.last_accepted_spec.as_ref()).unwrap_or(&event.spec);
+    // `Retain` closes the sale and keeps the consumer up until every issued coupon is
+    // written (as for a window that ended now), within the clean-up's patience: nothing else
+    // may scale it while this event's records wait on the topic.
+    let unwritten = match spec.on_delete {
+        crate::crd::OnDelete::Retain => ctx
+            .backend
+            .counters(&id)
+            .await
+            .ok()
+            .flatten()
+            .filter(|c| owns(c, event))
+            .map(|c| (c.issued - c.persisted).max(c.unwritten))
+            .unwrap_or(0),
+        crate::crd::OnDelete::Delete => 0,
+    };
+    let mut closed = spec.clone();
+    closed.schedule.start = Time(closed.schedule.start.0.min(now - SignedDuration::from_secs(1)));
+    closed.schedule.end = Time(now);
     let attempt = async {
-        let this = EventState { namespace: id.namespace(), spec, issued: 0, persisted: 0, deleting: true, failed: false };
+        let this = match unwritten {
+            0 => EventState { namespace: id.namespace(), spec, issued: 0, persisted: 0, deleting: true, failed: false },
+            n => EventState { namespace: id.namespace(), spec: &closed, issued: n, persisted: 0, deleting: false, failed: false },
+        };
         scale(event, this, ctx, now).await?;
-        cleanup_backends(event, spec, &id, ctx, now).await
+        cleanup_backends(event, spec, &id, ctx, now).await?;
+        match unwritten {
+            0 => Ok(()),
+            n => Err(Error::Draining(n)),
+        }
     };
     let uid = event.metadata.uid.clone().unwrap_or_else(|| id.to_string());
     match attempt.await {

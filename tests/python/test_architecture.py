@@ -63,6 +63,7 @@ def test_scripts_are_lua_files_of_the_keyspace():
             "restore_begin.lua",
             "restore_chunk.lua",
             "restore_finish.lua",
+            "retire.lua",
             "written.lua",
         ]
     )

@@ -686,7 +686,19 @@ async fn a_re_created_name_waits_for_the_earlier_objects_coupons_to_be_written()
         async move { (accepted == Some(OnDelete::Retain)).then_some(()) }
     })
     .await;
+    // Deleting it (`Retain`) closes the sale and keeps the object, with the consumer scaled
+    // up, until its coupons are written.
     cluster.delete::<CouponEvent>(NS, &name);
+    wait_until("the consumer scaled for the drain", Duration::from_secs(15), || {
+        let replicas = (cluster.replicas(NS, "coupon-api"), cluster.replicas(NS, "coupon-consumer"));
+        async move { (replicas == (Some(1), Some(2))).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(cluster.get::<CouponEvent>(NS, &name).is_some(), "kept while its coupons are unwritten");
+    // Someone removes the finalizer by hand (as users of stuck objects do): the object goes
+    // with its coupons still unwritten.
+    cluster.patch::<CouponEvent>(NS, &name, json!({ "metadata": { "finalizers": null } }));
     wait_until("the first object is gone", Duration::from_secs(30), || {
         let gone = cluster.get::<CouponEvent>(NS, &name).is_none();
         async move { gone.then_some(()) }

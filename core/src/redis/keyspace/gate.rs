@@ -167,4 +167,40 @@ mod tests {
         assert!(matches!(sold_out, GateDecision::SoldOut { holders_version, .. } if holders_version == created + 2), "{sold_out:?}");
         super::super::delete_event(&mut conn, &event).await.unwrap();
     }
+
+    /// An earlier object's state is removed only when it is finished, and a configuration
+    /// keeps the incarnation it was created with.
+    #[tokio::test]
+    async fn incarnations_are_kept_and_retired_only_when_finished() {
+        use crate::event::EventKey;
+        use crate::redis::keyspace::{mark_written, presence, retire_event, ConfigWrite, EventPresence, Retirement};
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let mut conn = redis::Client::open(url).unwrap().get_connection_manager().await.unwrap();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let event = EventId::new("core-tests", &format!("retire-{nanos}")).unwrap();
+        let first = EventConfig { incarnation: Some("uid-a".into()), ..EventConfig::open_now(5, "t", Duration::from_secs(60)) };
+        assert_eq!(write_config(&mut conn, &event, &first, false).await.unwrap(), ConfigWrite::Created);
+        let other = EventConfig { incarnation: Some("uid-b".into()), ..first.clone() };
+        assert_eq!(write_config(&mut conn, &event, &other, false).await.unwrap(), ConfigWrite::RefusedOtherIncarnation);
+        let GateDecision::Issued { slot: 1, incarnation, .. } = apply(&mut conn, &event, "u1", Duration::from_secs(60)).await.unwrap()
+        else {
+            panic!("issued")
+        };
+        assert_eq!(incarnation.as_deref(), Some("uid-a"), "the record carries the incarnation");
+
+        assert_eq!(retire_event(&mut conn, &event, Some("uid-b")).await.unwrap(), Retirement::OtherIncarnation);
+        assert_eq!(retire_event(&mut conn, &event, Some("uid-a")).await.unwrap(), Retirement::StillOpen);
+        let closed = EventConfig { end: chrono::Utc::now() - chrono::Duration::seconds(1), ..first.clone() };
+        write_config(&mut conn, &event, &closed, false).await.unwrap();
+        assert_eq!(retire_event(&mut conn, &event, Some("uid-a")).await.unwrap(), Retirement::Unwritten);
+        // A row of another incarnation marks nothing; the event's own does.
+        let stranger = EventKey::new(event.clone(), Some("uid-b")).unwrap();
+        assert_eq!(mark_written(&mut conn, &stranger, &[("u1", 1)]).await.unwrap(), 0);
+        let own = EventKey::new(event.clone(), Some("uid-a")).unwrap();
+        assert_eq!(mark_written(&mut conn, &own, &[("u1", 1)]).await.unwrap(), 1);
+        assert_eq!(retire_event(&mut conn, &event, Some("uid-a")).await.unwrap(), Retirement::Removed);
+        assert_eq!(presence(&mut conn, &event).await.unwrap(), EventPresence::Deleted);
+        assert_eq!(write_config(&mut conn, &event, &other, false).await.unwrap(), ConfigWrite::Created, "the name is free again");
+        super::super::delete_event(&mut conn, &event).await.unwrap();
+    }
 }

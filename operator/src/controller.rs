@@ -207,13 +207,20 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         Some(accepted) => schedule::phase(now, accepted, issued, persisted),
         None => Phase::Failed,
     };
-    let this = EventState {
-        namespace: id.namespace(),
-        spec: accepted.unwrap_or(spec),
-        issued,
-        persisted,
-        deleting: false,
-        failed: accepted.is_none(),
+    // Waiting for an earlier object's coupons to be written: that needs the consumer, as a
+    // window that ended now would (the api stays idle: nothing is open).
+    let waiting_for_previous = matches!(&provisioned, Err(refusal) if refusal.reason == PREVIOUS_DRAINING);
+    let drain_previous = waiting_for_previous.then(|| closed_now(spec, now));
+    let this = match &drain_previous {
+        Some(closed) => EventState { namespace: id.namespace(), spec: closed, issued: 1, persisted: 0, deleting: false, failed: false },
+        None => EventState {
+            namespace: id.namespace(),
+            spec: accepted.unwrap_or(spec),
+            issued,
+            persisted,
+            deleting: false,
+            failed: accepted.is_none(),
+        },
     };
     let scaling = scale(event, this, ctx, now).await?;
     let already_missing = previous.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DeploymentNotFound"));
@@ -497,6 +504,16 @@ async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Ti
     Ok(report)
 }
 
+/// `spec` with its window ending `now`: what the scheduler is given for coupons that still
+/// need the consumer while nothing is open (a deleted `Retain` event, an earlier object of a
+/// re-used name).
+fn closed_now(spec: &CouponEventSpec, now: Timestamp) -> CouponEventSpec {
+    let mut closed = spec.clone();
+    closed.schedule.start = Time(closed.schedule.start.0.min(now - SignedDuration::from_secs(1)));
+    closed.schedule.end = Time(now);
+    closed
+}
+
 /// How long a deletion keeps trying to reach Redis and Kafka before it lets the object go
 /// (with a Warning naming what was left behind), so a deletion always ends.
 pub const CLEANUP_PATIENCE: Duration = Duration::from_secs(120);
@@ -521,9 +538,7 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
             .unwrap_or(0),
         crate::crd::OnDelete::Delete => 0,
     };
-    let mut closed = spec.clone();
-    closed.schedule.start = Time(closed.schedule.start.0.min(now - SignedDuration::from_secs(1)));
-    closed.schedule.end = Time(now);
+    let closed = closed_now(spec, now);
     let attempt = async {
         let this = match unwritten {
             0 => EventState { namespace: id.namespace(), spec, issued: 0, persisted: 0, deleting: true, failed: false },

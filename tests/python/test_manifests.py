@@ -157,6 +157,13 @@ def test_operator_elects_a_leader_per_release():
     assert "LEADER_ELECTION" not in env, "on by default in the binary"
 
 
+def test_the_api_drains_its_endpoints_before_it_stops():
+    (api,) = [d for d in by_kind(render(), "Deployment") if d["metadata"]["name"] == "coupon-api"]
+    pod = api["spec"]["template"]["spec"]
+    sleep = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 0 < sleep < pod["terminationGracePeriodSeconds"]
+
+
 def test_only_the_charts_own_deployments_opt_in_to_scaling():
     for deployment in by_kind(render(), "Deployment"):
         labels = deployment["metadata"]["labels"]

@@ -705,12 +705,14 @@ async fn a_re_created_name_waits_for_the_earlier_objects_coupons_to_be_written()
     })
     .await;
 
+    cluster.patch::<Deployment>(NS, "coupon-consumer", json!({ "spec": { "replicas": 0 } }));
     let mut second = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
     second.metadata.name = Some(name.clone());
     second.spec.topic = topic.clone();
     let second = cluster.create(&second);
     let waiting = wait_for_condition(&cluster, &name, "Ready", "False", "PreviousEventDraining").await;
     assert_eq!(waiting.status.as_ref().unwrap().issued, 0, "the earlier object's counts are not this one's");
+    assert_eq!(cluster.replicas(NS, "coupon-consumer"), Some(2), "the consumer is kept up to write the earlier coupons");
     let http = reqwest::Client::new();
     let id = coupon_core::event::EventId::new(NS, &name).unwrap();
     let closed = http.post(api.apply_url(&id)).json(&json!({ "userId": "user-9" })).send().await.unwrap();

@@ -59,7 +59,7 @@ pub struct CouponEventSpec {
     /// letters, digits, '.', '_' and '-'; not '.' or '..').
     #[serde(default = "default_topic")]
     #[schemars(length(min = 1, max = 249))]
-    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]+$') && self != '.' && self != '..'").message("topic must be a valid Kafka topic name"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]+$') && self != '.' && self != '..' && !self.startsWith('__')").message("topic must be a valid Kafka topic name, not an internal one (__*)"))]
     pub topic: String,
     /// Partitions of the topic when the operator creates it (an existing topic is kept as is).
     #[serde(default = "default_partitions")]
@@ -120,8 +120,9 @@ pub struct Schedule {
     validation = Rule::new("!has(self.idleReplicas) || self.idleReplicas <= self.replicas").message("idleReplicas may not exceed replicas")
 )]
 pub struct Workload {
-    /// Name of the Deployment.
+    /// Name of the Deployment (a DNS-1123 subdomain, as Kubernetes names it).
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("deployment must be a Kubernetes object name"))]
     pub deployment: String,
     /// Replicas while the event needs the Deployment (at least 1).
     #[schemars(range(min = 1, max = 1000))]

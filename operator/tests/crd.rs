@@ -67,6 +67,9 @@ fn cel_rules_refuse_what_admission_should_refuse() {
         ("/spec/schedule/end", serde_json::json!("2026-12-05T10:00:00Z"), "at most 7 days"),
         ("/spec/topic", serde_json::json!("bad topic"), "valid Kafka topic name"),
         ("/spec/topic", serde_json::json!(".."), "valid Kafka topic name"),
+        ("/spec/topic", serde_json::json!("__consumer_offsets"), "not an internal one"),
+        ("/spec/api/deployment", serde_json::json!("Coupon_API"), "deployment must be a Kubernetes object name"),
+        ("/spec/consumer/deployment", serde_json::json!("-consumer"), "deployment must be a Kubernetes object name"),
         ("/spec/schedule/warmUp", serde_json::json!("48h"), "warmUp may be at most 24h"),
         ("/spec/api/idleReplicas", serde_json::json!(500), "idleReplicas may not exceed replicas"),
     ];

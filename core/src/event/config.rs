@@ -32,7 +32,7 @@ pub enum InvalidConfig {
     PerUserAboveOne(i64),
     #[error("end ({end}) must be after start ({start})")]
     Window { start: DateTime<Utc>, end: DateTime<Utc> },
-    #[error("topic name {0:?} is not a valid Kafka topic name (1..=249 of [a-zA-Z0-9._-], not '.' or '..')")]
+    #[error("topic name {0:?} is not a valid Kafka topic name (1..=249 of [a-zA-Z0-9._-], not '.' or '..', not an internal one starting with '__')")]
     Topic(String),
     #[error("Redis holds the state of another object of this name: it must be drained and removed before this one is provisioned")]
     OtherIncarnation,
@@ -48,6 +48,8 @@ pub fn valid_topic_name(topic: &str) -> bool {
         && topic.len() <= 249
         && topic != "."
         && topic != ".."
+        // Kafka's internal topics (`__consumer_offsets`, `__transaction_state`) start so.
+        && !topic.starts_with("__")
         && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
@@ -116,7 +118,8 @@ mod tests {
         assert_eq!(EventConfig { per_user: 2, ..config() }.validate(), Err(InvalidConfig::PerUserAboveOne(2)));
         let c = config();
         assert!(matches!(EventConfig { end: c.start, ..c.clone() }.validate(), Err(InvalidConfig::Window { .. })));
-        assert!(matches!(EventConfig { topic: "a b".into(), ..c }.validate(), Err(InvalidConfig::Topic(_))));
+        assert!(matches!(EventConfig { topic: "a b".into(), ..c.clone() }.validate(), Err(InvalidConfig::Topic(_))));
+        assert!(matches!(EventConfig { topic: "__consumer_offsets".into(), ..c }.validate(), Err(InvalidConfig::Topic(_))));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! exits, and Kubernetes restarts it as a fresh candidate, the way controller-runtime does.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -24,6 +26,8 @@ pub struct LeaderElection {
     pub lease_duration: Duration,
     /// How long before the Lease expires its holder renews it.
     pub renew_margin: Duration,
+    /// True while this instance acts as the leader (turned false the moment it stops).
+    pub leading: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,7 @@ impl LeaderElection {
             }
         }
         tracing::info!(lease = %self.lease_name, identity = %self.identity, "leading");
+        self.leading.store(true, Ordering::SeqCst);
         let lost = async {
             loop {
                 if leading.changed().await.is_err() || !*leading.borrow_and_update() {
@@ -67,6 +72,7 @@ impl LeaderElection {
             () = lost => Err(LeadershipError::Lost(self.lease_name.clone())),
             () = self.watchdog(client) => Err(LeadershipError::Lost(self.lease_name.clone())),
         };
+        self.leading.store(false, Ordering::SeqCst);
         // With no receiver left, the manager's task releases the Lease and ends; it may be
         // backing off after failed renewals, so it gets the renewal margin, then is stopped
         // (the Lease then expires on its own).

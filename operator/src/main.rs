@@ -121,8 +121,14 @@ async fn main() -> anyhow::Result<()> {
                     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
                     format!("{host}-{started}")
                 });
-                let election =
-                    LeaderElection { namespace: lease_namespace, lease_name, identity, lease_duration, renew_margin: lease_renew_margin };
+                let election = LeaderElection {
+                    namespace: lease_namespace,
+                    lease_name,
+                    identity,
+                    lease_duration,
+                    renew_margin: lease_renew_margin,
+                    leading: Default::default(),
+                };
                 election.run(client, controller).await?;
             } else {
                 controller.await;

@@ -63,6 +63,8 @@ fn coupon_event(limit: i64, from: SignedDuration, to: SignedDuration) -> CouponE
 struct Operator {
     name: String,
     task: JoinHandle<Result<(), LeadershipError>>,
+    /// True while it acts as the leader.
+    leading: Arc<AtomicBool>,
 }
 
 async fn start_operator(cluster: &FakeCluster, name: &str) -> Operator {
@@ -75,7 +77,9 @@ async fn start_operator(cluster: &FakeCluster, name: &str) -> Operator {
         identity: name.into(),
         lease_duration: LEASE,
         renew_margin: Duration::from_secs(2),
+        leading: Default::default(),
     };
+    let leading = election.leading.clone();
     let controller = coupon_operator::controller::run(
         client.clone(),
         backend,
@@ -84,7 +88,7 @@ async fn start_operator(cluster: &FakeCluster, name: &str) -> Operator {
         Arc::new(AtomicBool::new(false)),
     );
     let task = tokio::spawn(async move { election.run(client, controller).await });
-    Operator { name: name.into(), task }
+    Operator { name: name.into(), task, leading }
 }
 
 impl Operator {
@@ -747,17 +751,24 @@ async fn a_leader_that_cannot_renew_steps_down_before_another_takes_over() {
     })
     .await;
     let second = start_operator(&cluster, "operator-b").await;
+    assert!(first.leading.load(std::sync::atomic::Ordering::SeqCst));
     let cut = Instant::now();
     cluster.cut("operator-a");
-    let outcome = tokio::time::timeout(LEASE + Duration::from_secs(2), first.task).await.expect("the cut-off leader stops");
-    let stepped_down = cut.elapsed();
+    // Both moments, polled side by side: when the old leader stops acting, when the new
+    // one holds the Lease.
+    let (mut stepped_down, mut taken_over) = (None, None);
+    while (stepped_down.is_none() || taken_over.is_none()) && cut.elapsed() < LEASE + Duration::from_secs(5) {
+        if stepped_down.is_none() && !first.leading.load(std::sync::atomic::Ordering::SeqCst) {
+            stepped_down = Some(cut.elapsed());
+        }
+        if taken_over.is_none() && lease_holder(&cluster).as_deref() == Some("operator-b") {
+            taken_over = Some(cut.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (stepped_down, taken_over) = (stepped_down.expect("the cut-off leader stops"), taken_over.expect("operator-b leads"));
+    let outcome = tokio::time::timeout(Duration::from_secs(5), first.task).await.expect("the cut-off leader's task ends");
     assert!(matches!(outcome, Ok(Err(LeadershipError::Lost(_)))), "{outcome:?}");
-    wait_until("operator-b leads", LEASE + Duration::from_secs(5), || {
-        let holder = lease_holder(&cluster);
-        async move { (holder.as_deref() == Some("operator-b")).then_some(()) }
-    })
-    .await;
-    let taken_over = cut.elapsed();
     println!("stepped down {stepped_down:?} and taken over {taken_over:?} after the cut (lease {LEASE:?})");
     assert!(stepped_down < taken_over, "the old leader stopped ({stepped_down:?}) only after the new one led ({taken_over:?})");
     second.kill(&cluster);

@@ -64,6 +64,9 @@ pub struct Context {
     /// Held while a reconcile reads and writes scales: events sharing a Deployment are
     /// reconciled concurrently, and each would otherwise read the old count and write.
     pub scaling: tokio::sync::Mutex<()>,
+    /// Deleted `Retain` events waiting for their coupons to be written (by uid): the
+    /// `persisted` count last seen and when it last moved.
+    pub drain_progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, Timestamp)>>>,
 }
 
 impl Context {
@@ -78,6 +81,7 @@ impl Context {
             clock: Arc::new(Timestamp::now),
             cleanup_failing_since: Default::default(),
             scaling: Default::default(),
+            drain_progress: Default::default(),
         }
     }
 
@@ -123,6 +127,13 @@ pub async fn reconcile(event: Arc<CouponEvent>, ctx: Arc<Context>) -> Result<Act
 
 /// After a failed reconcile: count it and try again soon.
 pub fn error_policy(event: Arc<CouponEvent>, error: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::Finalizer(inner) = error {
+        if let kube::runtime::finalizer::Error::CleanupFailed(Error::Draining(unwritten)) = inner.as_ref() {
+            // Not a failure: a deleted `Retain` event waits for its coupons to be written.
+            tracing::info!(event = %event.name_any(), unwritten, "deletion waits for the coupons to be written");
+            return Action::requeue(Duration::from_secs(5));
+        }
+    }
     ctx.metrics.failures.inc();
     tracing::warn!(event = %event.name_any(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(10))
@@ -304,7 +315,15 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
         let unwritten = (theirs.issued - theirs.persisted).max(theirs.unwritten);
         let waiting = match ctx.backend.retire(id, theirs.incarnation.as_deref()).await? {
             Retirement::Removed | Retirement::Absent => None,
-            Retirement::StillOpen => Some("its sale is still open".to_owned()),
+            Retirement::StillOpen => {
+                // No object owns that sale any more (two objects of one name cannot live at
+                // once; its finalizer was removed by hand, or its clean-up was given up on):
+                // it closes now, so it stops issuing under a name that is this object's.
+                ctx.backend.close_sale(id, spec, ctx.now()).await?;
+                let message = "closed the sale an earlier CouponEvent of this name had left open".to_owned();
+                ctx.publish(event, EventType::Warning, "PreviousEventClosed", "Provision", message).await;
+                Some("its sale was still open and is closed now".to_owned())
+            }
             Retirement::Recovering => Some("it is being verified against SQL".to_owned()),
             Retirement::Unwritten => Some(format!("{unwritten} of its coupons are not written to SQL yet")),
             Retirement::OtherIncarnation => Some("it changed while being removed".to_owned()),
@@ -410,17 +429,25 @@ fn owns(counters: &EventCounters, event: &CouponEvent) -> bool {
     counters.incarnation.as_deref() == incarnation(event)
 }
 
-/// Every other event as the scheduler sees it, from the reflector's cache.
-fn other_events(all: &[Arc<CouponEvent>], this: &CouponEvent) -> Vec<(String, CouponEventSpec, CouponEventStatus, bool)> {
+/// Every other event as the scheduler sees it: its namespace, the spec in effect, its
+/// status, whether it is being deleted, and whether it waits for coupons to be written with
+/// nothing open (a deleted `Retain` event, a re-used name waiting for the earlier object's),
+/// in which case the spec is given a window that ended `now`, which keeps its consumer up.
+fn other_events(
+    all: &[Arc<CouponEvent>],
+    this: &CouponEvent,
+    now: Timestamp,
+) -> Vec<(String, CouponEventSpec, CouponEventStatus, bool, bool)> {
     all.iter()
         .filter(|e| !(e.name_any() == this.name_any() && e.namespace() == this.namespace()))
         .map(|e| {
-            (
-                e.namespace().unwrap_or_default(),
-                e.spec.clone(),
-                e.status.clone().unwrap_or_default(),
-                e.metadata.deletion_timestamp.is_some(),
-            )
+            let status = e.status.clone().unwrap_or_default();
+            let spec = status.last_accepted_spec.clone().unwrap_or_else(|| e.spec.clone());
+            let deleting = e.metadata.deletion_timestamp.is_some();
+            let waiting = status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == PREVIOUS_DRAINING);
+            let draining = waiting || (deleting && spec.on_delete == crate::crd::OnDelete::Retain);
+            let spec = if draining { closed_now(&spec, now) } else { spec };
+            (e.namespace().unwrap_or_default(), spec, status, deleting, draining)
         })
         .collect()
 }
@@ -431,19 +458,19 @@ fn other_events(all: &[Arc<CouponEvent>], this: &CouponEvent) -> Vec<(String, Co
 /// Returns what was found about them.
 async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Timestamp) -> Result<ScaleReport, Error> {
     let _one_at_a_time = ctx.scaling.lock().await;
-    let others = other_events(&ctx.events.state(), event);
+    let others = other_events(&ctx.events.state(), event, now);
     let mut states: Vec<EventState<'_>> = others
         .iter()
-        .map(|(namespace, spec, status, deleting)| {
-            let accepted = status.last_accepted_spec.as_ref();
-            EventState {
+        .map(|(namespace, spec, status, deleting, draining)| match draining {
+            true => EventState { namespace, spec, issued: 1, persisted: 0, deleting: false, failed: false },
+            false => EventState {
                 namespace,
-                spec: accepted.unwrap_or(spec),
+                spec,
                 issued: status.issued,
                 persisted: status.persisted,
                 deleting: *deleting,
-                failed: accepted.is_none() && (status.phase == Phase::Failed || spec.validate().is_err()),
-            }
+                failed: status.last_accepted_spec.is_none() && (status.phase == Phase::Failed || spec.validate().is_err()),
+            },
         })
         .collect();
     let namespace = this.namespace.to_owned();
@@ -523,38 +550,49 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let id = event_id(event)?;
     // What is in effect is the last accepted spec, not an edit that was refused.
     let spec = event.status.as_ref().and_then(|s| s.last_accepted_spec.as_ref()).unwrap_or(&event.spec);
-    // `Retain` closes the sale and keeps the consumer up until every issued coupon is
-    // written (as for a window that ended now), within the clean-up's patience: nothing else
-    // may scale it while this event's records wait on the topic.
-    let unwritten = match spec.on_delete {
-        crate::crd::OnDelete::Retain => ctx
-            .backend
-            .counters(&id)
-            .await
-            .ok()
-            .flatten()
-            .filter(|c| owns(c, event))
-            .map(|c| (c.issued - c.persisted).max(c.unwritten))
-            .unwrap_or(0),
-        crate::crd::OnDelete::Delete => 0,
-    };
     let closed = closed_now(spec, now);
     let attempt = async {
-        let this = match unwritten {
-            0 => EventState { namespace: id.namespace(), spec, issued: 0, persisted: 0, deleting: true, failed: false },
-            n => EventState { namespace: id.namespace(), spec: &closed, issued: n, persisted: 0, deleting: false, failed: false },
+        let draining = close_and_count_unwritten(event, spec, &id, ctx, now).await?;
+        // While coupons wait on the topic the consumer stays up, as for a window that ended
+        // now (other events see a deleting `Retain` event the same way: `other_events`).
+        let this = match draining {
+            None => EventState { namespace: id.namespace(), spec, issued: 0, persisted: 0, deleting: true, failed: false },
+            Some(_) => EventState { namespace: id.namespace(), spec: &closed, issued: 1, persisted: 0, deleting: false, failed: false },
         };
         scale(event, this, ctx, now).await?;
-        cleanup_backends(event, spec, &id, ctx, now).await?;
-        match unwritten {
-            0 => Ok(()),
-            n => Err(Error::Draining(n)),
-        }
+        cleanup_backends(event, spec, &id, ctx).await?;
+        Ok::<_, Error>(draining)
     };
     let uid = event.metadata.uid.clone().unwrap_or_else(|| id.to_string());
+    let forget_failures = || ctx.cleanup_failing_since.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+    let forget_drain = || ctx.drain_progress.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
     match attempt.await {
-        Ok(()) => {
-            ctx.cleanup_failing_since.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+        Ok(None) => {
+            forget_failures();
+            forget_drain();
+            Ok(Action::await_change())
+        }
+        Ok(Some((unwritten, persisted))) => {
+            forget_failures();
+            // Waiting as long as the drain moves; patience counts from its last progress.
+            let stalled_since = {
+                let mut progress = ctx.drain_progress.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = progress.entry(uid.clone()).or_insert((persisted, now));
+                if persisted > entry.0 {
+                    *entry = (persisted, now);
+                }
+                entry.1
+            };
+            let stalled_for = Duration::from_millis(now.duration_since(stalled_since).as_millis().max(0) as u64);
+            if stalled_for < CLEANUP_PATIENCE {
+                return Err(Error::Draining(unwritten));
+            }
+            forget_drain();
+            let message = format!(
+                "gave up waiting for {unwritten} issued coupons to be written (no progress for {stalled_for:?}); they stay on topic {} and are written once a consumer of it runs",
+                spec.topic
+            );
+            ctx.publish(event, EventType::Warning, "CleanupAbandoned", "Cleanup", message).await;
             Ok(Action::await_change())
         }
         Err(error) => {
@@ -563,10 +601,10 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
             if failing_for < CLEANUP_PATIENCE {
                 return Err(error);
             }
-            ctx.cleanup_failing_since.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+            forget_failures();
             let left = match spec.on_delete {
                 crate::crd::OnDelete::Delete => format!("its Redis keys and perhaps topic {}", spec.topic),
-                crate::crd::OnDelete::Retain => "its sale open in Redis until its end".to_owned(),
+                crate::crd::OnDelete::Retain => "its state in Redis, and its sale open if closing it failed".to_owned(),
             };
             let message = format!("gave up cleaning up after failing for {failing_for:?} ({error}); left behind: {left}");
             ctx.publish(event, EventType::Warning, "CleanupAbandoned", "Cleanup", message).await;
@@ -575,9 +613,33 @@ async fn cleanup(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-/// `Retain` closes the sale (its window ends now) and keeps the rest; `Delete` removes the
-/// Redis keys, and the topic only where `lifecycle::topic_deletion` allows it.
-async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ctx: &Context, now: Timestamp) -> Result<(), Error> {
+/// `Retain`: closes the sale (its window ends now), then counts what is still unwritten, in
+/// that order so that nothing issued between the two goes uncounted. `Some((unwritten,
+/// persisted))` while coupons wait to be written; `None` for `Delete`, for nothing left, or
+/// for a state that is not this object's.
+async fn close_and_count_unwritten(
+    event: &CouponEvent,
+    spec: &CouponEventSpec,
+    id: &EventId,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Option<(i64, i64)>, Error> {
+    if spec.on_delete != crate::crd::OnDelete::Retain {
+        return Ok(None);
+    }
+    if !ctx.backend.counters(id).await?.is_some_and(|c| owns(&c, event)) {
+        return Ok(None);
+    }
+    if ctx.backend.close_sale(id, spec, now).await? {
+        ctx.publish(event, EventType::Normal, "SaleClosed", "Cleanup", "the event's window now ends at its deletion".into()).await;
+    }
+    let after = ctx.backend.counters(id).await?.filter(|c| owns(c, event));
+    Ok(after.map(|c| ((c.issued - c.persisted).max(c.unwritten), c.persisted)).filter(|(unwritten, _)| *unwritten > 0))
+}
+
+/// `Retain` keeps everything (its sale was closed before); `Delete` removes the Redis keys,
+/// and the topic only where `lifecycle::topic_deletion` allows it.
+async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ctx: &Context) -> Result<(), Error> {
     let counters = ctx.backend.counters(id).await?;
     if counters.as_ref().is_some_and(|c| !owns(c, event)) {
         // This object never got to provision (an earlier one of its name was draining):
@@ -587,9 +649,7 @@ async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &Even
         return Ok(());
     }
     if spec.on_delete == crate::crd::OnDelete::Retain {
-        if ctx.backend.close_sale(id, spec, now).await? {
-            ctx.publish(event, EventType::Normal, "SaleClosed", "Cleanup", "the event's window now ends at its deletion".into()).await;
-        }
+        // Closed by `close_and_count_unwritten`; the rest stays.
         return Ok(());
     }
     // Read before the keys go: whether every issued coupon reached SQL. Without counters

@@ -43,11 +43,12 @@ impl LeaderElection {
     /// `work` ending (a shutdown signal) releases the Lease for the next instance at once;
     /// losing the Lease drops `work` where it is and returns `Lost`.
     pub async fn run<F: Future<Output = ()>>(&self, client: kube::Client, work: F) -> Result<(), LeadershipError> {
+        let (duration, margin) = self.seconds();
         let manager = LeaseManagerBuilder::new(client.clone(), &self.lease_name)
             .with_namespace(&self.namespace)
             .with_identity(&self.identity)
-            .with_duration(self.lease_duration.as_secs().max(2))
-            .with_grace(self.renew_margin.as_secs().clamp(1, self.lease_duration.as_secs().max(2) - 1))
+            .with_duration(duration)
+            .with_grace(margin)
             .with_create_mode(LeaseCreateMode::AutoCreate)
             .build()
             .await?;
@@ -78,7 +79,7 @@ impl LeaderElection {
         // (the Lease then expires on its own).
         drop(leading);
         let abort = task.abort_handle();
-        match tokio::time::timeout(self.renew_margin, task).await {
+        match tokio::time::timeout(Duration::from_secs(margin), task).await {
             Ok(Ok(Ok(_))) => tracing::info!(lease = %self.lease_name, "Lease released"),
             Ok(Ok(Err(error))) => tracing::warn!(%error, "could not release the Lease; the next instance waits for it to expire"),
             Ok(Err(error)) => tracing::warn!(%error, "leader election task failed"),
@@ -93,23 +94,37 @@ impl LeaderElection {
         outcome
     }
 
+    /// The lease's duration and renewal margin in whole seconds, as the lease manager uses
+    /// them (it takes seconds; the margin is kept below the duration).
+    fn seconds(&self) -> (u64, u64) {
+        let duration = self.lease_duration.as_secs().max(2);
+        (duration, self.renew_margin.as_secs().clamp(1, duration - 1))
+    }
+
     /// Returns once this instance can no longer be sure it holds the Lease: another holder
-    /// is recorded, or no renewal of its own was seen for longer than a renewal period and
-    /// half the margin (the API server unreachable, a renewal stuck). The lease manager only
-    /// logs such failures and keeps going, while another instance takes the Lease once it
-    /// expires; stepping down before that keeps the writers to one.
+    /// is recorded, or the Lease may be about to expire (the API server out of reach, a
+    /// renewal stuck or failing). The lease manager only logs failed renewals and retries,
+    /// while another instance takes the Lease once it expires; stepping down before that
+    /// keeps the writers to one.
+    ///
+    /// Expiry is bounded from local observations only: a renewal seen now happened after the
+    /// previous look was sent, so the Lease lasts at least until that moment plus its
+    /// duration. Half the margin is kept in hand (for the look itself and clock rates); the
+    /// other half is the manager's time to retry a failed renewal.
     async fn watchdog(&self, client: kube::Client) {
         let leases: kube::Api<Lease> = kube::Api::namespaced(client, &self.namespace);
-        let renewal_period = self.lease_duration.saturating_sub(self.renew_margin);
-        // A renewal is seen at most one poll after it happened; the margin's quarter covers
-        // that and a late renewal, and leaves three quarters before the Lease can expire.
-        let patience = renewal_period + self.renew_margin / 4;
-        let poll = (self.renew_margin / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
-        let mut last_renewal_seen = tokio::time::Instant::now();
+        let (duration, margin) = self.seconds();
+        let (duration, margin) = (Duration::from_secs(duration), Duration::from_secs(margin));
+        let kept_in_hand = margin / 2;
+        let poll = (margin / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
+        let started = tokio::time::Instant::now();
+        let mut valid_until = started + duration - kept_in_hand;
+        let mut previous_look = started;
         let mut last_renew_time = None;
         loop {
             tokio::time::sleep(poll).await;
-            if let Ok(Ok(lease)) = tokio::time::timeout(poll, leases.get(&self.lease_name)).await {
+            let look = tokio::time::Instant::now();
+            if let Ok(Ok(lease)) = tokio::time::timeout(kept_in_hand, leases.get(&self.lease_name)).await {
                 let spec = lease.spec.unwrap_or_default();
                 if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
                     tracing::warn!(holder = ?spec.holder_identity, "the Lease names another holder");
@@ -117,12 +132,15 @@ impl LeaderElection {
                 }
                 let renew_time = spec.renew_time.map(|t| t.0);
                 if renew_time != last_renew_time {
+                    if last_renew_time.is_some() {
+                        valid_until = previous_look + duration - kept_in_hand;
+                    }
                     last_renew_time = renew_time;
-                    last_renewal_seen = tokio::time::Instant::now();
                 }
+                previous_look = look;
             }
-            if last_renewal_seen.elapsed() > patience {
-                tracing::warn!(since = ?last_renewal_seen.elapsed(), "the Lease was not renewed in time");
+            if tokio::time::Instant::now() >= valid_until {
+                tracing::warn!("the Lease was not renewed in time and may expire; stepping down");
                 return;
             }
         }

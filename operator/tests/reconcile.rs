@@ -95,6 +95,7 @@ fn harness_with(server: FakeApiServer, now: &str, backend: Backend) -> Harness {
         clock: Arc::new(move || *read_clock.lock().unwrap()),
         cleanup_failing_since: Default::default(),
         scaling: Default::default(),
+        drain_progress: Default::default(),
     });
     Harness { server, ctx, writer, clock }
 }

@@ -20,7 +20,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 const NS: &str = "shop";
-const LEASE: Duration = Duration::from_secs(6);
+const LEASE: Duration = Duration::from_secs(8);
+/// How long before the Lease expires its holder renews it.
+const RENEW_MARGIN: Duration = Duration::from_secs(3);
 
 /// A Deployment the operator may scale.
 fn deployment(name: &str, replicas: i32) -> Deployment {
@@ -76,7 +78,7 @@ async fn start_operator(cluster: &FakeCluster, name: &str) -> Operator {
         lease_name: "coupon-operator".into(),
         identity: name.into(),
         lease_duration: LEASE,
-        renew_margin: Duration::from_secs(2),
+        renew_margin: RENEW_MARGIN,
         leading: Default::default(),
     };
     let leading = election.leading.clone();
@@ -165,6 +167,8 @@ async fn under_a_steady_load_status_writes_are_bounded_and_nothing_is_scaled_aft
         async move { (seen == Some(issued as i64)).then_some(()) }
     })
     .await;
+    // A healthy leader stayed the leader across the renewals of all this time.
+    assert!(operator.leading.load(std::sync::atomic::Ordering::SeqCst) && !operator.task.is_finished(), "the leader stepped down");
     operator.kill(&cluster);
 }
 
@@ -754,12 +758,16 @@ async fn a_leader_that_cannot_renew_steps_down_before_another_takes_over() {
     assert!(first.leading.load(std::sync::atomic::Ordering::SeqCst));
     let cut = Instant::now();
     cluster.cut("operator-a");
+    // The Lease as the leader last renewed it: it expires at that renewal plus its duration.
+    let last_renewal = cluster.get::<Lease>(NS, "coupon-operator").and_then(|l| l.spec?.renew_time).unwrap().0;
+    let expires = last_renewal + SignedDuration::try_from(LEASE).unwrap();
     // Both moments, polled side by side: when the old leader stops acting, when the new
     // one holds the Lease.
     let (mut stepped_down, mut taken_over) = (None, None);
     while (stepped_down.is_none() || taken_over.is_none()) && cut.elapsed() < LEASE + Duration::from_secs(5) {
         if stepped_down.is_none() && !first.leading.load(std::sync::atomic::Ordering::SeqCst) {
             stepped_down = Some(cut.elapsed());
+            assert!(Timestamp::now() < expires, "stepped down only after the Lease could expire ({expires})");
         }
         if taken_over.is_none() && lease_holder(&cluster).as_deref() == Some("operator-b") {
             taken_over = Some(cut.elapsed());
@@ -772,4 +780,55 @@ async fn a_leader_that_cannot_renew_steps_down_before_another_takes_over() {
     println!("stepped down {stepped_down:?} and taken over {taken_over:?} after the cut (lease {LEASE:?})");
     assert!(stepped_down < taken_over, "the old leader stopped ({stepped_down:?}) only after the new one led ({taken_over:?})");
     second.kill(&cluster);
+}
+
+/// Deleting a `Retain` event closes its sale and keeps it, with its consumer up, until its
+/// coupons are written; then it lets go by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_retain_event_closes_waits_for_its_coupons_and_then_lets_go() {
+    let cluster = cluster();
+    let operator = start_operator(&cluster, "operator-0").await;
+    let database = coupon_tests::sqlite_url();
+    let store = coupon_tests::migrated_store(&database).await;
+    let mut event = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
+    event.spec.on_delete = OnDelete::Retain;
+    let event = cluster.create(&event);
+    let name = event.metadata.name.clone().unwrap();
+    wait_for_phase(&cluster, &name, Phase::Open).await;
+    let api = InProcessApi::start(NS, &kafka_brokers()).await;
+    // No consumer runs: three coupons wait on the topic.
+    assert_eq!(apply_all(&api, &name, (1..=3).map(|u| format!("user-{u}"))).await, vec![1, 2, 3]);
+    cluster.delete::<CouponEvent>(NS, &name);
+    // Applies racing the deletion may still be issued until the sale is closed: each is a
+    // coupon the deletion must wait for.
+    let mut issued = 3;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let slots = apply_all(&api, &name, [format!("late-{n}")]).await;
+        if slots.is_empty() {
+            break;
+        }
+        issued += 1;
+        assert!(n < 200, "the sale never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several reconciles later it is still there, its consumer up, nothing abandoned.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(cluster.get::<CouponEvent>(NS, &name).is_some(), "kept while its coupons are unwritten");
+    assert_eq!((cluster.replicas(NS, "coupon-api"), cluster.replicas(NS, "coupon-consumer")), (Some(1), Some(2)));
+    assert_eq!(warnings(&cluster, "CleanupAbandoned"), 0);
+
+    let consumer = coupon_tests::InProcessConsumer::start(&database, &[event.spec.topic.as_str()], &kafka_brokers());
+    coupon_tests::wait_for_rows(&store, &key_of(&event), issued, Duration::from_secs(30)).await;
+    wait_until("let go once written", Duration::from_secs(30), || {
+        let gone = cluster.get::<CouponEvent>(NS, &name).is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    assert_eq!(warnings(&cluster, "CleanupAbandoned"), 0);
+    assert_eq!(scale_history(&cluster, "coupon-consumer"), vec![2, 0], "up for the sale and the drain, down once written");
+    assert_eq!(scale_history(&cluster, "coupon-api"), vec![3, 1]);
+    consumer.stop().await.unwrap();
+    operator.kill(&cluster);
 }

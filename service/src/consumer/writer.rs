@@ -143,10 +143,10 @@ impl BatchWriter {
     }
 
     /// An api of the version before event keys carried the incarnation produces records
-    /// named `<namespace>/<name>` for an event that has one (during a rolling upgrade): they
-    /// are the current incarnation's coupons (that api read the current configuration), so
-    /// they get its key. One Redis read per such event and batch; none once every api is
-    /// upgraded.
+    /// named `<namespace>/<name>` for an event that has one (during a rolling upgrade): those
+    /// whose user holds that slot in the current incarnation are its coupons (that api read
+    /// the current configuration), so they get its key. Two Redis reads per such record;
+    /// none once every api is upgraded.
     async fn key_records_of_older_apis(&self, coupons: &mut [(CouponRow, Position)]) -> Result<(), BatchError> {
         let mut keys: HashMap<String, Option<String>> = HashMap::new();
         for (row, _) in coupons.iter_mut() {
@@ -164,7 +164,12 @@ impl BatchWriter {
                 };
                 keys.insert(row.event.clone(), key);
             }
-            if let Some(Some(key)) = keys.get(&row.event) {
+            let Some(Some(key)) = keys.get(&row.event) else { continue };
+            // Only a coupon the current incarnation holds: a late record of an earlier
+            // object of the same name keeps its name-only key (and is refused as such).
+            let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
+            let id: EventId = row.event.parse().expect("validated by parse_record");
+            if keyspace::holdings(&mut conn, &id, &row.user_id).await?.iter().any(|h| h.slot == row.slot) {
                 row.event = key.clone();
             }
         }

@@ -209,7 +209,7 @@ async fn large_event(setup: &Setup, n: i64) -> anyhow::Result<LargeEvent> {
     let (fresh, _) = event(setup, n).await?;
     let redis = RedisHandle::connect_in_background(&setup.redis_url)?;
     redis.wait().await;
-    let mut writer = BatchWriter::new(store.clone(), redis, coupon_service::metrics::Metrics::shared(), Duration::from_secs(60));
+    let mut writer = BatchWriter::new(store.clone(), redis, coupon_service::metrics::Metrics::shared(), Duration::from_secs(60), None);
     let record = coupon_core::event::CouponRecord { event: fresh.to_string(), user_id: "first".into(), slot: 1, issued_at: Utc::now() };
     let raw = RawRecord { position: Position { topic: "bench".into(), partition: 0, offset: 0 }, payload: serde_json::to_vec(&record)? };
     let started = Instant::now();

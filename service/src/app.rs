@@ -237,7 +237,7 @@ impl Consumer {
         let assigned = Arc::new(AtomicUsize::new(0));
         let redis = RedisHandle::connect_in_background(&settings.redis_url)?;
         if let Some(listener) = ops {
-            let router = http::ops_router(health.clone(), metrics.clone());
+            let router = http::ops_router(health.clone(), metrics.clone(), http::Readiness::AllDependencies);
             tokio::spawn(http::serve(listener, router, ServerLimits::default(), shutdown.clone()));
         }
         let task = tokio::spawn(crate::consumer::run(settings, redis, health.clone(), metrics.clone(), assigned.clone(), shutdown));

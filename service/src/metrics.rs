@@ -47,6 +47,8 @@ pub struct Metrics {
     pub rows_written: Counter,
     /// Records sent to `failed_events`.
     pub records_failed: Counter,
+    /// Records of other namespaces' events on a shared topic, left to their own consumers.
+    pub records_skipped: Counter,
     /// Batches committed (SQL and offsets).
     pub batches: Counter,
     /// Time to write one batch to SQL, seconds.
@@ -88,6 +90,12 @@ impl Default for Metrics {
         registry.register("consumer_rows_written", "Coupon rows written to SQL", rows_written.clone());
         let records_failed = Counter::default();
         registry.register("consumer_records_failed", "Records written to failed_events", records_failed.clone());
+        let records_skipped = Counter::default();
+        registry.register(
+            "consumer_records_skipped",
+            "Records of other namespaces' events on a shared topic, left to their own consumers",
+            records_skipped.clone(),
+        );
         let batches = Counter::default();
         registry.register("consumer_batches", "Batches committed to SQL and Kafka", batches.clone());
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
@@ -109,6 +117,7 @@ impl Default for Metrics {
             event_recovering,
             rows_written,
             records_failed,
+            records_skipped,
             batches,
             batch_seconds,
             commit_errors,

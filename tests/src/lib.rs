@@ -451,6 +451,23 @@ impl OwnRedis {
     }
 }
 
+/// `/readyz` of a process at `base`: its status (0 when nothing answers) and body.
+pub async fn readyz(base: &str) -> (u16, serde_json::Value) {
+    match reqwest::Client::new().get(format!("{base}/readyz")).timeout(Duration::from_secs(2)).send().await {
+        Ok(response) => (response.status().as_u16(), response.json().await.unwrap_or_default()),
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+/// Polls `/readyz` of the process at `base` until it reports `component` as `reachable`.
+pub async fn wait_for_component(base: &str, component: &str, reachable: bool, timeout: Duration) -> u16 {
+    wait_until(&format!("{component} reported {}", if reachable { "reachable" } else { "unreachable" }), timeout, || async move {
+        let (status, body) = readyz(base).await;
+        (body["components"][component] == serde_json::json!(reachable)).then_some(status)
+    })
+    .await
+}
+
 /// Polls `url` until it answers `status`, panicking with `what` after `timeout`.
 pub async fn wait_for_status(what: &str, url: &str, status: u16, timeout: Duration) {
     wait_until(what, timeout, || async move { (http_status(url).await == status).then_some(()) }).await;

@@ -198,3 +198,53 @@ async fn a_running_consumer_follows_the_topic_of_a_new_event() {
     eprintln!("new topic followed: rows written {:.1} s after the applies", started.elapsed().as_secs_f64());
     consumer.stop().await.unwrap();
 }
+
+/// Two shops (two releases: namespaces, api, consumer groups and databases of their own) on
+/// one broker and one topic: each database gets exactly its own rows, and neither consumer
+/// fails the other's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_tenants_on_one_topic_each_write_exactly_their_own_rows() {
+    let brokers = kafka_brokers();
+    let topic = unique("shared");
+    let admin = kafka(&brokers).admin().unwrap();
+    admin.ensure_topic(&topic, 2, 1).await.unwrap();
+    let mut conn = redis().await;
+    let mut tenants = Vec::new();
+    for namespace in ["tenant-a", "tenant-b"] {
+        let id = coupon_core::event::EventId::new(namespace, &unique("sale")).unwrap();
+        let config = coupon_core::event::EventConfig::open_now(10, &topic, Duration::from_secs(600));
+        coupon_core::provision::provision_redis(&mut conn, &id, &config, false).await.unwrap();
+        let database = sqlite_url();
+        let store = migrated_store(&database).await;
+        let consumer = InProcessConsumer::start_with(coupon_service::app::ConsumerSettings {
+            database_url: database,
+            redis_url: redis_url(),
+            kafka: kafka(&brokers),
+            topics: vec![topic.clone()],
+            event_namespace: Some(namespace.to_owned()),
+            group_id: unique(namespace),
+            ..coupon_service::app::ConsumerSettings::default()
+        });
+        let api = InProcessApi::start(namespace, &brokers).await;
+        tenants.push((id, store, consumer, api));
+    }
+    let http = reqwest::Client::new();
+    for (id, _, _, api) in &tenants {
+        let mut issued = 0;
+        for user in 0..15 {
+            let response = http.post(api.apply_url(id)).json(&serde_json::json!({ "userId": format!("u{user}") })).send().await.unwrap();
+            issued += usize::from(response.status() == 201);
+        }
+        assert_eq!(issued, 10, "{id}");
+    }
+    for (own, store, _, _) in &tenants {
+        wait_for_rows(store, &own.to_string(), 10, Duration::from_secs(30)).await;
+        for (other, _, _, _) in tenants.iter().filter(|(other, ..)| other != own) {
+            assert_eq!(store.count_coupons(&other.to_string()).await.unwrap(), 0, "{other}'s rows in {own}'s database");
+        }
+        assert!(store.failed_events(&topic).await.unwrap().is_empty(), "{own}'s consumer failed records");
+    }
+    for (_, _, consumer, _) in tenants {
+        consumer.stop().await.unwrap();
+    }
+}

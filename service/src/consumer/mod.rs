@@ -108,7 +108,8 @@ pub async fn run(
     let mut topics = topics::Topics::new(&settings.topics, settings.event_namespace.clone());
     subscribe(&consumer, &topics.current())?;
     tracing::info!(topics = ?settings.topics, group = %settings.group_id, event_namespace = ?settings.event_namespace, "consuming");
-    let mut writer = BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience);
+    let mut writer =
+        BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience, settings.event_namespace.clone());
     let mut verifier = verify::Verifier::new(&topics.current(), settings.recovery_settle);
     // The first look after one period: the start-up subscription has just rebalanced.
     let mut topics_tick = tokio::time::interval_at(tokio::time::Instant::now() + topics::REFRESH, topics::REFRESH);

@@ -65,6 +65,9 @@ impl Verifier {
                 let _ = keyspace::unregister(conn, &member).await;
                 continue;
             };
+            if !writer.serves(&event) {
+                continue;
+            }
             if let Err(error) = self.verify_event(writer, conn, consumer, metrics, &event, now_ms, &mut drained_at).await {
                 tracing::warn!(%error, event = %event, "verification of the event incomplete; retried in a second");
             }

@@ -45,11 +45,35 @@ pub struct BatchWriter {
     /// held (the operator may be writing it back) for `missing_event_patience`, then failed.
     missing_since: HashMap<String, Instant>,
     missing_event_patience: Duration,
+    /// With `EVENT_NAMESPACE`: the namespace whose events this consumer writes. Records of
+    /// other namespaces' events on a shared topic belong to their own consumers (another
+    /// release, its own group and database): they are passed over, neither written nor failed.
+    served_namespace: Option<String>,
 }
 
 impl BatchWriter {
-    pub fn new(store: Store, redis: RedisHandle, metrics: Arc<Metrics>, missing_event_patience: Duration) -> Self {
-        Self { store, redis, metrics, slot_capacity: HashMap::new(), missing_since: HashMap::new(), missing_event_patience }
+    pub fn new(
+        store: Store,
+        redis: RedisHandle,
+        metrics: Arc<Metrics>,
+        missing_event_patience: Duration,
+        served_namespace: Option<String>,
+    ) -> Self {
+        Self {
+            store,
+            redis,
+            metrics,
+            slot_capacity: HashMap::new(),
+            missing_since: HashMap::new(),
+            missing_event_patience,
+            served_namespace,
+        }
+    }
+
+    /// Whether this consumer writes (and verifies) the event: all events, or with
+    /// `EVENT_NAMESPACE` those of that namespace.
+    pub fn serves(&self, event: &EventId) -> bool {
+        self.served_namespace.as_deref().is_none_or(|namespace| event.namespace() == namespace)
     }
 
     pub fn store(&self) -> &Store {
@@ -181,6 +205,9 @@ impl BatchWriter {
     pub async fn write(&mut self, batch: &[RawRecord]) -> Result<Vec<CouponRow>, BatchError> {
         let started = Instant::now();
         let (mut coupons, mut failures) = split_batch(batch);
+        let before = coupons.len();
+        coupons.retain(|(row, _)| row.event.parse::<EventKey>().is_ok_and(|key| self.serves(key.id())));
+        self.metrics.records_skipped.inc_by((before - coupons.len()) as u64);
         self.key_records_of_older_apis(&mut coupons).await?;
         let coupons = self.admit_slots(coupons, &mut failures).await?;
         let outcome = self.store.write_batch(&coupons, &failures).await?;

@@ -18,7 +18,7 @@ use axum::Router;
 use coupon_core::redis::RedisHandle;
 use serde::Deserialize;
 
-pub use ops::router as ops_router;
+pub use ops::{router as ops_router, Readiness};
 pub use server::{serve, ServerLimits};
 
 use crate::apply::{ApplyOutcome, ApplyService, LookupOutcome};
@@ -43,7 +43,7 @@ pub struct ApiState {
 
 /// Routes of the api.
 pub fn router(state: Arc<ApiState>) -> Router {
-    let ops = ops::router(state.health.clone(), state.metrics.clone());
+    let ops = ops::router(state.health.clone(), state.metrics.clone(), Readiness::Serving);
     Router::new()
         .route("/v1/events/{event}/apply", post(apply))
         .route("/v1/events/{event}", get(stats::event_stats))

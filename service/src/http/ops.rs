@@ -12,20 +12,37 @@ use axum::{Json, Router};
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-pub fn router(health: Health, metrics: Arc<Metrics>) -> Router {
+/// What `/readyz` answers 200 for. Either way its body lists every dependency's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every dependency reachable: the consumer, which takes no traffic, so readiness only
+    /// tells rollouts and people whether it can work.
+    AllDependencies,
+    /// The process answers HTTP: the api. With Redis or Kafka out of reach it still answers
+    /// every request itself (503 JSON, 403/410 from memory), which users are better served by
+    /// than by a Service without endpoints; a short blip of one dependency would otherwise
+    /// take every replica out of the endpoints at once. Only the stop signal turns it off.
+    Serving,
+}
+
+pub fn router(health: Health, metrics: Arc<Metrics>, readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(|State((_, metrics)): State<(Health, Arc<Metrics>)>| async move {
+            get(|State((_, metrics, _)): State<(Health, Arc<Metrics>, Readiness)>| async move {
                 ([("content-type", coupon_core::telemetry::OPENMETRICS_CONTENT_TYPE)], metrics.encode())
             }),
         )
-        .with_state((health, metrics))
+        .with_state((health, metrics, readiness))
 }
 
-async fn readyz(State((health, _)): State<(Health, Arc<Metrics>)>) -> Response {
-    let code = if health.all_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(serde_json::json!({"ready": health.all_ready(), "components": health.snapshot()}))).into_response()
+async fn readyz(State((health, _, readiness)): State<(Health, Arc<Metrics>, Readiness)>) -> Response {
+    let ready = match readiness {
+        Readiness::AllDependencies => health.all_ready(),
+        Readiness::Serving => health.is_ready("serving"),
+    };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(serde_json::json!({"ready": ready, "components": health.snapshot()}))).into_response()
 }

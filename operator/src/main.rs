@@ -35,8 +35,8 @@ struct RunArgs {
     redis_url: String,
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
-    /// Replication factor of the topics the operator creates.
-    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
+    /// Replication factor of the topics the operator creates; -1: the broker's default.
+    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
     replication: i32,
     /// Manage the CouponEvents of this namespace only (empty: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]

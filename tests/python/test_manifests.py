@@ -18,12 +18,13 @@ KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 VALUES_FILES = {"default": None, "kind": ROOT / "examples" / "kind-values.yaml"}
 
 
-def render(values=None, **extra):
+def render(values=None, name="coupons", namespace="shop", **extra):
     chart = helm_python.Chart.load(str(CHART))
-    files = chart.render(values, name="coupons", namespace="shop", is_install=True, **extra)
+    files = chart.render(values, name=name, namespace=namespace, is_install=True, **extra)
     docs = []
-    for text in files.values():
-        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    for path, text in files.items():
+        if not path.endswith("NOTES.txt"):
+            docs.extend(d for d in yaml.safe_load_all(text) if d)
     return docs
 
 
@@ -200,11 +201,88 @@ def test_credentials_come_from_a_secret_never_from_values():
                     assert "value" not in env[secret]
 
 
+SCHEDULING = {
+    "podAnnotations": {"example.com/team": "shop"},
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "flash-sale", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "preference": {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["sale"]}]}}]}},
+    "priorityClassName": "high",
+}
+EVERYTHING_ON = {
+    "serviceMonitor": {"enabled": True},
+    "podDisruptionBudget": {"enabled": True},
+    "networkPolicy": {"enabled": True, "metricsFrom": {"app": "prometheus"}},
+    "api": SCHEDULING,
+    "consumer": SCHEDULING,
+    "operator": SCHEDULING,
+}
+# Kinds of CRDs the cluster may lack (the Prometheus Operator's): no schema to validate against.
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
 def test_optional_objects_render_when_enabled():
-    docs = render({"serviceMonitor": {"enabled": True}, "podDisruptionBudget": {"enabled": True}, "networkPolicy": {"enabled": True, "metricsFrom": {"app": "prometheus"}}})
+    docs = render(EVERYTHING_ON)
     assert len(by_kind(docs, "ServiceMonitor")) == 1
     assert len(by_kind(docs, "PodDisruptionBudget")) == 2
     assert len(by_kind(docs, "NetworkPolicy")) == 2
+    for deployment in by_kind(docs, "Deployment"):
+        pod = deployment["spec"]["template"]
+        assert pod["metadata"]["annotations"] == SCHEDULING["podAnnotations"]
+        for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+            assert pod["spec"][key] == SCHEDULING[key], (deployment["metadata"]["name"], key)
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_every_optional_feature_on_validates(version):
+    for doc in render(EVERYTHING_ON):
+        if doc["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_renders_as_a_subchart_with_global_values(version):
+    docs = render({"global": {"imageRegistry": "registry.example.com", "storageClass": "fast"}})
+    assert {d["metadata"]["name"] for d in by_kind(docs, "Deployment")} == {"coupon-api", "coupon-consumer", "coupon-operator"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_api_spreads_over_nodes_and_zones_by_default():
+    (api,) = [d for d in by_kind(render(), "Deployment") if d["metadata"]["name"] == "coupon-api"]
+    spread = api["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in spread), "never blocks scheduling"
+    assert all(c["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == "coupon-api" for c in spread)
+    own = render({"api": {"topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+                                                         "labelSelector": {"matchLabels": {"a": "b"}}}]}})
+    (api,) = [d for d in by_kind(own, "Deployment") if d["metadata"]["name"] == "coupon-api"]
+    assert [c["maxSkew"] for c in api["spec"]["template"]["spec"]["topologySpreadConstraints"]] == [2]
+
+
+def test_two_releases_in_two_namespaces_share_no_group_lease_or_cluster_scoped_name():
+    def consumer_group(docs):
+        (consumer,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "coupon-consumer"]
+        return next(e["value"] for e in consumer["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "CONSUMER_GROUP")
+
+    for values in (None, {"operator": {"watchAllNamespaces": True}}):
+        first, second = render(values, name="shop-a", namespace="tenant-a"), render(values, name="shop-b", namespace="tenant-b")
+        assert consumer_group(first) != consumer_group(second)
+        assert {e["value"] for e in operator_env(first) if e["name"] == "LEASE_NAME"} != {
+            e["value"] for e in operator_env(second) if e["name"] == "LEASE_NAME"
+        }
+        cluster_scoped = lambda docs: {(d["kind"], d["metadata"]["name"]) for d in docs if "namespace" not in d["metadata"]}
+        assert not cluster_scoped(first) & cluster_scoped(second), cluster_scoped(first) & cluster_scoped(second)
+    # Two releases in one namespace: still their own group.
+    assert consumer_group(render(name="one")) != consumer_group(render(name="two"))
+
+
+def test_versions_are_labelled_and_notes_say_what_next():
+    for doc in render():
+        assert doc["metadata"]["labels"]["app.kubernetes.io/version"] == "0.1.0", doc["metadata"]["name"]
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    for step in ("kubectl", "CouponEvent", "coupons.fcfs.dev/scalable", "helm uninstall"):
+        assert step in notes, step
 
 
 def crd_schema():

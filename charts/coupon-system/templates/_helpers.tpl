@@ -2,7 +2,49 @@
 app.kubernetes.io/part-of: coupon-system
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+
+{{/*
+Where one component's pods run. Called with a dict: `values` (the component's values), `name`
+(its app.kubernetes.io/name), `root` (the top context) and `spread` (spread the pods over
+nodes and zones unless topologySpreadConstraints are given: the api, so that a 10-replica api
+for a flash sale does not land on one node).
+*/}}
+{{- define "coupon.scheduling" -}}
+{{- $v := .values -}}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with $v.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if $v.topologySpreadConstraints }}
+topologySpreadConstraints: {{- toYaml $v.topologySpreadConstraints | nindent 2 }}
+{{- else if .spread }}
+topologySpreadConstraints:
+{{- range list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+  - maxSkew: 1
+    topologyKey: {{ . }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        app.kubernetes.io/instance: {{ $.root.Release.Name }}
+        app.kubernetes.io/name: {{ $.name }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The consumer group: one per release and namespace unless set. */}}
+{{- define "coupon.consumerGroup" -}}
+{{ .Values.consumer.group | default (printf "%s-%s-coupon-consumer" .Release.Namespace .Release.Name) }}
 {{- end -}}
 
 {{- define "coupon.serviceImage" -}}

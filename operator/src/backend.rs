@@ -45,6 +45,11 @@ impl Backend {
         Ok(Self { redis: RedisHandle::connect_in_background(redis_url)?, admin: kafka.admin()?, replication })
     }
 
+    /// Topics the operator creates get these configurations (`TOPIC_CONFIG`).
+    pub fn with_topic_configs(self, configs: Vec<(String, String)>) -> Self {
+        Self { admin: self.admin.with_topic_configs(configs), ..self }
+    }
+
     fn conn(&self) -> Result<redis::aio::ConnectionManager, BackendError> {
         self.redis.get().ok_or(BackendError::RedisNotConnected)
     }

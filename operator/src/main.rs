@@ -38,6 +38,10 @@ struct RunArgs {
     /// Replication factor of the topics the operator creates; -1: the broker's default.
     #[arg(long, env = "TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
     replication: i32,
+    /// Configuration of the topics the operator creates, `name=value` pairs separated by
+    /// commas, by Kafka's names (`retention.ms=604800000,min.insync.replicas=2`).
+    #[arg(long, env = "TOPIC_CONFIG", default_value = "")]
+    topic_config: String,
     /// Manage the CouponEvents of this namespace only (empty: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
     watch_namespace: String,
@@ -75,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
                 redis_url,
                 kafka_brokers,
                 replication,
+                topic_config,
                 watch_namespace,
                 leader_election,
                 lease_name,
@@ -88,7 +93,8 @@ async fn main() -> anyhow::Result<()> {
             }
             telemetry::init_logging(cli.log_format, "info,kube=warn");
             let kafka = KafkaSettings::new(kafka_brokers);
-            let backend = Backend::new(&redis_url, &kafka, replication)?;
+            let topic_configs = coupon_core::kafka::parse_topic_configs(&topic_config).map_err(anyhow::Error::msg)?;
+            let backend = Backend::new(&redis_url, &kafka, replication)?.with_topic_configs(topic_configs);
             let metrics = Arc::new(Metrics::default());
             let served = metrics.clone();
             let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -11,7 +11,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 cluster=${CLUSTER:-coupon-e2e}
 ns=shop
-event=e2e-sale
+# A name and an image tag of this run only: a re-run on a kept cluster never counts the rows
+# or runs the images of an earlier run.
+run_id=$(date -u +%Y%m%d%H%M%S)-$$
+event=e2e-sale-$run_id
+tag=e2e-$run_id
 limit=100
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
@@ -40,18 +44,44 @@ for tool in docker kind kubectl helm cargo; do
   command -v "$tool" >/dev/null || fail "$tool is required"
 done
 
+# On failure: what the cluster knew, before it goes.
+diagnostics() {
+  local dir=${E2E_DIAGNOSTICS:-/tmp/coupon-e2e-diagnostics}
+  mkdir -p "$dir"
+  log "collecting diagnostics in $dir"
+  kubectl -n "$ns" get all,couponevents,events -o wide >"$dir/get.txt" 2>&1 || true
+  kubectl -n "$ns" describe deployments,pods,couponevents >"$dir/describe.txt" 2>&1 || true
+  for d in coupon-operator coupon-api coupon-consumer; do
+    kubectl -n "$ns" logs "deployment/$d" --all-containers --tail=2000 >"$dir/$d.log" 2>&1 || true
+  done
+  kind export logs "$dir/kind" --name "$cluster" >/dev/null 2>&1 || true
+}
+
 cleanup() {
+  local status=$?
   if [ -n "${forward_pid:-}" ]; then kill "$forward_pid" 2>/dev/null || true; fi
+  if [ "$status" -ne 0 ]; then diagnostics; fi
   if [ -z "${KEEP_CLUSTER:-}" ]; then kind delete cluster --name "$cluster" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
+# Everything that compiles before the cluster and the event exist: the window opens 90 s
+# after the event is applied, far less than a release build takes.
+log "building the load tool"
+cargo build --quiet --release --locked -p coupon-service
+load_tool=target/release/coupon-service
+
 kind get clusters | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 120s
 
 log "building images"
-docker build --target coupon-service -t coupon-service:e2e .
-docker build --target coupon-operator -t coupon-operator:e2e .
-kind load docker-image --name "$cluster" coupon-service:e2e coupon-operator:e2e
+docker build --target coupon-service -t "coupon-service:$tag" .
+docker build --target coupon-operator -t "coupon-operator:$tag" .
+# Through an archive: `kind load docker-image` fails with Docker's containerd image store
+# (kubernetes-sigs/kind#3795).
+archive=$(mktemp --suffix=.tar)
+docker save -o "$archive" "coupon-service:$tag" "coupon-operator:$tag"
+kind load image-archive --name "$cluster" "$archive"
+rm -f "$archive"
 
 log "installing Redis, Kafka and PostgreSQL"
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
@@ -63,7 +93,8 @@ kubectl -n "$ns" create secret generic coupon-connections \
   --dry-run=client -o yaml | kubectl apply -f -
 
 log "installing the chart"
-helm upgrade --install coupons charts/coupon-system -n "$ns" -f examples/kind-values.yaml --wait --timeout 300s
+helm upgrade --install coupons charts/coupon-system -n "$ns" -f examples/kind-values.yaml \
+  --set image.service.tag="$tag" --set image.operator.tag="$tag" --wait --timeout 300s
 
 start=$(date -u -d '+90 seconds' +%Y-%m-%dT%H:%M:%SZ)
 end=$(date -u -d '+240 seconds' +%Y-%m-%dT%H:%M:%SZ)
@@ -95,7 +126,7 @@ log "burst through a port-forward"
 kubectl -n "$ns" port-forward svc/coupon-api 18080:80 >/dev/null 2>&1 &
 forward_pid=$!
 wait_until 30 "port-forward" curl -sf http://127.0.0.1:18080/healthz
-cargo run --quiet --release --locked -p coupon-service -- load \
+"$load_tool" load \
   --url http://127.0.0.1:18080 --event "$event" --requests 3000 --concurrency 64 | tee /tmp/e2e-load.txt
 grep -q '| 201 issued (201) | 100 |' /tmp/e2e-load.txt || fail "expected exactly $limit coupons issued"
 
@@ -113,6 +144,8 @@ wait_until 300 "closed after the window and the drain" phase_is Closed
 wait_until 60 "api scaled to its idle replicas after the window" replicas_are coupon-api 0
 wait_until 60 "consumer scaled down after the drain" replicas_are coupon-consumer 0
 [ "$(rows)" = "$limit" ] || fail "rows changed after the window"
+failed=$(kubectl -n "$ns" exec deploy/postgres -- psql -U postgres -d coupons -tAc "SELECT count(*) FROM failed_events")
+[ "$failed" = 0 ] || fail "$failed records in failed_events"
 
 log "delete and clean-up"
 kubectl -n "$ns" delete couponevent "$event" --wait=true --timeout=120s

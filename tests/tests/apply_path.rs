@@ -248,3 +248,15 @@ async fn two_tenants_on_one_topic_each_write_exactly_their_own_rows() {
         consumer.stop().await.unwrap();
     }
 }
+
+/// Topics the operator creates get the configured settings (`TOPIC_CONFIG`) and, with
+/// replication -1, the broker's default replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_with_the_configured_settings_and_the_brokers_replication() {
+    let configs = coupon_core::kafka::parse_topic_configs("retention.ms=3600000").unwrap();
+    let admin = kafka(&kafka_brokers()).admin().unwrap().with_topic_configs(configs);
+    let topic = unique("configured");
+    assert_eq!(admin.ensure_topic(&topic, 2, -1).await.unwrap(), coupon_core::kafka::TopicOutcome::Created);
+    assert_eq!(admin.partitions(&topic, Duration::from_secs(10)).unwrap(), Some(2));
+    assert_eq!(admin.topic_config(&topic, "retention.ms").await.unwrap().as_deref(), Some("3600000"));
+}

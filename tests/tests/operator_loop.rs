@@ -578,7 +578,11 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
     let (deleted_name, kept_name) = (deleted.metadata.name.clone().unwrap(), kept.metadata.name.clone().unwrap());
     wait_for_phase(&cluster, &kept_name, Phase::WarmingUp).await;
     let base = format!("http://127.0.0.1:{api_port}");
+    // Ready means it answers; the first applies wait until it reaches Redis and Kafka.
     coupon_tests::wait_for_status("api pod ready", &format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
+    for component in ["redis", "kafka"] {
+        coupon_tests::wait_for_component(&base, component, true, Duration::from_secs(30)).await;
+    }
     let kept_url = format!("{base}/v1/events/{kept_name}/apply");
     let deleted_url = format!("{base}/v1/events/{deleted_name}/apply");
     assert_eq!(apply_concurrently(&kept_url, vec!["early".into()]).await[0].0, 403, "not open yet");

@@ -92,3 +92,12 @@ readinessProbe:
   periodSeconds: 2
   failureThreshold: 2
 {{- end -}}
+
+{{/* TOPIC_CONFIG: connections.topicConfig as name=value pairs, sorted. */}}
+{{- define "coupon.topicConfig" -}}
+{{- $pairs := list -}}
+{{- range $name, $value := .Values.connections.topicConfig -}}
+{{- $pairs = append $pairs (printf "%s=%v" $name $value) -}}
+{{- end -}}
+{{ join "," $pairs }}
+{{- end -}}

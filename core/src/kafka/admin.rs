@@ -18,11 +18,33 @@ pub enum TopicOutcome {
 /// Creates and deletes topics.
 pub struct TopicAdmin {
     client: AdminClient<DefaultClientContext>,
+    /// Configuration every topic this admin creates gets (`retention.ms`,
+    /// `min.insync.replicas`, ...), by Kafka's own names.
+    topic_configs: Vec<(String, String)>,
+}
+
+/// Parses `name=value` pairs separated by commas (`TOPIC_CONFIG`), as Kafka names topic
+/// configurations; an empty string is none.
+pub fn parse_topic_configs(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_owned(), value.trim().to_owned())),
+            _ => Err(format!("topic configuration {pair:?} is not name=value")),
+        })
+        .collect()
 }
 
 impl TopicAdmin {
     pub(super) fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
-        Ok(Self { client: config.create()? })
+        Ok(Self { client: config.create()?, topic_configs: Vec::new() })
+    }
+
+    /// Topics created from now on get these configurations.
+    pub fn with_topic_configs(mut self, configs: Vec<(String, String)>) -> Self {
+        self.topic_configs = configs;
+        self
     }
 
     fn options() -> AdminOptions {
@@ -31,7 +53,10 @@ impl TopicAdmin {
 
     /// Creates the topic unless it exists; an existing topic is left as it is.
     pub async fn ensure_topic(&self, topic: &str, partitions: i32, replication: i32) -> Result<TopicOutcome, KafkaError> {
-        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        for (name, value) in &self.topic_configs {
+            new_topic = new_topic.set(name, value);
+        }
         let results = self.client.create_topics([&new_topic], &Self::options()).await?;
         match results.into_iter().next() {
             Some(Ok(_)) => Ok(TopicOutcome::Created),
@@ -50,9 +75,32 @@ impl TopicAdmin {
         }
     }
 
+    /// A topic's configuration value as the broker reports it (`None`: not set or unknown).
+    pub async fn topic_config(&self, topic: &str, name: &str) -> Result<Option<String>, KafkaError> {
+        let results = self.client.describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(topic)], &Self::options()).await?;
+        let Some(Ok(resource)) = results.into_iter().next() else { return Ok(None) };
+        Ok(resource.get(name).and_then(|entry| entry.value.clone()))
+    }
+
     /// Partition count of a topic, `None` if the broker does not know it. Blocking.
     pub fn partitions(&self, topic: &str, timeout: Duration) -> Result<Option<usize>, KafkaError> {
         let metadata = self.client.inner().fetch_metadata(Some(topic), timeout)?;
         Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_configs_are_name_value_pairs() {
+        assert_eq!(parse_topic_configs("").unwrap(), vec![]);
+        assert_eq!(
+            parse_topic_configs("retention.ms=86400000, min.insync.replicas=2").unwrap(),
+            vec![("retention.ms".into(), "86400000".into()), ("min.insync.replicas".into(), "2".into())]
+        );
+        assert!(parse_topic_configs("retention.ms").is_err());
+        assert!(parse_topic_configs("=2").is_err());
     }
 }

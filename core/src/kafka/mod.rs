@@ -6,7 +6,7 @@ mod admin;
 
 use rdkafka::config::ClientConfig;
 
-pub use admin::{TopicAdmin, TopicOutcome};
+pub use admin::{parse_topic_configs, TopicAdmin, TopicOutcome};
 pub use rdkafka::error::KafkaError;
 
 /// Where the brokers are.

@@ -89,8 +89,9 @@ pub struct ConsumerSettings {
     pub redis_url: String,
     pub kafka: KafkaSettings,
     pub topics: Vec<String>,
-    /// Also consume the topics of this namespace's provisioned events (from the event
-    /// registry), picked up within seconds of their provisioning.
+    /// Serve this namespace's events only: also consume the topics they declare (from the
+    /// event registry, picked up within seconds of their provisioning), and pass over
+    /// records and verification of other namespaces' events.
     pub event_namespace: Option<String>,
     pub group_id: String,
     /// Most records per SQL transaction.

@@ -11,18 +11,31 @@ use std::time::Duration;
 #[derive(Clone, Default)]
 pub struct Health {
     components: Arc<BTreeMap<&'static str, AtomicBool>>,
+    /// Components that have been ready at least once since the start.
+    reached: Arc<BTreeMap<&'static str, AtomicBool>>,
 }
 
 impl Health {
     /// All components start as not ready.
     pub fn new(components: &[&'static str]) -> Self {
-        Self { components: Arc::new(components.iter().map(|c| (*c, AtomicBool::new(false))).collect()) }
+        let flags = || Arc::new(components.iter().map(|c| (*c, AtomicBool::new(false))).collect());
+        Self { components: flags(), reached: flags() }
+    }
+
+    /// Whether every component but `except` has been ready at least once since the start.
+    pub fn all_reached_once_except(&self, except: &str) -> bool {
+        self.reached.iter().filter(|(name, _)| **name != except).all(|(_, flag)| flag.load(Ordering::Relaxed))
     }
 
     /// Sets a component's state and logs transitions, so an outage shows as one line when it
     /// starts and one when it ends.
     pub fn set(&self, component: &str, ready: bool) {
         if let Some(flag) = self.components.get(component) {
+            if ready {
+                if let Some(reached) = self.reached.get(component) {
+                    reached.store(true, Ordering::Relaxed);
+                }
+            }
             let before = flag.swap(ready, Ordering::Relaxed);
             if before != ready {
                 if ready {

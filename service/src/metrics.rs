@@ -43,6 +43,8 @@ pub struct Metrics {
     pub event_unwritten: Family<EventLabel, Gauge>,
     pub event_healed: Family<EventLabel, Gauge>,
     pub event_recovering: Family<EventLabel, Gauge>,
+    /// 1 once the event's window has ended (alerts on a drain that does not finish use it).
+    pub event_closed: Family<EventLabel, Gauge>,
     /// Coupon rows written by the consumer.
     pub rows_written: Counter,
     /// Records sent to `failed_events`.
@@ -86,6 +88,8 @@ impl Default for Metrics {
         registry.register("event_healed", "Issued coupons given back by healing per event", event_healed.clone());
         let event_recovering = Family::<EventLabel, Gauge>::default();
         registry.register("event_recovering", "1 while the event is being verified against SQL", event_recovering.clone());
+        let event_closed = Family::<EventLabel, Gauge>::default();
+        registry.register("event_closed", "1 once the event's window has ended", event_closed.clone());
         let rows_written = Counter::default();
         registry.register("consumer_rows_written", "Coupon rows written to SQL", rows_written.clone());
         let records_failed = Counter::default();
@@ -115,6 +119,7 @@ impl Default for Metrics {
             event_unwritten,
             event_healed,
             event_recovering,
+            event_closed,
             rows_written,
             records_failed,
             records_skipped,

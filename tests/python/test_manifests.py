@@ -2,6 +2,7 @@
 the examples and the shell scripts. No cluster is needed."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,13 @@ def test_optional_objects_render_when_enabled():
     (rule,) = by_kind(docs, "PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert alerts == {"CouponUndecidedProduces", "CouponConsumerLagging", "CouponFailedRecords", "CouponEventRecovering", "CouponDrainNotFinished"}
+    # Every metric an alert or the dashboard reads is one the services export.
+    exported = metric_names()
+    queries = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    queries += [t["expr"] for p in json.loads((CHART / "files" / "dashboard.json").read_text())["panels"] for t in p["targets"]]
+    for query in queries:
+        for name in re.findall(r"\b(coupon_[a-z_]+)", query):
+            assert name in exported, f"{name} in {query!r} is not exported"
     (dashboard,) = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert json.loads(dashboard["data"]["coupon-system.json"])["panels"]
     assert len(by_kind(docs, "PodDisruptionBudget")) == 2
@@ -368,6 +376,7 @@ def test_release_publishes_the_images_the_chart_installs():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["appVersion"] == chart["version"], "the images are tagged with the chart version"
     targets = release["jobs"]["images"]["strategy"]["matrix"]["target"]
+    assert release["jobs"]["images"]["strategy"]["matrix"]["arch"] == ["amd64", "arm64"]
     assert sorted(targets) == ["coupon-operator", "coupon-service"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["image"]["service"]["tag"] == "" and values["image"]["operator"]["tag"] == "", "the tag follows appVersion"
@@ -378,5 +387,24 @@ def test_release_publishes_the_images_the_chart_installs():
 def test_topic_configuration_reaches_the_operator():
     env = {e["name"]: e.get("value") for e in operator_env(render())}
     assert (env["TOPIC_REPLICATION"], env["TOPIC_CONFIG"]) == ("-1", ""), "the broker's defaults"
-    env = {e["name"]: e.get("value") for e in operator_env(render({"connections": {"topicReplication": 3, "topicConfig": {"retention.ms": "604800000", "min.insync.replicas": 2}}}))}
+    env = {e["name"]: e.get("value") for e in operator_env(render({"connections": {"topicReplication": 3, "topicConfig": {"retention.ms": "604800000", "min.insync.replicas": "2"}}}))}
     assert (env["TOPIC_REPLICATION"], env["TOPIC_CONFIG"]) == ("3", "min.insync.replicas=2,retention.ms=604800000")
+
+
+@pytest.mark.parametrize("config", [{"retention.ms": 604800000}, {"cleanup.policy": "compact,delete"}])
+def test_topic_configuration_refuses_what_would_not_reach_kafka_intact(config):
+    # A YAML number renders as a float (6.048e+08); a comma would split the pair list.
+    with pytest.raises(Exception):
+        render({"connections": {"topicConfig": config}})
+
+
+def metric_names():
+    """The names Prometheus sees for the service's metrics (prefix `coupon`, `_total` on
+    counters, `_bucket` on histograms), read from service/src/metrics.rs."""
+    source = (ROOT / "service" / "src" / "metrics.rs").read_text()
+    names = set()
+    for name, kind in re.findall(r'register\(\s*"([a-z_]+)",\s*"[^"]*",\s*([a-z_]+)', source):
+        names.add(f"coupon_{name}")
+        names.add(f"coupon_{name}_total")
+        names.add(f"coupon_{name}_bucket")
+    return names

@@ -107,9 +107,9 @@ async fn broker_down_answers_503_releases_the_slot_and_recovers() {
         &["api"],
         &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)],
     );
-    // Ready (it answers HTTP), with the broker reported unreachable.
+    // Started while the broker is down: not ready (it never reached Kafka), and says so.
     let base = format!("http://{listen}");
-    assert_eq!(wait_for_component(&base, "kafka", false, Duration::from_secs(30)).await, 200);
+    assert_eq!(wait_for_component(&base, "kafka", false, Duration::from_secs(30)).await, 503);
     let process_url = format!("http://{listen}/v1/events/{}/apply", event.id.name());
     assert_eq!(apply_user(&client, &process_url, "u4").await.0, 503);
     assert_eq!(redis_snapshot(&event.id).await, snapshot, "nothing counted while the broker is down");
@@ -302,10 +302,10 @@ async fn binaries_start_without_redis_kafka_or_sql_and_recover_when_they_appear(
         let healthz = format!("http://{listen}/healthz");
         wait_for_status("process alive", &healthz, 200, Duration::from_secs(30)).await;
     }
-    // The api is ready (it answers, 503 JSON) and says what it cannot reach; the consumer,
-    // which takes no traffic, is not ready without its dependencies.
+    // Neither is ready before it has reached its dependencies once (a rollout with a wrong
+    // address stops at its first pod); the api says what it cannot reach.
     let (status, body) = readyz(&format!("http://{api_listen}")).await;
-    assert_eq!((status, &body["components"]["redis"]), (200, &serde_json::json!(false)), "{body}");
+    assert_eq!((status, &body["components"]["redis"]), (503, &serde_json::json!(false)), "{body}");
     assert_eq!(http_status(&format!("http://{consumer_listen}/readyz")).await, 503, "consumer not ready without its dependencies");
     wait_until("api logs what it cannot reach", Duration::from_secs(30), || {
         let log = api.log_text();
@@ -323,14 +323,10 @@ async fn binaries_start_without_redis_kafka_or_sql_and_recover_when_they_appear(
     redis_gate.open().await;
     kafka_gate.open().await;
     sql_gate.open().await;
-    wait_for_component(&format!("http://{api_listen}"), "redis", true, Duration::from_secs(60)).await;
-    wait_for_status(
-        "consumer ready once its dependencies appear",
-        &format!("http://{consumer_listen}/readyz"),
-        200,
-        Duration::from_secs(60),
-    )
-    .await;
+    for listen in [&api_listen, &consumer_listen] {
+        let readyz = format!("http://{listen}/readyz");
+        wait_for_status("ready once the dependencies appear", &readyz, 200, Duration::from_secs(60)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,9 +42,26 @@ topologySpreadConstraints:
 {{- end }}
 {{- end -}}
 
-{{/* The consumer group: one per release and namespace unless set. */}}
+{{/*
+The consumer group: `consumer.group` if set; else the group the running consumer already
+uses (an upgrade from a release whose default was `coupon-consumer` keeps its offsets rather
+than reading every topic again from the start); else one per namespace and release.
+*/}}
 {{- define "coupon.consumerGroup" -}}
-{{ .Values.consumer.group | default (printf "%s-%s-coupon-consumer" .Release.Namespace .Release.Name) }}
+{{- $group := .Values.consumer.group -}}
+{{- if not $group -}}
+{{- $running := lookup "apps/v1" "Deployment" .Release.Namespace .Values.consumer.name -}}
+{{- if $running -}}
+{{- range $container := $running.spec.template.spec.containers -}}
+{{- range $env := ($container.env | default list) -}}
+{{- if and (eq $env.name "CONSUMER_GROUP") $env.value -}}
+{{- $group = $env.value -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{ $group | default (printf "%s-%s-coupon-consumer" .Release.Namespace .Release.Name) }}
 {{- end -}}
 
 {{- define "coupon.serviceImage" -}}

@@ -39,11 +39,14 @@ pub struct Verifier {
     /// written for it.
     settle: Duration,
     targets: HashMap<String, DrainTarget>,
+    /// Events whose gauges this consumer exports: those no longer verified (deleted, moved
+    /// to another topic) lose theirs, so no alert fires on a stale value.
+    exported: HashSet<String>,
 }
 
 impl Verifier {
     pub fn new(topics: &[String], settle: Duration) -> Self {
-        Self { topics: topics.iter().cloned().collect(), settle, targets: HashMap::new() }
+        Self { topics: topics.iter().cloned().collect(), settle, targets: HashMap::new(), exported: HashSet::new() }
     }
 
     /// One pass over every provisioned event of this consumer's topics. An event that fails
@@ -60,6 +63,7 @@ impl Verifier {
             }
         };
         let mut drained_at: HashMap<String, Option<i64>> = HashMap::new();
+        let mut seen = HashSet::new();
         for member in members {
             let Ok(event) = member.parse::<EventId>() else {
                 let _ = keyspace::unregister(conn, &member).await;
@@ -68,12 +72,26 @@ impl Verifier {
             if !writer.serves(&event) {
                 continue;
             }
-            if let Err(error) = self.verify_event(writer, conn, consumer, metrics, &event, now_ms, &mut drained_at).await {
-                tracing::warn!(%error, event = %event, "verification of the event incomplete; retried in a second");
+            match self.verify_event(writer, conn, consumer, metrics, &event, now_ms, &mut drained_at).await {
+                Ok(true) => {
+                    seen.insert(event.to_string());
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    // Not verified this time, but still this consumer's: its gauges stay.
+                    seen.insert(event.to_string());
+                    tracing::warn!(%error, event = %event, "verification of the event incomplete; retried in a second");
+                }
             }
         }
+        for gone in self.exported.difference(&seen) {
+            unexport(metrics, gone);
+        }
+        self.exported = seen;
     }
 
+    /// Verifies one event; `Ok(false)` when it is not this consumer's to verify (gone, another
+    /// topic, not fenced), whose gauges then go.
     #[allow(clippy::too_many_arguments)]
     async fn verify_event(
         &mut self,
@@ -84,15 +102,15 @@ impl Verifier {
         event: &EventId,
         now_ms: i64,
         drained_at: &mut HashMap<String, Option<i64>>,
-    ) -> Result<(), RecoveryError> {
-        let Some(counters) = keyspace::counters(conn, event).await? else { return Ok(()) };
+    ) -> Result<bool, RecoveryError> {
+        let Some(counters) = keyspace::counters(conn, event).await? else { return Ok(false) };
         if !self.topics.contains(&counters.topic) {
-            return Ok(());
+            return Ok(false);
         }
-        let Some(recovering) = keyspace::fence(conn, event).await? else { return Ok(()) };
-        export(metrics, &event.to_string(), &counters, recovering);
+        let Some(recovering) = keyspace::fence(conn, event).await? else { return Ok(false) };
+        export(metrics, &event.to_string(), &counters, recovering, now_ms >= counters.end_ms);
         if !recovering && counters.unwritten == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let drained = match drained_at.get(&counters.topic) {
             Some(known) => *known,
@@ -102,28 +120,28 @@ impl Verifier {
                 reached
             }
         };
-        let Some(at_ms) = drained else { return Ok(()) };
+        let Some(at_ms) = drained else { return Ok(true) };
         let trusted_until_ms = at_ms - self.settle.as_millis() as i64;
         if recovering {
             if let Some(report) = restore_event(writer.store(), conn, event, trusted_until_ms).await? {
                 writer.forget(event);
                 tracing::warn!(event = %event, count = report.count, rows = report.rows, free = report.free, calls = report.calls, longest_call = ?report.longest_call, "restored the event's Redis state from SQL");
             }
-            return Ok(());
+            return Ok(true);
         }
         let overdue = keyspace::overdue_entries(conn, event, trusted_until_ms, HEAL_CHUNK).await?;
         if overdue.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let Some(key) = counters.key(event) else {
             tracing::error!(event = %event, incarnation = ?counters.incarnation, "invalid incarnation in the event's configuration: not healing");
-            return Ok(());
+            return Ok(true);
         };
         let healed = heal_entries(writer.store(), conn, &key, trusted_until_ms, overdue).await?;
         if healed.healed > 0 || healed.written > 0 {
             tracing::warn!(event = %event, healed = healed.healed, marked_written = healed.written, "settled entries issued but never written");
         }
-        Ok(())
+        Ok(true)
     }
 
     /// `Some(T)`: every record written to `topic` before server time `T` is in SQL. Takes a
@@ -145,11 +163,26 @@ impl Verifier {
     }
 }
 
-fn export(metrics: &Metrics, event: &str, counters: &EventCounters, recovering: bool) {
+fn export(metrics: &Metrics, event: &str, counters: &EventCounters, recovering: bool, closed: bool) {
     let label = EventLabel { event: event.to_owned() };
+    metrics.event_closed.get_or_create(&label).set(i64::from(closed));
     metrics.event_issued.get_or_create(&label).set(counters.issued);
     metrics.event_persisted.get_or_create(&label).set(counters.persisted);
     metrics.event_unwritten.get_or_create(&label).set(counters.unwritten);
     metrics.event_healed.get_or_create(&label).set(counters.healed);
     metrics.event_recovering.get_or_create(&label).set(i64::from(recovering));
+}
+
+fn unexport(metrics: &Metrics, event: &str) {
+    let label = EventLabel { event: event.to_owned() };
+    for family in [
+        &metrics.event_issued,
+        &metrics.event_persisted,
+        &metrics.event_unwritten,
+        &metrics.event_healed,
+        &metrics.event_recovering,
+        &metrics.event_closed,
+    ] {
+        family.remove(&label);
+    }
 }

@@ -70,6 +70,14 @@ impl BatchWriter {
         }
     }
 
+    /// Whether a record's payload, however malformed otherwise, names the event of a
+    /// namespace this consumer does not serve.
+    fn names_another_namespace(&self, payload: &[u8]) -> bool {
+        let Some(served) = self.served_namespace.as_deref() else { return false };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else { return false };
+        value["event"].as_str().and_then(|event| event.split_once('/')).is_some_and(|(namespace, _)| namespace != served)
+    }
+
     /// Whether this consumer writes (and verifies) the event: all events, or with
     /// `EVENT_NAMESPACE` those of that namespace.
     pub fn serves(&self, event: &EventId) -> bool {
@@ -205,9 +213,12 @@ impl BatchWriter {
     pub async fn write(&mut self, batch: &[RawRecord]) -> Result<Vec<CouponRow>, BatchError> {
         let started = Instant::now();
         let (mut coupons, mut failures) = split_batch(batch);
-        let before = coupons.len();
+        let before = coupons.len() + failures.len();
         coupons.retain(|(row, _)| row.event.parse::<EventKey>().is_ok_and(|key| self.serves(key.id())));
-        self.metrics.records_skipped.inc_by((before - coupons.len()) as u64);
+        // A malformed record that still names another namespace's event is that tenant's
+        // to file, not this one's.
+        failures.retain(|failure| !self.names_another_namespace(&failure.payload));
+        self.metrics.records_skipped.inc_by((before - coupons.len() - failures.len()) as u64);
         self.key_records_of_older_apis(&mut coupons).await?;
         let coupons = self.admit_slots(coupons, &mut failures).await?;
         let outcome = self.store.write_batch(&coupons, &failures).await?;

@@ -18,10 +18,13 @@ pub enum Readiness {
     /// Every dependency reachable: the consumer, which takes no traffic, so readiness only
     /// tells rollouts and people whether it can work.
     AllDependencies,
-    /// The process answers HTTP: the api. With Redis or Kafka out of reach it still answers
-    /// every request itself (503 JSON, 403/410 from memory), which users are better served by
-    /// than by a Service without endpoints; a short blip of one dependency would otherwise
-    /// take every replica out of the endpoints at once. Only the stop signal turns it off.
+    /// The process answers HTTP, and has reached each dependency once since it started: the
+    /// api. Once up, Redis or Kafka going out of reach leaves it ready: it answers every
+    /// request itself (503 JSON, 403/410 from memory), which users are better served by than
+    /// by a Service without endpoints, and a short blip of one dependency would otherwise
+    /// take every replica out of the endpoints at once. Until each was reached once it is not
+    /// ready, so a rollout with a wrong address or credentials stops at its first pod, and a
+    /// new pod joins the endpoints only when it can issue. Only the stop signal turns it off.
     Serving,
 }
 
@@ -41,7 +44,7 @@ pub fn router(health: Health, metrics: Arc<Metrics>, readiness: Readiness) -> Ro
 async fn readyz(State((health, _, readiness)): State<(Health, Arc<Metrics>, Readiness)>) -> Response {
     let ready = match readiness {
         Readiness::AllDependencies => health.all_ready(),
-        Readiness::Serving => health.is_ready("serving"),
+        Readiness::Serving => health.is_ready("serving") && health.all_reached_once_except("serving"),
     };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(serde_json::json!({"ready": ready, "components": health.snapshot()}))).into_response()

@@ -119,8 +119,10 @@ pub struct ConsumerArgs {
     /// Topics to consume, comma separated.
     #[arg(long, env = "COUPON_TOPICS", default_value = "coupon_create", value_delimiter = ',')]
     pub topics: Vec<String>,
-    /// Also consume the topics that this namespace's events declare, picked up within
-    /// seconds of their provisioning (the chart sets the release namespace).
+    /// Serve this namespace's events only (the chart sets the release namespace): also
+    /// consume the topics they declare, picked up within seconds of their provisioning, and
+    /// pass over records of other namespaces' events (another release's consumer writes
+    /// them). Unset: every event's records are written.
     #[arg(long, env = "EVENT_NAMESPACE")]
     pub event_namespace: Option<String>,
     #[arg(long, env = "CONSUMER_GROUP", default_value_t = ConsumerSettings::default().group_id)]

@@ -146,7 +146,7 @@ wait_until 60 "api scaled to its idle replicas after the window" replicas_are co
 wait_until 60 "consumer scaled down after the drain" replicas_are coupon-consumer 0
 [ "$(rows)" = "$limit" ] || fail "rows changed after the window"
 failed=$(kubectl -n "$ns" exec deploy/postgres -- psql -U postgres -d coupons -tAc \
-  "SELECT count(*) FROM failed_events WHERE convert_from(payload, 'UTF8') LIKE '%$event%'")
+  "SELECT count(*) FROM failed_events WHERE position(convert_to('$event', 'UTF8') in payload) > 0")
 [ "$failed" = 0 ] || fail "$failed records of $event in failed_events"
 
 log "delete and clean-up"

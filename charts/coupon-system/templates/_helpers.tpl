@@ -44,8 +44,9 @@ topologySpreadConstraints:
 
 {{/*
 The consumer group: `consumer.group` if set; else the group the running consumer already
-uses (an upgrade from a release whose default was `coupon-consumer` keeps its offsets rather
-than reading every topic again from the start); else one per namespace and release.
+uses (an upgrade keeps its offsets rather than reading every topic again from the start);
+else one per namespace and release. The earlier chart's default, `coupon-consumer`, was the
+same in every release: an upgrade from it must say which group to use.
 */}}
 {{- define "coupon.consumerGroup" -}}
 {{- $group := .Values.consumer.group -}}
@@ -55,6 +56,9 @@ than reading every topic again from the start); else one per namespace and relea
 {{- range $container := $running.spec.template.spec.containers -}}
 {{- range $env := ($container.env | default list) -}}
 {{- if and (eq $env.name "CONSUMER_GROUP") $env.value -}}
+{{- if eq $env.value "coupon-consumer" -}}
+{{- fail "the running consumer uses the group coupon-consumer, which every release of the earlier chart shared: set consumer.group=coupon-consumer to keep it (one shop on this Kafka), or give each shop's release its own group (it then reads its topics from the start)" -}}
+{{- end -}}
 {{- $group = $env.value -}}
 {{- end -}}
 {{- end -}}

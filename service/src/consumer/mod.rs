@@ -143,7 +143,7 @@ pub async fn run(
                             } else {
                                 tracing::info!(topics = ?grown, "following the topics of new events");
                                 topics.subscribed(&grown);
-                                verifier = verify::Verifier::new(&grown, settings.recovery_settle);
+                                verifier.set_topics(&grown);
                             }
                         }
                         Ok(None) => {}

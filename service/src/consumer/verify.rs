@@ -49,6 +49,13 @@ impl Verifier {
         Self { topics: topics.iter().cloned().collect(), settle, targets: HashMap::new(), exported: HashSet::new() }
     }
 
+    /// The topics grew (a new event's): their events are verified from now on; drain
+    /// targets and exported gauges are kept, so a gauge of an event that goes meanwhile is
+    /// still removed.
+    pub fn set_topics(&mut self, topics: &[String]) {
+        self.topics = topics.iter().cloned().collect();
+    }
+
     /// One pass over every provisioned event of this consumer's topics. An event that fails
     /// is logged and the pass goes on with the next.
     pub async fn pass(&mut self, writer: &mut BatchWriter, conn: &mut ConnectionManager, consumer: &Arc<GroupConsumer>, metrics: &Metrics) {

@@ -117,7 +117,8 @@ async fn broker_down_answers_503_releases_the_slot_and_recovers() {
     // Broker back (fresh in-memory storage, so the topic is created again).
     tansu.restart().await;
     kafka(&brokers).admin().unwrap().ensure_topic(&event.topic, 1, 1).await.unwrap();
-    assert_eq!(wait_for_component(&base, "kafka", true, Duration::from_secs(60)).await, 200);
+    wait_for_component(&base, "kafka", true, Duration::from_secs(60)).await;
+    wait_for_status("api ready once it reached the broker", &format!("{base}/readyz"), 200, Duration::from_secs(10)).await;
     let mut slots = Vec::new();
     for user in ["u2", "u3"] {
         let answer = wait_until("the same user gets a coupon once the broker is back", Duration::from_secs(60), || {

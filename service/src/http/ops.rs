@@ -42,10 +42,14 @@ pub fn router(health: Health, metrics: Arc<Metrics>, readiness: Readiness) -> Ro
 }
 
 async fn readyz(State((health, _, readiness)): State<(Health, Arc<Metrics>, Readiness)>) -> Response {
+    // The answer is derived from the states it reports, read once: a probe flipping in
+    // between never yields a body that contradicts the status. (A component is marked
+    // reached before it is marked ready, so one reported ready has been reached.)
+    let components = health.snapshot();
     let ready = match readiness {
-        Readiness::AllDependencies => health.all_ready(),
-        Readiness::Serving => health.is_ready("serving") && health.all_reached_once_except("serving"),
+        Readiness::AllDependencies => components.values().all(|ready| *ready),
+        Readiness::Serving => components.get("serving").copied().unwrap_or(false) && health.all_reached_once_except("serving"),
     };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(serde_json::json!({"ready": ready, "components": health.snapshot()}))).into_response()
+    (code, Json(serde_json::json!({"ready": ready, "components": components}))).into_response()
 }

@@ -55,7 +55,12 @@ async fn ramped_burst_with_outage(
     let burst = tokio::spawn(async move { coupon_service::tools::load::run(&plan).await.unwrap() });
     tokio::time::sleep(Duration::from_secs(1)).await;
     outage.await;
-    burst.await.unwrap()
+    // Bounded: a service that never recovers fails the test in minutes rather than holding
+    // the suite (each request may otherwise wait its full timeout).
+    match tokio::time::timeout(Duration::from_secs(180), burst).await {
+        Ok(report) => report.unwrap(),
+        Err(_) => panic!("the burst did not finish within 180 s of the outage: the restarted service never recovered"),
+    }
 }
 
 fn record(event: &str, user: &str, slot: i64) -> String {

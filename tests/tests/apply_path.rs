@@ -210,7 +210,10 @@ async fn two_tenants_on_one_topic_each_write_exactly_their_own_rows() {
     admin.ensure_topic(&topic, 2, 1).await.unwrap();
     let mut conn = redis().await;
     let mut tenants = Vec::new();
-    for namespace in ["tenant-a", "tenant-b"] {
+    // Namespaces of this run only: consumers with EVENT_NAMESPACE follow the topics their
+    // namespace's events list in the shared Redis, and an earlier run's may be gone.
+    for namespace in [unique("tenant-a"), unique("tenant-b")] {
+        let namespace = namespace.as_str();
         let id = coupon_core::event::EventId::new(namespace, &unique("sale")).unwrap();
         let config = coupon_core::event::EventConfig::open_now(10, &topic, Duration::from_secs(600));
         coupon_core::provision::provision_redis(&mut conn, &id, &config, false).await.unwrap();

@@ -561,8 +561,11 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
         .chain([
             ("LISTEN_ADDR".into(), format!("127.0.0.1:{consumer_port}")),
             ("DATABASE_URL".into(), database.clone()),
+            // Only the shared topic, without EVENT_NAMESPACE: the Redis all tests share lists
+            // other tests' (and earlier runs') events of this namespace, whose topics may be
+            // gone, and tansu answers metadata of a missing topic with a null name, on which
+            // librdkafka crashes. Following new topics is tested on its own (apply_path).
             ("COUPON_TOPICS".into(), topic.clone()),
-            ("EVENT_NAMESPACE".into(), NS.into()),
             ("CONSUMER_GROUP".into(), unique("life-group")),
         ])
         .collect();

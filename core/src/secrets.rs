@@ -3,7 +3,7 @@
 
 /// Settings that may carry credentials. Each can also come from a file named by `<NAME>_FILE`
 /// (a mounted Secret), so that it appears neither on the command line nor in the pod spec.
-pub const SECRET_SETTINGS: &[&str] = &["REDIS_URL", "DATABASE_URL", "VERIFY_DATABASE_URL", "KAFKA_BROKERS"];
+pub const SECRET_SETTINGS: &[&str] = &["REDIS_URL", "DATABASE_URL", "VERIFY_DATABASE_URL", "KAFKA_BROKERS", "JWT_SECRET"];
 
 /// A `<NAME>_FILE` that names a file which cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use coupon_core::event::{EventId, InvalidConfig};
 use coupon_core::kafka::{KafkaSettings, TopicAdmin, TopicOutcome};
 use coupon_core::provision::{self, ProvisionError, RedisOutcome};
 use coupon_core::redis::keyspace::{self, EventCounters};
-use coupon_core::redis::{ConnectError, RedisHandle};
+use coupon_core::redis::{ConnectError, RedisHandle, RedisTarget};
 
 use crate::crd::CouponEventSpec;
 
@@ -41,8 +41,8 @@ impl BackendError {
 }
 
 impl Backend {
-    pub fn new(redis_url: &str, kafka: &KafkaSettings, replication: i32) -> Result<Self, BackendError> {
-        Ok(Self { redis: RedisHandle::connect_in_background(redis_url)?, admin: kafka.admin()?, replication })
+    pub fn new(redis: impl Into<RedisTarget>, kafka: &KafkaSettings, replication: i32) -> Result<Self, BackendError> {
+        Ok(Self { redis: RedisHandle::connect_in_background(redis)?, admin: kafka.admin()?, replication })
     }
 
     /// Topics the operator creates get these configurations (`TOPIC_CONFIG`).

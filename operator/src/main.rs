@@ -4,6 +4,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
 use coupon_core::kafka::KafkaSettings;
+use coupon_core::redis::{RedisTarget, RedisTls};
 use coupon_core::telemetry::{self, LogFormat, OPENMETRICS_CONTENT_TYPE};
 use coupon_operator::backend::Backend;
 use coupon_operator::leader::LeaderElection;
@@ -31,8 +32,20 @@ struct RunArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Redis URL (`rediss://` for TLS).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     redis_url: String,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://`).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    redis_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for a Redis that requires one.
+    #[arg(long, env = "REDIS_CLIENT_CERT_FILE")]
+    redis_client_cert_file: Option<std::path::PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long, env = "REDIS_CLIENT_KEY_FILE")]
+    redis_client_key_file: Option<std::path::PathBuf>,
+    /// Kafka bootstrap servers; TLS and SASL from `KAFKA_<PROPERTY>` variables and
+    /// `KAFKA_PROPERTIES_FILE`, as for the services.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
     /// Replication factor of the topics the operator creates; -1: the broker's default.
@@ -77,6 +90,9 @@ async fn main() -> anyhow::Result<()> {
             let RunArgs {
                 listen,
                 redis_url,
+                redis_ca_file,
+                redis_client_cert_file,
+                redis_client_key_file,
                 kafka_brokers,
                 replication,
                 topic_config,
@@ -92,9 +108,13 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("LEASE_RENEW_MARGIN ({lease_renew_margin:?}) must be below LEASE_DURATION ({lease_duration:?})");
             }
             telemetry::init_logging(cli.log_format, "info,kube=warn");
-            let kafka = KafkaSettings::new(kafka_brokers);
+            let kafka = KafkaSettings::new(kafka_brokers).with_env_properties()?;
             let topic_configs = coupon_core::kafka::parse_topic_configs(&topic_config).map_err(anyhow::Error::msg)?;
-            let backend = Backend::new(&redis_url, &kafka, replication)?.with_topic_configs(topic_configs);
+            let redis = RedisTarget::new(
+                redis_url,
+                RedisTls { ca_file: redis_ca_file, client_cert_file: redis_client_cert_file, client_key_file: redis_client_key_file },
+            );
+            let backend = Backend::new(redis, &kafka, replication)?.with_topic_configs(topic_configs);
             let metrics = Arc::new(Metrics::default());
             let served = metrics.clone();
             let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use coupon_core::event::{EventId, EventIdError};
 use coupon_core::kafka::{KafkaError, KafkaSettings};
-use coupon_core::redis::{ConnectError, RedisHandle};
+use coupon_core::redis::{ConnectError, RedisHandle, RedisTarget, RedisTls};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::apply::producer::ProducerSlot;
 use crate::apply::{ApplyService, ReplicaWait, COMPONENTS as API_COMPONENTS};
+use crate::auth::{AuthSettings, Authenticator};
 use crate::consumer::{ConsumerError, COMPONENTS as CONSUMER_COMPONENTS};
 use crate::health::Health;
 use crate::http::{self, ApiState, ServerLimits};
@@ -27,7 +28,11 @@ pub struct ApiSettings {
     /// Namespace of the events this api serves (the pod's namespace on Kubernetes).
     pub namespace: String,
     pub redis_url: String,
+    /// CA and client certificate for `rediss://`.
+    pub redis_tls: RedisTls,
     pub kafka: KafkaSettings,
+    /// Who the user is: a verified token, a gateway's header, or (local runs) the body.
+    pub auth: AuthSettings,
     /// How long a produce may take before the apply answers 503.
     pub produce_timeout: Duration,
     pub server: ServerLimits,
@@ -49,7 +54,9 @@ impl Default for ApiSettings {
         Self {
             namespace: "default".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_tls: RedisTls::default(),
             kafka: KafkaSettings::default(),
+            auth: AuthSettings::Open,
             produce_timeout: Duration::from_secs(5),
             server: ServerLimits::default(),
             sold_out_recheck: Duration::from_secs(1),
@@ -87,6 +94,8 @@ pub struct ConsumerSettings {
     /// `postgres://`, `mysql://`, `mariadb://` or `sqlite:` URL.
     pub database_url: String,
     pub redis_url: String,
+    /// CA and client certificate for `rediss://`.
+    pub redis_tls: RedisTls,
     pub kafka: KafkaSettings,
     pub topics: Vec<String>,
     /// Serve this namespace's events only: also consume the topics they declare (from the
@@ -113,6 +122,7 @@ impl Default for ConsumerSettings {
         Self {
             database_url: "sqlite://coupons.db".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_tls: RedisTls::default(),
             kafka: KafkaSettings::default(),
             topics: vec!["coupon_create".into()],
             event_namespace: None,
@@ -138,6 +148,8 @@ pub enum BuildError {
     Listener(#[from] std::io::Error),
     #[error("{0}")]
     Settings(String),
+    #[error("identity: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A running api.
@@ -155,7 +167,7 @@ impl Api {
         settings.check()?;
         let health = Health::new(API_COMPONENTS);
         let metrics = Metrics::shared();
-        let redis = RedisHandle::connect_in_background(&settings.redis_url)?;
+        let redis = RedisHandle::connect_in_background(RedisTarget::new(&settings.redis_url, settings.redis_tls.clone()))?;
         let producer = ProducerSlot::new(settings.kafka.clone(), settings.produce_timeout)?;
         let apply = Arc::new(ApplyService::new(
             settings.namespace.clone(),
@@ -166,8 +178,9 @@ impl Api {
             settings.sold_out_recheck,
             settings.replica_wait,
         ));
+        let auth = Authenticator::start(&settings.auth)?;
         health.set("serving", true);
-        let state = Arc::new(ApiState { apply, redis, health: health.clone(), metrics });
+        let state = Arc::new(ApiState { apply, redis, auth, health: health.clone(), metrics });
         if settings.readiness_probes {
             spawn_api_probes(&state);
         }
@@ -236,7 +249,7 @@ impl Consumer {
         let health = Health::new(CONSUMER_COMPONENTS);
         let metrics = Metrics::shared();
         let assigned = Arc::new(AtomicUsize::new(0));
-        let redis = RedisHandle::connect_in_background(&settings.redis_url)?;
+        let redis = RedisHandle::connect_in_background(RedisTarget::new(&settings.redis_url, settings.redis_tls.clone()))?;
         if let Some(listener) = ops {
             let router = http::ops_router(health.clone(), metrics.clone(), http::Readiness::AllDependencies);
             tokio::spawn(http::serve(listener, router, ServerLimits::default(), shutdown.clone()));

@@ -7,12 +7,14 @@
 //! | `app.rs` | builds the api and the consumer from their settings |
 //! | `http/` | routes, server loop and limits, health and metrics endpoints |
 //! | `apply/` | the apply decision: gate, produce, release, the answer table |
+//! | `auth/` | who the user is: bearer tokens (JWT, JWKS), a gateway header, or the body |
 //! | `consumer/` | batching, parsing, SQL writes, offsets, recovery of lost Redis state |
 //! | `sql/` | the store and its migrations per dialect |
 //! | `tools/` | the command line, the demo and the load generator |
 
 pub mod app;
 pub mod apply;
+pub mod auth;
 pub mod consumer;
 pub mod health;
 pub mod http;

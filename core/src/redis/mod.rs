@@ -5,6 +5,6 @@ mod connection;
 pub mod diagnostics;
 pub mod keyspace;
 
-pub use connection::{ConnectError, RedisHandle};
+pub use connection::{ConnectError, RedisHandle, RedisTarget, RedisTls};
 pub use redis::aio::ConnectionManager;
 pub use redis::RedisError;

@@ -22,6 +22,8 @@ pub enum ApplyOutcome {
     UnknownEvent,
     /// Redis or Kafka unavailable, or the event being restored: nothing counted.
     Unavailable,
+    /// No acceptable identity (token or gateway header): nothing counted.
+    Unauthorized,
     /// The request itself is wrong; `status` is 400, or 413 for a body over the limit.
     BadRequest {
         status: u16,
@@ -41,7 +43,7 @@ struct Body<'a> {
 
 impl ApplyOutcome {
     /// Every answer kind once, for documentation and the load tool's report.
-    pub const KINDS: [ApplyOutcome; 8] = [
+    pub const KINDS: [ApplyOutcome; 9] = [
         Self::Issued { slot: 0 },
         Self::Duplicate { slot: 0 },
         Self::SoldOut,
@@ -50,6 +52,7 @@ impl ApplyOutcome {
         Self::Paused,
         Self::UnknownEvent,
         Self::Unavailable,
+        Self::Unauthorized,
     ];
 
     /// The table: HTTP status, metric label (also the body's `status`), and the fixed body
@@ -65,6 +68,7 @@ impl ApplyOutcome {
             Self::Paused => (403, "paused", Some(r#"{"status":"paused"}"#)),
             Self::UnknownEvent => (404, "unknown_event", Some(r#"{"status":"unknown_event"}"#)),
             Self::Unavailable => (503, "unavailable", Some(r#"{"status":"unavailable"}"#)),
+            Self::Unauthorized => (401, "unauthorized", Some(r#"{"status":"unauthorized"}"#)),
             Self::BadRequest { status, .. } => (*status, "bad_request", None),
         }
     }
@@ -139,6 +143,7 @@ mod tests {
     fn the_load_report_names_statuses_with_the_same_labels() {
         assert_eq!(ApplyOutcome::labels_for_status(403), "not_open/closed/paused");
         assert_eq!(ApplyOutcome::labels_for_status(410), "sold_out");
+        assert_eq!(ApplyOutcome::labels_for_status(401), "unauthorized");
         assert_eq!(ApplyOutcome::labels_for_status(413), "bad_request");
         assert_eq!(ApplyOutcome::labels_for_status(0), "no answer");
     }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -22,6 +22,7 @@ pub use ops::{router as ops_router, Readiness};
 pub use server::{serve, ServerLimits};
 
 use crate::apply::{ApplyOutcome, ApplyService, LookupOutcome};
+use crate::auth::{Authenticator, Identity, Rejection};
 use crate::health::Health;
 use crate::metrics::Metrics;
 
@@ -37,6 +38,8 @@ pub struct ApiState {
     pub apply: Arc<ApplyService>,
     /// For the event stats.
     pub redis: RedisHandle,
+    /// Who the user is (`AUTH_MODE`).
+    pub auth: Authenticator,
     pub health: Health,
     pub metrics: Arc<Metrics>,
 }
@@ -66,41 +69,74 @@ impl IntoResponse for ApplyOutcome {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ApplyRequest {
-    user_id: String,
+    /// The user in `open` mode; with a proven identity optional, and refused when it names
+    /// someone else.
+    user_id: Option<String>,
+}
+
+/// A 401 with its `WWW-Authenticate` challenge.
+fn unauthorized(rejection: &Rejection) -> Response {
+    let mut response = ApplyOutcome::Unauthorized.into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, rejection.challenge());
+    response
 }
 
 async fn apply(
     State(state): State<Arc<ApiState>>,
     event: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApplyOutcome {
+) -> Response {
     let started = Instant::now();
-    let outcome = decide(&state, event, body).await;
+    let (outcome, rejection) = match decide(&state, event, &headers, body).await {
+        Ok(outcome) => (outcome, None),
+        Err(rejection) => (ApplyOutcome::Unauthorized, Some(rejection)),
+    };
     state.metrics.answer(outcome.label());
     state.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
-    outcome
+    match rejection {
+        Some(rejection) => unauthorized(&rejection),
+        None => outcome.into_response(),
+    }
 }
 
-/// Checks the request in the documented order (path, body size, JSON), then asks the
-/// apply service.
-async fn decide(state: &Arc<ApiState>, event: Result<Path<String>, PathRejection>, body: Result<Bytes, BytesRejection>) -> ApplyOutcome {
+/// Checks the request in the documented order (path, identity, body size, JSON), then asks
+/// the apply service.
+async fn decide(
+    state: &Arc<ApiState>,
+    event: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<ApplyOutcome, Rejection> {
     let Path(name) = match event {
         Ok(path) => path,
-        Err(rejection) => return ApplyOutcome::bad_request(rejection.body_text()),
+        Err(rejection) => return Ok(ApplyOutcome::bad_request(rejection.body_text())),
     };
     let event = match state.apply.event_id(&name) {
         Ok(event) => event,
-        Err(outcome) => return outcome,
+        Err(outcome) => return Ok(outcome),
     };
+    let identity = state.auth.identify(headers)?;
     let body = match body {
         Ok(body) => body,
-        Err(rejection) => return ApplyOutcome::BadRequest { status: rejection.status().as_u16(), error: rejection.body_text() },
+        Err(rejection) => return Ok(ApplyOutcome::BadRequest { status: rejection.status().as_u16(), error: rejection.body_text() }),
     };
-    let request: ApplyRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => return ApplyOutcome::bad_request(format!("invalid JSON body: {error}")),
+    let named = match (&identity, body.iter().all(u8::is_ascii_whitespace)) {
+        // With a proven identity the body may be empty.
+        (Identity::Proven(_), true) => None,
+        _ => match serde_json::from_slice::<ApplyRequest>(&body) {
+            Ok(request) => request.user_id,
+            Err(error) => return Ok(ApplyOutcome::bad_request(format!("invalid JSON body: {error}"))),
+        },
     };
-    state.apply.apply(event, request.user_id).await
+    let user_id = match (identity, named) {
+        (Identity::Proven(user), None) => user,
+        (Identity::Proven(user), Some(named)) if named == user => user,
+        (Identity::Proven(_), Some(_)) => return Ok(ApplyOutcome::bad_request("userId in the body is not the authenticated user")),
+        (Identity::FromBody, Some(named)) => named,
+        (Identity::FromBody, None) => return Ok(ApplyOutcome::bad_request("invalid JSON body: missing field `userId`")),
+    };
+    Ok(state.apply.apply(event, user_id).await)
 }
 
 /// The user's coupon as `GET /v1/events/{event}/users/{userId}` answers it.
@@ -117,7 +153,13 @@ struct UserCoupon<'a> {
     persisted: bool,
 }
 
-async fn user_coupon(State(state): State<Arc<ApiState>>, path: Result<Path<(String, String)>, PathRejection>) -> Response {
+/// Answers only for the caller's own user when the identity is proven: another user's
+/// coupon is 403.
+async fn user_coupon(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
     let Path((name, user)) = match path {
         Ok(path) => path,
         Err(rejection) => return ApplyOutcome::bad_request(rejection.body_text()).into_response(),
@@ -126,6 +168,13 @@ async fn user_coupon(State(state): State<Arc<ApiState>>, path: Result<Path<(Stri
         Ok(event) => event,
         Err(outcome) => return outcome.into_response(),
     };
+    match state.auth.identify(&headers) {
+        Err(rejection) => return unauthorized(&rejection),
+        Ok(Identity::Proven(caller)) if caller != user => {
+            return (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"forbidden"}"#).into_response()
+        }
+        Ok(_) => {}
+    }
     match state.apply.lookup(&event, &user).await {
         LookupOutcome::Found(holding) => axum::Json(UserCoupon {
             event: event.to_string(),

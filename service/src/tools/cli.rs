@@ -1,6 +1,7 @@
 //! Command line of `coupon-service`: flags with environment-variable fallbacks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,11 +11,12 @@ use coupon_core::event::{EventConfig, EventId, EventKey};
 use coupon_core::kafka::KafkaSettings;
 use coupon_core::provision;
 use coupon_core::redis::keyspace;
-use coupon_core::redis::RedisHandle;
+use coupon_core::redis::{RedisHandle, RedisTarget, RedisTls};
 use coupon_core::telemetry::{self, LogFormat};
 
 use crate::app::{Api, ApiSettings, Consumer, ConsumerSettings};
 use crate::apply::ReplicaWait;
+use crate::auth::{AuthSettings, JwtKeys, JwtSettings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,21 +50,114 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
-    /// Redis URL; put a password in the environment, not on the command line.
+    /// Redis URL (`rediss://` for TLS); put a password in the environment, not on the
+    /// command line.
     #[arg(long, env = "REDIS_URL", default_value_t = ApiSettings::default().redis_url, hide_env_values = true)]
     pub redis_url: String,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://`); default
+    /// the system's roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a Redis that requires one (with --redis-client-key-file).
+    #[arg(long, env = "REDIS_CLIENT_CERT_FILE")]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long, env = "REDIS_CLIENT_KEY_FILE")]
+    pub redis_client_key_file: Option<PathBuf>,
+}
+
+impl RedisArgs {
+    pub fn tls(&self) -> RedisTls {
+        RedisTls {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert_file: self.redis_client_cert_file.clone(),
+            client_key_file: self.redis_client_key_file.clone(),
+        }
+    }
+
+    pub fn target(&self) -> RedisTarget {
+        RedisTarget::new(&self.redis_url, self.tls())
+    }
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap servers, comma separated.
+    /// Kafka bootstrap servers, comma separated. TLS, SASL and other client properties come
+    /// from `KAFKA_<PROPERTY>` variables (`KAFKA_SECURITY_PROTOCOL=SASL_SSL`, ...) and a
+    /// properties file named by `KAFKA_PROPERTIES_FILE`.
     #[arg(long, env = "KAFKA_BROKERS", default_value_t = KafkaSettings::default().bootstrap_servers)]
     pub kafka_brokers: String,
 }
 
 impl KafkaArgs {
-    pub fn settings(&self) -> KafkaSettings {
-        KafkaSettings::new(&self.kafka_brokers)
+    pub fn settings(&self) -> anyhow::Result<KafkaSettings> {
+        Ok(KafkaSettings::new(&self.kafka_brokers).with_env_properties()?)
+    }
+}
+
+/// `AUTH_MODE`: how the api learns who the user is.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A bearer token signed by the shop's identity provider.
+    Jwt,
+    /// A header set by a trusted gateway.
+    Header,
+    /// The body's `userId`, unproven: local runs and demos only.
+    Open,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// How the user is identified.
+    #[arg(long, env = "AUTH_MODE", value_enum, default_value = "open")]
+    pub auth_mode: AuthMode,
+    /// `header` mode: the header the gateway sets.
+    #[arg(long, env = "AUTH_HEADER", default_value = "X-User-Id")]
+    pub auth_header: String,
+    /// `jwt` mode, HS256: the shared secret (at least 32 bytes; or JWT_SECRET_FILE).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// `jwt` mode, RS*/PS*/ES*: a JWKS file of the identity provider's public keys, read
+    /// again when it changes.
+    #[arg(long, env = "JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The claim holding the user id.
+    #[arg(long, env = "JWT_USER_CLAIM", default_value = "sub")]
+    pub jwt_user_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[arg(long, env = "JWT_LEEWAY", default_value = "30s")]
+    pub jwt_leeway: humantime::Duration,
+}
+
+impl AuthArgs {
+    pub fn settings(&self) -> anyhow::Result<AuthSettings> {
+        Ok(match self.auth_mode {
+            AuthMode::Open => AuthSettings::Open,
+            AuthMode::Header => AuthSettings::Header {
+                header: axum::http::HeaderName::try_from(self.auth_header.as_str())
+                    .with_context(|| format!("AUTH_HEADER {:?} is not a header name", self.auth_header))?,
+            },
+            AuthMode::Jwt => {
+                let keys = match (&self.jwt_secret, &self.jwt_jwks_file) {
+                    (Some(secret), None) => JwtKeys::Secret(secret.as_bytes().to_vec()),
+                    (None, Some(path)) => JwtKeys::JwksFile(path.clone()),
+                    _ => anyhow::bail!("AUTH_MODE=jwt needs exactly one of JWT_SECRET (or JWT_SECRET_FILE) and JWT_JWKS_FILE"),
+                };
+                AuthSettings::Jwt(JwtSettings {
+                    keys,
+                    issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
+                    audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
+                    user_claim: self.jwt_user_claim.clone(),
+                    leeway: self.jwt_leeway.into(),
+                })
+            }
+        })
     }
 }
 
@@ -88,23 +183,27 @@ pub struct ApiArgs {
     #[arg(long, env = "SHUTDOWN_DELAY", default_value = "5s")]
     pub shutdown_delay: humantime::Duration,
     #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
 
 impl ApiArgs {
-    fn settings(&self) -> ApiSettings {
-        ApiSettings {
+    fn settings(&self) -> anyhow::Result<ApiSettings> {
+        Ok(ApiSettings {
             namespace: self.namespace.clone(),
             redis_url: self.redis.redis_url.clone(),
-            kafka: self.kafka.settings(),
+            redis_tls: self.redis.tls(),
+            auth: self.auth.settings()?,
+            kafka: self.kafka.settings()?,
             produce_timeout: self.produce_timeout.into(),
             replica_wait: (self.redis_wait_replicas > 0)
                 .then(|| ReplicaWait { replicas: self.redis_wait_replicas, timeout: self.redis_wait_timeout.into() }),
             shutdown_delay: self.shutdown_delay.into(),
             ..ApiSettings::default()
-        }
+        })
     }
 }
 
@@ -149,11 +248,12 @@ pub struct ConsumerArgs {
 }
 
 impl ConsumerArgs {
-    fn settings(&self) -> ConsumerSettings {
-        ConsumerSettings {
+    fn settings(&self) -> anyhow::Result<ConsumerSettings> {
+        Ok(ConsumerSettings {
             database_url: self.database_url.clone(),
             redis_url: self.redis.redis_url.clone(),
-            kafka: self.kafka.settings(),
+            redis_tls: self.redis.tls(),
+            kafka: self.kafka.settings()?,
             topics: self.topics.clone(),
             event_namespace: self.event_namespace.clone(),
             group_id: self.group_id.clone(),
@@ -161,7 +261,7 @@ impl ConsumerArgs {
             batch_linger: self.batch_linger.into(),
             recovery_settle: self.recovery_settle.into(),
             missing_event_patience: self.missing_event_patience.into(),
-        }
+        })
     }
 }
 
@@ -304,7 +404,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    let api = Api::start(args.settings(), listener, telemetry::shutdown_signal())?;
+    let api = Api::start(args.settings()?, listener, telemetry::shutdown_signal())?;
     tracing::info!(listen = %api.local_addr, "api listening");
     api.stopped().await;
     tracing::info!("api stopped");
@@ -314,7 +414,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
 async fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "consumer health endpoints listening");
-    let consumer = Consumer::start(args.settings(), Some(listener), telemetry::shutdown_signal())?;
+    let consumer = Consumer::start(args.settings()?, Some(listener), telemetry::shutdown_signal())?;
     consumer.stopped().await?;
     Ok(())
 }
@@ -332,14 +432,14 @@ async fn run_event(command: EventCommand) -> anyhow::Result<()> {
             let id = EventId::new(&args.event.namespace, &args.event.name)?;
             let config = event_config(&args);
             config.validate()?;
-            let mut conn = RedisHandle::connect_with_deadline(&args.event.redis.redis_url, deadline).await?;
-            let admin = args.kafka.settings().admin()?;
+            let mut conn = RedisHandle::connect_with_deadline(args.event.redis.target(), deadline).await?;
+            let admin = args.kafka.settings()?.admin()?;
             let (topic, redis) = provision::provision_event(&mut conn, &admin, &id, &config, args.partitions, args.replication).await?;
             println!("{}", serde_json::json!({"event": id.to_string(), "topic": format!("{topic:?}"), "redis": format!("{redis:?}")}));
         }
         EventCommand::Show(args) => {
             let id = EventId::new(&args.namespace, &args.name)?;
-            let mut conn = RedisHandle::connect_with_deadline(&args.redis.redis_url, deadline).await?;
+            let mut conn = RedisHandle::connect_with_deadline(args.redis.target(), deadline).await?;
             match keyspace::counters(&mut conn, &id).await? {
                 Some(counters) => println!("{}", serde_json::to_string_pretty(&counters)?),
                 None => anyhow::bail!("event {id} is not provisioned"),
@@ -347,12 +447,12 @@ async fn run_event(command: EventCommand) -> anyhow::Result<()> {
         }
         EventCommand::Delete(args) => {
             let id = EventId::new(&args.event.namespace, &args.event.name)?;
-            let mut conn = RedisHandle::connect_with_deadline(&args.event.redis.redis_url, deadline).await?;
+            let mut conn = RedisHandle::connect_with_deadline(args.event.redis.target(), deadline).await?;
             let topic = keyspace::counters(&mut conn, &id).await?.map(|c| c.topic);
             let removed = provision::delete_redis(&mut conn, &id).await?;
             if args.delete_topic {
                 if let Some(topic) = topic.filter(|t| !t.is_empty()) {
-                    args.kafka.settings().admin()?.delete_topic(&topic).await?;
+                    args.kafka.settings()?.admin()?.delete_topic(&topic).await?;
                 }
             }
             println!("{}", serde_json::json!({"event": id.to_string(), "keysRemoved": removed}));

@@ -73,7 +73,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
 
     let event = EventId::new("demo", &format!("flash-sale-{}", Utc::now().timestamp_millis()))?;
     let topic = format!("coupon_create.demo.{}", event.name());
-    let kafka = KafkaSettings::new(brokers);
+    // A real broker may need the deployment's TLS/SASL properties; the mock needs none.
+    let kafka = match &mock {
+        None => KafkaSettings::new(brokers).with_env_properties()?,
+        Some(_) => KafkaSettings::new(brokers),
+    };
     let mut conn = RedisHandle::connect_with_deadline(&args.redis_url, Duration::from_secs(10))
         .await
         .map_err(|error| anyhow::anyhow!("{error}; start it with dev/stack up"))?;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 pub mod kube_fake;
 pub mod tcp_gate;
+pub mod tls;
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -215,6 +216,15 @@ impl InProcessApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = Api::start(settings, listener, stop_rx).unwrap();
         api.state.redis.wait().await;
+        Self { base_url: api.base_url(), state: api.state.clone(), stop }
+    }
+
+    /// Starts the api from `settings` without waiting for its Redis (which may never come).
+    pub async fn start_with_settings_unconnected(settings: ApiSettings) -> Self {
+        init_logging();
+        let (stop, stop_rx) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = Api::start(settings, listener, stop_rx).unwrap();
         Self { base_url: api.base_url(), state: api.state.clone(), stop }
     }
 
@@ -480,6 +490,10 @@ pub struct OwnTansu {
     storage: &'static str,
     dir: PathBuf,
     process: Option<ChildProcess>,
+    /// Where clients are sent after bootstrapping (default this broker's own port).
+    advertised: Option<String>,
+    /// Whether clients must authenticate with SASL (SCRAM users made by `add_scram_user`).
+    authentication: bool,
 }
 
 impl OwnTansu {
@@ -510,7 +524,7 @@ impl OwnTansu {
     async fn start_with(port: u16, storage: &'static str) -> Self {
         let dir = std::env::temp_dir().join(unique("tansu"));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut tansu = Self { port, storage, dir, process: None };
+        let mut tansu = Self { port, storage, dir, process: None, advertised: None, authentication: false };
         tansu.restart().await;
         tansu
     }
@@ -536,10 +550,36 @@ impl OwnTansu {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
+    /// A durable broker whose clients must authenticate with SCRAM as one of `users`
+    /// (`name`, `password`, `scram256` or `scram512`), and which sends them to `advertised`
+    /// (a TLS front, say) after bootstrapping. Users are stored while the broker still
+    /// accepts anyone, then it restarts with authentication required.
+    pub async fn start_authenticating(port: u16, advertised: &str, users: &[(&str, &str, &str)]) -> Self {
+        let mut tansu = Self::start_durable(port).await;
+        let broker = format!("tcp://127.0.0.1:{port}");
+        for (name, password, mechanism) in users {
+            let output = tokio::process::Command::new(Self::binary())
+                .args(["user", "create", "--broker", &broker, "--mechanism", mechanism, name, password])
+                .output()
+                .await
+                .unwrap();
+            assert!(output.status.success(), "tansu user create: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        tansu.stop().await;
+        tansu.advertised = Some(advertised.to_owned());
+        tansu.authentication = true;
+        tansu.restart().await;
+        tansu
+    }
+
     /// Starts (again) on the same port and storage.
     pub async fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", self.storage];
+        let advertised = self.advertised.clone().unwrap_or_else(|| url.clone());
+        let mut args = vec!["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", self.storage];
+        if self.authentication {
+            args.push("--authentication");
+        }
         let process = ChildProcess::spawn_in(&self.dir, &Self::binary(), &args, &[]);
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         wait_until("own tansu listening", Duration::from_secs(30), || async move {

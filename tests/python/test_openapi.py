@@ -1,6 +1,9 @@
 """The live api against its own OpenAPI document, with schemathesis: no 5xx, and every
 response conforms to the document (status code, content type, body schema)."""
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -32,10 +35,33 @@ def get(url):
         return 0, b""
 
 
+# The api runs as the chart runs it: AUTH_MODE=jwt. The token is minted here (HS256).
+SECRET = "schemathesis-shared-secret-of-32-bytes+"
+ISSUER = "https://id.shop.test"
+AUDIENCE = "coupons"
+USER = "schemathesis-user"
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256_token(claims):
+    signing_input = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64url(json.dumps(claims).encode())
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(signature)
+
+
+TOKEN = hs256_token({"sub": USER, "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 3600})
+
+
 @pytest.fixture(scope="module")
 def api():
     assert BINARY.exists(), "build it first: cargo build -p coupon-service (dev/test does)"
-    env = {**os.environ, "COUPON_NAMESPACE": "schemathesis", "RUST_LOG": "warn"}
+    env = {
+        **os.environ, "COUPON_NAMESPACE": "schemathesis", "RUST_LOG": "warn",
+        "AUTH_MODE": "jwt", "JWT_SECRET": SECRET, "JWT_ISSUER": ISSUER, "JWT_AUDIENCE": AUDIENCE,
+    }
     event = f"st-{os.getpid()}-{int(time.time())}"
     subprocess.run(
         [BINARY, "event", "create", event, "--limit", "1000000", "--duration", "30m", "--topic", f"schemathesis.{event}", "--partitions", "1"],
@@ -64,14 +90,49 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(api, t
     base, event = api
     # Generated requests name the provisioned event, so they reach the gate, not only 404.
     config = tmp_path / "schemathesis.toml"
-    config.write_text(f'[parameters]\n"path.event" = "{event}"\n')
+    # With a token, generated bodies naming any other user are 400 by design, which
+    # schemathesis would flag as a schema/validation mismatch of that one operation.
+    config.write_text(
+        f'[parameters]\n"path.event" = "{event}"\n\n'
+        '[[operations]]\ninclude-path = "/v1/events/{event}/apply"\nwarnings = false\n'
+    )
+    # Every generated request carries the token (schemathesis keeps passing with a token).
     result = subprocess.run(
         [
             Path(sys.executable).parent / "schemathesis", "--config-file", config, "run", base + "/openapi.json",
             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-            "--max-examples", "100", "--seed", "1", "--no-color",
+            "--max-examples", "100", "--seed", "1", "--no-color", "--header", f"Authorization: Bearer {TOKEN}",
         ],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout, result.stdout[-3000:]
+
+
+def test_without_a_token_every_user_route_is_401_with_a_challenge(api):
+    base, event = api
+    request = urllib.request.Request(f"{base}/v1/events/{event}/apply", data=b'{"userId":"anyone"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=5)
+        raise AssertionError("applied without a token")
+    except urllib.error.HTTPError as error:
+        assert error.code == 401
+        assert json.loads(error.read()) == {"status": "unauthorized"}
+        assert error.headers["WWW-Authenticate"] == 'Bearer realm="coupons"'
+
+
+def test_with_the_token_the_user_is_the_tokens(api):
+    base, event = api
+    request = urllib.request.Request(f"{base}/v1/events/{event}/users/{USER}", headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        status = urllib.request.urlopen(request, timeout=5).status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    assert status in (200, 404), status  # own coupon (or none yet), never 401/403
+    other = urllib.request.Request(f"{base}/v1/events/{event}/users/someone-else", headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        urllib.request.urlopen(other, timeout=5)
+        raise AssertionError("read another user's coupon")
+    except urllib.error.HTTPError as error:
+        assert error.code == 403

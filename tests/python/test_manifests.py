@@ -408,3 +408,100 @@ def metric_names():
         names.add(f"coupon_{name}_total")
         names.add(f"coupon_{name}_bucket")
     return names
+
+
+def container(docs, deployment):
+    [d] = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == deployment]
+    return d["spec"]["template"]["spec"], d["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(c):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def assert_files_are_mounted(docs):
+    """Every /etc/coupon/... path a variable names lies in a volume the container mounts,
+    and every mount has its volume."""
+    for d in by_kind(docs, "Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            mounts = c.get("volumeMounts", [])
+            assert {m["name"] for m in mounts} <= volumes, d["metadata"]["name"]
+            assert all("subPath" not in m for m in mounts), "a subPath mount never sees a rotated Secret"
+            for name, value in env_of(c).items():
+                if isinstance(value, str) and value.startswith("/etc/coupon/"):
+                    assert any(value.startswith(m["mountPath"] + "/") for m in mounts), (d["metadata"]["name"], name, value)
+
+
+def test_the_api_proves_users_with_a_token_by_default():
+    docs = render()
+    _, api = container(docs, "coupon-api")
+    env = env_of(api)
+    assert env["AUTH_MODE"] == "jwt"
+    assert env["JWT_SECRET"] == {"secretKeyRef": {"name": "coupon-jwt", "key": "JWT_SECRET"}}
+    assert "JWT_JWKS_FILE" not in env
+    for deployment in ("coupon-consumer", "coupon-operator"):
+        assert not any(k.startswith(("AUTH_", "JWT_")) for k in env_of(container(docs, deployment)[1])), deployment
+
+
+def test_open_mode_renders_only_when_explicitly_allowed():
+    with pytest.raises(Exception, match="allowOpen"):
+        render({"api": {"auth": {"mode": "open"}}})
+    _, api = container(render({"api": {"auth": {"mode": "open", "allowOpen": True}}}), "coupon-api")
+    assert env_of(api)["AUTH_MODE"] == "open"
+    assert not any(k.startswith("JWT_") for k in env_of(api))
+
+
+def test_jwks_and_header_modes():
+    docs = render({"api": {"auth": {"jwt": {"jwks": {"configMap": "idp-jwks"}, "issuer": "https://id.shop", "audience": "coupons"}}}})
+    pod, api = container(docs, "coupon-api")
+    env = env_of(api)
+    assert env["JWT_JWKS_FILE"] == "/etc/coupon/jwks/jwks.json" and "JWT_SECRET" not in env
+    assert (env["JWT_ISSUER"], env["JWT_AUDIENCE"], env["JWT_USER_CLAIM"]) == ("https://id.shop", "coupons", "sub")
+    assert {"name": "jwks", "configMap": {"name": "idp-jwks"}} in pod["volumes"]
+    assert_files_are_mounted(docs)
+    with pytest.raises(Exception, match="not both"):
+        render({"api": {"auth": {"jwt": {"jwks": {"configMap": "a", "secret": "b"}}}}})
+    _, api = container(render({"api": {"auth": {"mode": "header", "header": "X-Shop-User"}}}), "coupon-api")
+    env = env_of(api)
+    assert (env["AUTH_MODE"], env["AUTH_HEADER"]) == ("header", "X-Shop-User")
+    assert not any(k.startswith("JWT_") for k in env)
+
+
+def test_tls_and_sasl_material_reaches_every_component_from_secrets():
+    values = {"connections": {
+        "redis": {"tlsSecret": "redis-tls", "clientCertificate": True},
+        "kafka": {"properties": {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                                 "ssl.ca.location": "/etc/coupon/kafka-tls/ca.crt"},
+                  "propertiesSecret": {"name": "kafka-credentials"}, "tlsSecret": "kafka-tls"},
+        "sql": {"tlsSecret": "sql-tls"}}}
+    docs = render(values)
+    assert_files_are_mounted(docs)
+    for deployment in ("coupon-api", "coupon-consumer", "coupon-operator"):
+        pod, c = container(docs, deployment)
+        env = env_of(c)
+        assert env["REDIS_CA_FILE"] == "/etc/coupon/redis-tls/ca.crt", deployment
+        assert env["REDIS_CLIENT_CERT_FILE"] == "/etc/coupon/redis-tls/tls.crt", deployment
+        assert (env["KAFKA_SECURITY_PROTOCOL"], env["KAFKA_SASL_MECHANISM"]) == ("SASL_SSL", "SCRAM-SHA-512"), deployment
+        assert env["KAFKA_SSL_CA_LOCATION"] == "/etc/coupon/kafka-tls/ca.crt", deployment
+        assert env["KAFKA_PROPERTIES_FILE"] == "/etc/coupon/kafka-properties/client.properties", deployment
+        assert not any("password" in k.lower() for k in env), "credentials come from the mounted Secret"
+        secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert {"redis-tls", "kafka-credentials", "kafka-tls"} <= secrets, deployment
+        assert ("sql-tls" in secrets) == (deployment == "coupon-consumer"), deployment
+        assert pod["securityContext"]["runAsNonRoot"] is True, "mounted Secrets do not change who the pod runs as"
+    for version in KUBE_VERSIONS:
+        for doc in docs:
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("bad", [
+    {"connections": {"kafka": {"properties": {"enable.idempotence": "false"}}}},
+    {"connections": {"kafka": {"properties": {"group.id": "other"}}}},
+    {"connections": {"kafka": {"properties": {"SASL_MECHANISM": "PLAIN"}}}},
+    {"api": {"auth": {"mode": "basic"}}},
+])
+def test_values_refuse_settings_the_services_would_refuse(bad):
+    with pytest.raises(Exception):
+        render(bad)

@@ -93,15 +93,93 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
-{{/* Connection settings: secrets from the existing Secret, the rest from values. */}}
+{{/* Connection settings: secrets from the existing Secret, the rest from values; TLS
+material and Kafka client properties from their Secrets, mounted by coupon.connectionVolumes. */}}
 {{- define "coupon.connectionEnv" -}}
+{{- $c := .Values.connections -}}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.connections.existingSecret }}
+      name: {{ $c.existingSecret }}
       key: REDIS_URL
+{{- with $c.redis.tlsSecret }}
+- name: REDIS_CA_FILE
+  value: /etc/coupon/redis-tls/{{ $c.redis.caKey }}
+{{- if $c.redis.clientCertificate }}
+- name: REDIS_CLIENT_CERT_FILE
+  value: /etc/coupon/redis-tls/tls.crt
+- name: REDIS_CLIENT_KEY_FILE
+  value: /etc/coupon/redis-tls/tls.key
+{{- end }}
+{{- end }}
 - name: KAFKA_BROKERS
-  value: {{ .Values.connections.kafkaBrokers | quote }}
+  value: {{ $c.kafkaBrokers | quote }}
+{{- range $name, $value := $c.kafka.properties }}
+- name: {{ printf "KAFKA_%s" ($name | upper | replace "." "_") }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- with $c.kafka.propertiesSecret.name }}
+- name: KAFKA_PROPERTIES_FILE
+  value: /etc/coupon/kafka-properties/{{ $c.kafka.propertiesSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of the connection Secrets (Redis TLS, Kafka properties and TLS, and with
+"sql" true the SQL TLS material), mounted whole (no subPath) so rotated Secrets arrive. */}}
+{{- define "coupon.connectionVolumes" -}}
+{{- $c := .root.Values.connections -}}
+{{- with $c.redis.tlsSecret }}
+- name: redis-tls
+  secret: {secretName: {{ . }}}
+{{- end }}
+{{- with $c.kafka.propertiesSecret.name }}
+- name: kafka-properties
+  secret: {secretName: {{ . }}}
+{{- end }}
+{{- with $c.kafka.tlsSecret }}
+- name: kafka-tls
+  secret: {secretName: {{ . }}}
+{{- end }}
+{{- if .sql }}
+{{- with $c.sql.tlsSecret }}
+- name: sql-tls
+  secret: {secretName: {{ . }}}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "coupon.connectionVolumeMounts" -}}
+{{- $c := .root.Values.connections -}}
+{{- if $c.redis.tlsSecret }}
+- {name: redis-tls, mountPath: /etc/coupon/redis-tls, readOnly: true}
+{{- end }}
+{{- if $c.kafka.propertiesSecret.name }}
+- {name: kafka-properties, mountPath: /etc/coupon/kafka-properties, readOnly: true}
+{{- end }}
+{{- if $c.kafka.tlsSecret }}
+- {name: kafka-tls, mountPath: /etc/coupon/kafka-tls, readOnly: true}
+{{- end }}
+{{- if and .sql $c.sql.tlsSecret }}
+- {name: sql-tls, mountPath: /etc/coupon/sql-tls, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{/* AUTH_MODE of the api; `open` only when explicitly allowed. */}}
+{{- define "coupon.authMode" -}}
+{{- $auth := .Values.api.auth -}}
+{{- if and (eq $auth.mode "open") (not $auth.allowOpen) -}}
+{{- fail "api.auth.mode=open lets anyone apply as anyone (the user is whatever the request body says); set api.auth.allowOpen=true to accept that, or use jwt or header" -}}
+{{- end -}}
+{{- $auth.mode -}}
+{{- end -}}
+
+{{/* Whether the api's keys come from a JWKS document (else the HS256 secret). */}}
+{{- define "coupon.jwks" -}}
+{{- $jwks := .Values.api.auth.jwt.jwks -}}
+{{- if and $jwks.configMap $jwks.secret -}}
+{{- fail "api.auth.jwt.jwks: set configMap or secret, not both" -}}
+{{- end -}}
+{{- if or $jwks.configMap $jwks.secret }}true{{ end -}}
 {{- end -}}
 
 {{- define "coupon.probes" -}}

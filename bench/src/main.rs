@@ -80,6 +80,7 @@ async fn burst(url: &str, event: &str, requests: usize, concurrency: usize, pref
         user_prefix: prefix.to_owned(),
         ramp: Duration::ZERO,
         progress: false,
+        identity: Default::default(),
     })
     .await
 }

@@ -92,6 +92,11 @@ kubectl -n "$ns" create secret generic coupon-connections \
   --from-literal=REDIS_URL=redis://redis:6379 \
   --from-literal=DATABASE_URL=postgres://postgres:postgres@postgres:5432/coupons \
   --dry-run=client -o yaml | kubectl apply -f -
+# The api proves users with HS256 tokens (the chart's default mode); the load tool signs
+# one per user with the same secret.
+jwt_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+kubectl -n "$ns" create secret generic coupon-jwt --from-literal=JWT_SECRET="$jwt_secret" \
+  --dry-run=client -o yaml | kubectl apply -f -
 
 log "installing the chart"
 helm upgrade --install coupons charts/coupon-system -n "$ns" -f examples/kind-values.yaml \
@@ -127,8 +132,12 @@ log "burst through a port-forward"
 kubectl -n "$ns" port-forward svc/coupon-api 18080:80 >/dev/null 2>&1 &
 forward_pid=$!
 wait_until 30 "port-forward" curl -sf http://127.0.0.1:18080/healthz
-"$load_tool" load \
-  --url http://127.0.0.1:18080 --event "$event" --requests 3000 --concurrency 64 | tee /tmp/e2e-load.txt
+anonymous=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+  -d '{"userId":"anyone"}' "http://127.0.0.1:18080/v1/events/$event/apply")
+[ "$anonymous" = 401 ] || fail "an apply without a token was answered $anonymous, not 401"
+LOAD_JWT_SECRET=$jwt_secret "$load_tool" load \
+  --url http://127.0.0.1:18080 --event "$event" --requests 3000 --concurrency 64 \
+  --jwt-issuer https://id.e2e.test --jwt-audience coupons | tee /tmp/e2e-load.txt
 grep -q '| 201 issued (201) | 100 |' /tmp/e2e-load.txt || fail "expected exactly $limit coupons issued"
 
 # Rows carry the event key: namespace, name and the CouponEvent's UID.

@@ -17,6 +17,7 @@ async fn burst(base_url: &str, event: &str, requests: usize, same_user: bool, pr
         user_prefix: prefix.to_owned(),
         ramp: Duration::ZERO,
         progress: false,
+        identity: Default::default(),
     };
     load::run(&plan).await.unwrap()
 }

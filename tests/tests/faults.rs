@@ -51,6 +51,7 @@ async fn ramped_burst_with_outage(
         user_prefix: prefix.to_owned(),
         ramp: Duration::from_secs(3),
         progress: false,
+        identity: Default::default(),
     };
     let burst = tokio::spawn(async move { coupon_service::tools::load::run(&plan).await.unwrap() });
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -14,6 +14,7 @@ use coupon_core::redis::keyspace;
 use coupon_core::redis::{RedisHandle, RedisTarget, RedisTls};
 use coupon_core::telemetry::{self, LogFormat};
 
+use super::load::LoadIdentity;
 use crate::app::{Api, ApiSettings, Consumer, ConsumerSettings};
 use crate::apply::ReplicaWait;
 use crate::auth::{AuthSettings, JwtKeys, JwtSettings};
@@ -357,6 +358,19 @@ pub struct LoadArgs {
     /// (`<namespace>/<name>@<uid>`); omit for an event made with `event create`.
     #[arg(long)]
     pub uid: Option<String>,
+    /// For an api with AUTH_MODE=jwt: sign an HS256 token per user with this secret (its
+    /// JWT_SECRET); the user is the token's `sub`.
+    #[arg(long, env = "LOAD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// `iss` of the minted tokens.
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+    /// `aud` of the minted tokens.
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
+    /// For an api with AUTH_MODE=header: send the user id in this header.
+    #[arg(long, conflicts_with = "jwt_secret")]
+    pub auth_header: Option<String>,
 }
 
 /// Entry point shared by the `coupon-service` binary and the test harness's copy of it.
@@ -471,6 +485,11 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
         user_prefix: args.user_prefix,
         ramp: args.ramp,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        identity: match (args.jwt_secret, args.auth_header) {
+            (Some(secret), _) => LoadIdentity::Jwt { secret, issuer: args.jwt_issuer, audience: args.jwt_audience },
+            (None, Some(header)) => LoadIdentity::Header(header),
+            (None, None) => LoadIdentity::Body,
+        },
     };
     let report = super::load::run(&plan).await?;
     println!("{}", report.table());

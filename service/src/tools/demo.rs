@@ -132,6 +132,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         user_prefix: "demo-user-".into(),
         ramp: Duration::ZERO,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        identity: Default::default(),
     };
     let report = super::load::run(&plan).await?;
     let issued = report.count(201) as i64;

@@ -26,6 +26,44 @@ pub struct LoadPlan {
     pub ramp: Duration,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// How each request says who its user is.
+    pub identity: LoadIdentity,
+}
+
+/// How the load's requests name their users, matching the api's `AUTH_MODE`.
+#[derive(Clone, Debug, Default)]
+pub enum LoadIdentity {
+    /// `open`: the body's `userId`.
+    #[default]
+    Body,
+    /// `header`: this header carries the user id.
+    Header(String),
+    /// `jwt`: an HS256 token per user, minted before the clock starts, with `sub` the user.
+    Jwt { secret: String, issuer: Option<String>, audience: Option<String> },
+}
+
+impl LoadIdentity {
+    /// The header (name, value) that proves `user`, if any.
+    fn header(&self, user: &str) -> anyhow::Result<Option<(String, String)>> {
+        Ok(match self {
+            Self::Body => None,
+            Self::Header(name) => Some((name.clone(), user.to_owned())),
+            Self::Jwt { secret, issuer, audience } => {
+                let now = chrono::Utc::now().timestamp();
+                let claims = serde_json::json!({"sub": user, "iss": issuer, "aud": audience, "iat": now, "exp": now + 3600});
+                let claims = match claims {
+                    serde_json::Value::Object(map) => map.into_iter().filter(|(_, v)| !v.is_null()).collect::<serde_json::Map<_, _>>(),
+                    _ => unreachable!("claims are an object"),
+                };
+                let token = jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                    &claims,
+                    &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+                )?;
+                Some(("authorization".to_owned(), format!("Bearer {token}")))
+            }
+        })
+    }
 }
 
 /// What came back.
@@ -109,18 +147,29 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     };
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut report = LoadReport::default();
+    let user_of = |n: usize| if plan.same_user { format!("{}0", plan.user_prefix) } else { format!("{}{n}", plan.user_prefix) };
+    // Identities are made before the clock starts: the load measures the api, not the minting.
+    let proofs: Vec<Option<(String, String)>> = match plan.identity {
+        LoadIdentity::Body => Vec::new(),
+        _ => (0..plan.requests).map(|n| plan.identity.header(&user_of(n))).collect::<anyhow::Result<_>>()?,
+    };
     let started = Instant::now();
     let ramp_step = plan.ramp.checked_div(plan.requests.max(1) as u32).unwrap_or_default();
     let mut answers = stream::iter(0..plan.requests)
         .map(|n| {
             let client = client.clone();
             let url = url.clone();
-            let user = if plan.same_user { format!("{}0", plan.user_prefix) } else { format!("{}{n}", plan.user_prefix) };
+            let user = user_of(n);
+            let proof = proofs.get(n).cloned().flatten();
             let start_at = tokio::time::Instant::from_std(started) + ramp_step * n as u32;
             async move {
                 tokio::time::sleep_until(start_at).await;
                 let sent = Instant::now();
-                let result = client.post(&url).json(&serde_json::json!({ "userId": user })).send().await;
+                let request = match proof {
+                    Some((name, value)) => client.post(&url).header(name, value).body(""),
+                    None => client.post(&url).json(&serde_json::json!({ "userId": user })),
+                };
+                let result = request.send().await;
                 let (status, slot) = match result {
                     Ok(response) => {
                         let status = response.status().as_u16();

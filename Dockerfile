@@ -11,9 +11,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release/coupon-service target/release/coupon-operator /usr/local/bin/
 
 # No compilers, no package manager cache, no shell needed at run time; non-root (65532).
+# libssl3: librdkafka's TLS and SCRAM (Redis and SQL use rustls, built in); ca-certificates:
+# the system roots for managed services with public certificates.
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/*
 USER 65532:65532
 

@@ -15,9 +15,10 @@ use coupon_core::provision;
 use coupon_core::redis::keyspace;
 use coupon_core::redis::RedisHandle;
 use coupon_service::app::{Api, ApiSettings, Consumer, ConsumerSettings};
+use coupon_service::auth::{AuthSettings, JwtKeys, JwtSettings};
 use coupon_service::http::{self, ApiState, ServerLimits};
 use coupon_service::sql::{CouponRow, Position, Store};
-use coupon_service::tools::load::{self, LoadPlan, LoadReport};
+use coupon_service::tools::load::{self, LoadIdentity, LoadPlan, LoadReport};
 
 const CONCURRENCY: usize = 64;
 
@@ -59,10 +60,19 @@ async fn serve(app: axum::Router) -> anyhow::Result<String> {
 
 /// The api as the binary builds it, on an ephemeral port, once ready.
 async fn api(setup: &Setup) -> anyhow::Result<(String, Arc<ApiState>)> {
+    api_with(setup, AuthSettings::Open).await
+}
+
+async fn api_with(setup: &Setup, auth: AuthSettings) -> anyhow::Result<(String, Arc<ApiState>)> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     std::mem::forget(stop); // runs for the whole benchmark
-    let settings =
-        ApiSettings { namespace: "bench".into(), redis_url: setup.redis_url.clone(), kafka: setup.kafka.clone(), ..ApiSettings::default() };
+    let settings = ApiSettings {
+        namespace: "bench".into(),
+        redis_url: setup.redis_url.clone(),
+        kafka: setup.kafka.clone(),
+        auth,
+        ..ApiSettings::default()
+    };
     let api = Api::start(settings, tokio::net::TcpListener::bind("127.0.0.1:0").await?, stop_rx)?;
     while !api.state.health.all_ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -71,6 +81,17 @@ async fn api(setup: &Setup) -> anyhow::Result<(String, Arc<ApiState>)> {
 }
 
 async fn burst(url: &str, event: &str, requests: usize, concurrency: usize, prefix: &str) -> anyhow::Result<LoadReport> {
+    burst_as(url, event, requests, concurrency, prefix, LoadIdentity::Body).await
+}
+
+async fn burst_as(
+    url: &str,
+    event: &str,
+    requests: usize,
+    concurrency: usize,
+    prefix: &str,
+    identity: LoadIdentity,
+) -> anyhow::Result<LoadReport> {
     load::run(&LoadPlan {
         base_url: url.to_owned(),
         event: event.to_owned(),
@@ -80,7 +101,7 @@ async fn burst(url: &str, event: &str, requests: usize, concurrency: usize, pref
         user_prefix: prefix.to_owned(),
         ramp: Duration::ZERO,
         progress: false,
-        identity: Default::default(),
+        identity,
     })
     .await
 }
@@ -290,6 +311,64 @@ async fn main() -> anyhow::Result<()> {
             ratio: format!("{:.2}", ours / baseline),
             target: ">= 0.9",
         });
+    }
+    // 2b. Sold out with token verification (HS256, and RS256 / ES256 from a JWKS file) vs the
+    // same api without: each api answers the same sold-out event; rounds alternate so that
+    // drift of the machine hits both sides alike, and the best round of each counts.
+    if run("jwt") {
+        let (sold, _) = event(&setup, 1).await?;
+        burst(&url, sold.name(), 10, 1, "first-").await?;
+        let requests = issuing_requests;
+        let secret = "bench-shared-secret-of-at-least-32-bytes";
+        let fixture = |name: &str| std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jwt").join(name));
+        let rsa = jsonwebtoken::EncodingKey::from_rsa_pem(&fixture("rs256.pem")?)?;
+        let ec = jsonwebtoken::EncodingKey::from_ec_pem(&fixture("es256.pem")?)?;
+        let jwks_path = std::env::temp_dir().join(format!("{}.jwks.json", unique("bench")));
+        let mut keys = Vec::new();
+        for (key, alg, kid) in [(&rsa, jsonwebtoken::Algorithm::RS256, "rsa"), (&ec, jsonwebtoken::Algorithm::ES256, "ec")] {
+            let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(key, alg)?;
+            jwk.common.key_id = Some(kid.into());
+            keys.push(jwk);
+        }
+        std::fs::write(&jwks_path, serde_json::to_vec(&jsonwebtoken::jwk::JwkSet { keys })?)?;
+        let settings = |keys| {
+            AuthSettings::Jwt(JwtSettings { issuer: Some("bench".into()), audience: Some("coupons".into()), ..JwtSettings::new(keys) })
+        };
+        let (hs_url, _) = api_with(&setup, settings(JwtKeys::Secret(secret.as_bytes().to_vec()))).await?;
+        let (jwks_url, _) = api_with(&setup, settings(JwtKeys::JwksFile(jwks_path.clone()))).await?;
+        let signed = |key: &jsonwebtoken::EncodingKey, algorithm, kid: Option<&str>| LoadIdentity::Jwt {
+            key: key.clone(),
+            algorithm,
+            kid: kid.map(str::to_owned),
+            issuer: Some("bench".into()),
+            audience: Some("coupons".into()),
+        };
+        let hs = LoadIdentity::hs256(secret, Some("bench".into()), Some("coupons".into()));
+        let rs = signed(&rsa, jsonwebtoken::Algorithm::RS256, Some("rsa"));
+        let es = signed(&ec, jsonwebtoken::Algorithm::ES256, Some("ec"));
+        let sides = [("none", &url, LoadIdentity::Body), ("HS256", &hs_url, hs), ("RS256", &jwks_url, rs), ("ES256", &jwks_url, es)];
+        let mut best = [0.0f64; 4];
+        for round in 0..3 {
+            for (i, (name, base, identity)) in sides.iter().enumerate() {
+                let report = burst_as(base, sold.name(), requests, CONCURRENCY, &format!("jwt{round}{name}-"), identity.clone()).await?;
+                anyhow::ensure!(report.count(410) == requests as u64, "sold-out {name} run: {}", report.table());
+                best[i] = best[i].max(report.throughput());
+            }
+        }
+        let _ = std::fs::remove_file(&jwks_path);
+        for (i, what) in [
+            (1, "sold-out req/s, HS256 token verified"),
+            (2, "sold-out req/s, RS256 token verified (JWKS)"),
+            (3, "sold-out req/s, ES256 token verified (JWKS)"),
+        ] {
+            lines.push(Line {
+                what,
+                ours: format!("{:.0}", best[i]),
+                baseline: format!("{:.0} (same api, no token)", best[0]),
+                ratio: format!("{:.2}", best[i] / best[0]),
+                target: ">= 0.9",
+            });
+        }
     }
     // 3. Consumer writes into PostgreSQL.
     if run("consumer") {

@@ -486,7 +486,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
         ramp: args.ramp,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         identity: match (args.jwt_secret, args.auth_header) {
-            (Some(secret), _) => LoadIdentity::Jwt { secret, issuer: args.jwt_issuer, audience: args.jwt_audience },
+            (Some(secret), _) => LoadIdentity::hs256(&secret, args.jwt_issuer, args.jwt_audience),
             (None, Some(header)) => LoadIdentity::Header(header),
             (None, None) => LoadIdentity::Body,
         },

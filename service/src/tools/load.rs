@@ -31,15 +31,47 @@ pub struct LoadPlan {
 }
 
 /// How the load's requests name their users, matching the api's `AUTH_MODE`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub enum LoadIdentity {
     /// `open`: the body's `userId`.
     #[default]
     Body,
     /// `header`: this header carries the user id.
     Header(String),
-    /// `jwt`: an HS256 token per user, minted before the clock starts, with `sub` the user.
-    Jwt { secret: String, issuer: Option<String>, audience: Option<String> },
+    /// `jwt`: a token per user signed with `key`, minted before the clock starts, with `sub`
+    /// the user.
+    Jwt {
+        key: jsonwebtoken::EncodingKey,
+        algorithm: jsonwebtoken::Algorithm,
+        kid: Option<String>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    },
+}
+
+impl LoadIdentity {
+    /// HS256 tokens signed with the api's `JWT_SECRET`.
+    pub fn hs256(secret: &str, issuer: Option<String>, audience: Option<String>) -> Self {
+        Self::Jwt {
+            key: jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            kid: None,
+            issuer,
+            audience,
+        }
+    }
+}
+
+impl std::fmt::Debug for LoadIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Body => f.write_str("Body"),
+            Self::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            Self::Jwt { algorithm, kid, .. } => {
+                f.debug_struct("Jwt").field("algorithm", algorithm).field("kid", kid).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 impl LoadIdentity {
@@ -48,18 +80,16 @@ impl LoadIdentity {
         Ok(match self {
             Self::Body => None,
             Self::Header(name) => Some((name.clone(), user.to_owned())),
-            Self::Jwt { secret, issuer, audience } => {
+            Self::Jwt { key, algorithm, kid, issuer, audience } => {
                 let now = chrono::Utc::now().timestamp();
                 let claims = serde_json::json!({"sub": user, "iss": issuer, "aud": audience, "iat": now, "exp": now + 3600});
                 let claims = match claims {
                     serde_json::Value::Object(map) => map.into_iter().filter(|(_, v)| !v.is_null()).collect::<serde_json::Map<_, _>>(),
                     _ => unreachable!("claims are an object"),
                 };
-                let token = jsonwebtoken::encode(
-                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-                    &claims,
-                    &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-                )?;
+                let mut header = jsonwebtoken::Header::new(*algorithm);
+                header.kid = kid.clone();
+                let token = jsonwebtoken::encode(&header, &claims, key)?;
                 Some(("authorization".to_owned(), format!("Bearer {token}")))
             }
         })

@@ -350,3 +350,45 @@ async fn an_api_with_unusable_key_material_does_not_start() {
         .to_string()
         .contains("no signing key"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn once_sold_out_a_token_is_only_verified_for_a_holder_and_answers_never_tell_who_holds() {
+    let namespace = unique("jwt-sold");
+    let event = provision_event(&kafka_brokers(), &namespace, 1, 1).await;
+    let api = api_with(&namespace, jwt_settings(JwtKeys::Secret(SECRET.as_bytes().to_vec()))).await;
+    let url = api.apply_url(&event.id);
+    let alice = bearer(&hs256(&claims("alice")));
+    let issued = post(&url, &[("authorization", &alice)], "").await;
+    assert_eq!(issued.status, 201, "{:?}", issued.body);
+    let slot = issued.body["slot"].as_i64();
+    let bob = bearer(&hs256(&claims("bob")));
+    assert_eq!(post(&url, &[("authorization", &bob)], "").await.status, 410);
+    // Wait until the holders are in memory, where the short cut answers from.
+    wait_until("the holders snapshot is loaded", Duration::from_secs(10), || {
+        let (api, id) = (&api, event.id.clone());
+        async move { api.state.apply.holds_nothing(&id, "bob").then_some(()) }
+    })
+    .await;
+
+    let before = redis_snapshot(&event.id).await;
+    let forge = |user: &str| {
+        bearer(&sign(&claims(user), Algorithm::HS256, &EncodingKey::from_secret(b"not-the-secret-not-the-secret-not-the"), None))
+    };
+    let expired_alice = bearer(&hs256(&json!({"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "exp": now() - 600})));
+    for (what, authorization, expected) in [
+        ("a valid non-holder", bob.clone(), 410),
+        ("a forged token of a non-holder", forge("carol"), 410),
+        ("a forged token of the holder: not 401, or the answer would tell she holds one", forge("alice"), 410),
+        ("an expired token of the holder", expired_alice, 410),
+        ("the holder's valid token", alice.clone(), 409),
+        ("a token that does not parse", bearer("not.a.jwt"), 401),
+    ] {
+        let answer = post(&url, &[("authorization", &authorization)], "").await;
+        assert_eq!(answer.status, expected, "{what}: {:?}", answer.body);
+        if expected == 409 {
+            assert_eq!(answer.body["slot"].as_i64(), slot, "{what}");
+        }
+    }
+    assert_eq!(post(&url, &[], r#"{"userId":"alice"}"#).await.status, 401, "no token at all is still refused");
+    assert_eq!(redis_snapshot(&event.id).await, before);
+}

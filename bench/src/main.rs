@@ -365,9 +365,9 @@ async fn main() -> anyhow::Result<()> {
         let best: Vec<f64> = rounds.iter_mut().map(median).collect();
         let _ = std::fs::remove_file(&jwks_path);
         for (i, what) in [
-            (1, "sold-out req/s, HS256 token verified"),
-            (2, "sold-out req/s, RS256 token verified (JWKS)"),
-            (3, "sold-out req/s, ES256 token verified (JWKS)"),
+            (1, "sold-out req/s, AUTH_MODE=jwt, HS256 tokens"),
+            (2, "sold-out req/s, AUTH_MODE=jwt, RS256 tokens (JWKS)"),
+            (3, "sold-out req/s, AUTH_MODE=jwt, ES256 tokens (JWKS)"),
         ] {
             lines.push(Line {
                 what,

@@ -76,7 +76,7 @@ async fn harness(now: &str) -> Harness {
 
 /// An operator process (new caches, new metrics) on an existing fake cluster.
 async fn harness_on(server: FakeApiServer, now: &str) -> Harness {
-    let backend = Backend::new(&redis_url(), &kafka(), 1).unwrap();
+    let backend = Backend::new(redis_url(), &kafka(), 1).unwrap();
     backend.redis.wait().await;
     harness_with(server, now, backend)
 }
@@ -394,7 +394,7 @@ async fn lowering_the_limit_below_issued_fails_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_is_idempotent_and_keeps_counters() {
-    let backend = Backend::new(&redis_url(), &kafka(), 1).unwrap();
+    let backend = Backend::new(redis_url(), &kafka(), 1).unwrap();
     backend.redis.wait().await;
     let event = coupon_event(10, OnDelete::Delete);
     let event_id = id(&event);

@@ -491,6 +491,7 @@ def test_tls_and_sasl_material_reaches_every_component_from_secrets():
         assert {"redis-tls", "kafka-credentials", "kafka-tls"} <= secrets, deployment
         assert ("sql-tls" in secrets) == (deployment == "coupon-consumer"), deployment
         assert pod["securityContext"]["runAsNonRoot"] is True, "mounted Secrets do not change who the pod runs as"
+        assert pod["enableServiceLinks"] is False, "a Service named kafka would add KAFKA_PORT, not a client property"
     for version in KUBE_VERSIONS:
         for doc in docs:
             kubernetes_validate.validate(doc, version, strict=True)

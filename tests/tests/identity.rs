@@ -127,8 +127,11 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// A refused request: what it is, its headers, and what its challenge must say.
+type RefusedCase<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+
 /// Sends each refused request and checks the 401, its challenge and that Redis is untouched.
-async fn assert_refused(api: &InProcessApi, event: &TestEvent, cases: &[(&str, Vec<(&str, String)>, &str)]) {
+async fn assert_refused(api: &InProcessApi, event: &TestEvent, cases: &[RefusedCase<'_>]) {
     let before = redis_snapshot(&event.id).await;
     for (what, headers, reason) in cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();

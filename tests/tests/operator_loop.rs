@@ -72,7 +72,7 @@ struct Operator {
 async fn start_operator(cluster: &FakeCluster, name: &str) -> Operator {
     coupon_tests::init_logging();
     let client = cluster.client(name).await;
-    let backend = Backend::new(&redis_url(), &kafka(&kafka_brokers()), 1).unwrap();
+    let backend = Backend::new(redis_url(), &kafka(&kafka_brokers()), 1).unwrap();
     let election = LeaderElection {
         namespace: NS.into(),
         lease_name: "coupon-operator".into(),

@@ -76,7 +76,7 @@ impl ClientProperties {
             }
         }
         for (name, value) in &vars {
-            if OWN_VARIABLES.contains(&name.as_str()) {
+            if OWN_VARIABLES.contains(&name.as_str()) || is_service_link(name) {
                 continue;
             }
             let (stem, value) = match name.strip_suffix("_FILE") {
@@ -125,6 +125,14 @@ impl fmt::Debug for ClientProperties {
         }
         map.finish()
     }
+}
+
+/// Variables Kubernetes adds to every container for each Service of its namespace (unless
+/// the pod sets `enableServiceLinks: false`): a Service named `kafka` gives `KAFKA_PORT`,
+/// `KAFKA_SERVICE_HOST`, `KAFKA_PORT_9092_TCP_ADDR`, ... No librdkafka property has a `port`
+/// or `service.host` component, so these are never client properties.
+fn is_service_link(name: &str) -> bool {
+    name.ends_with("_SERVICE_HOST") || name.contains("_SERVICE_PORT") || name.ends_with("_PORT") || name.contains("_PORT_")
 }
 
 /// Properties whose values must not reach a log: passwords, keys, token settings.
@@ -217,6 +225,22 @@ mod tests {
         let shown = format!("{props:?}");
         assert!(!shown.contains("s3cret") && !shown.contains("shop"), "{shown}");
         assert!(shown.contains("SASL_PLAINTEXT"), "{shown}");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_properties() {
+        let props = ClientProperties::from_variables(vars(&[
+            ("KAFKA_PORT", "tcp://10.96.0.12:9092"),
+            ("KAFKA_PORT_9092_TCP", "tcp://10.96.0.12:9092"),
+            ("KAFKA_PORT_9092_TCP_ADDR", "10.96.0.12"),
+            ("KAFKA_SERVICE_HOST", "10.96.0.12"),
+            ("KAFKA_SERVICE_PORT", "9092"),
+            ("KAFKA_SERVICE_PORT_CLIENTS", "9092"),
+            ("KAFKA_BROKER_SERVICE_HOST", "10.96.0.13"),
+            ("KAFKA_SASL_KERBEROS_SERVICE_NAME", "kafka"),
+        ]))
+        .unwrap();
+        assert_eq!(props.iter().collect::<Vec<_>>(), [("sasl.kerberos.service.name", "kafka")]);
     }
 
     #[test]

@@ -97,20 +97,6 @@ impl ApplyService {
         EventId::new(&self.namespace, name).map_err(ApplyOutcome::bad_request)
     }
 
-    /// The answer the sold-out short cut gives every user who holds nothing in `event`: 410,
-    /// or 403 once the window has closed. `None` unless the event is known (from memory) to
-    /// be sold out.
-    pub fn sold_out_answer(&self, event: &EventId) -> Option<ApplyOutcome> {
-        let view = self.sold_out.sold_out(event.name())?;
-        Some(if Utc::now().timestamp_millis() >= view.closes_at_ms { ApplyOutcome::Closed } else { ApplyOutcome::SoldOut })
-    }
-
-    /// Whether `user_id` certainly holds nothing in the sold-out `event`: the holders
-    /// snapshot is loaded and does not name them. `false` when it cannot be told from memory.
-    pub fn holds_nothing(&self, event: &EventId, user_id: &str) -> bool {
-        self.sold_out.sold_out(event.name()).and_then(|view| view.holders).is_some_and(|holders| !holders.contains_key(user_id))
-    }
-
     /// Decides one apply of `user_id` to `event` (from `event_id`).
     pub async fn apply(self: &Arc<Self>, event: EventId, user_id: String) -> ApplyOutcome {
         if let Err(error) = validate_user_id(&user_id) {

@@ -7,6 +7,10 @@
 //! picked up without a restart; a file that no longer parses keeps the keys in use and is
 //! logged. Tokens without `alg` (`none`) or with an algorithm the keys are not for are
 //! refused: the algorithm is decided by the keys, never by the token.
+//!
+//! Every request's token is verified; a token verified once is remembered (by its exact
+//! text, until its `exp`, at most `VERIFIED_TOKENS` of them, forgotten when the keys change),
+//! so a user's retries during a crowd cost a lookup instead of a signature check.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -14,7 +18,7 @@ use std::time::Duration;
 
 use coupon_core::event::validate_user_id;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm};
+use jsonwebtoken::jwk::{Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
@@ -22,6 +26,19 @@ use super::AuthError;
 
 /// Shortest HS256 secret accepted: as long as the hash (RFC 7518, section 3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Tokens remembered as verified: about 20,000 users retrying at once, a few MiB.
+pub const VERIFIED_TOKENS: usize = 20_000;
+
+/// What a verified token proved, and until when (seconds since the epoch, skew included).
+#[derive(Clone)]
+struct Verified {
+    user: String,
+    valid_from: u64,
+    valid_until: u64,
+}
+
+type VerifiedCache = quick_cache::sync::Cache<String, Verified>;
 
 /// Where the verification keys come from.
 #[derive(Clone)]
@@ -84,6 +101,9 @@ struct Key {
 /// Checks tokens; with a JWKS file, keeps its keys current.
 pub struct JwtVerifier {
     keys: Arc<RwLock<Arc<Vec<Key>>>>,
+    /// Tokens verified with the current keys.
+    verified: Arc<VerifiedCache>,
+    leeway: u64,
     /// Validation per algorithm, built once.
     validations: Vec<(Algorithm, Validation)>,
     user_claim: String,
@@ -108,28 +128,67 @@ impl JwtVerifier {
                 if secret.len() < MIN_SECRET_BYTES {
                     return Err(AuthError::Keys(format!("JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")));
                 }
+                // No id: matches whatever `kid` the token names.
                 let key = Key { kid: None, algorithm: Some(Algorithm::HS256), decoding: DecodingKey::from_secret(secret) };
                 (vec![key], vec![Algorithm::HS256], None)
             }
-            JwtKeys::JwksFile(path) => (load_jwks(path)?, ASYMMETRIC.to_vec(), Some(path.clone())),
+            JwtKeys::JwksFile(path) => {
+                let text = std::fs::read(path).map_err(|e| AuthError::Keys(format!("JWT_JWKS_FILE {}: {e}", path.display())))?;
+                let keys = parse_jwks(&text).map_err(|e| AuthError::Keys(format!("JWT_JWKS_FILE {}: {e}", path.display())))?;
+                (keys, ASYMMETRIC.to_vec(), Some((path.clone(), text)))
+            }
         };
         let validations = algorithms.into_iter().map(|algorithm| (algorithm, validation(settings, algorithm))).collect();
         let keys = Arc::new(RwLock::new(Arc::new(keys)));
-        let watcher = watch.map(|path| tokio::spawn(watch_jwks(path, keys.clone(), reload)));
-        Ok(Self { keys, validations, user_claim: settings.user_claim.clone(), _watcher: watcher })
+        let verified = Arc::new(VerifiedCache::new(VERIFIED_TOKENS));
+        let watcher = watch.map(|(path, text)| tokio::spawn(watch_jwks(path, text, keys.clone(), verified.clone(), reload)));
+        Ok(Self {
+            keys,
+            verified,
+            leeway: settings.leeway.as_secs(),
+            validations,
+            user_claim: settings.user_claim.clone(),
+            _watcher: watcher,
+        })
     }
 
     /// The user a token proves, or why it proves none (a fixed phrase).
     pub fn user(&self, token: &str) -> Result<String, &'static str> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(verified) = self.verified.get(token) {
+            if now < verified.valid_from {
+                return Err("token not yet valid");
+            }
+            if now <= verified.valid_until {
+                return Ok(verified.user);
+            }
+            self.verified.remove(token);
+            return Err("token expired");
+        }
+        let (user, claims) = self.verify(token)?;
+        let seconds = |name: &str| claims.get(name).and_then(Value::as_u64);
+        if let Some(exp) = seconds("exp") {
+            let valid_from = seconds("nbf").map_or(0, |nbf| nbf.saturating_sub(self.leeway));
+            self.verified
+                .insert(token.to_owned(), Verified { user: user.clone(), valid_from, valid_until: exp.saturating_add(self.leeway) });
+        }
+        Ok(user)
+    }
+
+    /// Checks the signature and the claims.
+    fn verify(&self, token: &str) -> Result<(String, Map<String, Value>), &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| reason(e.kind()))?;
         let validation = self.validations.iter().find(|(alg, _)| *alg == header.alg).map(|(_, v)| v).ok_or("algorithm not accepted")?;
         let keys = self.keys.read().map(|keys| keys.clone()).map_err(|_| "keys unavailable")?;
-        let candidates =
-            keys.iter().filter(|key| key.algorithm.is_none_or(|alg| alg == header.alg) && (header.kid.is_none() || key.kid == header.kid));
+        // A token's `kid` picks among the JWKS keys; the one shared secret has no id to match
+        // (providers put their own key ids in HS256 tokens too).
+        let candidates = keys.iter().filter(|key| {
+            key.algorithm.is_none_or(|alg| alg == header.alg) && (header.kid.is_none() || key.kid.is_none() || key.kid == header.kid)
+        });
         let mut last = "unknown signing key";
         for key in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation) {
-                Ok(data) => return self.user_of(&data.claims),
+                Ok(data) => return self.user_of(&data.claims).map(|user| (user, data.claims)),
                 // Another key of the set may have signed it (no `kid` given).
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat) => {
                     last = reason(e.kind());
@@ -138,20 +197,6 @@ impl JwtVerifier {
             }
         }
         Err(last)
-    }
-
-    /// The user the token names, unverified (see `Authenticator::claimed_user`). On the
-    /// sold-out path of every request, so it decodes the payload and reads the one claim
-    /// without building the claims map.
-    pub fn claimed_user(&self, token: &str) -> Option<String> {
-        use base64::Engine as _;
-        let mut parts = token.split('.');
-        let (_header, payload, _signature, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else { return None };
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-        let mut json = serde_json::Deserializer::from_slice(&bytes);
-        let user = serde::de::DeserializeSeed::deserialize(OneClaim(&self.user_claim), &mut json).ok()??;
-        validate_user_id(&user).ok()?;
-        Some(user)
     }
 
     fn user_of(&self, claims: &Map<String, Value>) -> Result<String, &'static str> {
@@ -199,28 +244,39 @@ fn reason(kind: &ErrorKind) -> &'static str {
     }
 }
 
-/// The usable keys of a JWKS file: keys for signatures with an accepted algorithm.
-fn load_jwks(path: &PathBuf) -> Result<Vec<Key>, AuthError> {
-    let text = std::fs::read(path).map_err(|e| AuthError::Keys(format!("JWT_JWKS_FILE {}: {e}", path.display())))?;
-    parse_jwks(&text).map_err(|e| AuthError::Keys(format!("JWT_JWKS_FILE {}: {e}", path.display())))
-}
-
+/// The usable keys of a JWKS document: public keys for signatures with an accepted
+/// algorithm. A key that cannot be used (an unknown type or algorithm, a symmetric key, bad
+/// encoding) is skipped with a warning, so one odd key of a provider does not refuse the
+/// others; a document without any usable key is refused.
 fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, String> {
-    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    #[derive(serde::Deserialize)]
+    struct Document {
+        keys: Vec<Value>,
+    }
+    let document: Document = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = Vec::new();
-    for jwk in &set.keys {
+    for raw in document.keys {
+        let kid = raw.get("kid").and_then(Value::as_str).map(str::to_owned);
+        let jwk: Jwk = match serde_json::from_value(raw) {
+            Ok(jwk) => jwk,
+            Err(error) => {
+                tracing::warn!(?kid, %error, "JWKS key skipped: not a key this api can use");
+                continue;
+            }
+        };
         if matches!(jwk.common.public_key_use, Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)) {
             continue;
         }
-        let algorithm = match jwk.common.key_algorithm {
+        let algorithm = match jwk.common.key_algorithm.map(key_algorithm) {
             None => None,
-            Some(alg) => match key_algorithm(alg) {
-                Some(alg) => Some(alg),
-                None => continue,
-            },
+            Some(Some(alg)) => Some(alg),
+            Some(None) => continue,
         };
-        let decoding = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {:?}: {e}", jwk.common.key_id))?;
-        keys.push(Key { kid: jwk.common.key_id.clone(), algorithm, decoding });
+        match DecodingKey::from_jwk(&jwk) {
+            Ok(decoding) if decoding.family() != jsonwebtoken::AlgorithmFamily::Hmac => keys.push(Key { kid, algorithm, decoding }),
+            Ok(_) => tracing::warn!(?kid, "JWKS key skipped: symmetric keys are not taken from a JWKS file (use JWT_SECRET)"),
+            Err(error) => tracing::warn!(?kid, %error, "JWKS key skipped: cannot be decoded"),
+        }
     }
     if keys.is_empty() {
         return Err("no signing key with an accepted algorithm (RS*, PS*, ES256, ES384)".into());
@@ -243,9 +299,10 @@ fn key_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
     Some(algorithm)
 }
 
-/// Re-reads the JWKS file every `every`; a changed, valid document replaces the keys.
-async fn watch_jwks(path: PathBuf, keys: Arc<RwLock<Arc<Vec<Key>>>>, every: Duration) {
-    let mut seen = std::fs::read(&path).ok();
+/// Re-reads the JWKS file every `every`; a changed, usable document replaces the keys and
+/// forgets the tokens verified with the old ones. `loaded` is the text the keys came from.
+async fn watch_jwks(path: PathBuf, loaded: Vec<u8>, keys: Arc<RwLock<Arc<Vec<Key>>>>, verified: Arc<VerifiedCache>, every: Duration) {
+    let mut seen = Some(loaded);
     loop {
         tokio::time::sleep(every).await;
         let text = match tokio::fs::read(&path).await {
@@ -264,95 +321,12 @@ async fn watch_jwks(path: PathBuf, keys: Arc<RwLock<Arc<Vec<Key>>>>, every: Dura
                 if let Ok(mut current) = keys.write() {
                     *current = Arc::new(new);
                 }
+                verified.clear();
             }
             Err(error) => {
                 tracing::error!(path = %path.display(), %error, "the JWKS file changed but cannot be used; keeping the keys in use")
             }
         }
         seen = Some(text);
-    }
-}
-
-/// Reads the string value of one claim of a JSON object, skipping the others unparsed.
-struct OneClaim<'a>(&'a str);
-
-impl<'de> serde::de::DeserializeSeed<'de> for OneClaim<'_> {
-    type Value = Option<String>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for OneClaim<'_> {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object of claims")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut user = None;
-        while let Some(wanted) = map.next_key_seed(IsKey(self.0))? {
-            if wanted {
-                user = map.next_value::<Value>()?.as_str().map(str::to_owned);
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        Ok(user)
-    }
-}
-
-/// A map key compared with the wanted name, without allocating it.
-struct IsKey<'a>(&'a str);
-
-impl<'de> serde::de::DeserializeSeed<'de> for IsKey<'_> {
-    type Value = bool;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl serde::de::Visitor<'_> for IsKey<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a claim name")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
-        Ok(key == self.0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn verifier(claim: &str) -> JwtVerifier {
-        let settings = JwtSettings { user_claim: claim.into(), ..JwtSettings::new(JwtKeys::Secret(vec![7; 32])) };
-        JwtVerifier::start(&settings, Duration::from_secs(60)).unwrap()
-    }
-
-    fn token(payload: &str) -> String {
-        use base64::Engine as _;
-        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        format!("{}.{}.sig", b64(r#"{"alg":"HS256"}"#), b64(payload))
-    }
-
-    #[test]
-    fn the_claimed_user_is_read_from_the_one_claim_and_validated() {
-        let sub = verifier("sub");
-        assert_eq!(sub.claimed_user(&token(r#"{"iss":"x","sub":"alice","aud":["a","b"],"n":{"sub":"inner"}}"#)), Some("alice".into()));
-        assert_eq!(sub.claimed_user(&token(r#"{"sub":"al\u0069ce"}"#)), Some("alice".into()), "escaped names and values");
-        assert_eq!(sub.claimed_user(&token(r#"{"sub":42}"#)), None);
-        assert_eq!(sub.claimed_user(&token(r#"{"sub":"two words"}"#)), None);
-        assert_eq!(sub.claimed_user(&token(r#"{"name":"alice"}"#)), None);
-        assert_eq!(sub.claimed_user(&token("not json")), None);
-        assert_eq!(sub.claimed_user("only.two"), None);
-        assert_eq!(sub.claimed_user(&format!("{}.extra", token(r#"{"sub":"alice"}"#))), None);
-        assert_eq!(verifier("uid").claimed_user(&token(r#"{"sub":"alice","uid":"u-1"}"#)), Some("u-1".into()));
     }
 }

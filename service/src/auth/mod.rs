@@ -133,18 +133,6 @@ impl Authenticator {
         }
     }
 
-    /// The user a bearer token *claims*, without checking its signature or its times: only
-    /// for answers that give nothing and tell nothing to whoever asks (see the http layer's
-    /// sold-out short cut). `None` outside `jwt` mode, or when the token does not parse.
-    pub fn claimed_user(&self, headers: &HeaderMap) -> Option<String> {
-        let Self::Jwt(verifier) = self else { return None };
-        let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
-        let (value, None) = (values.next()?, values.next()) else { return None };
-        let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then_some(())?;
-        verifier.claimed_user(token.trim())
-    }
-
     /// The mode's name, for logs.
     pub fn mode(&self) -> &'static str {
         match self {

@@ -116,22 +116,7 @@ async fn decide(
         Ok(event) => event,
         Err(outcome) => return Ok(outcome),
     };
-    let identity = match state.apply.sold_out_answer(&event) {
-        None => state.auth.identify(headers)?,
-        // Sold out: whoever holds nothing is answered 410 (403 once closed) before the
-        // signature is checked, which is what keeps a sold-out crowd cheap to answer. Only a
-        // token naming a holder is verified (for their 409 and slot); one that fails is
-        // answered like anyone else's, so the answers never tell who holds a coupon. A
-        // request without a parsable token is refused as usual.
-        Some(answer) => match state.auth.claimed_user(headers) {
-            None => state.auth.identify(headers)?,
-            Some(claimed) if state.apply.holds_nothing(&event, &claimed) => return Ok(answer),
-            Some(_) => match state.auth.identify(headers) {
-                Ok(identity) => identity,
-                Err(_) => return Ok(answer),
-            },
-        },
-    };
+    let identity = state.auth.identify(headers)?;
     let body = match body {
         Ok(body) => body,
         Err(rejection) => return Ok(ApplyOutcome::BadRequest { status: rejection.status().as_u16(), error: rejection.body_text() }),

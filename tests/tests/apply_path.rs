@@ -14,6 +14,7 @@ async fn burst(base_url: &str, event: &str, requests: usize, same_user: bool, pr
         requests,
         concurrency: 200,
         same_user,
+        users: None,
         user_prefix: prefix.to_owned(),
         ramp: Duration::ZERO,
         progress: false,

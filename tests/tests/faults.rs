@@ -48,6 +48,7 @@ async fn ramped_burst_with_outage(
         requests: 3000,
         concurrency: 50,
         same_user: false,
+        users: None,
         user_prefix: prefix.to_owned(),
         ramp: Duration::from_secs(3),
         progress: false,

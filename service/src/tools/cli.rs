@@ -482,6 +482,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
         requests: args.requests,
         concurrency: args.concurrency,
         same_user: args.same_user,
+        users: None,
         user_prefix: args.user_prefix,
         ramp: args.ramp,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),

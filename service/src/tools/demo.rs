@@ -129,6 +129,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         requests: args.users,
         concurrency: args.concurrency,
         same_user: false,
+        users: None,
         user_prefix: "demo-user-".into(),
         ramp: Duration::ZERO,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),

@@ -20,6 +20,9 @@ pub struct LoadPlan {
     pub concurrency: usize,
     /// Every request from the same user instead of distinct ones.
     pub same_user: bool,
+    /// Requests come from this many users in turn (user `n % users`), as a crowd that
+    /// retries; `None`: each request its own user.
+    pub users: Option<usize>,
     /// User ids are `<prefix><n>`.
     pub user_prefix: String,
     /// Spread the request starts evenly over this long (zero: all at once).
@@ -177,11 +180,17 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     };
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut report = LoadReport::default();
-    let user_of = |n: usize| if plan.same_user { format!("{}0", plan.user_prefix) } else { format!("{}{n}", plan.user_prefix) };
-    // Identities are made before the clock starts: the load measures the api, not the minting.
+    let users = match (plan.same_user, plan.users) {
+        (true, _) => 1,
+        (false, Some(users)) => users.clamp(1, plan.requests.max(1)),
+        (false, None) => plan.requests.max(1),
+    };
+    let user_of = |n: usize| format!("{}{}", plan.user_prefix, n % users);
+    // Identities are made before the clock starts (one per user, as a client keeps its
+    // token): the load measures the api, not the minting.
     let proofs: Vec<Option<(String, String)>> = match plan.identity {
         LoadIdentity::Body => Vec::new(),
-        _ => (0..plan.requests).map(|n| plan.identity.header(&user_of(n))).collect::<anyhow::Result<_>>()?,
+        _ => (0..users.min(plan.requests)).map(|n| plan.identity.header(&user_of(n))).collect::<anyhow::Result<_>>()?,
     };
     let started = Instant::now();
     let ramp_step = plan.ramp.checked_div(plan.requests.max(1) as u32).unwrap_or_default();
@@ -190,7 +199,7 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
             let client = client.clone();
             let url = url.clone();
             let user = user_of(n);
-            let proof = proofs.get(n).cloned().flatten();
+            let proof = proofs.get(n % users).cloned().flatten();
             let start_at = tokio::time::Instant::from_std(started) + ramp_step * n as u32;
             async move {
                 tokio::time::sleep_until(start_at).await;

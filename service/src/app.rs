@@ -179,6 +179,15 @@ impl Api {
             settings.replica_wait,
         ));
         let auth = Authenticator::start(&settings.auth)?;
+        match &settings.auth {
+            AuthSettings::Open => tracing::warn!("AUTH_MODE=open: the user is whatever the request body says; anyone can apply as anyone"),
+            AuthSettings::Jwt(jwt) if jwt.audience.is_none() || jwt.issuer.is_none() => tracing::warn!(
+                issuer = ?jwt.issuer,
+                audience = ?jwt.audience,
+                "AUTH_MODE=jwt without JWT_ISSUER and JWT_AUDIENCE: tokens the identity provider made for other clients are accepted"
+            ),
+            _ => tracing::info!(mode = auth.mode(), "identity checked"),
+        }
         health.set("serving", true);
         let state = Arc::new(ApiState { apply, redis, auth, health: health.clone(), metrics });
         if settings.readiness_probes {

@@ -501,6 +501,9 @@ def test_tls_and_sasl_material_reaches_every_component_from_secrets():
     {"connections": {"kafka": {"properties": {"enable.idempotence": "false"}}}},
     {"connections": {"kafka": {"properties": {"group.id": "other"}}}},
     {"connections": {"kafka": {"properties": {"SASL_MECHANISM": "PLAIN"}}}},
+    {"connections": {"kafka": {"properties": {"delivery.timeout.ms": "120000"}}}},
+    {"connections": {"kafka": {"properties": {"sasl.password": "in-plain-sight"}}}},
+    {"connections": {"kafka": {"properties": {"message.max.bytes": 2000000}}}},
     {"api": {"auth": {"mode": "basic"}}},
 ])
 def test_values_refuse_settings_the_services_would_refuse(bad):

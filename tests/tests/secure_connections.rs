@@ -102,15 +102,17 @@ async fn redis_over_tls_serves_the_api_the_consumer_and_the_operator_and_refuses
     })
     .await;
 
-    // A CA that did not sign the server's certificate: never connected.
+    // A CA that did not sign the server's certificate: never connected, although the client
+    // certificate is one the server accepts (so it is the client that refuses).
     let foreign = TestCa::new();
-    let refused = RedisHandle::connect_with_deadline(RedisTarget::new(redis.url(), mutual_tls(&foreign)), Duration::from_secs(3)).await;
+    let foreign_ca = || RedisTls { ca_file: Some(foreign.ca()), ..mutual_tls(&ca) };
+    let refused = RedisHandle::connect_with_deadline(RedisTarget::new(redis.url(), foreign_ca()), Duration::from_secs(3)).await;
     assert!(matches!(refused, Err(ConnectError::Unreachable { .. })), "a server the CA did not sign was accepted");
-    let foreign_backend = Backend::new(RedisTarget::new(redis.url(), mutual_tls(&foreign)), &kafka(&brokers), 1).unwrap();
+    let foreign_backend = Backend::new(RedisTarget::new(redis.url(), foreign_ca()), &kafka(&brokers), 1).unwrap();
     let refused_api = InProcessApi::start_with_settings_unconnected(ApiSettings {
         namespace: namespace.clone(),
         redis_url: redis.url(),
-        redis_tls: mutual_tls(&foreign),
+        redis_tls: foreign_ca(),
         kafka: kafka(&brokers),
         ..ApiSettings::default()
     })

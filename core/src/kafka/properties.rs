@@ -41,6 +41,14 @@ pub const RESERVED_PROPERTIES: &[&str] = &[
     "heartbeat.interval.ms",
     "fetch.wait.max.ms",
     "topic.metadata.refresh.interval.ms",
+    "group.instance.id",
+    // librdkafka's other names for the ones above: refused too, or which of two names wins
+    // would depend on the order the client applies them in.
+    "metadata.broker.list",
+    "request.required.acks",
+    "queue.buffering.max.ms",
+    "delivery.timeout.ms",
+    "auto.commit.enable",
 ];
 
 /// Why the deployment's properties cannot be used.
@@ -137,7 +145,9 @@ fn is_service_link(name: &str) -> bool {
 
 /// Properties whose values must not reach a log: passwords, keys, token settings.
 fn is_credential(property: &str) -> bool {
-    ["password", "secret", "key", "sasl.oauthbearer.config", "sasl.username", "jaas"].iter().any(|word| property.contains(word))
+    ["password", "secret", "key", "sasl.oauthbearer.config", "sasl.oauthbearer.extensions", "sasl.username", "jaas"]
+        .iter()
+        .any(|word| property.contains(word))
         && !property.ends_with(".location")
 }
 
@@ -249,6 +259,10 @@ mod tests {
             ClientProperties::from_variables(vars(&[("KAFKA_ENABLE_IDEMPOTENCE", "false")])),
             Err(PropertyError::Reserved { source_name: "KAFKA_ENABLE_IDEMPOTENCE".into(), property: "enable.idempotence".into() })
         );
+        for alias in ["KAFKA_DELIVERY_TIMEOUT_MS", "KAFKA_REQUEST_REQUIRED_ACKS", "KAFKA_METADATA_BROKER_LIST", "KAFKA_GROUP_INSTANCE_ID"] {
+            let refused = ClientProperties::from_variables(vars(&[(alias, "1")]));
+            assert!(matches!(refused, Err(PropertyError::Reserved { .. })), "{alias}: {refused:?}");
+        }
         let file = temp_file("reserved.properties", "group.id=other\n");
         assert_eq!(
             ClientProperties::from_variables(vars(&[("KAFKA_PROPERTIES_FILE", &file)])),

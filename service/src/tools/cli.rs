@@ -96,6 +96,24 @@ impl KafkaArgs {
     }
 }
 
+/// A secret given on the command line or in the environment; `Debug` shows `***`.
+#[derive(Clone)]
+pub struct Redacted(pub String);
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// `AUTH_MODE`: how the api learns who the user is.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMode {
@@ -117,7 +135,7 @@ pub struct AuthArgs {
     pub auth_header: String,
     /// `jwt` mode, HS256: the shared secret (at least 32 bytes; or JWT_SECRET_FILE).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Redacted>,
     /// `jwt` mode, RS*/PS*/ES*: a JWKS file of the identity provider's public keys, read
     /// again when it changes.
     #[arg(long, env = "JWT_JWKS_FILE")]
@@ -146,7 +164,7 @@ impl AuthArgs {
             },
             AuthMode::Jwt => {
                 let keys = match (&self.jwt_secret, &self.jwt_jwks_file) {
-                    (Some(secret), None) => JwtKeys::Secret(secret.as_bytes().to_vec()),
+                    (Some(secret), None) => JwtKeys::Secret(secret.0.as_bytes().to_vec()),
                     (None, Some(path)) => JwtKeys::JwksFile(path.clone()),
                     _ => anyhow::bail!("AUTH_MODE=jwt needs exactly one of JWT_SECRET (or JWT_SECRET_FILE) and JWT_JWKS_FILE"),
                 };
@@ -361,7 +379,7 @@ pub struct LoadArgs {
     /// For an api with AUTH_MODE=jwt: sign an HS256 token per user with this secret (its
     /// JWT_SECRET); the user is the token's `sub`.
     #[arg(long, env = "LOAD_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Redacted>,
     /// `iss` of the minted tokens.
     #[arg(long)]
     pub jwt_issuer: Option<String>,
@@ -487,7 +505,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
         ramp: args.ramp,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         identity: match (args.jwt_secret, args.auth_header) {
-            (Some(secret), _) => LoadIdentity::hs256(&secret, args.jwt_issuer, args.jwt_audience),
+            (Some(secret), _) => LoadIdentity::hs256(&secret.0, args.jwt_issuer, args.jwt_audience),
             (None, Some(header)) => LoadIdentity::Header(header),
             (None, None) => LoadIdentity::Body,
         },

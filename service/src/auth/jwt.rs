@@ -330,3 +330,34 @@ async fn watch_jwks(path: PathBuf, loaded: Vec<u8>, keys: Arc<RwLock<Arc<Vec<Key
         seen = Some(text);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs256(secret: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &jsonwebtoken::EncodingKey::from_secret(secret))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_future_one_waits() {
+        let secret = [7u8; 32];
+        let settings = JwtSettings { leeway: Duration::ZERO, ..JwtSettings::new(JwtKeys::Secret(secret.to_vec())) };
+        let verifier = JwtVerifier::start(&settings, Duration::from_secs(60)).unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let short = hs256(&secret, serde_json::json!({"sub": "alice", "exp": now + 1}));
+        assert_eq!(verifier.user(&short), Ok("alice".into()));
+        assert_eq!(verifier.user(&short), Ok("alice".into()), "from memory");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while verifier.user(&short).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "a remembered token outlived its exp");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(verifier.user(&short), Err("token expired"));
+        let later = hs256(&secret, serde_json::json!({"sub": "bob", "exp": now + 600, "nbf": now + 300}));
+        assert_eq!(verifier.user(&later), Err("token not yet valid"));
+        let forged = hs256(&[8u8; 32], serde_json::json!({"sub": "alice", "exp": now + 600}));
+        assert_eq!(verifier.user(&forged), Err("bad signature"));
+    }
+}

@@ -29,17 +29,19 @@ impl TestCa {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
-        for (name, purpose, cn) in
-            [("server", ExtendedKeyUsagePurpose::ServerAuth, "localhost"), ("client", ExtendedKeyUsagePurpose::ClientAuth, "coupon-client")]
-        {
+        let leaves = [
+            ("server.crt", "server.key", ExtendedKeyUsagePurpose::ServerAuth, "localhost"),
+            ("client.crt", "client.key", ExtendedKeyUsagePurpose::ClientAuth, "coupon-client"),
+        ];
+        for (cert_file, key_file, purpose, cn) in leaves {
             let key = KeyPair::generate().unwrap();
             let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
             params.distinguished_name.push(DnType::CommonName, cn);
             params.extended_key_usages = vec![purpose];
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
             let cert = params.signed_by(&key, &issuer).unwrap();
-            std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
-            write_private(&dir.join(format!("{name}.key")), &key.serialize_pem());
+            std::fs::write(dir.join(cert_file), cert.pem()).unwrap();
+            write_private(&dir.join(key_file), &key.serialize_pem());
         }
         Self { dir }
     }

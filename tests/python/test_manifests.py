@@ -503,6 +503,7 @@ def test_tls_and_sasl_material_reaches_every_component_from_secrets():
     {"connections": {"kafka": {"properties": {"SASL_MECHANISM": "PLAIN"}}}},
     {"connections": {"kafka": {"properties": {"delivery.timeout.ms": "120000"}}}},
     {"connections": {"kafka": {"properties": {"sasl.password": "in-plain-sight"}}}},
+    {"connections": {"kafka": {"properties": {"sasl.oauthbearer.extensions": "logicalCluster=lkc-1"}}}},
     {"connections": {"kafka": {"properties": {"message.max.bytes": 2000000}}}},
     {"api": {"auth": {"mode": "basic"}}},
 ])

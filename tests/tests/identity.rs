@@ -187,6 +187,14 @@ async fn hs256_tokens_prove_the_user_and_every_bad_token_is_refused_with_nothing
             ("user claim not a valid user id", vec![(auth, bearer(&hs256(&bad_user)))], "user claim is not a valid user id"),
             ("no user claim", vec![(auth, bearer(&hs256(&no_user)))], "token has no user claim"),
             ("two Authorization headers", vec![(auth, bearer(&valid_for_alice)), (auth, bearer(&valid_for_alice))], "more than once"),
+            (
+                "a token over 8 KiB",
+                vec![(
+                    auth,
+                    bearer(&hs256(&json!({"sub": "victim", "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 300, "pad": "x".repeat(9000)}))),
+                )],
+                "token too long",
+            ),
         ],
     )
     .await;

@@ -8,9 +8,10 @@
 //! logged. Tokens without `alg` (`none`) or with an algorithm the keys are not for are
 //! refused: the algorithm is decided by the keys, never by the token.
 //!
-//! Every request's token is verified; a token verified once is remembered (by its exact
-//! text, until its `exp`, at most `VERIFIED_TOKENS` of them, forgotten when the keys change),
-//! so a user's retries during a crowd cost a lookup instead of a signature check.
+//! Every request's token is verified; a token verified once is remembered (by the SHA-256
+//! of its text, until its `exp` and at most five minutes, at most `VERIFIED_TOKENS` of them,
+//! with the keys it was verified with, so that replacing the keys forgets them), so a user's
+//! retries during a crowd cost a lookup instead of a signature check.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -27,8 +28,17 @@ use super::AuthError;
 /// Shortest HS256 secret accepted: as long as the hash (RFC 7518, section 3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// Tokens remembered as verified: about 20,000 users retrying at once, a few MiB.
+/// Tokens remembered as verified: about 20,000 users retrying at once. Each is remembered
+/// by the SHA-256 of its text, so the memory is about 2 MiB whatever the tokens' size.
 pub const VERIFIED_TOKENS: usize = 20_000;
+
+/// Longest token accepted (identity providers' tokens are a few KiB at most); longer ones
+/// are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Longest a token is remembered, whatever its `exp`: a bound on how long any mistake in
+/// what was remembered can last.
+const REMEMBER_AT_MOST_SECS: u64 = 300;
 
 /// What a verified token proved, and until when (seconds since the epoch, skew included).
 #[derive(Clone)]
@@ -38,7 +48,27 @@ struct Verified {
     valid_until: u64,
 }
 
-type VerifiedCache = quick_cache::sync::Cache<String, Verified>;
+type VerifiedCache = quick_cache::sync::Cache<[u8; 32], Verified>;
+
+/// The keys in use and the tokens verified with them, swapped as one: a token verified with
+/// keys that were replaced meanwhile lands in a memory nobody reads any more.
+struct KeySet {
+    keys: Vec<Key>,
+    verified: VerifiedCache,
+}
+
+impl KeySet {
+    fn new(keys: Vec<Key>) -> Arc<Self> {
+        Arc::new(Self { keys, verified: VerifiedCache::new(VERIFIED_TOKENS) })
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
 
 /// Where the verification keys come from.
 #[derive(Clone)]
@@ -93,6 +123,8 @@ const ASYMMETRIC: [Algorithm; 8] = [
 /// One key and what it may verify.
 struct Key {
     kid: Option<String>,
+    /// The shared secret: it has no id, and matches whatever `kid` a token names.
+    any_kid: bool,
     /// The key's own `alg`, when the JWKS names one.
     algorithm: Option<Algorithm>,
     decoding: DecodingKey,
@@ -100,9 +132,7 @@ struct Key {
 
 /// Checks tokens; with a JWKS file, keeps its keys current.
 pub struct JwtVerifier {
-    keys: Arc<RwLock<Arc<Vec<Key>>>>,
-    /// Tokens verified with the current keys.
-    verified: Arc<VerifiedCache>,
+    keys: Arc<RwLock<Arc<KeySet>>>,
     leeway: u64,
     /// Validation per algorithm, built once.
     validations: Vec<(Algorithm, Validation)>,
@@ -128,8 +158,7 @@ impl JwtVerifier {
                 if secret.len() < MIN_SECRET_BYTES {
                     return Err(AuthError::Keys(format!("JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")));
                 }
-                // No id: matches whatever `kid` the token names.
-                let key = Key { kid: None, algorithm: Some(Algorithm::HS256), decoding: DecodingKey::from_secret(secret) };
+                let key = Key { kid: None, any_kid: true, algorithm: Some(Algorithm::HS256), decoding: DecodingKey::from_secret(secret) };
                 (vec![key], vec![Algorithm::HS256], None)
             }
             JwtKeys::JwksFile(path) => {
@@ -139,51 +168,47 @@ impl JwtVerifier {
             }
         };
         let validations = algorithms.into_iter().map(|algorithm| (algorithm, validation(settings, algorithm))).collect();
-        let keys = Arc::new(RwLock::new(Arc::new(keys)));
-        let verified = Arc::new(VerifiedCache::new(VERIFIED_TOKENS));
-        let watcher = watch.map(|(path, text)| tokio::spawn(watch_jwks(path, text, keys.clone(), verified.clone(), reload)));
-        Ok(Self {
-            keys,
-            verified,
-            leeway: settings.leeway.as_secs(),
-            validations,
-            user_claim: settings.user_claim.clone(),
-            _watcher: watcher,
-        })
+        let keys = Arc::new(RwLock::new(KeySet::new(keys)));
+        let watcher = watch.map(|(path, text)| tokio::spawn(watch_jwks(path, text, keys.clone(), reload)));
+        Ok(Self { keys, leeway: settings.leeway.as_secs(), validations, user_claim: settings.user_claim.clone(), _watcher: watcher })
     }
 
     /// The user a token proves, or why it proves none (a fixed phrase).
     pub fn user(&self, token: &str) -> Result<String, &'static str> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err("token too long");
+        }
+        let set = self.keys.read().map(|set| set.clone()).map_err(|_| "keys unavailable")?;
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some(verified) = self.verified.get(token) {
+        let id = digest(token);
+        if let Some(verified) = set.verified.get(&id) {
             if now < verified.valid_from {
                 return Err("token not yet valid");
             }
             if now <= verified.valid_until {
                 return Ok(verified.user);
             }
-            self.verified.remove(token);
-            return Err("token expired");
+            set.verified.remove(&id);
+            // Past the time it was remembered for: checked again in full below.
         }
-        let (user, claims) = self.verify(token)?;
+        let (user, claims) = self.verify(token, &set.keys)?;
         let seconds = |name: &str| claims.get(name).and_then(Value::as_u64);
         if let Some(exp) = seconds("exp") {
             let valid_from = seconds("nbf").map_or(0, |nbf| nbf.saturating_sub(self.leeway));
-            self.verified
-                .insert(token.to_owned(), Verified { user: user.clone(), valid_from, valid_until: exp.saturating_add(self.leeway) });
+            let valid_until = exp.saturating_add(self.leeway).min(now + REMEMBER_AT_MOST_SECS);
+            set.verified.insert(id, Verified { user: user.clone(), valid_from, valid_until });
         }
         Ok(user)
     }
 
     /// Checks the signature and the claims.
-    fn verify(&self, token: &str) -> Result<(String, Map<String, Value>), &'static str> {
+    fn verify(&self, token: &str, keys: &[Key]) -> Result<(String, Map<String, Value>), &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| reason(e.kind()))?;
         let validation = self.validations.iter().find(|(alg, _)| *alg == header.alg).map(|(_, v)| v).ok_or("algorithm not accepted")?;
-        let keys = self.keys.read().map(|keys| keys.clone()).map_err(|_| "keys unavailable")?;
         // A token's `kid` picks among the JWKS keys; the one shared secret has no id to match
         // (providers put their own key ids in HS256 tokens too).
         let candidates = keys.iter().filter(|key| {
-            key.algorithm.is_none_or(|alg| alg == header.alg) && (header.kid.is_none() || key.kid.is_none() || key.kid == header.kid)
+            key.algorithm.is_none_or(|alg| alg == header.alg) && (header.kid.is_none() || key.any_kid || key.kid == header.kid)
         });
         let mut last = "unknown signing key";
         for key in candidates {
@@ -273,7 +298,9 @@ fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, String> {
             Some(None) => continue,
         };
         match DecodingKey::from_jwk(&jwk) {
-            Ok(decoding) if decoding.family() != jsonwebtoken::AlgorithmFamily::Hmac => keys.push(Key { kid, algorithm, decoding }),
+            Ok(decoding) if decoding.family() != jsonwebtoken::AlgorithmFamily::Hmac => {
+                keys.push(Key { kid, any_kid: false, algorithm, decoding })
+            }
             Ok(_) => tracing::warn!(?kid, "JWKS key skipped: symmetric keys are not taken from a JWKS file (use JWT_SECRET)"),
             Err(error) => tracing::warn!(?kid, %error, "JWKS key skipped: cannot be decoded"),
         }
@@ -299,9 +326,9 @@ fn key_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
     Some(algorithm)
 }
 
-/// Re-reads the JWKS file every `every`; a changed, usable document replaces the keys and
-/// forgets the tokens verified with the old ones. `loaded` is the text the keys came from.
-async fn watch_jwks(path: PathBuf, loaded: Vec<u8>, keys: Arc<RwLock<Arc<Vec<Key>>>>, verified: Arc<VerifiedCache>, every: Duration) {
+/// Re-reads the JWKS file every `every`; a changed, usable document replaces the keys, and
+/// with them the tokens verified with the old ones. `loaded` is the text the keys came from.
+async fn watch_jwks(path: PathBuf, loaded: Vec<u8>, keys: Arc<RwLock<Arc<KeySet>>>, every: Duration) {
     let mut seen = Some(loaded);
     loop {
         tokio::time::sleep(every).await;
@@ -319,9 +346,8 @@ async fn watch_jwks(path: PathBuf, loaded: Vec<u8>, keys: Arc<RwLock<Arc<Vec<Key
             Ok(new) => {
                 tracing::info!(path = %path.display(), keys = new.len(), "JWKS file changed; keys replaced");
                 if let Ok(mut current) = keys.write() {
-                    *current = Arc::new(new);
+                    *current = KeySet::new(new);
                 }
-                verified.clear();
             }
             Err(error) => {
                 tracing::error!(path = %path.display(), %error, "the JWKS file changed but cannot be used; keeping the keys in use")

@@ -99,7 +99,7 @@ impl Authenticator {
     }
 
     /// The user the request is from. Work per request: one header read, and with `jwt` one
-    /// signature check.
+    /// signature check for a token not verified before.
     pub fn identify(&self, headers: &HeaderMap) -> Result<Identity, Rejection> {
         match self {
             Self::Open => Ok(Identity::FromBody),

@@ -40,7 +40,9 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, shu
     let app = app.layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    // Headers of at most 64 KiB (hyper's default allows about 400 KiB): a bearer token is
+    // refused above 8 KiB anyway.
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true).max_buf_size(64 * 1024);
     let stopped = coupon_core::telemetry::wait_for(shutdown);
     tokio::pin!(stopped);
     loop {

@@ -510,3 +510,24 @@ def test_tls_and_sasl_material_reaches_every_component_from_secrets():
 def test_values_refuse_settings_the_services_would_refuse(bad):
     with pytest.raises(Exception):
         render(bad)
+
+
+def test_header_mode_can_admit_only_the_gateway_and_notes_warn_otherwise():
+    gateway = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}},
+                "podSelector": {"matchLabels": {"app": "gateway"}}}]
+    values = {"api": {"auth": {"mode": "header"}}, "networkPolicy": {"enabled": True, "apiFrom": gateway}}
+    docs = render(values)
+    [policy] = [d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-coupon-api")]
+    assert policy["spec"]["ingress"] == [{"from": gateway, "ports": [{"port": 8080, "protocol": "TCP"}]}]
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(policy, version, strict=True)
+
+    def notes(values):
+        chart = helm_python.Chart.load(str(CHART))
+        files = chart.render(values, name="coupons", namespace="shop", is_install=True)
+        return next(text for path, text in files.items() if path.endswith("NOTES.txt"))
+
+    assert "WARNING" not in notes(values)
+    assert "Admit only your gateway" in notes({"api": {"auth": {"mode": "header"}}})
+    assert "Authorization: Bearer" in notes(None) and "issuer" in notes(None)
+    assert "anyone can apply as anyone" in notes({"api": {"auth": {"mode": "open", "allowOpen": True}}})

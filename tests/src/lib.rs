@@ -181,6 +181,11 @@ impl InProcessApi {
     pub async fn start(namespace: &str, brokers: &str) -> Self {
         let settings =
             ApiSettings { namespace: namespace.to_owned(), redis_url: redis_url(), kafka: kafka(brokers), ..ApiSettings::default() };
+        Self::start_ready(settings).await
+    }
+
+    /// Starts the api from `settings` and waits until it is ready (Redis and a broker reached).
+    pub async fn start_ready(settings: ApiSettings) -> Self {
         let api = Self::start_with(settings).await;
         let state = api.state.clone();
         wait_until("api ready", Duration::from_secs(30), || {

@@ -81,14 +81,7 @@ async fn api_with(namespace: &str, auth: AuthSettings) -> InProcessApi {
         auth,
         ..ApiSettings::default()
     };
-    let api = InProcessApi::start_with(settings).await;
-    let state = api.state.clone();
-    wait_until("api ready", Duration::from_secs(30), || {
-        let ready = state.health.all_ready();
-        async move { ready.then_some(()) }
-    })
-    .await;
-    api
+    InProcessApi::start_ready(settings).await
 }
 
 fn jwt_settings(keys: JwtKeys) -> AuthSettings {
@@ -102,18 +95,15 @@ struct Answer {
 }
 
 async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-    let mut request = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_owned());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
-    Answer { status, challenge, body: response.json().await.unwrap_or(Value::Null) }
+    send(reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_owned()), headers).await
 }
 
 async fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut request = reqwest::Client::new().get(url);
+    send(reqwest::Client::new().get(url), headers).await
+}
+
+/// Sends `request` with `headers` added; the status, the challenge and the JSON body.
+async fn send(mut request: reqwest::RequestBuilder, headers: &[(&str, &str)]) -> Answer {
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

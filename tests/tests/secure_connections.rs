@@ -43,17 +43,6 @@ async fn apply_all(api: &InProcessApi, event: &TestEvent, users: usize) -> Vec<u
     statuses
 }
 
-async fn ready_api(settings: ApiSettings) -> InProcessApi {
-    let api = InProcessApi::start_with(settings).await;
-    let state = api.state.clone();
-    wait_until("api ready", Duration::from_secs(30), || {
-        let ready = state.health.all_ready();
-        async move { ready.then_some(()) }
-    })
-    .await;
-    api
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_over_tls_serves_the_api_the_consumer_and_the_operator_and_refuses_a_foreign_ca() {
     let ca = TestCa::new();
@@ -74,7 +63,7 @@ async fn redis_over_tls_serves_the_api_the_consumer_and_the_operator_and_refuses
 
     let database_url = sqlite_url();
     let store = migrated_store(&database_url).await;
-    let api = ready_api(ApiSettings {
+    let api = InProcessApi::start_ready(ApiSettings {
         namespace: namespace.clone(),
         redis_url: redis.url(),
         redis_tls: mutual_tls(&ca),
@@ -204,9 +193,13 @@ async fn kafka_over_sasl_ssl_carries_the_whole_path_and_refuses_bad_credentials_
     let event = provision(RedisTarget::from(redis_url()), &secure, &namespace, 6).await;
     let database_url = sqlite_url();
     let store = migrated_store(&database_url).await;
-    let api =
-        ready_api(ApiSettings { namespace: namespace.clone(), redis_url: redis_url(), kafka: secure.clone(), ..ApiSettings::default() })
-            .await;
+    let api = InProcessApi::start_ready(ApiSettings {
+        namespace: namespace.clone(),
+        redis_url: redis_url(),
+        kafka: secure.clone(),
+        ..ApiSettings::default()
+    })
+    .await;
     let _consumer = InProcessConsumer::start_with(ConsumerSettings {
         database_url: database_url.clone(),
         redis_url: redis_url(),

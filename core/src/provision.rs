@@ -4,7 +4,7 @@
 //! Provisioning never resets a counter: counters, the users and the free list belong to the
 //! running event; only the configuration is written here.
 
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 
 use crate::event::{EventConfig, EventId, EventKey, InvalidConfig};
 use crate::kafka::{KafkaError, TopicAdmin, TopicOutcome};
@@ -38,7 +38,7 @@ pub enum ProvisionError {
 /// Redis lost the event's state: it is written back marked recovering instead of starting
 /// the counters again from zero.
 pub async fn provision_redis(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     event: &EventId,
     config: &EventConfig,
     existed_before: bool,
@@ -55,13 +55,14 @@ pub async fn provision_redis(
         }
         ConfigWrite::RefusedBelowIssued { issued } => return Err(InvalidConfig::LimitBelowIssued { limit: config.limit, issued }.into()),
         ConfigWrite::RefusedOtherIncarnation => return Err(InvalidConfig::OtherIncarnation.into()),
+        ConfigWrite::RefusedShardsChanged { existing } => return Err(InvalidConfig::ShardsChanged { existing }.into()),
     })
 }
 
 /// Both halves of provisioning: the topic first, so that the gate never opens for an event
 /// whose records have nowhere to go.
 pub async fn provision_event(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     admin: &TopicAdmin,
     event: &EventId,
     config: &EventConfig,
@@ -75,6 +76,6 @@ pub async fn provision_event(
 }
 
 /// Removes every Redis key of the event. Returns how many keys existed.
-pub async fn delete_redis(conn: &mut ConnectionManager, event: &EventId) -> Result<i64, ProvisionError> {
+pub async fn delete_redis(conn: &mut RedisConnection, event: &EventId) -> Result<i64, ProvisionError> {
     Ok(keyspace::delete_event(conn, event).await?)
 }

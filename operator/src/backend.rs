@@ -50,7 +50,7 @@ impl Backend {
         Self { admin: self.admin.with_topic_configs(configs), ..self }
     }
 
-    fn conn(&self) -> Result<redis::aio::ConnectionManager, BackendError> {
+    fn conn(&self) -> Result<coupon_core::redis::RedisConnection, BackendError> {
         self.redis.get().ok_or(BackendError::RedisNotConnected)
     }
 

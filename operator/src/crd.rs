@@ -43,7 +43,8 @@ pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
 )]
 #[x_kube(
     validation = Rule::new("self.topic == oldSelf.topic").message("topic cannot change: records would be split across two topics"),
-    validation = Rule::new("self.partitions == oldSelf.partitions").message("partitions cannot change once the topic exists")
+    validation = Rule::new("self.partitions == oldSelf.partitions").message("partitions cannot change once the topic exists"),
+    validation = Rule::new("self.shards == oldSelf.shards").message("shards cannot change: users are assigned to shards by it")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CouponEventSpec {
@@ -65,6 +66,12 @@ pub struct CouponEventSpec {
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 1000))]
     pub partitions: i32,
+    /// Redis shards the quota is spread over, on different masters of a Redis Cluster
+    /// (README, "Sharding an event"). 1 keeps the event on one master; more pays off only
+    /// when one master cannot take the event's opening second. Fixed once created.
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 64))]
+    pub shards: u16,
     /// When the event opens and closes.
     pub schedule: Schedule,
     /// The api Deployment to scale for the window.
@@ -91,6 +98,10 @@ fn default_topic() -> String {
 
 fn default_partitions() -> i32 {
     3
+}
+
+fn default_shards() -> u16 {
+    1
 }
 
 /// The event's window.
@@ -318,6 +329,7 @@ impl CouponEventSpec {
             topic: self.topic.clone(),
             paused: self.paused,
             incarnation: None,
+            shards: self.shards,
         }
     }
 }

@@ -8,14 +8,17 @@
 use crate::crd::CouponEventSpec;
 
 /// The field of an accepted spec that an edit may not change (`None`: the edit keeps them):
-/// a new topic would split the event's records across two topics, and a topic's partitions
-/// are fixed when it is created. The CRD refuses both too (transition rules).
+/// a new topic would split the event's records across two topics, a topic's partitions
+/// are fixed when it is created, and users are assigned to shards by their number. The CRD refuses both too (transition rules).
 pub fn changed_immutable(accepted: &CouponEventSpec, edited: &CouponEventSpec) -> Option<String> {
     if accepted.topic != edited.topic {
         return Some(format!("topic cannot change from {} to {}", accepted.topic, edited.topic));
     }
     if accepted.partitions != edited.partitions {
         return Some(format!("partitions cannot change from {} to {}", accepted.partitions, edited.partitions));
+    }
+    if accepted.shards != edited.shards {
+        return Some(format!("shards cannot change from {} to {}: users are assigned to shards by it", accepted.shards, edited.shards));
     }
     None
 }
@@ -72,6 +75,7 @@ mod tests {
         assert_eq!(changed_immutable(&accepted, &CouponEventSpec { limit: 20, ..accepted.clone() }), None);
         assert!(changed_immutable(&accepted, &CouponEventSpec { topic: "b".into(), ..accepted.clone() }).unwrap().contains("topic"));
         assert!(changed_immutable(&accepted, &CouponEventSpec { partitions: 6, ..accepted.clone() }).unwrap().contains("partitions"));
+        assert!(changed_immutable(&accepted, &CouponEventSpec { shards: 3, ..accepted.clone() }).unwrap().contains("shards"));
     }
 
     #[test]

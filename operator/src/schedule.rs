@@ -129,6 +129,7 @@ mod tests {
             per_user_limit: 1,
             topic: "coupon_create".into(),
             partitions: 3,
+            shards: 1,
             schedule: Schedule { start: Time(t(start)), end: Time(t(end)), warm_up: Some("5m".into()) },
             api: Workload { deployment: api.0.into(), replicas: api.1, idle_replicas: Some(api.2) },
             consumer: Workload { deployment: consumer.0.into(), replicas: consumer.1, idle_replicas: Some(consumer.2) },

@@ -49,6 +49,7 @@ fn coupon_event(limit: i64, on_delete: OnDelete) -> CouponEvent {
         per_user_limit: 1,
         topic: format!("op.{name}"),
         partitions: 2,
+        shards: 1,
         schedule: Schedule { start: Time(t("2026-11-27T10:00:00Z")), end: Time(t("2026-11-27T10:30:00Z")), warm_up: Some("5m".into()) },
         api: Workload { deployment: "coupon-api".into(), replicas: 10, idle_replicas: Some(0) },
         consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
@@ -152,12 +153,7 @@ fn topic_gone(topic: &str) -> bool {
 
 /// Opens the event's Redis window around the real now (the gate judges it by Redis' clock,
 /// not the harness') and issues slots to `users` users `u0`, `u1`, ... through the real gate.
-async fn issue_through_the_gate(
-    conn: &mut coupon_core::redis::ConnectionManager,
-    event_id: &EventId,
-    spec: &CouponEventSpec,
-    users: usize,
-) {
+async fn issue_through_the_gate(conn: &mut coupon_core::redis::RedisConnection, event_id: &EventId, spec: &CouponEventSpec, users: usize) {
     let now = chrono::Utc::now();
     let mut open = spec.event_config();
     open.incarnation = keyspace::counters(conn, event_id).await.unwrap().and_then(|c| c.incarnation);
@@ -165,7 +161,8 @@ async fn issue_through_the_gate(
     open.end = now + chrono::Duration::minutes(10);
     coupon_core::provision::provision_redis(conn, event_id, &open, false).await.unwrap();
     for user in 0..users {
-        keyspace::apply(conn, event_id, &format!("u{user}"), Duration::from_secs(5)).await.unwrap();
+        let layout = keyspace::EventLayout::new(event_id, spec.shards);
+        keyspace::apply(conn, &layout, &format!("u{user}"), Duration::from_secs(5), None).await.unwrap();
     }
 }
 
@@ -569,16 +566,17 @@ async fn healed_coupons_are_reported_in_the_status_and_the_event_counts_as_drain
         keyspace::mark_written(
             &mut conn,
             &coupon_core::event::EventKey::new(id(&event), event.metadata.uid.as_deref()).unwrap(),
+            &keyspace::EventLayout::single(&id(&event)),
             &[("u0", 1)]
         )
         .await
         .unwrap(),
         1
     );
-    let overdue = keyspace::overdue_entries(&mut conn, &id(&event), i64::MAX, 10).await.unwrap();
+    let overdue = keyspace::overdue_entries(&mut conn, &keyspace::EventLayout::single(&id(&event)), 0, i64::MAX, 10).await.unwrap();
     assert_eq!(overdue.len(), 2);
     let verdicts: Vec<_> = overdue.into_iter().map(|entry| (entry, keyspace::HealVerdict::Free)).collect();
-    let healed = keyspace::heal(&mut conn, &id(&event), i64::MAX, &verdicts).await.unwrap();
+    let healed = keyspace::heal(&mut conn, &keyspace::EventLayout::single(&id(&event)), 0, i64::MAX, &verdicts).await.unwrap();
     assert_eq!(healed, keyspace::Healed { healed: 2, written: 0 });
 
     let mut reopened = h.stored(&event);

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     /// Produce failures that released a slot.
     pub released_slots: Counter,
+    /// Stock moved between the shards of sharded events.
+    pub stock_grants: Counter,
     /// Produces that timed out after the record was sent: it may be written, so the slot
     /// stays taken and the user gets 503.
     pub undecided_produces: Counter,
@@ -67,6 +69,12 @@ impl Default for Metrics {
         let apply_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register("apply_seconds", "Apply latency in seconds", apply_seconds.clone());
         let released_slots = Counter::default();
+        let stock_grants = Counter::default();
+        registry.register(
+            "stock_grants",
+            "Grants of stock from one shard of a sharded event to another that ran out",
+            stock_grants.clone(),
+        );
         registry.register("released_slots", "Slots given back after a failed produce", released_slots.clone());
         let undecided_produces = Counter::default();
         registry.register("undecided_produces", "Produces that timed out after sending; slot kept", undecided_produces.clone());
@@ -111,6 +119,7 @@ impl Default for Metrics {
             apply_answers,
             apply_seconds,
             released_slots,
+            stock_grants,
             undecided_produces,
             redelivered,
             replica_wait_failures,

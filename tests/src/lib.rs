@@ -13,7 +13,7 @@ use coupon_core::event::{EventConfig, EventId};
 use coupon_core::kafka::KafkaSettings;
 use coupon_core::provision;
 use coupon_core::redis::keyspace::{self, EventSnapshot};
-use coupon_core::redis::{ConnectionManager, RedisHandle};
+use coupon_core::redis::{RedisConnection, RedisHandle};
 use coupon_service::app::{Api, ApiSettings, Consumer, ConsumerSettings};
 use coupon_service::http::ApiState;
 use coupon_service::sql::Store;
@@ -61,7 +61,7 @@ pub fn kafka(brokers: &str) -> KafkaSettings {
     KafkaSettings::new(brokers)
 }
 
-pub async fn redis() -> ConnectionManager {
+pub async fn redis() -> RedisConnection {
     RedisHandle::connect_with_deadline(&redis_url(), Duration::from_secs(10)).await.expect("Redis is up (dev/stack up)")
 }
 

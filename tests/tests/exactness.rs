@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use coupon_core::event::{EventConfig, EventId};
 use coupon_core::provision::{provision_redis, RedisOutcome};
-use coupon_core::redis::keyspace::{self, EventCounters, GateDecision};
-use coupon_core::redis::{ConnectionManager, RedisHandle};
+use coupon_core::redis::keyspace::{self, EventCounters, EventLayout, GateDecision};
+use coupon_core::redis::{RedisConnection, RedisHandle};
 use coupon_service::app::{ApiSettings, ConsumerSettings};
 use coupon_service::sql::{CouponRow, Position, Store};
 use coupon_tests::Persistence;
@@ -93,13 +93,13 @@ fn start_consumer(database_url: &str, topic: &str, brokers: &str, redis_url: &st
     })
 }
 
-async fn counters(conn: &mut ConnectionManager, id: &EventId) -> EventCounters {
+async fn counters(conn: &mut RedisConnection, id: &EventId) -> EventCounters {
     keyspace::counters(conn, id).await.unwrap().expect("provisioned")
 }
 
 /// Waits until every issued coupon is written and nothing is left unwritten: what the
 /// operator reads as drained (and `Closed` once the window ended).
-async fn wait_until_settled(conn: &ConnectionManager, id: &EventId) -> EventCounters {
+async fn wait_until_settled(conn: &RedisConnection, id: &EventId) -> EventCounters {
     wait_until("issued == persisted, nothing unwritten", Duration::from_secs(90), || {
         let (mut conn, id) = (conn.clone(), id.clone());
         async move {
@@ -308,20 +308,21 @@ async fn a_release_names_its_slot_and_a_repeated_apply_names_the_pending_slot() 
     let brokers = kafka_brokers();
     let event = provision_event(&brokers, NAMESPACE, 5, 1).await;
     let mut conn = redis().await;
+    let layout = EventLayout::single(&event.id);
     let lease = Duration::from_secs(60);
     let mut deadlines = vec![0];
     for user in 1..=5 {
-        let decision = keyspace::apply(&mut conn, &event.id, &format!("u{user}"), lease).await.unwrap();
+        let decision = keyspace::apply(&mut conn, &layout, &format!("u{user}"), lease, None).await.unwrap().0;
         let GateDecision::Issued { slot, again: false, deadline_ms, .. } = decision else { panic!("{decision:?}") };
         assert_eq!(slot, user);
         deadlines.push(deadline_ms);
     }
-    assert!(!keyspace::release(&mut conn, &event.id, "u1", 2, deadlines[2]).await.unwrap(), "u1 does not hold slot 2");
-    assert!(!keyspace::release(&mut conn, &event.id, "u9", 1, deadlines[1]).await.unwrap(), "u9 holds nothing");
-    assert!(!keyspace::release(&mut conn, &event.id, "u5", 5, deadlines[5] - 1).await.unwrap(), "another delivery's deadline");
-    assert!(keyspace::release(&mut conn, &event.id, "u5", 5, deadlines[5]).await.unwrap());
-    assert!(!keyspace::release(&mut conn, &event.id, "u5", 5, deadlines[5]).await.unwrap(), "released once");
-    let late = keyspace::apply(&mut conn, &event.id, "late", Duration::from_millis(1)).await.unwrap();
+    assert!(!keyspace::release(&mut conn, &layout, "u1", 2, deadlines[2]).await.unwrap(), "u1 does not hold slot 2");
+    assert!(!keyspace::release(&mut conn, &layout, "u9", 1, deadlines[1]).await.unwrap(), "u9 holds nothing");
+    assert!(!keyspace::release(&mut conn, &layout, "u5", 5, deadlines[5] - 1).await.unwrap(), "another delivery's deadline");
+    assert!(keyspace::release(&mut conn, &layout, "u5", 5, deadlines[5]).await.unwrap());
+    assert!(!keyspace::release(&mut conn, &layout, "u5", 5, deadlines[5]).await.unwrap(), "released once");
+    let late = keyspace::apply(&mut conn, &layout, "late", Duration::from_millis(1), None).await.unwrap().0;
     let GateDecision::Issued { slot: 5, again: false, deadline_ms: first_deadline, .. } = late else {
         panic!("the released slot again: {late:?}")
     };
@@ -329,9 +330,9 @@ async fn a_release_names_its_slot_and_a_repeated_apply_names_the_pending_slot() 
     // stale release of the first delivery can no longer give it away.
     let again = wait_until("the lease ran out", Duration::from_secs(5), || {
         let mut conn = conn.clone();
-        let id = event.id.clone();
+        let layout = layout.clone();
         async move {
-            match keyspace::apply(&mut conn, &id, "late", Duration::from_secs(60)).await.unwrap() {
+            match keyspace::apply(&mut conn, &layout, "late", Duration::from_secs(60), None).await.unwrap().0 {
                 GateDecision::Issued { slot: 5, again: true, deadline_ms, .. } => Some(deadline_ms),
                 GateDecision::Duplicate { slot: 5 } => None,
                 other => panic!("{other:?}"),
@@ -339,12 +340,12 @@ async fn a_release_names_its_slot_and_a_repeated_apply_names_the_pending_slot() 
         }
     })
     .await;
-    assert!(!keyspace::release(&mut conn, &event.id, "late", 5, first_deadline).await.unwrap(), "stale release refused");
+    assert!(!keyspace::release(&mut conn, &layout, "late", 5, first_deadline).await.unwrap(), "stale release refused");
     assert!(again > first_deadline);
     // A repeated apply of a pending entry within its lease names the slot.
-    assert_eq!(keyspace::apply(&mut conn, &event.id, "u2", lease).await.unwrap(), GateDecision::Duplicate { slot: 2 });
-    assert!(keyspace::ack(&mut conn, &event.id, "u2", 2).await.unwrap());
-    assert!(!keyspace::release(&mut conn, &event.id, "u2", 2, deadlines[2]).await.unwrap(), "an acknowledged slot is never released");
+    assert_eq!(keyspace::apply(&mut conn, &layout, "u2", lease, None).await.unwrap().0, GateDecision::Duplicate { slot: 2 });
+    assert!(keyspace::ack(&mut conn, &layout, "u2", 2).await.unwrap());
+    assert!(!keyspace::release(&mut conn, &layout, "u2", 2, deadlines[2]).await.unwrap(), "an acknowledged slot is never released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,7 @@ fn coupon_event(limit: i64, from: SignedDuration, to: SignedDuration) -> CouponE
         per_user_limit: 1,
         topic: format!("op.{name}"),
         partitions: 1,
+        shards: 1,
         schedule: Schedule { start: Time(now + from), end: Time(now + to), warm_up: Some("1m".into()) },
         api: Workload { deployment: "coupon-api".into(), replicas: 3, idle_replicas: Some(1) },
         consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },

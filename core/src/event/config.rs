@@ -19,7 +19,14 @@ pub struct EventConfig {
     /// created and never changed: records and rows carry it in their event key (see
     /// `EventKey`). `None` for events made without Kubernetes.
     pub incarnation: Option<String>,
+    /// How many Redis shards the event's quota is spread over (`1`: one hash tag, on one
+    /// master). Fixed when the event is created: users are assigned to shards by it.
+    pub shards: u16,
 }
+
+/// The most shards an event may have (each is a hash tag on some master; more shards than
+/// masters buys nothing).
+pub const MAX_SHARDS: u16 = 64;
 
 /// A specification that must not be provisioned.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +47,10 @@ pub enum InvalidConfig {
     Key(#[from] super::EventKeyError),
     #[error("limit {limit} is below the {issued} slots already handed out")]
     LimitBelowIssued { limit: i64, issued: i64 },
+    #[error("shards must be 1..={max}, got {0}", max = MAX_SHARDS)]
+    Shards(u16),
+    #[error("shards cannot change once the event exists (it has {existing}): users are assigned to shards by it")]
+    ShardsChanged { existing: u16 },
 }
 
 /// Kafka's own rule for topic names.
@@ -66,6 +77,7 @@ impl EventConfig {
             topic: topic.to_owned(),
             paused: false,
             incarnation: None,
+            shards: 1,
         }
     }
 
@@ -86,6 +98,9 @@ impl EventConfig {
         if !valid_topic_name(&self.topic) {
             return Err(InvalidConfig::Topic(self.topic.clone()));
         }
+        if self.shards < 1 || self.shards > MAX_SHARDS {
+            return Err(InvalidConfig::Shards(self.shards));
+        }
         Ok(())
     }
 }
@@ -103,6 +118,7 @@ mod tests {
             topic: "coupon_create".into(),
             paused: false,
             incarnation: None,
+            shards: 1,
         }
     }
 
@@ -119,7 +135,10 @@ mod tests {
         let c = config();
         assert!(matches!(EventConfig { end: c.start, ..c.clone() }.validate(), Err(InvalidConfig::Window { .. })));
         assert!(matches!(EventConfig { topic: "a b".into(), ..c.clone() }.validate(), Err(InvalidConfig::Topic(_))));
-        assert!(matches!(EventConfig { topic: "__consumer_offsets".into(), ..c }.validate(), Err(InvalidConfig::Topic(_))));
+        assert!(matches!(EventConfig { topic: "__consumer_offsets".into(), ..c.clone() }.validate(), Err(InvalidConfig::Topic(_))));
+        assert_eq!(EventConfig { shards: 0, ..c.clone() }.validate(), Err(InvalidConfig::Shards(0)));
+        assert_eq!(EventConfig { shards: MAX_SHARDS + 1, ..c.clone() }.validate(), Err(InvalidConfig::Shards(MAX_SHARDS + 1)));
+        assert_eq!(EventConfig { shards: MAX_SHARDS, ..c }.validate(), Ok(()));
     }
 
     #[test]

@@ -4,6 +4,6 @@ mod config;
 mod id;
 mod record;
 
-pub use config::{valid_topic_name, EventConfig, InvalidConfig};
+pub use config::{valid_topic_name, EventConfig, InvalidConfig, MAX_SHARDS};
 pub use id::{EventId, EventIdError, EventKey, EventKeyError, MAX_KEY_LEN};
 pub use record::{validate_user_id, CouponRecord, MAX_USER_ID_LEN};

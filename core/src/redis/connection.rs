@@ -1,12 +1,24 @@
 //! A Redis connection that is established in the background with backoff, so that a
 //! process starts (and reports not-ready) while Redis is still unreachable; over TLS
-//! (`rediss://`) with the deployment's CA and optional client certificate.
+//! (`rediss://`) with the deployment's CA and optional client certificate; to one server or
+//! to a Redis Cluster.
+//!
+//! `REDIS_URL` names one server, any node of a cluster (the mode is detected: a node that
+//! answers `cluster_enabled:1` is used as the seed of redis-rs's cluster client), or several
+//! seed nodes separated by commas (`redis://a:6379,b:6379`: a node without a scheme takes
+//! the first one's scheme and credentials). Every caller then holds a `RedisConnection`, which
+//! sends a command to the one server, or to the master of the command's key slot (scripts
+//! by their first key; `SCRIPT LOAD` after a NOSCRIPT goes to every node).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
 use crate::retry::Backoff;
@@ -52,14 +64,32 @@ impl RedisTarget {
         Self { url: url.into(), tls }
     }
 
-    /// The client, TLS material read and checked: a file that cannot be read, TLS files
-    /// given for a plain `redis://` URL, or a certificate without its key are refused here,
-    /// at start, rather than at the first connection.
-    pub fn client(&self) -> Result<redis::Client, ConnectError> {
+    /// The seed URLs: one, or several separated by commas (a node without a scheme takes the
+    /// first one's scheme and credentials).
+    fn seeds(&self) -> Vec<String> {
+        let mut parts = self.url.split(',').map(str::trim).filter(|part| !part.is_empty());
+        let Some(first) = parts.next() else { return vec![self.url.clone()] };
+        let prefix = match first.find("://") {
+            Some(scheme_end) => {
+                let rest = &first[scheme_end + 3..];
+                let userinfo = rest.find('@').map_or(0, |at| at + 1);
+                &first[..scheme_end + 3 + userinfo]
+            }
+            None => "",
+        };
+        std::iter::once(first.to_owned())
+            .chain(parts.map(|part| if part.contains("://") { part.to_owned() } else { format!("{prefix}{part}") }))
+            .collect()
+    }
+
+    /// The TLS material, read and checked: a file that cannot be read, TLS files given for a
+    /// plain `redis://` URL, or a certificate without its key are refused here, at start,
+    /// rather than at the first connection. `None` without TLS files.
+    fn certificates(&self) -> Result<Option<redis::TlsCertificates>, ConnectError> {
         if !self.tls.is_set() {
-            return redis::Client::open(self.url.as_str()).map_err(ConnectError::InvalidUrl);
+            return Ok(None);
         }
-        if !self.url.starts_with("rediss://") {
+        if self.seeds().iter().any(|seed| !seed.starts_with("rediss://")) {
             return Err(ConnectError::Tls(format!(
                 "REDIS_CA_FILE / REDIS_CLIENT_CERT_FILE given, but the URL {} is not rediss://",
                 redact_url(&self.url)
@@ -76,7 +106,147 @@ impl RedisTarget {
             (None, None) => None,
             _ => return Err(ConnectError::Tls("REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE go together".into())),
         };
-        redis::Client::build_with_tls(self.url.as_str(), redis::TlsCertificates { client_tls, root_cert }).map_err(ConnectError::InvalidUrl)
+        Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
+    }
+
+    /// The clients: one for the first seed (a single server, or the node that tells the
+    /// mode) and one for the cluster, both checked here.
+    fn connector(&self) -> Result<Connector, ConnectError> {
+        let certificates = self.certificates()?;
+        let seeds = self.seeds();
+        let single = match &certificates {
+            None => redis::Client::open(seeds[0].as_str()),
+            Some(certs) => redis::Client::build_with_tls(seeds[0].as_str(), certs.clone()),
+        }
+        .map_err(ConnectError::InvalidUrl)?;
+        let mut cluster = ClusterClientBuilder::new(seeds.iter().map(String::as_str).collect::<Vec<_>>())
+            .connection_timeout(TIMEOUT)
+            .response_timeout(TIMEOUT)
+            .retries(CLUSTER_RETRIES);
+        if let Some(certs) = certificates {
+            cluster = cluster.certs(certs);
+        }
+        let cluster = cluster.build().map_err(ConnectError::InvalidUrl)?;
+        Ok(Connector { single, cluster, several_seeds: seeds.len() > 1 })
+    }
+
+    /// The client of a single server (its URL checked, TLS material read).
+    pub fn client(&self) -> Result<redis::Client, ConnectError> {
+        Ok(self.connector()?.single)
+    }
+}
+
+/// How long a connection attempt or a command may take before it counts as failed.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Retries of a cluster command (after MOVED, ASK, TRYAGAIN or a lost connection, with the
+/// slot map refreshed in between): enough to ride out a failover's election.
+const CLUSTER_RETRIES: u32 = 6;
+
+/// The clients a `RedisTarget` connects with.
+struct Connector {
+    single: redis::Client,
+    cluster: ClusterClient,
+    several_seeds: bool,
+}
+
+impl Connector {
+    /// Connects in the mode the server tells: several seeds, or a first seed that answers
+    /// `cluster_enabled:1`, mean a cluster.
+    async fn connect(&self) -> RedisResult<RedisConnection> {
+        if !self.several_seeds {
+            let mut single = ConnectionManager::new_with_config(self.single.clone(), manager_config()).await?;
+            let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut single).await?;
+            if !info.contains("cluster_enabled:1") {
+                return Ok(RedisConnection::Single(single));
+            }
+        }
+        Ok(RedisConnection::Cluster(self.cluster.get_async_connection().await?))
+    }
+}
+
+/// A connection to one Redis server (which reconnects by itself) or to a Redis Cluster
+/// (which routes each command to its slot's master and follows the slot map through
+/// failovers and resharding). Cheap to clone: clones share the connections.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// Sends `cmd`, which names no key, to the master that holds `key` (a cluster) or to the
+    /// one server: `WAIT` must reach the master that took the writes it waits for, and
+    /// `TIME`/`INFO` the master whose clock or state a script of that key sees.
+    pub async fn query_at<T: redis::FromRedisValue>(&mut self, key: &str, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Self::Single(conn) => cmd.query_async(conn).await,
+            Self::Cluster(conn) => {
+                let route = Route::new(key_slot(key), SlotAddr::Master);
+                let value = conn.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route))).await?;
+                redis::from_redis_value(&value)
+            }
+        }
+    }
+
+    /// The addresses of the masters (one for a single server), for diagnostics and
+    /// benchmarks that read each master's statistics.
+    pub async fn masters(&mut self) -> RedisResult<Vec<(String, u16)>> {
+        match self {
+            Self::Single(_) => Ok(vec![]),
+            Self::Cluster(conn) => {
+                let shards: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+                let mut masters = Vec::new();
+                for shard in shards {
+                    if let Some(Value::Array(node)) = shard.get(2) {
+                        let host: Option<String> = node.first().and_then(|v| redis::from_redis_value(v).ok());
+                        let port: Option<u16> = node.get(1).and_then(|v| redis::from_redis_value(v).ok());
+                        if let (Some(host), Some(port)) = (host, port) {
+                            if !masters.contains(&(host.clone(), port)) {
+                                masters.push((host, port));
+                            }
+                        }
+                    }
+                }
+                masters.sort();
+                Ok(masters)
+            }
+        }
+    }
+}
+
+/// The Redis Cluster slot of a key (CRC16 of its hash tag, or of the whole key).
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        bytes[open + 1..].iter().position(|&b| b == b'}').filter(|&len| len > 0).map(|len| &bytes[open + 1..open + 1 + len])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(bytes)) % 16384
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
     }
 }
 
@@ -99,10 +269,10 @@ impl From<String> for RedisTarget {
 }
 
 /// Shared handle; cheap to clone. `get()` is `None` until the first connection succeeded,
-/// after which the multiplexed `ConnectionManager` reconnects by itself.
+/// after which the connection reconnects by itself.
 #[derive(Clone)]
 pub struct RedisHandle {
-    inner: Arc<OnceCell<ConnectionManager>>,
+    inner: Arc<OnceCell<RedisConnection>>,
     url: Arc<str>,
 }
 
@@ -110,16 +280,16 @@ impl RedisHandle {
     /// Starts connecting in the background and returns at once.
     pub fn connect_in_background(target: impl Into<RedisTarget>) -> Result<Self, ConnectError> {
         let target = target.into();
-        let client = target.client()?;
+        let connector = target.connector()?;
         let handle = Self { inner: Arc::new(OnceCell::new()), url: redact_url(&target.url).into() };
         let cell = handle.inner.clone();
         let shown = handle.url.clone();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
-                match ConnectionManager::new_with_config(client.clone(), manager_config()).await {
+                match connector.connect().await {
                     Ok(conn) => {
-                        tracing::info!(redis = %shown, "connected to Redis");
+                        tracing::info!(redis = %shown, cluster = conn.is_cluster(), "connected to Redis");
                         let _ = cell.set(conn);
                         return;
                     }
@@ -135,13 +305,13 @@ impl RedisHandle {
     }
 
     /// Connects now, retrying with backoff until `deadline` passes (for CLI commands).
-    pub async fn connect_with_deadline(target: impl Into<RedisTarget>, deadline: Duration) -> Result<ConnectionManager, ConnectError> {
+    pub async fn connect_with_deadline(target: impl Into<RedisTarget>, deadline: Duration) -> Result<RedisConnection, ConnectError> {
         let handle = Self::connect_in_background(target)?;
         handle.wait_for(deadline).await
     }
 
     /// The connection, once there is one.
-    pub fn get(&self) -> Option<ConnectionManager> {
+    pub fn get(&self) -> Option<RedisConnection> {
         self.inner.get().cloned()
     }
 
@@ -151,7 +321,7 @@ impl RedisHandle {
     }
 
     /// Waits until connected.
-    pub async fn wait(&self) -> ConnectionManager {
+    pub async fn wait(&self) -> RedisConnection {
         loop {
             if let Some(conn) = self.get() {
                 return conn;
@@ -161,7 +331,7 @@ impl RedisHandle {
     }
 
     /// Waits until connected, at most `deadline`.
-    pub async fn wait_for(&self, deadline: Duration) -> Result<ConnectionManager, ConnectError> {
+    pub async fn wait_for(&self, deadline: Duration) -> Result<RedisConnection, ConnectError> {
         tokio::time::timeout(deadline, self.wait())
             .await
             .map_err(|_| ConnectError::Unreachable { url: self.url.to_string(), waited: deadline })
@@ -178,8 +348,29 @@ impl RedisHandle {
 
 fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_secs(2))
+        .set_connection_timeout(TIMEOUT)
+        .set_response_timeout(TIMEOUT)
         .set_number_of_retries(2)
         .set_max_delay(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_inherit_the_first_scheme_and_credentials() {
+        let target = RedisTarget::from("rediss://:secret@a:7000, b:7001,redis://c:7002");
+        assert_eq!(target.seeds(), vec!["rediss://:secret@a:7000", "rediss://:secret@b:7001", "redis://c:7002"]);
+        assert_eq!(RedisTarget::from("redis://one:6379").seeds(), vec!["redis://one:6379"]);
+    }
+
+    #[test]
+    fn slots_follow_the_hash_tag() {
+        // Values from the Redis Cluster specification.
+        assert_eq!(key_slot("123456789"), 12739);
+        assert_eq!(key_slot("{user1000}.following"), key_slot("{user1000}.followers"));
+        assert_eq!(key_slot("foo{}{bar}"), key_slot("foo{}{bar}"), "an empty tag hashes the whole key");
+        assert_ne!(key_slot("foo{}{bar}"), key_slot("bar"));
+    }
 }

@@ -5,6 +5,6 @@ mod connection;
 pub mod diagnostics;
 pub mod keyspace;
 
-pub use connection::{ConnectError, RedisHandle, RedisTarget, RedisTls};
-pub use redis::aio::ConnectionManager;
+pub use connection::key_slot;
+pub use connection::{ConnectError, RedisConnection, RedisHandle, RedisTarget, RedisTls};
 pub use redis::RedisError;

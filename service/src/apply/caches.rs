@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use coupon_core::redis::keyspace::Holding;
+use coupon_core::redis::keyspace::{EventLayout, Holding};
 use std::time::{Duration, Instant};
 
 /// How the api may answer an event it saw sold out.
@@ -109,6 +109,30 @@ impl KnownEvents {
         if self.contains(event) {
             self.names.write().unwrap_or_else(|e| e.into_inner()).remove(event);
         }
+    }
+}
+
+/// The layout of each event this process served: its number of shards never changes while
+/// it exists, so it is read once (and again when the gate says the event was created anew
+/// with another layout).
+#[derive(Default)]
+pub struct Layouts {
+    by_event: RwLock<HashMap<String, Arc<EventLayout>>>,
+}
+
+impl Layouts {
+    pub fn get(&self, event: &str) -> Option<Arc<EventLayout>> {
+        self.by_event.read().unwrap_or_else(|e| e.into_inner()).get(event).cloned()
+    }
+
+    pub fn insert(&self, event: &str, layout: EventLayout) -> Arc<EventLayout> {
+        let layout = Arc::new(layout);
+        self.by_event.write().unwrap_or_else(|e| e.into_inner()).insert(event.to_owned(), layout.clone());
+        layout
+    }
+
+    pub fn remove(&self, event: &str) {
+        self.by_event.write().unwrap_or_else(|e| e.into_inner()).remove(event);
     }
 }
 

@@ -6,16 +6,17 @@ mod caches;
 mod outcome;
 pub mod producer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use coupon_core::event::{validate_user_id, CouponRecord, EventId, EventKey};
-use coupon_core::redis::keyspace::{self, GateDecision, Holding, HoldingState};
-use coupon_core::redis::{ConnectionManager, RedisError, RedisHandle};
+use coupon_core::redis::keyspace::{self, EventLayout, GateDecision, Grant, GrantVerdict, Holding, HoldingState};
+use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
 use coupon_core::retry::Backoff;
 
-pub use caches::{KnownEvents, SoldOutCache, SoldOutView};
+pub use caches::{KnownEvents, Layouts, SoldOutCache, SoldOutView};
 pub use outcome::ApplyOutcome;
 use producer::{Delivery, ProducerSlot};
 
@@ -29,6 +30,14 @@ pub const COMPONENTS: &[&str] = &["redis", "kafka", "serving"];
 /// Most holders an api keeps in memory per sold-out event (about 100 bytes each); larger
 /// events answer sold-out applies with one Redis read each.
 const HOLDERS_IN_MEMORY: usize = 200_000;
+
+/// Stock requests one apply may make on a sharded event before it answers 503: each finds
+/// the shard with the most stock and takes half of it, so a few suffice even when every
+/// user hashes to one shard; more are needed only while other applies race for the last
+/// coupons.
+const STOCK_REQUESTS: u32 = 8;
+/// Most slots one grant moves (half of the richest shard's stock, at most this).
+const GRANT_MAX: i64 = 1_000;
 
 /// Added to the produce timeout to make the lease of a delivery: until it has passed, a
 /// repeated apply of the same user answers 409 instead of delivering the record again.
@@ -51,6 +60,7 @@ pub struct ApplyService {
     metrics: Arc<Metrics>,
     sold_out: SoldOutCache,
     known: KnownEvents,
+    layouts: Layouts,
     lease: Duration,
     replica_wait: Option<ReplicaWait>,
 }
@@ -83,6 +93,7 @@ impl ApplyService {
             metrics,
             sold_out: SoldOutCache::new(sold_out_recheck),
             known: KnownEvents::default(),
+            layouts: Layouts::default(),
             lease,
             replica_wait,
         }
@@ -122,7 +133,11 @@ impl ApplyService {
             Some(holders) => holders.get(user_id).cloned(),
             None => {
                 let Some(mut conn) = self.redis.get() else { return Some(ApplyOutcome::Unavailable) };
-                match keyspace::holdings(&mut conn, event, user_id).await {
+                let holdings = match self.layout(&mut conn, event).await {
+                    Ok(layout) => keyspace::holdings(&mut conn, &layout, user_id).await,
+                    Err(error) => Err(error),
+                };
+                match holdings {
                     Ok(holdings) => holdings.into_iter().next(),
                     Err(error) => {
                         tracing::warn!(%error, "sold-out lookup failed");
@@ -145,7 +160,7 @@ impl ApplyService {
         let this = self.clone();
         tokio::spawn(async move {
             let holders = match this.redis.get() {
-                Some(mut conn) => match keyspace::holders(&mut conn, &event, HOLDERS_IN_MEMORY).await {
+                Some(mut conn) => match this.holders(&mut conn, &event).await {
                     Ok(holders) => holders,
                     Err(error) => {
                         tracing::warn!(%error, event = %event, "cannot load the holders; reading entries one by one");
@@ -165,8 +180,8 @@ impl ApplyService {
             // Nothing is counted while the broker is known to be down.
             return ApplyOutcome::Unavailable;
         }
-        let decision = match keyspace::apply(&mut conn, &event, &user_id, self.lease).await {
-            Ok(decision) => decision,
+        let (layout, decision) = match self.gate(&mut conn, &event, &user_id).await {
+            Ok(decided) => decided,
             Err(error) => {
                 // Redis may still run the script (a response timeout): the user's entry is
                 // then pending, and their next apply after the lease delivers it.
@@ -193,7 +208,7 @@ impl ApplyService {
                 if again {
                     self.metrics.redelivered.inc();
                 }
-                if !self.replicated(&mut conn).await {
+                if !self.replicated(&mut conn, &layout, &user_id).await {
                     return ApplyOutcome::Unavailable;
                 }
                 // Provisioning validates the incarnation; one written by hand that is not
@@ -203,7 +218,7 @@ impl ApplyService {
                     tracing::error!(event = %event, ?incarnation, "invalid incarnation in the event's configuration: not producing");
                     return ApplyOutcome::Unavailable;
                 };
-                if self.clone().deliver(key, user_id, slot, &topic, again, deadline_ms).await {
+                if self.clone().deliver(key, layout, user_id, slot, &topic, again, deadline_ms).await {
                     ApplyOutcome::Issued { slot }
                 } else {
                     ApplyOutcome::Unavailable
@@ -227,15 +242,119 @@ impl ApplyService {
                 self.sold_out.clear(name);
                 ApplyOutcome::Unavailable
             }
+            // `gate` resolves these two (stock from other shards, the layout read again);
+            // they are left over only when that did not succeed in time.
+            GateDecision::ShardEmpty { .. } | GateDecision::OtherLayout => ApplyOutcome::Unavailable,
             GateDecision::Missing | GateDecision::Deleted => ApplyOutcome::Unavailable,
         }
     }
 
+    /// The event's layout: remembered per event (its number of shards never changes while
+    /// the event exists), read from its home configuration the first time.
+    async fn layout(&self, conn: &mut RedisConnection, event: &EventId) -> Result<Arc<EventLayout>, RedisError> {
+        if let Some(layout) = self.layouts.get(event.name()) {
+            return Ok(layout);
+        }
+        match keyspace::layout(conn, event).await? {
+            Some(layout) => Ok(self.layouts.insert(event.name(), layout)),
+            // Not provisioned: the gate answers for the home shard (missing or deleted).
+            None => Ok(Arc::new(EventLayout::single(event))),
+        }
+    }
+
+    /// Every holder of every shard, or `None` if there are too many to keep.
+    async fn holders(&self, conn: &mut RedisConnection, event: &EventId) -> Result<Option<HashMap<String, Holding>>, RedisError> {
+        let layout = self.layout(conn, event).await?;
+        keyspace::holders(conn, &layout, HOLDERS_IN_MEMORY).await
+    }
+
+    /// Asks the user's home shard. When it has no stock left on a sharded event, asks the
+    /// other shards for some (`find_stock`) and asks again with the grant, until it decides,
+    /// the event is sold out everywhere, or `STOCK_REQUESTS` ran out.
+    async fn gate(
+        &self,
+        conn: &mut RedisConnection,
+        event: &EventId,
+        user_id: &str,
+    ) -> Result<(Arc<EventLayout>, GateDecision), RedisError> {
+        let mut layout = self.layout(conn, event).await?;
+        let mut grant: Option<(u16, Grant)> = None;
+        let mut layout_read_again = false;
+        let mut requests = 0;
+        loop {
+            let (decision, taken) = keyspace::apply(conn, &layout, user_id, self.lease, grant.as_ref().map(|(_, g)| g)).await?;
+            if let (Some((source, grant)), true) = (grant.take(), taken) {
+                self.settle_in_background(layout.clone(), source, grant.id);
+            }
+            match decision {
+                GateDecision::OtherLayout if !layout_read_again => {
+                    layout_read_again = true;
+                    self.layouts.remove(event.name());
+                    layout = self.layout(conn, event).await?;
+                }
+                GateDecision::ShardEmpty { closes_at_ms, .. } if requests < STOCK_REQUESTS => {
+                    requests += 1;
+                    match self.find_stock(conn, &layout, layout.home_shard(user_id)).await? {
+                        Stock::Granted(source, found) => grant = Some((source, found)),
+                        Stock::SoldOut { holders_version } => {
+                            return Ok((layout, GateDecision::SoldOut { closes_at_ms, holders_version }));
+                        }
+                        // Slots in flight between shards, or being given back: ask again.
+                        Stock::Elsewhere => tokio::time::sleep(Duration::from_millis(5 * u64::from(requests))).await,
+                    }
+                }
+                decision => return Ok((layout, decision)),
+            }
+        }
+    }
+
+    /// Looks for stock for the empty shard `target`: sold out when the shards' holders add
+    /// up to the limit, else half of the richest other shard's stock (at most `GRANT_MAX`).
+    /// Reads every shard once: paid only by applies that find their shard empty, and
+    /// answered from memory once the event is sold out everywhere.
+    async fn find_stock(&self, conn: &mut RedisConnection, layout: &EventLayout, target: u16) -> Result<Stock, RedisError> {
+        let (mut held, mut holders_version, mut limit) = (0, 0, 0);
+        let mut richest: Option<(u16, i64)> = None;
+        for shard in layout.shards() {
+            let Some(stock) = keyspace::stock(conn, layout, shard).await? else { continue };
+            held += stock.held;
+            holders_version += stock.holders_version;
+            limit = limit.max(stock.limit);
+            if shard != target && !stock.recovering && stock.available > richest.map_or(0, |(_, most)| most) {
+                richest = Some((shard, stock.available));
+            }
+        }
+        if held >= limit {
+            return Ok(Stock::SoldOut { holders_version });
+        }
+        let Some((source, available)) = richest else { return Ok(Stock::Elsewhere) };
+        let wanted = ((available + 1) / 2).clamp(1, GRANT_MAX);
+        Ok(match keyspace::grant(conn, layout, source, target, wanted, self.lease, &grant_id()).await? {
+            Some(grant) => {
+                self.metrics.stock_grants.inc();
+                Stock::Granted(source, grant)
+            }
+            None => Stock::Elsewhere,
+        })
+    }
+
+    /// Settles a grant its target took (healing settles those nobody did).
+    fn settle_in_background(&self, layout: Arc<EventLayout>, source: u16, id: String) {
+        let redis = self.redis.clone();
+        tokio::spawn(async move {
+            if let Some(mut conn) = redis.get() {
+                if let Err(error) = keyspace::settle_grant(&mut conn, &layout, source, &id, GrantVerdict::Taken).await {
+                    tracing::warn!(%error, grant = id, "could not settle a grant; healing will");
+                }
+            }
+        });
+    }
+
     /// With `ReplicaWait`, whether enough replicas hold the gate's write. If not, nothing is
     /// produced: the entry stays pending and the user's retry after the lease delivers it.
-    async fn replicated(&self, conn: &mut ConnectionManager) -> bool {
+    async fn replicated(&self, conn: &mut RedisConnection, layout: &EventLayout, user_id: &str) -> bool {
         let Some(wait) = self.replica_wait else { return true };
-        match keyspace::wait_for_replicas(conn, wait.replicas, wait.timeout).await {
+        match keyspace::wait_for_replicas(conn, layout, user_id, wait.replicas, wait.timeout).await {
             Ok(acked) if acked >= i64::from(wait.replicas) => true,
             Ok(acked) => {
                 self.metrics.replica_wait_failures.inc();
@@ -254,7 +373,17 @@ impl ApplyService {
     /// outcome in the user's entry (in the background: the answer does not wait for Redis):
     /// acknowledged, or released when the record was certainly not written and this was its
     /// only delivery. Returns whether the record was acknowledged.
-    async fn deliver(self: Arc<Self>, key: EventKey, user_id: String, slot: i64, topic: &str, again: bool, deadline_ms: i64) -> bool {
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        self: Arc<Self>,
+        key: EventKey,
+        layout: Arc<EventLayout>,
+        user_id: String,
+        slot: i64,
+        topic: &str,
+        again: bool,
+        deadline_ms: i64,
+    ) -> bool {
         let record = CouponRecord { event: key.to_string(), user_id: user_id.clone(), slot, issued_at: Utc::now() };
         let event = key.id().clone();
         let payload = serde_json::to_vec(&record).expect("record serializes");
@@ -265,8 +394,8 @@ impl ApplyService {
                 // its row is written, or delivered again by the user's next apply.
                 tokio::spawn(async move {
                     self.with_retries("acknowledge", &event, slot, |mut conn| {
-                        let (event, user) = (event.clone(), user_id.clone());
-                        async move { keyspace::ack(&mut conn, &event, &user, slot).await }
+                        let (layout, user) = (layout.clone(), user_id.clone());
+                        async move { keyspace::ack(&mut conn, &layout, &user, slot).await }
                     })
                     .await;
                 });
@@ -294,8 +423,8 @@ impl ApplyService {
         tokio::spawn(async move {
             let released = self
                 .with_retries("release", &event, slot, |mut conn| {
-                    let (event, user) = (event.clone(), user_id.clone());
-                    async move { keyspace::release(&mut conn, &event, &user, slot, deadline_ms).await }
+                    let (layout, user) = (layout.clone(), user_id.clone());
+                    async move { keyspace::release(&mut conn, &layout, &user, slot, deadline_ms).await }
                 })
                 .await;
             if released.is_none() {
@@ -309,7 +438,7 @@ impl ApplyService {
     /// through.
     async fn with_retries<T, F, Fut>(&self, what: &str, event: &EventId, slot: i64, mut call: F) -> Option<T>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(RedisConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
@@ -331,7 +460,11 @@ impl ApplyService {
             return LookupOutcome::NoCoupon;
         }
         let Some(mut conn) = self.redis.get() else { return LookupOutcome::Unavailable };
-        match keyspace::user_view(&mut conn, event, user_id).await {
+        let view = match self.layout(&mut conn, event).await {
+            Ok(layout) => keyspace::user_view(&mut conn, &layout, user_id).await,
+            Err(error) => Err(error),
+        };
+        match view {
             Ok(view) if !view.provisioned => {
                 if self.known.contains(event.name()) {
                     LookupOutcome::Unavailable
@@ -347,4 +480,25 @@ impl ApplyService {
             }
         }
     }
+}
+
+/// What `find_stock` found.
+enum Stock {
+    /// `source` granted this stock to the empty shard.
+    Granted(u16, Grant),
+    /// The shards' holders add up to the limit: sold out everywhere.
+    SoldOut { holders_version: i64 },
+    /// No shard has stock to give, yet not every slot is held: slots are in flight between
+    /// shards or being given back.
+    Elsewhere,
+}
+
+/// A grant id no other grant uses: this process, and a counter.
+fn grant_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static PROCESS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+        format!("{:x}-{nanos:x}", std::process::id())
+    });
+    format!("{}-{}", *PROCESS, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }

@@ -6,8 +6,8 @@
 //! event's size.
 
 use coupon_core::event::EventKey;
-use coupon_core::redis::keyspace::{self, HealVerdict, Healed, OverdueEntry};
-use coupon_core::redis::ConnectionManager;
+use coupon_core::redis::keyspace::{self, EventLayout, HealVerdict, Healed, OverdueEntry};
+use coupon_core::redis::RedisConnection;
 
 use super::recovery::RecoveryError;
 use crate::sql::Store;
@@ -26,16 +26,18 @@ pub fn verdict(entry: &OverdueEntry, rows: &[(String, i64)]) -> HealVerdict {
     }
 }
 
-/// Settles `entries` (overdue at `cutoff_ms`; the caller checked the topic drained after
-/// reading the cut-off).
+/// Settles `entries` of one shard (overdue at `cutoff_ms`; the caller checked the topic
+/// drained after reading the cut-off).
+#[allow(clippy::too_many_arguments)]
 pub async fn heal_entries(
     store: &Store,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     key: &EventKey,
+    layout: &EventLayout,
+    shard: u16,
     cutoff_ms: i64,
     entries: Vec<OverdueEntry>,
 ) -> Result<Healed, RecoveryError> {
-    let event = key.id();
     let name = key.to_string();
     let mut verdicts = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -43,7 +45,7 @@ pub async fn heal_entries(
         let verdict = verdict(&entry, &rows);
         verdicts.push((entry, verdict));
     }
-    Ok(keyspace::heal(conn, event, cutoff_ms, &verdicts).await?)
+    Ok(keyspace::heal(conn, layout, shard, cutoff_ms, &verdicts).await?)
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coupon_core::event::{EventId, EventKey};
 use coupon_core::kafka::KafkaError;
-use coupon_core::redis::keyspace::{self, EventPresence, RestoreStep};
-use coupon_core::redis::{ConnectionManager, RedisError};
+use coupon_core::redis::keyspace::{self, EventLayout, EventPresence, RestoreStep};
+use coupon_core::redis::{RedisConnection, RedisError};
 
 use crate::sql::Store;
 
@@ -47,23 +47,24 @@ pub struct RestoreReport {
     pub longest_call: Duration,
 }
 
-/// Collects free slots and sends them in chunks.
-struct FreeSlots {
-    pending: Vec<i64>,
-    sent: i64,
-}
-
 /// Restores `event` if it is marked recovering and the mark (plus the longest delivery
 /// lease) is no later than `trusted_until_ms`: server time up to which the caller knows every
 /// record of the event's topic is in SQL. `Ok(None)`: not restored now (too early, another
 /// restore under way, taken over, refused); retried on the next pass.
+///
+/// A sharded event is restored as a whole (every shard was marked recovering by the
+/// caller): each row goes to its user's home shard, each free slot below the highest row to
+/// the shard whose stride it belongs to, and each shard's counter to the slots of its stride
+/// up to the highest row; stock moved between shards before the loss is void. The home shard
+/// opens last.
 pub async fn restore_event(
     store: &Store,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     event: &EventId,
     trusted_until_ms: i64,
 ) -> Result<Option<RestoreReport>, RecoveryError> {
     let EventPresence::Provisioned { limit, incarnation } = keyspace::presence(conn, event).await? else { return Ok(None) };
+    let Some(layout) = keyspace::layout(conn, event).await? else { return Ok(None) };
     // The rows of this incarnation only: an earlier object of the same name has its own.
     let Ok(key) = EventKey::new(event.clone(), incarnation.as_deref()) else { return Ok(None) };
     let name = key.to_string();
@@ -74,59 +75,79 @@ pub async fn restore_event(
     }
     let token = restore_token();
     let mut report = RestoreReport::default();
-    if timed(&mut report, keyspace::restore_begin(conn, event, &token, &PROCESS, trusted_until_ms)).await? != RestoreStep::Done {
-        return Ok(None);
+    for shard in layout.shards() {
+        let begun = timed(&mut report, keyspace::restore_begin(conn, &layout, shard, &token, &PROCESS, trusted_until_ms)).await?;
+        if begun != RestoreStep::Done {
+            return Ok(None);
+        }
     }
-    let mut free = FreeSlots { pending: Vec::with_capacity(FREE_CHUNK), sent: 0 };
+    let shards = usize::from(layout.shard_count());
+    let mut free: Vec<Vec<i64>> = vec![Vec::new(); shards];
     let mut after = 0;
     loop {
         let page = store.coupons_after(&name, after, RESTORE_PAGE).await?;
         let Some(&(_, last)) = page.last() else { break };
         for (_, slot) in &page {
             for gap in after + 1..*slot {
-                free.pending.push(gap);
-                if free.pending.len() == FREE_CHUNK && !send_free(conn, event, &token, &mut free, &mut report).await? {
+                let owner = stride_owner(gap, shards);
+                free[owner].push(gap);
+                if free[owner].len() == FREE_CHUNK && !send(conn, &layout, owner, &token, &[], &mut free[owner], &mut report).await? {
                     return Ok(None);
                 }
             }
             after = *slot;
         }
-        let rows = page.len() as i64;
-        let step = timed(&mut report, keyspace::restore_chunk(conn, event, &token, &page, &free.pending)).await?;
-        if step != RestoreStep::Done {
-            tracing::warn!(event = %event, "restore taken over or the server changed; will start again");
-            return Ok(None);
+        for shard in layout.shards() {
+            let rows: Vec<&(String, i64)> = page.iter().filter(|(user, _)| layout.home_shard(user) == shard).collect();
+            if !rows.is_empty()
+                && !send(conn, &layout, usize::from(shard), &token, &rows, &mut free[usize::from(shard)], &mut report).await?
+            {
+                tracing::warn!(event = %event, "restore taken over or the server changed; will start again");
+                return Ok(None);
+            }
         }
-        free.sent += free.pending.len() as i64;
-        free.pending.clear();
-        report.rows += rows;
         after = last;
     }
-    if !free.pending.is_empty() && !send_free(conn, event, &token, &mut free, &mut report).await? {
-        return Ok(None);
+    for shard in 0..shards {
+        if !free[shard].is_empty() && !send(conn, &layout, shard, &token, &[], &mut free[shard], &mut report).await? {
+            return Ok(None);
+        }
     }
     report.count = after;
-    report.free = free.sent;
-    match timed(&mut report, keyspace::restore_finish(conn, event, &token, after)).await? {
-        RestoreStep::Done => Ok(Some(report)),
-        RestoreStep::LimitBelowRows => {
-            tracing::error!(event = %event, count = after, "cannot finish the restore: the limit is below the slots that have rows");
-            Ok(None)
+    for shard in layout.shards().rev() {
+        let count = keyspace::stride_left(after, 0, shard, layout.shard_count());
+        match timed(&mut report, keyspace::restore_finish(conn, &layout, shard, &token, count, after)).await? {
+            RestoreStep::Done => {}
+            RestoreStep::LimitBelowRows => {
+                tracing::error!(event = %event, count = after, "cannot finish the restore: the limit is below the slots that have rows");
+                return Ok(None);
+            }
+            _ => return Ok(None),
         }
-        _ => Ok(None),
     }
+    Ok(Some(report))
 }
 
-async fn send_free(
-    conn: &mut ConnectionManager,
-    event: &EventId,
+/// The shard (of `shards`) whose stride holds `slot`.
+fn stride_owner(slot: i64, shards: usize) -> usize {
+    ((slot - 1) % shards as i64) as usize
+}
+
+/// Writes rows and the collected free slots to one shard; `false` if the restore was taken
+/// over.
+async fn send(
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
+    shard: usize,
     token: &str,
-    free: &mut FreeSlots,
+    rows: &[&(String, i64)],
+    free: &mut Vec<i64>,
     report: &mut RestoreReport,
 ) -> Result<bool, RecoveryError> {
-    let step = timed(report, keyspace::restore_chunk(conn, event, token, &[], &free.pending)).await?;
-    free.sent += free.pending.len() as i64;
-    free.pending.clear();
+    let step = timed(report, keyspace::restore_chunk(conn, layout, shard as u16, token, rows, free)).await?;
+    report.rows += rows.len() as i64;
+    report.free += free.len() as i64;
+    free.clear();
     Ok(step == RestoreStep::Done)
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use coupon_core::event::EventId;
 use coupon_core::redis::keyspace;
-use coupon_core::redis::{ConnectionManager, RedisError};
+use coupon_core::redis::{RedisConnection, RedisError};
 
 /// How often the registry is read.
 pub const REFRESH: Duration = Duration::from_secs(5);
@@ -31,7 +31,7 @@ impl Topics {
 
     /// Reads the registry; returns the larger subscription if new topics appeared. The
     /// caller makes it current with `subscribed` once the subscription succeeded.
-    pub async fn refresh(&self, conn: &mut ConnectionManager) -> Result<Option<Vec<String>>, RedisError> {
+    pub async fn refresh(&self, conn: &mut RedisConnection) -> Result<Option<Vec<String>>, RedisError> {
         let Some(namespace) = &self.namespace else { return Ok(None) };
         let mut wanted = self.current.clone();
         for member in keyspace::registered_events(conn).await? {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::event::EventId;
-use coupon_core::redis::keyspace::{self, EventCounters};
-use coupon_core::redis::ConnectionManager;
+use coupon_core::redis::keyspace::{self, EventCounters, EventLayout};
+use coupon_core::redis::RedisConnection;
 
 use super::healing::{heal_entries, HEAL_CHUNK};
 use super::kafka::{committed_reached, high_watermarks, GroupConsumer, TargetProgress};
@@ -58,7 +58,7 @@ impl Verifier {
 
     /// One pass over every provisioned event of this consumer's topics. An event that fails
     /// is logged and the pass goes on with the next.
-    pub async fn pass(&mut self, writer: &mut BatchWriter, conn: &mut ConnectionManager, consumer: &Arc<GroupConsumer>, metrics: &Metrics) {
+    pub async fn pass(&mut self, writer: &mut BatchWriter, conn: &mut RedisConnection, consumer: &Arc<GroupConsumer>, metrics: &Metrics) {
         let read = async {
             Ok::<_, coupon_core::redis::RedisError>((keyspace::server_time_ms(conn).await?, keyspace::registered_events(conn).await?))
         };
@@ -103,7 +103,7 @@ impl Verifier {
     async fn verify_event(
         &mut self,
         writer: &mut BatchWriter,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
         consumer: &Arc<GroupConsumer>,
         metrics: &Metrics,
         event: &EventId,
@@ -114,8 +114,12 @@ impl Verifier {
         if !self.topics.contains(&counters.topic) {
             return Ok(false);
         }
-        let Some(recovering) = keyspace::fence(conn, event).await? else { return Ok(false) };
+        let Some(layout) = keyspace::layout(conn, event).await? else { return Ok(false) };
+        let Some(recovering) = fence_shards(conn, &layout).await? else { return Ok(false) };
         export(metrics, &event.to_string(), &counters, recovering, now_ms >= counters.end_ms);
+        if !recovering && layout.is_sharded() {
+            settle_expired_grants(conn, &layout, now_ms).await?;
+        }
         if !recovering && counters.unwritten == 0 {
             return Ok(true);
         }
@@ -136,17 +140,19 @@ impl Verifier {
             }
             return Ok(true);
         }
-        let overdue = keyspace::overdue_entries(conn, event, trusted_until_ms, HEAL_CHUNK).await?;
-        if overdue.is_empty() {
-            return Ok(true);
-        }
         let Some(key) = counters.key(event) else {
             tracing::error!(event = %event, incarnation = ?counters.incarnation, "invalid incarnation in the event's configuration: not healing");
             return Ok(true);
         };
-        let healed = heal_entries(writer.store(), conn, &key, trusted_until_ms, overdue).await?;
-        if healed.healed > 0 || healed.written > 0 {
-            tracing::warn!(event = %event, healed = healed.healed, marked_written = healed.written, "settled entries issued but never written");
+        for shard in layout.shards() {
+            let overdue = keyspace::overdue_entries(conn, &layout, shard, trusted_until_ms, HEAL_CHUNK).await?;
+            if overdue.is_empty() {
+                continue;
+            }
+            let healed = heal_entries(writer.store(), conn, &key, &layout, shard, trusted_until_ms, overdue).await?;
+            if healed.healed > 0 || healed.written > 0 {
+                tracing::warn!(event = %event, shard, healed = healed.healed, marked_written = healed.written, "settled entries issued but never written");
+            }
         }
         Ok(true)
     }
@@ -168,6 +174,44 @@ impl Verifier {
         self.targets.insert(topic.to_owned(), DrainTarget { taken_at_ms: now_ms, highs });
         Ok(reached)
     }
+}
+
+/// The fencing check on every shard. A sharded event is restored as a whole, so once one
+/// shard is recovering every shard is marked too. `None`: not provisioned.
+async fn fence_shards(conn: &mut RedisConnection, layout: &EventLayout) -> Result<Option<bool>, RecoveryError> {
+    let mut recovering = false;
+    for shard in layout.shards() {
+        match keyspace::fence(conn, layout, shard, false).await? {
+            Some(state) => recovering |= state,
+            None if shard == 0 => return Ok(None),
+            // A shard without configuration (lost while the home shard kept its own): the
+            // operator writes it back recovering.
+            None => recovering = true,
+        }
+    }
+    if recovering && layout.is_sharded() {
+        for shard in layout.shards() {
+            keyspace::fence(conn, layout, shard, true).await?;
+        }
+    }
+    Ok(Some(recovering))
+}
+
+/// Grants between shards whose deadline passed unsettled (an api that died between the
+/// grant and the gate call carrying it): decided on their target for good, then settled on
+/// their source, the slots back in its stock when the target never took them.
+async fn settle_expired_grants(conn: &mut RedisConnection, layout: &EventLayout, now_ms: i64) -> Result<(), RecoveryError> {
+    for source in layout.shards() {
+        for (id, target) in keyspace::expired_grants(conn, layout, source, now_ms, HEAL_CHUNK).await? {
+            if target >= layout.shard_count() {
+                continue;
+            }
+            let verdict = keyspace::close_grant(conn, layout, target, &id).await?;
+            keyspace::settle_grant(conn, layout, source, &id, verdict).await?;
+            tracing::warn!(event = %layout.event(), source, target, grant = id, ?verdict, "settled a grant between shards that nobody settled");
+        }
+    }
+    Ok(())
 }
 
 fn export(metrics: &Metrics, event: &str, counters: &EventCounters, recovering: bool, closed: bool) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coupon_core::event::{EventId, EventKey};
-use coupon_core::redis::keyspace::{self, EventPresence};
+use coupon_core::redis::keyspace::{self, EventLayout, EventPresence};
 use coupon_core::redis::{RedisError, RedisHandle};
 
 use super::batch::{split_batch, RawRecord};
@@ -180,7 +180,7 @@ impl BatchWriter {
     /// the current configuration), so they get its key. Two Redis reads per such record;
     /// none once every api is upgraded.
     async fn key_records_of_older_apis(&self, coupons: &mut [(CouponRow, Position)]) -> Result<(), BatchError> {
-        let mut keys: HashMap<String, Option<String>> = HashMap::new();
+        let mut keys: HashMap<String, Option<(String, EventLayout)>> = HashMap::new();
         for (row, _) in coupons.iter_mut() {
             if row.event.contains('@') {
                 continue;
@@ -190,18 +190,18 @@ impl BatchWriter {
                 let id: EventId = row.event.parse().expect("validated by parse_record");
                 let key = match keyspace::presence(&mut conn, &id).await? {
                     EventPresence::Provisioned { incarnation: Some(incarnation), .. } => {
-                        EventKey::new(id, Some(&incarnation)).ok().map(|k| k.to_string())
+                        let layout = keyspace::layout(&mut conn, &id).await?.unwrap_or_else(|| EventLayout::single(&id));
+                        EventKey::new(id, Some(&incarnation)).ok().map(|k| (k.to_string(), layout))
                     }
                     _ => None,
                 };
                 keys.insert(row.event.clone(), key);
             }
-            let Some(Some(key)) = keys.get(&row.event) else { continue };
+            let Some(Some((key, layout))) = keys.get(&row.event) else { continue };
             // Only a coupon the current incarnation holds: a late record of an earlier
             // object of the same name keeps its name-only key (and is refused as such).
             let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
-            let id: EventId = row.event.parse().expect("validated by parse_record");
-            if keyspace::holdings(&mut conn, &id, &row.user_id).await?.iter().any(|h| h.slot == row.slot) {
+            if keyspace::holdings(&mut conn, layout, &row.user_id).await?.iter().any(|h| h.slot == row.slot) {
                 row.event = key.clone();
             }
         }
@@ -244,8 +244,16 @@ impl BatchWriter {
         }
         for (event, rows) in by_event {
             let Ok(key) = event.parse::<EventKey>() else { continue };
+            let layout = match keyspace::layout(&mut conn, key.id()).await {
+                Ok(Some(layout)) => layout,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, event, "cannot mark written entries; healing will");
+                    continue;
+                }
+            };
             for chunk in rows.chunks(MARK_CHUNK) {
-                if let Err(error) = keyspace::mark_written(&mut conn, &key, chunk).await {
+                if let Err(error) = keyspace::mark_written(&mut conn, &key, &layout, chunk).await {
                     tracing::warn!(%error, event, "cannot mark written entries; healing will");
                 }
             }

@@ -328,6 +328,10 @@ pub struct EventCreateArgs {
     pub partitions: i32,
     #[arg(long, default_value_t = 1)]
     pub replication: i32,
+    /// Redis shards the quota is spread over (on different masters of a Redis Cluster);
+    /// fixed once the event exists.
+    #[arg(long, default_value_t = 1)]
+    pub shards: u16,
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
@@ -454,7 +458,16 @@ async fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
 fn event_config(args: &EventCreateArgs) -> EventConfig {
     let start = args.start.unwrap_or_else(Utc::now);
     let end = args.end.unwrap_or_else(|| start + chrono::Duration::from_std(args.duration).unwrap_or(chrono::Duration::minutes(30)));
-    EventConfig { limit: args.limit, per_user: args.per_user, start, end, topic: args.topic.clone(), paused: false, incarnation: None }
+    EventConfig {
+        limit: args.limit,
+        per_user: args.per_user,
+        start,
+        end,
+        topic: args.topic.clone(),
+        paused: false,
+        incarnation: None,
+        shards: args.shards,
+    }
 }
 
 async fn run_event(command: EventCommand) -> anyhow::Result<()> {

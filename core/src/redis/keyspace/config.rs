@@ -1,9 +1,9 @@
 //! Writing an event's configuration hash.
 
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{register, script, EventKeys};
+use super::{register, script, EventLayout};
 use crate::event::{EventConfig, EventId};
 
 /// What writing the configuration did.
@@ -23,6 +23,10 @@ pub enum ConfigWrite {
     /// Nothing written: the configuration belongs to another incarnation (another object
     /// of the same name), whose state must be removed first.
     RefusedOtherIncarnation,
+    /// Nothing written: the event exists with this number of shards.
+    RefusedShardsChanged {
+        existing: u16,
+    },
 }
 
 /// Writes the configuration atomically; counters are never touched. With `existed_before`
@@ -33,34 +37,53 @@ pub enum ConfigWrite {
 /// Cluster that list lives in another slot, so it is repeated on every write and one failed
 /// listing is mended by the next.
 pub async fn write_config(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     event: &EventId,
     config: &EventConfig,
     existed_before: bool,
 ) -> RedisResult<ConfigWrite> {
-    let keys = EventKeys::of(event);
-    let (answer, _recovering): (i64, i64) = script!("provision")
-        .key(&keys.config)
-        .key(&keys.count)
-        .arg(config.limit)
-        .arg(config.per_user)
-        .arg(config.start.timestamp_millis())
-        .arg(config.end.timestamp_millis())
-        .arg(&config.topic)
-        .arg(if existed_before { "1" } else { "0" })
-        .arg(if config.paused { "1" } else { "0" })
-        .arg(config.incarnation.as_deref().unwrap_or_default())
-        .invoke_async(&mut *conn)
-        .await?;
-    if (0..=3).contains(&answer) {
-        register(conn, event).await?;
+    let layout = EventLayout::new(event, config.shards);
+    if config.shards > 1 {
+        if let Some(existing) = super::layout(conn, event).await? {
+            if existing.shard_count() != config.shards {
+                return Ok(ConfigWrite::RefusedShardsChanged { existing: existing.shard_count() });
+            }
+        }
     }
-    Ok(match answer {
-        0 => ConfigWrite::Created,
-        1 => ConfigWrite::Updated,
-        2 => ConfigWrite::Unchanged,
-        3 => ConfigWrite::CreatedRecovering,
-        4 => ConfigWrite::RefusedOtherIncarnation,
-        negative => ConfigWrite::RefusedBelowIssued { issued: -negative },
-    })
+    // Every shard carries the configuration (the gate reads it in the same script); the home
+    // shard, which tells readers the event exists and how it is sharded, is written last.
+    let mut home = ConfigWrite::Unchanged;
+    for shard in layout.shards().rev() {
+        let keys = layout.keys(shard);
+        let (answer, _recovering): (i64, i64) = script!("provision")
+            .key(&keys.config)
+            .key(&keys.count)
+            .arg(config.limit)
+            .arg(config.per_user)
+            .arg(config.start.timestamp_millis())
+            .arg(config.end.timestamp_millis())
+            .arg(&config.topic)
+            .arg(if existed_before { "1" } else { "0" })
+            .arg(if config.paused { "1" } else { "0" })
+            .arg(config.incarnation.as_deref().unwrap_or_default())
+            .arg(shard)
+            .arg(config.shards)
+            .invoke_async(&mut *conn)
+            .await?;
+        let write = match answer {
+            0 => ConfigWrite::Created,
+            1 => ConfigWrite::Updated,
+            2 => ConfigWrite::Unchanged,
+            3 => ConfigWrite::CreatedRecovering,
+            4 => ConfigWrite::RefusedOtherIncarnation,
+            5 => ConfigWrite::RefusedShardsChanged { existing: super::layout(conn, event).await?.map_or(1, |l| l.shard_count()) },
+            negative => ConfigWrite::RefusedBelowIssued { issued: -negative },
+        };
+        if !(0..=3).contains(&answer) {
+            return Ok(write);
+        }
+        home = write;
+    }
+    register(conn, event).await?;
+    Ok(home)
 }

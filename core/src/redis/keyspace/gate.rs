@@ -9,11 +9,10 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{script, EventKeys};
-use crate::event::EventId;
+use super::{script, EventLayout};
 
 /// The gate's decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,10 +55,28 @@ pub enum GateDecision {
     Recovering,
     /// Paused by the shop: nothing is issued until it resumes.
     Paused,
+    /// The user's home shard has no stock left, but the event is sharded: other shards may
+    /// have some to grant (`grant`). Its window ends at `closes_at_ms`; `holders_version` is
+    /// this shard's.
+    ShardEmpty {
+        closes_at_ms: i64,
+        holders_version: i64,
+    },
+    /// The event's layout is not the one the caller routed by (deleted and created again
+    /// with another number of shards): read it again.
+    OtherLayout,
+}
+
+/// Stock another shard granted to the user's home shard (`grants::grant`), handed to it with
+/// the gate call that needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub id: String,
+    pub slots: Vec<i64>,
 }
 
 impl GateDecision {
-    fn from_answer((code, slot, topic, deadline_ms, incarnation): (i64, i64, String, i64, String)) -> RedisResult<Self> {
+    fn from_answer((code, slot, topic, deadline_ms, incarnation, _granted): (i64, i64, String, i64, String, i64)) -> RedisResult<Self> {
         let incarnation = Some(incarnation).filter(|i| !i.is_empty());
         Ok(match code {
             1 => Self::Issued { slot, topic, incarnation, again: false, deadline_ms },
@@ -73,6 +90,8 @@ impl GateDecision {
             -6 => Self::Recovering,
             -7 => Self::Missing,
             -8 => Self::Paused,
+            -9 => Self::ShardEmpty { closes_at_ms: slot, holders_version: deadline_ms },
+            -10 => Self::OtherLayout,
             other => {
                 return Err(redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected gate script answer", other.to_string())))
             }
@@ -80,42 +99,59 @@ impl GateDecision {
     }
 }
 
-/// Decides one apply: one Redis round trip. `lease` is how long the delivery of an issued
-/// record may take; until it has passed, a repeated apply answers `Duplicate` instead of
-/// delivering the record a second time.
-pub async fn apply(conn: &mut ConnectionManager, event: &EventId, user_id: &str, lease: Duration) -> RedisResult<GateDecision> {
-    let keys = EventKeys::of(event);
-    let answer: (i64, i64, String, i64, String) = script!("apply")
+/// Decides one apply on the user's home shard: one Redis round trip. `lease` is how long the
+/// delivery of an issued record may take; until it has passed, a repeated apply answers
+/// `Duplicate` instead of delivering the record a second time. With `grant`, the shard first
+/// takes the granted stock (once); the answer's second half says whether it did.
+pub async fn apply(
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
+    user_id: &str,
+    lease: Duration,
+    grant: Option<&Grant>,
+) -> RedisResult<(GateDecision, bool)> {
+    let (shard, keys) = layout.user_keys(user_id);
+    let mut invocation = script!("apply").prepare_invoke();
+    invocation
         .key(&keys.config)
         .key(&keys.count)
         .key(&keys.users)
         .key(&keys.free)
         .key(&keys.unwritten)
+        .key(&keys.held)
+        .key(&keys.accepted)
+        .key(&keys.refused)
         .arg(user_id)
         .arg(lease.as_millis() as u64)
-        .invoke_async(conn)
-        .await?;
-    GateDecision::from_answer(answer)
+        .arg(shard)
+        .arg(layout.shard_count());
+    if let Some(grant) = grant {
+        invocation.arg(&grant.id).arg(&grant.slots);
+    }
+    let answer: (i64, i64, String, i64, String, i64) = invocation.invoke_async(conn).await?;
+    let granted = answer.5 == 1;
+    Ok((GateDecision::from_answer(answer)?, granted))
 }
 
 /// Records that the broker acknowledged the record of `user_id`'s `slot`. Returns whether a
 /// pending entry was updated.
-pub async fn ack(conn: &mut ConnectionManager, event: &EventId, user_id: &str, slot: i64) -> RedisResult<bool> {
-    let updated: i64 = script!("ack").key(EventKeys::of(event).users).arg(user_id).arg(slot).invoke_async(conn).await?;
+pub async fn ack(conn: &mut RedisConnection, layout: &EventLayout, user_id: &str, slot: i64) -> RedisResult<bool> {
+    let updated: i64 = script!("ack").key(&layout.user_keys(user_id).1.users).arg(user_id).arg(slot).invoke_async(conn).await?;
     Ok(updated == 1)
 }
 
 /// Undoes an issued slot whose record never reached the broker: only the user's pending
 /// entry of exactly that slot, and only while its deadline is still `deadline_ms` (the
 /// failed delivery's; a later delivery of the same record moved it). Returns whether it was
-/// released.
-pub async fn release(conn: &mut ConnectionManager, event: &EventId, user_id: &str, slot: i64, deadline_ms: i64) -> RedisResult<bool> {
-    let keys = EventKeys::of(event);
+/// released (to the user's home shard's stock).
+pub async fn release(conn: &mut RedisConnection, layout: &EventLayout, user_id: &str, slot: i64, deadline_ms: i64) -> RedisResult<bool> {
+    let keys = layout.user_keys(user_id).1;
     let removed: i64 = script!("release")
         .key(&keys.users)
         .key(&keys.free)
         .key(&keys.unwritten)
         .key(&keys.config)
+        .key(&keys.held)
         .arg(user_id)
         .arg(slot)
         .arg(deadline_ms)
@@ -127,17 +163,33 @@ pub async fn release(conn: &mut ConnectionManager, event: &EventId, user_id: &st
 /// Loads the gate script into `conn`'s server and returns the arguments of
 /// `redis-benchmark ... EVALSHA <args>` that run it against `event` with a random user
 /// (`__rand_int__`): the benchmark's baseline, the script alone.
-pub async fn prepare_gate_benchmark(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<Vec<String>> {
+pub async fn prepare_gate_benchmark(conn: &mut RedisConnection, event: &crate::event::EventId) -> RedisResult<Vec<String>> {
     let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(super::script_source!("apply")).query_async(conn).await?;
-    let keys = EventKeys::of(event);
-    Ok(vec![sha, "5".into(), keys.config, keys.count, keys.users, keys.free, keys.unwritten, "user:__rand_int__".into(), "5000".into()])
+    let layout = EventLayout::single(event);
+    let keys = layout.home().clone();
+    Ok(vec![
+        sha,
+        "8".into(),
+        keys.config,
+        keys.count,
+        keys.users,
+        keys.free,
+        keys.unwritten,
+        keys.held,
+        keys.accepted,
+        keys.refused,
+        "user:__rand_int__".into(),
+        "5000".into(),
+        "0".into(),
+        "1".into(),
+    ])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventConfig;
-    use crate::redis::keyspace::write_config;
+    use crate::event::{EventConfig, EventId};
+    use crate::redis::keyspace::{write_config, EventKeys};
 
     /// Against the Redis at `REDIS_URL` (the test suite's): a slot on the free list above a
     /// limit lowered behind the gate's back (a restore from an older backup could do it) is
@@ -145,25 +197,27 @@ mod tests {
     #[tokio::test]
     async fn the_free_list_never_hands_out_a_slot_above_the_limit() {
         let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let mut conn = redis::Client::open(url).unwrap().get_connection_manager().await.unwrap();
+        let mut conn = crate::redis::RedisHandle::connect_with_deadline(url, Duration::from_secs(10)).await.unwrap();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let event = EventId::new("core-tests", &format!("free-{nanos}")).unwrap();
+        let layout = EventLayout::single(&event);
         write_config(&mut conn, &event, &EventConfig::open_now(5, "t", Duration::from_secs(60)), false).await.unwrap();
         let created: i64 =
             redis::cmd("HGET").arg(EventKeys::of(&event).config).arg("holders_version").query_async(&mut conn).await.unwrap();
         let lease = Duration::from_secs(60);
         let mut deadlines = Vec::new();
         for user in 1..=5 {
-            let GateDecision::Issued { deadline_ms, .. } = apply(&mut conn, &event, &format!("u{user}"), lease).await.unwrap() else {
+            let (GateDecision::Issued { deadline_ms, .. }, _) = apply(&mut conn, &layout, &format!("u{user}"), lease, None).await.unwrap()
+            else {
                 panic!("issued")
             };
             deadlines.push(deadline_ms);
         }
-        assert!(release(&mut conn, &event, "u5", 5, deadlines[4]).await.unwrap());
-        assert!(release(&mut conn, &event, "u4", 4, deadlines[3]).await.unwrap());
+        assert!(release(&mut conn, &layout, "u5", 5, deadlines[4]).await.unwrap());
+        assert!(release(&mut conn, &layout, "u4", 4, deadlines[3]).await.unwrap());
         let _: () = redis::cmd("HSET").arg(EventKeys::of(&event).config).arg("limit").arg(3).query_async(&mut conn).await.unwrap();
         // Sold out, and the two releases changed the holders twice.
-        let sold_out = apply(&mut conn, &event, "late", lease).await.unwrap();
+        let (sold_out, _) = apply(&mut conn, &layout, "late", lease, None).await.unwrap();
         assert!(matches!(sold_out, GateDecision::SoldOut { holders_version, .. } if holders_version == created + 2), "{sold_out:?}");
         super::super::delete_event(&mut conn, &event).await.unwrap();
     }
@@ -175,14 +229,15 @@ mod tests {
         use crate::event::EventKey;
         use crate::redis::keyspace::{mark_written, presence, retire_event, ConfigWrite, EventPresence, Retirement};
         let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let mut conn = redis::Client::open(url).unwrap().get_connection_manager().await.unwrap();
+        let mut conn = crate::redis::RedisHandle::connect_with_deadline(url, Duration::from_secs(10)).await.unwrap();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let event = EventId::new("core-tests", &format!("retire-{nanos}")).unwrap();
         let first = EventConfig { incarnation: Some("uid-a".into()), ..EventConfig::open_now(5, "t", Duration::from_secs(60)) };
         assert_eq!(write_config(&mut conn, &event, &first, false).await.unwrap(), ConfigWrite::Created);
         let other = EventConfig { incarnation: Some("uid-b".into()), ..first.clone() };
         assert_eq!(write_config(&mut conn, &event, &other, false).await.unwrap(), ConfigWrite::RefusedOtherIncarnation);
-        let GateDecision::Issued { slot: 1, incarnation, .. } = apply(&mut conn, &event, "u1", Duration::from_secs(60)).await.unwrap()
+        let (GateDecision::Issued { slot: 1, incarnation, .. }, _) =
+            apply(&mut conn, &EventLayout::single(&event), "u1", Duration::from_secs(60), None).await.unwrap()
         else {
             panic!("issued")
         };
@@ -195,9 +250,9 @@ mod tests {
         assert_eq!(retire_event(&mut conn, &event, Some("uid-a")).await.unwrap(), Retirement::Unwritten);
         // A row of another incarnation marks nothing; the event's own does.
         let stranger = EventKey::new(event.clone(), Some("uid-b")).unwrap();
-        assert_eq!(mark_written(&mut conn, &stranger, &[("u1", 1)]).await.unwrap(), 0);
+        assert_eq!(mark_written(&mut conn, &stranger, &EventLayout::single(&event), &[("u1", 1)]).await.unwrap(), 0);
         let own = EventKey::new(event.clone(), Some("uid-a")).unwrap();
-        assert_eq!(mark_written(&mut conn, &own, &[("u1", 1)]).await.unwrap(), 1);
+        assert_eq!(mark_written(&mut conn, &own, &EventLayout::single(&event), &[("u1", 1)]).await.unwrap(), 1);
         assert_eq!(retire_event(&mut conn, &event, Some("uid-a")).await.unwrap(), Retirement::Removed);
         assert_eq!(presence(&mut conn, &event).await.unwrap(), EventPresence::Deleted);
         assert_eq!(write_config(&mut conn, &event, &other, false).await.unwrap(), ConfigWrite::Created, "the name is free again");

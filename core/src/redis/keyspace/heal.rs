@@ -2,26 +2,33 @@
 //! was issued but never written (a client or a process that died mid-apply, a produce whose
 //! outcome stayed unknown), so every event ends with `issued == persisted`.
 
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{script, EventKeys};
-use crate::event::{EventId, EventKey};
+use super::{script, EventLayout};
+use crate::event::EventKey;
 
-/// Marks the entries of rows the consumer wrote (one call per event and batch). Returns how
-/// many entries became written.
-pub async fn mark_written(conn: &mut ConnectionManager, key: &EventKey, rows: &[(&str, i64)]) -> RedisResult<i64> {
-    if rows.is_empty() {
-        return Ok(0);
+/// Marks the entries of rows the consumer wrote (one call per shard of the event and batch),
+/// on each row's user's home shard of `layout` (the event's). Returns how many entries
+/// became written.
+pub async fn mark_written(conn: &mut RedisConnection, key: &EventKey, layout: &EventLayout, rows: &[(&str, i64)]) -> RedisResult<i64> {
+    let mut marked = 0;
+    for shard in layout.shards() {
+        let mine: Vec<&(&str, i64)> = rows.iter().filter(|(user, _)| layout.home_shard(user) == shard).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let keys = layout.keys(shard);
+        let mut invocation = script!("written").prepare_invoke();
+        invocation.key(&keys.users).key(&keys.unwritten).key(&keys.persisted).key(&keys.config);
+        invocation.arg(key.incarnation().unwrap_or_default());
+        for (user, slot) in mine {
+            invocation.arg(*user).arg(*slot);
+        }
+        let n: i64 = invocation.invoke_async(&mut *conn).await?;
+        marked += n;
     }
-    let keys = EventKeys::of(key.id());
-    let mut invocation = script!("written").prepare_invoke();
-    invocation.key(&keys.users).key(&keys.unwritten).key(&keys.persisted).key(&keys.config);
-    invocation.arg(key.incarnation().unwrap_or_default());
-    for (user, slot) in rows {
-        invocation.arg(*user).arg(*slot);
-    }
-    invocation.invoke_async(conn).await
+    Ok(marked)
 }
 
 /// An entry whose delivery deadline has passed without a row being marked.
@@ -31,11 +38,17 @@ pub struct OverdueEntry {
     pub slot: i64,
 }
 
-/// Up to `max` entries whose delivery deadline is at or before `cutoff_ms` (server time),
-/// oldest first.
-pub async fn overdue_entries(conn: &mut ConnectionManager, event: &EventId, cutoff_ms: i64, max: usize) -> RedisResult<Vec<OverdueEntry>> {
+/// Up to `max` entries of one shard whose delivery deadline is at or before `cutoff_ms`
+/// (server time), oldest first.
+pub async fn overdue_entries(
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
+    shard: u16,
+    cutoff_ms: i64,
+    max: usize,
+) -> RedisResult<Vec<OverdueEntry>> {
     let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(EventKeys::of(event).unwritten)
+        .arg(&layout.keys(shard).unwritten)
         .arg("-inf")
         .arg(cutoff_ms)
         .arg("BYSCORE")
@@ -71,18 +84,19 @@ pub struct Healed {
     pub written: i64,
 }
 
-/// Settles overdue entries by their verdicts. An entry delivered again since `cutoff_ms`
+/// Settles overdue entries of one shard by their verdicts. An entry delivered again since `cutoff_ms`
 /// (its deadline moved) is left alone.
 pub async fn heal(
-    conn: &mut ConnectionManager,
-    event: &EventId,
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
+    shard: u16,
     cutoff_ms: i64,
     verdicts: &[(OverdueEntry, HealVerdict)],
 ) -> RedisResult<Healed> {
     if verdicts.is_empty() {
         return Ok(Healed::default());
     }
-    let keys = EventKeys::of(event);
+    let keys = layout.keys(shard);
     let mut invocation = script!("heal").prepare_invoke();
     invocation
         .key(&keys.users)
@@ -91,6 +105,7 @@ pub async fn heal(
         .key(&keys.persisted)
         .key(&keys.healed)
         .key(&keys.config)
+        .key(&keys.held)
         .arg(cutoff_ms);
     for (entry, verdict) in verdicts {
         let code = match verdict {

@@ -24,17 +24,22 @@
 
 mod config;
 mod gate;
+mod grants;
 mod heal;
+mod layout;
 mod recovery;
 
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use redis::RedisResult;
 
 use crate::event::{EventId, EventKey};
 
 pub use config::{write_config, ConfigWrite};
-pub use gate::{ack, apply, prepare_gate_benchmark, release, GateDecision};
+pub use gate::{ack, apply, prepare_gate_benchmark, release, GateDecision, Grant};
+pub use grants::{close_grant, expired_grants, grant, settle_grant, stock, stride_left, GrantVerdict, ShardStock};
 pub use heal::{heal, mark_written, overdue_entries, HealVerdict, Healed, OverdueEntry};
+use layout::EventKeys;
+pub use layout::{home_shard, EventLayout};
 pub use recovery::{fence, restore_begin, restore_chunk, restore_finish, RestoreStep};
 
 /// A script of this keyspace: `lua/common.lua` (shared helpers) followed by `lua/<name>.lua`.
@@ -72,36 +77,7 @@ mod field {
     pub const RECOVERING: &str = "recovering";
     pub const INCARNATION: &str = "incarnation";
     pub const DELETED: &str = "deleted";
-}
-
-/// The keys of one event, all under one hash tag.
-struct EventKeys {
-    config: String,
-    count: String,
-    users: String,
-    free: String,
-    unwritten: String,
-    persisted: String,
-    healed: String,
-}
-
-impl EventKeys {
-    fn of(event: &EventId) -> Self {
-        let prefix = format!("coupon:{{{event}}}");
-        Self {
-            config: format!("{prefix}:config"),
-            count: format!("{prefix}:count"),
-            users: format!("{prefix}:users"),
-            free: format!("{prefix}:free"),
-            unwritten: format!("{prefix}:unwritten"),
-            persisted: format!("{prefix}:persisted"),
-            healed: format!("{prefix}:healed"),
-        }
-    }
-
-    fn all(&self) -> [&str; 7] {
-        [&self.config, &self.count, &self.users, &self.free, &self.unwritten, &self.persisted, &self.healed]
-    }
+    pub const SHARDS: &str = "shards";
 }
 
 /// An event's configuration and counters, as the api's stats, the operator's status, the
@@ -134,31 +110,81 @@ impl EventCounters {
     }
 }
 
-/// Reads an event's configuration and counters in one pipeline; `None` if not provisioned.
-pub async fn counters(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<Option<EventCounters>> {
-    let keys = EventKeys::of(event);
+/// Reads an event's configuration and counters: one pipeline per shard; `None` if not
+/// provisioned. A sharded event's counters are the sums over its shards, and it is
+/// recovering while any shard is.
+pub async fn counters(conn: &mut RedisConnection, event: &EventId) -> RedisResult<Option<EventCounters>> {
+    let home = EventKeys::of(event);
+    let Some((mut counters, shards)) = shard_counters(conn, &home).await? else { return Ok(None) };
+    if shards > 1 {
+        let layout = EventLayout::new(event, shards);
+        counters.issued = counters.held;
+        for shard in 1..shards {
+            if let Some((other, _)) = shard_counters(conn, layout.keys(shard)).await? {
+                counters.issued += other.held;
+                counters.persisted += other.persisted;
+                counters.unwritten += other.unwritten;
+                counters.healed += other.healed;
+                counters.recovering |= other.recovering;
+            }
+        }
+    }
+    Ok(Some(counters.counters))
+}
+
+/// One shard's counters and its number of shards.
+struct ShardCounters {
+    counters: EventCounters,
+    held: i64,
+}
+
+impl std::ops::Deref for ShardCounters {
+    type Target = EventCounters;
+    fn deref(&self) -> &EventCounters {
+        &self.counters
+    }
+}
+
+impl std::ops::DerefMut for ShardCounters {
+    fn deref_mut(&mut self) -> &mut EventCounters {
+        &mut self.counters
+    }
+}
+
+async fn shard_counters(conn: &mut RedisConnection, keys: &EventKeys) -> RedisResult<Option<(ShardCounters, u16)>> {
     #[allow(clippy::type_complexity)]
-    let ((limit, per_user, start_ms, end_ms, topic, recovering, incarnation), count, free, persisted, unwritten, healed): (
-        (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, Option<String>, Option<String>),
+    let ((limit, per_user, start_ms, end_ms, topic, recovering, incarnation, shards), count, free, persisted, unwritten, healed, held): (
+        (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, Option<String>, Option<String>, Option<u16>),
         Option<i64>,
         i64,
         Option<i64>,
         i64,
+        Option<i64>,
         Option<i64>,
     ) = redis::pipe()
         .hget(
             &keys.config,
-            &[field::LIMIT, field::PER_USER, field::START_MS, field::END_MS, field::TOPIC, field::RECOVERING, field::INCARNATION],
+            &[
+                field::LIMIT,
+                field::PER_USER,
+                field::START_MS,
+                field::END_MS,
+                field::TOPIC,
+                field::RECOVERING,
+                field::INCARNATION,
+                field::SHARDS,
+            ],
         )
         .get(&keys.count)
         .llen(&keys.free)
         .get(&keys.persisted)
         .zcard(&keys.unwritten)
         .get(&keys.healed)
+        .get(&keys.held)
         .query_async(conn)
         .await?;
     let Some(limit) = limit else { return Ok(None) };
-    Ok(Some(EventCounters {
+    let counters = EventCounters {
         limit,
         per_user: per_user.unwrap_or(1),
         start_ms: start_ms.unwrap_or(0),
@@ -170,7 +196,15 @@ pub async fn counters(conn: &mut ConnectionManager, event: &EventId) -> RedisRes
         healed: healed.unwrap_or(0),
         recovering: recovering.as_deref() == Some("1"),
         incarnation,
-    }))
+    };
+    Ok(Some((ShardCounters { counters, held: held.unwrap_or(0) }, shards.unwrap_or(1))))
+}
+
+/// The event's layout, from its home configuration (`None` if not provisioned).
+pub async fn layout(conn: &mut RedisConnection, event: &EventId) -> RedisResult<Option<EventLayout>> {
+    let (limit, shards): (Option<i64>, Option<u16>) =
+        redis::cmd("HMGET").arg(EventKeys::of(event).config).arg(field::LIMIT).arg(field::SHARDS).query_async(conn).await?;
+    Ok(limit.map(|_| EventLayout::new(event, shards.unwrap_or(1))))
 }
 
 /// What Redis knows of an event's configuration.
@@ -186,7 +220,7 @@ pub enum EventPresence {
 
 /// Whether the event is provisioned, deleted or missing, and its limit (one hash read, for
 /// the consumer's slot rows).
-pub async fn presence(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<EventPresence> {
+pub async fn presence(conn: &mut RedisConnection, event: &EventId) -> RedisResult<EventPresence> {
     let (limit, deleted, incarnation): (Option<i64>, Option<String>, Option<String>) = redis::cmd("HMGET")
         .arg(EventKeys::of(event).config)
         .arg(field::LIMIT)
@@ -202,37 +236,43 @@ pub async fn presence(conn: &mut ConnectionManager, event: &EventId) -> RedisRes
 }
 
 /// The event's topic; `None` if not provisioned.
-pub async fn topic(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<Option<String>> {
+pub async fn topic(conn: &mut RedisConnection, event: &EventId) -> RedisResult<Option<String>> {
     redis::cmd("HGET").arg(EventKeys::of(event).config).arg(field::TOPIC).query_async(conn).await
 }
 
 /// Lists the event among the provisioned ones (done by every configuration write).
-async fn register(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<()> {
+async fn register(conn: &mut RedisConnection, event: &EventId) -> RedisResult<()> {
     let _: i64 = redis::cmd("SADD").arg(EVENTS).arg(event.to_string()).query_async(conn).await?;
     Ok(())
 }
 
 /// Every provisioned event, as stored (`ns/name`; a caller drops what does not parse).
-pub async fn registered_events(conn: &mut ConnectionManager) -> RedisResult<Vec<String>> {
+pub async fn registered_events(conn: &mut RedisConnection) -> RedisResult<Vec<String>> {
     redis::cmd("SMEMBERS").arg(EVENTS).query_async(conn).await
 }
 
 /// Takes a member off the list of provisioned events (by its stored name, so malformed ones
 /// can go too).
-pub async fn unregister(conn: &mut ConnectionManager, member: &str) -> RedisResult<()> {
+pub async fn unregister(conn: &mut RedisConnection, member: &str) -> RedisResult<()> {
     let _: i64 = redis::cmd("SREM").arg(EVENTS).arg(member).query_async(conn).await?;
     Ok(())
 }
 
-/// Removes every key of the event, leaving a tombstone for a day so that api replicas that
-/// served it answer 404 rather than 503. Returns how many keys existed.
-pub async fn delete_event(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<i64> {
-    let keys = EventKeys::of(event);
-    let mut invocation = script!("delete").prepare_invoke();
-    for key in keys.all() {
-        invocation.key(key);
+/// Removes every key of the event (of every shard, the home shard last, so an interrupted
+/// deletion is finished by the next one), leaving a tombstone for a day so that api replicas
+/// that served it answer 404 rather than 503. Returns how many keys existed.
+pub async fn delete_event(conn: &mut RedisConnection, event: &EventId) -> RedisResult<i64> {
+    let layout = layout(conn, event).await?.unwrap_or_else(|| EventLayout::single(event));
+    let mut existed = 0;
+    for shard in layout.shards().rev() {
+        let mut invocation = script!("delete").prepare_invoke();
+        for key in layout.keys(shard).all() {
+            invocation.key(key);
+        }
+        let ttl = if shard == 0 { TOMBSTONE_TTL_SECS } else { 0 };
+        let removed: i64 = invocation.arg(ttl).invoke_async(&mut *conn).await?;
+        existed += removed;
     }
-    let existed: i64 = invocation.arg(TOMBSTONE_TTL_SECS).invoke_async(&mut *conn).await?;
     unregister(conn, &event.to_string()).await?;
     Ok(existed)
 }
@@ -256,33 +296,61 @@ pub enum Retirement {
 
 /// Removes the state of an earlier object of the event's name (incarnation `incarnation`)
 /// if, and only if, it is finished: its window over, every coupon written, not being
-/// verified. Checked and removed in one script, so nothing is issued in between.
-pub async fn retire_event(conn: &mut ConnectionManager, event: &EventId, incarnation: Option<&str>) -> RedisResult<Retirement> {
-    let keys = EventKeys::of(event);
-    let mut invocation = script!("retire").prepare_invoke();
-    for key in keys.all() {
-        invocation.key(key);
-    }
-    let answer: i64 = invocation.arg(incarnation.unwrap_or_default()).arg(TOMBSTONE_TTL_SECS).invoke_async(&mut *conn).await?;
-    Ok(match answer {
-        1 => {
-            unregister(conn, &event.to_string()).await?;
-            Retirement::Removed
+/// verified. Each shard is checked and removed in one script; a sharded event is first
+/// checked on every shard, then removed shard by shard, the home shard last (its window is
+/// over, so nothing is issued in between).
+pub async fn retire_event(conn: &mut RedisConnection, event: &EventId, incarnation: Option<&str>) -> RedisResult<Retirement> {
+    let layout = layout(conn, event).await?.unwrap_or_else(|| EventLayout::single(event));
+    let retire = |shard: u16, check_only: bool| {
+        let mut invocation = script!("retire").prepare_invoke();
+        for key in layout.keys(shard).all() {
+            invocation.key(key);
         }
+        let ttl = if shard == 0 { TOMBSTONE_TTL_SECS } else { 0 };
+        invocation.arg(incarnation.unwrap_or_default()).arg(ttl).arg(if check_only { "1" } else { "0" });
+        invocation
+    };
+    if layout.is_sharded() {
+        for shard in layout.shards() {
+            let answer: i64 = retire(shard, true).invoke_async(&mut *conn).await?;
+            if answer != 1 {
+                return Ok(retirement(answer));
+            }
+        }
+    }
+    let mut answer = 0;
+    for shard in layout.shards().rev() {
+        answer = retire(shard, false).invoke_async(&mut *conn).await?;
+    }
+    if answer == 1 {
+        unregister(conn, &event.to_string()).await?;
+    }
+    Ok(retirement(answer))
+}
+
+fn retirement(answer: i64) -> Retirement {
+    match answer {
+        1 => Retirement::Removed,
         0 => Retirement::Absent,
         -1 => Retirement::OtherIncarnation,
         -2 => Retirement::Recovering,
         -3 => Retirement::StillOpen,
         _ => Retirement::Unwritten,
-    })
+    }
 }
 
 /// How many of the event's keys hold state (0: Redis knows nothing of it, or only its
 /// tombstone).
-pub async fn existing_keys(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<i64> {
-    let keys = EventKeys::of(event);
-    let (config, others): (i64, i64) = redis::pipe().hexists(&keys.config, field::LIMIT).exists(&keys.all()[1..]).query_async(conn).await?;
-    Ok(config + others)
+pub async fn existing_keys(conn: &mut RedisConnection, event: &EventId) -> RedisResult<i64> {
+    let layout = layout(conn, event).await?.unwrap_or_else(|| EventLayout::single(event));
+    let mut existing = 0;
+    for shard in layout.shards() {
+        let keys = layout.keys(shard);
+        let (config, others): (i64, i64) =
+            redis::pipe().hexists(&keys.config, field::LIMIT).exists(&keys.all()[1..]).query_async(conn).await?;
+        existing += config + others;
+    }
+    Ok(existing)
 }
 
 /// A user's coupon in the gate.
@@ -326,40 +394,43 @@ fn parse_holdings(value: &str) -> Vec<Holding> {
         .collect()
 }
 
-/// The coupons `user` holds in the event (one read).
-pub async fn holdings(conn: &mut ConnectionManager, event: &EventId, user: &str) -> RedisResult<Vec<Holding>> {
-    let value: Option<String> = redis::cmd("HGET").arg(EventKeys::of(event).users).arg(user).query_async(conn).await?;
+/// The coupons `user` holds in the event (one read, on the user's home shard).
+pub async fn holdings(conn: &mut RedisConnection, layout: &EventLayout, user: &str) -> RedisResult<Vec<Holding>> {
+    let value: Option<String> = redis::cmd("HGET").arg(&layout.user_keys(user).1.users).arg(user).query_async(conn).await?;
     Ok(value.as_deref().map(parse_holdings).unwrap_or_default())
 }
 
-/// Every user's entries, read with `HSCAN` in steps of 1,000 (never one long command), or
-/// `None` if there are more than `max` users (the caller then reads entries one by one). For
-/// the api's sold-out short cut: once an event is sold out its holders change only through a
-/// release, a heal or a restore, which the gate's `holders_version` counts.
+/// Every user's entries (of every shard), read with `HSCAN` in steps of 1,000 (never one long
+/// command), or `None` if there are more than `max` users (the caller then reads entries one
+/// by one). For the api's sold-out short cut: once an event is sold out its holders change
+/// only through a release, a heal or a restore, which the shards' `holders_version` count.
 pub async fn holders(
-    conn: &mut ConnectionManager,
-    event: &EventId,
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
     max: usize,
 ) -> RedisResult<Option<std::collections::HashMap<String, Holding>>> {
-    let key = EventKeys::of(event).users;
     let mut holders = std::collections::HashMap::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, page): (u64, Vec<(String, String)>) =
-            redis::cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(1000).query_async(conn).await?;
-        for (user, value) in page {
-            if let Some(first) = parse_holdings(&value).into_iter().next() {
-                holders.insert(user, first);
+    for shard in layout.shards() {
+        let key = &layout.keys(shard).users;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) =
+                redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(1000).query_async(conn).await?;
+            for (user, value) in page {
+                if let Some(first) = parse_holdings(&value).into_iter().next() {
+                    holders.insert(user, first);
+                }
             }
+            if holders.len() > max {
+                return Ok(None);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if holders.len() > max {
-            return Ok(None);
-        }
-        if next == 0 {
-            return Ok(Some(holders));
-        }
-        cursor = next;
     }
+    Ok(Some(holders))
 }
 
 /// A user's coupon as `GET /v1/events/{event}/users/{userId}` reads it: whether the event is
@@ -371,9 +442,10 @@ pub struct UserView {
     pub holdings: Vec<Holding>,
 }
 
-/// Reads `UserView` in one pipeline.
-pub async fn user_view(conn: &mut ConnectionManager, event: &EventId, user: &str) -> RedisResult<UserView> {
-    let keys = EventKeys::of(event);
+/// Reads `UserView` in one pipeline, on the user's home shard (whose configuration is a copy
+/// of the event's).
+pub async fn user_view(conn: &mut RedisConnection, layout: &EventLayout, user: &str) -> RedisResult<UserView> {
+    let keys = layout.user_keys(user).1;
     let ((limit, recovering), value): ((Option<i64>, Option<String>), Option<String>) =
         redis::pipe().hget(&keys.config, &[field::LIMIT, field::RECOVERING]).hget(&keys.users, user).query_async(conn).await?;
     Ok(UserView {
@@ -383,10 +455,17 @@ pub async fn user_view(conn: &mut ConnectionManager, event: &EventId, user: &str
     })
 }
 
-/// `WAIT`: blocks until `replicas` replicas acknowledged this connection's writes, or
-/// `timeout`; returns how many did.
-pub async fn wait_for_replicas(conn: &mut ConnectionManager, replicas: u32, timeout: std::time::Duration) -> RedisResult<i64> {
-    redis::cmd("WAIT").arg(replicas).arg(timeout.as_millis() as u64).query_async(conn).await
+/// `WAIT`: blocks until `replicas` replicas of the master of `user`'s home shard acknowledged
+/// the writes this connection made there, or `timeout`; returns how many did.
+pub async fn wait_for_replicas(
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
+    user: &str,
+    replicas: u32,
+    timeout: std::time::Duration,
+) -> RedisResult<i64> {
+    let key = &layout.user_keys(user).1.config;
+    conn.query_at(key, redis::cmd("WAIT").arg(replicas).arg(timeout.as_millis() as u64)).await
 }
 
 /// Everything Redis holds for an event, sorted, for "nothing changed" checks and diagnostics.
@@ -405,9 +484,15 @@ pub struct EventSnapshot {
     pub unwritten: Vec<String>,
 }
 
-/// Reads an event's whole state (O(users): diagnostics and tests only, never a hot path).
-pub async fn snapshot(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<EventSnapshot> {
-    let keys = EventKeys::of(event);
+/// Reads an event's whole state (O(users): diagnostics and tests only, never a hot path); of
+/// its home shard.
+pub async fn snapshot(conn: &mut RedisConnection, event: &EventId) -> RedisResult<EventSnapshot> {
+    snapshot_shard(conn, &EventLayout::single(event), 0).await
+}
+
+/// Reads one shard's whole state (diagnostics and tests only).
+pub async fn snapshot_shard(conn: &mut RedisConnection, layout: &EventLayout, shard: u16) -> RedisResult<EventSnapshot> {
+    let keys = layout.keys(shard);
     #[allow(clippy::type_complexity)]
     let (mut config, count, mut users, free, mut unwritten): (
         Vec<(String, String)>,
@@ -436,9 +521,11 @@ pub async fn snapshot(conn: &mut ConnectionManager, event: &EventId) -> RedisRes
     Ok(EventSnapshot { config, count, users: entries.iter().map(|(u, _)| u.clone()).collect(), entries, free, unwritten })
 }
 
-/// Server time in ms (for cut-offs compared with scores the scripts wrote).
-pub async fn server_time_ms(conn: &mut ConnectionManager) -> RedisResult<i64> {
-    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+/// Server time in ms (for cut-offs compared with scores the scripts wrote), of the master of
+/// the list of events (the masters of a cluster keep their clocks in step, as the cut-offs'
+/// settle time assumes).
+pub async fn server_time_ms(conn: &mut RedisConnection) -> RedisResult<i64> {
+    let (secs, micros): (i64, i64) = conn.query_at(EVENTS, &redis::cmd("TIME")).await?;
     Ok(secs * 1000 + micros / 1000)
 }
 

@@ -8,16 +8,17 @@
 //! and a token and the server's identity make a restore that was taken over by another
 //! consumer, or interrupted by a failover, fail instead of opening a half-restored event.
 
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{script, EventKeys};
-use crate::event::EventId;
+use super::{script, EventLayout};
 
-/// Runs the gate's fencing check for an event nobody applies to. Returns `Some(true)` if the
-/// event is recovering (perhaps marked just now), `None` if it has no configuration.
-pub async fn fence(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<Option<bool>> {
-    let answer: i64 = script!("fence").key(EventKeys::of(event).config).invoke_async(conn).await?;
+/// Runs the gate's fencing check on one shard, for events nobody applies to; with `force`,
+/// marks it recovering in any case (another shard is: shards are restored together).
+/// Returns `Some(true)` if the shard is recovering (perhaps marked just now), `None` if it
+/// has no configuration.
+pub async fn fence(conn: &mut RedisConnection, layout: &EventLayout, shard: u16, force: bool) -> RedisResult<Option<bool>> {
+    let answer: i64 = script!("fence").key(&layout.keys(shard).config).arg(if force { "1" } else { "0" }).invoke_async(conn).await?;
     Ok(match answer {
         -1 => None,
         state => Some(state == 1),
@@ -46,13 +47,14 @@ pub enum RestoreStep {
 /// and the unwritten entries.
 /// `owner` names the restoring process, which may take over its own interrupted restore.
 pub async fn restore_begin(
-    conn: &mut ConnectionManager,
-    event: &EventId,
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
+    shard: u16,
     token: &str,
     owner: &str,
     not_after_ms: i64,
 ) -> RedisResult<RestoreStep> {
-    let keys = EventKeys::of(event);
+    let keys = layout.keys(shard);
     let answer: i64 = script!("restore_begin")
         .key(&keys.config)
         .key(&keys.count)
@@ -60,6 +62,11 @@ pub async fn restore_begin(
         .key(&keys.free)
         .key(&keys.unwritten)
         .key(&keys.persisted)
+        .key(&keys.held)
+        .key(&keys.grants)
+        .key(&keys.grant_deadlines)
+        .key(&keys.accepted)
+        .key(&keys.refused)
         .arg(not_after_ms)
         .arg(token)
         .arg(owner)
@@ -73,17 +80,18 @@ pub async fn restore_begin(
     })
 }
 
-/// Writes back one chunk: rows `(user, slot)` and free slots.
+/// Writes back one chunk of a shard: rows `(user, slot)` of its users and free slots.
 pub async fn restore_chunk(
-    conn: &mut ConnectionManager,
-    event: &EventId,
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
+    shard: u16,
     token: &str,
-    rows: &[(String, i64)],
+    rows: &[&(String, i64)],
     free: &[i64],
 ) -> RedisResult<RestoreStep> {
-    let keys = EventKeys::of(event);
+    let keys = layout.keys(shard);
     let mut invocation = script!("restore_chunk").prepare_invoke();
-    invocation.key(&keys.config).key(&keys.users).key(&keys.free).key(&keys.persisted).arg(token).arg(rows.len());
+    invocation.key(&keys.config).key(&keys.users).key(&keys.free).key(&keys.persisted).key(&keys.held).arg(token).arg(rows.len());
     for (user, slot) in rows {
         invocation.arg(user).arg(*slot);
     }
@@ -94,11 +102,19 @@ pub async fn restore_chunk(
     Ok(if answer == 1 { RestoreStep::Done } else { RestoreStep::Interrupted })
 }
 
-/// Sets the counter to `count` (the highest slot with a row), stamps the server and opens
-/// the gate again.
-pub async fn restore_finish(conn: &mut ConnectionManager, event: &EventId, token: &str, count: i64) -> RedisResult<RestoreStep> {
-    let keys = EventKeys::of(event);
-    let answer: i64 = script!("restore_finish").key(&keys.config).key(&keys.count).arg(token).arg(count).invoke_async(conn).await?;
+/// Sets a shard's counter to `count` (the slots of its stride at or below `highest`, the
+/// highest slot with a row), stamps the server and opens the shard again.
+pub async fn restore_finish(
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
+    shard: u16,
+    token: &str,
+    count: i64,
+    highest: i64,
+) -> RedisResult<RestoreStep> {
+    let keys = layout.keys(shard);
+    let answer: i64 =
+        script!("restore_finish").key(&keys.config).key(&keys.count).arg(token).arg(count).arg(highest).invoke_async(conn).await?;
     Ok(match answer {
         1 => RestoreStep::Done,
         -2 => RestoreStep::LimitBelowRows,

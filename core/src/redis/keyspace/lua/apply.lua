@@ -1,9 +1,11 @@
--- The apply gate: decides one apply atomically.
--- KEYS: config, count, users, free, unwritten. ARGV: user id, lease_ms (how long a delivery
--- may take: the api's produce timeout and a margin).
--- Answers {code, slot, topic, deadline, incarnation} (deadline: of the delivery now under way,
--- which a release must name; topic and incarnation, which the record carries, for codes 1
--- and 2 only):
+-- The apply gate: decides one apply atomically, on the user's home shard.
+-- KEYS: config, count, users, free, unwritten, held, accepted, refused. ARGV: user id, lease_ms
+-- (how long a delivery may take: the api's produce timeout and a margin), shard, shards (the
+-- layout the caller routed by), then optionally a grant id and its slots (stock another shard
+-- gave this one: taken into the free list first, once, unless the grant was refused).
+-- Answers {code, slot, topic, deadline, incarnation, grant} (deadline: of the delivery now under
+-- way, which a release must name; topic and incarnation, which the record carries, for codes 1
+-- and 2 only; grant: 1 if the grant's slots are in this shard's stock):
 --   1  a new slot was issued to the user: deliver its record;
 --   2  the user's earlier delivery of `slot` never completed (its lease ran out): deliver the
 --      same record again (the consumer skips the duplicate);
@@ -13,15 +15,22 @@
 --  -2  not open yet; -3 closed; -4 the user holds `slot` already (or it is being delivered);
 --  -5  sold out (slot: the window's end, so the api can answer 403 from memory once it passed;
 --      deadline: `holders_version`, which changes whenever a holder can have changed);
---  -6  recovering (being verified against SQL); -8 paused.
--- The counter never passes the limit: `count < limit` is checked before INCR.
+--  -6  recovering (being verified against SQL); -8 paused;
+--  -9  this shard has no stock left but the event is sharded: other shards may (slot and
+--      deadline as for -5, of this shard); -10 the event's layout is not the caller's.
+-- A shard hands out the slots of its stride (`shard + 1`, `shard + 1 + shards`, ...) from its
+-- counter, and slots given back or granted from its free list: slot numbers are unique across
+-- shards without any cross-shard call. The counter never passes the limit: the next slot is
+-- checked before INCR. With one shard this is `count < limit`, as it always was.
 local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server',
-  'deleted', 'recovering_server', 'lease_ms', 'holders_version', 'paused', 'incarnation')
+  'deleted', 'recovering_server', 'lease_ms', 'holders_version', 'paused', 'incarnation', 'shards', 'shard')
 local limit = tonumber(cfg[1])
 if not limit then
-  if cfg[8] == '1' then return {-1, 0, '', 0, ''} end
-  return {-7, 0, '', 0, ''}
+  if cfg[8] == '1' then return {-1, 0, '', 0, '', 0} end
+  return {-7, 0, '', 0, '', 0}
 end
+local shard, shards = tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 1
+if (tonumber(cfg[14]) or 1) ~= shards or (tonumber(cfg[15]) or 0) ~= shard then return {-10, 0, '', 0, '', 0} end
 local now = now_ms()
 -- Fencing: the state was last verified on another server (a restart, a failover, a restored
 -- snapshot). It may have lost acknowledged writes, so nothing is decided until the consumer
@@ -32,10 +41,19 @@ if cfg[7] ~= server then
   if cfg[5] ~= '1' or cfg[9] ~= server then
     redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now, 'recovering_server', server)
   end
-  return {-6, 0, '', 0, ''}
+  return {-6, 0, '', 0, '', 0}
 end
-if cfg[5] == '1' then return {-6, 0, '', 0, ''} end
-if cfg[12] == '1' then return {-8, 0, '', 0, ''} end
+if cfg[5] == '1' then return {-6, 0, '', 0, '', 0} end
+-- A grant is taken only by a verified, open shard (a restore rebuilds every shard's stock
+-- from SQL, so slots granted before it must not come back) and only once.
+local granted = 0
+if ARGV[5] then
+  if redis.call('SISMEMBER', KEYS[8], ARGV[5]) == 0 then
+    if redis.call('SADD', KEYS[7], ARGV[5]) == 1 and #ARGV > 5 then redis.call('RPUSH', KEYS[4], unpack(ARGV, 6)) end
+    granted = 1
+  end
+end
+if cfg[12] == '1' then return {-8, 0, '', 0, '', granted} end
 local user = ARGV[1]
 local lease = tonumber(ARGV[2])
 -- The longest lease any api uses: a restore waits at least this long after its mark.
@@ -48,19 +66,19 @@ for _, e in ipairs(entries) do
   if e[2] == 'x' then
     e[2] = 'w'
     store_entries(KEYS[3], user, entries)
-    return {3, tonumber(e[1]), cfg[6], 0, ''}
+    return {3, tonumber(e[1]), cfg[6], 0, '', granted}
   end
   if e[2] == 'p' then
     local member = unwritten_member(e[1], user)
     local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member)) or 0
-    if deadline > now then return {-4, tonumber(e[1]), '', 0, ''} end
+    if deadline > now then return {-4, tonumber(e[1]), '', 0, '', granted} end
     redis.call('ZADD', KEYS[5], now + lease, member)
-    return {2, tonumber(e[1]), cfg[6], now + lease, cfg[13] or ''}
+    return {2, tonumber(e[1]), cfg[6], now + lease, cfg[13] or '', granted}
   end
 end
-if #entries >= per_user then return {-4, tonumber(entries[1][1]), '', 0, ''} end
-if now < tonumber(cfg[3]) then return {-2, 0, '', 0, ''} end
-if now >= tonumber(cfg[4]) then return {-3, 0, '', 0, ''} end
+if #entries >= per_user then return {-4, tonumber(entries[1][1]), '', 0, '', granted} end
+if now < tonumber(cfg[3]) then return {-2, 0, '', 0, '', granted} end
+if now >= tonumber(cfg[4]) then return {-3, 0, '', 0, '', granted} end
 local slot
 for _ = 1, 16 do
   slot = tonumber(redis.call('LPOP', KEYS[4]))
@@ -68,11 +86,17 @@ for _ = 1, 16 do
   slot = nil -- above a limit lowered since it was given back: dropped
 end
 if not slot then
-  local count = tonumber(redis.call('GET', KEYS[2])) or 0
-  if count >= limit then return {-5, tonumber(cfg[4]), '', tonumber(cfg[11]) or 0, ''} end
-  slot = redis.call('INCR', KEYS[2])
+  local next_slot = stride_slot(tonumber(redis.call('GET', KEYS[2])) or 0, shard, shards)
+  if next_slot > limit then
+    local code = -5
+    if shards > 1 then code = -9 end
+    return {code, tonumber(cfg[4]), '', tonumber(cfg[11]) or 0, '', granted}
+  end
+  redis.call('INCR', KEYS[2])
+  slot = next_slot
 end
 entries[#entries + 1] = {tostring(slot), 'p'}
 store_entries(KEYS[3], user, entries)
 redis.call('ZADD', KEYS[5], now + lease, unwritten_member(slot, user))
-return {1, slot, cfg[6], now + lease, cfg[13] or ''}
+redis.call('INCR', KEYS[6])
+return {1, slot, cfg[6], now + lease, cfg[13] or '', granted}

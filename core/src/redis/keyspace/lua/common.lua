@@ -44,3 +44,24 @@ local function written_state(state)
   if state == 'a' then return 'w' end
   return 'x'
 end
+
+-- The slot after `count` slots of a shard's stride: shard `shard` of `shards` hands out
+-- shard + 1, shard + 1 + shards, ... (with one shard: count + 1).
+local function stride_slot(count, shard, shards)
+  return count * shards + shard + 1
+end
+
+-- The fencing check of a shard: if its state was last verified on another server, marks it
+-- recovering (a mark carried over from an earlier server starts its settle time again).
+-- `cfg_server`, `cfg_recovering`, `cfg_recovering_server`: the config's `server`, `recovering`
+-- and `recovering_server`. Answers true if the shard is recovering.
+local function fenced(config, cfg_server, cfg_recovering, cfg_recovering_server)
+  local server = server_id()
+  if cfg_server ~= server then
+    if cfg_recovering ~= '1' or cfg_recovering_server ~= server then
+      redis.call('HSET', config, 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server)
+    end
+    return true
+  end
+  return cfg_recovering == '1'
+end

@@ -1,13 +1,13 @@
 -- Settles entries whose delivery deadline passed without a row, once the consumer has
 -- checked the topic is drained and looked each one up in SQL.
--- KEYS: users, free, unwritten, persisted, healed, config. ARGV: cutoff_ms, then triples user, slot,
+-- KEYS: users, free, unwritten, persisted, healed, config, held. ARGV: cutoff_ms, then triples user, slot,
 -- verdict: 'w' the row exists (it was written but not marked), 'f' no row and no row holds
 -- the slot (the slot goes back to the free list), 'k' no row for the user but the slot is
 -- held by another row (the entry goes, the slot stays taken).
 -- An entry whose deadline moved past the cutoff (delivered again meanwhile) is left alone.
 -- Answers {healed, marked written}.
 local cutoff = tonumber(ARGV[1])
-local healed, written = 0, 0
+local healed, written, freed = 0, 0, 0
 for i = 2, #ARGV, 3 do
   local user, slot, verdict = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local member = unwritten_member(slot, user)
@@ -22,7 +22,10 @@ for i = 2, #ARGV, 3 do
         else
           table.remove(entries, j)
           healed = healed + 1
-          if verdict == 'f' then redis.call('LPUSH', KEYS[2], slot) end
+          if verdict == 'f' then
+            redis.call('LPUSH', KEYS[2], slot)
+            freed = freed + 1
+          end
         end
         store_entries(KEYS[1], user, entries)
         break
@@ -34,6 +37,8 @@ end
 if written > 0 then redis.call('INCRBY', KEYS[4], written) end
 if healed > 0 then
   redis.call('INCRBY', KEYS[5], healed)
+  -- `held` counts slots taken: a slot another row holds stays taken.
+  if freed > 0 then redis.call('DECRBY', KEYS[7], freed) end
   redis.call('HINCRBY', KEYS[6], 'holders_version', 1)
 end
 return {healed, written}

@@ -1,10 +1,11 @@
--- Writes an event's configuration; never touches its counters.
+-- Writes the configuration of one shard of an event; never touches its counters.
 -- KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing, paused,
--- incarnation ('' for none).
+-- incarnation ('' for none), shard, shards.
 -- Answers {code, recovering}: code 0 created, 1 updated, 2 unchanged, 3 created recovering,
 -- 4 the configuration belongs to another incarnation (another object of the same name: nothing
--- is written), or -count when the new limit is below the highest slot handed out (nothing is
--- written then); recovering is 1 while the event is marked recovering.
+-- is written), 5 the event exists with another number of shards (nothing is written), or
+-- -slot when the new limit is below the highest slot this shard's counter handed out (nothing
+-- is written then); recovering is 1 while the shard is marked recovering.
 -- The incarnation is written when the event is created and never changed: it is part of the
 -- key every record and row of the event carries. A configuration without one (made before
 -- incarnations existed, or by the CLI) is kept as it is.
@@ -13,15 +14,20 @@
 -- written before fencing existed (and its users in the old layout) is verified against SQL
 -- like a server change: it is marked recovering.
 local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted', 'paused',
-  'incarnation')
+  'incarnation', 'shards')
 if old[8] == '1' then
   -- The tombstone of a deleted event: the name is free again.
   redis.call('DEL', KEYS[1])
-  old = {false, false, false, false, false, false, false, false, false, false}
+  old = {false, false, false, false, false, false, false, false, false, false, false}
 end
 if old[1] and old[10] and old[10] ~= ARGV[8] then return {4, 0} end
+local shard, shards = tonumber(ARGV[9]), tonumber(ARGV[10])
+if old[1] and (tonumber(old[11]) or 1) ~= shards then return {5, 0} end
 local count = tonumber(redis.call('GET', KEYS[2])) or 0
-if tonumber(ARGV[1]) < count then return {-count, 0} end
+if count > 0 then
+  local highest = stride_slot(count - 1, shard, shards)
+  if tonumber(ARGV[1]) < highest then return {-highest, 0} end
+end
 local recovering = 0
 if old[6] == '1' then recovering = 1 end
 if old[1] and not old[7] and old[6] ~= '1' then
@@ -35,6 +41,7 @@ end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5], 'paused', ARGV[7])
 if old[1] then return {1, recovering} end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'incarnation', ARGV[8]) end
+redis.call('HSET', KEYS[1], 'shards', shards, 'shard', shard)
 -- A new event's holders are versioned from the creation time, so an api's snapshot of the
 -- holders of an earlier event of the same name (deleted, then created again) never matches.
 redis.call('HSET', KEYS[1], 'holders_version', now_ms())

@@ -1,5 +1,5 @@
 -- Gives back the slot of a record that was certainly not written.
--- KEYS: users, free, unwritten, config. ARGV: user id, slot, deadline (of the delivery that
+-- KEYS: users, free, unwritten, config, held. ARGV: user id, slot, deadline (of the delivery that
 -- failed). A release changes the holders: `holders_version` counts it.
 -- Answers 1 released, 0 nothing to release.
 -- Only the user's pending entry of exactly that slot, and only while its deadline is still
@@ -14,6 +14,7 @@ for i, e in ipairs(entries) do
     store_entries(KEYS[1], ARGV[1], entries)
     redis.call('ZREM', KEYS[3], member)
     redis.call('LPUSH', KEYS[2], ARGV[2])
+    redis.call('DECR', KEYS[5])
     redis.call('HINCRBY', KEYS[4], 'holders_version', 1)
     return 1
   end

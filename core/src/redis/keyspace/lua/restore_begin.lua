@@ -1,5 +1,5 @@
--- Starts writing back an event's state from SQL. KEYS: config, count, users, free, unwritten,
--- persisted. ARGV: not_after_ms, token, owner (the restoring process: it may take over its
+-- Starts writing back a shard's state from SQL. KEYS: config, count, users, free, unwritten,
+-- persisted, held, grants, grant_deadlines, accepted, refused. ARGV: not_after_ms, token, owner (the restoring process: it may take over its
 -- own interrupted restore at once).
 -- Only while the event is marked recovering and the mark was made at or before
 -- `not_after_ms` minus the longest delivery lease any api uses (`lease_ms`): the caller
@@ -21,9 +21,11 @@ if mark[7] ~= server and mark[8] ~= server then
 end
 if mark[4] and now - (tonumber(mark[5]) or 0) < 10000 and mark[6] ~= ARGV[3] then return -3 end
 if (tonumber(mark[2]) or 0) + (tonumber(mark[3]) or 0) > tonumber(ARGV[1]) then return -2 end
-redis.call('UNLINK', KEYS[3], KEYS[4], KEYS[5])
+-- Every shard's stock is rebuilt from SQL: grants between shards in flight are void.
+redis.call('UNLINK', KEYS[3], KEYS[4], KEYS[5], KEYS[8], KEYS[9], KEYS[10], KEYS[11])
 redis.call('SET', KEYS[2], 0)
 redis.call('SET', KEYS[6], 0)
+redis.call('SET', KEYS[7], 0)
 redis.call('HINCRBY', KEYS[1], 'holders_version', 1)
 redis.call('HSET', KEYS[1], 'restoring', ARGV[2], 'restore_owner', ARGV[3], 'restore_server', server, 'restore_beat_ms', now)
 return 1

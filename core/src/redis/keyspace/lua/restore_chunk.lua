@@ -1,5 +1,5 @@
--- Writes back one chunk of an event's rows and free slots. KEYS: config, users, free,
--- persisted. ARGV: token, n, then n pairs user, slot (rows), then free slots.
+-- Writes back one chunk of a shard's rows and free slots. KEYS: config, users, free,
+-- persisted, held. ARGV: token, n, then n pairs user, slot (rows), then free slots.
 -- Answers 1 written, -1 the restore was taken over or the server changed (nothing written).
 local m = redis.call('HMGET', KEYS[1], 'recovering', 'restoring', 'restore_server')
 if m[1] ~= '1' or m[2] ~= ARGV[1] or m[3] ~= server_id() then return -1 end
@@ -15,6 +15,7 @@ if n > 0 then
   end
   redis.call('HSET', KEYS[2], unpack(pairs))
   redis.call('INCRBY', KEYS[4], n)
+  redis.call('INCRBY', KEYS[5], n)
 end
 if #ARGV > 2 + 2 * n then
   redis.call('RPUSH', KEYS[3], unpack(ARGV, 3 + 2 * n))

@@ -1,18 +1,28 @@
 -- Removes the state of an earlier object of an event's name, so that a new object of that
 -- name starts from zero; only if that state is finished, checked and removed in one step so
--- that nothing can be issued in between. KEYS: config, count, users, free, unwritten,
--- persisted, healed. ARGV: the incarnation expected ('' for none), tombstone_ttl_s.
+-- that nothing can be issued in between (per shard: the caller checks every shard with
+-- `check_only` first; the window is over, so no shard issues anything new meanwhile).
+-- KEYS: config, count, users, free, unwritten, persisted, healed, held, and the grant keys.
+-- ARGV: the incarnation expected ('' for none), tombstone_ttl_s (0: no tombstone), check_only.
 -- Answers 1 removed, 0 nothing there, -1 another incarnation, -2 recovering, -3 still open,
 -- -4 coupons not yet written.
-local cfg = redis.call('HMGET', KEYS[1], 'limit', 'incarnation', 'recovering', 'end_ms')
+local cfg = redis.call('HMGET', KEYS[1], 'limit', 'incarnation', 'recovering', 'end_ms', 'shards')
 if not cfg[1] then return 0 end
 if (cfg[2] or '') ~= ARGV[1] then return -1 end
 if cfg[3] == '1' then return -2 end
 if now_ms() < tonumber(cfg[4]) then return -3 end
-local issued = (tonumber(redis.call('GET', KEYS[2])) or 0) - redis.call('LLEN', KEYS[4])
+local issued
+if (tonumber(cfg[5]) or 1) > 1 then
+  issued = tonumber(redis.call('GET', KEYS[8])) or 0
+else
+  issued = (tonumber(redis.call('GET', KEYS[2])) or 0) - redis.call('LLEN', KEYS[4])
+end
 local persisted = tonumber(redis.call('GET', KEYS[6])) or 0
 if redis.call('ZCARD', KEYS[5]) > 0 or persisted < issued then return -4 end
+if ARGV[3] == '1' then return 1 end
 redis.call('UNLINK', unpack(KEYS))
-redis.call('HSET', KEYS[1], 'deleted', '1')
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], 'deleted', '1')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
 return 1

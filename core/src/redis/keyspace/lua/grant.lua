@@ -1,0 +1,38 @@
+-- Gives part of this shard's stock to another shard that ran out (stock moves between shards,
+-- so no apply is answered sold out while coupons remain on some shard).
+-- KEYS: config, count, free, grants, grant_deadlines. ARGV: grant id, target shard, n, lease_ms,
+-- shard, shards (the caller's layout).
+-- Takes up to n slots: from the free list (dropping any above a lowered limit), then from the
+-- counter's stride. The grant is recorded here, with a deadline, until it is settled: the
+-- target takes it with its next gate call (`apply.lua`), and the api, or the consumer's
+-- healing once the deadline passed, settles it (`settle_grant.lua`), so slots in flight are
+-- never lost.
+-- Answers {1, slots...} granted, {0} nothing to give, {-6} recovering, {-10} another layout.
+local cfg = redis.call('HMGET', KEYS[1], 'limit', 'server', 'recovering', 'recovering_server', 'shards', 'shard')
+local limit = tonumber(cfg[1])
+if not limit then return {0} end
+local shard, shards = tonumber(ARGV[5]), tonumber(ARGV[6])
+if (tonumber(cfg[5]) or 1) ~= shards or (tonumber(cfg[6]) or 0) ~= shard then return {-10} end
+if fenced(KEYS[1], cfg[2], cfg[3], cfg[4]) then return {-6} end
+local wanted = tonumber(ARGV[3])
+local slots = {}
+while #slots < wanted do
+  local slot = tonumber(redis.call('LPOP', KEYS[3]))
+  if not slot then break end
+  if slot <= limit then slots[#slots + 1] = slot end
+end
+local count = tonumber(redis.call('GET', KEYS[2])) or 0
+local taken = 0
+while #slots < wanted do
+  local slot = stride_slot(count + taken, shard, shards)
+  if slot > limit then break end
+  taken = taken + 1
+  slots[#slots + 1] = slot
+end
+if taken > 0 then redis.call('INCRBY', KEYS[2], taken) end
+if #slots == 0 then return {0} end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. ' ' .. table.concat(slots, ' '))
+redis.call('ZADD', KEYS[5], now_ms() + tonumber(ARGV[4]), ARGV[1])
+local answer = {1}
+for i, slot in ipairs(slots) do answer[i + 1] = slot end
+return answer

@@ -1,0 +1,15 @@
+-- Settles a grant this shard gave (`grant.lua`). KEYS: grants, grant_deadlines, free.
+-- ARGV: grant id, verdict: 'a' the target took it (the record goes), 'r' the target refused it
+-- for good (`close_grant.lua`: its slots come back to this shard's free list).
+-- Answers 1 settled, 0 no such grant (settled already, or a restore rebuilt the stock).
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return 0 end
+if ARGV[2] == 'r' then
+  local slots = {}
+  for slot in string.gmatch(record, '%d+') do slots[#slots + 1] = slot end
+  table.remove(slots, 1) -- the target shard
+  if #slots > 0 then redis.call('RPUSH', KEYS[3], unpack(slots)) end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1

@@ -19,6 +19,7 @@ use coupon_service::http::ApiState;
 use coupon_service::sql::Store;
 use tokio::sync::watch;
 
+pub mod cluster;
 pub mod kube_fake;
 pub mod tcp_gate;
 pub mod tls;

@@ -1,0 +1,161 @@
+//! Redis Cluster for the tests: the shared local cluster `dev/stack` starts (three masters
+//! with a replica each), and a cluster of a test's own whose masters it may kill.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use coupon_core::event::{EventConfig, EventId};
+use coupon_core::provision;
+use coupon_core::redis::{RedisConnection, RedisHandle};
+
+use crate::{free_port, kafka, unique, wait_until, ChildProcess, TestEvent};
+
+/// A node of the shared local cluster (`dev/stack up cluster`; `REDIS_CLUSTER_URL`).
+pub fn cluster_url() -> String {
+    std::env::var("REDIS_CLUSTER_URL").unwrap_or_else(|_| "redis://127.0.0.1:7000".into())
+}
+
+pub async fn cluster() -> RedisConnection {
+    RedisHandle::connect_with_deadline(cluster_url(), Duration::from_secs(10)).await.expect("the Redis Cluster is up (dev/stack up cluster)")
+}
+
+/// Provisions an event of `shards` shards, open now for ten minutes, on a new topic.
+pub async fn provision_sharded_event(redis_url: &str, brokers: &str, namespace: &str, limit: i64, shards: u16) -> TestEvent {
+    let name = unique("ev");
+    let id = EventId::new(namespace, &name).unwrap();
+    let topic = format!("coupons.{name}");
+    let config = EventConfig { shards, ..EventConfig::open_now(limit, &topic, Duration::from_secs(600)) };
+    let admin = kafka(brokers).admin().unwrap();
+    let mut conn = RedisHandle::connect_with_deadline(redis_url, Duration::from_secs(10)).await.expect("Redis is up");
+    provision::provision_event(&mut conn, &admin, &id, &config, 3, 1).await.expect("provision");
+    TestEvent { id, topic, limit }
+}
+
+/// The master (`host:port`) that serves `slot`, from `CLUSTER SLOTS`.
+pub async fn master_of_slot(conn: &mut RedisConnection, slot: u16) -> String {
+    let ranges: Vec<(u16, u16, (String, u16))> = ranges(conn).await;
+    let (_, _, (host, port)) = ranges.into_iter().find(|(from, to, _)| (*from..=*to).contains(&slot)).expect("every slot is served");
+    format!("{host}:{port}")
+}
+
+async fn ranges(conn: &mut RedisConnection) -> Vec<(u16, u16, (String, u16))> {
+    let raw: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await.unwrap();
+    raw.into_iter()
+        .map(|range| {
+            let from: u16 = redis::from_redis_value(&range[0]).unwrap();
+            let to: u16 = redis::from_redis_value(&range[1]).unwrap();
+            let redis::Value::Array(master) = &range[2] else { panic!("CLUSTER SLOTS: {range:?}") };
+            let host: String = redis::from_redis_value(&master[0]).unwrap();
+            let port: u16 = redis::from_redis_value(&master[1]).unwrap();
+            (from, to, (host, port))
+        })
+        .collect()
+}
+
+/// A Redis Cluster owned by one test: three masters and three replicas on free ports, a
+/// failover after one second without a master.
+pub struct OwnCluster {
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    processes: Vec<Option<ChildProcess>>,
+}
+
+impl OwnCluster {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("own-cluster"));
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let mut processes = Vec::new();
+        for port in &ports {
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let port = port.to_string();
+            let args = [
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+            ];
+            processes.push(Some(ChildProcess::spawn_in(&node_dir, Path::new("redis-server"), &args, &[])));
+        }
+        let cluster = Self { ports, dir, processes };
+        for port in &cluster.ports {
+            let addr = format!("127.0.0.1:{port}");
+            wait_until("cluster node listening", Duration::from_secs(20), || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }
+            })
+            .await;
+        }
+        let mut create = tokio::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for port in &cluster.ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let output = create.args(["--cluster-replicas", "1", "--cluster-yes"]).output().await.expect("redis-cli runs");
+        assert!(output.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&output.stdout));
+        cluster.wait_until_serving().await;
+        cluster
+    }
+
+    /// Seed URL: its first node.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+
+    /// Every node, comma separated (the seeds form of `REDIS_URL`).
+    pub fn seeds(&self) -> String {
+        self.ports.iter().map(|port| format!("redis://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits until every slot is served by a master that answers (after a failover too).
+    pub async fn wait_until_serving(&self) {
+        let ports = self.ports.clone();
+        wait_until("the cluster serves every slot", Duration::from_secs(60), || {
+            let ports = ports.clone();
+            async move {
+                for port in ports {
+                    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else { continue };
+                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { continue };
+                    let Ok(info) = redis::cmd("CLUSTER").arg("INFO").query_async::<String>(&mut conn).await else { continue };
+                    if !info.contains("cluster_state:ok") {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILLs the master serving `slot` (no shutdown, nothing saved); its replica takes
+    /// over after the node timeout. Returns the killed node's port.
+    pub async fn kill_master_of(&mut self, slot: u16) -> u16 {
+        let mut conn = RedisHandle::connect_with_deadline(self.url(), Duration::from_secs(10)).await.unwrap();
+        let master = master_of_slot(&mut conn, slot).await;
+        let port: u16 = master.rsplit(':').next().unwrap().parse().unwrap();
+        let index = self.ports.iter().position(|p| *p == port).expect("a node of this cluster");
+        if let Some(mut process) = self.processes[index].take() {
+            let _ = process.child.kill().await;
+        }
+        port
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        for process in self.processes.iter_mut().flatten() {
+            let _ = process.child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

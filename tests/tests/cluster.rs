@@ -1,0 +1,290 @@
+//! Redis Cluster, and events sharded across its masters: still exactly N, one coupon per
+//! user, no sold-out while coupons remain on some shard, and nothing handed out twice when
+//! a master dies mid-burst. Against the local cluster `dev/stack` starts (three masters with
+//! a replica each), except the failover test, which kills masters of a cluster of its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coupon_core::event::EventId;
+use coupon_core::redis::keyspace::{self, EventLayout};
+use coupon_core::redis::RedisHandle;
+use coupon_service::app::{ApiSettings, ConsumerSettings};
+use coupon_tests::cluster::{cluster, cluster_url, master_of_slot, provision_sharded_event, OwnCluster};
+use coupon_tests::*;
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Value};
+
+const NAMESPACE: &str = "cluster";
+/// Requests in flight at once: a burst, not a queue.
+const CONCURRENCY: usize = 64;
+
+async fn apply(client: &reqwest::Client, url: &str, user: &str) -> (u16, Value) {
+    match client.post(url).header("content-type", "application/json").body(json!({ "userId": user }).to_string()).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or_default())
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+async fn start_api(redis_url: &str) -> InProcessApi {
+    InProcessApi::start_ready(ApiSettings {
+        namespace: NAMESPACE.into(),
+        redis_url: redis_url.into(),
+        kafka: kafka(&kafka_brokers()),
+        ..ApiSettings::default()
+    })
+    .await
+}
+
+fn start_consumer(database_url: &str, topic: &str, redis_url: &str) -> InProcessConsumer {
+    InProcessConsumer::start_with(ConsumerSettings {
+        database_url: database_url.into(),
+        redis_url: redis_url.into(),
+        kafka: kafka(&kafka_brokers()),
+        topics: vec![topic.into()],
+        group_id: unique("cluster"),
+        batch_linger: Duration::from_millis(10),
+        recovery_settle: Duration::from_secs(2),
+        ..ConsumerSettings::default()
+    })
+}
+
+/// Every user applies once, `CONCURRENCY` at a time, spread over `urls` (api replicas);
+/// returns each user's answer.
+async fn burst(urls: &[String], users: Vec<String>) -> Vec<(String, u16, Value)> {
+    let client = reqwest::Client::new();
+    let urls = Arc::new(urls.to_vec());
+    stream::iter(users.into_iter().enumerate())
+        .map(|(n, user)| {
+            let (client, urls) = (client.clone(), urls.clone());
+            async move {
+                let (status, body) = apply(&client, &urls[n % urls.len()], &user).await;
+                (user, status, body)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The slots answered 201, by user; asserts each slot was answered once.
+fn issued(answers: &[(String, u16, Value)]) -> BTreeMap<String, i64> {
+    let mut by_user = BTreeMap::new();
+    let mut slots = BTreeSet::new();
+    for (user, status, body) in answers {
+        if *status == 201 {
+            let slot = body["slot"].as_i64().expect("a 201 names its slot");
+            assert!(slots.insert(slot), "slot {slot} answered twice");
+            assert!(by_user.insert(user.clone(), slot).is_none(), "{user} answered 201 twice");
+        }
+    }
+    by_user
+}
+
+fn statuses(answers: &[(String, u16, Value)]) -> BTreeMap<u16, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, status, _) in answers {
+        *counts.entry(*status).or_default() += 1;
+    }
+    counts
+}
+
+/// Waits until the rows hold exactly the coupons answered 201 and Redis counts them all
+/// written.
+async fn assert_rows_match(store: &coupon_service::sql::Store, event: &TestEvent, issued: &BTreeMap<String, i64>) {
+    wait_for_rows(store, &event.key(), issued.len() as i64, Duration::from_secs(60)).await;
+    let rows: BTreeMap<String, i64> = store.coupons(&event.key()).await.unwrap().into_iter().collect();
+    assert_eq!(&rows, issued, "the rows are exactly the coupons answered 201");
+    let conn = cluster().await;
+    wait_until("issued == persisted", Duration::from_secs(30), || {
+        let (mut conn, id) = (conn.clone(), event.id.clone());
+        let expected = issued.len() as i64;
+        async move {
+            let c = keyspace::counters(&mut conn, &id).await.unwrap()?;
+            (c.issued == expected && c.persisted == expected && c.unwritten == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The shards of a K = 3 event sit on three different masters of the local cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shards_of_an_event_sit_on_different_masters() {
+    let mut conn = cluster().await;
+    let layout = EventLayout::new(&EventId::new(NAMESPACE, &unique("placement")).unwrap(), 3);
+    let mut masters = BTreeSet::new();
+    for shard in layout.shards() {
+        masters.insert(master_of_slot(&mut conn, layout.shard_slot(shard)).await);
+    }
+    assert_eq!(masters.len(), 3, "{masters:?}");
+}
+
+/// An unsharded event works through a cluster named by a node that is not its master, and
+/// by a list of seeds: commands follow MOVED to the slot's master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unsharded_event_runs_on_the_cluster_from_any_node_or_seed_list() {
+    const LIMIT: i64 = 40;
+    let event = provision_sharded_event(&cluster_url(), &kafka_brokers(), NAMESPACE, LIMIT, 1).await;
+    let mut conn = cluster().await;
+    let master = master_of_slot(&mut conn, EventLayout::single(&event.id).shard_slot(0)).await;
+    let other = ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"].into_iter().find(|node| *node != master).unwrap();
+    let database_url = postgres_url();
+    let store = migrated_store(&database_url).await;
+    let api = start_api(&format!("redis://{other}")).await;
+    let seeded = start_api("redis://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7000").await;
+    let consumer = start_consumer(&database_url, &event.topic, &cluster_url());
+    let users: Vec<String> = (0..120).map(|n| format!("one-{n}")).collect();
+    let answers = burst(&[api.apply_url(&event.id), seeded.apply_url(&event.id)], users).await;
+    let issued = issued(&answers);
+    assert_eq!(issued.len() as i64, LIMIT, "{:?}", statuses(&answers));
+    assert_eq!(issued.values().copied().collect::<BTreeSet<_>>(), (1..=LIMIT).collect(), "slots 1..=limit once each");
+    assert_rows_match(&store, &event, &issued).await;
+    consumer.stop().await.unwrap();
+}
+
+/// 3,000 users, limit 300, three shards: exactly 300 answered 201, slots 1..=300 once each,
+/// 300 rows; every other user 410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_shards_issue_exactly_the_limit_with_every_slot_once() {
+    const LIMIT: i64 = 300;
+    let event = provision_sharded_event(&cluster_url(), &kafka_brokers(), NAMESPACE, LIMIT, 3).await;
+    let database_url = postgres_url();
+    let store = migrated_store(&database_url).await;
+    let api = start_api(&cluster_url()).await;
+    let consumer = start_consumer(&database_url, &event.topic, &cluster_url());
+    let users: Vec<String> = (0..3000).map(|n| format!("user-{n}")).collect();
+    let answers = burst(&[api.apply_url(&event.id)], users).await;
+    let issued = issued(&answers);
+    let counts = statuses(&answers);
+    assert_eq!(issued.len() as i64, LIMIT, "{counts:?}");
+    assert_eq!(counts.get(&410).copied().unwrap_or(0), 3000 - LIMIT as usize, "everyone else sold out: {counts:?}");
+    assert_eq!(issued.values().copied().collect::<BTreeSet<_>>(), (1..=LIMIT).collect(), "slots 1..=limit once each");
+    assert_rows_match(&store, &event, &issued).await;
+    // Every shard issued some: the event really was spread.
+    let layout = EventLayout::new(&event.id, 3);
+    for shard in layout.shards() {
+        let on_shard = issued.keys().filter(|user| layout.home_shard(user) == shard).count();
+        assert!(on_shard > 50, "shard {shard} issued {on_shard}");
+    }
+    consumer.stop().await.unwrap();
+}
+
+/// Every user's home is shard 0 of three: its own stride holds 100 coupons, the other 200
+/// sit on shards nobody applies to. No one is answered 410 while they remain: all 300 are
+/// issued, by stock moving to shard 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_all_homed_on_one_shard_still_get_every_coupon() {
+    const LIMIT: i64 = 300;
+    let event = provision_sharded_event(&cluster_url(), &kafka_brokers(), NAMESPACE, LIMIT, 3).await;
+    let layout = EventLayout::new(&event.id, 3);
+    let database_url = postgres_url();
+    let store = migrated_store(&database_url).await;
+    let api = start_api(&cluster_url()).await;
+    let consumer = start_consumer(&database_url, &event.topic, &cluster_url());
+    let users: Vec<String> = (0..).map(|n| format!("homed-{n}")).filter(|user| layout.home_shard(user) == 0).take(1000).collect();
+    let answers = burst(&[api.apply_url(&event.id)], users.clone()).await;
+    let issued = issued(&answers);
+    let counts = statuses(&answers);
+    assert_eq!(issued.len() as i64, LIMIT, "no phantom sold-out: {counts:?}");
+    assert_eq!(counts.get(&410).copied().unwrap_or(0), 1000 - LIMIT as usize, "{counts:?}");
+    assert_eq!(issued.values().copied().collect::<BTreeSet<_>>(), (1..=LIMIT).collect(), "slots 1..=limit once each");
+    // Sold out everywhere now: asked again, the last users get 410 (from memory) and the
+    // holders 409.
+    let again = burst(&[api.apply_url(&event.id)], users[..50].to_vec()).await;
+    for (user, status, _) in &again {
+        let expected = if issued.contains_key(user) { 409 } else { 410 };
+        assert_eq!(*status, expected, "{user}");
+    }
+    assert_rows_match(&store, &event, &issued).await;
+    consumer.stop().await.unwrap();
+}
+
+/// One user, 1,000 times at once, across two api replicas: one coupon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_user_a_thousand_times_across_replicas_gets_one_coupon() {
+    let event = provision_sharded_event(&cluster_url(), &kafka_brokers(), NAMESPACE, 10, 3).await;
+    let database_url = postgres_url();
+    let store = migrated_store(&database_url).await;
+    let first = start_api(&cluster_url()).await;
+    let second = start_api("redis://127.0.0.1:7002,127.0.0.1:7001").await;
+    let consumer = start_consumer(&database_url, &event.topic, &cluster_url());
+    let answers = burst(&[first.apply_url(&event.id), second.apply_url(&event.id)], vec!["the-same-user".to_owned(); 1000]).await;
+    let counts = statuses(&answers);
+    assert_eq!(counts.get(&201).copied().unwrap_or(0), 1, "{counts:?}");
+    assert_eq!(counts.get(&409).copied().unwrap_or(0), 999, "every other answer names the one coupon: {counts:?}");
+    let issued: BTreeMap<String, i64> = answers.iter().filter(|a| a.1 == 201).map(|a| (a.0.clone(), a.2["slot"].as_i64().unwrap())).collect();
+    assert_rows_match(&store, &event, &issued).await;
+    consumer.stop().await.unwrap();
+}
+
+/// A master of a three-shard event is killed mid-burst and its replica promoted (losing what
+/// it had not replicated). The shard is fenced, the whole event restored from SQL, and the
+/// burst goes on: nothing is issued twice or beyond the limit, and every 201 has its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_killed_mid_burst_over_issues_nothing_and_every_201_has_its_row() {
+    const LIMIT: i64 = 300;
+    let mut own = OwnCluster::start().await;
+    let event = provision_sharded_event(&own.url(), &kafka_brokers(), NAMESPACE, LIMIT, 3).await;
+    let layout = EventLayout::new(&event.id, 3);
+    let database_url = postgres_url();
+    let store = migrated_store(&database_url).await;
+    let api = start_api(&own.seeds()).await;
+    let consumer = start_consumer(&database_url, &event.topic, &own.seeds());
+    let url = api.apply_url(&event.id);
+
+    let first = burst(std::slice::from_ref(&url), (0..600).map(|n| format!("first-{n}")).collect());
+    let killer = async {
+        // Once the burst is under way, kill the master of shard 1.
+        let store = store.clone();
+        wait_until("the burst under way", Duration::from_secs(30), || {
+            let store = store.clone();
+            let key = event.key();
+            async move { (store.coupons(&key).await.unwrap().len() >= 30).then_some(()) }
+        })
+        .await;
+        own.kill_master_of(layout.shard_slot(1)).await
+    };
+    let (mut answers, killed) = tokio::join!(first, killer);
+    assert!(killed > 0);
+    own.wait_until_serving().await;
+    // Users keep coming until the event is sold out. Users without a final answer (503 while
+    // the event recovers, 409 while their own delivery is pending) ask again.
+    let mut round = 0;
+    loop {
+        let pending: Vec<String> = answers.iter().filter(|a| a.1 != 201 && a.1 != 410).map(|a| a.0.clone()).collect();
+        let fresh = (0..100).map(|n| format!("later-{round}-{n}"));
+        let retry: Vec<String> = pending.into_iter().chain(fresh).collect();
+        answers.retain(|a| matches!(a.1, 201 | 410));
+        answers.extend(burst(std::slice::from_ref(&url), retry).await);
+        round += 1;
+        if answers.iter().filter(|a| a.1 == 201).count() as i64 >= LIMIT || round > 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let issued = issued(&answers);
+    assert!(issued.len() as i64 <= LIMIT, "over-issued: {}", issued.len());
+    let handle = RedisHandle::connect_with_deadline(own.url(), Duration::from_secs(10)).await.unwrap();
+    wait_until("the event settled after the failover", Duration::from_secs(90), || {
+        let (mut conn, id) = (handle.clone(), event.id.clone());
+        async move {
+            let c = keyspace::counters(&mut conn, &id).await.ok()??;
+            (!c.recovering && c.unwritten == 0 && c.issued == c.persisted).then_some(())
+        }
+    })
+    .await;
+    let rows: BTreeMap<String, i64> = store.coupons(&event.key()).await.unwrap().into_iter().collect();
+    for (user, slot) in &issued {
+        assert_eq!(rows.get(user), Some(slot), "the 201 of {user} (slot {slot}) has its row");
+    }
+    assert!(rows.len() as i64 <= LIMIT);
+    let slots: BTreeSet<i64> = rows.values().copied().collect();
+    assert_eq!(slots.len(), rows.len(), "no slot twice");
+    assert!(slots.iter().all(|slot| (1..=LIMIT).contains(slot)));
+    assert_eq!(issued.len() as i64, LIMIT, "once restored, every coupon is issued: {:?}", statuses(&answers));
+    consumer.stop().await.unwrap();
+}

@@ -16,7 +16,9 @@ pub fn cluster_url() -> String {
 }
 
 pub async fn cluster() -> RedisConnection {
-    RedisHandle::connect_with_deadline(cluster_url(), Duration::from_secs(10)).await.expect("the Redis Cluster is up (dev/stack up cluster)")
+    RedisHandle::connect_with_deadline(cluster_url(), Duration::from_secs(10))
+        .await
+        .expect("the Redis Cluster is up (dev/stack up cluster)")
 }
 
 /// Provisions an event of `shards` shards, open now for ten minutes, on a new topic.
@@ -84,6 +86,9 @@ impl OwnCluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "1000",
+                // Replicas in sync at once: a replica that never synced cannot take over.
+                "--repl-diskless-sync-delay",
+                "0",
             ];
             processes.push(Some(ChildProcess::spawn_in(&node_dir, Path::new("redis-server"), &args, &[])));
         }
@@ -104,7 +109,58 @@ impl OwnCluster {
         let output = create.args(["--cluster-replicas", "1", "--cluster-yes"]).output().await.expect("redis-cli runs");
         assert!(output.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&output.stdout));
         cluster.wait_until_serving().await;
+        cluster.wait_until_replicas_synced().await;
         cluster
+    }
+
+    /// Waits until every replica's link to its master is up (its initial sync done).
+    async fn wait_until_replicas_synced(&self) {
+        let ports = self.ports.clone();
+        wait_until("every replica in sync", Duration::from_secs(60), || {
+            let ports = ports.clone();
+            async move {
+                let mut replicas = 0;
+                for port in ports {
+                    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                    let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await.ok()?;
+                    if info.contains("role:slave") {
+                        if !info.contains("master_link_status:up") {
+                            return None;
+                        }
+                        replicas += 1;
+                    }
+                }
+                (replicas == 3).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Waits until no live node names `port` as the master of any slot: its replica took
+    /// over.
+    pub async fn wait_until_failed_over(&self, port: u16) {
+        self.wait_until_serving().await;
+        let live: Vec<u16> = self.ports.iter().copied().filter(|p| *p != port).collect();
+        wait_until("a replica took over", Duration::from_secs(60), || {
+            let live = live.clone();
+            async move {
+                for node in live {
+                    let client = redis::Client::open(format!("redis://127.0.0.1:{node}")).ok()?;
+                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await.ok()?;
+                    let dead_master = slots.iter().any(|range| match range.get(2) {
+                        Some(redis::Value::Array(master)) => redis::from_redis_value::<u16>(&master[1]).ok() == Some(port),
+                        _ => false,
+                    });
+                    if dead_master {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
     }
 
     /// Seed URL: its first node.
@@ -140,7 +196,7 @@ impl OwnCluster {
     /// SIGKILLs the master serving `slot` (no shutdown, nothing saved); its replica takes
     /// over after the node timeout. Returns the killed node's port.
     pub async fn kill_master_of(&mut self, slot: u16) -> u16 {
-        let mut conn = RedisHandle::connect_with_deadline(self.url(), Duration::from_secs(10)).await.unwrap();
+        let mut conn = RedisHandle::connect_with_deadline(self.seeds(), Duration::from_secs(10)).await.unwrap();
         let master = master_of_slot(&mut conn, slot).await;
         let port: u16 = master.rsplit(':').next().unwrap().parse().unwrap();
         let index = self.ports.iter().position(|p| *p == port).expect("a node of this cluster");

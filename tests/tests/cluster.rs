@@ -216,7 +216,8 @@ async fn one_user_a_thousand_times_across_replicas_gets_one_coupon() {
     let counts = statuses(&answers);
     assert_eq!(counts.get(&201).copied().unwrap_or(0), 1, "{counts:?}");
     assert_eq!(counts.get(&409).copied().unwrap_or(0), 999, "every other answer names the one coupon: {counts:?}");
-    let issued: BTreeMap<String, i64> = answers.iter().filter(|a| a.1 == 201).map(|a| (a.0.clone(), a.2["slot"].as_i64().unwrap())).collect();
+    let issued: BTreeMap<String, i64> =
+        answers.iter().filter(|a| a.1 == 201).map(|a| (a.0.clone(), a.2["slot"].as_i64().unwrap())).collect();
     assert_rows_match(&store, &event, &issued).await;
     consumer.stop().await.unwrap();
 }
@@ -226,7 +227,7 @@ async fn one_user_a_thousand_times_across_replicas_gets_one_coupon() {
 /// burst goes on: nothing is issued twice or beyond the limit, and every 201 has its row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_killed_mid_burst_over_issues_nothing_and_every_201_has_its_row() {
-    const LIMIT: i64 = 300;
+    const LIMIT: i64 = 600;
     let mut own = OwnCluster::start().await;
     let event = provision_sharded_event(&own.url(), &kafka_brokers(), NAMESPACE, LIMIT, 3).await;
     let layout = EventLayout::new(&event.id, 3);
@@ -236,21 +237,21 @@ async fn a_master_killed_mid_burst_over_issues_nothing_and_every_201_has_its_row
     let consumer = start_consumer(&database_url, &event.topic, &own.seeds());
     let url = api.apply_url(&event.id);
 
-    let first = burst(std::slice::from_ref(&url), (0..600).map(|n| format!("first-{n}")).collect());
+    let first = burst(std::slice::from_ref(&url), (0..2000).map(|n| format!("first-{n}")).collect());
     let killer = async {
         // Once the burst is under way, kill the master of shard 1.
         let store = store.clone();
-        wait_until("the burst under way", Duration::from_secs(30), || {
+        let rows = wait_until("the burst under way", Duration::from_secs(30), || {
             let store = store.clone();
             let key = event.key();
-            async move { (store.coupons(&key).await.unwrap().len() >= 30).then_some(()) }
+            async move { Some(store.coupons(&key).await.unwrap().len()).filter(|rows| *rows >= 30) }
         })
         .await;
-        own.kill_master_of(layout.shard_slot(1)).await
+        (own.kill_master_of(layout.shard_slot(1)).await, rows)
     };
-    let (mut answers, killed) = tokio::join!(first, killer);
-    assert!(killed > 0);
-    own.wait_until_serving().await;
+    let (mut answers, (killed, rows_at_kill)) = tokio::join!(first, killer);
+    assert!((rows_at_kill as i64) < LIMIT / 2, "the master died mid-burst ({rows_at_kill} rows)");
+    own.wait_until_failed_over(killed).await;
     // Users keep coming until the event is sold out. Users without a final answer (503 while
     // the event recovers, 409 while their own delivery is pending) ask again.
     let mut round = 0;
@@ -268,7 +269,7 @@ async fn a_master_killed_mid_burst_over_issues_nothing_and_every_201_has_its_row
     }
     let issued = issued(&answers);
     assert!(issued.len() as i64 <= LIMIT, "over-issued: {}", issued.len());
-    let handle = RedisHandle::connect_with_deadline(own.url(), Duration::from_secs(10)).await.unwrap();
+    let handle = RedisHandle::connect_with_deadline(own.seeds(), Duration::from_secs(10)).await.unwrap();
     wait_until("the event settled after the failover", Duration::from_secs(90), || {
         let (mut conn, id) = (handle.clone(), event.id.clone());
         async move {

@@ -11,7 +11,8 @@
 //! by their first key; `SCRIPT LOAD` after a NOSCRIPT goes to every node).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -110,7 +111,7 @@ impl RedisTarget {
     }
 
     /// The clients: one for the first seed (a single server, or the node that tells the
-    /// mode) and one for the cluster, both checked here.
+    /// mode) and the settings of the cluster's, both checked here.
     fn connector(&self) -> Result<Connector, ConnectError> {
         let certificates = self.certificates()?;
         let seeds = self.seeds();
@@ -119,14 +120,8 @@ impl RedisTarget {
             Some(certs) => redis::Client::build_with_tls(seeds[0].as_str(), certs.clone()),
         }
         .map_err(ConnectError::InvalidUrl)?;
-        let mut cluster = ClusterClientBuilder::new(seeds.iter().map(String::as_str).collect::<Vec<_>>())
-            .connection_timeout(TIMEOUT)
-            .response_timeout(TIMEOUT)
-            .retries(CLUSTER_RETRIES);
-        if let Some(certs) = certificates {
-            cluster = cluster.certs(certs);
-        }
-        let cluster = cluster.build().map_err(ConnectError::InvalidUrl)?;
+        let cluster = ClusterSettings { seeds: seeds.clone(), certificates };
+        cluster.client(&[]).map_err(ConnectError::InvalidUrl)?;
         Ok(Connector { single, cluster, several_seeds: seeds.len() > 1 })
     }
 
@@ -145,8 +140,34 @@ const CLUSTER_RETRIES: u32 = 6;
 /// The clients a `RedisTarget` connects with.
 struct Connector {
     single: redis::Client,
-    cluster: ClusterClient,
+    cluster: ClusterSettings,
     several_seeds: bool,
+}
+
+/// How to (re)build the cluster client: the seeds, the TLS material.
+#[derive(Clone)]
+struct ClusterSettings {
+    seeds: Vec<String>,
+    certificates: Option<redis::TlsCertificates>,
+}
+
+impl ClusterSettings {
+    /// A client seeded with the configured seeds and the nodes seen since (so that a seed
+    /// that died does not stop a reconnection). The scheme and credentials of the first seed
+    /// apply to every node.
+    fn client(&self, known_nodes: &[String]) -> RedisResult<ClusterClient> {
+        let prefix = self.seeds[0].split_once("://").map_or(String::new(), |(scheme, rest)| {
+            let userinfo = rest.find('@').map_or("", |at| &rest[..=at]);
+            format!("{scheme}://{userinfo}")
+        });
+        let mut nodes = self.seeds.clone();
+        nodes.extend(known_nodes.iter().map(|node| format!("{prefix}{node}")));
+        let mut builder = ClusterClientBuilder::new(nodes).connection_timeout(TIMEOUT).response_timeout(TIMEOUT).retries(CLUSTER_RETRIES);
+        if let Some(certs) = &self.certificates {
+            builder = builder.certs(certs.clone());
+        }
+        builder.build()
+    }
 }
 
 impl Connector {
@@ -160,8 +181,101 @@ impl Connector {
                 return Ok(RedisConnection::Single(single));
             }
         }
-        Ok(RedisConnection::Cluster(self.cluster.get_async_connection().await?))
+        Ok(RedisConnection::Cluster(ClusterHandle::connect(self.cluster.clone()).await?))
     }
+}
+
+/// A cluster connection that is rebuilt when a node stops answering.
+///
+/// redis-rs's cluster client learns a new slot map only from MOVED/ASK answers: when a
+/// master dies and its replica is promoted, requests for its slots keep going to the dead
+/// address and never get a MOVED. So a connection error or a timeout here starts one
+/// rebuild in the background (at most one at a time, at most every `REBUILD_INTERVAL`),
+/// which reads the slot map afresh from the seeds and every node seen so far; the failed
+/// request itself fails, and the caller's retry (a 503 the client repeats, the next pass)
+/// goes to the new master.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    shared: Arc<ClusterShared>,
+}
+
+struct ClusterShared {
+    settings: ClusterSettings,
+    current: RwLock<ClusterConnection>,
+    /// `host:port` of every node the slot map named at the last (re)build.
+    known_nodes: RwLock<Vec<String>>,
+    rebuilding: AtomicBool,
+}
+
+/// Least time between two rebuilds of a cluster connection.
+const REBUILD_INTERVAL: Duration = Duration::from_millis(500);
+
+impl ClusterHandle {
+    async fn connect(settings: ClusterSettings) -> RedisResult<Self> {
+        let mut conn = settings.client(&[])?.get_async_connection().await?;
+        let known = cluster_nodes(&mut conn).await.unwrap_or_default();
+        Ok(Self {
+            shared: Arc::new(ClusterShared {
+                settings,
+                current: RwLock::new(conn),
+                known_nodes: RwLock::new(known),
+                rebuilding: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn connection(&self) -> ClusterConnection {
+        self.shared.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After a failed request: rebuilds the connection if the failure says a node is gone.
+    fn failed(&self, error: &redis::RedisError) {
+        let node_gone = error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_refusal()
+            || error.is_connection_dropped()
+            || matches!(error.kind(), redis::ErrorKind::ClusterDown | redis::ErrorKind::TryAgain);
+        if !node_gone || self.shared.rebuilding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let known = shared.known_nodes.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let rebuilt = async { shared.settings.client(&known)?.get_async_connection().await };
+            match rebuilt.await {
+                Ok(mut conn) => {
+                    if let Ok(nodes) = cluster_nodes(&mut conn).await {
+                        *shared.known_nodes.write().unwrap_or_else(|e| e.into_inner()) = nodes;
+                    }
+                    *shared.current.write().unwrap_or_else(|e| e.into_inner()) = conn;
+                    tracing::info!("rebuilt the Redis Cluster connection with a fresh slot map");
+                }
+                Err(error) => tracing::warn!(%error, "cannot rebuild the Redis Cluster connection yet"),
+            }
+            tokio::time::sleep(REBUILD_INTERVAL).await;
+            shared.rebuilding.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Every node (`host:port`, masters and replicas) of the cluster's slot map.
+async fn cluster_nodes(conn: &mut ClusterConnection) -> RedisResult<Vec<String>> {
+    let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut nodes: Vec<String> = ranges
+        .iter()
+        .flat_map(|range| range.iter().skip(2))
+        .filter_map(|node| match node {
+            Value::Array(fields) if fields.len() >= 2 => {
+                let host: String = redis::from_redis_value(&fields[0]).ok()?;
+                let port: u16 = redis::from_redis_value(&fields[1]).ok()?;
+                Some(format!("{host}:{port}"))
+            }
+            _ => None,
+        })
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    Ok(nodes)
 }
 
 /// A connection to one Redis server (which reconnects by itself) or to a Redis Cluster
@@ -170,7 +284,7 @@ impl Connector {
 #[derive(Clone)]
 pub enum RedisConnection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterHandle),
 }
 
 impl RedisConnection {
@@ -184,9 +298,10 @@ impl RedisConnection {
     pub async fn query_at<T: redis::FromRedisValue>(&mut self, key: &str, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Self::Single(conn) => cmd.query_async(conn).await,
-            Self::Cluster(conn) => {
+            Self::Cluster(handle) => {
                 let route = Route::new(key_slot(key), SlotAddr::Master);
-                let value = conn.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route))).await?;
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let value = handle.connection().route_command(cmd, routing).await.inspect_err(|error| handle.failed(error))?;
                 redis::from_redis_value(&value)
             }
         }
@@ -197,8 +312,8 @@ impl RedisConnection {
     pub async fn masters(&mut self) -> RedisResult<Vec<(String, u16)>> {
         match self {
             Self::Single(_) => Ok(vec![]),
-            Self::Cluster(conn) => {
-                let shards: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+            Self::Cluster(handle) => {
+                let shards: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut handle.connection()).await?;
                 let mut masters = Vec::new();
                 for shard in shards {
                     if let Some(Value::Array(node)) = shard.get(2) {
@@ -231,21 +346,27 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(handle) => {
+                let (handle, mut conn) = (handle.clone(), handle.connection());
+                Box::pin(async move { conn.req_packed_command(cmd).await.inspect_err(|error| handle.failed(error)) })
+            }
         }
     }
 
     fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(handle) => {
+                let (handle, mut conn) = (handle.clone(), handle.connection());
+                Box::pin(async move { conn.req_packed_commands(cmd, offset, count).await.inspect_err(|error| handle.failed(error)) })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
+            Self::Cluster(_) => 0,
         }
     }
 }

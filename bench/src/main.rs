@@ -26,6 +26,7 @@ fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
+#[derive(Clone)]
 struct Setup {
     redis_url: String,
     kafka: KafkaSettings,
@@ -45,6 +46,39 @@ async fn event(setup: &Setup, limit: i64) -> anyhow::Result<(EventId, String)> {
     let mut conn = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
     provision::provision_event(&mut conn, &setup.kafka.admin()?, &id, &config, 3, 1).await?;
     Ok((id, topic))
+}
+
+/// Provisions an open event of `shards` shards with `limit` coupons on a fresh topic.
+async fn sharded_event(setup: &Setup, limit: i64, shards: u16) -> anyhow::Result<EventId> {
+    let name = unique("bench");
+    let id = EventId::new("bench", &name)?;
+    let topic = format!("bench.{name}");
+    let config = EventConfig { shards, ..EventConfig::open_now(limit, &topic, Duration::from_secs(3600)) };
+    let mut conn = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
+    provision::provision_event(&mut conn, &setup.kafka.admin()?, &id, &config, 3, 1).await?;
+    Ok(id)
+}
+
+/// Microseconds each master of the cluster spent in scripts (`EVALSHA` and `EVAL` in
+/// `INFO commandstats`) since its statistics were reset.
+async fn script_micros(masters: &[(String, u16)], reset: bool) -> anyhow::Result<Vec<u64>> {
+    let mut micros = Vec::new();
+    for (host, port) in masters {
+        let mut conn = redis::Client::open(format!("redis://{host}:{port}"))?.get_multiplexed_async_connection().await?;
+        if reset {
+            redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut conn).await?;
+            micros.push(0);
+            continue;
+        }
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+        let total = info
+            .lines()
+            .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+            .filter_map(|line| line.split(',').find_map(|field| field.strip_prefix("usec=")).and_then(|v| v.parse::<u64>().ok()))
+            .sum();
+        micros.push(total);
+    }
+    Ok(micros)
 }
 
 /// Serves a router on an ephemeral port with the api's own server loop (so that both sides
@@ -384,6 +418,45 @@ async fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&jwks_path);
     }
     // 3. Consumer writes into PostgreSQL.
+    // 2c. One event sharded over K = 1, 2, 3 masters of the local Redis Cluster: end-to-end
+    // issuing throughput, and the busiest master's script time per 10,000 coupons (from
+    // `INFO commandstats`), each against K = 1 in the same run.
+    if run("shards") {
+        let cluster = Setup { redis_url: env("REDIS_CLUSTER_URL", "redis://127.0.0.1:7000"), ..setup.clone() };
+        let (cluster_api, _) = api(&cluster).await?;
+        let mut conn = RedisHandle::connect_with_deadline(&cluster.redis_url, Duration::from_secs(10)).await?;
+        let masters = conn.masters().await?;
+        anyhow::ensure!(masters.len() >= 3, "the shard benchmark needs a cluster of three masters (dev/stack up cluster)");
+        let requests: usize = env("BENCH_SHARD_REQUESTS", "30000").parse()?;
+        let mut baseline: Option<(f64, f64)> = None;
+        for shards in [1u16, 2, 3] {
+            let warm = sharded_event(&cluster, 1000, shards).await?;
+            burst(&cluster_api, warm.name(), 500, CONCURRENCY, "warm-").await?;
+            let id = sharded_event(&cluster, requests as i64, shards).await?;
+            script_micros(&masters, true).await?;
+            let report = burst(&cluster_api, id.name(), requests, CONCURRENCY, "shard-").await?;
+            anyhow::ensure!(report.count(201) == requests as u64, "{shards} shards: {}", report.table());
+            let micros = script_micros(&masters, false).await?;
+            let busiest = *micros.iter().max().unwrap_or(&0) as f64 * 10_000.0 / requests as f64;
+            let throughput = report.throughput();
+            let (base_throughput, base_busiest) = *baseline.get_or_insert((throughput, busiest));
+            let spread = micros.iter().map(|m| format!("{:.0}", *m as f64 * 10_000.0 / requests as f64)).collect::<Vec<_>>().join(" / ");
+            lines.push(Line {
+                what: format!("{shards} shard(s): issuing throughput end to end (req/s)"),
+                ours: format!("{throughput:.0}"),
+                baseline: format!("{base_throughput:.0} (1 shard, same cluster)"),
+                ratio: format!("{:.2}", throughput / base_throughput),
+                target: "report",
+            });
+            lines.push(Line {
+                what: format!("{shards} shard(s): busiest master's script time per 10,000 coupons (µs; masters {spread})"),
+                ours: format!("{busiest:.0}"),
+                baseline: format!("{base_busiest:.0} (1 shard, same cluster)"),
+                ratio: format!("{:.2}", busiest / base_busiest),
+                target: if shards == 3 { "<= 0.4" } else { "report" },
+            });
+        }
+    }
     if run("consumer") {
         let (batched, single) = consumer_writes(&setup, env("BENCH_ROWS", "20000").parse()?).await?;
         lines.push(Line {

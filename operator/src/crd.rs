@@ -67,8 +67,9 @@ pub struct CouponEventSpec {
     #[schemars(range(min = 1, max = 1000))]
     pub partitions: i32,
     /// Redis shards the quota is spread over, on different masters of a Redis Cluster
-    /// (README, "Sharding an event"). 1 keeps the event on one master; more pays off only
-    /// when one master cannot take the event's opening second. Fixed once created.
+    /// (README, "Redis Cluster and sharded events"). 1 keeps the event on one master; more
+    /// pays off only when one master cannot take the event's opening second. Fixed once
+    /// created.
     #[serde(default = "default_shards")]
     #[schemars(range(min = 1, max = 64))]
     pub shards: u16,

@@ -287,7 +287,11 @@ impl ApplyService {
                 self.settle_in_background(layout.clone(), source, grant.id);
             }
             match decision {
-                GateDecision::OtherLayout if !layout_read_again => {
+                // A shard without configuration: the event may have been deleted (its tombstone
+                // is on the home shard only) or created again with another layout.
+                GateDecision::OtherLayout | GateDecision::Missing
+                    if !layout_read_again && (layout.is_sharded() || decision == GateDecision::OtherLayout) =>
+                {
                     layout_read_again = true;
                     self.layouts.remove(event.name());
                     layout = self.layout(conn, event).await?;

@@ -82,7 +82,10 @@ pub async fn write_config(
         if !(0..=3).contains(&answer) {
             return Ok(write);
         }
-        home = write;
+        // A shard whose configuration was lost is reported even if the home shard kept its own.
+        if home != ConfigWrite::CreatedRecovering {
+            home = write;
+        }
     }
     register(conn, event).await?;
     Ok(home)

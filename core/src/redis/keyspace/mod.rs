@@ -5,20 +5,28 @@
 //! # Layout (the reference)
 //!
 //! One event is one Redis hash tag, `{<namespace>/<name>}`, so all of its keys live in the
-//! same Redis Cluster slot and one script can touch them atomically:
+//! same Redis Cluster slot and one script can touch them atomically. An event of K shards
+//! (`EventLayout`, `layout.rs`) has K such tags, each with every key below; shard 0 is the
+//! event's own tag. Each shard decides its users (by `home_shard`) and hands out the slots of
+//! its stride (`shard + 1 + k·K`); stock moves between shards by grants
+//! (`docs/architecture.md`, "Redis Cluster and sharded events").
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `coupon:{ns/name}:config` | hash | `limit`, `per_user`, `start_ms`, `end_ms` (window, server time in ms), `topic`, `paused`, `incarnation` (the UID of the `CouponEvent` the event belongs to, written at creation and never changed: records and rows carry it in their event key), `server` (replication id of the Redis the state was last verified on); while the state is being verified against SQL also `recovering` = `1`, `recovering_since_ms` and, during the write-back, `restoring` and `restore_server`. A deleted event leaves only `deleted` = `1` here for a day (a tombstone) |
-//! | `coupon:{ns/name}:count` | integer | the highest slot ever handed out (never above `limit`) |
+//! | `coupon:{ns/name}:config` | hash | `limit`, `per_user`, `start_ms`, `end_ms` (window, server time in ms), `topic`, `paused`, `shards` and `shard` (absent: 1 and 0), `incarnation` (the UID of the `CouponEvent` the event belongs to, written at creation and never changed: records and rows carry it in their event key), `server` (replication id of the Redis the state was last verified on); while the state is being verified against SQL also `recovering` = `1`, `recovering_since_ms` and, during the write-back, `restoring` and `restore_server`. A deleted event leaves only `deleted` = `1` here for a day (a tombstone) |
+//! | `coupon:{ns/name}:count` | integer | slots of the shard's stride handed out (with one shard: the highest slot ever handed out; never beyond `limit`) |
 //! | `coupon:{ns/name}:users` | hash | user → their entries, `slot:state` separated by spaces; state `p` pending (issued, record not yet acknowledged), `a` acknowledged by the broker (the user was answered 201), `w` written to SQL after that, `x` written to SQL but never confirmed to the user (their next apply answers 201 without producing). One entry per user today; `per_user` > 1 adds entries to the same value |
 //! | `coupon:{ns/name}:unwritten` | sorted set | `slot:user` of every entry not yet written, scored by its delivery deadline (server ms): what healing looks at |
 //! | `coupon:{ns/name}:free` | list | slots given back (a produce that certainly failed, or healed); handed out first |
 //! | `coupon:{ns/name}:persisted` | integer | entries written to SQL |
 //! | `coupon:{ns/name}:healed` | integer | entries given back by healing |
+//! | `coupon:{ns/name}:held` | integer | slots the shard's users hold (a sharded event's `issued` is the sum) |
+//! | `coupon:{ns/name}:grants` | hash | grant id → `target slot slot ...`: stock this shard gave and that is not settled yet |
+//! | `coupon:{ns/name}:grant_deadlines` | sorted set | grant ids by deadline (server ms): when healing may close them |
+//! | `coupon:{ns/name}:accepted` / `:refused` | sets | grant ids this shard took / refused for good |
 //! | `coupon:events` | set | every provisioned event (`ns/name`), for the consumer's verification and healing passes; outside any event's hash tag |
 //!
-//! Issued coupons are `count - len(free)`.
+//! Issued coupons are `count - len(free)` with one shard, the sum of `held` with several.
 //!
 //! Every script is `lua/common.lua` followed by its own file (`script!`).
 

@@ -13,7 +13,7 @@ use coupon_core::event::{EventConfig, EventId};
 use coupon_core::kafka::KafkaSettings;
 use coupon_core::provision;
 use coupon_core::redis::keyspace;
-use coupon_core::redis::RedisHandle;
+use coupon_core::redis::{diagnostics, RedisHandle};
 use coupon_service::app::{Api, ApiSettings, Consumer, ConsumerSettings};
 use coupon_service::auth::{AuthSettings, JwtKeys, JwtSettings};
 use coupon_service::http::{self, ApiState, ServerLimits};
@@ -59,24 +59,12 @@ async fn sharded_event(setup: &Setup, limit: i64, shards: u16) -> anyhow::Result
     Ok(id)
 }
 
-/// Microseconds each master of the cluster spent in scripts (`EVALSHA` and `EVAL` in
-/// `INFO commandstats`) since its statistics were reset.
+/// Microseconds each master of the cluster spent in scripts since its statistics were
+/// reset (`reset`: reset them now).
 async fn script_micros(masters: &[(String, u16)], reset: bool) -> anyhow::Result<Vec<u64>> {
     let mut micros = Vec::new();
     for (host, port) in masters {
-        let mut conn = redis::Client::open(format!("redis://{host}:{port}"))?.get_multiplexed_async_connection().await?;
-        if reset {
-            redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut conn).await?;
-            micros.push(0);
-            continue;
-        }
-        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
-        let total = info
-            .lines()
-            .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
-            .filter_map(|line| line.split(',').find_map(|field| field.strip_prefix("usec=")).and_then(|v| v.parse::<u64>().ok()))
-            .sum();
-        micros.push(total);
+        micros.push(diagnostics::script_micros(&format!("redis://{host}:{port}"), reset).await?);
     }
     Ok(micros)
 }

@@ -54,9 +54,11 @@ def test_scripts_are_lua_files_of_the_keyspace():
         [
             "ack.lua",
             "apply.lua",
+            "close_grant.lua",
             "common.lua",
             "delete.lua",
             "fence.lua",
+            "grant.lua",
             "heal.lua",
             "provision.lua",
             "release.lua",
@@ -64,6 +66,7 @@ def test_scripts_are_lua_files_of_the_keyspace():
             "restore_chunk.lua",
             "restore_finish.lua",
             "retire.lua",
+            "settle_grant.lua",
             "written.lua",
         ]
     )

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use coupon_core::event::{EventConfig, EventId};
 use coupon_core::provision;
-use coupon_core::redis::{RedisConnection, RedisHandle};
+use coupon_core::redis::{diagnostics, RedisConnection, RedisHandle};
 
 use crate::{free_port, kafka, unique, wait_until, ChildProcess, TestEvent};
 
@@ -35,23 +35,9 @@ pub async fn provision_sharded_event(redis_url: &str, brokers: &str, namespace: 
 
 /// The master (`host:port`) that serves `slot`, from `CLUSTER SLOTS`.
 pub async fn master_of_slot(conn: &mut RedisConnection, slot: u16) -> String {
-    let ranges: Vec<(u16, u16, (String, u16))> = ranges(conn).await;
-    let (_, _, (host, port)) = ranges.into_iter().find(|(from, to, _)| (*from..=*to).contains(&slot)).expect("every slot is served");
+    let ranges = diagnostics::slot_masters(conn).await.unwrap();
+    let (_, _, host, port) = ranges.into_iter().find(|(from, to, _, _)| (*from..=*to).contains(&slot)).expect("every slot is served");
     format!("{host}:{port}")
-}
-
-async fn ranges(conn: &mut RedisConnection) -> Vec<(u16, u16, (String, u16))> {
-    let raw: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await.unwrap();
-    raw.into_iter()
-        .map(|range| {
-            let from: u16 = redis::from_redis_value(&range[0]).unwrap();
-            let to: u16 = redis::from_redis_value(&range[1]).unwrap();
-            let redis::Value::Array(master) = &range[2] else { panic!("CLUSTER SLOTS: {range:?}") };
-            let host: String = redis::from_redis_value(&master[0]).unwrap();
-            let port: u16 = redis::from_redis_value(&master[1]).unwrap();
-            (from, to, (host, port))
-        })
-        .collect()
 }
 
 /// A Redis Cluster owned by one test: three masters and three replicas on free ports, a
@@ -115,23 +101,18 @@ impl OwnCluster {
 
     /// Waits until every replica's link to its master is up (its initial sync done).
     async fn wait_until_replicas_synced(&self) {
-        let ports = self.ports.clone();
+        let urls = self.node_urls();
         wait_until("every replica in sync", Duration::from_secs(60), || {
-            let ports = ports.clone();
+            let urls = urls.clone();
             async move {
-                let mut replicas = 0;
-                for port in ports {
-                    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
-                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                    let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await.ok()?;
-                    if info.contains("role:slave") {
-                        if !info.contains("master_link_status:up") {
-                            return None;
-                        }
-                        replicas += 1;
+                let mut synced = 0;
+                for url in urls {
+                    let state = diagnostics::node_state(&url).await?;
+                    if state.replica {
+                        synced += usize::from(state.replica_in_sync);
                     }
                 }
-                (replicas == 3).then_some(())
+                (synced == 3).then_some(())
             }
         })
         .await;
@@ -141,19 +122,12 @@ impl OwnCluster {
     /// over.
     pub async fn wait_until_failed_over(&self, port: u16) {
         self.wait_until_serving().await;
-        let live: Vec<u16> = self.ports.iter().copied().filter(|p| *p != port).collect();
+        let live: Vec<String> = self.ports.iter().filter(|p| **p != port).map(|p| format!("redis://127.0.0.1:{p}")).collect();
         wait_until("a replica took over", Duration::from_secs(60), || {
             let live = live.clone();
             async move {
-                for node in live {
-                    let client = redis::Client::open(format!("redis://127.0.0.1:{node}")).ok()?;
-                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await.ok()?;
-                    let dead_master = slots.iter().any(|range| match range.get(2) {
-                        Some(redis::Value::Array(master)) => redis::from_redis_value::<u16>(&master[1]).ok() == Some(port),
-                        _ => false,
-                    });
-                    if dead_master {
+                for url in live {
+                    if diagnostics::node_state(&url).await?.master_ports.contains(&port) {
                         return None;
                     }
                 }
@@ -161,6 +135,10 @@ impl OwnCluster {
             }
         })
         .await;
+    }
+
+    fn node_urls(&self) -> Vec<String> {
+        self.ports.iter().map(|port| format!("redis://127.0.0.1:{port}")).collect()
     }
 
     /// Seed URL: its first node.
@@ -173,17 +151,14 @@ impl OwnCluster {
         self.ports.iter().map(|port| format!("redis://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
     }
 
-    /// Waits until every slot is served by a master that answers (after a failover too).
+    /// Waits until every live node sees the cluster serving every slot.
     pub async fn wait_until_serving(&self) {
-        let ports = self.ports.clone();
+        let urls = self.node_urls();
         wait_until("the cluster serves every slot", Duration::from_secs(60), || {
-            let ports = ports.clone();
+            let urls = urls.clone();
             async move {
-                for port in ports {
-                    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else { continue };
-                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { continue };
-                    let Ok(info) = redis::cmd("CLUSTER").arg("INFO").query_async::<String>(&mut conn).await else { continue };
-                    if !info.contains("cluster_state:ok") {
+                for url in urls {
+                    if diagnostics::node_state(&url).await.is_some_and(|state| !state.cluster_ok) {
                         return None;
                     }
                 }

@@ -289,3 +289,43 @@ async fn a_master_killed_mid_burst_over_issues_nothing_and_every_201_has_its_row
     assert_eq!(issued.len() as i64, LIMIT, "once restored, every coupon is issued: {:?}", statuses(&answers));
     consumer.stop().await.unwrap();
 }
+
+/// Stock moving between shards, attacked directly: a grant sent twice (a client that
+/// resent it) moves its slots once, a grant is taken once, and a grant made for an earlier
+/// event of the same name (deleted and created again: another epoch) is never taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_move_stock_once_and_never_into_another_epoch() {
+    let event = provision_sharded_event(&cluster_url(), &kafka_brokers(), NAMESPACE, 20, 2).await;
+    let layout = EventLayout::new(&event.id, 2);
+    let mut conn = cluster().await;
+    let lease = Duration::from_secs(60);
+    let before = keyspace::stock(&mut conn, &layout, 1).await.unwrap().unwrap();
+    assert_eq!(before.available, 10, "shard 1's stride: 2, 4, ..., 20");
+    let grant = keyspace::grant(&mut conn, &layout, 1, 0, 4, lease, "g-1").await.unwrap().expect("granted");
+    let resent = keyspace::grant(&mut conn, &layout, 1, 0, 4, lease, "g-1").await.unwrap().expect("the same grant");
+    assert_eq!(grant, resent);
+    assert_eq!(grant.slots, vec![2, 4, 6, 8]);
+    assert_eq!(keyspace::stock(&mut conn, &layout, 1).await.unwrap().unwrap().available, 6, "moved once");
+
+    let user = (0..).map(|n| format!("g-user-{n}")).find(|u| layout.home_shard(u) == 0).unwrap();
+    let (_, taken) = keyspace::apply(&mut conn, &layout, &user, lease, Some(&grant)).await.unwrap();
+    assert!(taken);
+    let (_, again) = keyspace::apply(&mut conn, &layout, &format!("{user}-b"), lease, Some(&grant)).await.unwrap();
+    assert!(again, "already taken: answered as taken, nothing added");
+    assert_eq!(
+        keyspace::stock(&mut conn, &layout, 0).await.unwrap().unwrap().available,
+        10 - 2 + 4,
+        "shard 0: its stride left and the grant"
+    );
+
+    // The event is deleted and created again with the same layout: a grant of the old
+    // event's epoch carries nothing into the new one.
+    let stale = keyspace::grant(&mut conn, &layout, 1, 0, 2, lease, "g-2").await.unwrap().expect("granted");
+    keyspace::delete_event(&mut conn, &event.id).await.unwrap();
+    let config = coupon_core::event::EventConfig { shards: 2, ..coupon_core::event::EventConfig::open_now(20, &event.topic, lease) };
+    coupon_core::provision::provision_redis(&mut conn, &event.id, &config, false).await.unwrap();
+    let (_, taken) = keyspace::apply(&mut conn, &layout, &user, lease, Some(&stale)).await.unwrap();
+    assert!(!taken, "a grant of another epoch is not taken");
+    assert_eq!(keyspace::stock(&mut conn, &layout, 0).await.unwrap().unwrap().available, 10 - 1, "shard 0 has its stride only");
+    keyspace::delete_event(&mut conn, &event.id).await.unwrap();
+}

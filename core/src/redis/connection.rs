@@ -268,7 +268,8 @@ async fn cluster_nodes(conn: &mut ClusterConnection) -> RedisResult<Vec<String>>
             Value::Array(fields) if fields.len() >= 2 => {
                 let host: String = redis::from_redis_value(&fields[0]).ok()?;
                 let port: u16 = redis::from_redis_value(&fields[1]).ok()?;
-                Some(format!("{host}:{port}"))
+                // `?` or empty: the node does not announce a usable endpoint.
+                (!host.is_empty() && host != "?" && port > 0).then(|| format!("{host}:{port}"))
             }
             _ => None,
         })

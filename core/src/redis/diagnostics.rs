@@ -1,5 +1,6 @@
-//! Server-side timing for benchmarks: the slowest command Redis ran in a stretch of work,
-//! from its slow log (so the figure excludes the network and the client).
+//! Server-side figures for benchmarks and tests: the slowest command Redis ran in a stretch
+//! of work, from its slow log (so the figure excludes the network and the client); the time
+//! a server spent in scripts; where a cluster's slots are and how its nodes see it.
 
 use crate::redis::RedisConnection;
 use redis::RedisResult;
@@ -36,4 +37,71 @@ pub async fn slowest_since(conn: &mut RedisConnection, saved: (String, String)) 
     let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(saved.0).query_async(conn).await?;
     let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-max-len").arg(saved.1).query_async(conn).await?;
     Ok(longest)
+}
+
+/// The slot ranges of a Redis Cluster and the master (`host`, `port`) serving each, from
+/// `CLUSTER SLOTS` (tests and benchmarks: which master holds a shard).
+pub async fn slot_masters(conn: &mut RedisConnection) -> RedisResult<Vec<(u16, u16, String, u16)>> {
+    let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    Ok(ranges
+        .iter()
+        .filter_map(|range| {
+            let from: u16 = redis::from_redis_value(range.first()?).ok()?;
+            let to: u16 = redis::from_redis_value(range.get(1)?).ok()?;
+            let redis::Value::Array(master) = range.get(2)? else { return None };
+            let host: String = redis::from_redis_value(master.first()?).ok()?;
+            let port: u16 = redis::from_redis_value(master.get(1)?).ok()?;
+            Some((from, to, host, port))
+        })
+        .collect())
+}
+
+/// One node of a cluster, asked directly (not through the cluster client): whether it sees
+/// the cluster as serving every slot, and, if it is a replica, whether its link to its
+/// master is up. `None`: the node does not answer.
+pub async fn node_state(url: &str) -> Option<NodeState> {
+    let mut conn = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+    let cluster: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.ok()?;
+    let replication: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await.ok()?;
+    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await.ok()?;
+    let master_ports = slots
+        .iter()
+        .filter_map(|range| match range.get(2) {
+            Some(redis::Value::Array(master)) => redis::from_redis_value::<u16>(master.get(1)?).ok(),
+            _ => None,
+        })
+        .collect();
+    Some(NodeState {
+        cluster_ok: cluster.contains("cluster_state:ok"),
+        replica: replication.contains("role:slave"),
+        replica_in_sync: replication.contains("master_link_status:up"),
+        master_ports,
+    })
+}
+
+/// What `node_state` reads off one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeState {
+    pub cluster_ok: bool,
+    pub replica: bool,
+    pub replica_in_sync: bool,
+    /// Ports of the masters this node's slot map names.
+    pub master_ports: Vec<u16>,
+}
+
+/// Microseconds a server spent in scripts (`EVALSHA` and `EVAL` in `INFO commandstats`)
+/// since its statistics were reset; with `reset`, resets them (`CONFIG RESETSTAT`) and
+/// answers 0. Asked of one node directly.
+pub async fn script_micros(url: &str, reset: bool) -> RedisResult<u64> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    if reset {
+        redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut conn).await?;
+        return Ok(0);
+    }
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+    Ok(info
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter_map(|line| line.split(',').find_map(|field| field.strip_prefix("usec=")).and_then(|v| v.parse::<u64>().ok()))
+        .sum())
 }

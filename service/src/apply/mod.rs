@@ -317,19 +317,32 @@ impl ApplyService {
     /// Reads every shard once: paid only by applies that find their shard empty, and
     /// answered from memory once the event is sold out everywhere.
     async fn find_stock(&self, conn: &mut RedisConnection, layout: &EventLayout, target: u16) -> Result<Stock, RedisError> {
-        let (mut held, mut holders_version, mut limit) = (0, 0, 0);
+        let (mut held, mut limit) = (0, 0);
+        let mut versions = Vec::with_capacity(usize::from(layout.shard_count()));
         let mut richest: Option<(u16, i64)> = None;
         for shard in layout.shards() {
             let Some(stock) = keyspace::stock(conn, layout, shard).await? else { continue };
             held += stock.held;
-            holders_version += stock.holders_version;
+            versions.push(stock.holders_version);
             limit = limit.max(stock.limit);
             if shard != target && !stock.recovering && stock.available > richest.map_or(0, |(_, most)| most) {
                 richest = Some((shard, stock.available));
             }
         }
         if held >= limit {
-            return Ok(Stock::SoldOut { holders_version });
+            // The shards were read one after the other: a slot given back on a shard read
+            // early could have been taken on one read later. Sold out only if no shard's
+            // holders changed meanwhile (a release or a heal changes `holders_version`).
+            let mut again = Vec::with_capacity(versions.len());
+            for shard in layout.shards() {
+                if let Some(stock) = keyspace::stock(conn, layout, shard).await? {
+                    again.push(stock.holders_version);
+                }
+            }
+            if again != versions {
+                return Ok(Stock::Elsewhere);
+            }
+            return Ok(Stock::SoldOut { holders_version: versions.iter().sum() });
         }
         let Some((source, available)) = richest else { return Ok(Stock::Elsewhere) };
         let wanted = ((available + 1) / 2).clamp(1, GRANT_MAX);

@@ -74,15 +74,17 @@ pub async fn restore_event(
         return Ok(None);
     }
     let token = restore_token();
+    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or_default();
     let mut report = RestoreReport::default();
     for shard in layout.shards() {
-        let begun = timed(&mut report, keyspace::restore_begin(conn, &layout, shard, &token, &PROCESS, trusted_until_ms)).await?;
+        let begun = timed(&mut report, keyspace::restore_begin(conn, &layout, shard, &token, &PROCESS, trusted_until_ms, epoch)).await?;
         if begun != RestoreStep::Done {
             return Ok(None);
         }
     }
     let shards = usize::from(layout.shard_count());
     let mut free: Vec<Vec<i64>> = vec![Vec::new(); shards];
+    let mut chunks: Vec<u64> = vec![0; shards];
     let mut after = 0;
     loop {
         let page = store.coupons_after(&name, after, RESTORE_PAGE).await?;
@@ -91,7 +93,9 @@ pub async fn restore_event(
             for gap in after + 1..*slot {
                 let owner = stride_owner(gap, shards);
                 free[owner].push(gap);
-                if free[owner].len() == FREE_CHUNK && !send(conn, &layout, owner, &token, &[], &mut free[owner], &mut report).await? {
+                if free[owner].len() == FREE_CHUNK
+                    && !send(conn, &layout, owner, &token, &mut chunks[owner], &[], &mut free[owner], &mut report).await?
+                {
                     return Ok(None);
                 }
             }
@@ -99,9 +103,8 @@ pub async fn restore_event(
         }
         for shard in layout.shards() {
             let rows: Vec<&(String, i64)> = page.iter().filter(|(user, _)| layout.home_shard(user) == shard).collect();
-            if !rows.is_empty()
-                && !send(conn, &layout, usize::from(shard), &token, &rows, &mut free[usize::from(shard)], &mut report).await?
-            {
+            let index = usize::from(shard);
+            if !rows.is_empty() && !send(conn, &layout, index, &token, &mut chunks[index], &rows, &mut free[index], &mut report).await? {
                 tracing::warn!(event = %event, "restore taken over or the server changed; will start again");
                 return Ok(None);
             }
@@ -109,7 +112,7 @@ pub async fn restore_event(
         after = last;
     }
     for shard in 0..shards {
-        if !free[shard].is_empty() && !send(conn, &layout, shard, &token, &[], &mut free[shard], &mut report).await? {
+        if !free[shard].is_empty() && !send(conn, &layout, shard, &token, &mut chunks[shard], &[], &mut free[shard], &mut report).await? {
             return Ok(None);
         }
     }
@@ -133,18 +136,21 @@ fn stride_owner(slot: i64, shards: usize) -> usize {
     ((slot - 1) % shards as i64) as usize
 }
 
-/// Writes rows and the collected free slots to one shard; `false` if the restore was taken
-/// over.
+/// Writes rows and the collected free slots to one shard as its next chunk; `false` if the
+/// restore was taken over.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     conn: &mut RedisConnection,
     layout: &EventLayout,
     shard: usize,
     token: &str,
+    chunk: &mut u64,
     rows: &[&(String, i64)],
     free: &mut Vec<i64>,
     report: &mut RestoreReport,
 ) -> Result<bool, RecoveryError> {
-    let step = timed(report, keyspace::restore_chunk(conn, layout, shard as u16, token, rows, free)).await?;
+    *chunk += 1;
+    let step = timed(report, keyspace::restore_chunk(conn, layout, shard as u16, token, *chunk, rows, free)).await?;
     report.rows += rows.len() as i64;
     report.free += free.len() as i64;
     free.clear();

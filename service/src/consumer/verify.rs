@@ -206,7 +206,7 @@ async fn settle_expired_grants(conn: &mut RedisConnection, layout: &EventLayout,
             if target >= layout.shard_count() {
                 continue;
             }
-            let verdict = keyspace::close_grant(conn, layout, target, &id).await?;
+            let Some(verdict) = keyspace::close_grant(conn, layout, target, &id).await? else { continue };
             keyspace::settle_grant(conn, layout, source, &id, verdict).await?;
             tracing::warn!(event = %layout.event(), source, target, grant = id, ?verdict, "settled a grant between shards that nobody settled");
         }

@@ -43,13 +43,29 @@ pub async fn write_config(
     existed_before: bool,
 ) -> RedisResult<ConfigWrite> {
     let layout = EventLayout::new(event, config.shards);
-    if config.shards > 1 {
-        if let Some(existing) = super::layout(conn, event).await? {
-            if existing.shard_count() != config.shards {
-                return Ok(ConfigWrite::RefusedShardsChanged { existing: existing.shard_count() });
+    let existing = super::layout(conn, event).await?;
+    if let Some(existing) = &existing {
+        if existing.shard_count() != config.shards {
+            return Ok(ConfigWrite::RefusedShardsChanged { existing: existing.shard_count() });
+        }
+    }
+    if layout.is_sharded() {
+        // Every shard checked before any is written, so that a refused limit leaves no
+        // shard with another limit than the rest (a slot issued meanwhile is still caught
+        // by the script's own check).
+        for shard in layout.shards() {
+            let count: Option<i64> = redis::cmd("GET").arg(&layout.keys(shard).count).query_async(&mut *conn).await?;
+            let highest = match count.unwrap_or(0) {
+                0 => 0,
+                n => (n - 1) * i64::from(config.shards) + i64::from(shard) + 1,
+            };
+            if config.limit < highest {
+                return Ok(ConfigWrite::RefusedBelowIssued { issued: highest });
             }
         }
     }
+    // Created together, the shards share an epoch (see `grants`).
+    let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or_default();
     // Every shard carries the configuration (the gate reads it in the same script); the home
     // shard, which tells readers the event exists and how it is sharded, is written last.
     let mut home = ConfigWrite::Unchanged;
@@ -63,11 +79,14 @@ pub async fn write_config(
             .arg(config.start.timestamp_millis())
             .arg(config.end.timestamp_millis())
             .arg(&config.topic)
-            .arg(if existed_before { "1" } else { "0" })
+            // A shard missing while the home shard exists lost its state: written back
+            // recovering, never open and empty.
+            .arg(if existed_before || (shard > 0 && existing.is_some()) { "1" } else { "0" })
             .arg(if config.paused { "1" } else { "0" })
             .arg(config.incarnation.as_deref().unwrap_or_default())
             .arg(shard)
             .arg(config.shards)
+            .arg(epoch)
             .invoke_async(&mut *conn)
             .await?;
         let write = match answer {

@@ -72,6 +72,8 @@ pub enum GateDecision {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     pub id: String,
+    /// The shards' epoch when it was made: the target takes it only in the same one.
+    pub epoch: i64,
     pub slots: Vec<i64>,
 }
 
@@ -126,7 +128,7 @@ pub async fn apply(
         .arg(shard)
         .arg(layout.shard_count());
     if let Some(grant) = grant {
-        invocation.arg(&grant.id).arg(&grant.slots);
+        invocation.arg(&grant.id).arg(grant.epoch).arg(&grant.slots);
     }
     let answer: (i64, i64, String, i64, String, i64) = invocation.invoke_async(conn).await?;
     let granted = answer.5 == 1;

@@ -31,6 +31,7 @@ pub struct ShardStock {
 /// Reads one shard's stock in one pipeline (`None`: the shard has no configuration).
 pub async fn stock(conn: &mut RedisConnection, layout: &EventLayout, shard: u16) -> redis::RedisResult<Option<ShardStock>> {
     let keys = layout.keys(shard);
+    #[allow(clippy::type_complexity)]
     let ((limit, recovering, holders_version), count, free, held, unsettled): (
         (Option<i64>, Option<String>, Option<i64>),
         Option<i64>,
@@ -92,8 +93,8 @@ pub async fn grant(
         .arg(layout.shard_count())
         .invoke_async(conn)
         .await?;
-    Ok(match answer.split_first() {
-        Some((1, slots)) => Some(Grant { id: id.to_owned(), slots: slots.to_vec() }),
+    Ok(match answer.as_slice() {
+        [1, epoch, slots @ ..] => Some(Grant { id: id.to_owned(), epoch: *epoch, slots: slots.to_vec() }),
         _ => None,
     })
 }
@@ -130,11 +131,22 @@ pub async fn settle_grant(
     Ok(settled == 1)
 }
 
-/// Decides an overdue grant on its target for good: taken, or refused from now on.
-pub async fn close_grant(conn: &mut RedisConnection, layout: &EventLayout, target: u16, id: &str) -> redis::RedisResult<GrantVerdict> {
+/// Decides an overdue grant on its target for good: taken, or refused from now on. `None`:
+/// undecided, because the target is recovering or lost its configuration (its `accepted`
+/// may be gone; the restore that follows voids every grant).
+pub async fn close_grant(
+    conn: &mut RedisConnection,
+    layout: &EventLayout,
+    target: u16,
+    id: &str,
+) -> redis::RedisResult<Option<GrantVerdict>> {
     let keys = layout.keys(target);
-    let taken: i64 = script!("close_grant").key(&keys.accepted).key(&keys.refused).arg(id).invoke_async(conn).await?;
-    Ok(if taken == 1 { GrantVerdict::Taken } else { GrantVerdict::Refused })
+    let taken: i64 = script!("close_grant").key(&keys.accepted).key(&keys.refused).key(&keys.config).arg(id).invoke_async(conn).await?;
+    Ok(match taken {
+        1 => Some(GrantVerdict::Taken),
+        0 => Some(GrantVerdict::Refused),
+        _ => None,
+    })
 }
 
 /// Up to `max` grants `source` gave whose deadline is at or before `cutoff_ms`, with their

@@ -46,6 +46,9 @@ pub enum RestoreStep {
 /// drain check began, minus its settle time): clears the counters, the users, the free list
 /// and the unwritten entries.
 /// `owner` names the restoring process, which may take over its own interrupted restore.
+/// `epoch` is the same for every shard of one restore: grants between shards made before it
+/// are void.
+#[allow(clippy::too_many_arguments)]
 pub async fn restore_begin(
     conn: &mut RedisConnection,
     layout: &EventLayout,
@@ -53,6 +56,7 @@ pub async fn restore_begin(
     token: &str,
     owner: &str,
     not_after_ms: i64,
+    epoch: i64,
 ) -> RedisResult<RestoreStep> {
     let keys = layout.keys(shard);
     let answer: i64 = script!("restore_begin")
@@ -70,6 +74,7 @@ pub async fn restore_begin(
         .arg(not_after_ms)
         .arg(token)
         .arg(owner)
+        .arg(epoch)
         .invoke_async(conn)
         .await?;
     Ok(match answer {
@@ -80,18 +85,29 @@ pub async fn restore_begin(
     })
 }
 
-/// Writes back one chunk of a shard: rows `(user, slot)` of its users and free slots.
+/// Writes back chunk number `chunk` (1, 2, ... per shard and restore; a chunk sent again is
+/// not written twice) of a shard: rows `(user, slot)` of its users and free slots.
+#[allow(clippy::too_many_arguments)]
 pub async fn restore_chunk(
     conn: &mut RedisConnection,
     layout: &EventLayout,
     shard: u16,
     token: &str,
+    chunk: u64,
     rows: &[&(String, i64)],
     free: &[i64],
 ) -> RedisResult<RestoreStep> {
     let keys = layout.keys(shard);
     let mut invocation = script!("restore_chunk").prepare_invoke();
-    invocation.key(&keys.config).key(&keys.users).key(&keys.free).key(&keys.persisted).key(&keys.held).arg(token).arg(rows.len());
+    invocation
+        .key(&keys.config)
+        .key(&keys.users)
+        .key(&keys.free)
+        .key(&keys.persisted)
+        .key(&keys.held)
+        .arg(token)
+        .arg(chunk)
+        .arg(rows.len());
     for (user, slot) in rows {
         invocation.arg(user).arg(*slot);
     }

@@ -1,8 +1,9 @@
 -- The apply gate: decides one apply atomically, on the user's home shard.
 -- KEYS: config, count, users, free, unwritten, held, accepted, refused. ARGV: user id, lease_ms
 -- (how long a delivery may take: the api's produce timeout and a margin), shard, shards (the
--- layout the caller routed by), then optionally a grant id and its slots (stock another shard
--- gave this one: taken into the free list first, once, unless the grant was refused).
+-- layout the caller routed by), then optionally a grant id, its epoch and its slots (stock
+-- another shard gave this one: taken into the free list first, once, unless the grant was
+-- refused or is of another epoch: made before a restore, or for an earlier event of the name).
 -- Answers {code, slot, topic, deadline, incarnation, grant} (deadline: of the delivery now under
 -- way, which a release must name; topic and incarnation, which the record carries, for codes 1
 -- and 2 only; grant: 1 if the grant's slots are in this shard's stock):
@@ -23,7 +24,7 @@
 -- shards without any cross-shard call. The counter never passes the limit: the next slot is
 -- checked before INCR. With one shard this is `count < limit`, as it always was.
 local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server',
-  'deleted', 'recovering_server', 'lease_ms', 'holders_version', 'paused', 'incarnation', 'shards', 'shard')
+  'deleted', 'recovering_server', 'lease_ms', 'holders_version', 'paused', 'incarnation', 'shards', 'shard', 'epoch')
 local limit = tonumber(cfg[1])
 if not limit then
   if cfg[8] == '1' then return {-1, 0, '', 0, '', 0} end
@@ -47,9 +48,9 @@ if cfg[5] == '1' then return {-6, 0, '', 0, '', 0} end
 -- A grant is taken only by a verified, open shard (a restore rebuilds every shard's stock
 -- from SQL, so slots granted before it must not come back) and only once.
 local granted = 0
-if ARGV[5] then
+if ARGV[5] and (tonumber(cfg[16]) or 0) == tonumber(ARGV[6]) then
   if redis.call('SISMEMBER', KEYS[8], ARGV[5]) == 0 then
-    if redis.call('SADD', KEYS[7], ARGV[5]) == 1 and #ARGV > 5 then redis.call('RPUSH', KEYS[4], unpack(ARGV, 6)) end
+    if redis.call('SADD', KEYS[7], ARGV[5]) == 1 and #ARGV > 6 then redis.call('RPUSH', KEYS[4], unpack(ARGV, 7)) end
     granted = 1
   end
 end

@@ -7,13 +7,27 @@
 -- target takes it with its next gate call (`apply.lua`), and the api, or the consumer's
 -- healing once the deadline passed, settles it (`settle_grant.lua`), so slots in flight are
 -- never lost.
--- Answers {1, slots...} granted, {0} nothing to give, {-6} recovering, {-10} another layout.
-local cfg = redis.call('HMGET', KEYS[1], 'limit', 'server', 'recovering', 'recovering_server', 'shards', 'shard')
+-- The grant carries the shards' epoch (set when the event is created and by every restore):
+-- the target takes it only in the same epoch, so a grant made before a restore (or before
+-- the event was deleted and created again) can never add stock afterwards.
+-- A repeated call with the same id (a client that resent it) answers the recorded grant.
+-- Answers {1, epoch, slots...} granted, {0} nothing to give, {-6} recovering, {-10} another layout.
+local cfg = redis.call('HMGET', KEYS[1], 'limit', 'server', 'recovering', 'recovering_server', 'shards', 'shard', 'epoch')
 local limit = tonumber(cfg[1])
 if not limit then return {0} end
 local shard, shards = tonumber(ARGV[5]), tonumber(ARGV[6])
 if (tonumber(cfg[5]) or 1) ~= shards or (tonumber(cfg[6]) or 0) ~= shard then return {-10} end
 if fenced(KEYS[1], cfg[2], cfg[3], cfg[4]) then return {-6} end
+local epoch = tonumber(cfg[7]) or 0
+local recorded = redis.call('HGET', KEYS[4], ARGV[1])
+if recorded then
+  local answer = {1, epoch}
+  local first = true
+  for slot in string.gmatch(recorded, '%d+') do
+    if first then first = false else answer[#answer + 1] = tonumber(slot) end
+  end
+  return answer
+end
 local wanted = tonumber(ARGV[3])
 local slots = {}
 while #slots < wanted do
@@ -33,6 +47,6 @@ if taken > 0 then redis.call('INCRBY', KEYS[2], taken) end
 if #slots == 0 then return {0} end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. ' ' .. table.concat(slots, ' '))
 redis.call('ZADD', KEYS[5], now_ms() + tonumber(ARGV[4]), ARGV[1])
-local answer = {1}
-for i, slot in ipairs(slots) do answer[i + 1] = slot end
+local answer = {1, epoch}
+for i, slot in ipairs(slots) do answer[i + 2] = slot end
 return answer

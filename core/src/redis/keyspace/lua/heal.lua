@@ -7,7 +7,7 @@
 -- An entry whose deadline moved past the cutoff (delivered again meanwhile) is left alone.
 -- Answers {healed, marked written}.
 local cutoff = tonumber(ARGV[1])
-local healed, written, freed = 0, 0, 0
+local healed, written = 0, 0
 for i = 2, #ARGV, 3 do
   local user, slot, verdict = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local member = unwritten_member(slot, user)
@@ -22,10 +22,7 @@ for i = 2, #ARGV, 3 do
         else
           table.remove(entries, j)
           healed = healed + 1
-          if verdict == 'f' then
-            redis.call('LPUSH', KEYS[2], slot)
-            freed = freed + 1
-          end
+          if verdict == 'f' then redis.call('LPUSH', KEYS[2], slot) end
         end
         store_entries(KEYS[1], user, entries)
         break
@@ -37,8 +34,9 @@ end
 if written > 0 then redis.call('INCRBY', KEYS[4], written) end
 if healed > 0 then
   redis.call('INCRBY', KEYS[5], healed)
-  -- `held` counts slots taken: a slot another row holds stays taken.
-  if freed > 0 then redis.call('DECRBY', KEYS[7], freed) end
+  -- `held` counts the shard's entries (a slot another row holds is counted with that row's
+  -- entry).
+  redis.call('DECRBY', KEYS[7], healed)
   redis.call('HINCRBY', KEYS[6], 'holders_version', 1)
 end
 return {healed, written}

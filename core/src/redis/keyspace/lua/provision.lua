@@ -1,6 +1,7 @@
 -- Writes the configuration of one shard of an event; never touches its counters.
 -- KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing, paused,
--- incarnation ('' for none), shard, shards.
+-- incarnation ('' for none), shard, shards, epoch (written when the shard is created: the same
+-- for every shard of an event, see `grant.lua`).
 -- Answers {code, recovering}: code 0 created, 1 updated, 2 unchanged, 3 created recovering,
 -- 4 the configuration belongs to another incarnation (another object of the same name: nothing
 -- is written), 5 the event exists with another number of shards (nothing is written), or
@@ -41,7 +42,7 @@ end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5], 'paused', ARGV[7])
 if old[1] then return {1, recovering} end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'incarnation', ARGV[8]) end
-redis.call('HSET', KEYS[1], 'shards', shards, 'shard', shard)
+redis.call('HSET', KEYS[1], 'shards', shards, 'shard', shard, 'epoch', ARGV[11])
 -- A new event's holders are versioned from the creation time, so an api's snapshot of the
 -- holders of an earlier event of the same name (deleted, then created again) never matches.
 redis.call('HSET', KEYS[1], 'holders_version', now_ms())

@@ -1,6 +1,7 @@
 -- Starts writing back a shard's state from SQL. KEYS: config, count, users, free, unwritten,
--- persisted, held, grants, grant_deadlines, accepted, refused. ARGV: not_after_ms, token, owner (the restoring process: it may take over its
--- own interrupted restore at once).
+-- persisted, held, grants, grant_deadlines, accepted, refused. ARGV: not_after_ms, token, owner
+-- (the restoring process: it may take over its own interrupted restore at once), epoch (the
+-- same for every shard of the restore: grants of the epoch before are void).
 -- Only while the event is marked recovering and the mark was made at or before
 -- `not_after_ms` minus the longest delivery lease any api uses (`lease_ms`): the caller
 -- passes the time its drain check began minus its settle time, so every record issued before
@@ -27,5 +28,6 @@ redis.call('SET', KEYS[2], 0)
 redis.call('SET', KEYS[6], 0)
 redis.call('SET', KEYS[7], 0)
 redis.call('HINCRBY', KEYS[1], 'holders_version', 1)
-redis.call('HSET', KEYS[1], 'restoring', ARGV[2], 'restore_owner', ARGV[3], 'restore_server', server, 'restore_beat_ms', now)
+redis.call('HSET', KEYS[1], 'restoring', ARGV[2], 'restore_owner', ARGV[3], 'restore_server', server, 'restore_beat_ms', now,
+  'epoch', ARGV[4], 'restore_chunk', 0)
 return 1

@@ -1,8 +1,13 @@
 -- Writes back one chunk of a shard's rows and free slots. KEYS: config, users, free,
--- persisted, held. ARGV: token, n, then n pairs user, slot (rows), then free slots.
+-- persisted, held. ARGV: token, chunk number (1, 2, ... per shard and restore: a chunk sent
+-- again by a client that resent it is not written twice), n, then n pairs user, slot (rows),
+-- then free slots.
 -- Answers 1 written, -1 the restore was taken over or the server changed (nothing written).
-local m = redis.call('HMGET', KEYS[1], 'recovering', 'restoring', 'restore_server')
+local m = redis.call('HMGET', KEYS[1], 'recovering', 'restoring', 'restore_server', 'restore_chunk')
 if m[1] ~= '1' or m[2] ~= ARGV[1] or m[3] ~= server_id() then return -1 end
+if tonumber(ARGV[2]) <= (tonumber(m[4]) or 0) then return 1 end
+redis.call('HSET', KEYS[1], 'restore_chunk', ARGV[2])
+table.remove(ARGV, 2)
 redis.call('HSET', KEYS[1], 'restore_beat_ms', now_ms())
 local n = tonumber(ARGV[2])
 -- One HSET and one RPUSH per chunk (the caller keeps chunks well under Lua's stack limit

@@ -9,6 +9,6 @@ redis.call('SET', KEYS[2], ARGV[2])
 -- `lease_ms` starts again too: the apis raise it with their next gate call, so one api that
 -- once ran with a long timeout does not slow every later restore.
 redis.call('HDEL', KEYS[1], 'recovering', 'recovering_since_ms', 'recovering_server', 'restoring', 'restore_owner',
-  'restore_server', 'restore_beat_ms', 'lease_ms')
+  'restore_server', 'restore_beat_ms', 'lease_ms', 'restore_chunk')
 redis.call('HSET', KEYS[1], 'server', server_id())
 return 1

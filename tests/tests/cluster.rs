@@ -329,3 +329,48 @@ async fn grants_move_stock_once_and_never_into_another_epoch() {
     assert_eq!(keyspace::stock(&mut conn, &layout, 0).await.unwrap().unwrap().available, 10 - 1, "shard 0 has its stride only");
     keyspace::delete_event(&mut conn, &event.id).await.unwrap();
 }
+
+/// The CLI creates a sharded event on the cluster (seeds in `REDIS_URL`), refuses to change
+/// its number of shards, and `event show` and the operator's backend report the coupons of
+/// every shard; `event delete` removes every shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_and_the_operator_see_a_sharded_event_whole() {
+    const LIMIT: i64 = 30;
+    let name = unique("cli");
+    let topic = format!("coupons.{name}");
+    let seeds = "redis://127.0.0.1:7001,127.0.0.1:7000";
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let cli = |args: &[&str]| {
+        std::process::Command::new(binary).args(args).env("REDIS_URL", seeds).env("KAFKA_BROKERS", kafka_brokers()).output().unwrap()
+    };
+    let limit = LIMIT.to_string();
+    let create = ["event", "create", &name, "--namespace", NAMESPACE, "--limit", &limit, "--topic", &topic, "--partitions", "1"];
+    let created = cli(&[&create[..], &["--shards", "3"]].concat());
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let changed = cli(&[&create[..], &["--shards", "2"]].concat());
+    assert!(!changed.status.success(), "the number of shards cannot change");
+    assert!(String::from_utf8_lossy(&changed.stderr).contains("shards cannot change"), "{}", String::from_utf8_lossy(&changed.stderr));
+
+    let id = EventId::new(NAMESPACE, &name).unwrap();
+    let api = start_api(&cluster_url()).await;
+    let answers = burst(&[api.apply_url(&id)], (0..90).map(|n| format!("cli-{n}")).collect()).await;
+    assert_eq!(issued(&answers).len() as i64, LIMIT, "{:?}", statuses(&answers));
+    let shown = cli(&["event", "show", &name, "--namespace", NAMESPACE]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&shown.stdout)));
+    assert_eq!(shown["issued"], LIMIT, "{shown}");
+    let backend = coupon_operator::backend::Backend::new(seeds, &kafka(&kafka_brokers()), 1).unwrap();
+    let counters = wait_until("the operator's backend connected", Duration::from_secs(10), || async {
+        backend.counters(&id).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(counters.issued, LIMIT, "the operator's `issued` sums the shards");
+
+    let deleted = cli(&["event", "delete", &name, "--namespace", NAMESPACE]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    let mut conn = cluster().await;
+    assert_eq!(keyspace::existing_keys(&mut conn, &id).await.unwrap(), 0, "no shard keeps state");
+    for shard in 1..3 {
+        let snapshot = keyspace::snapshot_shard(&mut conn, &EventLayout::new(&id, 3), shard).await.unwrap();
+        assert!(snapshot.config.is_empty() && snapshot.users.is_empty(), "shard {shard}: {snapshot:?}");
+    }
+}

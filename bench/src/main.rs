@@ -69,6 +69,15 @@ async fn script_micros(masters: &[(String, u16)], reset: bool) -> anyhow::Result
     Ok(micros)
 }
 
+/// CPU time (user and system, microseconds) each master has used since it started.
+async fn cpu_micros(masters: &[(String, u16)]) -> anyhow::Result<Vec<u64>> {
+    let mut micros = Vec::new();
+    for (host, port) in masters {
+        micros.push(diagnostics::cpu_micros(&format!("redis://{host}:{port}")).await?);
+    }
+    Ok(micros)
+}
+
 /// Serves a router on an ephemeral port with the api's own server loop (so that both sides
 /// of a comparison differ only in their handlers); returns its base URL.
 async fn serve(app: axum::Router) -> anyhow::Result<String> {
@@ -411,23 +420,28 @@ async fn main() -> anyhow::Result<()> {
     // `INFO commandstats`), each against K = 1 in the same run.
     if run("shards") {
         let cluster = Setup { redis_url: env("REDIS_CLUSTER_URL", "redis://127.0.0.1:7000"), ..setup.clone() };
-        let (cluster_api, _) = api(&cluster).await?;
+        let (cluster_api, cluster_state) = api(&cluster).await?;
         let mut conn = RedisHandle::connect_with_deadline(&cluster.redis_url, Duration::from_secs(10)).await?;
         let masters = conn.masters().await?;
         anyhow::ensure!(masters.len() >= 3, "the shard benchmark needs a cluster of three masters (dev/stack up cluster)");
         let requests: usize = env("BENCH_SHARD_REQUESTS", "30000").parse()?;
-        let mut baseline: Option<(f64, f64)> = None;
+        let mut baseline: Option<(f64, f64, f64)> = None;
         for shards in [1u16, 2, 3] {
             let warm = sharded_event(&cluster, 1000, shards).await?;
             burst(&cluster_api, warm.name(), 500, CONCURRENCY, "warm-").await?;
             let id = sharded_event(&cluster, requests as i64, shards).await?;
             script_micros(&masters, true).await?;
+            let grants_before = cluster_state.metrics.stock_grants.get();
+            let cpu_before = cpu_micros(&masters).await?;
             let report = burst(&cluster_api, id.name(), requests, CONCURRENCY, "shard-").await?;
+            let grants = cluster_state.metrics.stock_grants.get() - grants_before;
+            let cpu: Vec<u64> = cpu_micros(&masters).await?.iter().zip(&cpu_before).map(|(after, before)| after - before).collect();
             anyhow::ensure!(report.count(201) == requests as u64, "{shards} shards: {}", report.table());
             let micros = script_micros(&masters, false).await?;
             let busiest = *micros.iter().max().unwrap_or(&0) as f64 * 10_000.0 / requests as f64;
             let throughput = report.throughput();
-            let (base_throughput, base_busiest) = *baseline.get_or_insert((throughput, busiest));
+            let busiest_cpu = *cpu.iter().max().unwrap_or(&0) as f64 * 10_000.0 / requests as f64;
+            let (base_throughput, base_busiest, base_cpu) = *baseline.get_or_insert((throughput, busiest, busiest_cpu));
             let spread = micros.iter().map(|m| format!("{:.0}", *m as f64 * 10_000.0 / requests as f64)).collect::<Vec<_>>().join(" / ");
             lines.push(Line {
                 what: format!("{shards} shard(s): issuing throughput end to end (req/s)"),
@@ -442,6 +456,13 @@ async fn main() -> anyhow::Result<()> {
                 baseline: format!("{base_busiest:.0} (1 shard, same cluster)"),
                 ratio: format!("{:.2}", busiest / base_busiest),
                 target: if shards == 3 { "<= 0.4" } else { "report" },
+            });
+            lines.push(Line {
+                what: format!("{shards} shard(s): busiest master's CPU time per 10,000 coupons (µs, INFO cpu; {grants} stock grants)"),
+                ours: format!("{busiest_cpu:.0}"),
+                baseline: format!("{base_cpu:.0} (1 shard, same cluster)"),
+                ratio: format!("{:.2}", busiest_cpu / base_cpu),
+                target: "report",
             });
         }
     }

@@ -359,10 +359,9 @@ async fn the_cli_and_the_operator_see_a_sharded_event_whole() {
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&shown.stdout)));
     assert_eq!(shown["issued"], LIMIT, "{shown}");
     let backend = coupon_operator::backend::Backend::new(seeds, &kafka(&kafka_brokers()), 1).unwrap();
-    let counters = wait_until("the operator's backend connected", Duration::from_secs(10), || async {
-        backend.counters(&id).await.ok().flatten()
-    })
-    .await;
+    let counters =
+        wait_until("the operator's backend connected", Duration::from_secs(10), || async { backend.counters(&id).await.ok().flatten() })
+            .await;
     assert_eq!(counters.issued, LIMIT, "the operator's `issued` sums the shards");
 
     let deleted = cli(&["event", "delete", &name, "--namespace", NAMESPACE]);

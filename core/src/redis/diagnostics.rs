@@ -105,3 +105,16 @@ pub async fn script_micros(url: &str, reset: bool) -> RedisResult<u64> {
         .filter_map(|line| line.split(',').find_map(|field| field.strip_prefix("usec=")).and_then(|v| v.parse::<u64>().ok()))
         .sum())
 }
+
+/// CPU time (user and system, microseconds) a server has used since it started, from
+/// `INFO cpu`: unlike command durations, not inflated when the server waits for a core.
+pub async fn cpu_micros(url: &str) -> RedisResult<u64> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    let seconds: f64 = info
+        .lines()
+        .filter_map(|line| line.strip_prefix("used_cpu_user:").or_else(|| line.strip_prefix("used_cpu_sys:")))
+        .filter_map(|value| value.trim().parse::<f64>().ok())
+        .sum();
+    Ok((seconds * 1e6) as u64)
+}

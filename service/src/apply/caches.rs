@@ -136,6 +136,22 @@ impl Layouts {
     }
 }
 
+/// One stock request at a time per shard of an event, in this process (see
+/// `ApplyService::gate`).
+#[derive(Default)]
+pub struct StockRequests {
+    turns: std::sync::Mutex<HashMap<(String, u16), Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl StockRequests {
+    /// Waits for this process's turn to ask for stock for `shard` of `event`; the turn lasts
+    /// as long as the guard.
+    pub async fn turn(&self, event: &str, shard: u16) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.turns.lock().unwrap_or_else(|e| e.into_inner()).entry((event.to_owned(), shard)).or_default().clone();
+        lock.lock_owned().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

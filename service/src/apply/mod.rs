@@ -16,7 +16,7 @@ use coupon_core::redis::keyspace::{self, EventLayout, GateDecision, Grant, Grant
 use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
 use coupon_core::retry::Backoff;
 
-pub use caches::{KnownEvents, Layouts, SoldOutCache, SoldOutView};
+pub use caches::{KnownEvents, Layouts, SoldOutCache, SoldOutView, StockRequests};
 pub use outcome::ApplyOutcome;
 use producer::{Delivery, ProducerSlot};
 
@@ -61,6 +61,7 @@ pub struct ApplyService {
     sold_out: SoldOutCache,
     known: KnownEvents,
     layouts: Layouts,
+    stock_requests: StockRequests,
     lease: Duration,
     replica_wait: Option<ReplicaWait>,
 }
@@ -94,6 +95,7 @@ impl ApplyService {
             sold_out: SoldOutCache::new(sold_out_recheck),
             known: KnownEvents::default(),
             layouts: Layouts::default(),
+            stock_requests: StockRequests::default(),
             lease,
             replica_wait,
         }
@@ -281,6 +283,7 @@ impl ApplyService {
         let mut grant: Option<(u16, Grant)> = None;
         let mut layout_read_again = false;
         let mut requests = 0;
+        let mut stock_turn = None;
         loop {
             let (decision, taken) = keyspace::apply(conn, &layout, user_id, self.lease, grant.as_ref().map(|(_, g)| g)).await?;
             if let (Some((source, grant)), true) = (grant.take(), taken) {
@@ -298,7 +301,16 @@ impl ApplyService {
                 }
                 GateDecision::ShardEmpty { closes_at_ms, .. } if requests < STOCK_REQUESTS => {
                     requests += 1;
-                    match self.find_stock(conn, &layout, layout.home_shard(user_id)).await? {
+                    let home = layout.home_shard(user_id);
+                    if stock_turn.is_none() {
+                        // One stock request per shard at a time in this process: the applies
+                        // that find the shard empty meanwhile wait for it and ask the shard
+                        // again, served by the stock it brought, instead of each draining
+                        // the others by half.
+                        stock_turn = Some(self.stock_requests.turn(event.name(), home).await);
+                        continue;
+                    }
+                    match self.find_stock(conn, &layout, home).await? {
                         Stock::Granted(source, found) => grant = Some((source, found)),
                         Stock::SoldOut { holders_version } => {
                             return Ok((layout, GateDecision::SoldOut { closes_at_ms, holders_version }));

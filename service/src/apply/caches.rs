@@ -140,8 +140,11 @@ impl Layouts {
 /// `ApplyService::gate`).
 #[derive(Default)]
 pub struct StockRequests {
-    turns: std::sync::Mutex<HashMap<(String, u16), Arc<tokio::sync::Mutex<()>>>>,
+    turns: std::sync::Mutex<HashMap<(String, u16), Turn>>,
 }
+
+/// The turn to ask for stock for one shard.
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 impl StockRequests {
     /// Waits for this process's turn to ask for stock for `shard` of `event`; the turn lasts

@@ -373,3 +373,28 @@ async fn the_cli_and_the_operator_see_a_sharded_event_whole() {
         assert!(snapshot.config.is_empty() && snapshot.users.is_empty(), "shard {shard}: {snapshot:?}");
     }
 }
+
+/// A shard whose state Redis lost comes back recovering, never open and empty, even when the
+/// provisioning caller did not know the event existed: the other shards tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_shard_is_written_back_recovering() {
+    use coupon_core::provision::{provision_redis, RedisOutcome};
+    let event = provision_sharded_event(&cluster_url(), &kafka_brokers(), NAMESPACE, 20, 3).await;
+    let layout = EventLayout::new(&event.id, 3);
+    let mut conn = cluster().await;
+    let config = coupon_core::event::EventConfig {
+        shards: 3,
+        ..coupon_core::event::EventConfig::open_now(20, &event.topic, Duration::from_secs(600))
+    };
+    for lost in [2u16, 0] {
+        // Everything of that shard is gone, as after a master restarted empty.
+        let snapshot = keyspace::snapshot_shard(&mut conn, &layout, lost).await.unwrap();
+        assert!(!snapshot.config.is_empty());
+        keyspace::delete_event_shard_for_tests(&mut conn, &layout, lost).await.unwrap();
+        let outcome = provision_redis(&mut conn, &event.id, &config, false).await.unwrap();
+        assert_eq!(outcome, RedisOutcome::CreatedRecovering, "shard {lost}");
+        let counters = keyspace::counters(&mut conn, &event.id).await.unwrap().unwrap();
+        assert!(counters.recovering, "shard {lost} lost: the event waits for its restore");
+    }
+    keyspace::delete_event(&mut conn, &event.id).await.unwrap();
+}

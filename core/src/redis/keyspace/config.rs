@@ -64,6 +64,12 @@ pub async fn write_config(
             }
         }
     }
+    // The home shard lost while another shard kept its state: Redis lost the event's
+    // configuration there, which is written back recovering, never open and empty.
+    let others_exist = existing.is_none() && layout.is_sharded() && {
+        let exists: bool = redis::cmd("EXISTS").arg(&layout.keys(1).config).query_async(&mut *conn).await?;
+        exists
+    };
     // Created together, the shards share an epoch (see `grants`).
     let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or_default();
     // Every shard carries the configuration (the gate reads it in the same script); the home
@@ -81,7 +87,7 @@ pub async fn write_config(
             .arg(&config.topic)
             // A shard missing while the home shard exists lost its state: written back
             // recovering, never open and empty.
-            .arg(if existed_before || (shard > 0 && existing.is_some()) { "1" } else { "0" })
+            .arg(if existed_before || others_exist || (shard > 0 && existing.is_some()) { "1" } else { "0" })
             .arg(if config.paused { "1" } else { "0" })
             .arg(config.incarnation.as_deref().unwrap_or_default())
             .arg(shard)

@@ -285,6 +285,17 @@ pub async fn delete_event(conn: &mut RedisConnection, event: &EventId) -> RedisR
     Ok(existed)
 }
 
+/// Removes every key of one shard, no tombstone: what a master that restarted empty leaves
+/// (fault tests only).
+#[doc(hidden)]
+pub async fn delete_event_shard_for_tests(conn: &mut RedisConnection, layout: &EventLayout, shard: u16) -> RedisResult<i64> {
+    let mut invocation = script!("delete").prepare_invoke();
+    for key in layout.keys(shard).all() {
+        invocation.key(key);
+    }
+    invocation.arg(0).invoke_async(&mut *conn).await
+}
+
 /// Why the state of an earlier object of a name stays (see `retire_event`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retirement {

@@ -398,3 +398,33 @@ async fn a_lost_shard_is_written_back_recovering() {
     }
     keyspace::delete_event(&mut conn, &event.id).await.unwrap();
 }
+
+/// An api that died between asking a shard for stock and the gate call carrying it: the
+/// consumer closes the grant once its deadline passed and gives the slots back to their
+/// shard, and the dead api's gate call, arriving late, takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_nobody_took_goes_back_to_its_shard() {
+    let event = provision_sharded_event(&cluster_url(), &kafka_brokers(), NAMESPACE, 20, 2).await;
+    let layout = EventLayout::new(&event.id, 2);
+    let database_url = postgres_url();
+    migrated_store(&database_url).await;
+    let consumer = start_consumer(&database_url, &event.topic, &cluster_url());
+    let mut conn = cluster().await;
+    let grant = keyspace::grant(&mut conn, &layout, 1, 0, 4, Duration::from_millis(200), "orphan").await.unwrap().expect("granted");
+    let reader = conn.clone();
+    let stock = |shard: u16| {
+        let (mut conn, layout) = (reader.clone(), layout.clone());
+        async move { keyspace::stock(&mut conn, &layout, shard).await.unwrap().unwrap() }
+    };
+    assert_eq!((stock(1).await.available, stock(1).await.unsettled_grants), (6, 1));
+    wait_until("the consumer gave the grant back", Duration::from_secs(30), || async {
+        let source = stock(1).await;
+        (source.available == 10 && source.unsettled_grants == 0).then_some(())
+    })
+    .await;
+    let user = (0..).map(|n| format!("late-{n}")).find(|u| layout.home_shard(u) == 0).unwrap();
+    let (_, taken) = keyspace::apply(&mut conn, &layout, &user, Duration::from_secs(60), Some(&grant)).await.unwrap();
+    assert!(!taken, "refused for good");
+    assert_eq!(stock(0).await.available, 10 - 1, "shard 0 has its own stride only");
+    consumer.stop().await.unwrap();
+}

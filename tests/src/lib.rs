@@ -467,6 +467,19 @@ impl OwnRedis {
     }
 }
 
+/// Applies for `user` at `url` (an api's apply URL): the status (0 when nothing answered) and
+/// the JSON body.
+pub async fn apply(client: &reqwest::Client, url: &str, user: &str) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({ "userId": user }).to_string();
+    match client.post(url).header("content-type", "application/json").body(body).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or_default())
+        }
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
 /// `/readyz` of a process at `base`: its status (0 when nothing answers) and body.
 pub async fn readyz(base: &str) -> (u16, serde_json::Value) {
     match reqwest::Client::new().get(format!("{base}/readyz")).timeout(Duration::from_secs(2)).send().await {

@@ -14,21 +14,11 @@ use coupon_service::app::{ApiSettings, ConsumerSettings};
 use coupon_tests::cluster::{cluster, cluster_url, master_of_slot, provision_sharded_event, OwnCluster};
 use coupon_tests::*;
 use futures::stream::{self, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const NAMESPACE: &str = "cluster";
 /// Requests in flight at once: a burst, not a queue.
 const CONCURRENCY: usize = 64;
-
-async fn apply(client: &reqwest::Client, url: &str, user: &str) -> (u16, Value) {
-    match client.post(url).header("content-type", "application/json").body(json!({ "userId": user }).to_string()).send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or_default())
-        }
-        Err(_) => (0, Value::Null),
-    }
-}
 
 async fn start_api(redis_url: &str) -> InProcessApi {
     InProcessApi::start_ready(ApiSettings {

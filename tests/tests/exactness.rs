@@ -24,16 +24,6 @@ const NAMESPACE: &str = "exact";
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_secs(2);
 
-async fn apply(client: &reqwest::Client, url: &str, user: &str) -> (u16, Value) {
-    match client.post(url).header("content-type", "application/json").body(json!({ "userId": user }).to_string()).send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or_default())
-        }
-        Err(_) => (0, Value::Null),
-    }
-}
-
 /// Applies until the user's coupon is settled: 201, or 409 while the user's entry is no
 /// longer pending (a 409 during the lease of an undelivered entry is not an answer yet).
 /// Returns the slot and how many 201s the user got on the way.

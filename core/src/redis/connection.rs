@@ -307,31 +307,6 @@ impl RedisConnection {
             }
         }
     }
-
-    /// The addresses of the masters (one for a single server), for diagnostics and
-    /// benchmarks that read each master's statistics.
-    pub async fn masters(&mut self) -> RedisResult<Vec<(String, u16)>> {
-        match self {
-            Self::Single(_) => Ok(vec![]),
-            Self::Cluster(handle) => {
-                let shards: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut handle.connection()).await?;
-                let mut masters = Vec::new();
-                for shard in shards {
-                    if let Some(Value::Array(node)) = shard.get(2) {
-                        let host: Option<String> = node.first().and_then(|v| redis::from_redis_value(v).ok());
-                        let port: Option<u16> = node.get(1).and_then(|v| redis::from_redis_value(v).ok());
-                        if let (Some(host), Some(port)) = (host, port) {
-                            if !masters.contains(&(host.clone(), port)) {
-                                masters.push((host, port));
-                            }
-                        }
-                    }
-                }
-                masters.sort();
-                Ok(masters)
-            }
-        }
-    }
 }
 
 /// The Redis Cluster slot of a key (CRC16 of its hash tag, or of the whole key).

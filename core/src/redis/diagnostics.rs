@@ -56,6 +56,14 @@ pub async fn slot_masters(conn: &mut RedisConnection) -> RedisResult<Vec<(u16, u
         .collect())
 }
 
+/// The masters (`host`, `port`) of a Redis Cluster, each once, sorted.
+pub async fn masters(conn: &mut RedisConnection) -> RedisResult<Vec<(String, u16)>> {
+    let mut masters: Vec<(String, u16)> = slot_masters(conn).await?.into_iter().map(|(_, _, host, port)| (host, port)).collect();
+    masters.sort();
+    masters.dedup();
+    Ok(masters)
+}
+
 /// One node of a cluster, asked directly (not through the cluster client): whether it sees
 /// the cluster as serving every slot, and, if it is a replica, whether its link to its
 /// master is up. `None`: the node does not answer.

@@ -159,16 +159,7 @@ pub async fn expired_grants(
     max: usize,
 ) -> redis::RedisResult<Vec<(String, u16)>> {
     let keys = layout.keys(source);
-    let ids: Vec<String> = redis::cmd("ZRANGE")
-        .arg(&keys.grant_deadlines)
-        .arg("-inf")
-        .arg(cutoff_ms)
-        .arg("BYSCORE")
-        .arg("LIMIT")
-        .arg(0)
-        .arg(max)
-        .query_async(&mut *conn)
-        .await?;
+    let ids = super::due_members(conn, &keys.grant_deadlines, cutoff_ms, max).await?;
     let mut expired = Vec::with_capacity(ids.len());
     for id in ids {
         let record: Option<String> = redis::cmd("HGET").arg(&keys.grants).arg(&id).query_async(&mut *conn).await?;

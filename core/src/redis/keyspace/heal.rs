@@ -47,16 +47,7 @@ pub async fn overdue_entries(
     cutoff_ms: i64,
     max: usize,
 ) -> RedisResult<Vec<OverdueEntry>> {
-    let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(&layout.keys(shard).unwritten)
-        .arg("-inf")
-        .arg(cutoff_ms)
-        .arg("BYSCORE")
-        .arg("LIMIT")
-        .arg(0)
-        .arg(max)
-        .query_async(conn)
-        .await?;
+    let members = super::due_members(conn, &layout.keys(shard).unwritten, cutoff_ms, max).await?;
     Ok(members
         .into_iter()
         .filter_map(|member| {

@@ -540,6 +540,12 @@ pub async fn snapshot_shard(conn: &mut RedisConnection, layout: &EventLayout, sh
     Ok(EventSnapshot { config, count, users: entries.iter().map(|(u, _)| u.clone()).collect(), entries, free, unwritten })
 }
 
+/// Up to `max` members of the sorted set `key` scored at or before `cutoff_ms`, lowest first
+/// (the overdue entries of `unwritten`, the expired grants of `grant_deadlines`).
+async fn due_members(conn: &mut RedisConnection, key: &str, cutoff_ms: i64, max: usize) -> RedisResult<Vec<String>> {
+    redis::cmd("ZRANGE").arg(key).arg("-inf").arg(cutoff_ms).arg("BYSCORE").arg("LIMIT").arg(0).arg(max).query_async(conn).await
+}
+
 /// Server time in ms (for cut-offs compared with scores the scripts wrote), of the master of
 /// the list of events (the masters of a cluster keep their clocks in step, as the cut-offs'
 /// settle time assumes).

@@ -334,8 +334,18 @@ async fn a_release_names_its_slot_and_a_repeated_apply_names_the_pending_slot() 
     assert!(again > first_deadline);
     // A repeated apply of a pending entry within its lease names the slot.
     assert_eq!(keyspace::apply(&mut conn, &layout, "u2", lease, None).await.unwrap().0, GateDecision::Duplicate { slot: 2 });
-    assert!(keyspace::ack(&mut conn, &layout, "u2", 2).await.unwrap());
+    // Acknowledgements go in one call per shard: only entries that hold the named slot change,
+    // and sending the same batch again (a resend after a lost answer) changes nothing.
+    let batch: Vec<(String, i64)> = vec![("u2".into(), 2), ("u3".into(), 3), ("u4".into(), 9), ("u9".into(), 1)];
+    assert_eq!(keyspace::ack(&mut conn, &layout, 0, &batch).await.unwrap(), 2, "u4 holds 4, not 9; u9 holds nothing");
+    assert_eq!(keyspace::ack(&mut conn, &layout, 0, &batch).await.unwrap(), 0, "a resent batch changes nothing");
     assert!(!keyspace::release(&mut conn, &layout, "u2", 2, deadlines[2]).await.unwrap(), "an acknowledged slot is never released");
+    assert!(!keyspace::release(&mut conn, &layout, "u3", 3, deadlines[3]).await.unwrap(), "an acknowledged slot is never released");
+    assert!(keyspace::release(&mut conn, &layout, "u4", 4, deadlines[4]).await.unwrap(), "u4's entry is still pending");
+    // A batch names one shard: a user homed on another is refused before anything is written.
+    let sharded = EventLayout::new(&event.id, 3);
+    let elsewhere = (0..100).map(|i| format!("u{i}")).find(|user| sharded.home_shard(user) != 0).unwrap();
+    assert!(keyspace::ack(&mut conn, &sharded, 0, &[(elsewhere, 1)]).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! the record was certainly not written. HTTP lives in `crate::http`; this module answers
 //! with an `ApplyOutcome`.
 
+mod acks;
 mod caches;
 mod outcome;
 pub mod producer;
@@ -16,6 +17,7 @@ use coupon_core::redis::keyspace::{self, EventLayout, GateDecision, Grant, Grant
 use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
 use coupon_core::retry::Backoff;
 
+use acks::Acknowledgements;
 pub use caches::{KnownEvents, Layouts, SoldOutCache, SoldOutView, StockRequests};
 pub use outcome::ApplyOutcome;
 use producer::{Delivery, ProducerSlot};
@@ -62,6 +64,7 @@ pub struct ApplyService {
     known: KnownEvents,
     layouts: Layouts,
     stock_requests: StockRequests,
+    acknowledgements: Acknowledgements,
     lease: Duration,
     replica_wait: Option<ReplicaWait>,
 }
@@ -76,6 +79,7 @@ pub enum LookupOutcome {
 }
 
 impl ApplyService {
+    /// Must be called within the Tokio runtime (it starts the acknowledgement writer).
     pub fn new(
         namespace: String,
         redis: RedisHandle,
@@ -85,6 +89,7 @@ impl ApplyService {
         sold_out_recheck: Duration,
         replica_wait: Option<ReplicaWait>,
     ) -> Self {
+        let acknowledgements = Acknowledgements::start(redis.clone());
         let lease = producer.produce_timeout() + replica_wait.map_or(Duration::ZERO, |w| w.timeout) + LEASE_MARGIN;
         Self {
             namespace,
@@ -96,6 +101,7 @@ impl ApplyService {
             known: KnownEvents::default(),
             layouts: Layouts::default(),
             stock_requests: StockRequests::default(),
+            acknowledgements,
             lease,
             replica_wait,
         }
@@ -419,15 +425,10 @@ impl ApplyService {
         let (generation, producer) = self.producer.current();
         let error = match producer.send(topic, &user_id, &payload).await {
             Delivery::Acked => {
-                // An entry left pending (Redis unreachable for the whole retry) is marked when
-                // its row is written, or delivered again by the user's next apply.
-                tokio::spawn(async move {
-                    self.with_retries("acknowledge", &event, slot, |mut conn| {
-                        let (layout, user) = (layout.clone(), user_id.clone());
-                        async move { keyspace::ack(&mut conn, &layout, &user, slot).await }
-                    })
-                    .await;
-                });
+                // Written in a batch with others, in the background. An entry left pending
+                // (Redis unreachable for the whole retry) is marked when its row is written,
+                // or delivered again by the user's next apply.
+                self.acknowledgements.push(layout, user_id, slot);
                 return true;
             }
             Delivery::NotPersisted(error) => error,

@@ -135,11 +135,26 @@ pub async fn apply(
     Ok((GateDecision::from_answer(answer)?, granted))
 }
 
-/// Records that the broker acknowledged the record of `user_id`'s `slot`. Returns whether a
-/// pending entry was updated.
-pub async fn ack(conn: &mut RedisConnection, layout: &EventLayout, user_id: &str, slot: i64) -> RedisResult<bool> {
-    let updated: i64 = script!("ack").key(&layout.user_keys(user_id).1.users).arg(user_id).arg(slot).invoke_async(conn).await?;
-    Ok(updated == 1)
+/// Records that the broker acknowledged the records of `acks` (user id, slot), every one of
+/// them homed on `shard`: one round trip for the lot, so an api acknowledges a burst's
+/// deliveries with a few calls per master instead of one per coupon. Returns how many
+/// entries changed; sending it again changes nothing.
+pub async fn ack(conn: &mut RedisConnection, layout: &EventLayout, shard: u16, acks: &[(String, i64)]) -> RedisResult<usize> {
+    if let Some((user, _)) = acks.iter().find(|(user, _)| layout.home_shard(user) != shard) {
+        return Err(
+            (redis::ErrorKind::ClientError, "acknowledgement on the wrong shard", format!("{user} is not homed on shard {shard}")).into()
+        );
+    }
+    if acks.is_empty() {
+        return Ok(0);
+    }
+    let mut invocation = script!("ack").prepare_invoke();
+    invocation.key(&layout.keys(shard).users);
+    for (user, slot) in acks {
+        invocation.arg(user).arg(slot);
+    }
+    let changed: i64 = invocation.invoke_async(conn).await?;
+    Ok(changed.max(0) as usize)
 }
 
 /// Undoes an issued slot whose record never reached the broker: only the user's pending

@@ -8,7 +8,7 @@ use std::time::Duration;
 use coupon_core::event::{EventConfig, EventId};
 use coupon_core::provision::{provision_redis, RedisOutcome};
 use coupon_core::redis::keyspace::{self, EventCounters, EventLayout, GateDecision};
-use coupon_core::redis::{RedisConnection, RedisHandle};
+use coupon_core::redis::{diagnostics, RedisConnection, RedisHandle};
 use coupon_service::app::{ApiSettings, ConsumerSettings};
 use coupon_service::sql::{CouponRow, Position, Store};
 use coupon_tests::Persistence;
@@ -121,25 +121,44 @@ async fn clients_that_give_up_while_redis_is_paused_get_their_coupon_and_issued_
     // Pause shorter than the Redis client's 2 s response timeout: the gate answers late,
     // after the clients left; the decisions run to completion without them.
     let short: Vec<String> = (0..30).map(|i| format!("short-{i}")).collect();
-    // Pause longer than it: the api's gate call times out, but Redis runs the queued scripts
-    // afterwards. Those users hold entries nobody delivers.
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
+    let answers = futures::future::join_all(short.iter().map(|user| apply(&impatient, &url, user))).await;
+    assert!(answers.iter().all(|(status, _)| *status == 0), "every client gave up: {answers:?}");
+    wait_until("paused scripts ran", Duration::from_secs(10), || {
+        let (mut conn, id) = (conn.clone(), event.id.clone());
+        async move { (counters(&mut conn, &id).await.issued == 30).then_some(()) }
+    })
+    .await;
+    // Pause longer than it: the api's gate calls under way time out, but Redis runs them
+    // afterwards; those users hold entries nobody delivers. The applies queued behind them
+    // in the api were answered 503 at once and never reached Redis.
     let long: Vec<String> = (0..30).map(|i| format!("long-{i}")).collect();
-    for (users, pause_ms) in [(&short, 1500), (&long, 3000)] {
-        let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(pause_ms).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
-        let answers = futures::future::join_all(users.iter().map(|user| apply(&impatient, &url, user))).await;
-        assert!(answers.iter().all(|(status, _)| *status == 0), "every client gave up: {answers:?}");
-        wait_until("paused scripts ran", Duration::from_secs(10), || {
-            let (mut conn, id) = (conn.clone(), event.id.clone());
-            let expected = if pause_ms == 1500 { 30 } else { 60 };
-            async move { (counters(&mut conn, &id).await.issued == expected).then_some(()) }
-        })
-        .await;
-    }
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
+    let answers = futures::future::join_all(long.iter().map(|user| apply(&impatient, &url, user))).await;
+    assert!(answers.iter().all(|(status, _)| *status == 0), "every client gave up: {answers:?}");
+    let previous = std::cell::Cell::new(0);
+    let ran = wait_until("the paused scripts ran and the count is stable", Duration::from_secs(15), || {
+        let (mut conn, id, before) = (conn.clone(), event.id.clone(), previous.get());
+        let previous = &previous;
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let issued = counters(&mut conn, &id).await.issued;
+            previous.set(issued);
+            (issued > 30 && issued == before).then_some(issued)
+        }
+    })
+    .await;
+    let holders = keyspace::holders(&mut conn.clone(), &EventLayout::single(&event.id), 1_000).await.unwrap().unwrap();
+    let (held, not_held): (Vec<&String>, Vec<&String>) = long.iter().partition(|user| holders.contains_key(*user));
+    assert_eq!(held.len() as i64, ran - 30, "the long users' entries are the scripts that ran");
 
-    // Every short user and half of the long ones come back; the other half never do.
+    // Every short user and half of the long ones come back (half of those holding an entry
+    // among them); the other half never do, and their entries are healed.
+    let returning: Vec<&String> = held.iter().take(held.len() / 2).chain(not_held.iter()).take(15).copied().collect();
+    let healed = (held.len() - held.len() / 2) as i64;
     let client = reqwest::Client::new();
     let mut slots = BTreeMap::new();
-    for user in short.iter().chain(long.iter().take(15)) {
+    for user in short.iter().chain(returning) {
         let (slot, created) = apply_until_settled(&client, &api, &event.id, user).await;
         assert!(created <= 1, "{user} got {created} x 201");
         slots.insert(user.clone(), slot);
@@ -148,14 +167,15 @@ async fn clients_that_give_up_while_redis_is_paused_get_their_coupon_and_issued_
     let rows = rows_by_user(&store, &event.id).await;
     assert_eq!(rows, slots, "each returning user's coupon is their row, and nobody else has one");
     assert_eq!(settled.issued, 45, "{settled:?}");
-    assert_eq!(settled.healed, 15, "the entries nobody delivered were given back: {settled:?}");
+    assert_eq!(settled.healed, healed, "the entries nobody delivered were given back: {settled:?}");
     wait_for_rows(&store, &event.key(), 45, Duration::from_secs(10)).await;
     assert!(store.failed_events(&event.topic).await.unwrap().is_empty());
     // Exported per event by the consumer.
     let label = coupon_service::metrics::EventLabel { event: event.key() };
     wait_until("healed exported", Duration::from_secs(10), || async {
         let metrics = &consumer.process().metrics;
-        (metrics.event_healed.get_or_create(&label).get() == 15 && metrics.event_persisted.get_or_create(&label).get() == 45).then_some(())
+        (metrics.event_healed.get_or_create(&label).get() == healed && metrics.event_persisted.get_or_create(&label).get() == 45)
+            .then_some(())
     })
     .await;
     // The healed slots are handed out again.
@@ -346,6 +366,67 @@ async fn a_release_names_its_slot_and_a_repeated_apply_names_the_pending_slot() 
     let sharded = EventLayout::new(&event.id, 3);
     let elsewhere = (0..100).map(|i| format!("u{i}")).find(|user| sharded.home_shard(user) != 0).unwrap();
     assert!(keyspace::ack(&mut conn, &sharded, 0, &[(elsewhere, 1)]).await.is_err());
+}
+
+/// One gate call decides many users exactly as separate calls in that order would: a user
+/// named twice holds one slot, the limit holds inside the batch, answers come in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gate_call_decides_many_users_as_separate_calls_in_order_would() {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 3, 1).await;
+    let mut conn = redis().await;
+    let layout = EventLayout::single(&event.id);
+    let lease = Duration::from_secs(60);
+    let (decisions, _) = keyspace::apply_many(&mut conn, &layout, 0, &["a", "b", "a", "c", "d", "b"], lease, None).await.unwrap();
+    let summary: Vec<(i64, &str)> = decisions
+        .iter()
+        .map(|decision| match decision {
+            GateDecision::Issued { slot, again: false, .. } => (*slot, "issued"),
+            GateDecision::Duplicate { slot } => (*slot, "duplicate"),
+            GateDecision::SoldOut { .. } => (0, "sold out"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(summary, vec![(1, "issued"), (2, "issued"), (1, "duplicate"), (3, "issued"), (0, "sold out"), (2, "duplicate")]);
+    assert_eq!(counters(&mut conn, &event.id).await.issued, 3);
+    assert!(keyspace::apply_many(&mut conn, &layout, 0, &[], lease, None).await.unwrap().0.is_empty());
+    // A call names one shard: a user homed on another is refused before anything runs.
+    let sharded = EventLayout::new(&event.id, 3);
+    let elsewhere = (0..100).map(|i| format!("u{i}")).find(|user| sharded.home_shard(user) != 0).unwrap();
+    assert!(keyspace::apply_many(&mut conn, &sharded, 0, &[elsewhere.as_str()], lease, None).await.is_err());
+}
+
+/// Applies that wait while a shard's calls are under way go together in its next calls, and
+/// each gets its own answer: 80 applies held up by a paused Redis take a handful of gate
+/// calls, and every user's 201 names the slot Redis holds for that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn applies_waiting_for_a_busy_shard_go_together_and_each_gets_its_own_slot() {
+    let brokers = kafka_brokers();
+    let own = OwnRedis::start().await;
+    let event = provision_event_on(&own.url(), &brokers, NAMESPACE, 100, 1).await;
+    let api = start_api(&own.url(), &brokers).await;
+    let conn = RedisHandle::connect_with_deadline(&own.url(), Duration::from_secs(10)).await.unwrap();
+    let client = reqwest::Client::new();
+    let url = api.apply_url(&event.id);
+    assert_eq!(apply(&client, &url, "first").await.0, 201);
+
+    diagnostics::script_micros(&own.url(), true).await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1000).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
+    let users: Vec<String> = (0..80).map(|i| format!("crowd-{i}")).collect();
+    let answers = futures::future::join_all(users.iter().map(|user| apply(&client, &url, user))).await;
+    // The gate script runs INFO once per call (its fencing check); acknowledgements do not.
+    let gate_calls = diagnostics::command_calls(&own.url(), &["info"]).await.unwrap();
+
+    let holders = keyspace::holders(&mut conn.clone(), &EventLayout::single(&event.id), 1_000).await.unwrap().unwrap();
+    let mut slots = BTreeSet::new();
+    for (user, (status, body)) in users.iter().zip(&answers) {
+        assert_eq!(*status, 201, "{user}: {body}");
+        let slot = body["slot"].as_i64().unwrap();
+        assert_eq!(holders[user].slot, slot, "{user}'s answer names the slot Redis holds for them");
+        slots.insert(slot);
+    }
+    assert_eq!(slots, (2..=81).collect::<BTreeSet<i64>>(), "every slot once");
+    assert!((2..=16).contains(&gate_calls), "80 waiting applies took {gate_calls} gate calls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,11 +106,25 @@ pub async fn script_micros(url: &str, reset: bool) -> RedisResult<u64> {
         redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut conn).await?;
         return Ok(0);
     }
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+    command_stats(&mut conn, &["evalsha", "eval"], "usec=").await
+}
+
+/// Calls of `commands` (lower case, as `INFO commandstats` names them; commands scripts
+/// run count too) a server has run since its statistics were reset (`script_micros` with
+/// `reset`). Asked of one node directly.
+pub async fn command_calls(url: &str, commands: &[&str]) -> RedisResult<u64> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    command_stats(&mut conn, commands, "calls=").await
+}
+
+/// The sum of one field over some commands' lines of `INFO commandstats`.
+async fn command_stats(conn: &mut redis::aio::MultiplexedConnection, commands: &[&str], field: &str) -> RedisResult<u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await?;
     Ok(info
         .lines()
-        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
-        .filter_map(|line| line.split(',').find_map(|field| field.strip_prefix("usec=")).and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(':'))
+        .filter(|(command, _)| commands.contains(command))
+        .filter_map(|(_, stats)| stats.split(',').find_map(|value| value.strip_prefix(field))?.parse::<u64>().ok())
         .sum())
 }
 

@@ -4,6 +4,7 @@
 
 mod acks;
 mod caches;
+mod gate_batches;
 mod outcome;
 pub mod producer;
 
@@ -19,6 +20,7 @@ use coupon_core::retry::Backoff;
 
 use acks::Acknowledgements;
 pub use caches::{KnownEvents, Layouts, SoldOutCache, SoldOutView, StockRequests};
+use gate_batches::GateBatches;
 pub use outcome::ApplyOutcome;
 use producer::{Delivery, ProducerSlot};
 
@@ -65,6 +67,7 @@ pub struct ApplyService {
     layouts: Layouts,
     stock_requests: StockRequests,
     acknowledgements: Acknowledgements,
+    gate_batches: GateBatches,
     lease: Duration,
     replica_wait: Option<ReplicaWait>,
 }
@@ -91,6 +94,7 @@ impl ApplyService {
     ) -> Self {
         let acknowledgements = Acknowledgements::start(redis.clone());
         let lease = producer.produce_timeout() + replica_wait.map_or(Duration::ZERO, |w| w.timeout) + LEASE_MARGIN;
+        let gate_batches = GateBatches::new(redis.clone(), lease);
         Self {
             namespace,
             redis,
@@ -102,6 +106,7 @@ impl ApplyService {
             layouts: Layouts::default(),
             stock_requests: StockRequests::default(),
             acknowledgements,
+            gate_batches,
             lease,
             replica_wait,
         }
@@ -291,7 +296,12 @@ impl ApplyService {
         let mut requests = 0;
         let mut stock_turn = None;
         loop {
-            let (decision, taken) = keyspace::apply(conn, &layout, user_id, self.lease, grant.as_ref().map(|(_, g)| g)).await?;
+            // A grant goes with the one apply that asked for it; every other apply waits
+            // for its shard's next call, with the others waiting then.
+            let (decision, taken) = match &grant {
+                Some((_, grant)) => keyspace::apply(conn, &layout, user_id, self.lease, Some(grant)).await?,
+                None => (self.gate_batches.decide(&layout, user_id).await?, false),
+            };
             if let (Some((source, grant)), true) = (grant.take(), taken) {
                 self.settle_in_background(layout.clone(), source, grant.id);
             }

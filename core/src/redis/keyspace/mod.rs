@@ -43,7 +43,7 @@ use redis::RedisResult;
 use crate::event::{EventId, EventKey};
 
 pub use config::{write_config, ConfigWrite};
-pub use gate::{ack, apply, prepare_gate_benchmark, release, GateDecision, Grant};
+pub use gate::{ack, apply, apply_many, prepare_gate_benchmark, release, GateDecision, Grant};
 pub use grants::{close_grant, expired_grants, grant, settle_grant, stock, stride_left, GrantVerdict, ShardStock};
 pub use heal::{heal, mark_written, overdue_entries, HealVerdict, Healed, OverdueEntry};
 use layout::EventKeys;

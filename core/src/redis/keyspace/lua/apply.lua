@@ -1,12 +1,15 @@
--- The apply gate: decides one apply atomically, on the user's home shard.
--- KEYS: config, count, users, free, unwritten, held, accepted, refused. ARGV: user id, lease_ms
--- (how long a delivery may take: the api's produce timeout and a margin), shard, shards (the
--- layout the caller routed by), then optionally a grant id, its epoch and its slots (stock
--- another shard gave this one: taken into the free list first, once, unless the grant was
--- refused or is of another epoch: made before a restore, or for an earlier event of the name).
--- Answers {code, slot, topic, deadline, incarnation, grant} (deadline: of the delivery now under
--- way, which a release must name; topic and incarnation, which the record carries, for codes 1
--- and 2 only; grant: 1 if the grant's slots are in this shard's stock):
+-- The apply gate: decides the applies of one or more users atomically, on their home shard,
+-- one after the other as separate calls would (a user named twice gets their slot once).
+-- KEYS: config, count, users, free, unwritten, held, accepted, refused. ARGV: lease_ms (how
+-- long a delivery may take: the api's produce timeout and a margin), shard, shards (the
+-- layout the caller routed by), n, then n user ids, then optionally a grant id, its epoch and
+-- its slots (stock another shard gave this one: taken into the free list first, once, unless
+-- the grant was refused or is of another epoch: made before a restore, or for an earlier
+-- event of the name).
+-- Answers one {code, slot, topic, deadline, incarnation, grant} per user, in order (deadline:
+-- of the delivery now under way, which a release must name; topic and incarnation, which the
+-- record carries, for codes 1 and 2 only; grant: 1 if the grant's slots are in this shard's
+-- stock):
 --   1  a new slot was issued to the user: deliver its record;
 --   2  the user's earlier delivery of `slot` never completed (its lease ran out): deliver the
 --      same record again (the consumer skips the duplicate);
@@ -23,15 +26,24 @@
 -- counter, and slots given back or granted from its free list: slot numbers are unique across
 -- shards without any cross-shard call. The counter never passes the limit: the next slot is
 -- checked before INCR. With one shard this is `count < limit`, as it always was.
+-- What holds for the whole shard (configuration, layout, fencing, pause, a grant) is read
+-- once per call: a batch of users pays it once.
+local n = tonumber(ARGV[4]) or 0
+-- The same answer for every user of the call.
+local function all(code, slot, deadline, granted)
+  local answers = {}
+  for i = 1, n do answers[i] = {code, slot or 0, '', deadline or 0, '', granted or 0} end
+  return answers
+end
 local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server',
   'deleted', 'recovering_server', 'lease_ms', 'holders_version', 'paused', 'incarnation', 'shards', 'shard', 'epoch')
 local limit = tonumber(cfg[1])
 if not limit then
-  if cfg[8] == '1' then return {-1, 0, '', 0, '', 0} end
-  return {-7, 0, '', 0, '', 0}
+  if cfg[8] == '1' then return all(-1) end
+  return all(-7)
 end
-local shard, shards = tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 1
-if (tonumber(cfg[14]) or 1) ~= shards or (tonumber(cfg[15]) or 0) ~= shard then return {-10, 0, '', 0, '', 0} end
+local shard, shards = tonumber(ARGV[2]) or 0, tonumber(ARGV[3]) or 1
+if (tonumber(cfg[14]) or 1) ~= shards or (tonumber(cfg[15]) or 0) ~= shard then return all(-10) end
 local now = now_ms()
 -- Fencing: the state was last verified on another server (a restart, a failover, a restored
 -- snapshot). It may have lost acknowledged writes, so nothing is decided until the consumer
@@ -42,62 +54,71 @@ if cfg[7] ~= server then
   if cfg[5] ~= '1' or cfg[9] ~= server then
     redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now, 'recovering_server', server)
   end
-  return {-6, 0, '', 0, '', 0}
+  return all(-6)
 end
-if cfg[5] == '1' then return {-6, 0, '', 0, '', 0} end
+if cfg[5] == '1' then return all(-6) end
 -- A grant is taken only by a verified, open shard (a restore rebuilds every shard's stock
 -- from SQL, so slots granted before it must not come back) and only once.
 local granted = 0
-if ARGV[5] and (tonumber(cfg[16]) or 0) == tonumber(ARGV[6]) then
-  if redis.call('SISMEMBER', KEYS[8], ARGV[5]) == 0 then
-    if redis.call('SADD', KEYS[7], ARGV[5]) == 1 and #ARGV > 6 then redis.call('RPUSH', KEYS[4], unpack(ARGV, 7)) end
+local grant = 5 + n
+if ARGV[grant] and (tonumber(cfg[16]) or 0) == tonumber(ARGV[grant + 1]) then
+  if redis.call('SISMEMBER', KEYS[8], ARGV[grant]) == 0 then
+    if redis.call('SADD', KEYS[7], ARGV[grant]) == 1 and #ARGV > grant + 1 then
+      redis.call('RPUSH', KEYS[4], unpack(ARGV, grant + 2))
+    end
     granted = 1
   end
 end
-if cfg[12] == '1' then return {-8, 0, '', 0, '', granted} end
-local user = ARGV[1]
-local lease = tonumber(ARGV[2])
+if cfg[12] == '1' then return all(-8, 0, 0, granted) end
+local lease = tonumber(ARGV[1])
 -- The longest lease any api uses: a restore waits at least this long after its mark.
 if (tonumber(cfg[10]) or 0) < lease then redis.call('HSET', KEYS[1], 'lease_ms', lease) end
 local per_user = tonumber(cfg[2]) or 1
-local held = redis.call('HGET', KEYS[3], user)
-local entries = parse_entries(held)
--- The user's own entries first: a coupon issued in the window stays theirs after it.
-for _, e in ipairs(entries) do
-  if e[2] == 'x' then
-    e[2] = 'w'
-    store_entries(KEYS[3], user, entries)
-    return {3, tonumber(e[1]), cfg[6], 0, '', granted}
+
+-- One user's decision.
+local function decide(user)
+  local entries = parse_entries(redis.call('HGET', KEYS[3], user))
+  -- The user's own entries first: a coupon issued in the window stays theirs after it.
+  for _, e in ipairs(entries) do
+    if e[2] == 'x' then
+      e[2] = 'w'
+      store_entries(KEYS[3], user, entries)
+      return {3, tonumber(e[1]), cfg[6], 0, '', granted}
+    end
+    if e[2] == 'p' then
+      local member = unwritten_member(e[1], user)
+      local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member)) or 0
+      if deadline > now then return {-4, tonumber(e[1]), '', 0, '', granted} end
+      redis.call('ZADD', KEYS[5], now + lease, member)
+      return {2, tonumber(e[1]), cfg[6], now + lease, cfg[13] or '', granted}
+    end
   end
-  if e[2] == 'p' then
-    local member = unwritten_member(e[1], user)
-    local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member)) or 0
-    if deadline > now then return {-4, tonumber(e[1]), '', 0, '', granted} end
-    redis.call('ZADD', KEYS[5], now + lease, member)
-    return {2, tonumber(e[1]), cfg[6], now + lease, cfg[13] or '', granted}
+  if #entries >= per_user then return {-4, tonumber(entries[1][1]), '', 0, '', granted} end
+  if now < tonumber(cfg[3]) then return {-2, 0, '', 0, '', granted} end
+  if now >= tonumber(cfg[4]) then return {-3, 0, '', 0, '', granted} end
+  local slot
+  for _ = 1, 16 do
+    slot = tonumber(redis.call('LPOP', KEYS[4]))
+    if not slot or slot <= limit then break end
+    slot = nil -- above a limit lowered since it was given back: dropped
   end
-end
-if #entries >= per_user then return {-4, tonumber(entries[1][1]), '', 0, '', granted} end
-if now < tonumber(cfg[3]) then return {-2, 0, '', 0, '', granted} end
-if now >= tonumber(cfg[4]) then return {-3, 0, '', 0, '', granted} end
-local slot
-for _ = 1, 16 do
-  slot = tonumber(redis.call('LPOP', KEYS[4]))
-  if not slot or slot <= limit then break end
-  slot = nil -- above a limit lowered since it was given back: dropped
-end
-if not slot then
-  local next_slot = stride_slot(tonumber(redis.call('GET', KEYS[2])) or 0, shard, shards)
-  if next_slot > limit then
-    local code = -5
-    if shards > 1 then code = -9 end
-    return {code, tonumber(cfg[4]), '', tonumber(cfg[11]) or 0, '', granted}
+  if not slot then
+    local next_slot = stride_slot(tonumber(redis.call('GET', KEYS[2])) or 0, shard, shards)
+    if next_slot > limit then
+      local code = -5
+      if shards > 1 then code = -9 end
+      return {code, tonumber(cfg[4]), '', tonumber(cfg[11]) or 0, '', granted}
+    end
+    redis.call('INCR', KEYS[2])
+    slot = next_slot
   end
-  redis.call('INCR', KEYS[2])
-  slot = next_slot
+  entries[#entries + 1] = {tostring(slot), 'p'}
+  store_entries(KEYS[3], user, entries)
+  redis.call('ZADD', KEYS[5], now + lease, unwritten_member(slot, user))
+  redis.call('INCR', KEYS[6])
+  return {1, slot, cfg[6], now + lease, cfg[13] or '', granted}
 end
-entries[#entries + 1] = {tostring(slot), 'p'}
-store_entries(KEYS[3], user, entries)
-redis.call('ZADD', KEYS[5], now + lease, unwritten_member(slot, user))
-redis.call('INCR', KEYS[6])
-return {1, slot, cfg[6], now + lease, cfg[13] or '', granted}
+
+local answers = {}
+for i = 1, n do answers[i] = decide(ARGV[4 + i]) end
+return answers

@@ -118,39 +118,38 @@ async fn clients_that_give_up_while_redis_is_paused_get_their_coupon_and_issued_
     let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
     let url = api.apply_url(&event.id);
 
-    // Pause shorter than the Redis client's 2 s response timeout: the gate answers late,
-    // after the clients left; the decisions run to completion without them.
+    // Pause shorter than the Redis client's 2 s response timeout: the gate calls under way
+    // answer late, after the clients left; those decisions run to completion without them.
+    // Pause longer than it: the calls under way time out, but Redis runs them afterwards;
+    // those users hold entries nobody delivers. Either way the applies queued behind the
+    // calls under way are answered 503 without reaching Redis (they waited longer than the
+    // api lets an apply wait for the gate).
     let short: Vec<String> = (0..30).map(|i| format!("short-{i}")).collect();
-    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
-    let answers = futures::future::join_all(short.iter().map(|user| apply(&impatient, &url, user))).await;
-    assert!(answers.iter().all(|(status, _)| *status == 0), "every client gave up: {answers:?}");
-    wait_until("paused scripts ran", Duration::from_secs(10), || {
-        let (mut conn, id) = (conn.clone(), event.id.clone());
-        async move { (counters(&mut conn, &id).await.issued == 30).then_some(()) }
-    })
-    .await;
-    // Pause longer than it: the api's gate calls under way time out, but Redis runs them
-    // afterwards; those users hold entries nobody delivers. The applies queued behind them
-    // in the api were answered 503 at once and never reached Redis.
     let long: Vec<String> = (0..30).map(|i| format!("long-{i}")).collect();
-    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
-    let answers = futures::future::join_all(long.iter().map(|user| apply(&impatient, &url, user))).await;
-    assert!(answers.iter().all(|(status, _)| *status == 0), "every client gave up: {answers:?}");
-    let previous = std::cell::Cell::new(0);
-    let ran = wait_until("the paused scripts ran and the count is stable", Duration::from_secs(15), || {
-        let (mut conn, id, before) = (conn.clone(), event.id.clone(), previous.get());
-        let previous = &previous;
-        async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let issued = counters(&mut conn, &id).await.issued;
-            previous.set(issued);
-            (issued > 30 && issued == before).then_some(issued)
-        }
-    })
-    .await;
+    let mut ran = 0;
+    for (users, pause_ms) in [(&short, 1500), (&long, 3000)] {
+        let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(pause_ms).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
+        let answers = futures::future::join_all(users.iter().map(|user| apply(&impatient, &url, user))).await;
+        assert!(answers.iter().all(|(status, _)| *status == 0), "every client gave up: {answers:?}");
+        // The paused calls ran once the count is above the last one and stable (the same
+        // twice, 300 ms apart).
+        let (before, previous) = (ran, std::cell::Cell::new(-1));
+        ran = wait_until("the paused scripts ran and the count is stable", Duration::from_secs(15), || {
+            let (mut conn, id, last) = (conn.clone(), event.id.clone(), previous.get());
+            let previous = &previous;
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let issued = counters(&mut conn, &id).await.issued;
+                previous.set(issued);
+                (issued > before && issued == last).then_some(issued)
+            }
+        })
+        .await;
+    }
     let holders = keyspace::holders(&mut conn.clone(), &EventLayout::single(&event.id), 1_000).await.unwrap().unwrap();
     let (held, not_held): (Vec<&String>, Vec<&String>) = long.iter().partition(|user| holders.contains_key(*user));
-    assert_eq!(held.len() as i64, ran - 30, "the long users' entries are the scripts that ran");
+    let short_held = short.iter().filter(|user| holders.contains_key(*user)).count();
+    assert_eq!((short_held + held.len()) as i64, ran, "the entries are the scripts that ran");
 
     // Every short user and half of the long ones come back (half of those holding an entry
     // among them); the other half never do, and their entries are healed.
@@ -377,7 +376,9 @@ async fn one_gate_call_decides_many_users_as_separate_calls_in_order_would() {
     let mut conn = redis().await;
     let layout = EventLayout::single(&event.id);
     let lease = Duration::from_secs(60);
-    let (decisions, _) = keyspace::apply_many(&mut conn, &layout, 0, &["a", "b", "a", "c", "d", "b"], lease, None).await.unwrap();
+    let users = ["a", "b", "a", "c", "d", "b"];
+    let call = keyspace::unique_id();
+    let (decisions, _) = keyspace::apply_many(&mut conn, &layout, 0, &users, lease, None, &call).await.unwrap();
     let summary: Vec<(i64, &str)> = decisions
         .iter()
         .map(|decision| match decision {
@@ -389,11 +390,17 @@ async fn one_gate_call_decides_many_users_as_separate_calls_in_order_would() {
         .collect();
     assert_eq!(summary, vec![(1, "issued"), (2, "issued"), (1, "duplicate"), (3, "issued"), (0, "sold out"), (2, "duplicate")]);
     assert_eq!(counters(&mut conn, &event.id).await.issued, 3);
-    assert!(keyspace::apply_many(&mut conn, &layout, 0, &[], lease, None).await.unwrap().0.is_empty());
+    // The same call sent again (a resend after a lost connection) answers what it answered,
+    // and changes nothing; another call for the same users is decided afresh.
+    assert_eq!(keyspace::apply_many(&mut conn, &layout, 0, &users, lease, None, &call).await.unwrap().0, decisions);
+    assert_eq!(counters(&mut conn, &event.id).await.issued, 3);
+    let again = keyspace::apply_many(&mut conn, &layout, 0, &["a"], lease, None, &keyspace::unique_id()).await.unwrap().0;
+    assert_eq!(again, vec![GateDecision::Duplicate { slot: 1 }]);
+    assert!(keyspace::apply_many(&mut conn, &layout, 0, &[], lease, None, &keyspace::unique_id()).await.unwrap().0.is_empty());
     // A call names one shard: a user homed on another is refused before anything runs.
     let sharded = EventLayout::new(&event.id, 3);
     let elsewhere = (0..100).map(|i| format!("u{i}")).find(|user| sharded.home_shard(user) != 0).unwrap();
-    assert!(keyspace::apply_many(&mut conn, &sharded, 0, &[elsewhere.as_str()], lease, None).await.is_err());
+    assert!(keyspace::apply_many(&mut conn, &sharded, 0, &[elsewhere.as_str()], lease, None, &keyspace::unique_id()).await.is_err());
 }
 
 /// Applies that wait while a shard's calls are under way go together in its next calls, and
@@ -411,7 +418,8 @@ async fn applies_waiting_for_a_busy_shard_go_together_and_each_gets_its_own_slot
     assert_eq!(apply(&client, &url, "first").await.0, 201);
 
     diagnostics::script_micros(&own.url(), true).await.unwrap();
-    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1000).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
+    // Shorter than the longest an apply may wait for the gate (500 ms).
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(300).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
     let users: Vec<String> = (0..80).map(|i| format!("crowd-{i}")).collect();
     let answers = futures::future::join_all(users.iter().map(|user| apply(&client, &url, user))).await;
     // The gate script runs INFO once per call (its fencing check); acknowledgements do not.
@@ -427,6 +435,21 @@ async fn applies_waiting_for_a_busy_shard_go_together_and_each_gets_its_own_slot
     }
     assert_eq!(slots, (2..=81).collect::<BTreeSet<i64>>(), "every slot once");
     assert!((2..=16).contains(&gate_calls), "80 waiting applies took {gate_calls} gate calls");
+
+    // Held up longer than an apply may wait for the gate: the calls under way answer once
+    // Redis resumes; the applies queued behind them are answered 503 without a call, and
+    // hold nothing.
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1200).arg("WRITE").query_async(&mut conn.clone()).await.unwrap();
+    let late: Vec<String> = (0..40).map(|i| format!("late-{i}")).collect();
+    let answers = futures::future::join_all(late.iter().map(|user| apply(&client, &url, user))).await;
+    let holders = keyspace::holders(&mut conn.clone(), &EventLayout::single(&event.id), 1_000).await.unwrap().unwrap();
+    let created: Vec<&String> = late.iter().zip(&answers).filter(|(_, (status, _))| *status == 201).map(|(user, _)| user).collect();
+    for (user, (status, body)) in late.iter().zip(&answers) {
+        assert!(*status == 201 || *status == 503, "{user}: {status} {body}");
+        assert_eq!(holders.contains_key(user), *status == 201, "{user} holds a coupon only with a 201");
+    }
+    assert!((1..=8).contains(&created.len()), "only the calls under way went: {} x 201", created.len());
+    assert_eq!(counters(&mut conn.clone(), &event.id).await.issued, 81 + created.len() as i64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,8 +24,10 @@ use tokio::sync::mpsc;
 /// Most acknowledgements one script call carries (a few µs of script time each): keeps every
 /// call short on a master that other events' applies share.
 const BATCH_MAX: usize = 256;
-/// Attempts of a batch that failed (about 20 s with the backoff, as every small api write).
+/// Attempts of a batch (about 20 s with the backoff, as every small api write).
 const ATTEMPTS: usize = 20;
+/// Longest the writer waits for one round's writes before it takes the next batch.
+const ROUND_WAIT: Duration = Duration::from_millis(250);
 
 /// One delivery the broker acknowledged.
 struct Acknowledgement {
@@ -63,21 +65,15 @@ impl Acknowledgements {
 }
 
 /// The writer: takes what is queued (up to `BATCH_MAX`), groups it by shard and writes each
-/// group with one call, all groups at once. A group whose call fails is retried in a task of
-/// its own, so an unreachable master never holds up another one's acknowledgements.
+/// group with one call, all groups at once, each in a task of its own that retries it. It
+/// takes the next batch once they are written, or after `ROUND_WAIT` if one is slow: an
+/// unreachable master never holds up another one's acknowledgements for longer.
 async fn write_batches(mut received: mpsc::UnboundedReceiver<Acknowledgement>, redis: RedisHandle) {
     let mut taken = Vec::with_capacity(BATCH_MAX);
     while received.recv_many(&mut taken, BATCH_MAX).await > 0 {
-        let batches = by_shard(taken.drain(..));
-        let attempts = batches.into_iter().map(|batch| {
-            let redis = redis.clone();
-            async move {
-                if write(&redis, &batch).await.is_err() {
-                    tokio::spawn(retry(redis, batch));
-                }
-            }
-        });
-        futures::future::join_all(attempts).await;
+        let writes: Vec<_> =
+            by_shard(taken.drain(..)).into_iter().map(|batch| tokio::spawn(write_with_retries(redis.clone(), batch))).collect();
+        let _ = tokio::time::timeout(ROUND_WAIT, futures::future::join_all(writes)).await;
     }
 }
 
@@ -103,10 +99,12 @@ async fn write(redis: &RedisHandle, batch: &ShardBatch) -> Result<usize, ()> {
     })
 }
 
-async fn retry(redis: RedisHandle, batch: ShardBatch) {
+async fn write_with_retries(redis: RedisHandle, batch: ShardBatch) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    for _ in 1..ATTEMPTS {
-        tokio::time::sleep(backoff.next_delay()).await;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
         if write(&redis, &batch).await.is_ok() {
             return;
         }

@@ -13,9 +13,10 @@
 //! A batch decides its users one after the other in one script, exactly as separate calls
 //! in that order would; a call that fails fails its applies as one call each would have (the
 //! api answers 503, and a call Redis ran whose answer was lost leaves its users' entries
-//! pending: their next apply after the lease delivers). When a call fails, the applies still
-//! queued behind it are answered at once with the same error instead of each waiting for a
-//! master that just failed.
+//! pending: their next apply after the lease delivers; a resent call answers what its first
+//! run answered). When a call fails, the applies still queued behind it are answered at once
+//! with an error instead of each waiting for a master that just failed, and an apply that
+//! waited `QUEUE_WAIT_MAX` is answered 503 without a call.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,11 @@ const IN_FLIGHT: usize = 4;
 const BATCH_MAX: usize = 32;
 /// A shard's writer stops after this long without an apply (it starts again on the next).
 const IDLE: Duration = Duration::from_secs(30);
+/// Longest an apply waits in the queue before its call starts; longer, it is answered 503
+/// without one. With the Redis client's 2 s response timeout, the gate stays within the
+/// 3 s a request keeps for Redis (`ApiSettings::check`): a 408 never hides an issued
+/// coupon, and a master that cannot keep up sheds load instead of queueing without end.
+const QUEUE_WAIT_MAX: Duration = Duration::from_millis(500);
 
 type Answer = Result<GateDecision, RedisError>;
 
@@ -142,18 +148,24 @@ impl Shard {
             match tokio::time::timeout(IDLE, received.recv_many(&mut taken, BATCH_MAX)).await {
                 Ok(0) => return, // the api is gone
                 Ok(_) => {
+                    // Not sent: applies queued before a call failed (they waited behind a
+                    // master that just failed) and applies that waited too long.
                     let failure = *failed_at.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(failure) = failure {
-                        // A call failed while these waited: answer them with its error at once
-                        // rather than each waiting for a master that just failed.
-                        let (stale, fresh): (Vec<_>, Vec<_>) = taken.drain(..).partition(|waiting| waiting.queued_at <= failure);
-                        for waiting in stale {
-                            let _ = waiting.answer.send(Err(failed("an earlier call to this shard failed")));
-                        }
-                        taken = fresh;
-                        if taken.is_empty() {
-                            continue;
-                        }
+                    let now = Instant::now();
+                    let (sendable, unsent): (Vec<_>, Vec<_>) = taken.drain(..).partition(|waiting| {
+                        failure.is_none_or(|failure| waiting.queued_at > failure) && now - waiting.queued_at <= QUEUE_WAIT_MAX
+                    });
+                    for waiting in unsent {
+                        let why = if now - waiting.queued_at > QUEUE_WAIT_MAX {
+                            "waited too long for the gate"
+                        } else {
+                            "an earlier call to this shard failed"
+                        };
+                        let _ = waiting.answer.send(Err(failed(why)));
+                    }
+                    taken = sendable;
+                    if taken.is_empty() {
+                        continue;
                     }
                     let batch = std::mem::replace(&mut taken, Vec::with_capacity(BATCH_MAX));
                     let (this, failed_at) = (this.clone(), failed_at.clone());
@@ -170,7 +182,8 @@ impl Shard {
                     if let Some(writers) = writers.upgrade() {
                         forget(&writers, &this.key, this.id);
                     }
-                    while let Ok(waiting) = received.try_recv() {
+                    // A closed queue still yields what was sent before, then `None`.
+                    while let Some(waiting) = received.recv().await {
                         taken.push(waiting);
                     }
                     while !taken.is_empty() {
@@ -187,7 +200,10 @@ impl Shard {
     async fn call(&self, batch: Vec<Waiting>) -> bool {
         let users: Vec<&str> = batch.iter().map(|waiting| waiting.user.as_str()).collect();
         let decided = match self.redis.get() {
-            Some(mut conn) => keyspace::apply_many(&mut conn, &self.layout, self.key.shard, &users, self.lease, None).await,
+            Some(mut conn) => {
+                let call = keyspace::unique_id();
+                keyspace::apply_many(&mut conn, &self.layout, self.key.shard, &users, self.lease, None, &call).await
+            }
             None => Err(failed("Redis is not connected")),
         };
         match decided {

@@ -297,10 +297,13 @@ impl ApplyService {
         let mut stock_turn = None;
         loop {
             // A grant goes with the one apply that asked for it; every other apply waits
-            // for its shard's next call, with the others waiting then.
+            // for its shard's next call, with the others waiting then. So does an apply to a
+            // name this process has no layout for (not provisioned, or just deleted): it
+            // starts no writer.
             let (decision, taken) = match &grant {
                 Some((_, grant)) => keyspace::apply(conn, &layout, user_id, self.lease, Some(grant)).await?,
-                None => (self.gate_batches.decide(&layout, user_id).await?, false),
+                None if self.layouts.get(event.name()).is_some() => (self.gate_batches.decide(&layout, user_id).await?, false),
+                None => keyspace::apply(conn, &layout, user_id, self.lease, None).await?,
             };
             if let (Some((source, grant)), true) = (grant.take(), taken) {
                 self.settle_in_background(layout.clone(), source, grant.id);
@@ -374,7 +377,7 @@ impl ApplyService {
         }
         let Some((source, available)) = richest else { return Ok(Stock::Elsewhere) };
         let wanted = ((available + 1) / 2).clamp(1, GRANT_MAX);
-        Ok(match keyspace::grant(conn, layout, source, target, wanted, self.lease, &grant_id()).await? {
+        Ok(match keyspace::grant(conn, layout, source, target, wanted, self.lease, &keyspace::unique_id()).await? {
             Some(grant) => {
                 self.metrics.stock_grants.inc();
                 Stock::Granted(source, grant)
@@ -531,14 +534,4 @@ enum Stock {
     /// No shard has stock to give, yet not every slot is held: slots are in flight between
     /// shards or being given back.
     Elsewhere,
-}
-
-/// A grant id no other grant uses: this process, and a counter.
-fn grant_id() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    static PROCESS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-        format!("{:x}-{nanos:x}", std::process::id())
-    });
-    format!("{}-{}", *PROCESS, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }

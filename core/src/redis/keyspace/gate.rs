@@ -112,7 +112,8 @@ pub async fn apply(
     lease: Duration,
     grant: Option<&Grant>,
 ) -> RedisResult<(GateDecision, bool)> {
-    let (mut decisions, granted) = apply_many(conn, layout, layout.home_shard(user_id), &[user_id], lease, grant).await?;
+    let shard = layout.home_shard(user_id);
+    let (mut decisions, granted) = apply_many(conn, layout, shard, &[user_id], lease, grant, &unique_id()).await?;
     let decision =
         decisions.pop().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::TypeError, "the gate script answered nothing")))?;
     Ok((decision, granted))
@@ -123,6 +124,8 @@ pub async fn apply(
 /// the whole shard (its configuration, layout, fencing, pause, `grant`) is read once. An api
 /// under load decides a batch of waiting applies per call, so a master's fixed cost per call
 /// is paid once per batch instead of once per user. Decisions come in the order of `users`.
+/// `call_id` names this call (`unique_id`): run again with the same id within `lease` (a
+/// resend after a lost connection), the script answers what it answered the first time.
 pub async fn apply_many(
     conn: &mut RedisConnection,
     layout: &EventLayout,
@@ -130,6 +133,7 @@ pub async fn apply_many(
     users: &[&str],
     lease: Duration,
     grant: Option<&Grant>,
+    call_id: &str,
 ) -> RedisResult<(Vec<GateDecision>, bool)> {
     if let Some(user) = users.iter().find(|user| layout.home_shard(user) != shard) {
         return Err((redis::ErrorKind::ClientError, "apply on the wrong shard", format!("{user} is not homed on shard {shard}")).into());
@@ -148,6 +152,7 @@ pub async fn apply_many(
         .key(&keys.held)
         .key(&keys.accepted)
         .key(&keys.refused)
+        .key(keys.gate_call(call_id))
         .arg(lease.as_millis() as u64)
         .arg(shard)
         .arg(layout.shard_count())
@@ -166,6 +171,16 @@ pub async fn apply_many(
     let granted = answers.iter().any(|answer| answer.5 == 1);
     let decisions = answers.into_iter().map(GateDecision::from_answer).collect::<RedisResult<Vec<_>>>()?;
     Ok((decisions, granted))
+}
+
+/// An id no other call or grant of any process shares: the process, its start, a counter.
+pub fn unique_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static PROCESS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+        format!("{:x}-{nanos:x}", std::process::id())
+    });
+    format!("{}-{}", *PROCESS, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Records that the broker acknowledged the records of `acks` (user id, slot), every one of
@@ -217,9 +232,10 @@ pub async fn prepare_gate_benchmark(conn: &mut RedisConnection, event: &crate::e
     let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(super::script_source!("apply")).query_async(conn).await?;
     let layout = EventLayout::single(event);
     let keys = layout.home().clone();
+    let call = keys.gate_call("__rand_int__");
     Ok(vec![
         sha,
-        "8".into(),
+        "9".into(),
         keys.config,
         keys.count,
         keys.users,
@@ -228,6 +244,7 @@ pub async fn prepare_gate_benchmark(conn: &mut RedisConnection, event: &crate::e
         keys.held,
         keys.accepted,
         keys.refused,
+        call,
         "5000".into(),
         "0".into(),
         "1".into(),

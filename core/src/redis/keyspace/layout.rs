@@ -66,6 +66,11 @@ impl EventKeys {
         }
     }
 
+    /// Where a gate call's answers are kept for a resend (`apply_many`); gone after the lease.
+    pub fn gate_call(&self, id: &str) -> String {
+        format!("{}:call:{id}", self.config.trim_end_matches(":config"))
+    }
+
     /// The home shard's keys (shard 0, and the only shard of an unsharded event).
     pub fn of(event: &EventId) -> Self {
         Self::with_tag(&event.to_string())

@@ -24,6 +24,7 @@
 //! | `coupon:{ns/name}:grants` | hash | grant id → `target slot slot ...`: stock this shard gave and that is not settled yet |
 //! | `coupon:{ns/name}:grant_deadlines` | sorted set | grant ids by deadline (server ms): when healing may close them |
 //! | `coupon:{ns/name}:accepted` / `:refused` | sets | grant ids this shard took / refused for good |
+//! | `coupon:{ns/name}:call:<id>` | string | one gate call's answers (JSON), kept for the lease so that a resent call answers the same; expires by itself |
 //! | `coupon:events` | set | every provisioned event (`ns/name`), for the consumer's verification and healing passes; outside any event's hash tag |
 //!
 //! Issued coupons are `count - len(free)` with one shard, the sum of `held` with several.
@@ -43,7 +44,7 @@ use redis::RedisResult;
 use crate::event::{EventId, EventKey};
 
 pub use config::{write_config, ConfigWrite};
-pub use gate::{ack, apply, apply_many, prepare_gate_benchmark, release, GateDecision, Grant};
+pub use gate::{ack, apply, apply_many, prepare_gate_benchmark, release, unique_id, GateDecision, Grant};
 pub use grants::{close_grant, expired_grants, grant, settle_grant, stock, stride_left, GrantVerdict, ShardStock};
 pub use heal::{heal, mark_written, overdue_entries, HealVerdict, Healed, OverdueEntry};
 use layout::EventKeys;

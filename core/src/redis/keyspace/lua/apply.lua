@@ -1,6 +1,7 @@
 -- The apply gate: decides the applies of one or more users atomically, on their home shard,
 -- one after the other as separate calls would (a user named twice gets their slot once).
--- KEYS: config, count, users, free, unwritten, held, accepted, refused. ARGV: lease_ms (how
+-- KEYS: config, count, users, free, unwritten, held, accepted, refused, call (this call's
+-- answers, kept for a resend). ARGV: lease_ms (how
 -- long a delivery may take: the api's produce timeout and a margin), shard, shards (the
 -- layout the caller routed by), n, then n user ids, then optionally a grant id, its epoch and
 -- its slots (stock another shard gave this one: taken into the free list first, once, unless
@@ -29,6 +30,11 @@
 -- What holds for the whole shard (configuration, layout, fencing, pause, a grant) is read
 -- once per call: a batch of users pays it once.
 local n = tonumber(ARGV[4]) or 0
+-- A resent call (the cluster client sends a command again after a lost connection, and its
+-- first run may have happened) answers what the first run answered: its users were issued
+-- their slots then, and must be told so, not that they hold them already.
+local done = redis.call('GET', KEYS[9])
+if done then return cjson.decode(done) end
 -- The same answer for every user of the call.
 local function all(code, slot, deadline, granted)
   local answers = {}
@@ -121,4 +127,7 @@ end
 
 local answers = {}
 for i = 1, n do answers[i] = decide(ARGV[4 + i]) end
+-- Kept as long as a delivery's lease: a resend comes within seconds. (cjson keeps 14
+-- significant digits: millisecond times and slots are well within them.)
+redis.call('SET', KEYS[9], cjson.encode(answers), 'PX', lease)
 return answers

@@ -70,13 +70,15 @@ type Registry = Mutex<HashMap<ShardKey, Writer>>;
 pub struct GateBatches {
     redis: RedisHandle,
     lease: Duration,
+    /// How long a writer waits for an apply before it stops (`IDLE`).
+    idle: Duration,
     writers: Arc<Registry>,
     next_id: AtomicU64,
 }
 
 impl GateBatches {
     pub fn new(redis: RedisHandle, lease: Duration) -> Self {
-        Self { redis, lease, writers: Arc::default(), next_id: AtomicU64::new(0) }
+        Self { redis, lease, idle: IDLE, writers: Arc::default(), next_id: AtomicU64::new(0) }
     }
 
     /// Decides `user`'s apply on their home shard of `layout`, with whatever other applies
@@ -107,7 +109,7 @@ impl GateBatches {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, received) = mpsc::unbounded_channel();
-        let shard = Shard { key: key.clone(), id, layout: layout.clone(), redis: self.redis.clone(), lease: self.lease };
+        let shard = Shard { key: key.clone(), id, layout: layout.clone(), redis: self.redis.clone(), lease: self.lease, idle: self.idle };
         tokio::spawn(shard.write(received, Arc::downgrade(&self.writers)));
         writers.insert(key.clone(), Writer { id, queue: queue.clone() });
         (id, queue)
@@ -133,6 +135,7 @@ struct Shard {
     layout: Arc<EventLayout>,
     redis: RedisHandle,
     lease: Duration,
+    idle: Duration,
 }
 
 impl Shard {
@@ -145,7 +148,7 @@ impl Shard {
         let mut taken = Vec::with_capacity(BATCH_MAX);
         loop {
             let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-            match tokio::time::timeout(IDLE, received.recv_many(&mut taken, BATCH_MAX)).await {
+            match tokio::time::timeout(this.idle, received.recv_many(&mut taken, BATCH_MAX)).await {
                 Ok(0) => return, // the api is gone
                 Ok(_) => {
                     // Not sent: applies queued before a call failed (they waited behind a
@@ -221,5 +224,38 @@ impl Shard {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coupon_core::event::{EventConfig, EventId};
+
+    /// Against the Redis at `REDIS_URL` (the test suite's): a writer that stopped for want of
+    /// applies leaves the registry, and the next apply of its shard starts another that
+    /// carries on where it left (the next slot, the same user a duplicate).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_stopped_idle_is_started_again_by_the_next_apply() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let redis = RedisHandle::connect_in_background(url.as_str()).unwrap();
+        let mut conn = redis.wait().await;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let event = EventId::new("gate-batches", &format!("idle-{nanos}")).unwrap();
+        keyspace::write_config(&mut conn, &event, &EventConfig::open_now(5, "t", Duration::from_secs(60)), false).await.unwrap();
+        let layout = Arc::new(EventLayout::single(&event));
+        let batches = GateBatches { idle: Duration::from_millis(50), ..GateBatches::new(redis, Duration::from_secs(60)) };
+
+        let first = batches.decide(&layout, "u1").await.unwrap();
+        assert!(matches!(first, GateDecision::Issued { slot: 1, .. }), "{first:?}");
+        let stopped = async {
+            while !batches.writers.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), stopped).await.expect("the idle writer left the registry");
+        let second = batches.decide(&layout, "u2").await.unwrap();
+        assert!(matches!(second, GateDecision::Issued { slot: 2, .. }), "{second:?}");
+        assert_eq!(batches.decide(&layout, "u1").await.unwrap(), GateDecision::Duplicate { slot: 1 });
     }
 }

@@ -24,7 +24,7 @@
 //! | `coupon:{ns/name}:grants` | hash | grant id → `target slot slot ...`: stock this shard gave and that is not settled yet |
 //! | `coupon:{ns/name}:grant_deadlines` | sorted set | grant ids by deadline (server ms): when healing may close them |
 //! | `coupon:{ns/name}:accepted` / `:refused` | sets | grant ids this shard took / refused for good |
-//! | `coupon:{ns/name}:call:<id>` | string | one gate call's answers (JSON), kept for the lease so that a resent call answers the same; expires by itself |
+//! | `coupon:{ns/name}:call:<id>` | string | one gate call's answers (JSON), kept for the lease when the call issued, redelivered or confirmed a slot, so that a resent call answers the same; expires by itself |
 //! | `coupon:events` | set | every provisioned event (`ns/name`), for the consumer's verification and healing passes; outside any event's hash tag |
 //!
 //! Issued coupons are `count - len(free)` with one shard, the sum of `held` with several.

@@ -127,7 +127,13 @@ end
 
 local answers = {}
 for i = 1, n do answers[i] = decide(ARGV[4 + i]) end
--- Kept as long as a delivery's lease: a resend comes within seconds. (cjson keeps 14
--- significant digits: millisecond times and slots are well within them.)
-redis.call('SET', KEYS[9], cjson.encode(answers), 'PX', lease)
+-- Kept as long as a delivery's lease, when the call issued, redelivered or confirmed a slot
+-- (any other answer, a resend finds the same): a resend comes within seconds. (cjson keeps
+-- 14 significant digits: millisecond times and slots are well within them.)
+for i = 1, n do
+  if answers[i][1] > 0 then
+    redis.call('SET', KEYS[9], cjson.encode(answers), 'PX', lease)
+    break
+  end
+end
 return answers

@@ -518,6 +518,91 @@ async fn main() -> anyhow::Result<()> {
             });
         }
     }
+    // 2d. The gate alone, driven at the masters' limit: every call carries a full batch of
+    // 32 users, at any K, as at a crowd's peak on masters that saturate. Shows what the
+    // end-to-end run above cannot on this machine (its masters never saturate, so their
+    // batches shrink with K).
+    if run("shards") {
+        let cluster_url = env("REDIS_CLUSTER_URL", "redis://127.0.0.1:7100");
+        let cluster = Setup { redis_url: cluster_url.clone(), ..setup.clone() };
+        let mut conn = RedisHandle::connect_with_deadline(&cluster_url, Duration::from_secs(10)).await?;
+        let masters = diagnostics::masters(&mut conn).await.unwrap_or_default();
+        let users: usize = env("BENCH_GATE_USERS", "60000").parse()?;
+        let rounds: usize = env("BENCH_SHARD_ROUNDS", "5").parse()?;
+        let mut busiest: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
+        let mut busiest_cpu: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
+        for _ in 0..rounds {
+            for shards in [1u16, 3] {
+                // Room for every user on any shard: no shard runs out, no stock moves.
+                let id = sharded_event(&cluster, (users * 2) as i64, shards).await?;
+                let layout = Arc::new(keyspace::EventLayout::new(&id, shards));
+                let mut batches: Vec<(u16, Vec<String>)> = Vec::new();
+                let mut by_shard: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+                for i in 0..users {
+                    let user = format!("gate-{i}");
+                    let list = by_shard.entry(layout.home_shard(&user)).or_default();
+                    list.push(user);
+                    if list.len() == 32 {
+                        let shard = layout.home_shard(&list[0]);
+                        batches.push((shard, std::mem::take(list)));
+                    }
+                }
+                batches.extend(by_shard.into_iter().filter(|(_, list)| !list.is_empty()));
+                let queue = Arc::new(std::sync::Mutex::new(batches));
+                script_micros(&masters, true).await?;
+                let cpu_before = cpu_micros(&masters).await?;
+                let workers: Vec<_> = (0..48)
+                    .map(|_| {
+                        let (queue, layout, mut conn) = (queue.clone(), layout.clone(), conn.clone());
+                        tokio::spawn(async move {
+                            let mut issued = 0usize;
+                            loop {
+                                let Some((shard, batch)) = queue.lock().unwrap().pop() else { return Ok::<usize, anyhow::Error>(issued) };
+                                let names: Vec<&str> = batch.iter().map(String::as_str).collect();
+                                let call = keyspace::unique_id();
+                                let (decisions, _) =
+                                    keyspace::apply_many(&mut conn, &layout, shard, &names, Duration::from_secs(30), None, &call).await?;
+                                issued += decisions.iter().filter(|d| matches!(d, keyspace::GateDecision::Issued { .. })).count();
+                            }
+                        })
+                    })
+                    .collect();
+                let mut issued = 0;
+                for worker in workers {
+                    issued += worker.await??;
+                }
+                anyhow::ensure!(issued == users, "{shards} shards: {issued} of {users} issued");
+                let cpu = cpu_micros(&masters).await?.iter().zip(&cpu_before).map(|(after, before)| after - before).max().unwrap_or(0);
+                let micros = script_micros(&masters, false).await?;
+                busiest.entry(shards).or_default().push(*micros.iter().max().unwrap_or(&0) as f64 * 10_000.0 / users as f64);
+                busiest_cpu.entry(shards).or_default().push(cpu as f64 * 10_000.0 / users as f64);
+            }
+        }
+        let median = |values: &Vec<f64>| {
+            let mut values = values.clone();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let (one, three) = (median(&busiest[&1]), median(&busiest[&3]));
+        let rounds_text = busiest[&3].iter().map(|v| format!("{:.2}", v / one)).collect::<Vec<_>>().join(", ");
+        lines.push(Line {
+            what: format!(
+                "gate alone at the masters' limit, calls of 32 users: busiest master's script time per 10,000 coupons at K = 3 (µs, median of {rounds}; rounds {rounds_text})"
+            ),
+            ours: format!("{three:.0}"),
+            baseline: format!("{one:.0} (K = 1, same cluster)"),
+            ratio: format!("{:.2}", three / one),
+            target: "report",
+        });
+        let (one, three) = (median(&busiest_cpu[&1]), median(&busiest_cpu[&3]));
+        lines.push(Line {
+            what: format!("gate alone at the masters' limit: busiest master's CPU time per 10,000 coupons at K = 3 (µs, INFO cpu, median of {rounds})"),
+            ours: format!("{three:.0}"),
+            baseline: format!("{one:.0} (K = 1, same cluster)"),
+            ratio: format!("{:.2}", three / one),
+            target: "report",
+        });
+    }
     if run("consumer") {
         let (batched, single) = consumer_writes(&setup, env("BENCH_ROWS", "20000").parse()?).await?;
         lines.push(Line {

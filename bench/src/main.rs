@@ -79,6 +79,18 @@ async fn cpu_micros(masters: &[(String, u16)]) -> anyhow::Result<Vec<u64>> {
     Ok(micros)
 }
 
+/// CPU time each master has used since `before` (from `cpu_micros`).
+async fn cpu_micros_since(masters: &[(String, u16)], before: &[u64]) -> anyhow::Result<Vec<u64>> {
+    Ok(cpu_micros(masters).await?.iter().zip(before).map(|(after, before)| after - before).collect())
+}
+
+/// The median of some rounds' figures (the upper one of an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Serves a router on an ephemeral port with the api's own server loop (so that both sides
 /// of a comparison differ only in their handlers); returns its base URL.
 async fn serve(app: axum::Router) -> anyhow::Result<String> {
@@ -411,11 +423,7 @@ async fn main() -> anyhow::Result<()> {
                     rounds[i].push(report.throughput());
                 }
             }
-            let median = |values: &mut Vec<f64>| {
-                values.sort_by(f64::total_cmp);
-                values[values.len() / 2]
-            };
-            let medians: Vec<f64> = rounds.iter_mut().map(median).collect();
+            let medians: Vec<f64> = rounds.iter().map(|round| median(round)).collect();
             for (i, algorithm) in [(1, "HS256"), (2, "RS256 (JWKS)"), (3, "ES256 (JWKS)")] {
                 lines.push(Line {
                     what: format!("sold-out req/s, {algorithm} tokens verified, {crowd}"),
@@ -458,7 +466,7 @@ async fn main() -> anyhow::Result<()> {
                 let cpu_before = cpu_micros(&masters).await?;
                 let report = burst(&cluster_api, id.name(), requests, in_flight, "shard-").await?;
                 let grants = cluster_state.metrics.stock_grants.get() - grants_before;
-                let cpu: Vec<u64> = cpu_micros(&masters).await?.iter().zip(&cpu_before).map(|(after, before)| after - before).collect();
+                let cpu = cpu_micros_since(&masters, &cpu_before).await?;
                 anyhow::ensure!(report.count(201) == requests as u64, "{shards} shards: {}", report.table());
                 let micros = script_micros(&masters, false).await?;
                 let per_10k = |micros: u64| micros as f64 * 10_000.0 / requests as f64;
@@ -473,12 +481,7 @@ async fn main() -> anyhow::Result<()> {
                 measured.entry(shards).or_default().push(run);
             }
         }
-        let median = |values: Vec<f64>| {
-            let mut values = values;
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
-        };
-        let figures = |shards: u16, figure: fn(&ShardRun) -> f64| median(measured[&shards].iter().map(figure).collect());
+        let figures = |shards: u16, figure: fn(&ShardRun) -> f64| median(&measured[&shards].iter().map(figure).collect::<Vec<_>>());
         let (base_throughput, base_script, base_cpu) =
             (figures(1, |r| r.throughput), figures(1, |r| r.busiest_script), figures(1, |r| r.busiest_cpu));
         for shards in [1u16, 2, 3] {
@@ -517,18 +520,11 @@ async fn main() -> anyhow::Result<()> {
                 target: "report",
             });
         }
-    }
-    // 2d. The gate alone, driven at the masters' limit: every call carries a full batch of
-    // 32 users, at any K, as at a crowd's peak on masters that saturate. Shows what the
-    // end-to-end run above cannot on this machine (its masters never saturate, so their
-    // batches shrink with K).
-    if run("shards") {
-        let cluster_url = env("REDIS_CLUSTER_URL", "redis://127.0.0.1:7100");
-        let cluster = Setup { redis_url: cluster_url.clone(), ..setup.clone() };
-        let mut conn = RedisHandle::connect_with_deadline(&cluster_url, Duration::from_secs(10)).await?;
-        let masters = diagnostics::masters(&mut conn).await.unwrap_or_default();
+        // The gate alone, driven at the masters' limit: every call carries a full batch of
+        // 32 users, at any K, as at a crowd's peak on masters that saturate. Shows what the
+        // end-to-end run above cannot on this machine (its masters never saturate, so their
+        // batches shrink with K).
         let users: usize = env("BENCH_GATE_USERS", "60000").parse()?;
-        let rounds: usize = env("BENCH_SHARD_ROUNDS", "5").parse()?;
         let mut busiest: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
         let mut busiest_cpu: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
         for _ in 0..rounds {
@@ -572,17 +568,12 @@ async fn main() -> anyhow::Result<()> {
                     issued += worker.await??;
                 }
                 anyhow::ensure!(issued == users, "{shards} shards: {issued} of {users} issued");
-                let cpu = cpu_micros(&masters).await?.iter().zip(&cpu_before).map(|(after, before)| after - before).max().unwrap_or(0);
+                let cpu = cpu_micros_since(&masters, &cpu_before).await?.into_iter().max().unwrap_or(0);
                 let micros = script_micros(&masters, false).await?;
                 busiest.entry(shards).or_default().push(*micros.iter().max().unwrap_or(&0) as f64 * 10_000.0 / users as f64);
                 busiest_cpu.entry(shards).or_default().push(cpu as f64 * 10_000.0 / users as f64);
             }
         }
-        let median = |values: &Vec<f64>| {
-            let mut values = values.clone();
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
-        };
         let (one, three) = (median(&busiest[&1]), median(&busiest[&3]));
         let rounds_text = busiest[&3].iter().map(|v| format!("{:.2}", v / one)).collect::<Vec<_>>().join(", ");
         lines.push(Line {

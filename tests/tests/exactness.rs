@@ -309,6 +309,11 @@ async fn recovery_refuses_a_limit_below_the_rows_until_it_is_raised() {
     consumer.stop().await.unwrap();
 }
 
+/// A user id whose home is not shard 0 of `layout` (a sharded one).
+fn homed_off_shard_zero(layout: &EventLayout) -> String {
+    (0..100).map(|i| format!("u{i}")).find(|user| layout.home_shard(user) != 0).expect("a user homed on another shard")
+}
+
 /// The gate's own guards, against a real Redis: a release only gives back the slot it
 /// names, and a pending entry is named by a repeated apply. (The free list's limit check is
 /// tested in the keyspace, which may spell the keys.)
@@ -363,8 +368,7 @@ async fn a_release_names_its_slot_and_a_repeated_apply_names_the_pending_slot() 
     assert!(keyspace::release(&mut conn, &layout, "u4", 4, deadlines[4]).await.unwrap(), "u4's entry is still pending");
     // A batch names one shard: a user homed on another is refused before anything is written.
     let sharded = EventLayout::new(&event.id, 3);
-    let elsewhere = (0..100).map(|i| format!("u{i}")).find(|user| sharded.home_shard(user) != 0).unwrap();
-    assert!(keyspace::ack(&mut conn, &sharded, 0, &[(elsewhere, 1)]).await.is_err());
+    assert!(keyspace::ack(&mut conn, &sharded, 0, &[(homed_off_shard_zero(&sharded), 1)]).await.is_err());
 }
 
 /// One gate call decides many users exactly as separate calls in that order would: a user
@@ -399,7 +403,7 @@ async fn one_gate_call_decides_many_users_as_separate_calls_in_order_would() {
     assert!(keyspace::apply_many(&mut conn, &layout, 0, &[], lease, None, &keyspace::unique_id()).await.unwrap().0.is_empty());
     // A call names one shard: a user homed on another is refused before anything runs.
     let sharded = EventLayout::new(&event.id, 3);
-    let elsewhere = (0..100).map(|i| format!("u{i}")).find(|user| sharded.home_shard(user) != 0).unwrap();
+    let elsewhere = homed_off_shard_zero(&sharded);
     assert!(keyspace::apply_many(&mut conn, &sharded, 0, &[elsewhere.as_str()], lease, None, &keyspace::unique_id()).await.is_err());
 }
 

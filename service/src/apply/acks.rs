@@ -17,15 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::redis::keyspace::{self, EventLayout};
-use coupon_core::redis::RedisHandle;
-use coupon_core::retry::Backoff;
+use coupon_core::redis::{RedisConnection, RedisHandle};
 use tokio::sync::mpsc;
 
 /// Most acknowledgements one script call carries (a few µs of script time each): keeps every
 /// call short on a master that other events' applies share.
 const BATCH_MAX: usize = 256;
-/// Attempts of a batch (about 20 s with the backoff, as every small api write).
-const ATTEMPTS: usize = 20;
 /// Longest the writer waits for one round's writes before it takes the next batch.
 const ROUND_WAIT: Duration = Duration::from_millis(250);
 
@@ -92,24 +89,17 @@ fn by_shard(acks: impl Iterator<Item = Acknowledgement>) -> Vec<ShardBatch> {
     batches
 }
 
-async fn write(redis: &RedisHandle, batch: &ShardBatch) -> Result<usize, ()> {
-    let Some(mut conn) = redis.get() else { return Err(()) };
-    keyspace::ack(&mut conn, &batch.layout, batch.shard, &batch.acks).await.map_err(|error| {
-        tracing::warn!(%error, event = %batch.layout.event(), shard = batch.shard, count = batch.acks.len(), "acknowledging deliveries failed, retrying");
-    })
-}
-
 async fn write_with_retries(redis: RedisHandle, batch: ShardBatch) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-        if write(&redis, &batch).await.is_ok() {
-            return;
-        }
+    let write = |mut conn: RedisConnection| {
+        let batch = &batch;
+        async move { keyspace::ack(&mut conn, &batch.layout, batch.shard, &batch.acks).await }
+    };
+    let failed = |error: &redis::RedisError| {
+        tracing::warn!(%error, event = %batch.layout.event(), shard = batch.shard, count = batch.acks.len(), "acknowledging deliveries failed, retrying");
+    };
+    if super::with_retries(&redis, write, failed).await.is_none() {
+        tracing::error!(event = %batch.layout.event(), shard = batch.shard, count = batch.acks.len(), "could not acknowledge deliveries; their entries stay pending until their rows are written");
     }
-    tracing::error!(event = %batch.layout.event(), shard = batch.shard, count = batch.acks.len(), "could not acknowledge deliveries; their entries stay pending until their rows are written");
 }
 
 #[cfg(test)]

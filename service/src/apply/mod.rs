@@ -464,37 +464,17 @@ impl ApplyService {
         tracing::warn!(%error, event = %event, slot, "produce failed; releasing the slot");
         self.metrics.released_slots.inc();
         tokio::spawn(async move {
-            let released = self
-                .with_retries("release", &event, slot, |mut conn| {
-                    let (layout, user) = (layout.clone(), user_id.clone());
-                    async move { keyspace::release(&mut conn, &layout, &user, slot, deadline_ms).await }
-                })
-                .await;
+            let release = |mut conn: RedisConnection| {
+                let (layout, user) = (layout.clone(), user_id.clone());
+                async move { keyspace::release(&mut conn, &layout, &user, slot, deadline_ms).await }
+            };
+            let released =
+                with_retries(&self.redis, release, |error| tracing::warn!(%error, event = %event, slot, "release failed, retrying")).await;
             if released.is_none() {
                 tracing::error!(event = %event, slot, user = user_id, "could not release the slot; healing will give it back");
             }
         });
         false
-    }
-
-    /// Runs a small Redis write with backoff (about 20 s in all); `None` if it never went
-    /// through.
-    async fn with_retries<T, F, Fut>(&self, what: &str, event: &EventId, slot: i64, mut call: F) -> Option<T>
-    where
-        F: FnMut(RedisConnection) -> Fut,
-        Fut: std::future::Future<Output = Result<T, RedisError>>,
-    {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        for _ in 0..20 {
-            if let Some(conn) = self.redis.get() {
-                match call(conn).await {
-                    Ok(value) => return Some(value),
-                    Err(error) => tracing::warn!(%error, event = %event, slot, "{what} failed, retrying"),
-                }
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-        None
     }
 
     /// The user's coupon in `event`.
@@ -534,4 +514,24 @@ enum Stock {
     /// No shard has stock to give, yet not every slot is held: slots are in flight between
     /// shards or being given back.
     Elsewhere,
+}
+
+/// Runs a small Redis write with backoff (20 attempts, about 20 s in all), reporting each
+/// failure to `failed`; `None` if it never went through (Redis unreachable throughout).
+async fn with_retries<T, F, Fut>(redis: &RedisHandle, mut call: F, failed: impl Fn(&RedisError)) -> Option<T>
+where
+    F: FnMut(RedisConnection) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RedisError>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    for _ in 0..20 {
+        if let Some(conn) = redis.get() {
+            match call(conn).await {
+                Ok(value) => return Some(value),
+                Err(error) => failed(&error),
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+    None
 }

@@ -634,6 +634,10 @@ async fn broker_killed_and_restarted_on_durable_storage_mid_burst_every_201_has_
         async move { (apply_user(&client, &url, "warm").await.0 == 201).then_some(()) }
     })
     .await;
+    // The consumer has joined its group and consumes before the outage, as a deployed one
+    // would have: the test is about records produced around the outage, not a first join
+    // against a broker that is being killed.
+    wait_for_rows(&store, &event.key(), 1, Duration::from_secs(30)).await;
 
     // The broker is killed (SIGKILL) after 1 s and back 0.5 s later.
     let report = ramped_burst_with_outage(&api.base_url, event.id.name(), "k-", async {

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 pub mod cluster;
 pub mod kube_fake;
+pub mod stand_in_node;
 pub mod tcp_gate;
 pub mod tls;
 

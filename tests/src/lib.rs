@@ -20,7 +20,7 @@ use coupon_service::sql::Store;
 use tokio::sync::watch;
 
 pub mod cluster;
-pub mod kube_fake;
+pub mod local_cluster;
 pub mod stand_in_node;
 pub mod tcp_gate;
 pub mod tls;

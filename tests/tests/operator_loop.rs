@@ -1,6 +1,14 @@
 //! The real operator, as `coupon-operator run` runs it (kube-runtime controller behind leader
-//! election), against the fake API server over HTTP and the real Redis and Kafka broker: what
-//! only a running loop shows. Write rates are counted at the fake server, per client.
+//! election), against the local control plane's real API server (`dev/stack up kube`) and the
+//! real Redis and Kafka broker: what only a running loop on a real cluster shows. Each test
+//! works in a namespace of its own; each operator instance acts as a ServiceAccount bound to
+//! exactly the chart's operator rules (its token, never admin), so the server's authorizer
+//! refuses what the chart does not grant, and reaches the server through a TCP gate the test
+//! can close (a process cut off). What each instance called is read from the API server's
+//! audit log.
+//!
+//! Real-time waits are parameters: `KUBE_TEST_LEASE` (the Lease's duration, default 8s) and
+//! `KUBE_TEST_WARM_UP_IN` (how long after its creation an event's warm-up begins, default 20s).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,7 +18,7 @@ use coupon_operator::backend::Backend;
 use coupon_operator::crd::{CouponEvent, CouponEventSpec, OnDelete, Phase, Schedule, Workload};
 use coupon_operator::leader::{LeaderElection, LeadershipError};
 use coupon_operator::metrics::Metrics;
-use coupon_tests::kube_fake::{FakeCluster, Recorded};
+use coupon_tests::local_cluster::{NamespacedCluster, Recorded};
 use coupon_tests::{kafka, kafka_brokers, redis_url, unique, wait_until, InProcessApi};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -19,30 +27,42 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-const NS: &str = "shop";
-const LEASE: Duration = Duration::from_secs(8);
-/// How long before the Lease expires its holder renews it.
-const RENEW_MARGIN: Duration = Duration::from_secs(3);
+/// A duration from the environment (`humantime`, e.g. `8s`), else `default`.
+fn parameter(name: &str, default: Duration) -> Duration {
+    std::env::var(name).ok().map(|v| humantime::parse_duration(&v).unwrap_or_else(|e| panic!("{name}={v}: {e}"))).unwrap_or(default)
+}
 
-/// A Deployment the operator may scale.
+fn lease() -> Duration {
+    parameter("KUBE_TEST_LEASE", Duration::from_secs(8))
+}
+
+/// How long before the Lease expires its holder renews it.
+fn renew_margin() -> Duration {
+    lease() * 3 / 8
+}
+
+/// A Deployment the operator may scale. Its Pods are never bound (a node selector no node
+/// has): the tests that need processes start their own.
 fn deployment(name: &str, replicas: i32) -> Deployment {
     serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS, "labels": {"coupons.fcfs.dev/scalable": "true"}},
+        "metadata": {"name": name, "labels": {"coupons.fcfs.dev/scalable": "true"}},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": []}}}
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"nodeSelector": {"coupons.fcfs.dev/node": "none"},
+                                       "containers": [{"name": "app", "image": "coupon-tests/never-run:0"}]}}}
     }))
     .unwrap()
 }
 
-fn cluster() -> FakeCluster {
-    let cluster = FakeCluster::new();
-    cluster.create(&deployment("coupon-api", 1));
-    cluster.create(&deployment("coupon-consumer", 0));
+async fn cluster() -> NamespacedCluster {
+    let cluster = NamespacedCluster::new("loop").await;
+    cluster.create(&deployment("coupon-api", 1)).await;
+    cluster.create(&deployment("coupon-consumer", 0)).await;
     cluster
 }
 
 /// An event of `limit` coupons on its own topic, open `from`..`to` from now.
-fn coupon_event(limit: i64, from: SignedDuration, to: SignedDuration) -> CouponEvent {
+fn coupon_event(cluster: &NamespacedCluster, limit: i64, from: SignedDuration, to: SignedDuration) -> CouponEvent {
     let name = unique("loop");
     let now = Timestamp::now();
     let spec = CouponEventSpec {
@@ -58,7 +78,7 @@ fn coupon_event(limit: i64, from: SignedDuration, to: SignedDuration) -> CouponE
         paused: false,
     };
     let mut event = CouponEvent::new(&name, spec);
-    event.metadata.namespace = Some(NS.into());
+    event.metadata.namespace = Some(cluster.namespace.clone());
     event
 }
 
@@ -70,16 +90,16 @@ struct Operator {
     leading: Arc<AtomicBool>,
 }
 
-async fn start_operator(cluster: &FakeCluster, name: &str) -> Operator {
+async fn start_operator(cluster: &NamespacedCluster, name: &str) -> Operator {
     coupon_tests::init_logging();
     let client = cluster.client(name).await;
     let backend = Backend::new(redis_url(), &kafka(&kafka_brokers()), 1).unwrap();
     let election = LeaderElection {
-        namespace: NS.into(),
+        namespace: cluster.namespace.clone(),
         lease_name: "coupon-operator".into(),
         identity: name.into(),
-        lease_duration: LEASE,
-        renew_margin: RENEW_MARGIN,
+        lease_duration: lease(),
+        renew_margin: renew_margin(),
         leading: Default::default(),
     };
     let leading = election.leading.clone();
@@ -87,7 +107,7 @@ async fn start_operator(cluster: &FakeCluster, name: &str) -> Operator {
         client.clone(),
         backend,
         Arc::new(Metrics::default()),
-        Some(NS.into()),
+        Some(cluster.namespace.clone()),
         Arc::new(AtomicBool::new(false)),
     );
     let task = tokio::spawn(async move { election.run(client, controller).await });
@@ -95,32 +115,37 @@ async fn start_operator(cluster: &FakeCluster, name: &str) -> Operator {
 }
 
 impl Operator {
-    /// As if the process died: nothing more reaches the API server, nothing is released.
-    fn kill(self, cluster: &FakeCluster) {
+    /// As if the process died: its connections to the API server are cut, nothing is
+    /// released.
+    fn kill(self, cluster: &NamespacedCluster) {
         cluster.cut(&self.name);
         self.task.abort();
     }
 }
 
-fn lease_holder(cluster: &FakeCluster) -> Option<String> {
-    cluster.get::<Lease>(NS, "coupon-operator").and_then(|l| l.spec?.holder_identity)
+/// What the server refused of the operators' requests: RBAC (a call the chart does not
+/// grant) and validation of the Events they emit. Every test ends with none.
+fn assert_nothing_refused(cluster: &NamespacedCluster) {
+    let refused: Vec<_> = cluster
+        .requests()
+        .into_iter()
+        .filter(|r| r.code == 403 || (r.resource == "events" && r.code >= 400) || r.code == 422)
+        .map(|r| format!("{} {} {} -> {}", r.client, r.verb, r.path, r.code))
+        .collect();
+    assert!(refused.is_empty(), "the API server refused: {refused:#?}");
 }
 
-async fn wait_for_leader(cluster: &FakeCluster, identity: &str, timeout: Duration) {
-    wait_until(&format!("{identity} leads"), timeout, || {
-        let holder = lease_holder(cluster);
-        async move { (holder.as_deref() == Some(identity)).then_some(()) }
-    })
-    .await;
+async fn lease_holder(cluster: &NamespacedCluster) -> Option<String> {
+    cluster.get::<Lease>("coupon-operator").await.and_then(|l| l.spec?.holder_identity)
+}
+
+async fn wait_for_leader(cluster: &NamespacedCluster, identity: &str, timeout: Duration) {
+    wait_until(&format!("{identity} leads"), timeout, || async move { (lease_holder(cluster).await.as_deref() == Some(identity)).then_some(()) }).await;
 }
 
 /// Waits until the CouponEvent `name` is gone from the cluster (its finalizer removed).
-async fn wait_until_gone(cluster: &FakeCluster, what: &str, name: &str, timeout: Duration) {
-    wait_until(what, timeout, || {
-        let gone = cluster.get::<CouponEvent>(NS, name).is_none();
-        async move { gone.then_some(()) }
-    })
-    .await;
+async fn wait_until_gone(cluster: &NamespacedCluster, what: &str, name: &str, timeout: Duration) {
+    wait_until(what, timeout, || async move { cluster.get::<CouponEvent>(name).await.is_none().then_some(()) }).await;
 }
 
 fn status_writes<'a>(requests: &'a [Recorded], event: &str) -> impl Iterator<Item = &'a Recorded> + 'a {
@@ -132,26 +157,29 @@ fn scale_writes(requests: &[Recorded]) -> Vec<&Recorded> {
     requests.iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/scale")).collect()
 }
 
-async fn wait_for_phase(cluster: &FakeCluster, name: &str, phase: Phase) -> CouponEvent {
-    wait_until(&format!("{name} {phase:?}"), Duration::from_secs(30), || {
-        let event = cluster.get::<CouponEvent>(NS, name).filter(|e| e.status.as_ref().is_some_and(|s| s.phase == phase));
-        async move { event }
+async fn wait_for_phase(cluster: &NamespacedCluster, name: &str, phase: Phase) -> CouponEvent {
+    wait_for_phase_within(cluster, name, phase, Duration::from_secs(30)).await
+}
+
+async fn wait_for_phase_within(cluster: &NamespacedCluster, name: &str, phase: Phase, timeout: Duration) -> CouponEvent {
+    wait_until(&format!("{name} {phase:?}"), timeout, || async move {
+        cluster.get::<CouponEvent>(name).await.filter(|e| e.status.as_ref().is_some_and(|s| s.phase == phase))
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_steady_load_status_writes_are_bounded_and_nothing_is_scaled_after_the_warm_up() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let operator = start_operator(&cluster, "operator-0").await;
-    let event = cluster.create(&coupon_event(100_000, SignedDuration::from_secs(2), SignedDuration::from_secs(120)));
+    let event = cluster.create(&coupon_event(&cluster, 100_000, SignedDuration::from_secs(2), SignedDuration::from_secs(120))).await;
     let name = event.metadata.name.clone().unwrap();
     wait_for_phase(&cluster, &name, Phase::Open).await;
-    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(3));
-    assert_eq!(cluster.replicas(NS, "coupon-consumer"), Some(2));
+    assert_eq!(cluster.replicas("coupon-api").await, Some(3));
+    assert_eq!(cluster.replicas("coupon-consumer").await, Some(2));
 
-    let api = InProcessApi::start(NS, &kafka_brokers()).await;
-    let id = coupon_core::event::EventId::new(NS, &name).unwrap();
+    let api = InProcessApi::start(&cluster.namespace, &kafka_brokers()).await;
+    let id = coupon_core::event::EventId::new(&cluster.namespace, &name).unwrap();
     let url = api.apply_url(&id);
     let load_started = Instant::now();
     let load = tokio::spawn(async move {
@@ -180,23 +208,55 @@ async fn under_a_steady_load_status_writes_are_bounded_and_nothing_is_scaled_aft
     let scaled: Vec<_> = scale_writes(&requests).into_iter().filter(during).map(|r| r.path.clone()).collect();
     assert!(scaled.is_empty(), "scale writes under load: {scaled:?}");
     // The status catches up with what was issued.
-    wait_until("status.issued", Duration::from_secs(15), || {
-        let seen = cluster.get::<CouponEvent>(NS, &name).and_then(|e| e.status).map(|s| s.issued);
-        async move { (seen == Some(issued as i64)).then_some(()) }
+    let (cluster, name) = (&cluster, &name);
+    wait_until("status.issued", Duration::from_secs(15), || async move {
+        let seen = cluster.get::<CouponEvent>(name).await.and_then(|e| e.status).map(|s| s.issued);
+        (seen == Some(issued as i64)).then_some(())
     })
     .await;
     // A healthy leader stayed the leader across the renewals of all this time.
     assert!(operator.leading.load(std::sync::atomic::Ordering::SeqCst) && !operator.task.is_finished(), "the leader stepped down");
+    assert_nothing_refused(cluster);
+    operator.kill(cluster);
+}
+
+/// Nothing but the operator's own requeue timer moves an event into its warm-up: no edit, no
+/// watch event, no clock hook. It crosses when its warm-up begins, not before, and scales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_crosses_into_its_warm_up_on_the_operators_own_timer() {
+    let cluster = cluster().await;
+    let operator = start_operator(&cluster, "operator-0").await;
+    let warm_up_in = parameter("KUBE_TEST_WARM_UP_IN", Duration::from_secs(20));
+    let lead = SignedDuration::try_from(warm_up_in).unwrap();
+    // The warm-up (1m) begins `warm_up_in` from now.
+    let event = coupon_event(&cluster, 10, lead + SignedDuration::from_mins(1), lead + SignedDuration::from_mins(2));
+    let warm_up_begins = event.spec.schedule.start.0 - SignedDuration::from_mins(1);
+    let event = cluster.create(&event).await;
+    let name = event.metadata.name.clone().unwrap();
+    wait_for_phase(&cluster, &name, Phase::Scheduled).await;
+    assert_eq!(cluster.replicas("coupon-api").await, Some(1), "idle before the warm-up");
+    let warming = wait_for_phase_within(&cluster, &name, Phase::WarmingUp, warm_up_in + Duration::from_secs(15)).await;
+    let crossed = Timestamp::now();
+    println!("crossed into WarmingUp {} after the warm-up began", crossed.duration_since(warm_up_begins));
+    assert!(crossed >= warm_up_begins, "warming up at {crossed}, before the warm-up begins at {warm_up_begins}");
+    assert!(crossed.duration_since(warm_up_begins) < SignedDuration::from_secs(5), "crossed at {crossed}, late for {warm_up_begins}");
+    assert_eq!(warming.metadata.generation, Some(1), "nobody edited the event");
+    let cluster_ref = &cluster;
+    wait_until("the api scaled for the warm-up", Duration::from_secs(10), || async move {
+        (cluster_ref.replicas("coupon-api").await == Some(3)).then_some(())
+    })
+    .await;
+    assert_nothing_refused(&cluster);
     operator.kill(&cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_operators_exactly_one_writes_and_a_killed_leader_hands_over_within_the_lease() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let first = start_operator(&cluster, "operator-a").await;
     wait_for_leader(&cluster, "operator-a", Duration::from_secs(15)).await;
     let second = start_operator(&cluster, "operator-b").await;
-    let event = cluster.create(&coupon_event(10, SignedDuration::from_hours(1), SignedDuration::from_hours(2)));
+    let event = cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_hours(1), SignedDuration::from_hours(2))).await;
     let name = event.metadata.name.clone().unwrap();
     wait_for_phase(&cluster, &name, Phase::Scheduled).await;
     // Long enough for the second instance to have acted if it were going to.
@@ -208,21 +268,23 @@ async fn of_two_operators_exactly_one_writes_and_a_killed_leader_hands_over_with
     let killed = Instant::now();
     first.kill(&cluster);
     // An edit made right after the leader died is acted on by the next one.
-    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "limit": 20 } }));
-    wait_for_leader(&cluster, "operator-b", LEASE + Duration::from_secs(5)).await;
+    cluster.patch::<CouponEvent>(&name, json!({ "spec": { "limit": 20 } })).await;
+    wait_for_leader(&cluster, "operator-b", lease() + Duration::from_secs(5)).await;
     let handed_over = killed.elapsed();
-    wait_until("the edit is acted on", Duration::from_secs(10), || {
-        let limit = cluster.get::<CouponEvent>(NS, &name).and_then(|e| e.status?.last_accepted_spec).map(|s| s.limit);
-        async move { (limit == Some(20)).then_some(()) }
+    let (cluster, name) = (&cluster, &name);
+    wait_until("the edit is acted on", Duration::from_secs(10), || async move {
+        let limit = cluster.get::<CouponEvent>(name).await.and_then(|e| e.status?.last_accepted_spec).map(|s| s.limit);
+        (limit == Some(20)).then_some(())
     })
     .await;
-    println!("hand-over {handed_over:?} after the leader died (lease {LEASE:?})");
+    println!("hand-over {handed_over:?} after the leader died (lease {:?})", lease());
     // The lease's duration, plus the up to 1 s of jitter the lease manager adds before
     // taking an expired lease so that two candidates do not collide.
-    assert!(handed_over <= LEASE + Duration::from_millis(1500), "hand-over took {handed_over:?}");
+    assert!(handed_over <= lease() + Duration::from_millis(1500), "hand-over took {handed_over:?}");
     let late: Vec<_> = cluster.requests().iter().filter(|r| r.at > killed && r.client == "operator-a").map(|r| r.path.clone()).collect();
-    assert!(late.iter().all(|p| p.contains("/leases")), "the dead leader had effects: {late:?}");
-    second.kill(&cluster);
+    assert!(late.is_empty(), "the dead leader reached the API server: {late:?}");
+    assert_nothing_refused(cluster);
+    second.kill(cluster);
 }
 
 fn condition(event: &CouponEvent, type_: &str) -> Option<(String, String)> {
@@ -230,17 +292,18 @@ fn condition(event: &CouponEvent, type_: &str) -> Option<(String, String)> {
     Some((condition.status.clone(), condition.reason.clone()))
 }
 
-async fn wait_for_condition(cluster: &FakeCluster, name: &str, type_: &str, status: &str, reason: &str) -> CouponEvent {
-    wait_until(&format!("{name} {type_}={status} ({reason})"), Duration::from_secs(30), || {
-        let event = cluster.get::<CouponEvent>(NS, name).filter(|e| condition(e, type_) == Some((status.to_owned(), reason.to_owned())));
-        async move { event }
+async fn wait_for_condition(cluster: &NamespacedCluster, name: &str, type_: &str, status: &str, reason: &str) -> CouponEvent {
+    wait_until(&format!("{name} {type_}={status} ({reason})"), Duration::from_secs(30), || async move {
+        cluster.get::<CouponEvent>(name).await.filter(|e| condition(e, type_) == Some((status.to_owned(), reason.to_owned())))
     })
     .await
 }
 
-fn warnings(cluster: &FakeCluster, reason: &str) -> usize {
+/// Warning Events of `reason` the operator emitted (the server accepted) in the namespace.
+async fn warnings(cluster: &NamespacedCluster, reason: &str) -> usize {
     cluster
-        .list::<k8s_openapi::api::events::v1::Event>(NS)
+        .list::<k8s_openapi::api::events::v1::Event>()
+        .await
         .iter()
         .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
         .count()
@@ -248,79 +311,78 @@ fn warnings(cluster: &FakeCluster, reason: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_that_did_not_opt_in_or_have_an_autoscaler_are_left_alone_and_reported() {
-    let cluster = FakeCluster::new();
+    let cluster = NamespacedCluster::new("loop").await;
     let mut unlabelled = deployment("coupon-api", 1);
     unlabelled.metadata.labels = None;
-    cluster.create(&unlabelled);
-    cluster.create(&deployment("coupon-consumer", 0));
+    cluster.create(&unlabelled).await;
+    cluster.create(&deployment("coupon-consumer", 0)).await;
     let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler = serde_json::from_value(json!({
-        "metadata": {"name": "keda-hpa-consumer", "namespace": NS},
+        "metadata": {"name": "keda-hpa-consumer"},
         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "coupon-consumer"}, "maxReplicas": 5}
     }))
     .unwrap();
-    cluster.create(&hpa);
+    cluster.create(&hpa).await;
     let operator = start_operator(&cluster, "operator-0").await;
-    let event = cluster.create(&coupon_event(10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60)));
+    let event = cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60))).await;
     let name = event.metadata.name.clone().unwrap();
     let event = wait_for_condition(&cluster, &name, "Scaling", "False", "Autoscaled").await;
     assert_eq!(event.status.as_ref().unwrap().phase, Phase::Open);
     assert_eq!(condition(&event, "Ready").unwrap().0, "True", "the sale itself is in place");
     assert!(scale_writes(&cluster.requests()).is_empty(), "nothing scaled");
-    assert_eq!((cluster.replicas(NS, "coupon-api"), cluster.replicas(NS, "coupon-consumer")), (Some(1), Some(0)));
-    assert_eq!(warnings(&cluster, "Autoscaled"), 1);
-    assert_eq!(warnings(&cluster, "NotOptedIn"), 1);
+    assert_eq!((cluster.replicas("coupon-api").await, cluster.replicas("coupon-consumer").await), (Some(1), Some(0)));
+    assert_eq!(warnings(&cluster, "Autoscaled").await, 1);
+    assert_eq!(warnings(&cluster, "NotOptedIn").await, 1);
     let message = &event.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Scaling").unwrap().message;
     assert!(message.contains("keda-hpa-consumer"), "{message}");
 
     // Removing the autoscaler leaves the label missing on the api: reported as such.
-    cluster.delete::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(NS, "keda-hpa-consumer");
-    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "limit": 11 } }));
+    cluster.delete::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>("keda-hpa-consumer").await;
+    cluster.patch::<CouponEvent>(&name, json!({ "spec": { "limit": 11 } })).await;
     wait_for_condition(&cluster, &name, "Scaling", "False", "NotOptedIn").await;
-    wait_until("consumer scaled", Duration::from_secs(10), || {
-        let replicas = cluster.replicas(NS, "coupon-consumer");
-        async move { (replicas == Some(2)).then_some(()) }
-    })
-    .await;
-    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(1), "the api that did not opt in keeps its scale");
-    operator.kill(&cluster);
+    let cluster = &cluster;
+    wait_until("consumer scaled", Duration::from_secs(10), || async move { (cluster.replicas("coupon-consumer").await == Some(2)).then_some(()) }).await;
+    assert_eq!(cluster.replicas("coupon-api").await, Some(1), "the api that did not opt in keeps its scale");
+    assert_nothing_refused(cluster);
+    operator.kill(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_edit_mid_window_scales_nothing_and_says_why() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let operator = start_operator(&cluster, "operator-0").await;
-    let event = cluster.create(&coupon_event(100, SignedDuration::from_secs(-1), SignedDuration::from_secs(120)));
+    let event = cluster.create(&coupon_event(&cluster, 100, SignedDuration::from_secs(-1), SignedDuration::from_secs(120))).await;
     let name = event.metadata.name.clone().unwrap();
     wait_for_phase(&cluster, &name, Phase::Open).await;
-    let api = InProcessApi::start(NS, &kafka_brokers()).await;
-    let id = coupon_core::event::EventId::new(NS, &name).unwrap();
+    let api = InProcessApi::start(&cluster.namespace, &kafka_brokers()).await;
+    let id = coupon_core::event::EventId::new(&cluster.namespace, &name).unwrap();
     let http = reqwest::Client::new();
     for user in ["u1", "u2", "u3"] {
         let response = http.post(api.apply_url(&id)).json(&json!({ "userId": user })).send().await.unwrap();
         assert_eq!(response.status(), 201);
     }
     let edited = Instant::now();
-    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "limit": 2, "api": { "replicas": 1 } } }));
+    cluster.patch::<CouponEvent>(&name, json!({ "spec": { "limit": 2, "api": { "replicas": 1 } } })).await;
     let event = wait_for_condition(&cluster, &name, "Ready", "False", "LimitBelowIssued").await;
     assert_eq!(event.status.as_ref().unwrap().phase, Phase::Open, "the accepted spec stays in effect");
     let late_scales: Vec<_> = scale_writes(&cluster.requests()).into_iter().filter(|r| r.at > edited).map(|r| r.body.clone()).collect();
     assert!(late_scales.is_empty(), "a refused edit scaled: {late_scales:?}");
-    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(3));
+    assert_eq!(cluster.replicas("coupon-api").await, Some(3));
     let response = http.post(api.apply_url(&id)).json(&json!({ "userId": "u4" })).send().await.unwrap();
     assert_eq!(response.status(), 201, "the sale goes on under the accepted limit");
-    assert_eq!(warnings(&cluster, "LimitBelowIssued"), 1);
+    assert_eq!(warnings(&cluster, "LimitBelowIssued").await, 1);
+    assert_nothing_refused(&cluster);
     operator.kill(&cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pausing_stops_issuing_within_a_second_and_resuming_keeps_the_counters() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let operator = start_operator(&cluster, "operator-0").await;
-    let event = cluster.create(&coupon_event(100, SignedDuration::from_secs(-1), SignedDuration::from_secs(120)));
+    let event = cluster.create(&coupon_event(&cluster, 100, SignedDuration::from_secs(-1), SignedDuration::from_secs(120))).await;
     let name = event.metadata.name.clone().unwrap();
     wait_for_phase(&cluster, &name, Phase::Open).await;
-    let api = InProcessApi::start(NS, &kafka_brokers()).await;
-    let id = coupon_core::event::EventId::new(NS, &name).unwrap();
+    let api = InProcessApi::start(&cluster.namespace, &kafka_brokers()).await;
+    let id = coupon_core::event::EventId::new(&cluster.namespace, &name).unwrap();
     let http = reqwest::Client::new();
     let apply = |user: String| {
         let request = http.post(api.apply_url(&id)).json(&json!({ "userId": user }));
@@ -332,7 +394,7 @@ async fn pausing_stops_issuing_within_a_second_and_resuming_keeps_the_counters()
     };
     assert_eq!(apply("before".into()).await.0, 201);
     let paused_at = Instant::now();
-    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "paused": true } }));
+    cluster.patch::<CouponEvent>(&name, json!({ "spec": { "paused": true } })).await;
     let mut n = 0;
     let stopped = loop {
         n += 1;
@@ -347,9 +409,9 @@ async fn pausing_stops_issuing_within_a_second_and_resuming_keeps_the_counters()
     assert!(stopped <= Duration::from_secs(1), "issuing stopped only after {stopped:?}");
     wait_for_condition(&cluster, &name, "Ready", "False", "Paused").await;
     let issued_while_pausing = (n - 1) as i64;
-    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(3), "a paused sale keeps its pods");
+    assert_eq!(cluster.replicas("coupon-api").await, Some(3), "a paused sale keeps its pods");
 
-    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "paused": false } }));
+    cluster.patch::<CouponEvent>(&name, json!({ "spec": { "paused": false } })).await;
     let (status, body) = wait_until("resumed", Duration::from_secs(5), || {
         let next = apply("after".into());
         async move {
@@ -360,20 +422,21 @@ async fn pausing_stops_issuing_within_a_second_and_resuming_keeps_the_counters()
     .await;
     assert_eq!(status, 201);
     assert_eq!(body["slot"], json!(2 + issued_while_pausing), "resuming continues the same counters");
+    assert_nothing_refused(&cluster);
     operator.kill(&cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_backend_makes_the_event_unready_with_the_reason() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     coupon_tests::init_logging();
     let client = cluster.client("operator-0").await;
     // Nothing listens on port 1.
     let backend = Backend::new("redis://127.0.0.1:1", &kafka(&kafka_brokers()), 1).unwrap();
     let controller =
-        coupon_operator::controller::run(client, backend, Arc::new(Metrics::default()), Some(NS.into()), Arc::new(AtomicBool::new(false)));
+        coupon_operator::controller::run(client, backend, Arc::new(Metrics::default()), Some(cluster.namespace.clone()), Arc::new(AtomicBool::new(false)));
     let task = tokio::spawn(controller);
-    let event = cluster.create(&coupon_event(10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60)));
+    let event = cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60))).await;
     let name = event.metadata.name.clone().unwrap();
     let event = wait_for_condition(&cluster, &name, "Ready", "False", "BackendUnavailable").await;
     let message = event.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
@@ -382,12 +445,13 @@ async fn an_unreachable_backend_makes_the_event_unready_with_the_reason() {
     // One status write for the outage, not one per retry.
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert_eq!(status_writes(&cluster.requests(), &name).count(), 1);
+    assert_nothing_refused(&cluster);
     task.abort();
 }
 
 /// Applies for `users` and returns the slots of the 201s.
-async fn apply_all(api: &InProcessApi, name: &str, users: impl IntoIterator<Item = String>) -> Vec<i64> {
-    let id = coupon_core::event::EventId::new(NS, name).unwrap();
+async fn apply_all(api: &InProcessApi, namespace: &str, name: &str, users: impl IntoIterator<Item = String>) -> Vec<i64> {
+    let id = coupon_core::event::EventId::new(namespace, name).unwrap();
     let http = reqwest::Client::new();
     let mut slots = Vec::new();
     for user in users {
@@ -401,16 +465,16 @@ async fn apply_all(api: &InProcessApi, name: &str, users: impl IntoIterator<Item
 }
 
 fn key_of(event: &CouponEvent) -> String {
-    format!("{NS}/{}@{}", event.metadata.name.as_deref().unwrap(), event.metadata.uid.as_deref().unwrap())
+    format!("{}/{}@{}", event.metadata.namespace.as_deref().unwrap(), event.metadata.name.as_deref().unwrap(), event.metadata.uid.as_deref().unwrap())
 }
 
 /// The same name, deleted and created again (as next year's sale would be): a new event.
 async fn a_re_created_name_is_a_new_event(on_delete: OnDelete) {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let operator = start_operator(&cluster, "operator-0").await;
     let database = coupon_tests::sqlite_url();
     let store = coupon_tests::migrated_store(&database).await;
-    let mut first = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
+    let mut first = coupon_event(&cluster, 5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
     first.spec.on_delete = on_delete;
     // The topic exists before the event, so `onDelete: Delete` keeps it (only a topic the
     // operator created is deleted). Deleting it under the running consumer would crash the
@@ -418,31 +482,31 @@ async fn a_re_created_name_is_a_new_event(on_delete: OnDelete) {
     // librdkafka segfaults (rd_kafka_metadata_update_op); Kafka answers UNKNOWN_TOPIC.
     let admin = kafka(&kafka_brokers()).admin().unwrap();
     admin.ensure_topic(&first.spec.topic, 1, 1).await.unwrap();
-    let first = cluster.create(&first);
+    let first = cluster.create(&first).await;
     let name = first.metadata.name.clone().unwrap();
     let topic = first.spec.topic.clone();
     wait_for_phase(&cluster, &name, Phase::Open).await;
     let consumer = coupon_tests::InProcessConsumer::start(&database, &[topic.as_str()], &kafka_brokers());
-    let api = InProcessApi::start(NS, &kafka_brokers()).await;
+    let api = InProcessApi::start(&cluster.namespace, &kafka_brokers()).await;
     let users = || (1..=8).map(|u| format!("user-{u}"));
-    assert_eq!(apply_all(&api, &name, users()).await, vec![1, 2, 3, 4, 5]);
+    assert_eq!(apply_all(&api, &cluster.namespace, &name, users()).await, vec![1, 2, 3, 4, 5]);
     coupon_tests::wait_for_rows(&store, &key_of(&first), 5, Duration::from_secs(30)).await;
     wait_for_phase(&cluster, &name, Phase::SoldOut).await;
 
-    cluster.delete::<CouponEvent>(NS, &name);
+    cluster.delete::<CouponEvent>(&name).await;
     wait_until_gone(&cluster, "the first object is gone", &name, Duration::from_secs(30)).await;
-    let mut second = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
+    let mut second = coupon_event(&cluster, 5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
     second.metadata.name = Some(name.clone());
     second.spec.topic = topic.clone();
     second.spec.on_delete = on_delete;
-    let second = cluster.create(&second);
+    let second = cluster.create(&second).await;
     assert_ne!(second.metadata.uid, first.metadata.uid);
     let status = wait_for_phase(&cluster, &name, Phase::Open).await.status.unwrap();
     assert_eq!(status.issued, 0, "the new object starts from zero");
     // The same users get coupons of the new event, its full limit.
-    let slots = wait_until("the new event issues", Duration::from_secs(10), || {
-        let apply = apply_all(&api, &name, users());
-        async move { Some(apply.await).filter(|s| !s.is_empty()) }
+    let (api, namespace, name_ref) = (&api, &cluster.namespace, &name);
+    let slots = wait_until("the new event issues", Duration::from_secs(10), || async move {
+        Some(apply_all(api, namespace, name_ref, users()).await).filter(|s| !s.is_empty())
     })
     .await;
     assert_eq!(slots, vec![1, 2, 3, 4, 5]);
@@ -450,6 +514,7 @@ async fn a_re_created_name_is_a_new_event(on_delete: OnDelete) {
     assert_eq!(store.count_coupons(&key_of(&first)).await.unwrap(), 5, "the old coupons stay readable");
     assert!(store.failed_events(&topic).await.unwrap().is_empty(), "nothing failed");
     consumer.stop().await.unwrap();
+    assert_nothing_refused(&cluster);
     operator.kill(&cluster);
 }
 
@@ -472,7 +537,7 @@ struct Kubelet {
 }
 
 impl Kubelet {
-    fn start(cluster: &FakeCluster, pods: Vec<(&'static str, Vec<(String, String)>)>) -> Self {
+    fn start(cluster: &NamespacedCluster, pods: Vec<(&'static str, Vec<(String, String)>)>) -> Self {
         let transitions: Arc<std::sync::Mutex<Vec<(String, bool)>>> = Arc::default();
         let (cluster, seen) = (cluster.clone(), transitions.clone());
         let task = tokio::spawn(async move {
@@ -480,7 +545,7 @@ impl Kubelet {
             let mut running: std::collections::HashMap<&str, coupon_tests::ChildProcess> = Default::default();
             loop {
                 for (deployment, env) in &pods {
-                    let wanted = cluster.replicas(NS, deployment).unwrap_or(0) > 0;
+                    let wanted = cluster.replicas(deployment).await.unwrap_or(0) > 0;
                     let command = if *deployment == "coupon-api" { "api" } else { "consumer" };
                     match (wanted, running.contains_key(deployment)) {
                         (true, false) => {
@@ -517,7 +582,7 @@ impl Drop for Kubelet {
 }
 
 /// Replica counts each scale write set, per Deployment, in order.
-fn scale_history(cluster: &FakeCluster, deployment: &str) -> Vec<i64> {
+fn scale_history(cluster: &NamespacedCluster, deployment: &str) -> Vec<i64> {
     let path = format!("/deployments/{deployment}/scale");
     cluster
         .requests()
@@ -545,8 +610,8 @@ async fn apply_concurrently(url: &str, users: Vec<String>) -> Vec<(u16, serde_js
 /// (410 still answered by running pods), closed, drained, scaled down, deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
-    let cluster = cluster();
-    cluster.patch::<Deployment>(NS, "coupon-api", json!({ "spec": { "replicas": 0 } }));
+    let cluster = cluster().await;
+    cluster.patch::<Deployment>("coupon-api", json!({ "spec": { "replicas": 0 } })).await;
     let database = coupon_tests::postgres_url();
     let store = coupon_tests::migrated_store(&database).await;
     let topic = unique("life");
@@ -557,7 +622,7 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
         .cloned()
         .chain([
             ("LISTEN_ADDR".into(), format!("127.0.0.1:{api_port}")),
-            ("COUPON_NAMESPACE".into(), NS.into()),
+            ("COUPON_NAMESPACE".into(), cluster.namespace.clone()),
             ("SHUTDOWN_DELAY".into(), "1s".into()),
         ])
         .collect();
@@ -579,11 +644,11 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
     let operator = start_operator(&cluster, "operator-0").await;
 
     // Applied: both open in 10 s, warming up now; `kept` ends first.
-    let mut deleted = coupon_event(50, SignedDuration::from_secs(10), SignedDuration::from_secs(60));
+    let mut deleted = coupon_event(&cluster, 50, SignedDuration::from_secs(10), SignedDuration::from_secs(60));
     deleted.spec.topic = topic.clone();
-    let mut kept = coupon_event(50, SignedDuration::from_secs(10), SignedDuration::from_secs(35));
+    let mut kept = coupon_event(&cluster, 50, SignedDuration::from_secs(10), SignedDuration::from_secs(35));
     kept.spec.topic = topic.clone();
-    let (deleted, kept) = (cluster.create(&deleted), cluster.create(&kept));
+    let (deleted, kept) = (cluster.create(&deleted).await, cluster.create(&kept).await);
     let (deleted_name, kept_name) = (deleted.metadata.name.clone().unwrap(), kept.metadata.name.clone().unwrap());
     wait_for_phase(&cluster, &kept_name, Phase::WarmingUp).await;
     let base = format!("http://127.0.0.1:{api_port}");
@@ -605,7 +670,7 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
     assert!(on_deleted.iter().all(|(status, _)| *status == 201), "{on_deleted:?}");
 
     // One event deleted mid-way: the other goes on, on the same topic.
-    cluster.delete::<CouponEvent>(NS, &deleted_name);
+    cluster.delete::<CouponEvent>(&deleted_name).await;
     wait_until_gone(&cluster, "the deleted event is gone", &deleted_name, Duration::from_secs(30)).await;
     assert_eq!(apply_concurrently(&deleted_url, vec!["d-late".into()]).await[0].0, 404, "a deleted event is unknown");
     let second_kept = apply_concurrently(&kept_url, users("k", 31..=100)).await;
@@ -621,30 +686,31 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
     // (A scale-down at sold out would also show in the exact scale history asserted below.)
     wait_for_phase(&cluster, &kept_name, Phase::SoldOut).await;
     assert_eq!(apply_concurrently(&kept_url, vec!["late".into()]).await[0].0, 410);
-    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(3), "sold out keeps the api up");
-    let kept_key = format!("{NS}/{kept_name}@{}", kept.metadata.uid.as_deref().unwrap());
+    assert_eq!(cluster.replicas("coupon-api").await, Some(3), "sold out keeps the api up");
+    let kept_key = key_of(&kept);
     coupon_tests::wait_for_rows(&store, &kept_key, 50, Duration::from_secs(60)).await;
 
     // Closed, drained, scaled down.
-    let closed = wait_until("closed and scaled down", Duration::from_secs(60), || {
-        let event = cluster.get::<CouponEvent>(NS, &kept_name);
-        let down = cluster.replicas(NS, "coupon-consumer") == Some(0);
-        async move { event.filter(|e| e.status.as_ref().is_some_and(|s| s.phase == Phase::Closed) && down) }
+    let (cluster_ref, kept_ref) = (&cluster, &kept_name);
+    let closed = wait_until("closed and scaled down", Duration::from_secs(60), || async move {
+        let event = cluster_ref.get::<CouponEvent>(kept_ref).await;
+        let down = cluster_ref.replicas("coupon-consumer").await == Some(0);
+        event.filter(|e| e.status.as_ref().is_some_and(|s| s.phase == Phase::Closed) && down)
     })
     .await;
     let status = closed.status.unwrap();
     assert_eq!((status.issued, status.persisted), (50, 50));
-    assert_eq!(cluster.replicas(NS, "coupon-api"), Some(1), "the api keeps its idle replica to answer 403");
+    assert_eq!(cluster.replicas("coupon-api").await, Some(1), "the api keeps its idle replica to answer 403");
     assert_eq!(scale_history(&cluster, "coupon-api"), vec![3, 1], "scaled up at the warm-up and down after the drain, nothing between");
     assert_eq!(scale_history(&cluster, "coupon-consumer"), vec![2, 0]);
-    wait_until("consumer pod stopped", Duration::from_secs(30), || {
-        let stopped = kubelet.transitions().contains(&("coupon-consumer".to_owned(), false));
-        async move { stopped.then_some(()) }
+    let kubelet_ref = &kubelet;
+    wait_until("consumer pod stopped", Duration::from_secs(30), || async move {
+        kubelet_ref.transitions().contains(&("coupon-consumer".to_owned(), false)).then_some(())
     })
     .await;
 
     // Deleted: the finalizer ends, the object goes.
-    cluster.delete::<CouponEvent>(NS, &kept_name);
+    cluster.delete::<CouponEvent>(&kept_name).await;
     wait_until_gone(&cluster, "the kept event is gone", &kept_name, Duration::from_secs(30)).await;
     assert_eq!(store.count_coupons(&kept_key).await.unwrap(), 50, "its rows stay");
     let failed = store.failed_events(&topic).await.unwrap();
@@ -653,6 +719,7 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
 
     // Everything the running operator called over this whole life is granted by the chart's
     // rules, and its Lease calls are exactly the leader-election rules.
+    assert_nothing_refused(&cluster);
     let used: std::collections::BTreeSet<_> =
         cluster.requests().iter().filter(|r| r.client == "operator-0").map(Recorded::permission).collect();
     let granted = |file: &str| -> std::collections::BTreeSet<(String, String, String)> {
@@ -681,49 +748,50 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
 /// object waits, says why, and starts from zero once they are written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_created_name_waits_for_the_earlier_objects_coupons_to_be_written() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let operator = start_operator(&cluster, "operator-0").await;
     let database = coupon_tests::sqlite_url();
     let store = coupon_tests::migrated_store(&database).await;
-    let first = cluster.create(&coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120)));
+    let first = cluster.create(&coupon_event(&cluster, 5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120))).await;
     let name = first.metadata.name.clone().unwrap();
     let topic = first.spec.topic.clone();
     wait_for_phase(&cluster, &name, Phase::Open).await;
-    let api = InProcessApi::start(NS, &kafka_brokers()).await;
+    let api = InProcessApi::start(&cluster.namespace, &kafka_brokers()).await;
     let users = || (1..=8).map(|u| format!("user-{u}"));
     // No consumer yet: the three coupons stay unwritten.
-    assert_eq!(apply_all(&api, &name, users().take(3)).await, vec![1, 2, 3]);
-    cluster.patch::<CouponEvent>(NS, &name, json!({ "spec": { "onDelete": "Retain" } }));
-    wait_until("Retain accepted", Duration::from_secs(10), || {
-        let accepted = cluster.get::<CouponEvent>(NS, &name).and_then(|e| e.status?.last_accepted_spec).map(|s| s.on_delete);
-        async move { (accepted == Some(OnDelete::Retain)).then_some(()) }
+    assert_eq!(apply_all(&api, &cluster.namespace, &name, users().take(3)).await, vec![1, 2, 3]);
+    cluster.patch::<CouponEvent>(&name, json!({ "spec": { "onDelete": "Retain" } })).await;
+    let (cluster_ref, name_ref) = (&cluster, &name);
+    wait_until("Retain accepted", Duration::from_secs(10), || async move {
+        let accepted = cluster_ref.get::<CouponEvent>(name_ref).await.and_then(|e| e.status?.last_accepted_spec).map(|s| s.on_delete);
+        (accepted == Some(OnDelete::Retain)).then_some(())
     })
     .await;
     // Deleting it (`Retain`) closes the sale and keeps the object, with the consumer scaled
     // up, until its coupons are written.
-    cluster.delete::<CouponEvent>(NS, &name);
-    wait_until("the consumer scaled for the drain", Duration::from_secs(15), || {
-        let replicas = (cluster.replicas(NS, "coupon-api"), cluster.replicas(NS, "coupon-consumer"));
-        async move { (replicas == (Some(1), Some(2))).then_some(()) }
+    cluster.delete::<CouponEvent>(&name).await;
+    wait_until("the consumer scaled for the drain", Duration::from_secs(15), || async move {
+        let replicas = (cluster_ref.replicas("coupon-api").await, cluster_ref.replicas("coupon-consumer").await);
+        (replicas == (Some(1), Some(2))).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(cluster.get::<CouponEvent>(NS, &name).is_some(), "kept while its coupons are unwritten");
+    assert!(cluster.get::<CouponEvent>(&name).await.is_some(), "kept while its coupons are unwritten");
     // Someone removes the finalizer by hand (as users of stuck objects do): the object goes
     // with its coupons still unwritten.
-    cluster.patch::<CouponEvent>(NS, &name, json!({ "metadata": { "finalizers": null } }));
+    cluster.patch::<CouponEvent>(&name, json!({ "metadata": { "finalizers": null } })).await;
     wait_until_gone(&cluster, "the first object is gone", &name, Duration::from_secs(30)).await;
 
-    cluster.patch::<Deployment>(NS, "coupon-consumer", json!({ "spec": { "replicas": 0 } }));
-    let mut second = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
+    cluster.patch::<Deployment>("coupon-consumer", json!({ "spec": { "replicas": 0 } })).await;
+    let mut second = coupon_event(&cluster, 5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
     second.metadata.name = Some(name.clone());
     second.spec.topic = topic.clone();
-    let second = cluster.create(&second);
+    let second = cluster.create(&second).await;
     let waiting = wait_for_condition(&cluster, &name, "Ready", "False", "PreviousEventDraining").await;
     assert_eq!(waiting.status.as_ref().unwrap().issued, 0, "the earlier object's counts are not this one's");
-    assert_eq!(cluster.replicas(NS, "coupon-consumer"), Some(2), "the consumer is kept up to write the earlier coupons");
+    assert_eq!(cluster.replicas("coupon-consumer").await, Some(2), "the consumer is kept up to write the earlier coupons");
     let http = reqwest::Client::new();
-    let id = coupon_core::event::EventId::new(NS, &name).unwrap();
+    let id = coupon_core::event::EventId::new(&cluster.namespace, &name).unwrap();
     let closed = http.post(api.apply_url(&id)).json(&json!({ "userId": "user-9" })).send().await.unwrap();
     assert_eq!(closed.status(), 403, "the earlier sale is closed and the new one not provisioned yet");
 
@@ -731,9 +799,9 @@ async fn a_re_created_name_waits_for_the_earlier_objects_coupons_to_be_written()
     let consumer = coupon_tests::InProcessConsumer::start(&database, &[topic.as_str()], &kafka_brokers());
     coupon_tests::wait_for_rows(&store, &key_of(&first), 3, Duration::from_secs(30)).await;
     wait_for_condition(&cluster, &name, "Ready", "True", "Provisioned").await;
-    let slots = wait_until("the new event issues", Duration::from_secs(10), || {
-        let apply = apply_all(&api, &name, users());
-        async move { Some(apply.await).filter(|s| !s.is_empty()) }
+    let (api_ref, namespace) = (&api, &cluster.namespace);
+    let slots = wait_until("the new event issues", Duration::from_secs(10), || async move {
+        Some(apply_all(api_ref, namespace, name_ref, users()).await).filter(|s| !s.is_empty())
     })
     .await;
     assert_eq!(slots, vec![1, 2, 3, 4, 5], "its full limit, to the same users too");
@@ -741,6 +809,7 @@ async fn a_re_created_name_waits_for_the_earlier_objects_coupons_to_be_written()
     assert_eq!(store.count_coupons(&key_of(&first)).await.unwrap(), 3);
     assert!(store.failed_events(&topic).await.unwrap().is_empty(), "nothing failed");
     consumer.stop().await.unwrap();
+    assert_nothing_refused(&cluster);
     operator.kill(&cluster);
 }
 
@@ -748,7 +817,7 @@ async fn a_re_created_name_waits_for_the_earlier_objects_coupons_to_be_written()
 /// its Lease can expire, so the next leader is never a second writer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_cannot_renew_steps_down_before_another_takes_over() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let first = start_operator(&cluster, "operator-a").await;
     wait_for_leader(&cluster, "operator-a", Duration::from_secs(15)).await;
     let second = start_operator(&cluster, "operator-b").await;
@@ -756,17 +825,17 @@ async fn a_leader_that_cannot_renew_steps_down_before_another_takes_over() {
     let cut = Instant::now();
     cluster.cut("operator-a");
     // The Lease as the leader last renewed it: it expires at that renewal plus its duration.
-    let last_renewal = cluster.get::<Lease>(NS, "coupon-operator").and_then(|l| l.spec?.renew_time).unwrap().0;
-    let expires = last_renewal + SignedDuration::try_from(LEASE).unwrap();
+    let last_renewal = cluster.get::<Lease>("coupon-operator").await.and_then(|l| l.spec?.renew_time).unwrap().0;
+    let expires = last_renewal + SignedDuration::try_from(lease()).unwrap();
     // Both moments, polled side by side: when the old leader stops acting, when the new
     // one holds the Lease.
     let (mut stepped_down, mut taken_over) = (None, None);
-    while (stepped_down.is_none() || taken_over.is_none()) && cut.elapsed() < LEASE + Duration::from_secs(5) {
+    while (stepped_down.is_none() || taken_over.is_none()) && cut.elapsed() < lease() + Duration::from_secs(5) {
         if stepped_down.is_none() && !first.leading.load(std::sync::atomic::Ordering::SeqCst) {
             stepped_down = Some(cut.elapsed());
             assert!(Timestamp::now() < expires, "stepped down only after the Lease could expire ({expires})");
         }
-        if taken_over.is_none() && lease_holder(&cluster).as_deref() == Some("operator-b") {
+        if taken_over.is_none() && lease_holder(&cluster).await.as_deref() == Some("operator-b") {
             taken_over = Some(cut.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -774,8 +843,9 @@ async fn a_leader_that_cannot_renew_steps_down_before_another_takes_over() {
     let (stepped_down, taken_over) = (stepped_down.expect("the cut-off leader stops"), taken_over.expect("operator-b leads"));
     let outcome = tokio::time::timeout(Duration::from_secs(5), first.task).await.expect("the cut-off leader's task ends");
     assert!(matches!(outcome, Ok(Err(LeadershipError::Lost(_)))), "{outcome:?}");
-    println!("stepped down {stepped_down:?} and taken over {taken_over:?} after the cut (lease {LEASE:?})");
+    println!("stepped down {stepped_down:?} and taken over {taken_over:?} after the cut (lease {:?})", lease());
     assert!(stepped_down < taken_over, "the old leader stopped ({stepped_down:?}) only after the new one led ({taken_over:?})");
+    assert_nothing_refused(&cluster);
     second.kill(&cluster);
 }
 
@@ -783,26 +853,26 @@ async fn a_leader_that_cannot_renew_steps_down_before_another_takes_over() {
 /// coupons are written; then it lets go by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_retain_event_closes_waits_for_its_coupons_and_then_lets_go() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let operator = start_operator(&cluster, "operator-0").await;
     let database = coupon_tests::sqlite_url();
     let store = coupon_tests::migrated_store(&database).await;
-    let mut event = coupon_event(5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
+    let mut event = coupon_event(&cluster, 5, SignedDuration::from_secs(-1), SignedDuration::from_secs(120));
     event.spec.on_delete = OnDelete::Retain;
-    let event = cluster.create(&event);
+    let event = cluster.create(&event).await;
     let name = event.metadata.name.clone().unwrap();
     wait_for_phase(&cluster, &name, Phase::Open).await;
-    let api = InProcessApi::start(NS, &kafka_brokers()).await;
+    let api = InProcessApi::start(&cluster.namespace, &kafka_brokers()).await;
     // No consumer runs: three coupons wait on the topic.
-    assert_eq!(apply_all(&api, &name, (1..=3).map(|u| format!("user-{u}"))).await, vec![1, 2, 3]);
-    cluster.delete::<CouponEvent>(NS, &name);
+    assert_eq!(apply_all(&api, &cluster.namespace, &name, (1..=3).map(|u| format!("user-{u}"))).await, vec![1, 2, 3]);
+    cluster.delete::<CouponEvent>(&name).await;
     // Applies racing the deletion may still be issued until the sale is closed: each is a
     // coupon the deletion must wait for.
     let mut issued = 3;
     let mut n = 0;
     loop {
         n += 1;
-        let slots = apply_all(&api, &name, [format!("late-{n}")]).await;
+        let slots = apply_all(&api, &cluster.namespace, &name, [format!("late-{n}")]).await;
         if slots.is_empty() {
             break;
         }
@@ -812,16 +882,17 @@ async fn a_deleted_retain_event_closes_waits_for_its_coupons_and_then_lets_go() 
     }
     // Several reconciles later it is still there, its consumer up, nothing abandoned.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert!(cluster.get::<CouponEvent>(NS, &name).is_some(), "kept while its coupons are unwritten");
-    assert_eq!((cluster.replicas(NS, "coupon-api"), cluster.replicas(NS, "coupon-consumer")), (Some(1), Some(2)));
-    assert_eq!(warnings(&cluster, "CleanupAbandoned"), 0);
+    assert!(cluster.get::<CouponEvent>(&name).await.is_some(), "kept while its coupons are unwritten");
+    assert_eq!((cluster.replicas("coupon-api").await, cluster.replicas("coupon-consumer").await), (Some(1), Some(2)));
+    assert_eq!(warnings(&cluster, "CleanupAbandoned").await, 0);
 
     let consumer = coupon_tests::InProcessConsumer::start(&database, &[event.spec.topic.as_str()], &kafka_brokers());
     coupon_tests::wait_for_rows(&store, &key_of(&event), issued, Duration::from_secs(30)).await;
     wait_until_gone(&cluster, "let go once written", &name, Duration::from_secs(30)).await;
-    assert_eq!(warnings(&cluster, "CleanupAbandoned"), 0);
+    assert_eq!(warnings(&cluster, "CleanupAbandoned").await, 0);
     assert_eq!(scale_history(&cluster, "coupon-consumer"), vec![2, 0], "up for the sale and the drain, down once written");
     assert_eq!(scale_history(&cluster, "coupon-api"), vec![3, 1]);
     consumer.stop().await.unwrap();
+    assert_nothing_refused(&cluster);
     operator.kill(&cluster);
 }

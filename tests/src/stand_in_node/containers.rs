@@ -137,6 +137,8 @@ pub struct ContainerProcess {
     /// Why it cannot run (no binary for its image, a missing Secret, ...).
     pub waiting: Option<String>,
     restart_after: Instant,
+    /// `lifecycle.preStop.sleep`: waited before SIGTERM, within the grace period.
+    pre_stop_sleep: Option<Duration>,
     readiness: Option<ProbeState>,
     liveness: Option<ProbeState>,
 }
@@ -159,6 +161,11 @@ impl ContainerProcess {
             last_exit: None,
             waiting,
             restart_after: Instant::now(),
+            pre_stop_sleep: container
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref()?.sleep.as_ref())
+                .map(|s| Duration::from_secs(s.seconds.max(0) as u64)),
             readiness: container.readiness_probe.as_ref().and_then(|p| ProbeState::new(p, container, pod_ip)),
             liveness: container.liveness_probe.as_ref().and_then(|p| ProbeState::new(p, container, pod_ip)),
         }
@@ -238,10 +245,16 @@ impl ContainerProcess {
         before != (self.running(), self.ready, self.restarts)
     }
 
-    /// SIGTERM, then SIGKILL once `grace` has passed.
+    /// The preStop sleep, then SIGTERM, then SIGKILL once `grace` (counted from the start,
+    /// as the kubelet counts it) has passed.
     pub async fn stop(&mut self, grace: Duration) {
         let Some(mut child) = self.child.take() else { return };
         self.ready = false;
+        let deadline = Instant::now() + grace;
+        if let Some(sleep) = self.pre_stop_sleep {
+            tokio::time::sleep(sleep.min(grace)).await;
+        }
+        let grace = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(2));
         if let Some(pid) = child.id() {
             // SAFETY: a plain kill(2) of our own child's pid.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };

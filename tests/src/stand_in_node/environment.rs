@@ -243,7 +243,7 @@ impl PodContext<'_> {
         let accounts = Api::<ServiceAccount>::namespaced(self.client.clone(), self.namespace());
         let name = account.clone();
         let issued: TokenRequest = accounts
-            .create_subresource("token", &name, &PostParams::default(), serde_json::to_vec(&request)?)
+            .create_subresource("token", &name, &PostParams::default(), &request)
             .await
             .with_context(|| format!("TokenRequest for serviceaccount {account}"))?;
         let token = issued.status.map(|s| s.token).ok_or_else(|| anyhow!("TokenRequest answered without a token"))?;

@@ -81,16 +81,17 @@ pub async fn run(client: kube::Client, config: NodeConfig) -> Result<()> {
 /// The Node object, Ready, with room for many Pods.
 async fn register(client: &kube::Client, name: &str) -> Result<()> {
     let nodes = Api::<Node>::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
-        "spec": {},
-    }))?;
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": name, "labels": node_labels(name)}, "spec": {}}))?;
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(error) => return Err(error).context("register the Node"),
     }
     write_node_status(client, name).await
+}
+
+fn node_labels(name: &str) -> BTreeMap<&str, &str> {
+    BTreeMap::from([("kubernetes.io/hostname", name), ("kubernetes.io/os", "linux"), ("kubernetes.io/arch", std::env::consts::ARCH)])
 }
 
 async fn write_node_status(client: &kube::Client, name: &str) -> Result<()> {
@@ -201,16 +202,22 @@ impl PodsOfNode {
         }
     }
 
-    /// The scheduler's job: every Pod without a node is bound to this one.
+    /// The scheduler's job: every Pod without a node whose `nodeSelector` this node meets is
+    /// bound to it (a Pod may stay Pending on purpose with a selector no node has).
     async fn bind(&self, pod: &Pod) {
         if pod.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let labels = node_labels(&self.config.name);
+        let selector = pod.spec.as_ref().and_then(|s| s.node_selector.clone()).unwrap_or_default();
+        if !selector.iter().all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str())) {
             return;
         }
         let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else { return };
         let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "uid": pod.metadata.uid},
                              "target": {"apiVersion": "v1", "kind": "Node", "name": self.config.name}});
         let pods = Api::<Pod>::namespaced(self.client.clone(), namespace);
-        let result: Result<serde_json::Value, _> = pods.create_subresource("binding", name, &PostParams::default(), binding.to_string().into_bytes()).await;
+        let result: Result<serde_json::Value, _> = pods.create_subresource("binding", name, &PostParams::default(), &binding).await;
         match result {
             Ok(_) => tracing::info!(pod = %name, %namespace, "bound"),
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}

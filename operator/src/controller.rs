@@ -727,9 +727,20 @@ pub async fn run(
     let controller = Controller::for_stream(triggers, store.clone());
     let synced = store.clone();
     tokio::spawn(async move {
-        if synced.wait_until_ready().await.is_ok() {
-            ready.store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!("CouponEvent cache synced; ready");
+        // Asked again every half second rather than awaited once: kube-runtime's store keeps
+        // the waker of only the last task waiting for it to be ready, and the controller waits
+        // too, so a single await here would never be woken (seen on a real API server: the
+        // operator's Pod never turned Ready). Once ready, every ask answers at once.
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_millis(500), synced.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("CouponEvent cache synced; ready");
+                    break;
+                }
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
         }
     });
     let ctx = Arc::new(Context::new(client, backend, store, metrics));

@@ -11,6 +11,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use coupon_core::event::EventId;
+use coupon_core::redis::keyspace::{self, EventPresence};
 use coupon_operator::crd::{CouponEvent, Phase};
 use coupon_tests::local_cluster::{tool, workspace_root, LocalCluster};
 use coupon_tests::{kafka_brokers, postgres_url, redis_url, unique, wait_until};
@@ -27,7 +29,12 @@ const CROWD: usize = 300;
 
 fn run(command: &mut Command) -> String {
     let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(output.status.success(), "{command:?} failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -154,7 +161,8 @@ async fn a_whole_sale_through_the_charts_pods_then_nothing_is_left() {
         events_ref.get_opt(name_ref).await.ok()?.is_none().then_some(())
     })
     .await;
-    let addresses: Vec<String> = pods.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|p| p.status?.pod_ip).collect();
+    let addresses: Vec<String> =
+        pods.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|p| p.status?.pod_ip).collect();
     run(helm(&namespace).args(["uninstall", release, "--wait", "--timeout", "2m"]));
     cluster.delete_namespace(&namespace, Duration::from_secs(120)).await;
 
@@ -166,12 +174,11 @@ async fn a_whole_sale_through_the_charts_pods_then_nothing_is_left() {
         }
     }
     let mut redis = coupon_tests::redis().await;
-    let pattern = format!("coupon:{{{namespace}/{name}}}*");
-    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await.unwrap();
-    let config = format!("coupon:{{{namespace}/{name}}}:config");
-    assert_eq!(keys, vec![config.clone()], "only the tombstone is left");
-    let tombstone: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL").arg(&config).query_async(&mut redis).await.unwrap();
-    assert_eq!(tombstone, [("deleted".to_owned(), "1".to_owned())].into(), "the config key is the deletion mark");
-    let ttl: i64 = redis::cmd("TTL").arg(&config).query_async(&mut redis).await.unwrap();
+    let id = EventId::new(&namespace, &name).unwrap();
+    assert_eq!(keyspace::existing_keys(&mut redis, &id).await.unwrap(), 0, "no key of the event but its tombstone");
+    assert_eq!(keyspace::presence(&mut redis, &id).await.unwrap(), EventPresence::Deleted, "the tombstone is there");
+    assert_eq!(keyspace::snapshot(&mut redis, &id).await.unwrap().config.len(), 1, "the config key is only the deletion mark");
+    let ttl = keyspace::tombstone_ttl(&mut redis, &id).await.unwrap().expect("a tombstone");
     assert!(ttl > 0 && ttl <= 86_400, "the tombstone expires within a day: {ttl}");
+    assert!(!keyspace::registered_events(&mut redis).await.unwrap().contains(&id.to_string()), "unregistered");
 }

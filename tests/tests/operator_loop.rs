@@ -88,6 +88,8 @@ struct Operator {
     task: JoinHandle<Result<(), LeadershipError>>,
     /// True while it acts as the leader.
     leading: Arc<AtomicBool>,
+    /// Its readiness (`/readyz`): true once its cache of CouponEvents has synced.
+    ready: Arc<AtomicBool>,
 }
 
 async fn start_operator(cluster: &NamespacedCluster, name: &str) -> Operator {
@@ -103,15 +105,16 @@ async fn start_operator(cluster: &NamespacedCluster, name: &str) -> Operator {
         leading: Default::default(),
     };
     let leading = election.leading.clone();
+    let ready = Arc::new(AtomicBool::new(false));
     let controller = coupon_operator::controller::run(
         client.clone(),
         backend,
         Arc::new(Metrics::default()),
         Some(cluster.namespace.clone()),
-        Arc::new(AtomicBool::new(false)),
+        ready.clone(),
     );
     let task = tokio::spawn(async move { election.run(client, controller).await });
-    Operator { name: name.into(), task, leading }
+    Operator { name: name.into(), task, leading, ready }
 }
 
 impl Operator {
@@ -140,7 +143,10 @@ async fn lease_holder(cluster: &NamespacedCluster) -> Option<String> {
 }
 
 async fn wait_for_leader(cluster: &NamespacedCluster, identity: &str, timeout: Duration) {
-    wait_until(&format!("{identity} leads"), timeout, || async move { (lease_holder(cluster).await.as_deref() == Some(identity)).then_some(()) }).await;
+    wait_until(&format!("{identity} leads"), timeout, || async move {
+        (lease_holder(cluster).await.as_deref() == Some(identity)).then_some(())
+    })
+    .await;
 }
 
 /// Waits until the CouponEvent `name` is gone from the cluster (its finalizer removed).
@@ -230,8 +236,14 @@ async fn an_event_crosses_into_its_warm_up_on_the_operators_own_timer() {
     let lead = SignedDuration::try_from(warm_up_in).unwrap();
     // The warm-up (1m) begins `warm_up_in` from now.
     let event = coupon_event(&cluster, 10, lead + SignedDuration::from_mins(1), lead + SignedDuration::from_mins(2));
-    let warm_up_begins = event.spec.schedule.start.0 - SignedDuration::from_mins(1);
+    let ready = &operator.ready;
+    wait_until("the leader ready (its cache synced)", Duration::from_secs(10), || async move {
+        ready.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+    })
+    .await;
     let event = cluster.create(&event).await;
+    // As the server keeps it: a Kubernetes time has whole seconds.
+    let warm_up_begins = event.spec.schedule.start.0 - SignedDuration::from_mins(1);
     let name = event.metadata.name.clone().unwrap();
     wait_for_phase(&cluster, &name, Phase::Scheduled).await;
     assert_eq!(cluster.replicas("coupon-api").await, Some(1), "idle before the warm-up");
@@ -340,7 +352,10 @@ async fn deployments_that_did_not_opt_in_or_have_an_autoscaler_are_left_alone_an
     cluster.patch::<CouponEvent>(&name, json!({ "spec": { "limit": 11 } })).await;
     wait_for_condition(&cluster, &name, "Scaling", "False", "NotOptedIn").await;
     let cluster = &cluster;
-    wait_until("consumer scaled", Duration::from_secs(10), || async move { (cluster.replicas("coupon-consumer").await == Some(2)).then_some(()) }).await;
+    wait_until("consumer scaled", Duration::from_secs(10), || async move {
+        (cluster.replicas("coupon-consumer").await == Some(2)).then_some(())
+    })
+    .await;
     assert_eq!(cluster.replicas("coupon-api").await, Some(1), "the api that did not opt in keeps its scale");
     assert_nothing_refused(cluster);
     operator.kill(cluster);
@@ -433,8 +448,13 @@ async fn an_unreachable_backend_makes_the_event_unready_with_the_reason() {
     let client = cluster.client("operator-0").await;
     // Nothing listens on port 1.
     let backend = Backend::new("redis://127.0.0.1:1", &kafka(&kafka_brokers()), 1).unwrap();
-    let controller =
-        coupon_operator::controller::run(client, backend, Arc::new(Metrics::default()), Some(cluster.namespace.clone()), Arc::new(AtomicBool::new(false)));
+    let controller = coupon_operator::controller::run(
+        client,
+        backend,
+        Arc::new(Metrics::default()),
+        Some(cluster.namespace.clone()),
+        Arc::new(AtomicBool::new(false)),
+    );
     let task = tokio::spawn(controller);
     let event = cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60))).await;
     let name = event.metadata.name.clone().unwrap();
@@ -465,7 +485,12 @@ async fn apply_all(api: &InProcessApi, namespace: &str, name: &str, users: impl 
 }
 
 fn key_of(event: &CouponEvent) -> String {
-    format!("{}/{}@{}", event.metadata.namespace.as_deref().unwrap(), event.metadata.name.as_deref().unwrap(), event.metadata.uid.as_deref().unwrap())
+    format!(
+        "{}/{}@{}",
+        event.metadata.namespace.as_deref().unwrap(),
+        event.metadata.name.as_deref().unwrap(),
+        event.metadata.uid.as_deref().unwrap()
+    )
 }
 
 /// The same name, deleted and created again (as next year's sale would be): a new event.

@@ -49,7 +49,8 @@ impl LocalCluster {
         let path = kubeconfig_path();
         let kubeconfig = Kubeconfig::read_from(&path)
             .unwrap_or_else(|e| panic!("{}: {e}; start the local control plane with `dev/stack up kube`", path.display()));
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &KubeConfigOptions::default()).await.expect("admin kubeconfig");
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &KubeConfigOptions::default()).await.expect("admin kubeconfig");
         let admin = kube::Client::try_from(config).expect("admin client");
         admin.apiserver_version().await.unwrap_or_else(|e| panic!("the local API server does not answer ({e}); run `dev/stack up kube`"));
         Self { admin, kubeconfig }
@@ -65,7 +66,8 @@ impl LocalCluster {
     /// A namespace of the test's own, named after `prefix`.
     pub async fn namespace(&self, prefix: &str) -> String {
         let name = crate::unique(prefix);
-        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"coupons.fcfs.dev/test": "true"}}})).unwrap();
+        let namespace: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"coupons.fcfs.dev/test": "true"}}})).unwrap();
         Api::<Namespace>::all(self.admin.clone()).create(&PostParams::default(), &namespace).await.expect("create namespace");
         // The serviceaccount controller makes `default` in it; Pods need it to be admitted.
         let accounts = Api::<ServiceAccount>::namespaced(self.admin.clone(), &name);
@@ -132,7 +134,10 @@ impl LocalCluster {
             "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
         }))
         .unwrap();
-        Api::<RoleBinding>::namespaced(self.admin.clone(), namespace).create(&PostParams::default(), &binding).await.expect("create RoleBinding");
+        Api::<RoleBinding>::namespaced(self.admin.clone(), namespace)
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("create RoleBinding");
     }
 
     /// The API server's URL.
@@ -144,11 +149,12 @@ impl LocalCluster {
     /// (TokenRequest) for `namespace/account`, as a Pod of that ServiceAccount would hold.
     pub async fn kubeconfig_with_token(&self, namespace: &str, account: &str) -> Kubeconfig {
         let accounts = Api::<ServiceAccount>::namespaced(self.admin.clone(), namespace);
-        let request = TokenRequest { spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), bound_object_ref: None }, ..Default::default() };
-        let issued: TokenRequest = accounts
-            .create_subresource("token", account, &PostParams::default(), &request)
-            .await
-            .expect("TokenRequest");
+        let request = TokenRequest {
+            spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), bound_object_ref: None },
+            ..Default::default()
+        };
+        let issued: TokenRequest =
+            accounts.create_subresource("token", account, &PostParams::default(), &request).await.expect("TokenRequest");
         let token = issued.status.expect("token").token;
         let mut kubeconfig = self.kubeconfig.clone();
         let auth = kubeconfig.auth_infos.first_mut().and_then(|a| a.auth_info.as_mut()).expect("kubeconfig user");

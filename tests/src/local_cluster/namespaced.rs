@@ -158,7 +158,11 @@ impl NamespacedCluster {
                     client: entry.user.trim_start_matches(&prefix).to_owned(),
                     method: entry.method(),
                     path: entry.path(),
-                    resource: if entry.subresource.is_empty() { entry.resource.clone() } else { format!("{}/{}", entry.resource, entry.subresource) },
+                    resource: if entry.subresource.is_empty() {
+                        entry.resource.clone()
+                    } else {
+                        format!("{}/{}", entry.resource, entry.subresource)
+                    },
                     group: entry.group.clone(),
                     body: entry.body.clone(),
                     verb: entry.verb.clone(),

@@ -18,10 +18,16 @@ use super::environment::ProcessSpec;
 /// How a probe checks the container.
 #[derive(Debug, Clone)]
 enum Check {
-    Http { url: String },
-    Tcp { address: String },
+    Http {
+        url: String,
+    },
+    Tcp {
+        address: String,
+    },
     /// exec probes run the command on the host with the container's environment.
-    Exec { command: Vec<String> },
+    Exec {
+        command: Vec<String>,
+    },
 }
 
 /// A probe and its running tally.
@@ -43,13 +49,9 @@ impl ProbeState {
         let port = |port: &IntOrString| -> u16 {
             match port {
                 IntOrString::Int(n) => *n as u16,
-                IntOrString::String(name) => container
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref() == Some(name))
-                    .map(|p| p.container_port as u16)
-                    .unwrap_or(0),
+                IntOrString::String(name) => {
+                    container.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port as u16).unwrap_or(0)
+                }
             }
         };
         let check = if let Some(http) = &probe.http_get {
@@ -109,7 +111,14 @@ impl ProbeState {
             Check::Tcp { address } => tokio::net::TcpStream::connect(address).await.is_ok(),
             Check::Exec { command } => {
                 let Some((program, args)) = command.split_first() else { return false };
-                Command::new(program).args(args).envs(&env.env).stdout(Stdio::null()).stderr(Stdio::null()).status().await.is_ok_and(|s| s.success())
+                Command::new(program)
+                    .args(args)
+                    .envs(&env.env)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.success())
             }
         }
     }
@@ -147,7 +156,10 @@ impl ContainerProcess {
     pub fn new(container: &Container, spec: Result<ProcessSpec>, pod_ip: &str, log: PathBuf) -> Self {
         let (spec, waiting) = match spec {
             Ok(spec) => (spec, None),
-            Err(error) => (ProcessSpec { program: PathBuf::new(), args: vec![], env: Default::default(), workdir: PathBuf::new() }, Some(format!("{error:#}"))),
+            Err(error) => (
+                ProcessSpec { program: PathBuf::new(), args: vec![], env: Default::default(), workdir: PathBuf::new() },
+                Some(format!("{error:#}")),
+            ),
         };
         Self {
             name: container.name.clone(),
@@ -216,7 +228,8 @@ impl ContainerProcess {
                 self.child = None;
                 self.ready = false;
                 let code = status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(9));
-                self.last_exit = Some(Exit { code, reason: if code == 0 { "Completed".into() } else { "Error".into() }, finished_at: Timestamp::now() });
+                self.last_exit =
+                    Some(Exit { code, reason: if code == 0 { "Completed".into() } else { "Error".into() }, finished_at: Timestamp::now() });
                 // CrashLoopBackOff, shortened: a test should not wait minutes for a restart.
                 self.restart_after = Instant::now() + Duration::from_secs((1u64 << self.restarts.min(4)).min(10));
             }
@@ -267,6 +280,7 @@ impl ContainerProcess {
             }
         };
         let code = status.and_then(|s| s.code()).unwrap_or(137);
-        self.last_exit = Some(Exit { code, reason: if code == 0 { "Completed".into() } else { "Error".into() }, finished_at: Timestamp::now() });
+        self.last_exit =
+            Some(Exit { code, reason: if code == 0 { "Completed".into() } else { "Error".into() }, finished_at: Timestamp::now() });
     }
 }

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret, ServiceAccount, Volume};
 use kube::api::PostParams;
+use kube::config::{AuthInfo, Cluster, Context as KubeContext, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use kube::Api;
 
 /// Where the in-cluster service-account files would be mounted: the process gets
@@ -148,7 +149,8 @@ impl PodContext<'_> {
     fn field(&self, path: &str) -> Result<String> {
         let meta = &self.pod.metadata;
         let spec = self.pod.spec.as_ref();
-        let from_map = |map: &Option<BTreeMap<String, String>>, key: &str| map.as_ref().and_then(|m| m.get(key).cloned()).unwrap_or_default();
+        let from_map =
+            |map: &Option<BTreeMap<String, String>>, key: &str| map.as_ref().and_then(|m| m.get(key).cloned()).unwrap_or_default();
         Ok(match path {
             "metadata.name" => meta.name.clone().unwrap_or_default(),
             "metadata.namespace" => self.namespace().to_owned(),
@@ -196,13 +198,18 @@ impl PodContext<'_> {
         let files: BTreeMap<String, String> = if let Some(source) = &volume.secret {
             let name = source.secret_name.clone().unwrap_or_default();
             match self.secret(&name).await? {
-                Some(secret) => select(secret_data(&secret), source.items.as_ref().map(|i| i.iter().map(|i| (i.key.clone(), i.path.clone())).collect())),
+                Some(secret) => {
+                    select(secret_data(&secret), source.items.as_ref().map(|i| i.iter().map(|i| (i.key.clone(), i.path.clone())).collect()))
+                }
                 None if source.optional == Some(true) => BTreeMap::new(),
                 None => bail!("secret {name} of volume {} not found", volume.name),
             }
         } else if let Some(source) = &volume.config_map {
             match self.config_map(&source.name).await? {
-                Some(map) => select(map.data.unwrap_or_default(), source.items.as_ref().map(|i| i.iter().map(|i| (i.key.clone(), i.path.clone())).collect())),
+                Some(map) => select(
+                    map.data.unwrap_or_default(),
+                    source.items.as_ref().map(|i| i.iter().map(|i| (i.key.clone(), i.path.clone())).collect()),
+                ),
                 None if source.optional == Some(true) => BTreeMap::new(),
                 None => bail!("configmap {} of volume {} not found", source.name, volume.name),
             }
@@ -247,15 +254,36 @@ impl PodContext<'_> {
             .await
             .with_context(|| format!("TokenRequest for serviceaccount {account}"))?;
         let token = issued.status.map(|s| s.token).ok_or_else(|| anyhow!("TokenRequest answered without a token"))?;
-        let config = serde_json::json!({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "cluster", "cluster": {"server": self.server, "certificate-authority-data": base64(self.ca_pem.as_bytes())}}],
-            "users": [{"name": account, "user": {"token": token}}],
-            "contexts": [{"name": "pod", "context": {"cluster": "cluster", "user": account, "namespace": self.namespace()}}],
-            "current-context": "pod",
-        });
+        let config = Kubeconfig {
+            clusters: vec![NamedCluster {
+                name: "cluster".into(),
+                cluster: Some(Cluster {
+                    server: Some(self.server.to_owned()),
+                    certificate_authority_data: Some(base64(self.ca_pem.as_bytes())),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            auth_infos: vec![NamedAuthInfo {
+                name: account.clone(),
+                auth_info: Some(AuthInfo { token: Some(token.into()), ..Default::default() }),
+                other: Default::default(),
+            }],
+            contexts: vec![NamedContext {
+                name: "pod".into(),
+                context: Some(KubeContext {
+                    cluster: "cluster".into(),
+                    user: Some(account),
+                    namespace: Some(self.namespace().to_owned()),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            current_context: Some("pod".into()),
+            ..Default::default()
+        };
         let path = self.folder.join("kubeconfig");
-        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+        std::fs::write(&path, serde_yaml::to_string(&config)?)?;
         Ok(path)
     }
 }

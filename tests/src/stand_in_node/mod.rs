@@ -56,7 +56,13 @@ pub async fn run(client: kube::Client, config: NodeConfig) -> Result<()> {
     std::fs::create_dir_all(&config.state_dir).with_context(|| format!("create {}", config.state_dir.display()))?;
     register(&client, &config.name).await?;
     tokio::spawn(heartbeat(client.clone(), config.name.clone()));
-    let mut node = PodsOfNode { client: client.clone(), config: config.clone(), running: HashMap::new(), addresses: Addresses::default(), seen: HashSet::new() };
+    let mut node = PodsOfNode {
+        client: client.clone(),
+        config: config.clone(),
+        running: HashMap::new(),
+        addresses: Addresses::default(),
+        seen: HashSet::new(),
+    };
     let pods = Api::<Pod>::all(client.clone());
     let mut events = watcher(pods, watcher::Config::default()).boxed();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -106,7 +112,10 @@ async fn write_node_status(client: &kube::Client, name: &str) -> Result<()> {
                      "architecture": std::env::consts::ARCH, "containerRuntimeVersion": "process://",
                      "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": ""},
     }});
-    Api::<Node>::all(client.clone()).patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.context("write the Node's status")?;
+    Api::<Node>::all(client.clone())
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .context("write the Node's status")?;
     Ok(())
 }
 
@@ -193,7 +202,7 @@ impl PodsOfNode {
                     let task = tokio::spawn(pod::run(self.client.clone(), self.config.clone(), address.to_string(), receiver));
                     self.running.insert(uid, RunningPod { updates, address, task });
                 } else if pod.metadata.deletion_timestamp.is_some() {
-                    // Ours, never started here (an earlier node process): let it go.
+                    // Ours, never started here (an earlier node process): `run` lets it go.
                     let (_, receiver) = watch::channel(Some(pod));
                     tokio::spawn(pod::run(self.client.clone(), self.config.clone(), String::new(), receiver));
                 }

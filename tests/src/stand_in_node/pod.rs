@@ -24,6 +24,11 @@ pub async fn run(client: kube::Client, config: Arc<NodeConfig>, pod_ip: String, 
     let name = pod.metadata.name.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+    if pod.metadata.deletion_timestamp.is_some() {
+        // Deleted before it ran here (or under an earlier node process): let it go.
+        final_delete(&pods, &name, &uid).await;
+        return;
+    }
     let folder = config.state_dir.join(format!("{namespace}_{name}_{uid}"));
     let _ = std::fs::create_dir_all(&folder);
     let started = Timestamp::now();
@@ -42,11 +47,7 @@ pub async fn run(client: kube::Client, config: Arc<NodeConfig>, pod_ip: String, 
         if current.metadata.deletion_timestamp.is_some() {
             let grace = current.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64;
             stop_all(&mut containers, Duration::from_secs(grace)).await;
-            // The kubelet's last word: delete for good, only this incarnation of the name.
-            let params = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }), ..Default::default() };
-            if let Err(error) = pods.delete(&name, &params).await {
-                tracing::debug!(pod = %name, %error, "final delete");
-            }
+            final_delete(&pods, &name, &uid).await;
             break;
         }
         for container in &mut containers {
@@ -73,7 +74,26 @@ pub async fn run(client: kube::Client, config: Arc<NodeConfig>, pod_ip: String, 
     let _ = std::fs::remove_dir_all(folder.join("volumes"));
 }
 
-async fn start_containers(client: &kube::Client, config: &NodeConfig, pod: &Pod, pod_ip: &str, folder: &std::path::Path) -> Vec<ContainerProcess> {
+/// The kubelet's last word on a deleted Pod: delete it for good, only this incarnation of
+/// the name.
+async fn final_delete(pods: &Api<Pod>, name: &str, uid: &str) {
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions { uid: Some(uid.to_owned()), resource_version: None }),
+        ..Default::default()
+    };
+    if let Err(error) = pods.delete(name, &params).await {
+        tracing::debug!(pod = %name, %error, "final delete");
+    }
+}
+
+async fn start_containers(
+    client: &kube::Client,
+    config: &NodeConfig,
+    pod: &Pod,
+    pod_ip: &str,
+    folder: &std::path::Path,
+) -> Vec<ContainerProcess> {
     let server = config.server.clone();
     let context = PodContext {
         client,
@@ -129,7 +149,7 @@ fn pod_status(containers: &[ContainerProcess], pod_ip: &str, started: Timestamp,
             } else if c.running() {
                 json!({"running": {"startedAt": time(c.started_at.unwrap_or(started))}})
             } else if let Some(exit) = &c.last_exit {
-                json!({"terminated": {"exitCode": exit.code, "reason": exit.reason, "finishedAt": time(exit.finished_at)}})
+                json!({"terminated": {"exitCode": exit.code, "reason": exit.reason, "startedAt": time(c.started_at.unwrap_or(started)), "finishedAt": time(exit.finished_at)}})
             } else {
                 json!({"waiting": {"reason": "ContainerCreating"}})
             };
@@ -139,7 +159,8 @@ fn pod_status(containers: &[ContainerProcess], pod_ip: &str, started: Timestamp,
             })
         })
         .collect();
-    let condition = |type_: &str, ok: bool| json!({"type": type_, "status": if ok { "True" } else { "False" }, "lastTransitionTime": time(started)});
+    let condition =
+        |type_: &str, ok: bool| json!({"type": type_, "status": if ok { "True" } else { "False" }, "lastTransitionTime": time(started)});
     json!({
         "phase": phase,
         "hostIP": "127.0.0.1",

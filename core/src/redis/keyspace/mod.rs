@@ -286,6 +286,16 @@ pub async fn delete_event(conn: &mut RedisConnection, event: &EventId) -> RedisR
     Ok(existed)
 }
 
+/// The seconds a deleted event's tombstone has left; `None` when the event has none (not
+/// deleted, or the tombstone expired). For checks that a deletion left only the tombstone.
+pub async fn tombstone_ttl(conn: &mut RedisConnection, event: &EventId) -> RedisResult<Option<i64>> {
+    if presence(conn, event).await? != EventPresence::Deleted {
+        return Ok(None);
+    }
+    let ttl: i64 = redis::cmd("TTL").arg(EventKeys::of(event).config).query_async(conn).await?;
+    Ok(Some(ttl))
+}
+
 /// Removes every key of one shard, no tombstone: what a master that restarted empty leaves
 /// (fault tests only).
 #[doc(hidden)]

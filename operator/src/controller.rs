@@ -719,30 +719,21 @@ pub async fn run(
     // which would otherwise start the next reconcile at once, over and over while counters
     // move. Clock-driven looks come from each reconcile's requeue.
     let (store, writer) = kube::runtime::reflector::store();
+    // Ready once the first list has landed in the store: told by the watcher's own InitDone,
+    // not by awaiting the store, whose ready signal wakes only the last of several waiters
+    // (the controller waits on it too; an await here was never woken on a real API server,
+    // and the operator's Pod never turned Ready).
     let triggers = watcher(events, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) && !ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("CouponEvent cache synced; ready");
+            }
+        })
         .applied_objects()
         .predicate_filter(reconcile_trigger, Default::default());
     let controller = Controller::for_stream(triggers, store.clone());
-    let synced = store.clone();
-    tokio::spawn(async move {
-        // Asked again every half second rather than awaited once: kube-runtime's store keeps
-        // the waker of only the last task waiting for it to be ready, and the controller waits
-        // too, so a single await here would never be woken (seen on a real API server: the
-        // operator's Pod never turned Ready). Once ready, every ask answers at once.
-        loop {
-            match tokio::time::timeout(std::time::Duration::from_millis(500), synced.wait_until_ready()).await {
-                Ok(Ok(())) => {
-                    ready.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!("CouponEvent cache synced; ready");
-                    break;
-                }
-                Ok(Err(_)) => break,
-                Err(_) => {}
-            }
-        }
-    });
     let ctx = Arc::new(Context::new(client, backend, store, metrics));
     controller
         .shutdown_on_signal()

@@ -382,7 +382,16 @@ def test_the_crd_schema_refuses_what_the_servers_schema_refuses(case):
     assert bool(errors) == expected, f"{case['name']}: the server refuses it by {case.get('by', 'nothing')}; jsonschema says {errors}"
 
 
-SCRIPTS = sorted([*(ROOT / "dev").iterdir(), ROOT / ".ci" / "run", ROOT / "bench" / "run", *(ROOT / "tests" / "e2e").glob("*.sh")])
+SCRIPTS = sorted(
+    [
+        *(ROOT / "dev").iterdir(),
+        ROOT / ".ci" / "run",
+        ROOT / "bench" / "run",
+        *(ROOT / "tests" / "e2e").glob("*.sh"),
+        ROOT / "tests" / "kube" / "build",
+        ROOT / "tests" / "kube" / "gen-replace",
+    ]
+)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))

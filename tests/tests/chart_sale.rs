@@ -67,6 +67,8 @@ async fn ready_pod_ips(pods: &Api<Pod>, component: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_sale_through_the_charts_pods_then_nothing_is_left() {
     let cluster = LocalCluster::connect().await;
+    // This commit's CRD (Helm installs the chart's only where there is none yet).
+    cluster.install_crd().await;
     let namespace = cluster.namespace("sale").await;
     let release = "coupons";
     let topic = format!("sale.{namespace}");
@@ -161,8 +163,21 @@ async fn a_whole_sale_through_the_charts_pods_then_nothing_is_left() {
         events_ref.get_opt(name_ref).await.ok()?.is_none().then_some(())
     })
     .await;
-    let addresses: Vec<String> =
-        pods.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|p| p.status?.pod_ip).collect();
+    // Every address a Pod of the release had: the api's (its Pods may be gone already), and
+    // the operator's and the consumer's.
+    let mut addresses = api_ips.clone();
+    addresses.extend(pods.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|p| p.status?.pod_ip));
+    // The chart's own ServiceAccounts were refused nothing by the real authorizer.
+    let accounts = format!("system:serviceaccount:{namespace}:");
+    let operator_requests = cluster.audited(|user| user == format!("{accounts}coupon-operator"));
+    assert!(!operator_requests.is_empty(), "the audit log holds no request of the chart's operator");
+    let refused: Vec<_> = cluster
+        .audited(|user| user.starts_with(&accounts))
+        .into_iter()
+        .filter(|r| r.code == 403 || r.code == 422)
+        .map(|r| format!("{} {} {} -> {}", r.user, r.verb, r.uri, r.code))
+        .collect();
+    assert!(refused.is_empty(), "the API server refused the chart's Pods: {refused:#?}");
     run(helm(&namespace).args(["uninstall", release, "--wait", "--timeout", "2m"]));
     cluster.delete_namespace(&namespace, Duration::from_secs(120)).await;
 

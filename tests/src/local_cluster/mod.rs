@@ -172,7 +172,7 @@ impl LocalCluster {
     /// The requests the audit log recorded for users `of_user` accepts (the admin's and the
     /// control plane's own reads are not recorded).
     pub fn audited(&self, of_user: impl Fn(&str) -> bool) -> Vec<Audited> {
-        let text = std::fs::read_to_string(workspace_root().join(".dev/kube/audit.log")).unwrap_or_default();
+        let text = audit_log();
         text.lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter(|entry| entry["stage"] == "ResponseComplete" && of_user(entry["user"]["username"].as_str().unwrap_or_default()))
@@ -194,6 +194,31 @@ impl LocalCluster {
             })
             .collect()
     }
+}
+
+/// The API server's audit log beside the kubeconfig (`dev/kube` writes both), its rotated
+/// backups first. Missing, it fails the test: an empty log would make every "nothing
+/// refused" check pass without looking.
+fn audit_log() -> String {
+    let folder = kubeconfig_path().parent().map(Path::to_path_buf).unwrap_or_default();
+    let current = folder.join("audit.log");
+    let mut backups: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("audit-") && n.ends_with(".log")))
+        .collect();
+    backups.sort();
+    let mut text = String::new();
+    for backup in backups {
+        text.push_str(&std::fs::read_to_string(&backup).unwrap_or_default());
+    }
+    text.push_str(
+        &std::fs::read_to_string(&current)
+            .unwrap_or_else(|e| panic!("{}: {e}; the tests read the API server's audit log", current.display())),
+    );
+    text
 }
 
 /// One request the API server audited.

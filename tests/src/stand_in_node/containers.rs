@@ -187,6 +187,22 @@ impl ContainerProcess {
         self.child.is_some()
     }
 
+    /// Whether it waits for what it needs to start (a Secret not there yet, say).
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// A new attempt at what it needs: the kubelet retries a container it could not set up.
+    pub fn retry(&mut self, spec: Result<ProcessSpec>) {
+        match spec {
+            Ok(spec) => {
+                self.spec = spec;
+                self.waiting = None;
+            }
+            Err(error) => self.waiting = Some(format!("{error:#}")),
+        }
+    }
+
     fn start(&mut self) -> Result<()> {
         let log = OpenOptions::new().create(true).append(true).open(&self.log).with_context(|| format!("open {}", self.log.display()))?;
         let mut command = Command::new(&self.spec.program);

@@ -110,7 +110,8 @@ impl PodContext<'_> {
         if let Some(port) = value.strip_prefix("0.0.0.0:").or_else(|| value.strip_prefix("[::]:")) {
             return format!("{}:{port}", self.pod_ip);
         }
-        for (mount_path, folder) in mounts.iter().rev() {
+        // (A volume mounted at `/` would claim every path: none is relocated for it.)
+        for (mount_path, folder) in mounts.iter().rev().filter(|(path, _)| !path.is_empty()) {
             if let Some(rest) = value.strip_prefix(mount_path.as_str()) {
                 if rest.is_empty() || rest.starts_with('/') {
                     return format!("{}{rest}", folder.display());

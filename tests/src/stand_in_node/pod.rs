@@ -3,7 +3,7 @@
 //! container states).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -36,6 +36,7 @@ pub async fn run(client: kube::Client, config: Arc<NodeConfig>, pod_ip: String, 
     let restart_policy = pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
     let mut last_status = Value::Null;
+    let mut last_retry = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let current = updates.borrow().clone();
@@ -58,9 +59,15 @@ pub async fn run(client: kube::Client, config: Arc<NodeConfig>, pod_ip: String, 
             };
             container.tick(&http, restart).await;
         }
+        if containers.iter().any(ContainerProcess::is_waiting) && last_retry.elapsed() >= Duration::from_secs(2) {
+            last_retry = Instant::now();
+            retry_waiting(&client, &config, &current, &pod_ip, &folder, &mut containers).await;
+        }
         let status = pod_status(&containers, &pod_ip, started, &restart_policy);
         if status != last_status {
-            match pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status.clone()}))).await {
+            // The uid makes it a precondition: never this status on a new Pod of the same name.
+            let patch = json!({"metadata": {"uid": uid}, "status": status.clone()});
+            match pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
                 Ok(_) => last_status = status,
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(error) => tracing::warn!(pod = %name, %error, "status write failed; retrying"),
@@ -94,17 +101,7 @@ async fn start_containers(
     pod_ip: &str,
     folder: &std::path::Path,
 ) -> Vec<ContainerProcess> {
-    let server = config.server.clone();
-    let context = PodContext {
-        client,
-        pod,
-        pod_ip,
-        node_name: &config.name,
-        folder,
-        server: &server,
-        ca_pem: &config.ca_pem,
-        binaries: &config.binaries,
-    };
+    let context = context(client, config, pod, pod_ip, folder);
     let mut containers = Vec::new();
     for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
         let spec = match context.mounts(container).await {
@@ -118,6 +115,46 @@ async fn start_containers(
         containers.push(ContainerProcess::new(container, spec, pod_ip, log));
     }
     containers
+}
+
+/// Sets up again the containers that could not start (their Secret, ConfigMap or token).
+async fn retry_waiting(
+    client: &kube::Client,
+    config: &NodeConfig,
+    pod: &Pod,
+    pod_ip: &str,
+    folder: &std::path::Path,
+    containers: &mut [ContainerProcess],
+) {
+    let context = context(client, config, pod, pod_ip, folder);
+    for (container, process) in pod.spec.iter().flat_map(|s| s.containers.iter()).zip(containers.iter_mut()) {
+        if process.is_waiting() {
+            let spec = match context.mounts(container).await {
+                Ok(mounts) => context.process(container, &mounts).await,
+                Err(error) => Err(error),
+            };
+            process.retry(spec);
+        }
+    }
+}
+
+fn context<'a>(
+    client: &'a kube::Client,
+    config: &'a NodeConfig,
+    pod: &'a Pod,
+    pod_ip: &'a str,
+    folder: &'a std::path::Path,
+) -> PodContext<'a> {
+    PodContext {
+        client,
+        pod,
+        pod_ip,
+        node_name: &config.name,
+        folder,
+        server: &config.server,
+        ca_pem: &config.ca_pem,
+        binaries: &config.binaries,
+    }
 }
 
 async fn stop_all(containers: &mut [ContainerProcess], grace: Duration) {

@@ -1,6 +1,12 @@
 //! A fake Kubernetes API server behind kube's `Client` (tower-test mock service): it keeps
 //! Deployment scales and CouponEvents in memory, answers like the API server, and records
 //! every request so tests can assert each one.
+//!
+//! Why a fake here, when `tests/tests/operator_loop.rs` runs the operator against a real API
+//! server: these tests call `reconcile` one step at a time with a clock they set (10:00, 10:29,
+//! ...) and assert the exact sequence of requests each step makes, which a real server, with
+//! its own time and its own writers, cannot be made to show. What only a real server does
+//! (admission, pruning, RBAC, conflicts, Leases, timers) is tested there.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -22,10 +22,11 @@ use serde_json::json;
 
 use crate::backend::{Backend, BackendError};
 use crate::crd::{CouponEvent, CouponEventSpec, CouponEventStatus, Phase};
+use crate::identity;
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::schedule::{self, DeploymentKey, EventState};
-use crate::status::{next_status, unavailable_status, Observation, Refusal, ScaleReport, SCALABLE_LABEL};
+use crate::status::{next_status, not_ready_status, unavailable_status, Observation, Refusal, ScaleReport, SCALABLE_LABEL};
 
 /// Finalizer that makes deletion wait for the clean-up.
 pub const FINALIZER: &str = "coupons.fcfs.dev/cleanup";
@@ -168,6 +169,18 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let id = event_id(event)?;
     let spec = &event.spec;
     let previous = event.status.as_ref();
+    let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
+    if identity::status_pruned(event) {
+        // The status lost the incarnation: the CRD may be outdated. Written again, does it
+        // stay? (It does once the new CRD is applied.)
+        let probe = json!({ "status": { "incarnation": identity::annotated(event) } });
+        let answered = api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(probe)).await?;
+        if answered.status.as_ref().is_none_or(|s| s.incarnation.is_none()) {
+            return crd_outdated(event, answered.status.as_ref(), ctx, &api, "incarnation").await;
+        }
+    }
+    // Who this sale is, where pruning cannot drop it, before anything is provisioned.
+    identity::record(&api, event, incarnation(event)).await?;
 
     let mut topic_created = previous.is_some_and(|s| s.topic_created);
     // The spec in effect before this reconcile. A status written before `lastAcceptedSpec`
@@ -273,8 +286,13 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     let status = next_status(now, previous, &observation);
     let status = serde_json::to_value(&status).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or(status);
     if previous != Some(&status) {
-        let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
-        api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+        let written = serde_json::to_value(&status).unwrap_or_default();
+        let answered = api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": written }))).await?;
+        let dropped = identity::dropped_fields(&written, &serde_json::to_value(&answered.status).unwrap_or_default());
+        if !dropped.is_empty() {
+            let dropped = dropped.into_iter().collect::<Vec<_>>().join(", ");
+            return crd_outdated(event, answered.status.as_ref(), ctx, &api, &dropped).await;
+        }
     }
     if let Err(refusal) = &provisioned {
         // Once per reason and generation (the message may carry live counts).
@@ -413,10 +431,40 @@ fn provisioned_before(event: &CouponEvent) -> bool {
         .is_some_and(|s| s.last_accepted_spec.is_some() || s.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True"))
 }
 
-/// The incarnation this object's event carries in its key: the one its status recorded
-/// once provisioned (none for an event provisioned before incarnations existed, whose rows
-/// are keyed by name alone), else its UID.
+/// The installed CRD drops status fields the operator writes (`dropped`): acting on what it
+/// reads back could take this sale for another one, so the operator does nothing more with
+/// the event than say so: `Ready=False` (`CrdOutdated`) and one Warning, and it looks again
+/// later (a new CRD applied, it goes on by itself).
+async fn crd_outdated(
+    event: &CouponEvent,
+    current: Option<&CouponEventStatus>,
+    ctx: &Context,
+    api: &Api<CouponEvent>,
+    dropped: &str,
+) -> Result<Action, Error> {
+    let reported = current.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == identity::CRD_OUTDATED));
+    if !reported {
+        let message = format!(
+            "the installed CouponEvent CRD drops the status field(s) {dropped} the operator writes (Helm does not upgrade CRDs): \
+             apply this release's CRD (kubectl apply --server-side -f crds/); until then the operator does not act on this event"
+        );
+        ctx.publish(event, EventType::Warning, identity::CRD_OUTDATED, "Reconcile", message.clone()).await;
+        let status = not_ready_status(ctx.now(), current, event.metadata.generation, identity::CRD_OUTDATED, message);
+        // Only the conditions, which every version of the CRD keeps.
+        let patch = json!({ "status": { "conditions": status.conditions } });
+        api.patch_status(&event.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// The incarnation this object's event carries in its key: the annotation written before
+/// its first provisioning; for an object provisioned before the annotation existed, the one
+/// its status recorded (none for an event provisioned before incarnations existed, whose
+/// rows are keyed by name alone); else its UID.
 fn incarnation(event: &CouponEvent) -> Option<&str> {
+    if let Some(annotated) = identity::annotated(event) {
+        return Some(annotated);
+    }
     if provisioned_before(event) {
         event.status.as_ref().and_then(|s| s.incarnation.as_deref())
     } else {

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod controller;
 pub mod crd;
+pub mod identity;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;

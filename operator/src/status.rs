@@ -156,9 +156,20 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
 /// The status while Redis or Kafka cannot be reached: everything as last seen, and
 /// `Ready=False` with reason `BackendUnavailable` saying what failed.
 pub fn unavailable_status(now: Timestamp, previous: Option<&CouponEventStatus>, generation: Option<i64>, error: &str) -> CouponEventStatus {
+    not_ready_status(now, previous, generation, "BackendUnavailable", format!("cannot reach a backend: {error}"))
+}
+
+/// Everything as last seen, and `Ready=False` with `reason` and `message`.
+pub fn not_ready_status(
+    now: Timestamp,
+    previous: Option<&CouponEventStatus>,
+    generation: Option<i64>,
+    reason: &str,
+    message: String,
+) -> CouponEventStatus {
     let mut status = previous.cloned().unwrap_or_default();
     let before = status.conditions.clone();
-    let ready = condition("Ready", false, "BackendUnavailable", format!("cannot reach a backend: {error}"), generation, now, &before);
+    let ready = condition("Ready", false, reason, message, generation, now, &before);
     status.conditions.retain(|c| c.type_ != "Ready");
     status.conditions.push(ready);
     status

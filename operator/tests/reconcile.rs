@@ -189,10 +189,18 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
     assert_eq!(requests[0].body[1]["value"], serde_json::json!([FINALIZER]));
     assert_eq!(redis_keys(&id(&event)).await, 0, "nothing provisioned before the finalizer is in place");
 
-    // 2. Provision (the topic's creation is recorded at once), scale both Deployments,
-    // write status, tell the user.
+    // 2. Record who the sale is where pruning cannot drop it (before anything is made),
+    // provision (the topic's creation is recorded at once), scale both Deployments, write
+    // status, tell the user.
     let event = h.stored(&event);
-    let requests = h.reconcile(&event).await;
+    let mut requests = h.reconcile(&event).await;
+    let identity = requests.remove(0);
+    assert_eq!(shorts(std::slice::from_ref(&identity)), vec![format!("PATCH {object}")]);
+    assert_eq!(
+        identity.body["metadata"]["annotations"][coupon_operator::identity::INCARNATION_ANNOTATION],
+        serde_json::json!(event.metadata.uid),
+        "the incarnation annotated before anything is provisioned"
+    );
     assert_eq!(
         shorts(&requests),
         vec![

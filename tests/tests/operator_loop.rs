@@ -7,173 +7,24 @@
 //! can close (a process cut off). What each instance called is read from the API server's
 //! audit log.
 //!
-//! Real-time waits are parameters: `KUBE_TEST_LEASE` (the Lease's duration, default 8s) and
-//! `KUBE_TEST_WARM_UP_IN` (how long after its creation an event's warm-up begins, default 20s).
+//! Shared helpers and the real-time parameters are in `coupon_tests::local_cluster::operator`.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coupon_operator::backend::Backend;
-use coupon_operator::crd::{CouponEvent, CouponEventSpec, OnDelete, Phase, Schedule, Workload};
-use coupon_operator::leader::{LeaderElection, LeadershipError};
+use coupon_operator::crd::{CouponEvent, OnDelete, Phase};
+use coupon_operator::leader::LeadershipError;
 use coupon_operator::metrics::Metrics;
+use coupon_tests::local_cluster::operator::*;
 use coupon_tests::local_cluster::{NamespacedCluster, Recorded};
 use coupon_tests::{kafka, kafka_brokers, redis_url, unique, wait_until, InProcessApi};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use tokio::task::JoinHandle;
-
-/// A duration from the environment (`humantime`, e.g. `8s`), else `default`.
-fn parameter(name: &str, default: Duration) -> Duration {
-    std::env::var(name).ok().map(|v| humantime::parse_duration(&v).unwrap_or_else(|e| panic!("{name}={v}: {e}"))).unwrap_or(default)
-}
-
-fn lease() -> Duration {
-    parameter("KUBE_TEST_LEASE", Duration::from_secs(8))
-}
-
-/// How long before the Lease expires its holder renews it.
-fn renew_margin() -> Duration {
-    lease() * 3 / 8
-}
-
-/// A Deployment the operator may scale. Its Pods are never bound (a node selector no node
-/// has): the tests that need processes start their own.
-fn deployment(name: &str, replicas: i32) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"coupons.fcfs.dev/scalable": "true"}},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"nodeSelector": {"coupons.fcfs.dev/node": "none"},
-                                       "containers": [{"name": "app", "image": "coupon-tests/never-run:0"}]}}}
-    }))
-    .unwrap()
-}
-
-async fn cluster() -> NamespacedCluster {
-    let cluster = NamespacedCluster::new("loop").await;
-    cluster.create(&deployment("coupon-api", 1)).await;
-    cluster.create(&deployment("coupon-consumer", 0)).await;
-    cluster
-}
-
-/// An event of `limit` coupons on its own topic, open `from`..`to` from now.
-fn coupon_event(cluster: &NamespacedCluster, limit: i64, from: SignedDuration, to: SignedDuration) -> CouponEvent {
-    let name = unique("loop");
-    let now = Timestamp::now();
-    let spec = CouponEventSpec {
-        limit,
-        per_user_limit: 1,
-        topic: format!("op.{name}"),
-        partitions: 1,
-        shards: 1,
-        schedule: Schedule { start: Time(now + from), end: Time(now + to), warm_up: Some("1m".into()) },
-        api: Workload { deployment: "coupon-api".into(), replicas: 3, idle_replicas: Some(1) },
-        consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
-        on_delete: OnDelete::Delete,
-        paused: false,
-    };
-    let mut event = CouponEvent::new(&name, spec);
-    event.metadata.namespace = Some(cluster.namespace.clone());
-    event
-}
-
-/// One operator instance, as `coupon-operator run` starts it.
-struct Operator {
-    name: String,
-    task: JoinHandle<Result<(), LeadershipError>>,
-    /// True while it acts as the leader.
-    leading: Arc<AtomicBool>,
-    /// Its readiness (`/readyz`): true once its cache of CouponEvents has synced.
-    ready: Arc<AtomicBool>,
-}
-
-async fn start_operator(cluster: &NamespacedCluster, name: &str) -> Operator {
-    coupon_tests::init_logging();
-    let client = cluster.client(name).await;
-    let backend = Backend::new(redis_url(), &kafka(&kafka_brokers()), 1).unwrap();
-    let election = LeaderElection {
-        namespace: cluster.namespace.clone(),
-        lease_name: "coupon-operator".into(),
-        identity: name.into(),
-        lease_duration: lease(),
-        renew_margin: renew_margin(),
-        leading: Default::default(),
-    };
-    let leading = election.leading.clone();
-    let ready = Arc::new(AtomicBool::new(false));
-    let controller = coupon_operator::controller::run(
-        client.clone(),
-        backend,
-        Arc::new(Metrics::default()),
-        Some(cluster.namespace.clone()),
-        ready.clone(),
-    );
-    let task = tokio::spawn(async move { election.run(client, controller).await });
-    Operator { name: name.into(), task, leading, ready }
-}
-
-impl Operator {
-    /// As if the process died: its connections to the API server are cut, nothing is
-    /// released.
-    fn kill(self, cluster: &NamespacedCluster) {
-        cluster.cut(&self.name);
-        self.task.abort();
-    }
-}
-
-/// What the server refused of the operators' requests: RBAC (a call the chart does not
-/// grant) and validation of the Events they emit. Every test ends with none.
-fn assert_nothing_refused(cluster: &NamespacedCluster) {
-    let requests = cluster.requests();
-    assert!(!requests.is_empty(), "the audit log holds no request of the operators: the checks would look at nothing");
-    let refused: Vec<_> = requests
-        .into_iter()
-        .filter(|r| r.code == 403 || (r.resource == "events" && r.code >= 400) || r.code == 422)
-        .map(|r| format!("{} {} {} -> {}", r.client, r.verb, r.path, r.code))
-        .collect();
-    assert!(refused.is_empty(), "the API server refused: {refused:#?}");
-}
-
-async fn lease_holder(cluster: &NamespacedCluster) -> Option<String> {
-    cluster.get::<Lease>("coupon-operator").await.and_then(|l| l.spec?.holder_identity)
-}
-
-async fn wait_for_leader(cluster: &NamespacedCluster, identity: &str, timeout: Duration) {
-    wait_until(&format!("{identity} leads"), timeout, || async move {
-        (lease_holder(cluster).await.as_deref() == Some(identity)).then_some(())
-    })
-    .await;
-}
-
-/// Waits until the CouponEvent `name` is gone from the cluster (its finalizer removed).
-async fn wait_until_gone(cluster: &NamespacedCluster, what: &str, name: &str, timeout: Duration) {
-    wait_until(what, timeout, || async move { cluster.get::<CouponEvent>(name).await.is_none().then_some(()) }).await;
-}
-
-fn status_writes<'a>(requests: &'a [Recorded], event: &str) -> impl Iterator<Item = &'a Recorded> + 'a {
-    let path = format!("/couponevents/{event}/status");
-    requests.iter().filter(move |r| r.method == "PATCH" && r.path.ends_with(&path))
-}
-
-fn scale_writes(requests: &[Recorded]) -> Vec<&Recorded> {
-    requests.iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/scale")).collect()
-}
-
-async fn wait_for_phase(cluster: &NamespacedCluster, name: &str, phase: Phase) -> CouponEvent {
-    wait_for_phase_within(cluster, name, phase, Duration::from_secs(30)).await
-}
-
-async fn wait_for_phase_within(cluster: &NamespacedCluster, name: &str, phase: Phase, timeout: Duration) -> CouponEvent {
-    wait_until(&format!("{name} {phase:?}"), timeout, || async move {
-        cluster.get::<CouponEvent>(name).await.filter(|e| e.status.as_ref().is_some_and(|s| s.phase == phase))
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_steady_load_status_writes_are_bounded_and_nothing_is_scaled_after_the_warm_up() {
@@ -300,28 +151,6 @@ async fn of_two_operators_exactly_one_writes_and_a_killed_leader_hands_over_with
     assert!(late.is_empty(), "the dead leader had effects: {late:?}");
     assert_nothing_refused(cluster);
     second.kill(cluster);
-}
-
-fn condition(event: &CouponEvent, type_: &str) -> Option<(String, String)> {
-    let condition = event.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((condition.status.clone(), condition.reason.clone()))
-}
-
-async fn wait_for_condition(cluster: &NamespacedCluster, name: &str, type_: &str, status: &str, reason: &str) -> CouponEvent {
-    wait_until(&format!("{name} {type_}={status} ({reason})"), Duration::from_secs(30), || async move {
-        cluster.get::<CouponEvent>(name).await.filter(|e| condition(e, type_) == Some((status.to_owned(), reason.to_owned())))
-    })
-    .await
-}
-
-/// Warning Events of `reason` the operator emitted (the server accepted) in the namespace.
-async fn warnings(cluster: &NamespacedCluster, reason: &str) -> usize {
-    cluster
-        .list::<k8s_openapi::api::events::v1::Event>()
-        .await
-        .iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,30 +299,6 @@ async fn an_unreachable_backend_makes_the_event_unready_with_the_reason() {
     assert_eq!(status_writes(&cluster.requests(), &name).count(), 1);
     assert_nothing_refused(&cluster);
     task.abort();
-}
-
-/// Applies for `users` and returns the slots of the 201s.
-async fn apply_all(api: &InProcessApi, namespace: &str, name: &str, users: impl IntoIterator<Item = String>) -> Vec<i64> {
-    let id = coupon_core::event::EventId::new(namespace, name).unwrap();
-    let http = reqwest::Client::new();
-    let mut slots = Vec::new();
-    for user in users {
-        let response = http.post(api.apply_url(&id)).json(&json!({ "userId": user })).send().await.unwrap();
-        if response.status() == 201 {
-            slots.push(response.json::<serde_json::Value>().await.unwrap()["slot"].as_i64().unwrap());
-        }
-    }
-    slots.sort();
-    slots
-}
-
-fn key_of(event: &CouponEvent) -> String {
-    format!(
-        "{}/{}@{}",
-        event.metadata.namespace.as_deref().unwrap(),
-        event.metadata.name.as_deref().unwrap(),
-        event.metadata.uid.as_deref().unwrap()
-    )
 }
 
 /// The same name, deleted and created again (as next year's sale would be): a new event.

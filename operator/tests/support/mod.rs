@@ -74,6 +74,24 @@ fn deployment(namespace: &str, name: &str, replicas: i32) -> Value {
     })
 }
 
+/// Applies an RFC 7386 merge patch (the operator's metadata writes).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (key, value) in fields {
+        if value.is_null() {
+            target.as_object_mut().unwrap().remove(key);
+        } else {
+            merge_patch(target.as_object_mut().unwrap().entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
 /// Applies an RFC 6902 patch of the `add`/`remove`/`test` kind kube's finalizer helper sends.
 fn json_patch(target: &mut Value, patch: &Value) {
     for op in patch.as_array().unwrap() {
@@ -183,7 +201,11 @@ impl FakeApiServer {
                 let key = (ns.to_string(), name.to_string());
                 let Some(event) = state.events.get(&key) else { return not_found(name) };
                 let mut value = serde_json::to_value(event).unwrap();
-                json_patch(&mut value, body);
+                if body.is_array() {
+                    json_patch(&mut value, body);
+                } else {
+                    merge_patch(&mut value, body);
+                }
                 let event: CouponEvent = serde_json::from_value(value.clone()).unwrap();
                 state.events.insert(key, event);
                 (StatusCode::OK, value)

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use crate::wait_until;
 
 mod namespaced;
+pub mod operator;
 pub use namespaced::{NamespacedCluster, Recorded};
 
 pub fn workspace_root() -> PathBuf {

@@ -1,0 +1,71 @@
+//! Which sale an object is, kept where the API server cannot drop it.
+//!
+//! The event's records and rows carry an incarnation (the object's UID at its first
+//! provisioning). It used to live only in `status.incarnation`; a cluster whose CRD is older
+//! than the operator (Helm never upgrades `crds/`) prunes that field, and an operator that
+//! reads it back as missing takes its own sale for an earlier object's, closes it and starts
+//! a new one: the limit handed out twice. So the incarnation is also written to an annotation
+//! before anything is provisioned (metadata is never pruned), and read from there first; and
+//! a status field the operator wrote that does not come back means the CRD is outdated: the
+//! operator then refuses to act on the event (`Ready=False`, `CrdOutdated`, one Warning).
+
+use std::collections::BTreeSet;
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::{json, Value};
+
+use crate::crd::CouponEvent;
+
+/// The annotation holding the incarnation the event's records carry.
+pub const INCARNATION_ANNOTATION: &str = "coupons.fcfs.dev/incarnation";
+
+/// Condition reason while the installed CRD drops what the operator writes.
+pub const CRD_OUTDATED: &str = "CrdOutdated";
+
+/// The incarnation recorded in the annotation, if any.
+pub fn annotated(event: &CouponEvent) -> Option<&str> {
+    event.metadata.annotations.as_ref()?.get(INCARNATION_ANNOTATION).map(String::as_str)
+}
+
+/// Writes the annotation (a merge patch of metadata only) when it is missing and there is
+/// an incarnation to record. Returns whether it wrote.
+pub async fn record(api: &Api<CouponEvent>, event: &CouponEvent, incarnation: Option<&str>) -> Result<bool, kube::Error> {
+    let (None, Some(incarnation)) = (annotated(event), incarnation) else { return Ok(false) };
+    let patch = json!({ "metadata": { "uid": event.uid(), "annotations": { INCARNATION_ANNOTATION: incarnation } } });
+    api.patch(&event.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(true)
+}
+
+/// The status fields the operator wrote that the server's answer lacks: the CRD prunes them.
+pub fn dropped_fields(written: &Value, answered: &Value) -> BTreeSet<String> {
+    let Some(written) = written.as_object() else { return BTreeSet::new() };
+    written
+        .iter()
+        .filter(|(key, value)| !value.is_null() && answered.get(key.as_str()).is_none_or(Value::is_null))
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+/// The stored object shows a pruned status: it carries the annotation and its status says
+/// it was provisioned (a status written with the incarnation beside it), yet the status has
+/// no incarnation. (An event never provisioned, its status only saying why, has none to lose.)
+pub fn status_pruned(event: &CouponEvent) -> bool {
+    let Some(status) = event.status.as_ref() else { return false };
+    let provisioned =
+        status.last_accepted_spec.is_some() || status.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True");
+    annotated(event).is_some() && provisioned && status.incarnation.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_fields_are_the_written_ones_missing_from_the_answer() {
+        let written = json!({"phase": "Open", "incarnation": "u-1", "issued": 3, "gone": null});
+        let answered = json!({"phase": "Open", "issued": 3});
+        assert_eq!(dropped_fields(&written, &answered), BTreeSet::from(["incarnation".to_owned()]));
+        assert!(dropped_fields(&written, &json!({"phase": "Open", "incarnation": "u-1", "issued": 3})).is_empty());
+    }
+}

@@ -1,0 +1,219 @@
+//! What the operator tests on the local control plane share: the Deployments an event
+//! scales, events open a while from now, operator instances started as `coupon-operator run`
+//! starts them (each as a ServiceAccount bound to the chart's operator rules, through a gate),
+//! and waits on what the server holds.
+//!
+//! Real-time waits are parameters: `KUBE_TEST_LEASE` (the Lease's duration, default 8s) and
+//! `KUBE_TEST_WARM_UP_IN` (how long after its creation an event's warm-up begins, default 20s).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coupon_operator::backend::Backend;
+use coupon_operator::crd::{CouponEvent, CouponEventSpec, OnDelete, Phase, Schedule, Workload};
+use coupon_operator::leader::{LeaderElection, LeadershipError};
+use coupon_operator::metrics::Metrics;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::{NamespacedCluster, Recorded};
+use crate::{kafka, kafka_brokers, redis_url, unique, wait_until, InProcessApi};
+
+/// A duration from the environment (`humantime`, e.g. `8s`), else `default`.
+pub fn parameter(name: &str, default: Duration) -> Duration {
+    std::env::var(name).ok().map(|v| humantime::parse_duration(&v).unwrap_or_else(|e| panic!("{name}={v}: {e}"))).unwrap_or(default)
+}
+
+pub fn lease() -> Duration {
+    parameter("KUBE_TEST_LEASE", Duration::from_secs(8))
+}
+
+/// How long before the Lease expires its holder renews it.
+pub fn renew_margin() -> Duration {
+    lease() * 3 / 8
+}
+
+/// A Deployment the operator may scale. Its Pods are never bound (a node selector no node
+/// has): the tests that need processes start their own.
+pub fn deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"coupons.fcfs.dev/scalable": "true"}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"nodeSelector": {"coupons.fcfs.dev/node": "none"},
+                                       "containers": [{"name": "app", "image": "coupon-tests/never-run:0"}]}}}
+    }))
+    .unwrap()
+}
+
+pub async fn cluster() -> NamespacedCluster {
+    let cluster = NamespacedCluster::new("loop").await;
+    cluster.create(&deployment("coupon-api", 1)).await;
+    cluster.create(&deployment("coupon-consumer", 0)).await;
+    cluster
+}
+
+/// An event of `limit` coupons on its own topic, open `from`..`to` from now.
+pub fn coupon_event(cluster: &NamespacedCluster, limit: i64, from: SignedDuration, to: SignedDuration) -> CouponEvent {
+    let name = unique("loop");
+    let now = Timestamp::now();
+    let spec = CouponEventSpec {
+        limit,
+        per_user_limit: 1,
+        topic: format!("op.{name}"),
+        partitions: 1,
+        shards: 1,
+        schedule: Schedule { start: Time(now + from), end: Time(now + to), warm_up: Some("1m".into()) },
+        api: Workload { deployment: "coupon-api".into(), replicas: 3, idle_replicas: Some(1) },
+        consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
+        on_delete: OnDelete::Delete,
+        paused: false,
+    };
+    let mut event = CouponEvent::new(&name, spec);
+    event.metadata.namespace = Some(cluster.namespace.clone());
+    event
+}
+
+/// One operator instance, as `coupon-operator run` starts it.
+pub struct Operator {
+    pub name: String,
+    pub task: JoinHandle<Result<(), LeadershipError>>,
+    /// True while it acts as the leader.
+    pub leading: Arc<AtomicBool>,
+    /// Its readiness (`/readyz`): true once its cache of CouponEvents has synced.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub async fn start_operator(cluster: &NamespacedCluster, name: &str) -> Operator {
+    crate::init_logging();
+    let client = cluster.client(name).await;
+    let backend = Backend::new(redis_url(), &kafka(&kafka_brokers()), 1).unwrap();
+    let election = LeaderElection {
+        namespace: cluster.namespace.clone(),
+        lease_name: "coupon-operator".into(),
+        identity: name.into(),
+        lease_duration: lease(),
+        renew_margin: renew_margin(),
+        leading: Default::default(),
+    };
+    let leading = election.leading.clone();
+    let ready = Arc::new(AtomicBool::new(false));
+    let controller = coupon_operator::controller::run(
+        client.clone(),
+        backend,
+        Arc::new(Metrics::default()),
+        Some(cluster.namespace.clone()),
+        ready.clone(),
+    );
+    let task = tokio::spawn(async move { election.run(client, controller).await });
+    Operator { name: name.into(), task, leading, ready }
+}
+
+impl Operator {
+    /// As if the process died: its connections to the API server are cut, nothing is
+    /// released.
+    pub fn kill(self, cluster: &NamespacedCluster) {
+        cluster.cut(&self.name);
+        self.task.abort();
+    }
+}
+
+/// What the server refused of the operators' requests: RBAC (a call the chart does not
+/// grant) and validation of the Events they emit. Every test ends with none.
+pub fn assert_nothing_refused(cluster: &NamespacedCluster) {
+    let requests = cluster.requests();
+    assert!(!requests.is_empty(), "the audit log holds no request of the operators: the checks would look at nothing");
+    let refused: Vec<_> = requests
+        .into_iter()
+        .filter(|r| r.code == 403 || (r.resource == "events" && r.code >= 400) || r.code == 422)
+        .map(|r| format!("{} {} {} -> {}", r.client, r.verb, r.path, r.code))
+        .collect();
+    assert!(refused.is_empty(), "the API server refused: {refused:#?}");
+}
+
+pub async fn lease_holder(cluster: &NamespacedCluster) -> Option<String> {
+    cluster.get::<Lease>("coupon-operator").await.and_then(|l| l.spec?.holder_identity)
+}
+
+pub async fn wait_for_leader(cluster: &NamespacedCluster, identity: &str, timeout: Duration) {
+    wait_until(&format!("{identity} leads"), timeout, || async move {
+        (lease_holder(cluster).await.as_deref() == Some(identity)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the CouponEvent `name` is gone from the cluster (its finalizer removed).
+pub async fn wait_until_gone(cluster: &NamespacedCluster, what: &str, name: &str, timeout: Duration) {
+    wait_until(what, timeout, || async move { cluster.get::<CouponEvent>(name).await.is_none().then_some(()) }).await;
+}
+
+pub fn status_writes<'a>(requests: &'a [Recorded], event: &str) -> impl Iterator<Item = &'a Recorded> + 'a {
+    let path = format!("/couponevents/{event}/status");
+    requests.iter().filter(move |r| r.method == "PATCH" && r.path.ends_with(&path))
+}
+
+pub fn scale_writes(requests: &[Recorded]) -> Vec<&Recorded> {
+    requests.iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/scale")).collect()
+}
+
+pub async fn wait_for_phase(cluster: &NamespacedCluster, name: &str, phase: Phase) -> CouponEvent {
+    wait_for_phase_within(cluster, name, phase, Duration::from_secs(30)).await
+}
+
+pub async fn wait_for_phase_within(cluster: &NamespacedCluster, name: &str, phase: Phase, timeout: Duration) -> CouponEvent {
+    wait_until(&format!("{name} {phase:?}"), timeout, || async move {
+        cluster.get::<CouponEvent>(name).await.filter(|e| e.status.as_ref().is_some_and(|s| s.phase == phase))
+    })
+    .await
+}
+
+pub fn condition(event: &CouponEvent, type_: &str) -> Option<(String, String)> {
+    let condition = event.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((condition.status.clone(), condition.reason.clone()))
+}
+
+pub async fn wait_for_condition(cluster: &NamespacedCluster, name: &str, type_: &str, status: &str, reason: &str) -> CouponEvent {
+    wait_until(&format!("{name} {type_}={status} ({reason})"), Duration::from_secs(30), || async move {
+        cluster.get::<CouponEvent>(name).await.filter(|e| condition(e, type_) == Some((status.to_owned(), reason.to_owned())))
+    })
+    .await
+}
+
+/// Warning Events of `reason` the operator emitted (the server accepted) in the namespace.
+pub async fn warnings(cluster: &NamespacedCluster, reason: &str) -> usize {
+    cluster
+        .list::<k8s_openapi::api::events::v1::Event>()
+        .await
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+        .count()
+}
+
+/// Applies for `users` and returns the slots of the 201s.
+pub async fn apply_all(api: &InProcessApi, namespace: &str, name: &str, users: impl IntoIterator<Item = String>) -> Vec<i64> {
+    let id = coupon_core::event::EventId::new(namespace, name).unwrap();
+    let http = reqwest::Client::new();
+    let mut slots = Vec::new();
+    for user in users {
+        let response = http.post(api.apply_url(&id)).json(&json!({ "userId": user })).send().await.unwrap();
+        if response.status() == 201 {
+            slots.push(response.json::<serde_json::Value>().await.unwrap()["slot"].as_i64().unwrap());
+        }
+    }
+    slots.sort();
+    slots
+}
+
+pub fn key_of(event: &CouponEvent) -> String {
+    format!(
+        "{}/{}@{}",
+        event.metadata.namespace.as_deref().unwrap(),
+        event.metadata.name.as_deref().unwrap(),
+        event.metadata.uid.as_deref().unwrap()
+    )
+}

@@ -93,13 +93,39 @@ impl Context {
     }
 
     /// Publishes a Kubernetes Event. Events with the same type, reason and action form one
-    /// series (kube's recorder), so `action` names what was acted on.
-    async fn publish(&self, event: &CouponEvent, type_: EventType, reason: &str, action: &str, note: String) {
-        let kube_event = KubeEvent { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    /// series (kube's recorder), so `action` names what was acted on. Cut to what the API
+    /// server takes (a note of 1 kB, a reason and an action of 128 characters: a longer one
+    /// is refused whole, and the user would learn nothing).
+    pub async fn publish(&self, event: &CouponEvent, type_: EventType, reason: &str, action: &str, note: String) {
+        let kube_event = KubeEvent {
+            type_,
+            reason: truncated(reason, EVENT_FIELD_MAX),
+            note: Some(truncated(&note, EVENT_NOTE_MAX_BYTES)),
+            action: truncated(action, EVENT_FIELD_MAX),
+            secondary: None,
+        };
         if let Err(error) = self.recorder.publish(&kube_event, &event.object_ref(&())).await {
             tracing::warn!(%error, "cannot publish Kubernetes Event");
         }
     }
+}
+
+/// The API server's limits on an Event (events.k8s.io/v1): `note` in bytes, `reason` and
+/// `action` in characters (ASCII here).
+const EVENT_NOTE_MAX_BYTES: usize = 1024;
+const EVENT_FIELD_MAX: usize = 128;
+
+/// `text` cut to at most `max` bytes on a character boundary, ending in an ellipsis when cut.
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = max.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end])
 }
 
 /// Entry point of one reconcile: the finalizer decides between apply and clean-up.
@@ -793,4 +819,17 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn event_fields_are_cut_on_a_character_boundary_within_the_limit() {
+        assert_eq!(truncated("short", 10), "short");
+        let cut = truncated(&"é".repeat(700), 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with('…'), "{} bytes", cut.len());
+        assert_eq!(truncated(&"a".repeat(200), 128).len(), 128);
+    }
 }

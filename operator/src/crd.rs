@@ -39,7 +39,10 @@ pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
     printcolumn(name = "Limit", type_ = "integer", json_path = ".spec.limit"),
     printcolumn(name = "Start", type_ = "string", json_path = ".spec.schedule.start"),
     printcolumn(name = "End", type_ = "string", json_path = ".spec.schedule.end"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 200").message(
+        "metadata.name may be at most 200 characters: the event's coupons are keyed by namespace, name and UID (320 characters at most), and its Kubernetes Events are named after it"
+    )
 )]
 #[x_kube(
     validation = Rule::new("self.topic == oldSelf.topic").message("topic cannot change: records would be split across two topics"),

@@ -729,3 +729,65 @@ async fn a_deleted_retain_event_closes_waits_for_its_coupons_and_then_lets_go() 
     assert_nothing_refused(&cluster);
     operator.kill(&cluster);
 }
+
+/// Every kind of Event the operator emits (each reason with its action), on an event with the
+/// longest name admission allows, with the longest action (a Deployment name of 253
+/// characters) and a note past the server's 1 kB, is accepted by the server's validation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_event_on_the_longest_names_is_accepted_by_the_server() {
+    use kube::runtime::events::EventType::{Normal, Warning};
+    let cluster = cluster().await;
+    let client = cluster.client("operator-0").await;
+    let backend = Backend::new(redis_url(), &kafka(&kafka_brokers()), 1).unwrap();
+    let (store, _writer) = kube::runtime::reflector::store();
+    let ctx = coupon_operator::controller::Context::new(client, backend, store, Arc::new(Metrics::default()));
+    let mut event = coupon_event(&cluster, 10, SignedDuration::from_hours(1), SignedDuration::from_hours(2));
+    let prefix = event.metadata.name.clone().unwrap();
+    event.metadata.name = Some(format!("{prefix}-{}", "n".repeat(199 - prefix.len())));
+    let event = cluster.create(&event).await;
+    assert_eq!(event.metadata.name.as_ref().unwrap().len(), 200);
+    let deployment = "d".repeat(253);
+    let scale = format!("Scale {deployment}");
+    // Reasons and actions as the operator's code passes them (refusal reasons under
+    // "Provision").
+    let kinds = [
+        (Normal, "Scaled", scale.as_str()),
+        (Warning, "DeploymentNotFound", "Scale"),
+        (Warning, "NotOptedIn", "Scale"),
+        (Warning, "Autoscaled", "Scale"),
+        (Warning, "InvalidSpec", "Provision"),
+        (Warning, "ImmutableField", "Provision"),
+        (Warning, "LimitBelowIssued", "Provision"),
+        (Warning, "PreviousEventDraining", "Provision"),
+        (Warning, "PreviousEventClosed", "Provision"),
+        (Normal, "PreviousEventRemoved", "Provision"),
+        (Normal, "PhaseChanged", "Reconcile"),
+        (Warning, "ProvisioningFailed", "CreateTopic"),
+        (Warning, "ProvisioningFailed", "ConfigureRedis"),
+        (Warning, "TopicRecreated", "CreateTopic"),
+        (Warning, "RedisStateLost", "Recover"),
+        (Warning, coupon_operator::identity::CRD_OUTDATED, "Reconcile"),
+        (Warning, "CleanupAbandoned", "Cleanup"),
+        (Normal, "SaleClosed", "Cleanup"),
+        (Normal, "NothingToClean", "Cleanup"),
+        (Normal, "Deleted", "Cleanup"),
+        (Warning, "TopicKept", "Cleanup"),
+    ];
+    let note = format!("Deployment {deployment} in {}: {}", cluster.namespace, "é".repeat(600));
+    for (type_, reason, action) in kinds {
+        ctx.publish(&event, type_, reason, action, note.clone()).await;
+    }
+    let cluster_ref = &cluster;
+    let stored = wait_until("every Event stored", Duration::from_secs(10), || async move {
+        Some(cluster_ref.list::<k8s_openapi::api::events::v1::Event>().await).filter(|events| events.len() >= kinds.len())
+    })
+    .await;
+    for (_, reason, action) in kinds {
+        let found = stored
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(reason) && action.starts_with(e.action.as_deref().unwrap_or("-").trim_end_matches('…')));
+        let found = found.unwrap_or_else(|| panic!("no Event {reason}/{action:.20} stored"));
+        assert!(found.note.as_ref().is_some_and(|n| n.len() <= 1024 && n.ends_with('…')), "{reason}: the note cut to 1 kB");
+    }
+    assert_nothing_refused(&cluster);
+}

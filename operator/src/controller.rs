@@ -206,7 +206,7 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         }
     }
     // Who this sale is, where pruning cannot drop it, before anything is provisioned.
-    identity::record(&api, event, incarnation(event)).await?;
+    let recorded_now = identity::record(&api, event, incarnation(event)).await?;
 
     let mut topic_created = previous.is_some_and(|s| s.topic_created);
     // The spec in effect before this reconcile. A status written before `lastAcceptedSpec`
@@ -247,6 +247,15 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         }
         Err(error) => return Err(error.into()),
     };
+    // Redis says who the sale is when its state carries this object's UID: a record that an
+    // outdated CRD pruned or a user removed or edited is written back from it.
+    let known = counters.as_ref().and_then(|c| c.incarnation.clone()).filter(|i| Some(i.as_str()) == event.metadata.uid.as_deref());
+    if let Some(uid) = known.as_deref() {
+        // (Not again when this reconcile wrote it at its start: the object in hand predates that.)
+        if !(recorded_now && incarnation(event) == Some(uid)) {
+            identity::record(&api, event, Some(uid)).await?;
+        }
+    }
     let (issued, persisted, healed) = counters
         .map(|c| (c.issued, c.persisted, c.healed))
         .unwrap_or_else(|| previous.map(|s| (s.issued, s.persisted, s.healed)).unwrap_or_default());
@@ -303,7 +312,7 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         generation: event.metadata.generation,
         provisioned: provisioned.clone(),
         accepted: accepted.map(CouponEventSpec::with_defaults),
-        incarnation: incarnation(event).map(str::to_owned),
+        incarnation: known.or_else(|| incarnation(event).map(str::to_owned)),
         scaling,
         paused: accepted.is_some_and(|a| a.paused),
     };
@@ -352,6 +361,11 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
     // The live-state check first, so that a refused spec touches neither Redis nor Kafka.
     // With Redis' counters lost, the last issued count the status saw stands in for them.
     let mut counters = ctx.backend.counters(id).await?;
+    // The incarnation to provision with: Redis' own when its state carries this object's UID
+    // (the object's record of it may be lost or edited), else the object's.
+    let uid = event.metadata.uid.as_deref();
+    let known = counters.as_ref().and_then(|c| c.incarnation.clone()).filter(|i| Some(i.as_str()) == uid);
+    let incarnation_now = known.as_deref().or(incarnation(event));
     if let Some(theirs) = counters.as_ref().filter(|c| !owns(c, event)) {
         // Redis holds the state of an earlier object of this name. Its coupons are its
         // own (their rows carry its incarnation); once it is finished it is removed, and
@@ -414,7 +428,7 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
             ctx.publish(event, EventType::Warning, "TopicRecreated", "CreateTopic", message).await;
         }
     }
-    match ctx.backend.provision_redis(id, spec, existed_before, incarnation(event)).await {
+    match ctx.backend.provision_redis(id, spec, existed_before, incarnation_now).await {
         Ok(coupon_core::provision::RedisOutcome::CreatedRecovering) => {
             ctx.publish(
                 event,
@@ -484,23 +498,30 @@ async fn crd_outdated(
 }
 
 /// The incarnation this object's event carries in its key: the annotation written before
-/// its first provisioning; for an object provisioned before the annotation existed, the one
-/// its status recorded (none for an event provisioned before incarnations existed, whose
-/// rows are keyed by name alone); else its UID.
+/// its first provisioning, trusted only when it names this object's UID or what its status
+/// recorded (a user may edit it, or copy it from an exported object; not the status); for an
+/// object provisioned before the annotation existed, the one its status recorded (none for
+/// an event provisioned before incarnations existed, whose rows are keyed by name alone);
+/// else its UID.
 fn incarnation(event: &CouponEvent) -> Option<&str> {
-    if let Some(annotated) = identity::annotated(event) {
+    let uid = event.metadata.uid.as_deref();
+    let recorded = event.status.as_ref().and_then(|s| s.incarnation.as_deref());
+    if let Some(annotated) = identity::annotated(event).filter(|a| Some(*a) == uid || Some(*a) == recorded) {
         return Some(annotated);
     }
     if provisioned_before(event) {
-        event.status.as_ref().and_then(|s| s.incarnation.as_deref())
+        recorded
     } else {
-        event.metadata.uid.as_deref()
+        uid
     }
 }
 
-/// Whether Redis' state under the object's name is this object's.
+/// Whether Redis' state under the object's name is this object's: it carries this object's
+/// incarnation, or its UID (UIDs are never reused, so state keyed with it is this object's
+/// whatever an outdated CRD or an edited annotation left of the record).
 fn owns(counters: &EventCounters, event: &CouponEvent) -> bool {
-    counters.incarnation.as_deref() == incarnation(event)
+    let theirs = counters.incarnation.as_deref();
+    theirs == incarnation(event) || (theirs.is_some() && theirs == event.metadata.uid.as_deref())
 }
 
 /// Every other event as the scheduler sees it: its namespace, the spec in effect, its

@@ -28,10 +28,14 @@ pub fn annotated(event: &CouponEvent) -> Option<&str> {
     event.metadata.annotations.as_ref()?.get(INCARNATION_ANNOTATION).map(String::as_str)
 }
 
-/// Writes the annotation (a merge patch of metadata only) when it is missing and there is
-/// an incarnation to record. Returns whether it wrote.
+/// Writes the annotation (a merge patch of metadata, only to this object: its UID is the
+/// precondition) when it does not say `incarnation` already: missing, removed, or copied
+/// from another object. Returns whether it wrote.
 pub async fn record(api: &Api<CouponEvent>, event: &CouponEvent, incarnation: Option<&str>) -> Result<bool, kube::Error> {
-    let (None, Some(incarnation)) = (annotated(event), incarnation) else { return Ok(false) };
+    let Some(incarnation) = incarnation else { return Ok(false) };
+    if annotated(event) == Some(incarnation) {
+        return Ok(false);
+    }
     let patch = json!({ "metadata": { "uid": event.uid(), "annotations": { INCARNATION_ANNOTATION: incarnation } } });
     api.patch(&event.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(true)
@@ -54,7 +58,8 @@ pub fn status_pruned(event: &CouponEvent) -> bool {
     let Some(status) = event.status.as_ref() else { return false };
     let provisioned =
         status.last_accepted_spec.is_some() || status.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True");
-    annotated(event).is_some() && provisioned && status.incarnation.is_none()
+    let trusted = annotated(event).is_some_and(|a| Some(a) == event.metadata.uid.as_deref());
+    trusted && provisioned && status.incarnation.is_none()
 }
 
 #[cfg(test)]

@@ -69,6 +69,23 @@ async fn a_crd_that_prunes_the_incarnation_never_gets_the_limit_handed_out_twice
     assert_eq!(warnings(&cluster, CRD_OUTDATED).await, 1, "one Warning");
     assert_eq!(cluster.replicas("coupon-api").await, Some(3), "the edit is not acted on while the CRD is outdated");
 
+    // Its record edited by hand (a forged annotation, as `kubectl annotate --overwrite` or a
+    // manifest copied from another object would leave it): still nobody gets a sixth coupon,
+    // and the record is written back from what Redis knows.
+    cluster.patch::<CouponEvent>(&name, json!({ "metadata": { "annotations": { INCARNATION_ANNOTATION: "forged" } } })).await;
+    cluster.patch::<CouponEvent>(&name, json!({ "spec": { "api": { "replicas": 5 } } })).await;
+    let watching = std::time::Instant::now();
+    while watching.elapsed() < Duration::from_secs(12) {
+        n += 1;
+        let again = apply_all(&api, &cluster.namespace, &name, [format!("user-{n}")]).await;
+        assert!(again.is_empty(), "a coupon handed out a second time after the annotation was forged: slot {again:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let repaired = cluster.get::<CouponEvent>(&name).await.unwrap();
+    let annotated = repaired.metadata.annotations.as_ref().and_then(|a| a.get(INCARNATION_ANNOTATION)).cloned();
+    assert_eq!(annotated.as_deref(), Some(uid.as_str()), "the record written back from Redis");
+    assert_eq!(warnings(&cluster, "PreviousEventClosed").await, 0, "its own sale taken for a stranger's");
+
     // The new CRD applied: the operator goes on by itself with the same sale.
     cluster.cluster.install_crd().await;
     let (cluster_ref, name_ref) = (&cluster, &name);

@@ -249,7 +249,7 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     };
     // Redis says who the sale is when its state carries this object's UID: a record that an
     // outdated CRD pruned or a user removed or edited is written back from it.
-    let known = counters.as_ref().and_then(|c| c.incarnation.clone()).filter(|i| Some(i.as_str()) == event.metadata.uid.as_deref());
+    let known = counters.as_ref().and_then(|c| keyed_with_uid(c, event)).map(str::to_owned);
     if let Some(uid) = known.as_deref() {
         // (Not again when this reconcile wrote it at its start: the object in hand predates that.)
         if !(recorded_now && incarnation(event) == Some(uid)) {
@@ -363,8 +363,7 @@ async fn provision(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ct
     let mut counters = ctx.backend.counters(id).await?;
     // The incarnation to provision with: Redis' own when its state carries this object's UID
     // (the object's record of it may be lost or edited), else the object's.
-    let uid = event.metadata.uid.as_deref();
-    let known = counters.as_ref().and_then(|c| c.incarnation.clone()).filter(|i| Some(i.as_str()) == uid);
+    let known = counters.as_ref().and_then(|c| keyed_with_uid(c, event)).map(str::to_owned);
     let incarnation_now = known.as_deref().or(incarnation(event));
     if let Some(theirs) = counters.as_ref().filter(|c| !owns(c, event)) {
         // Redis holds the state of an earlier object of this name. Its coupons are its
@@ -520,8 +519,13 @@ fn incarnation(event: &CouponEvent) -> Option<&str> {
 /// incarnation, or its UID (UIDs are never reused, so state keyed with it is this object's
 /// whatever an outdated CRD or an edited annotation left of the record).
 fn owns(counters: &EventCounters, event: &CouponEvent) -> bool {
-    let theirs = counters.incarnation.as_deref();
-    theirs == incarnation(event) || (theirs.is_some() && theirs == event.metadata.uid.as_deref())
+    counters.incarnation.as_deref() == incarnation(event) || keyed_with_uid(counters, event).is_some()
+}
+
+/// Redis' incarnation when it is this object's UID: then Redis says who the sale is, whatever
+/// the object's own record of it (pruned by an outdated CRD, removed or edited) says.
+fn keyed_with_uid<'a>(counters: &'a EventCounters, event: &CouponEvent) -> Option<&'a str> {
+    counters.incarnation.as_deref().filter(|i| Some(*i) == event.metadata.uid.as_deref())
 }
 
 /// Every other event as the scheduler sees it: its namespace, the spec in effect, its

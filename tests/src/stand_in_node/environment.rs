@@ -54,7 +54,7 @@ impl PodContext<'_> {
 
     /// The process of `container`: its binary, arguments and environment, with listen
     /// addresses on all interfaces moved to the pod IP and mount paths to the Pod's folder.
-    pub async fn process(&self, container: &Container, mounts: &BTreeMap<String, PathBuf>) -> Result<ProcessSpec> {
+    async fn process(&self, container: &Container, mounts: &BTreeMap<String, PathBuf>) -> Result<ProcessSpec> {
         let program = self.program(container)?;
         let mut args: Vec<String> = container.command.iter().flatten().skip(1).cloned().collect();
         args.extend(container.args.iter().flatten().cloned());
@@ -172,9 +172,15 @@ impl PodContext<'_> {
         })
     }
 
+    /// `container`'s process with its volumes written: what starting it needs.
+    pub async fn spec(&self, container: &Container) -> Result<ProcessSpec> {
+        let mounts = self.mounts(container).await?;
+        self.process(container, &mounts).await
+    }
+
     /// Writes the Pod's Secret, ConfigMap and emptyDir volumes into its folder; returns mount
     /// path -> folder for `container`.
-    pub async fn mounts(&self, container: &Container) -> Result<BTreeMap<String, PathBuf>> {
+    async fn mounts(&self, container: &Container) -> Result<BTreeMap<String, PathBuf>> {
         let volumes: BTreeMap<String, &Volume> =
             self.pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).map(|v| (v.name.clone(), v)).collect();
         let mut mounts = BTreeMap::new();

@@ -104,10 +104,7 @@ async fn start_containers(
     let context = context(client, config, pod, pod_ip, folder);
     let mut containers = Vec::new();
     for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-        let spec = match context.mounts(container).await {
-            Ok(mounts) => context.process(container, &mounts).await,
-            Err(error) => Err(error),
-        };
+        let spec = context.spec(container).await;
         if let Err(error) = &spec {
             tracing::warn!(pod = ?pod.metadata.name, container = %container.name, "cannot run: {error:#}");
         }
@@ -129,10 +126,7 @@ async fn retry_waiting(
     let context = context(client, config, pod, pod_ip, folder);
     for (container, process) in pod.spec.iter().flat_map(|s| s.containers.iter()).zip(containers.iter_mut()) {
         if process.is_waiting() {
-            let spec = match context.mounts(container).await {
-                Ok(mounts) => context.process(container, &mounts).await,
-                Err(error) => Err(error),
-            };
+            let spec = context.spec(container).await;
             process.retry(spec);
         }
     }

@@ -15,6 +15,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest warm-up before the start.
 pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
+/// Shortest warm-up admission takes: less than new pods need to pull, start and turn Ready.
+pub const MIN_WARM_UP: Duration = Duration::from_secs(30);
+/// A warm-up below this is taken, with a warning: on a busy cluster pods may not be Ready.
+pub const SHORT_WARM_UP: Duration = Duration::from_secs(120);
+/// Longest cool-down after the end.
+pub const MAX_COOL_DOWN: Duration = Duration::from_secs(24 * 3600);
 
 /// A first-come-first-served coupon event: the first `limit` users who apply between
 /// `schedule.start` and `schedule.end` get a coupon. The operator provisions its Redis
@@ -47,10 +53,22 @@ pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
 #[x_kube(
     validation = Rule::new("self.topic == oldSelf.topic").message("topic cannot change: records would be split across two topics"),
     validation = Rule::new("self.partitions == oldSelf.partitions").message("partitions cannot change once the topic exists"),
-    validation = Rule::new("self.shards == oldSelf.shards").message("shards cannot change: users are assigned to shards by it")
+    validation = Rule::new("self.shards == oldSelf.shards").message("shards cannot change: users are assigned to shards by it"),
+    validation = Rule::new("has(self.eventId) == has(oldSelf.eventId) && (!has(self.eventId) || self.eventId == oldSelf.eventId)").message("eventId is set at creation or never: adding, changing or removing it would re-key a live sale"),
+    validation = Rule::new("!has(self.eventId) || !has(self.onDelete) || self.onDelete == 'Retain'").message("an event with an eventId keeps its state on deletion (onDelete: Retain): deleting it would start the same sale over when the object is created again"),
+    validation = Rule::new("!has(self.exclusiveTopic) || !self.exclusiveTopic || (has(self.topic) && self.topic != 'coupon_create')").message("exclusiveTopic needs a topic of the event's own: the default topic coupon_create is shared")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CouponEventSpec {
+    /// The sale's own identity, chosen by its author: when set, the event's coupons are keyed
+    /// `<namespace>/<eventId>` instead of by this object, so deleting and creating the object
+    /// again (Argo CD `Replace=true`, a backup restored without status, `kubectl replace
+    /// --force`) continues the same sale instead of handing out the limit again. Set at
+    /// creation or never; needs `onDelete: Retain`. Without it a re-created name is a new event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("eventId must be lowercase letters, digits and '-', starting and ending with a letter or digit"))]
+    pub event_id: Option<String>,
     /// Number of coupons to hand out. It may be raised during the event, never lowered below
     /// the coupons already issued.
     #[schemars(range(min = 1, max = 100_000_000))]
@@ -65,6 +83,12 @@ pub struct CouponEventSpec {
     #[schemars(length(min = 1, max = 249))]
     #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]+$') && self != '.' && self != '..' && !self.startsWith('__')").message("topic must be a valid Kafka topic name, not an internal one (__*)"))]
     pub topic: String,
+    /// The topic is this event's alone: with `onDelete: Delete`, the operator deletes it if it
+    /// created it and every coupon is written. Without it a topic is never deleted: another
+    /// release with its own Redis on the same broker may sell on it, unseen by this operator.
+    /// Not allowed on the default topic.
+    #[serde(default)]
+    pub exclusive_topic: bool,
     /// Partitions of the topic when the operator creates it (an existing topic is kept as is).
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 1000))]
@@ -114,7 +138,9 @@ fn default_shards() -> u16 {
 #[x_kube(
     validation = Rule::new("self.end > self.start").message("schedule.end must be after schedule.start"),
     validation = Rule::new("self.end - self.start <= duration('168h')").message("the window may be at most 7 days (168h)"),
-    validation = Rule::new("!has(self.warmUp) || duration(self.warmUp) <= duration('24h')").message("warmUp may be at most 24h")
+    validation = Rule::new("!has(self.warmUp) || duration(self.warmUp) <= duration('24h')").message("warmUp may be at most 24h"),
+    validation = Rule::new("!has(self.warmUp) || duration(self.warmUp) >= duration('30s')").message("warmUp must be at least 30s: new pods need that long to start and turn Ready"),
+    validation = Rule::new("!has(self.coolDown) || duration(self.coolDown) <= duration('24h')").message("coolDown may be at most 24h")
 )]
 pub struct Schedule {
     /// Opening time, RFC 3339 (e.g. 2026-11-27T10:00:00Z).
@@ -126,6 +152,11 @@ pub struct Schedule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub warm_up: Option<String>,
+    /// How long after `end` the api stays scaled up for the crowd's retries (their 403s and
+    /// 410s), as a duration (at most 24h). Default `2m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub cool_down: Option<String>,
 }
 
 /// A Deployment in the event's namespace and its replica counts.
@@ -222,8 +253,10 @@ pub struct CouponEventStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Provisioned, Open, SoldOut, Drained, Ready.
+    /// Provisioned, Open, SoldOut, Drained, Scaling, Ready: one of each type (a list map
+    /// keyed by `type`, so server-side apply merges them one by one).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -234,8 +267,16 @@ pub enum SpecError {
     EndNotAfterStart { start: Timestamp, end: Timestamp },
     #[error("the window is longer than the maximum of 7 days")]
     WindowTooLong,
-    #[error("schedule.warmUp {0:?} is not a duration such as 5m or 1h30m (at most 24h)")]
+    #[error("schedule.warmUp {0:?} is not a duration such as 5m or 1h30m, from 30s to 24h")]
     WarmUp(String),
+    #[error("schedule.coolDown {0:?} is not a duration such as 2m or 1h30m (at most 24h)")]
+    CoolDown(String),
+    #[error("eventId {0:?} must be lowercase letters, digits and '-' (at most 200)")]
+    EventId(String),
+    #[error("an event with an eventId needs onDelete: Retain")]
+    EventIdNeedsRetain,
+    #[error("exclusiveTopic needs a topic of the event's own, not the default {0}")]
+    ExclusiveDefaultTopic(String),
     #[error("limit must be at least 1")]
     Limit,
     #[error("perUserLimit must be 1")]
@@ -255,12 +296,27 @@ impl Schedule {
     pub fn warm_up(&self) -> Result<Duration, SpecError> {
         match &self.warm_up {
             None => Ok(Duration::from_secs(300)),
-            Some(text) => humantime::parse_duration(text)
-                .ok()
-                .filter(|d| *d <= MAX_WARM_UP && text.chars().all(|c| c.is_ascii_alphanumeric()))
-                .ok_or_else(|| SpecError::WarmUp(text.clone())),
+            Some(text) => {
+                parse_duration(text).filter(|d| (MIN_WARM_UP..=MAX_WARM_UP).contains(d)).ok_or_else(|| SpecError::WarmUp(text.clone()))
+            }
         }
     }
+
+    /// `coolDown`, defaulting to two minutes.
+    pub fn cool_down(&self) -> Result<Duration, SpecError> {
+        match &self.cool_down {
+            None => Ok(DEFAULT_COOL_DOWN),
+            Some(text) => parse_duration(text).filter(|d| *d <= MAX_COOL_DOWN).ok_or_else(|| SpecError::CoolDown(text.clone())),
+        }
+    }
+}
+
+/// The api stays up this long after the end unless `coolDown` says otherwise.
+pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(120);
+
+/// A duration as the schema's pattern takes it (`1h30m`, `45s`): units, no spaces.
+fn parse_duration(text: &str) -> Option<Duration> {
+    humantime::parse_duration(text).ok().filter(|_| text.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 fn valid_deployment_name(name: &str) -> bool {
@@ -276,6 +332,7 @@ impl CouponEventSpec {
         spec.api.idle_replicas = Some(self.api_idle_replicas());
         spec.consumer.idle_replicas = Some(self.consumer_idle_replicas());
         spec.schedule.warm_up = Some(self.schedule.warm_up.clone().unwrap_or_else(|| "5m".into()));
+        spec.schedule.cool_down = Some(self.schedule.cool_down.clone().unwrap_or_else(|| "2m".into()));
         spec
     }
 
@@ -299,6 +356,18 @@ impl CouponEventSpec {
             return Err(SpecError::WindowTooLong);
         }
         self.schedule.warm_up()?;
+        self.schedule.cool_down()?;
+        if let Some(event_id) = &self.event_id {
+            if event_id.len() > 200 || coupon_core::event::EventId::new("x", event_id).is_err() || event_id.contains('.') {
+                return Err(SpecError::EventId(event_id.clone()));
+            }
+            if self.on_delete != OnDelete::Retain {
+                return Err(SpecError::EventIdNeedsRetain);
+            }
+        }
+        if self.exclusive_topic && self.topic == crate::lifecycle::DEFAULT_TOPIC {
+            return Err(SpecError::ExclusiveDefaultTopic(self.topic.clone()));
+        }
         if self.limit < 1 {
             return Err(SpecError::Limit);
         }

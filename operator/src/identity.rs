@@ -15,13 +15,37 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 
+use crate::conditions::{ConditionType, Reason};
 use crate::crd::CouponEvent;
 
 /// The annotation holding the incarnation the event's records carry.
 pub const INCARNATION_ANNOTATION: &str = "coupons.fcfs.dev/incarnation";
 
+/// The annotation naming the topic the operator created for this event: the one topic
+/// `onDelete: Delete` may delete (with `spec.exclusiveTopic`), recorded where pruning cannot
+/// drop it, and only for the topic it names (an edited topic is not the one created).
+pub const TOPIC_CREATED_ANNOTATION: &str = "coupons.fcfs.dev/topic-created";
+
+/// Whether the operator recorded creating `topic` for this object: the annotation, or the
+/// status flag of an object provisioned before the annotation existed.
+pub fn created_topic(event: &CouponEvent, topic: &str) -> bool {
+    let annotation = event.metadata.annotations.as_ref().and_then(|a| a.get(TOPIC_CREATED_ANNOTATION));
+    match annotation {
+        Some(created) => created == topic,
+        None => event.status.as_ref().is_some_and(|s| s.topic_created),
+    }
+}
+
+/// Records that the operator created `topic` for this object (only to this object: its UID
+/// is the precondition).
+pub async fn record_topic_created(api: &Api<CouponEvent>, event: &CouponEvent, topic: &str) -> Result<(), kube::Error> {
+    let patch = json!({ "metadata": { "uid": event.uid(), "annotations": { TOPIC_CREATED_ANNOTATION: topic } } });
+    api.patch(&event.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
 /// Condition reason while the installed CRD drops what the operator writes.
-pub const CRD_OUTDATED: &str = "CrdOutdated";
+pub const CRD_OUTDATED: &str = Reason::CrdOutdated.as_str();
 
 /// The incarnation recorded in the annotation, if any.
 pub fn annotated(event: &CouponEvent) -> Option<&str> {
@@ -56,8 +80,7 @@ pub fn dropped_fields(written: &Value, answered: &Value) -> BTreeSet<String> {
 /// no incarnation. (An event never provisioned, its status only saying why, has none to lose.)
 pub fn status_pruned(event: &CouponEvent) -> bool {
     let Some(status) = event.status.as_ref() else { return false };
-    let provisioned =
-        status.last_accepted_spec.is_some() || status.conditions.iter().any(|c| c.type_ == "Provisioned" && c.status == "True");
+    let provisioned = status.last_accepted_spec.is_some() || status.is_true(ConditionType::Provisioned);
     let trusted = annotated(event).is_some_and(|a| Some(a) == event.metadata.uid.as_deref());
     trusted && provisioned && status.incarnation.is_none()
 }

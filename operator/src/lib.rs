@@ -2,12 +2,14 @@
 //! (`schedule`, `status`, `lifecycle`); `controller` only reads, calls them and writes differences.
 
 pub mod backend;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod identity;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod readiness;
 pub mod schedule;
 pub mod status;
 

@@ -1,9 +1,13 @@
 //! Pure decisions about an event's Kafka topic when the event is deleted.
 //!
 //! A topic is shared data: other events may write to it (every event defaults to
-//! `coupon_create`, the consumer's topic), and records not yet written to SQL are coupons
-//! users were promised. So `onDelete: Delete` deletes the topic only when all of these hold;
-//! otherwise the topic is kept and a Warning says why.
+//! `coupon_create`, the consumer's topic), also events of another release with its own Redis
+//! on the same broker, which this operator cannot see. Records not yet written to SQL are
+//! coupons users were promised. So `onDelete: Delete` deletes the topic only when it is
+//! provably this event's alone: marked so in the spec (`exclusiveTopic`), not the default
+//! topic, created by the operator for this event (recorded where pruning cannot drop it), used
+//! by no other event the operator can see, and drained. Otherwise the topic is kept and a
+//! Warning says why.
 
 use crate::crd::CouponEventSpec;
 
@@ -23,9 +27,17 @@ pub fn changed_immutable(accepted: &CouponEventSpec, edited: &CouponEventSpec) -
     None
 }
 
+/// The topic every event uses unless it names another: never deleted.
+pub const DEFAULT_TOPIC: &str = "coupon_create";
+
 /// Why a topic is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeepTopic {
+    /// The spec does not say the topic is this event's alone: another release with its own
+    /// Redis on the same broker may sell on it, unseen by this operator.
+    NotExclusive,
+    /// The default topic is everyone's.
+    DefaultTopic,
     /// The topic existed before the event: the operator does not own it.
     NotCreatedByOperator,
     /// Another CouponEvent (`namespace/name`) uses the same topic.
@@ -37,6 +49,11 @@ pub enum KeepTopic {
 impl std::fmt::Display for KeepTopic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::NotExclusive => write!(
+                f,
+                "spec.exclusiveTopic is not set: another release on the same broker may use the topic, so the operator does not delete it"
+            ),
+            Self::DefaultTopic => write!(f, "the default topic {DEFAULT_TOPIC} is shared by every event that names no other"),
             Self::NotCreatedByOperator => write!(f, "the topic existed before the event, so the operator does not delete it"),
             Self::SharedWith(other) => write!(f, "CouponEvent {other} uses the same topic"),
             Self::NotDrained(left) => write!(f, "{left} issued coupons are not written to SQL yet"),
@@ -44,9 +61,30 @@ impl std::fmt::Display for KeepTopic {
     }
 }
 
-/// Whether the topic of an event being deleted with `onDelete: Delete` may be deleted.
-/// `others_on_topic`: other CouponEvents (deleting or not) that name the same topic.
-pub fn topic_deletion(created_by_operator: bool, others_on_topic: &[String], issued: i64, persisted: i64) -> Result<(), KeepTopic> {
+/// What decides whether a deleted event's topic goes.
+#[derive(Clone, Debug, Default)]
+pub struct TopicUse<'a> {
+    pub topic: &'a str,
+    /// `spec.exclusiveTopic` of the spec in effect.
+    pub exclusive: bool,
+    /// The operator created this topic for this event (its record of that).
+    pub created_by_operator: bool,
+    /// Other CouponEvents (deleting or not) the operator sees naming the same topic.
+    pub others_on_topic: &'a [String],
+    pub issued: i64,
+    pub persisted: i64,
+}
+
+/// Whether the topic of an event being deleted with `onDelete: Delete` may be deleted: the
+/// first reason to keep it, if any.
+pub fn topic_deletion(topic: &TopicUse<'_>) -> Result<(), KeepTopic> {
+    let TopicUse { topic, exclusive, created_by_operator, others_on_topic, issued, persisted } = *topic;
+    if topic == DEFAULT_TOPIC {
+        return Err(KeepTopic::DefaultTopic);
+    }
+    if !exclusive {
+        return Err(KeepTopic::NotExclusive);
+    }
     if !created_by_operator {
         return Err(KeepTopic::NotCreatedByOperator);
     }
@@ -79,13 +117,22 @@ mod tests {
     }
 
     #[test]
-    fn only_an_owned_unshared_drained_topic_is_deleted() {
-        assert_eq!(topic_deletion(true, &[], 10, 10), Ok(()));
-        assert_eq!(topic_deletion(true, &[], 0, 0), Ok(()));
-        assert_eq!(topic_deletion(false, &[], 10, 10), Err(KeepTopic::NotCreatedByOperator));
-        assert_eq!(topic_deletion(true, &["shop/other".into()], 10, 10), Err(KeepTopic::SharedWith("shop/other".into())));
-        assert_eq!(topic_deletion(true, &[], 10, 7), Err(KeepTopic::NotDrained(3)));
+    fn only_an_exclusive_owned_unshared_drained_topic_is_deleted() {
+        let shared = ["shop/other".to_owned()];
+        let exclusive =
+            TopicUse { topic: "sale-2026", exclusive: true, created_by_operator: true, issued: 10, persisted: 10, ..Default::default() };
+        assert_eq!(topic_deletion(&exclusive), Ok(()));
+        assert_eq!(topic_deletion(&TopicUse { issued: 0, persisted: 0, ..exclusive.clone() }), Ok(()));
+        assert_eq!(topic_deletion(&TopicUse { exclusive: false, ..exclusive.clone() }), Err(KeepTopic::NotExclusive));
+        assert_eq!(topic_deletion(&TopicUse { topic: DEFAULT_TOPIC, ..exclusive.clone() }), Err(KeepTopic::DefaultTopic));
+        assert_eq!(topic_deletion(&TopicUse { created_by_operator: false, ..exclusive.clone() }), Err(KeepTopic::NotCreatedByOperator));
+        assert_eq!(
+            topic_deletion(&TopicUse { others_on_topic: &shared, ..exclusive.clone() }),
+            Err(KeepTopic::SharedWith("shop/other".into()))
+        );
+        assert_eq!(topic_deletion(&TopicUse { persisted: 7, ..exclusive.clone() }), Err(KeepTopic::NotDrained(3)));
         // The first reason that applies is reported.
-        assert_eq!(topic_deletion(false, &["shop/other".into()], 10, 7), Err(KeepTopic::NotCreatedByOperator));
+        let everything = TopicUse { created_by_operator: false, others_on_topic: &shared, persisted: 7, ..exclusive.clone() };
+        assert_eq!(topic_deletion(&everything), Err(KeepTopic::NotCreatedByOperator));
     }
 }

@@ -73,10 +73,11 @@ struct RunArgs {
     identity: Option<String>,
     /// How long a Lease outlives its holder's last renewal: the longest wait for a
     /// hand-over after an instance died without releasing it.
-    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LEASE_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     lease_duration: std::time::Duration,
-    /// How long before the Lease expires its holder renews it.
-    #[arg(long, env = "LEASE_RENEW_MARGIN", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How long before its Lease could expire a leader whose renewals fail stops acting:
+    /// time kept in hand for clock rates and requests in flight.
+    #[arg(long, env = "LEASE_RENEW_MARGIN", default_value = "10s", value_parser = humantime::parse_duration)]
     lease_renew_margin: std::time::Duration,
 }
 
@@ -138,7 +139,12 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default().await?;
             tracing::info!("coupon-operator started");
             let namespace = Some(watch_namespace).filter(|n| !n.is_empty());
-            let controller = coupon_operator::controller::run(client.clone(), backend, metrics, namespace, ready);
+            // Ready once CouponEvents can be listed (the CRD installed, RBAC in place), leading
+            // or not: a standby that is Ready is what lets a disruption budget keep one.
+            tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), namespace.clone(), ready.clone()));
+            let backend = Arc::new(backend);
+            let controller =
+                || coupon_operator::controller::run(client.clone(), backend.clone(), metrics.clone(), namespace.clone(), ready.clone());
             if leader_election {
                 // Unique among candidates: the pod name; else the host name and the start time
                 // (process ids repeat across containers).
@@ -155,11 +161,30 @@ async fn main() -> anyhow::Result<()> {
                     renew_margin: lease_renew_margin,
                     leading: Default::default(),
                 };
-                election.run(client, controller).await?;
+                election.run(client.clone(), controller, shutdown_signal()).await?;
             } else {
-                controller.await;
+                controller().await;
             }
         }
     }
     Ok(())
+}
+
+/// SIGTERM or Ctrl-C: what ends a standby (a leader's controller ends on the same signals).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }

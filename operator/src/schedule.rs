@@ -19,12 +19,24 @@ pub const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
 pub struct EventState<'a> {
     pub namespace: &'a str,
     pub spec: &'a CouponEventSpec,
-    pub issued: i64,
-    pub persisted: i64,
-    /// Being deleted: it no longer asks for any replicas.
-    pub deleting: bool,
-    /// Spec refused: it asks only for idle replicas.
-    pub failed: bool,
+    pub need: Need,
+}
+
+/// What an event asks of its Deployments, said outright rather than encoded in counts: the
+/// controller knows situations (a drain with nothing open, a refused spec, a deletion) that
+/// the window and the counters alone do not tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// As its window and counters say (`phase`).
+    Window { issued: i64, persisted: i64 },
+    /// Issued coupons wait to be written while nothing is open (a deleted `Retain` event, a
+    /// re-used name waiting for an earlier object's coupons): the consumer stays up, the api
+    /// idles.
+    Drain,
+    /// Spec refused, none in effect: idle replicas only.
+    Idle,
+    /// Being deleted: it asks for nothing, and holds no shared Deployment up.
+    Nothing,
 }
 
 /// A Deployment, by namespace and name.
@@ -61,14 +73,15 @@ pub fn phase(now: Timestamp, spec: &CouponEventSpec, issued: i64, persisted: i64
 
 /// Replicas this event asks of its api and consumer Deployments, or `None` while deleting.
 pub fn requested(now: Timestamp, event: &EventState<'_>) -> Option<(i32, i32)> {
-    if event.deleting {
-        return None;
-    }
     let (api, consumer) = (&event.spec.api, &event.spec.consumer);
-    if event.failed {
-        return Some((event.spec.api_idle_replicas(), event.spec.consumer_idle_replicas()));
-    }
-    let phase = phase(now, event.spec, event.issued, event.persisted);
+    let (issued, persisted) = match event.need {
+        Need::Nothing => return None,
+        Need::Idle => return Some((event.spec.api_idle_replicas(), event.spec.consumer_idle_replicas())),
+        // What a window that ended with coupons unwritten asks (`Phase::Draining`).
+        Need::Drain => return Some((event.spec.api_idle_replicas(), consumer.replicas)),
+        Need::Window { issued, persisted } => (issued, persisted),
+    };
+    let phase = phase(now, event.spec, issued, persisted);
     // The api stays up until the end, sold out included: at the peak of the crowd users must
     // hear the cheap 410 (and holders their 409), not meet an empty Service, and a released
     // slot reopens the event without pods starting from zero.
@@ -125,12 +138,14 @@ mod tests {
 
     fn spec(start: &str, end: &str, api: (&str, i32, i32), consumer: (&str, i32, i32)) -> CouponEventSpec {
         CouponEventSpec {
+            event_id: None,
+            exclusive_topic: false,
             limit: 100,
             per_user_limit: 1,
             topic: "coupon_create".into(),
             partitions: 3,
             shards: 1,
-            schedule: Schedule { start: Time(t(start)), end: Time(t(end)), warm_up: Some("5m".into()) },
+            schedule: Schedule { start: Time(t(start)), end: Time(t(end)), warm_up: Some("5m".into()), cool_down: None },
             api: Workload { deployment: api.0.into(), replicas: api.1, idle_replicas: Some(api.2) },
             consumer: Workload { deployment: consumer.0.into(), replicas: consumer.1, idle_replicas: Some(consumer.2) },
             on_delete: OnDelete::Retain,
@@ -143,7 +158,7 @@ mod tests {
     }
 
     fn state<'a>(spec: &'a CouponEventSpec, issued: i64, persisted: i64) -> EventState<'a> {
-        EventState { namespace: "shop", spec, issued, persisted, deleting: false, failed: false }
+        EventState { namespace: "shop", spec, need: Need::Window { issued, persisted } }
     }
 
     fn key(name: &str) -> DeploymentKey {
@@ -228,15 +243,40 @@ mod tests {
     fn deleting_events_ask_for_nothing_and_failed_ones_for_idle() {
         let a = black_friday();
         let now = "2026-11-27T10:05:00Z";
-        let mut deleting = state(&a, 0, 0);
-        deleting.deleting = true;
-        assert!(replicas(now, &[deleting.clone()]).is_empty());
-        let mut failed = state(&a, 0, 0);
-        failed.failed = true;
+        let deleting = EventState { need: Need::Nothing, ..state(&a, 0, 0) };
+        assert!(replicas(now, std::slice::from_ref(&deleting)).is_empty());
+        let failed = EventState { need: Need::Idle, ..state(&a, 0, 0) };
         assert_eq!(replicas(now, &[failed]), vec![("coupon-api".into(), 0), ("coupon-consumer".into(), 0)]);
         // The deleting event does not hold a shared Deployment up.
         let b = spec("2026-11-28T10:00:00Z", "2026-11-28T10:30:00Z", ("coupon-api", 3, 1), ("coupon-consumer", 1, 0));
         assert_eq!(replicas(now, &[deleting, state(&b, 0, 0)]), vec![("coupon-api".into(), 1), ("coupon-consumer".into(), 0)]);
+    }
+
+    #[test]
+    fn a_drain_keeps_the_consumer_up_and_the_api_idle_whatever_the_window() {
+        let s = spec("2026-11-27T10:00:00Z", "2026-11-27T10:30:00Z", ("coupon-api", 10, 1), ("coupon-consumer", 2, 0));
+        let draining = EventState { need: Need::Drain, ..state(&s, 0, 0) };
+        // Before, during and after the window: as a window that ended with coupons unwritten.
+        for now in ["2026-11-26T10:00:00Z", "2026-11-27T10:05:00Z", "2026-11-28T10:00:00Z"] {
+            assert_eq!(
+                replicas(now, std::slice::from_ref(&draining)),
+                vec![("coupon-api".into(), 1), ("coupon-consumer".into(), 2)],
+                "{now}"
+            );
+        }
+        // Exactly what the window ended at `now` with a coupon unwritten asks.
+        for now in ["2026-11-26T10:00:00Z", "2026-11-27T10:05:00Z", "2026-11-28T10:00:00Z"] {
+            let mut ended = s.clone();
+            ended.schedule.start = Time(ended.schedule.start.0.min(t(now) - SignedDuration::from_secs(1)));
+            ended.schedule.end = Time(t(now));
+            assert_eq!(requested(t(now), &draining), requested(t(now), &state(&ended, 1, 0)), "{now}");
+        }
+        // It holds a shared consumer up for another event that is closed.
+        let other = spec("2026-11-20T10:00:00Z", "2026-11-20T10:30:00Z", ("coupon-api", 3, 0), ("coupon-consumer", 5, 0));
+        assert_eq!(
+            replicas("2026-11-27T10:05:00Z", &[draining, state(&other, 10, 10)]),
+            vec![("coupon-api".into(), 1), ("coupon-consumer".into(), 2)]
+        );
     }
 
     #[test]
@@ -272,7 +312,8 @@ mod tests {
         s.schedule.warm_up = None;
         assert_eq!(phase(t("2026-11-27T09:55:00Z"), &s, 0, 0), Phase::WarmingUp);
         assert_eq!(phase(t("2026-11-27T09:54:59Z"), &s, 0, 0), Phase::Scheduled);
-        s.schedule.warm_up = Some("0s".into());
-        assert_eq!(phase(t("2026-11-27T09:59:59Z"), &s, 0, 0), Phase::Scheduled);
+        s.schedule.warm_up = Some("30s".into());
+        assert_eq!(phase(t("2026-11-27T09:59:29Z"), &s, 0, 0), Phase::Scheduled);
+        assert_eq!(phase(t("2026-11-27T09:59:30Z"), &s, 0, 0), Phase::WarmingUp);
     }
 }

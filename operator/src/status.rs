@@ -4,12 +4,13 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::conditions::{status_str, ConditionType, Reason};
 use crate::crd::{CouponEventSpec, CouponEventStatus, Phase};
 
 /// Why provisioning did not happen, as a condition reason and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -56,24 +57,25 @@ pub struct ScaleReport {
 
 impl ScaleReport {
     /// The `Scaling` condition: whether the operator scales every Deployment it names.
-    fn condition(&self) -> (bool, &'static str, String) {
+    fn condition(&self) -> (bool, Reason, String) {
         if !self.autoscaled.is_empty() {
             let which: Vec<String> = self.autoscaled.iter().map(|(d, h)| format!("{d} (HorizontalPodAutoscaler {h})")).collect();
-            return (false, "Autoscaled", format!("left to their autoscaler: {}", which.join(", ")));
+            return (false, Reason::Autoscaled, format!("left to their autoscaler: {}", which.join(", ")));
         }
         if !self.not_opted_in.is_empty() {
             let names = self.not_opted_in.join(", ");
-            return (false, "NotOptedIn", format!("{names} lack the label {SCALABLE_LABEL}=\"true\": their scale is left alone"));
+            return (false, Reason::NotOptedIn, format!("{names} lack the label {SCALABLE_LABEL}=\"true\": their scale is left alone"));
         }
         if !self.missing.is_empty() {
-            return (false, "DeploymentNotFound", format!("Deployment {} not found", self.missing.join(", ")));
+            return (false, Reason::DeploymentNotFound, format!("Deployment {} not found", self.missing.join(", ")));
         }
-        (true, "Scaled", "the operator scales the event's Deployments".into())
+        (true, Reason::Scaled, "the operator scales the event's Deployments".into())
     }
 }
 
+/// A condition of `type_`; `reason` is a `Reason`'s string, or the phase's name for `Open`.
 fn condition(
-    type_: &str,
+    type_: ConditionType,
     status: bool,
     reason: &str,
     message: String,
@@ -81,7 +83,8 @@ fn condition(
     now: Timestamp,
     previous: &[Condition],
 ) -> Condition {
-    let status = if status { "True" } else { "False" }.to_owned();
+    let status = status_str(status).to_owned();
+    let type_ = type_.as_str();
     // The transition time moves only when the status does.
     let last_transition_time =
         previous.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone()).unwrap_or(Time(now));
@@ -94,16 +97,24 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
     let g = observed.generation;
     let (issued, persisted, limit) = (observed.issued, observed.persisted, observed.limit);
     let provisioned = match &observed.provisioned {
-        Ok(()) => condition("Provisioned", true, "Provisioned", "Redis configuration and Kafka topic are in place".into(), g, now, before),
-        Err(refusal) => condition("Provisioned", false, refusal.reason, refusal.message.clone(), g, now, before),
+        Ok(()) => condition(
+            ConditionType::Provisioned,
+            true,
+            Reason::Provisioned.as_str(),
+            "Redis configuration and Kafka topic are in place".into(),
+            g,
+            now,
+            before,
+        ),
+        Err(refusal) => condition(ConditionType::Provisioned, false, refusal.reason.as_str(), refusal.message.clone(), g, now, before),
     };
     let phase_name = format!("{:?}", observed.phase);
-    let open = condition("Open", observed.phase == Phase::Open, &phase_name, format!("phase {phase_name}"), g, now, before);
+    let open = condition(ConditionType::Open, observed.phase == Phase::Open, &phase_name, format!("phase {phase_name}"), g, now, before);
     let sold_out = observed.provisioned.is_ok() && issued >= limit;
     let sold_out = condition(
-        "SoldOut",
+        ConditionType::SoldOut,
         sold_out,
-        if sold_out { "LimitReached" } else { "CouponsLeft" },
+        if sold_out { Reason::LimitReached } else { Reason::CouponsLeft }.as_str(),
         format!("{issued} of {limit} coupons issued"),
         g,
         now,
@@ -111,33 +122,39 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
     );
     let drained = persisted >= issued;
     let drained = condition(
-        "Drained",
+        ConditionType::Drained,
         drained,
-        if drained { "AllWritten" } else { "Writing" },
+        if drained { Reason::AllWritten } else { Reason::Writing }.as_str(),
         format!("{persisted} of {issued} issued coupons written to SQL"),
         g,
         now,
         before,
     );
     let (scaled, scaling_reason, scaling_message) = observed.scaling.condition();
-    let scaling = condition("Scaling", scaled, scaling_reason, scaling_message, g, now, before);
+    let scaling = condition(ConditionType::Scaling, scaled, scaling_reason.as_str(), scaling_message, g, now, before);
     let ready = match &observed.provisioned {
         Ok(()) if !observed.scaling.missing.is_empty() => condition(
-            "Ready",
+            ConditionType::Ready,
             false,
-            "DeploymentNotFound",
+            Reason::DeploymentNotFound.as_str(),
             format!("Deployment {} not found: the event has no pods to serve it", observed.scaling.missing.join(", ")),
             g,
             now,
             before,
         ),
-        Ok(()) if observed.paused => {
-            condition("Ready", false, "Paused", "the sale is paused: applies answer 403 paused".into(), g, now, before)
-        }
-        Ok(()) => condition("Ready", true, "Provisioned", "the spec is in effect".into(), g, now, before),
+        Ok(()) if observed.paused => condition(
+            ConditionType::Ready,
+            false,
+            Reason::Paused.as_str(),
+            "the sale is paused: applies answer 403 paused".into(),
+            g,
+            now,
+            before,
+        ),
+        Ok(()) => condition(ConditionType::Ready, true, Reason::Provisioned.as_str(), "the spec is in effect".into(), g, now, before),
         Err(refusal) => {
             let effect = if observed.accepted.is_some() { "the last accepted spec stays in effect" } else { "nothing is in effect" };
-            condition("Ready", false, refusal.reason, format!("{}; {effect}", refusal.message), g, now, before)
+            condition(ConditionType::Ready, false, refusal.reason.as_str(), format!("{}; {effect}", refusal.message), g, now, before)
         }
     };
     CouponEventStatus {
@@ -156,7 +173,7 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
 /// The status while Redis or Kafka cannot be reached: everything as last seen, and
 /// `Ready=False` with reason `BackendUnavailable` saying what failed.
 pub fn unavailable_status(now: Timestamp, previous: Option<&CouponEventStatus>, generation: Option<i64>, error: &str) -> CouponEventStatus {
-    not_ready_status(now, previous, generation, "BackendUnavailable", format!("cannot reach a backend: {error}"))
+    not_ready_status(now, previous, generation, Reason::BackendUnavailable, format!("cannot reach a backend: {error}"))
 }
 
 /// Everything as last seen, and `Ready=False` with `reason` and `message`.
@@ -164,13 +181,13 @@ pub fn not_ready_status(
     now: Timestamp,
     previous: Option<&CouponEventStatus>,
     generation: Option<i64>,
-    reason: &str,
+    reason: Reason,
     message: String,
 ) -> CouponEventStatus {
     let mut status = previous.cloned().unwrap_or_default();
     let before = status.conditions.clone();
-    let ready = condition("Ready", false, reason, message, generation, now, &before);
-    status.conditions.retain(|c| c.type_ != "Ready");
+    let ready = condition(ConditionType::Ready, false, reason.as_str(), message, generation, now, &before);
+    status.conditions.retain(|c| c.type_ != ConditionType::Ready.as_str());
     status.conditions.push(ready);
     status
 }
@@ -228,7 +245,7 @@ mod tests {
     #[test]
     fn a_refused_spec_is_failed_with_its_reason() {
         let mut failed = observation(Phase::Failed, 0, 0);
-        failed.provisioned = Err(Refusal { reason: "InvalidSpec", message: "end before start".into() });
+        failed.provisioned = Err(Refusal { reason: Reason::InvalidSpec, message: "end before start".into() });
         let status = next_status(t("2026-11-27T10:00:00Z"), None, &failed);
         let provisioned = find(&status, "Provisioned");
         assert_eq!(

@@ -45,12 +45,19 @@ fn t(s: &str) -> Timestamp {
 fn coupon_event(limit: i64, on_delete: OnDelete) -> CouponEvent {
     let name = unique("ev");
     let spec = CouponEventSpec {
+        event_id: None,
+        exclusive_topic: false,
         limit,
         per_user_limit: 1,
         topic: format!("op.{name}"),
         partitions: 2,
         shards: 1,
-        schedule: Schedule { start: Time(t("2026-11-27T10:00:00Z")), end: Time(t("2026-11-27T10:30:00Z")), warm_up: Some("5m".into()) },
+        schedule: Schedule {
+            start: Time(t("2026-11-27T10:00:00Z")),
+            end: Time(t("2026-11-27T10:30:00Z")),
+            warm_up: Some("5m".into()),
+            cool_down: None,
+        },
         api: Workload { deployment: "coupon-api".into(), replicas: 10, idle_replicas: Some(0) },
         consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
         on_delete,
@@ -90,7 +97,7 @@ fn harness_with(server: FakeApiServer, now: &str, backend: Backend) -> Harness {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter { controller: REPORTER.into(), instance: None }),
         client,
-        backend,
+        backend: Arc::new(backend),
         events: store,
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(move || *read_clock.lock().unwrap()),

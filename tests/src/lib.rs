@@ -20,6 +20,7 @@ use coupon_service::sql::Store;
 use tokio::sync::watch;
 
 pub mod cluster;
+pub mod kafka_filter;
 pub mod local_cluster;
 pub mod stand_in_node;
 pub mod tcp_gate;
@@ -568,6 +569,17 @@ impl OwnTansu {
         let pid = self.process.as_ref().and_then(|p| p.child.id()).expect("tansu is running");
         let status = std::process::Command::new("kill").arg(signal).arg(pid.to_string()).status().unwrap();
         assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// An in-memory broker that sends its clients to `advertised` after bootstrapping (a
+    /// proxy in front of it, such as `kafka_filter::KafkaFilter`).
+    pub async fn start_advertised(port: u16, advertised: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("tansu"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut tansu =
+            Self { port, storage: "memory://tansu/", dir, process: None, advertised: Some(advertised.to_owned()), authentication: false };
+        tansu.restart().await;
+        tansu
     }
 
     /// A durable broker whose clients must authenticate with SCRAM as one of `users`

@@ -15,9 +15,33 @@ pub enum TopicOutcome {
     AlreadyExists,
 }
 
+/// What a metadata lookup says about a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicLookup {
+    Exists,
+    Missing,
+}
+
+impl TopicLookup {
+    /// A topic's entry in a metadata answer. Not being allowed to describe a topic counts as
+    /// its existing: a principal with Write but not Describe or Create (topics pre-created by
+    /// Strimzi's `KafkaTopic`, on MSK or Confluent Cloud) could not create it either, and the
+    /// producers' own errors will say if it is really missing.
+    pub fn from_metadata_error(error: Option<RDKafkaErrorCode>) -> Result<Self, RDKafkaErrorCode> {
+        match error {
+            None | Some(RDKafkaErrorCode::TopicAuthorizationFailed) => Ok(Self::Exists),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => Ok(Self::Missing),
+            // Leader elections and the like: the topic is there, the answer will settle.
+            Some(RDKafkaErrorCode::LeaderNotAvailable) => Ok(Self::Exists),
+            Some(other) => Err(other),
+        }
+    }
+}
+
 /// Creates and deletes topics.
 pub struct TopicAdmin {
-    client: AdminClient<DefaultClientContext>,
+    /// Shared with the blocking metadata lookups.
+    client: std::sync::Arc<AdminClient<DefaultClientContext>>,
     /// Configuration every topic this admin creates gets (`retention.ms`,
     /// `min.insync.replicas`, ...), by Kafka's own names.
     topic_configs: Vec<(String, String)>,
@@ -38,7 +62,11 @@ pub fn parse_topic_configs(text: &str) -> Result<Vec<(String, String)>, String> 
 
 impl TopicAdmin {
     pub(super) fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
-        Ok(Self { client: config.create()?, topic_configs: Vec::new() })
+        // A metadata request of a producer-type client (which the admin client is) may create
+        // a missing topic with the broker's defaults; a lookup must never do that.
+        let mut config = config.clone();
+        config.set("allow.auto.create.topics", "false");
+        Ok(Self { client: std::sync::Arc::new(config.create()?), topic_configs: Vec::new() })
     }
 
     /// Topics created from now on get these configurations.
@@ -51,8 +79,12 @@ impl TopicAdmin {
         AdminOptions::new().request_timeout(Some(Duration::from_secs(10))).operation_timeout(Some(Duration::from_secs(10)))
     }
 
-    /// Creates the topic unless it exists; an existing topic is left as it is.
+    /// Creates the topic unless it exists; an existing topic is left as it is. Looked up
+    /// first, so that an existing topic needs no Create right (see `TopicLookup`).
     pub async fn ensure_topic(&self, topic: &str, partitions: i32, replication: i32) -> Result<TopicOutcome, KafkaError> {
+        if self.lookup(topic).await? == TopicLookup::Exists {
+            return Ok(TopicOutcome::AlreadyExists);
+        }
         let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
         for (name, value) in &self.topic_configs {
             new_topic = new_topic.set(name, value);
@@ -82,6 +114,19 @@ impl TopicAdmin {
         Ok(resource.get(name).and_then(|entry| entry.value.clone()))
     }
 
+    /// Whether the topic exists, from a metadata request for it alone (which never creates
+    /// it: the admin client is configured with `allow.auto.create.topics=false`).
+    pub async fn lookup(&self, topic: &str) -> Result<TopicLookup, KafkaError> {
+        let client = self.client.clone();
+        let name = topic.to_owned();
+        let metadata = tokio::task::spawn_blocking(move || client.inner().fetch_metadata(Some(&name), Duration::from_secs(10)))
+            .await
+            .map_err(|error| KafkaError::AdminOpCreation(format!("topic lookup: {error}")))??;
+        let entry = metadata.topics().iter().find(|t| t.name() == topic).map(|t| t.error().map(RDKafkaErrorCode::from));
+        let Some(error) = entry else { return Ok(TopicLookup::Missing) };
+        TopicLookup::from_metadata_error(error).map_err(KafkaError::MetadataFetch)
+    }
+
     /// Partition count of a topic, `None` if the broker does not know it. Blocking.
     pub fn partitions(&self, topic: &str, timeout: Duration) -> Result<Option<usize>, KafkaError> {
         let metadata = self.client.inner().fetch_metadata(Some(topic), timeout)?;
@@ -92,6 +137,14 @@ impl TopicAdmin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topic_the_principal_may_not_describe_counts_as_existing() {
+        assert_eq!(TopicLookup::from_metadata_error(None), Ok(TopicLookup::Exists));
+        assert_eq!(TopicLookup::from_metadata_error(Some(RDKafkaErrorCode::TopicAuthorizationFailed)), Ok(TopicLookup::Exists));
+        assert_eq!(TopicLookup::from_metadata_error(Some(RDKafkaErrorCode::UnknownTopicOrPartition)), Ok(TopicLookup::Missing));
+        assert!(TopicLookup::from_metadata_error(Some(RDKafkaErrorCode::BrokerNotAvailable)).is_err());
+    }
 
     #[test]
     fn topic_configs_are_name_value_pairs() {

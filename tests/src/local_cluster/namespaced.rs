@@ -141,6 +141,15 @@ impl NamespacedCluster {
         }
     }
 
+    /// Lets a client `cut` off reach the API server again (new connections go through).
+    pub async fn reconnect(&self, client: &str) {
+        let gate = self.gates.lock().unwrap().remove(client);
+        if let Some(mut gate) = gate {
+            gate.open().await;
+            self.gates.lock().unwrap().insert(client.to_owned(), gate);
+        }
+    }
+
     /// Every request the clients of this namespace's ServiceAccounts made, from the audit log.
     pub fn requests(&self) -> Vec<Recorded> {
         let now_wall = SystemTime::now();

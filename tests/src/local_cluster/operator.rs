@@ -33,7 +33,7 @@ pub fn lease() -> Duration {
     parameter("KUBE_TEST_LEASE", Duration::from_secs(8))
 }
 
-/// How long before the Lease expires its holder renews it.
+/// How long before its Lease could expire a leader whose renewals fail stops acting.
 pub fn renew_margin() -> Duration {
     lease() * 3 / 8
 }
@@ -63,12 +63,14 @@ pub fn coupon_event(cluster: &NamespacedCluster, limit: i64, from: SignedDuratio
     let name = unique("loop");
     let now = Timestamp::now();
     let spec = CouponEventSpec {
+        event_id: None,
+        exclusive_topic: false,
         limit,
         per_user_limit: 1,
         topic: format!("op.{name}"),
         partitions: 1,
         shards: 1,
-        schedule: Schedule { start: Time(now + from), end: Time(now + to), warm_up: Some("1m".into()) },
+        schedule: Schedule { start: Time(now + from), end: Time(now + to), warm_up: Some("1m".into()), cool_down: None },
         api: Workload { deployment: "coupon-api".into(), replicas: 3, idle_replicas: Some(1) },
         consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
         on_delete: OnDelete::Delete,
@@ -85,14 +87,28 @@ pub struct Operator {
     pub task: JoinHandle<Result<(), LeadershipError>>,
     /// True while it acts as the leader.
     pub leading: Arc<AtomicBool>,
-    /// Its readiness (`/readyz`): true once its cache of CouponEvents has synced.
+    /// Its readiness (`/readyz`): true once it can list CouponEvents, leading or not.
     pub ready: Arc<AtomicBool>,
 }
 
 pub async fn start_operator(cluster: &NamespacedCluster, name: &str) -> Operator {
+    start_operator_on(cluster, name, &redis_url()).await
+}
+
+/// An operator instance with a Redis of its own (another release's).
+pub async fn start_operator_on(cluster: &NamespacedCluster, name: &str, redis_url: &str) -> Operator {
+    start_operator_with(cluster, name, redis_url, &kafka_brokers()).await
+}
+
+/// An operator instance with its own Kafka brokers.
+pub async fn start_operator_with_kafka(cluster: &NamespacedCluster, name: &str, brokers: &str) -> Operator {
+    start_operator_with(cluster, name, &redis_url(), brokers).await
+}
+
+async fn start_operator_with(cluster: &NamespacedCluster, name: &str, redis_url: &str, brokers: &str) -> Operator {
     crate::init_logging();
     let client = cluster.client(name).await;
-    let backend = Backend::new(redis_url(), &kafka(&kafka_brokers()), 1).unwrap();
+    let backend = Backend::new(redis_url, &kafka(brokers), 1).unwrap();
     let election = LeaderElection {
         namespace: cluster.namespace.clone(),
         lease_name: "coupon-operator".into(),
@@ -103,14 +119,15 @@ pub async fn start_operator(cluster: &NamespacedCluster, name: &str) -> Operator
     };
     let leading = election.leading.clone();
     let ready = Arc::new(AtomicBool::new(false));
-    let controller = coupon_operator::controller::run(
-        client.clone(),
-        backend,
-        Arc::new(Metrics::default()),
-        Some(cluster.namespace.clone()),
-        ready.clone(),
-    );
-    let task = tokio::spawn(async move { election.run(client, controller).await });
+    let (backend, metrics, namespace, readiness) =
+        (Arc::new(backend), Arc::new(Metrics::default()), Some(cluster.namespace.clone()), ready.clone());
+    let controller_client = client.clone();
+    let controller = move || {
+        coupon_operator::controller::run(controller_client.clone(), backend.clone(), metrics.clone(), namespace.clone(), readiness.clone())
+    };
+    tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), Some(cluster.namespace.clone()), ready.clone()));
+    // A standby is ended by aborting its task (as a killed process is).
+    let task = tokio::spawn(async move { election.run(client, controller, std::future::pending()).await });
     Operator { name: name.into(), task, leading, ready }
 }
 

@@ -1,0 +1,123 @@
+//! Admission: whether a reconcile may act on the event at all, who the sale is, and whether
+//! the spec as it stands may be put in effect.
+//!
+//! All of it comes before anything is provisioned. An installed CRD that prunes what the
+//! operator writes would make it take its own sale for an earlier object's (and hand the
+//! limit out twice), so that is probed first; the incarnation is recorded where pruning
+//! cannot drop it; and a spec that is invalid, or that edits a field fixed once accepted, is
+//! refused here without touching Redis or Kafka.
+
+use std::ops::ControlFlow;
+
+use coupon_core::redis::keyspace::EventCounters;
+use kube::runtime::controller::Action;
+use kube::Api;
+use serde_json::json;
+
+use super::provision::provisioned_before;
+use super::{report, Context};
+use crate::conditions::{ConditionType, Reason};
+use crate::crd::{CouponEvent, CouponEventSpec};
+use crate::identity;
+use crate::lifecycle;
+use crate::status::Refusal;
+
+/// What admission decided for a reconcile that goes on.
+pub(super) struct Admission {
+    /// This reconcile wrote the incarnation annotation: the object in hand predates it.
+    pub recorded_now: bool,
+    /// The spec in effect before this reconcile (`None`: never accepted).
+    pub accepted_before: Option<CouponEventSpec>,
+    /// Why the spec as it stands is refused before anything is provisioned.
+    pub refused: Option<Refusal>,
+}
+
+/// `Continue` with what admission decided, or `Break` with when to look again: the installed
+/// CRD drops what the operator writes, which is reported and nothing acted on.
+pub(super) async fn admit(
+    event: &CouponEvent,
+    ctx: &Context,
+    api: &Api<CouponEvent>,
+) -> Result<ControlFlow<Action, Admission>, kube::Error> {
+    if identity::status_pruned(event) {
+        // The status lost the incarnation: the CRD may be outdated. Written again, does it
+        // stay? (It does once the new CRD is applied.)
+        let answered = report::write_status(api, event, json!({ "incarnation": identity::annotated(event) })).await?;
+        if answered.status.as_ref().is_none_or(|s| s.incarnation.is_none()) {
+            return report::crd_outdated(event, answered.status.as_ref(), ctx, api, "incarnation").await.map(ControlFlow::Break);
+        }
+    }
+    // Who this sale is, where pruning cannot drop it, before anything is provisioned.
+    let recorded_now = identity::record(api, event, incarnation(event)).await?;
+    let accepted_before = accepted_before(event);
+    let immutable = accepted_before.as_ref().and_then(|accepted| lifecycle::changed_immutable(accepted, &event.spec));
+    let refused = match (event.spec.validate(), immutable) {
+        (Err(invalid), _) => Some(Refusal { reason: Reason::InvalidSpec, message: invalid.to_string() }),
+        (Ok(()), Some(message)) => Some(Refusal { reason: Reason::ImmutableField, message }),
+        (Ok(()), None) => None,
+    };
+    Ok(ControlFlow::Continue(Admission { recorded_now, accepted_before, refused }))
+}
+
+/// The spec in effect before this reconcile. A status written before `lastAcceptedSpec`
+/// existed counts the current spec as accepted if it was provisioned for this generation,
+/// so an upgrade never turns a live event `Failed`.
+fn accepted_before(event: &CouponEvent) -> Option<CouponEventSpec> {
+    let previous = event.status.as_ref();
+    previous.and_then(|s| s.last_accepted_spec.clone()).or_else(|| {
+        previous
+            .filter(|s| s.observed_generation == event.metadata.generation && s.is_true(ConditionType::Provisioned))
+            .map(|_| event.spec.clone())
+    })
+}
+
+/// Redis says who the sale is when its state (`counters`, this object's) carries this
+/// object's UID: a record that an outdated CRD pruned or a user removed or edited is written
+/// back from it. Returns that incarnation.
+pub(super) async fn record_from_redis(
+    api: &Api<CouponEvent>,
+    event: &CouponEvent,
+    admission: &Admission,
+    counters: Option<&EventCounters>,
+) -> Result<Option<String>, kube::Error> {
+    let known = counters.and_then(|c| keyed_with_uid(c, event)).map(str::to_owned);
+    if let Some(uid) = known.as_deref() {
+        // (Not again when this reconcile wrote it at its start: the object in hand predates that.)
+        if !(admission.recorded_now && incarnation(event) == Some(uid)) {
+            identity::record(api, event, Some(uid)).await?;
+        }
+    }
+    Ok(known)
+}
+
+/// The incarnation this object's event carries in its key: the annotation written before
+/// its first provisioning, trusted only when it names this object's UID or what its status
+/// recorded (a user may edit it, or copy it from an exported object; not the status); for an
+/// object provisioned before the annotation existed, the one its status recorded (none for
+/// an event provisioned before incarnations existed, whose rows are keyed by name alone);
+/// else its UID.
+pub(super) fn incarnation(event: &CouponEvent) -> Option<&str> {
+    let uid = event.metadata.uid.as_deref();
+    let recorded = event.status.as_ref().and_then(|s| s.incarnation.as_deref());
+    if let Some(annotated) = identity::annotated(event).filter(|a| Some(*a) == uid || Some(*a) == recorded) {
+        return Some(annotated);
+    }
+    if provisioned_before(event) {
+        recorded
+    } else {
+        uid
+    }
+}
+
+/// Whether Redis' state under the object's name is this object's: it carries this object's
+/// incarnation, or its UID (UIDs are never reused, so state keyed with it is this object's
+/// whatever an outdated CRD or an edited annotation left of the record).
+pub(super) fn owns(counters: &EventCounters, event: &CouponEvent) -> bool {
+    counters.incarnation.as_deref() == incarnation(event) || keyed_with_uid(counters, event).is_some()
+}
+
+/// Redis' incarnation when it is this object's UID: then Redis says who the sale is, whatever
+/// the object's own record of it (pruned by an outdated CRD, removed or edited) says.
+pub(super) fn keyed_with_uid<'a>(counters: &'a EventCounters, event: &CouponEvent) -> Option<&'a str> {
+    counters.incarnation.as_deref().filter(|i| Some(*i) == event.metadata.uid.as_deref())
+}

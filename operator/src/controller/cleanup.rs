@@ -1,0 +1,184 @@
+//! Clean-up on deletion, behind the finalizer: a `Retain` event's sale is closed and the
+//! deletion waits for its coupons to be written; a `Delete` event's Redis keys go, and its
+//! topic where `lifecycle::topic_deletion` allows it.
+//!
+//! A deletion must end even when Redis or Kafka is gone for good, so each kind of waiting
+//! has its patience (`CLEANUP_PATIENCE`), after which the object is let go with a Warning
+//! naming what was left behind.
+
+use std::time::Duration;
+
+use coupon_core::event::EventId;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+
+use super::admit::owns;
+use super::{scale, Context};
+use crate::backend::BackendError;
+use crate::crd::{CouponEvent, CouponEventSpec, OnDelete};
+use crate::identity;
+use crate::lifecycle;
+use crate::schedule::{EventState, Need};
+
+/// How long a deletion keeps trying to reach Redis and Kafka before it lets the object go
+/// (with a Warning naming what was left behind), so a deletion always ends.
+pub const CLEANUP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// How a clean-up does not finish (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Not a failure: a deleted `Retain` event waits for its coupons to be written (this many).
+    #[error("waiting for {0} issued coupons to be written to SQL before letting the event go")]
+    Draining(i64),
+}
+
+pub(super) async fn cleanup(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<Action, CleanupError> {
+    let now = ctx.now();
+    // What is in effect is the last accepted spec, not an edit that was refused.
+    let spec = event.status.as_ref().and_then(|s| s.last_accepted_spec.as_ref()).unwrap_or(&event.spec);
+    let attempt = async {
+        let draining = close_and_count_unwritten(event, spec, id, ctx, now).await?;
+        // While coupons wait on the topic the consumer stays up, as for a window that ended
+        // now (other events see a deleting `Retain` event the same way: `other_events`).
+        let need = match draining {
+            None => Need::Nothing,
+            Some(_) => Need::Drain,
+        };
+        scale::scale(event, EventState { namespace: id.namespace(), spec, need }, ctx, now).await?;
+        cleanup_backends(event, spec, id, ctx).await?;
+        Ok::<_, CleanupError>(draining)
+    };
+    let uid = event.metadata.uid.clone().unwrap_or_else(|| id.to_string());
+    let forget_failures = || ctx.cleanup_failing_since.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+    let forget_drain = || ctx.drain_progress.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+    match attempt.await {
+        Ok(None) => {
+            forget_failures();
+            forget_drain();
+            Ok(Action::await_change())
+        }
+        Ok(Some((unwritten, persisted))) => {
+            forget_failures();
+            // Waiting as long as the drain moves; patience counts from its last progress.
+            let stalled_since = {
+                let mut progress = ctx.drain_progress.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = progress.entry(uid.clone()).or_insert((persisted, now));
+                if persisted > entry.0 {
+                    *entry = (persisted, now);
+                }
+                entry.1
+            };
+            let stalled_for = Duration::from_millis(now.duration_since(stalled_since).as_millis().max(0) as u64);
+            if stalled_for < CLEANUP_PATIENCE {
+                return Err(CleanupError::Draining(unwritten));
+            }
+            forget_drain();
+            let message = format!(
+                "gave up waiting for {unwritten} issued coupons to be written (no progress for {stalled_for:?}); they stay on topic {} and are written once a consumer of it runs",
+                spec.topic
+            );
+            ctx.publish(event, EventType::Warning, "CleanupAbandoned", "Cleanup", message).await;
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            let since = *ctx.cleanup_failing_since.lock().unwrap_or_else(|e| e.into_inner()).entry(uid.clone()).or_insert(now);
+            let failing_for = Duration::from_millis(now.duration_since(since).as_millis().max(0) as u64);
+            if failing_for < CLEANUP_PATIENCE {
+                return Err(error);
+            }
+            forget_failures();
+            let left = match spec.on_delete {
+                OnDelete::Delete => format!("its Redis keys and perhaps topic {}", spec.topic),
+                OnDelete::Retain => "its state in Redis, and its sale open if closing it failed".to_owned(),
+            };
+            let message = format!("gave up cleaning up after failing for {failing_for:?} ({error}); left behind: {left}");
+            ctx.publish(event, EventType::Warning, "CleanupAbandoned", "Cleanup", message).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// `Retain`: closes the sale (its window ends now), then counts what is still unwritten, in
+/// that order so that nothing issued between the two goes uncounted. `Some((unwritten,
+/// persisted))` while coupons wait to be written; `None` for `Delete`, for nothing left, or
+/// for a state that is not this object's.
+async fn close_and_count_unwritten(
+    event: &CouponEvent,
+    spec: &CouponEventSpec,
+    id: &EventId,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Option<(i64, i64)>, BackendError> {
+    if spec.on_delete != OnDelete::Retain {
+        return Ok(None);
+    }
+    if !ctx.backend.counters(id).await?.is_some_and(|c| owns(&c, event)) {
+        return Ok(None);
+    }
+    if ctx.backend.close_sale(id, spec, now).await? {
+        ctx.publish(event, EventType::Normal, "SaleClosed", "Cleanup", "the event's window now ends at its deletion".into()).await;
+    }
+    let after = ctx.backend.counters(id).await?.filter(|c| owns(c, event));
+    Ok(after.map(|c| ((c.issued - c.persisted).max(c.unwritten), c.persisted)).filter(|(unwritten, _)| *unwritten > 0))
+}
+
+/// `Retain` keeps everything (its sale was closed before); `Delete` removes the Redis keys,
+/// and the topic only where `lifecycle::topic_deletion` allows it.
+async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ctx: &Context) -> Result<(), BackendError> {
+    let counters = ctx.backend.counters(id).await?;
+    if counters.as_ref().is_some_and(|c| !owns(c, event)) {
+        // This object never got to provision (an earlier one of its name was draining):
+        // what Redis and the topic hold is that earlier object's, and stays.
+        let message = "Redis holds an earlier CouponEvent's state under this name: left as it is".to_owned();
+        ctx.publish(event, EventType::Normal, "NothingToClean", "Cleanup", message).await;
+        return Ok(());
+    }
+    if spec.on_delete == OnDelete::Retain {
+        // Closed by `close_and_count_unwritten`; the rest stays.
+        return Ok(());
+    }
+    // Read before the keys go: whether every issued coupon reached SQL. Without counters
+    // (Redis lost them, or an earlier attempt removed them) the status' last counts decide.
+    let (issued, persisted) = match counters {
+        Some(c) => (c.issued, c.persisted),
+        None => event.status.as_ref().map_or((0, 0), |s| (s.issued, s.persisted)),
+    };
+    // Users of the topic: the events this operator watches, and every event registered in
+    // Redis (other namespaces, events deleted with `Retain` whose records may be unwritten).
+    let mut others: Vec<String> = ctx
+        .events
+        .state()
+        .iter()
+        .filter(|e| e.spec.topic == spec.topic && !(e.name_any() == event.name_any() && e.namespace() == event.namespace()))
+        .map(|e| format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any()))
+        .collect();
+    others.extend(ctx.backend.other_events_on_topic(&spec.topic, id).await?);
+    others.sort();
+    others.dedup();
+    let topic_use = lifecycle::TopicUse {
+        topic: &spec.topic,
+        exclusive: spec.exclusive_topic,
+        created_by_operator: identity::created_topic(event, &spec.topic),
+        others_on_topic: &others,
+        issued,
+        persisted,
+    };
+    ctx.backend.delete_redis(id).await?;
+    match lifecycle::topic_deletion(&topic_use) {
+        Ok(()) => {
+            ctx.backend.delete_topic(&spec.topic).await?;
+            ctx.publish(event, EventType::Normal, "Deleted", "Cleanup", format!("removed Redis keys and topic {}", spec.topic)).await;
+        }
+        Err(keep) => {
+            let message = format!("removed Redis keys; kept topic {}: {keep}", spec.topic);
+            ctx.publish(event, EventType::Warning, "TopicKept", "Cleanup", message).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! The kube-runtime controller: a thin layer that reads the cluster, calls the pure decisions
+//! in `schedule` and `status`, and writes back only what differs.
+//!
+//! A reconcile of a live event runs its steps in order, one module each: `admit` (may the
+//! operator act, who the sale is, is the spec acceptable), `provision` (topic and Redis),
+//! `scale` (the Deployments the events share), `report` (the status, through its one
+//! writer, and the Events telling what changed); a deleted one runs `cleanup`. This module
+//! holds what they share and the order they run in.
+
+mod admit;
+mod cleanup;
+mod provision;
+mod report;
+mod scale;
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coupon_core::event::EventId;
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::Store;
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::backend::{Backend, BackendError};
+use crate::conditions::Reason;
+use crate::crd::{CouponEvent, CouponEventSpec, Phase};
+use crate::metrics::Metrics;
+use crate::schedule::{self, EventState, Need};
+use crate::status::Observation;
+use cleanup::CleanupError;
+pub use cleanup::CLEANUP_PATIENCE;
+use provision::ProvisionError;
+
+/// Finalizer that makes deletion wait for the clean-up.
+pub const FINALIZER: &str = "coupons.fcfs.dev/cleanup";
+/// Name under which the operator writes Kubernetes Events.
+pub const REPORTER: &str = "coupon-operator";
+
+/// Every way a reconcile fails. The steps' own errors are flattened into it, so that what
+/// the policy acts on does not depend on which step failed: a backend failure anywhere makes
+/// the event unavailable (`reconcile`), a drain is waited for (`error_policy`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("object has no namespace")]
+    NoNamespace,
+    #[error("waiting for {0} issued coupons to be written to SQL before letting the event go")]
+    Draining(i64),
+}
+
+impl From<ProvisionError> for Error {
+    fn from(error: ProvisionError) -> Self {
+        match error {
+            ProvisionError::Kube(error) => Self::Kube(error),
+            ProvisionError::Backend(error) => Self::Backend(error),
+        }
+    }
+}
+
+impl From<CleanupError> for Error {
+    fn from(error: CleanupError) -> Self {
+        match error {
+            CleanupError::Kube(error) => Self::Kube(error),
+            CleanupError::Backend(error) => Self::Backend(error),
+            CleanupError::Draining(unwritten) => Self::Draining(unwritten),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub backend: Arc<Backend>,
+    /// All CouponEvents, kept current by the controller's reflector; needed because several
+    /// events may share a Deployment.
+    pub events: Store<CouponEvent>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// The clock, injectable so tests see fixed instants.
+    pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// When this process first failed to clean up an object (by uid): a deletion's patience
+    /// counts from there, not from the deletion, so an operator that was down does not give
+    /// up at its first attempt.
+    pub cleanup_failing_since: Arc<std::sync::Mutex<std::collections::HashMap<String, Timestamp>>>,
+    /// Held while a reconcile reads and writes scales: events sharing a Deployment are
+    /// reconciled concurrently, and each would otherwise read the old count and write.
+    pub scaling: tokio::sync::Mutex<()>,
+    /// Deleted `Retain` events waiting for their coupons to be written (by uid): the
+    /// `persisted` count last seen and when it last moved.
+    pub drain_progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, Timestamp)>>>,
+}
+
+impl Context {
+    pub fn new(client: Client, backend: Arc<Backend>, events: Store<CouponEvent>, metrics: Arc<Metrics>) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() });
+        Self {
+            client,
+            backend,
+            events,
+            recorder,
+            metrics,
+            clock: Arc::new(Timestamp::now),
+            cleanup_failing_since: Default::default(),
+            scaling: Default::default(),
+            drain_progress: Default::default(),
+        }
+    }
+
+    /// Now, to the second: the API server stores condition times to the second, so a finer
+    /// time would never compare equal to what was written.
+    fn now(&self) -> Timestamp {
+        Timestamp::from_second((self.clock)().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    /// Publishes a Kubernetes Event. Events with the same type, reason and action form one
+    /// series (kube's recorder), so `action` names what was acted on. Cut to what the API
+    /// server takes (a note of 1 kB, a reason and an action of 128 characters: a longer one
+    /// is refused whole, and the user would learn nothing).
+    pub async fn publish(&self, event: &CouponEvent, type_: EventType, reason: &str, action: &str, note: String) {
+        let kube_event = KubeEvent {
+            type_,
+            reason: truncated(reason, EVENT_FIELD_MAX),
+            note: Some(truncated(&note, EVENT_NOTE_MAX_BYTES)),
+            action: truncated(action, EVENT_FIELD_MAX),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&kube_event, &event.object_ref(&())).await {
+            tracing::warn!(%error, "cannot publish Kubernetes Event");
+        }
+    }
+}
+
+/// The API server's limits on an Event (events.k8s.io/v1): `note` in bytes, `reason` and
+/// `action` in characters (ASCII here).
+const EVENT_NOTE_MAX_BYTES: usize = 1024;
+const EVENT_FIELD_MAX: usize = 128;
+
+/// `text` cut to at most `max` bytes on a character boundary, ending in an ellipsis when cut.
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = max.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end])
+}
+
+/// Entry point of one reconcile: the finalizer decides between apply and clean-up.
+pub async fn reconcile(event: Arc<CouponEvent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let namespace = event.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, event, |step| async {
+        match step {
+            Finalizer::Apply(event) => match apply(&event, &ctx).await {
+                Err(Error::Backend(error)) => {
+                    report::report_unavailable(&event, &ctx, &error).await;
+                    Err(Error::Backend(error))
+                }
+                outcome => outcome,
+            },
+            Finalizer::Cleanup(event) => {
+                let id = event_id(&event)?;
+                Ok(cleanup::cleanup(&event, &id, &ctx).await?)
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// After a failed reconcile: count it and try again soon.
+pub fn error_policy(event: Arc<CouponEvent>, error: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::Finalizer(inner) = error {
+        if let kube::runtime::finalizer::Error::CleanupFailed(Error::Draining(unwritten)) = inner.as_ref() {
+            // Not a failure: a deleted `Retain` event waits for its coupons to be written.
+            tracing::info!(event = %event.name_any(), unwritten, "deletion waits for the coupons to be written");
+            return Action::requeue(Duration::from_secs(5));
+        }
+    }
+    ctx.metrics.failures.inc();
+    tracing::warn!(event = %event.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn event_id(event: &CouponEvent) -> Result<EventId, Error> {
+    let namespace = event.namespace().ok_or(Error::NoNamespace)?;
+    EventId::new(&namespace, &event.name_any()).map_err(|_| Error::NoNamespace)
+}
+
+/// A live event: admitted, provisioned, scaled, reported, in that order.
+async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
+    let now = ctx.now();
+    let id = event_id(event)?;
+    let spec = &event.spec;
+    let previous = event.status.as_ref();
+    let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
+    let admission = match admit::admit(event, ctx, &api).await? {
+        ControlFlow::Continue(admission) => admission,
+        ControlFlow::Break(action) => return Ok(action),
+    };
+    let (created_now, provisioned) = provision::provision_admitted(event, &admission, &id, ctx).await?;
+    let topic_created = previous.is_some_and(|s| s.topic_created) || created_now;
+    let counters = match ctx.backend.counters(&id).await {
+        // An earlier object's state (this one waits for it to drain) is not this one's.
+        Ok(counters) => counters.filter(|c| admit::owns(c, event)),
+        Err(error) if provisioned.is_err() => {
+            tracing::debug!(%error, "no counters for a refused event");
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let known = admit::record_from_redis(&api, event, &admission, counters.as_ref()).await?;
+    let (issued, persisted, healed) = counters
+        .map(|c| (c.issued, c.persisted, c.healed))
+        .unwrap_or_else(|| previous.map(|s| (s.issued, s.persisted, s.healed)).unwrap_or_default());
+    // A refused edit leaves the last accepted spec in effect (as Redis still holds it): a live
+    // sale goes on, and nothing is scaled down because of the refusal.
+    let accepted = if provisioned.is_ok() { Some(spec) } else { admission.accepted_before.as_ref() };
+    let phase = match accepted {
+        Some(accepted) => schedule::phase(now, accepted, issued, persisted),
+        None => Phase::Failed,
+    };
+    // Waiting for an earlier object's coupons to be written: that needs the consumer, with
+    // the api idle (nothing is open).
+    let waiting_for_previous = matches!(&provisioned, Err(refusal) if refusal.reason == Reason::PreviousEventDraining);
+    let this = match (waiting_for_previous, accepted) {
+        (true, _) => EventState { namespace: id.namespace(), spec, need: Need::Drain },
+        (false, Some(accepted)) => EventState { namespace: id.namespace(), spec: accepted, need: Need::Window { issued, persisted } },
+        (false, None) => EventState { namespace: id.namespace(), spec, need: Need::Idle },
+    };
+    let scaling = scale::scale(event, this, ctx, now).await?;
+    scale::warn_unscaled(event, ctx, id.namespace(), &scaling).await;
+
+    let observation = Observation {
+        phase,
+        issued,
+        persisted,
+        healed,
+        topic_created,
+        limit: accepted.unwrap_or(spec).limit,
+        generation: event.metadata.generation,
+        provisioned,
+        accepted: accepted.map(CouponEventSpec::with_defaults),
+        incarnation: known.or_else(|| admit::incarnation(event).map(str::to_owned)),
+        scaling,
+        paused: accepted.is_some_and(|a| a.paused),
+    };
+    if let Some(halt) = report::report(event, ctx, &api, now, &observation).await? {
+        return Ok(halt);
+    }
+    if waiting_for_previous {
+        return Ok(Action::requeue(schedule::ACTIVE_REQUEUE));
+    }
+    Ok(Action::requeue(schedule::requeue_after(now, accepted.unwrap_or(spec), phase)))
+}
+
+/// What the controller's watch needs besides the requests reconcile makes:
+/// `(api group, resource, verbs)`. The chart's RBAC rules are checked against both.
+pub const WATCH_PERMISSIONS: (&str, &str, &[&str]) = ("coupons.fcfs.dev", "couponevents", &["list", "watch"]);
+
+/// What of an event asks for a reconcile when it changes: its spec (generation), its
+/// deletion, its finalizers. Status is left out on purpose.
+pub fn reconcile_trigger(event: &CouponEvent) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    event.metadata.generation.hash(&mut hasher);
+    event.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    event.finalizers().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Runs the controller until SIGTERM, for one namespace or (`None`) all of them.
+/// `ready` turns true once the cache of CouponEvents has synced (the operator's readiness:
+/// before that, a missing CRD or an RBAC refusal keeps it unready and the logs say why).
+pub async fn run(
+    client: Client,
+    backend: Arc<Backend>,
+    metrics: Arc<Metrics>,
+    namespace: Option<String>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let events: Api<CouponEvent> = match &namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    // Every change lands in the store (other events' state is read from it), but only a
+    // change that asks for a reconcile triggers one: not the operator's own status writes,
+    // which would otherwise start the next reconcile at once, over and over while counters
+    // move. Clock-driven looks come from each reconcile's requeue.
+    let (store, writer) = kube::runtime::reflector::store();
+    // Ready once the first list has landed in the store: told by the watcher's own InitDone,
+    // not by awaiting the store, whose ready signal wakes only the last of several waiters
+    // (the controller waits on it too; an await here was never woken on a real API server,
+    // and the operator's Pod never turned Ready).
+    let triggers = watcher(events, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) && !ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("CouponEvent cache synced; ready");
+            }
+        })
+        .applied_objects()
+        .predicate_filter(reconcile_trigger, Default::default());
+    let controller = Controller::for_stream(triggers, store.clone());
+    let ctx = Arc::new(Context::new(client, backend, store, metrics));
+    controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                // Watch errors too (RBAC refusals, a missing CRD): never silent.
+                tracing::warn!(%error, "controller error");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn event_fields_are_cut_on_a_character_boundary_within_the_limit() {
+        assert_eq!(truncated("short", 10), "short");
+        let cut = truncated(&"é".repeat(700), 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with('…'), "{} bytes", cut.len());
+        assert_eq!(truncated(&"a".repeat(200), 128).len(), 128);
+    }
+}

@@ -1,0 +1,187 @@
+//! Provisioning: the event's Kafka topic and Redis configuration, put in place on every
+//! reconcile, and the retirement of an earlier object's state under a re-used name.
+//!
+//! Both are cheap when already in place, and doing them every time puts back a topic someone
+//! deleted and a configuration lost with Redis. What the live state refuses (a limit below
+//! the coupons issued, an earlier object's sale still draining) becomes a `Refusal`, not an
+//! error: the event stays as it is and its status says why.
+
+use coupon_core::event::{EventId, InvalidConfig};
+use coupon_core::redis::keyspace::{EventCounters, Retirement};
+use kube::runtime::events::EventType;
+use kube::Api;
+use serde_json::json;
+
+use super::admit::{incarnation, keyed_with_uid, owns, Admission};
+use super::{report, Context};
+use crate::backend::BackendError;
+use crate::conditions::{ConditionType, Reason};
+use crate::crd::{CouponEvent, CouponEventSpec};
+use crate::identity;
+use crate::status::Refusal;
+
+/// How provisioning fails (a refusal is not a failure).
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// Recording `topicCreated` failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Redis or Kafka failed: the event is reported unavailable.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Provisions the admitted spec; refused (by admission or by the live state), keeps the
+/// accepted spec's topic and configuration in place instead (a topic deleted or a Redis that
+/// lost its state meanwhile is put back). Returns whether a topic was created now, and
+/// whether the spec is in effect.
+pub(super) async fn provision_admitted(
+    event: &CouponEvent,
+    admission: &Admission,
+    id: &EventId,
+    ctx: &Context,
+) -> Result<(bool, Result<(), Refusal>), ProvisionError> {
+    let mut created_now = false;
+    let outcome = match &admission.refused {
+        Some(refusal) => Err(refusal.clone()),
+        None => {
+            let (created, outcome) = provision(event, &event.spec, id, ctx).await?;
+            created_now |= created;
+            outcome
+        }
+    };
+    if outcome.is_err() {
+        if let Some(accepted) = admission.accepted_before.as_ref() {
+            let (created, _) = provision(event, accepted, id, ctx).await?;
+            created_now |= created;
+        }
+    }
+    Ok((created_now, outcome))
+}
+
+/// Topic and Redis configuration for `spec`. A spec the live state refuses becomes a
+/// `Refusal`. Returns whether the topic was created now, and the outcome.
+async fn provision(
+    event: &CouponEvent,
+    spec: &CouponEventSpec,
+    id: &EventId,
+    ctx: &Context,
+) -> Result<(bool, Result<(), Refusal>), ProvisionError> {
+    // The live-state check first, so that a refused spec touches neither Redis nor Kafka.
+    // With Redis' counters lost, the last issued count the status saw stands in for them.
+    let mut counters = ctx.backend.counters(id).await?;
+    // The incarnation to provision with: Redis' own when its state carries this object's UID
+    // (the object's record of it may be lost or edited), else the object's.
+    let known = counters.as_ref().and_then(|c| keyed_with_uid(c, event)).map(str::to_owned);
+    let incarnation_now = known.as_deref().or(incarnation(event));
+    if let Some(theirs) = counters.as_ref().filter(|c| !owns(c, event)) {
+        if let Err(waiting) = retire_previous(event, spec, id, ctx, theirs).await? {
+            return Ok((false, Err(waiting)));
+        }
+        counters = None;
+    }
+    let issued = match counters {
+        Some(counters) => counters.issued,
+        None => event.status.as_ref().map_or(0, |s| s.issued),
+    };
+    if spec.limit < issued {
+        let message = format!("limit {} is below the {issued} coupons already issued", spec.limit);
+        return Ok((false, Err(Refusal { reason: Reason::LimitBelowIssued, message })));
+    }
+    let existed_before = provisioned_before(event);
+    let created = match ctx.backend.ensure_topic(spec).await {
+        Ok(outcome) => outcome == coupon_core::kafka::TopicOutcome::Created,
+        Err(error) => {
+            ctx.publish(event, EventType::Warning, "ProvisioningFailed", "CreateTopic", format!("Kafka topic {}: {error}", spec.topic))
+                .await;
+            return Err(error.into());
+        }
+    };
+    if created {
+        // Written at once: only a topic the operator created is ever deleted, and that must
+        // survive a crash before this reconcile's status write.
+        let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
+        if !identity::created_topic(event, &spec.topic) || !event.status.as_ref().is_some_and(|s| s.topic_created) {
+            identity::record_topic_created(&api, event, &spec.topic).await?;
+            // Only the flag: the rest of the status in hand may be stale.
+            report::write_status(&api, event, json!({ "topicCreated": true })).await?;
+        }
+        ctx.metrics.topic_provisionings.inc();
+        if existed_before {
+            let message = format!("Kafka topic {} was missing and was created again; records it held are gone", spec.topic);
+            ctx.publish(event, EventType::Warning, "TopicRecreated", "CreateTopic", message).await;
+        }
+    }
+    match ctx.backend.provision_redis(id, spec, existed_before, incarnation_now).await {
+        Ok(coupon_core::provision::RedisOutcome::CreatedRecovering) => {
+            ctx.publish(
+                event,
+                EventType::Warning,
+                "RedisStateLost",
+                "Recover",
+                "Redis lost the event's state: applies answer 503 until the consumer restores it from SQL".into(),
+            )
+            .await;
+            Ok((created, Ok(())))
+        }
+        Ok(_) => Ok((created, Ok(()))),
+        Err(error) => match error.refusal() {
+            Some(invalid) => {
+                let reason = match invalid {
+                    InvalidConfig::LimitBelowIssued { .. } => Reason::LimitBelowIssued,
+                    InvalidConfig::OtherIncarnation => Reason::PreviousEventDraining,
+                    _ => Reason::InvalidSpec,
+                };
+                Ok((created, Err(Refusal { reason, message: invalid.to_string() })))
+            }
+            None => {
+                ctx.publish(event, EventType::Warning, "ProvisioningFailed", "ConfigureRedis", format!("Redis: {error}")).await;
+                Err(error.into())
+            }
+        },
+    }
+}
+
+/// Redis holds the state of an earlier object of this name (`theirs`). Its coupons are its
+/// own (their rows carry its incarnation); once it is finished it is removed, and this
+/// object starts from zero with its own limit. `Err` while it is not finished: this object
+/// waits (`PreviousEventDraining`).
+async fn retire_previous(
+    event: &CouponEvent,
+    spec: &CouponEventSpec,
+    id: &EventId,
+    ctx: &Context,
+    theirs: &EventCounters,
+) -> Result<Result<(), Refusal>, BackendError> {
+    let unwritten = (theirs.issued - theirs.persisted).max(theirs.unwritten);
+    let waiting = match ctx.backend.retire(id, theirs.incarnation.as_deref()).await? {
+        Retirement::Removed | Retirement::Absent => None,
+        Retirement::StillOpen => {
+            // No object owns that sale any more (two objects of one name cannot live at
+            // once; its finalizer was removed by hand, or its clean-up was given up on):
+            // it closes now, so it stops issuing under a name that is this object's.
+            ctx.backend.close_sale(id, spec, ctx.now()).await?;
+            let message = "closed the sale an earlier CouponEvent of this name had left open".to_owned();
+            ctx.publish(event, EventType::Warning, "PreviousEventClosed", "Provision", message).await;
+            Some("its sale was still open and is closed now".to_owned())
+        }
+        Retirement::Recovering => Some("it is being verified against SQL".to_owned()),
+        Retirement::Unwritten => Some(format!("{unwritten} of its coupons are not written to SQL yet")),
+        Retirement::OtherIncarnation => Some("it changed while being removed".to_owned()),
+    };
+    if let Some(why) = waiting {
+        let message =
+            format!("Redis holds the state of an earlier CouponEvent of this name and {why}; this one is provisioned once it is finished");
+        return Ok(Err(Refusal { reason: Reason::PreviousEventDraining, message }));
+    }
+    let message = format!("removed the Redis state of an earlier CouponEvent of this name ({} coupons, all written)", theirs.issued);
+    ctx.publish(event, EventType::Normal, "PreviousEventRemoved", "Provision", message).await;
+    Ok(Ok(()))
+}
+
+/// This object provisioned its event before (the status says so): a missing topic or
+/// configuration was lost, not never made. Read from the last accepted spec, which no
+/// refusal erases.
+pub(super) fn provisioned_before(event: &CouponEvent) -> bool {
+    event.status.as_ref().is_some_and(|s| s.last_accepted_spec.is_some() || s.is_true(ConditionType::Provisioned))
+}

@@ -23,6 +23,8 @@ pub enum ConditionType {
     Scaling,
     /// The spec is in effect and served.
     Ready,
+    /// Whether the warm-up gives new pods time to turn Ready before the start.
+    WarmUp,
 }
 
 impl ConditionType {
@@ -34,6 +36,7 @@ impl ConditionType {
             Self::Drained => "Drained",
             Self::Scaling => "Scaling",
             Self::Ready => "Ready",
+            Self::WarmUp => "WarmUp",
         }
     }
 }
@@ -74,6 +77,16 @@ pub enum Reason {
     LimitBelowIssued,
     /// Refusal: Redis holds an earlier object's undrained state under this name.
     PreviousEventDraining,
+    /// Refusal: another live CouponEvent of the namespace holds the same key (its `eventId`, or its name).
+    EventIdInUse,
+    /// `Scaling=False`: a Deployment is short of available replicas at (or a minute before) the start.
+    NotReady,
+    /// `Scaling=False`: someone else keeps resetting a Deployment's replicas (a GitOps tool's self-heal).
+    Contended,
+    /// `WarmUp=False`: under two minutes, pods may not be Ready by the start on a busy cluster.
+    ShortWarmUp,
+    /// `WarmUp=True`.
+    WarmUpSufficient,
 }
 
 impl Reason {
@@ -95,6 +108,11 @@ impl Reason {
             Self::ImmutableField => "ImmutableField",
             Self::LimitBelowIssued => "LimitBelowIssued",
             Self::PreviousEventDraining => "PreviousEventDraining",
+            Self::EventIdInUse => "EventIdInUse",
+            Self::NotReady => "NotReady",
+            Self::Contended => "Contended",
+            Self::ShortWarmUp => "ShortWarmUp",
+            Self::WarmUpSufficient => "WarmUpSufficient",
         }
     }
 }
@@ -148,8 +166,9 @@ mod tests {
             ConditionType::Drained,
             ConditionType::Scaling,
             ConditionType::Ready,
+            ConditionType::WarmUp,
         ];
-        assert_eq!(types.map(ConditionType::as_str), ["Provisioned", "Open", "SoldOut", "Drained", "Scaling", "Ready"]);
+        assert_eq!(types.map(ConditionType::as_str), ["Provisioned", "Open", "SoldOut", "Drained", "Scaling", "Ready", "WarmUp"]);
         let reasons = [
             Reason::Provisioned,
             Reason::LimitReached,
@@ -167,6 +186,11 @@ mod tests {
             Reason::ImmutableField,
             Reason::LimitBelowIssued,
             Reason::PreviousEventDraining,
+            Reason::EventIdInUse,
+            Reason::NotReady,
+            Reason::Contended,
+            Reason::ShortWarmUp,
+            Reason::WarmUpSufficient,
         ];
         assert_eq!(
             reasons.map(Reason::as_str),
@@ -187,6 +211,11 @@ mod tests {
                 "ImmutableField",
                 "LimitBelowIssued",
                 "PreviousEventDraining",
+                "EventIdInUse",
+                "NotReady",
+                "Contended",
+                "ShortWarmUp",
+                "WarmUpSufficient",
             ]
         );
     }

@@ -21,6 +21,13 @@ pub fn changed_immutable(accepted: &CouponEventSpec, edited: &CouponEventSpec) -
     if accepted.partitions != edited.partitions {
         return Some(format!("partitions cannot change from {} to {}", accepted.partitions, edited.partitions));
     }
+    if accepted.event_id != edited.event_id {
+        return Some(format!(
+            "eventId cannot change from {:?} to {:?}: the sale is keyed by it",
+            accepted.event_id.as_deref().unwrap_or("(none)"),
+            edited.event_id.as_deref().unwrap_or("(none)")
+        ));
+    }
     if accepted.shards != edited.shards {
         return Some(format!("shards cannot change from {} to {}: users are assigned to shards by it", accepted.shards, edited.shards));
     }

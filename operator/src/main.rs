@@ -75,6 +75,10 @@ struct RunArgs {
     /// hand-over after an instance died without releasing it.
     #[arg(long, env = "LEASE_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     lease_duration: std::time::Duration,
+    /// CouponEvents reconciled at once: at a shared opening time hundreds of events cross
+    /// into their warm-up together, and each waits on the API server.
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    reconcile_concurrency: u16,
     /// How long before its Lease could expire a leader whose renewals fail stops acting:
     /// time kept in hand for clock rates and requests in flight.
     #[arg(long, env = "LEASE_RENEW_MARGIN", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -104,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
                 identity,
                 lease_duration,
                 lease_renew_margin,
+                reconcile_concurrency,
             } = *args;
             if leader_election && lease_renew_margin >= lease_duration {
                 anyhow::bail!("LEASE_RENEW_MARGIN ({lease_renew_margin:?}) must be below LEASE_DURATION ({lease_duration:?})");
@@ -143,8 +148,16 @@ async fn main() -> anyhow::Result<()> {
             // or not: a standby that is Ready is what lets a disruption budget keep one.
             tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), namespace.clone(), ready.clone()));
             let backend = Arc::new(backend);
-            let controller =
-                || coupon_operator::controller::run(client.clone(), backend.clone(), metrics.clone(), namespace.clone(), ready.clone());
+            let controller = || {
+                coupon_operator::controller::run(
+                    client.clone(),
+                    backend.clone(),
+                    metrics.clone(),
+                    namespace.clone(),
+                    ready.clone(),
+                    reconcile_concurrency,
+                )
+            };
             if leader_election {
                 // Unique among candidates: the pod name; else the host name and the start time
                 // (process ids repeat across containers).

@@ -15,7 +15,7 @@ pub const ACTIVE_REQUEUE: Duration = Duration::from_secs(5);
 pub const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
 
 /// One event as the scheduler sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EventState<'a> {
     pub namespace: &'a str,
     pub spec: &'a CouponEventSpec,
@@ -84,8 +84,11 @@ pub fn requested(now: Timestamp, event: &EventState<'_>) -> Option<(i32, i32)> {
     let phase = phase(now, event.spec, issued, persisted);
     // The api stays up until the end, sold out included: at the peak of the crowd users must
     // hear the cheap 410 (and holders their 409), not meet an empty Service, and a released
-    // slot reopens the event without pods starting from zero.
-    let api_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut);
+    // slot reopens the event without pods starting from zero. And for `coolDown` after the
+    // end: the crowd retries for a while, and is answered 403 by pods still there.
+    let cooling_down = now < cool_down_end(event.spec);
+    let api_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut)
+        || (matches!(phase, Phase::Draining | Phase::Closed) && cooling_down);
     let consumer_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut | Phase::Draining);
     Some((
         if api_active { api.replicas } else { event.spec.api_idle_replicas() },
@@ -108,9 +111,21 @@ pub fn desired_replicas(now: Timestamp, events: &[EventState<'_>]) -> BTreeMap<D
     desired
 }
 
-/// The next instant after `now` at which the event's phase changes by the clock alone.
+/// When the api may go back to its idle replicas: `coolDown` after the end.
+fn cool_down_end(spec: &CouponEventSpec) -> Timestamp {
+    let cool_down = spec.schedule.cool_down().unwrap_or(crate::crd::DEFAULT_COOL_DOWN);
+    spec.schedule.end.0 + SignedDuration::try_from(cool_down).unwrap_or(SignedDuration::ZERO)
+}
+
+/// The next instant after `now` at which what the operator does changes by the clock alone:
+/// the warm-up, the readiness check a minute before the start, the start, the end, the end
+/// of the cool-down.
 pub fn next_boundary(now: Timestamp, spec: &CouponEventSpec) -> Option<Timestamp> {
-    [warm_up_start(spec), spec.schedule.start.0, spec.schedule.end.0].into_iter().filter(|t| *t > now).min()
+    let ready_check = spec.schedule.start.0 - SignedDuration::from_secs(60);
+    [warm_up_start(spec), ready_check, spec.schedule.start.0, spec.schedule.end.0, cool_down_end(spec)]
+        .into_iter()
+        .filter(|t| *t > now)
+        .min()
 }
 
 /// When to reconcile again: at the next boundary, and every few seconds while counters move.
@@ -145,7 +160,9 @@ mod tests {
             topic: "coupon_create".into(),
             partitions: 3,
             shards: 1,
-            schedule: Schedule { start: Time(t(start)), end: Time(t(end)), warm_up: Some("5m".into()), cool_down: None },
+            // No cool-down: the timelines below are about the window (see
+            // `the_api_stays_up_for_the_cool_down_after_the_end`).
+            schedule: Schedule { start: Time(t(start)), end: Time(t(end)), warm_up: Some("5m".into()), cool_down: Some("0s".into()) },
             api: Workload { deployment: api.0.into(), replicas: api.1, idle_replicas: Some(api.2) },
             consumer: Workload { deployment: consumer.0.into(), replicas: consumer.1, idle_replicas: Some(consumer.2) },
             on_delete: OnDelete::Retain,
@@ -289,10 +306,26 @@ mod tests {
     }
 
     #[test]
+    fn the_api_stays_up_for_the_cool_down_after_the_end() {
+        let at = |s: &CouponEventSpec, now: &str, issued, persisted| requested(t(now), &state(s, issued, persisted));
+        let mut s = black_friday();
+        s.schedule.cool_down = None;
+        // Default two minutes, drained or not; then idle.
+        assert_eq!(at(&s, "2026-11-27T10:30:00Z", 100, 100), Some((10, 0)));
+        assert_eq!(at(&s, "2026-11-27T10:31:59Z", 100, 90), Some((10, 2)));
+        assert_eq!(at(&s, "2026-11-27T10:32:00Z", 100, 100), Some((0, 0)));
+        assert_eq!(next_boundary(t("2026-11-27T10:30:00Z"), &s), Some(t("2026-11-27T10:32:00Z")));
+        s.schedule.cool_down = Some("10m".into());
+        assert_eq!(at(&s, "2026-11-27T10:39:59Z", 100, 100), Some((10, 0)));
+        assert_eq!(at(&s, "2026-11-27T10:40:00Z", 100, 100), Some((0, 0)));
+    }
+
+    #[test]
     fn requeue_lands_on_the_next_boundary() {
         let s = black_friday();
         assert_eq!(next_boundary(t("2026-11-27T09:00:00Z"), &s), Some(t("2026-11-27T09:55:00Z")));
-        assert_eq!(next_boundary(t("2026-11-27T09:55:00Z"), &s), Some(t("2026-11-27T10:00:00Z")));
+        assert_eq!(next_boundary(t("2026-11-27T09:55:00Z"), &s), Some(t("2026-11-27T09:59:00Z")), "the readiness check");
+        assert_eq!(next_boundary(t("2026-11-27T09:59:00Z"), &s), Some(t("2026-11-27T10:00:00Z")));
         assert_eq!(next_boundary(t("2026-11-27T10:00:00Z"), &s), Some(t("2026-11-27T10:30:00Z")));
         assert_eq!(next_boundary(t("2026-11-27T10:30:00Z"), &s), None);
         // Scheduled 10 minutes ahead of warm-up: sleep exactly until it.

@@ -51,16 +51,29 @@ pub struct ScaleReport {
     /// Without `SCALABLE_LABEL: "true"`: left alone.
     pub not_opted_in: Vec<String>,
     /// `(deployment, autoscaler)`: the target of a HorizontalPodAutoscaler (KEDA's
-    /// ScaledObjects create one), left to it rather than fought over.
+    /// ScaledObjects create one), whose minimum the operator holds up for the window instead
+    /// of fighting over the replicas.
     pub autoscaled: Vec<(String, String)>,
+    /// Someone else keeps setting these Deployments' replicas back (a GitOps tool's
+    /// self-heal): the operator stopped writing them for a while.
+    pub contended: Vec<String>,
+    /// `(deployment, available, wanted)`: the api short of available replicas a minute
+    /// before the start or later.
+    pub not_ready: Vec<(String, i32, i32)>,
 }
 
 impl ScaleReport {
     /// The `Scaling` condition: whether the operator scales every Deployment it names.
-    fn condition(&self) -> (bool, Reason, String) {
-        if !self.autoscaled.is_empty() {
-            let which: Vec<String> = self.autoscaled.iter().map(|(d, h)| format!("{d} (HorizontalPodAutoscaler {h})")).collect();
-            return (false, Reason::Autoscaled, format!("left to their autoscaler: {}", which.join(", ")));
+    pub(crate) fn condition(&self) -> (bool, Reason, String) {
+        if !self.contended.is_empty() {
+            let names = self.contended.join(", ");
+            return (
+                false,
+                Reason::Contended,
+                format!(
+                    "someone else keeps setting the replicas of {names} back (a GitOps tool's self-heal?): tell it to ignore /spec/replicas"
+                ),
+            );
         }
         if !self.not_opted_in.is_empty() {
             let names = self.not_opted_in.join(", ");
@@ -68,6 +81,15 @@ impl ScaleReport {
         }
         if !self.missing.is_empty() {
             return (false, Reason::DeploymentNotFound, format!("Deployment {} not found", self.missing.join(", ")));
+        }
+        if !self.not_ready.is_empty() {
+            let which: Vec<String> =
+                self.not_ready.iter().map(|(d, available, wanted)| format!("{d} has {available} of {wanted}")).collect();
+            return (false, Reason::NotReady, format!("short of available replicas at the start: {}", which.join(", ")));
+        }
+        if !self.autoscaled.is_empty() {
+            let which: Vec<String> = self.autoscaled.iter().map(|(d, h)| format!("{d} (HorizontalPodAutoscaler {h})")).collect();
+            return (true, Reason::Scaled, format!("the autoscalers' minimum is held up for the window: {}", which.join(", ")));
         }
         (true, Reason::Scaled, "the operator scales the event's Deployments".into())
     }
@@ -170,10 +192,25 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
     }
 }
 
-/// The status while Redis or Kafka cannot be reached: everything as last seen, and
-/// `Ready=False` with reason `BackendUnavailable` saying what failed.
-pub fn unavailable_status(now: Timestamp, previous: Option<&CouponEventStatus>, generation: Option<i64>, error: &str) -> CouponEventStatus {
-    not_ready_status(now, previous, generation, Reason::BackendUnavailable, format!("cannot reach a backend: {error}"))
+/// The status while Redis or Kafka cannot be reached: everything as last seen, `Ready=False`
+/// with reason `BackendUnavailable` saying what failed, and `Scaling` as this reconcile's
+/// scaling (done before the backends were asked) found it.
+pub fn unavailable_status(
+    now: Timestamp,
+    previous: Option<&CouponEventStatus>,
+    generation: Option<i64>,
+    error: &str,
+    scaling: Option<&ScaleReport>,
+) -> CouponEventStatus {
+    let mut status = not_ready_status(now, previous, generation, Reason::BackendUnavailable, format!("cannot reach a backend: {error}"));
+    if let Some(scaling) = scaling {
+        let before = status.conditions.clone();
+        let (scaled, reason, message) = scaling.condition();
+        let scaling = condition(ConditionType::Scaling, scaled, reason.as_str(), message, generation, now, &before);
+        status.conditions.retain(|c| c.type_ != ConditionType::Scaling.as_str());
+        status.conditions.push(scaling);
+    }
+    status
 }
 
 /// Everything as last seen, and `Ready=False` with `reason` and `message`.
@@ -271,13 +308,18 @@ mod tests {
         o.paused = false;
         o.scaling.not_opted_in = vec!["coupon-api".into()];
         assert_eq!(ready(&o), ("True".into(), "Provisioned".into(), "False".into(), "NotOptedIn".into()));
+        o.scaling.contended = vec!["coupon-api".into()];
+        assert_eq!(ready(&o).3, "Contended");
+        o.scaling = Default::default();
         o.scaling.autoscaled = vec![("coupon-api".into(), "keda-hpa-api".into())];
-        assert_eq!(ready(&o).3, "Autoscaled");
+        assert_eq!(ready(&o).3, "Scaled", "an autoscaler's minimum held up is scaling too");
+        o.scaling.not_ready = vec![("coupon-api".into(), 2, 10)];
+        assert_eq!(ready(&o).3, "NotReady");
         o.scaling.missing = vec!["coupon-consumer".into()];
         assert_eq!(ready(&o).1, "DeploymentNotFound");
 
         let before = next_status(now, None, &observation(Phase::Open, 7, 3));
-        let down = unavailable_status(t("2026-11-27T10:00:09Z"), Some(&before), Some(3), "Redis: connection refused");
+        let down = unavailable_status(t("2026-11-27T10:00:09Z"), Some(&before), Some(3), "Redis: connection refused", None);
         assert_eq!((find(&down, "Ready").status.as_str(), find(&down, "Ready").reason.as_str()), ("False", "BackendUnavailable"));
         assert_eq!((down.issued, down.persisted, down.phase), (7, 3, Phase::Open), "the last counts stay");
         assert_eq!(find(&down, "Ready").last_transition_time, Time(t("2026-11-27T10:00:09Z")));

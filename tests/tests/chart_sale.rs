@@ -102,13 +102,13 @@ async fn a_whole_sale_through_the_charts_pods_then_nothing_is_left() {
     // An event whose warm-up begins a few seconds from now: the operator scales the api on
     // its own timer before the start.
     let name = unique("sale");
-    let start = Timestamp::now() + SignedDuration::from_secs(25);
+    let start = Timestamp::now() + SignedDuration::from_secs(35);
     let event: CouponEvent = serde_json::from_value(json!({
         "apiVersion": "coupons.fcfs.dev/v1", "kind": "CouponEvent",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "limit": LIMIT, "topic": topic, "partitions": 1,
-            "schedule": {"start": start.to_string(), "end": (start + SignedDuration::from_mins(5)).to_string(), "warmUp": "20s"},
+            "schedule": {"start": start.to_string(), "end": (start + SignedDuration::from_mins(5)).to_string(), "warmUp": "30s"},
             "api": {"deployment": "coupon-api", "replicas": 2, "idleReplicas": 0},
             "consumer": {"deployment": "coupon-consumer", "replicas": 1, "idleReplicas": 0},
             "onDelete": "Delete",

@@ -233,7 +233,7 @@ async fn pausing_stops_issuing_within_a_second_and_resuming_keeps_the_counters()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_backend_makes_the_event_unready_with_the_reason() {
+async fn an_unreachable_backend_makes_the_event_unready_with_the_reason_and_it_is_scaled_all_the_same() {
     let cluster = cluster().await;
     coupon_tests::init_logging();
     let client = cluster.client("operator-0").await;
@@ -245,14 +245,23 @@ async fn an_unreachable_backend_makes_the_event_unready_with_the_reason() {
         Arc::new(Metrics::default()),
         Some(cluster.namespace.clone()),
         Arc::new(AtomicBool::new(false)),
+        16,
     );
     let task = tokio::spawn(controller);
     let event = cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60))).await;
     let name = event.metadata.name.clone().unwrap();
     let event = wait_for_condition(&cluster, &name, "Ready", "False", "BackendUnavailable").await;
-    let message = event.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
+    let message = event.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.clone();
     assert!(message.contains("Redis"), "{message}");
-    assert!(scale_writes(&cluster.requests()).is_empty(), "nothing scaled for an event that is not in place");
+    // Scaling needs only the spec and the clock: the open window has its pods all the same.
+    let cluster_ref = &cluster;
+    wait_until("scaled while Redis is out of reach", Duration::from_secs(10), || async move {
+        let replicas = (cluster_ref.replicas("coupon-api").await, cluster_ref.replicas("coupon-consumer").await);
+        (replicas == (Some(3), Some(2))).then_some(())
+    })
+    .await;
+    let scaling = condition(&event, "Scaling").unwrap();
+    assert_eq!(scaling.0, "True", "scaling reported on its own: {scaling:?}");
     // One status write for the outage, not one per retry.
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert_eq!(status_writes(&cluster.requests(), &name).count(), 1);
@@ -530,10 +539,15 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
         granted
     };
     let (events, lease) = (granted("operator-rules.yaml"), granted("operator-leader-election-rules.yaml"));
-    let not_granted: Vec<_> = used.iter().filter(|p| !events.contains(*p) && !lease.contains(*p)).collect();
+    let namespaces = granted("operator-namespace-rules.yaml");
+    let not_granted: Vec<_> = used.iter().filter(|p| !events.contains(*p) && !lease.contains(*p) && !namespaces.contains(*p)).collect();
     assert!(not_granted.is_empty(), "calls the chart does not grant: {not_granted:?}");
-    let lease_calls: std::collections::BTreeSet<_> = used.into_iter().filter(|(_, resource, _)| resource == "leases").collect();
+    let lease_calls: std::collections::BTreeSet<_> = used.iter().filter(|(_, resource, _)| resource == "leases").cloned().collect();
     assert_eq!(lease_calls, lease, "the leader-election rules are exactly the Lease calls");
+    let namespace_calls: std::collections::BTreeSet<_> = used.into_iter().filter(|(_, resource, _)| resource == "namespaces").collect();
+    let namespace_rules: std::collections::BTreeSet<_> =
+        namespaces.into_iter().filter(|(_, resource, _)| resource == "namespaces").collect();
+    assert_eq!(namespace_calls, namespace_rules, "the cluster-wide rules on namespaces are exactly the namespace calls");
 }
 
 /// A name re-used while the earlier object's coupons are still on their way to SQL: the new
@@ -663,7 +677,8 @@ async fn every_kind_of_event_on_the_longest_names_is_accepted_by_the_server() {
     let client = cluster.client("operator-0").await;
     let backend = Backend::new(redis_url(), &kafka(&kafka_brokers()), 1).unwrap();
     let (store, _writer) = kube::runtime::reflector::store();
-    let ctx = coupon_operator::controller::Context::new(client, Arc::new(backend), store, Arc::new(Metrics::default()));
+    let (caches, _) = coupon_operator::controller::ClusterCaches::watch(client.clone(), Some(&cluster.namespace));
+    let ctx = coupon_operator::controller::Context::new(client, Arc::new(backend), store, caches, Arc::new(Metrics::default()));
     let mut event = coupon_event(&cluster, 10, SignedDuration::from_hours(1), SignedDuration::from_hours(2));
     let prefix = event.metadata.name.clone().unwrap();
     event.metadata.name = Some(format!("{prefix}-{}", "n".repeat(199 - prefix.len())));

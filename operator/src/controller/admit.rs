@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 
 use coupon_core::redis::keyspace::EventCounters;
 use kube::runtime::controller::Action;
-use kube::Api;
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::provision::provisioned_before;
@@ -44,7 +44,7 @@ pub(super) async fn admit(
         // stay? (It does once the new CRD is applied.)
         let answered = report::write_status(api, event, json!({ "incarnation": identity::annotated(event) })).await?;
         if answered.status.as_ref().is_none_or(|s| s.incarnation.is_none()) {
-            return report::crd_outdated(event, answered.status.as_ref(), ctx, api, "incarnation").await.map(ControlFlow::Break);
+            return report::crd_outdated(&answered, answered.status.as_ref(), ctx, api, "incarnation").await.map(ControlFlow::Break);
         }
     }
     // Who this sale is, where pruning cannot drop it, before anything is provisioned.
@@ -54,7 +54,14 @@ pub(super) async fn admit(
     let refused = match (event.spec.validate(), immutable) {
         (Err(invalid), _) => Some(Refusal { reason: Reason::InvalidSpec, message: invalid.to_string() }),
         (Ok(()), Some(message)) => Some(Refusal { reason: Reason::ImmutableField, message }),
-        (Ok(()), None) => None,
+        (Ok(()), None) => rival(event, &ctx.events.state()).map(|other| Refusal {
+            reason: Reason::EventIdInUse,
+            message: format!(
+                "CouponEvent {} keeps its sale under the same key ({}); this one is provisioned once it is gone",
+                other.name_any(),
+                key_name(event)
+            ),
+        }),
     };
     Ok(ControlFlow::Continue(Admission { recorded_now, accepted_before, refused }))
 }
@@ -90,6 +97,25 @@ pub(super) async fn record_from_redis(
     Ok(known)
 }
 
+/// The key this object's sale is kept under in its namespace: its `eventId`, else its name.
+pub(super) fn key_name(event: &CouponEvent) -> String {
+    event.spec.event_id.clone().unwrap_or_else(|| event.name_any())
+}
+
+/// An older live CouponEvent of the namespace keeping its sale under the same key as this
+/// one: two objects must never drive one sale (each would provision its own spec). The one
+/// created first keeps it; this one waits until it is gone.
+fn rival<'a>(event: &CouponEvent, others: &'a [std::sync::Arc<CouponEvent>]) -> Option<&'a CouponEvent> {
+    let key = key_name(event);
+    let age = |e: &CouponEvent| (e.metadata.creation_timestamp.clone().map(|t| t.0), e.name_any());
+    others.iter().map(|o| o.as_ref()).find(|other| {
+        other.namespace() == event.namespace()
+            && other.metadata.uid != event.metadata.uid
+            && key_name(other) == key
+            && age(other) < age(event)
+    })
+}
+
 /// The incarnation this object's event carries in its key: the annotation written before
 /// its first provisioning, trusted only when it names this object's UID or what its status
 /// recorded (a user may edit it, or copy it from an exported object; not the status); for an
@@ -97,6 +123,11 @@ pub(super) async fn record_from_redis(
 /// an event provisioned before incarnations existed, whose rows are keyed by name alone);
 /// else its UID.
 pub(super) fn incarnation(event: &CouponEvent) -> Option<&str> {
+    if event.spec.event_id.is_some() {
+        // The user's own identity: the key `<namespace>/<eventId>` alone names the sale,
+        // whichever object carries it, so a re-created object continues it.
+        return None;
+    }
     let uid = event.metadata.uid.as_deref();
     let recorded = event.status.as_ref().and_then(|s| s.incarnation.as_deref());
     if let Some(annotated) = identity::annotated(event).filter(|a| Some(*a) == uid || Some(*a) == recorded) {

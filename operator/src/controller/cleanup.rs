@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use coupon_core::event::EventId;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -38,10 +39,16 @@ pub enum CleanupError {
     Draining(i64),
 }
 
+/// How long the one clean-up of an event in a terminating namespace may take.
+pub const TERMINATING_CLEANUP_BOUND: Duration = Duration::from_secs(10);
+
 pub(super) async fn cleanup(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<Action, CleanupError> {
     let now = ctx.now();
     // What is in effect is the last accepted spec, not an edit that was refused.
     let spec = event.status.as_ref().and_then(|s| s.last_accepted_spec.as_ref()).unwrap_or(&event.spec);
+    if namespace_terminating(ctx, id.namespace()).await? {
+        return Ok(cleanup_in_terminating_namespace(event, spec, id, ctx, now).await);
+    }
     let attempt = async {
         let draining = close_and_count_unwritten(event, spec, id, ctx, now).await?;
         // While coupons wait on the topic the consumer stays up, as for a window that ended
@@ -102,6 +109,47 @@ pub(super) async fn cleanup(event: &CouponEvent, id: &EventId, ctx: &Context) ->
             Ok(Action::await_change())
         }
     }
+}
+
+/// Whether the event's namespace is being deleted (or already gone).
+async fn namespace_terminating(ctx: &Context, namespace: &str) -> Result<bool, kube::Error> {
+    let namespaces: kube::Api<Namespace> = kube::Api::all(ctx.client.clone());
+    Ok(match namespaces.get_opt(namespace).await? {
+        None => true,
+        Some(ns) => ns.metadata.deletion_timestamp.is_some() || ns.status.and_then(|s| s.phase).as_deref() == Some("Terminating"),
+    })
+}
+
+/// The namespace is being deleted: its Deployments, its consumer among them, are going, so
+/// waiting for coupons to be written would hold the namespace's deletion for nothing (or for
+/// ever, were the operator's own pod in it). One bounded attempt: a `Retain` sale is closed, a
+/// `Delete` event's keys removed (its topic only as `lifecycle::topic_deletion` allows); no
+/// scaling (the Deployments are being deleted). Then the object is let go, whatever the
+/// outcome; what is left is logged (Events cannot be created in a terminating namespace).
+async fn cleanup_in_terminating_namespace(
+    event: &CouponEvent,
+    spec: &CouponEventSpec,
+    id: &EventId,
+    ctx: &Context,
+    now: Timestamp,
+) -> Action {
+    let attempt = async {
+        let unwritten = close_and_count_unwritten(event, spec, id, ctx, now).await?;
+        cleanup_backends(event, spec, id, ctx).await?;
+        Ok::<_, BackendError>(unwritten)
+    };
+    match tokio::time::timeout(TERMINATING_CLEANUP_BOUND, attempt).await {
+        Ok(Ok(None)) => tracing::info!(event = %id, "namespace terminating: cleaned up once and let go"),
+        Ok(Ok(Some((unwritten, _)))) => tracing::warn!(
+            event = %id,
+            unwritten,
+            topic = %spec.topic,
+            "namespace terminating: sale closed and let go; the unwritten coupons stay on the topic for a consumer of it"
+        ),
+        Ok(Err(error)) => tracing::warn!(event = %id, %error, "namespace terminating: clean-up failed; let go, its Redis state stays"),
+        Err(_) => tracing::warn!(event = %id, "namespace terminating: clean-up took too long; let go, its Redis state stays"),
+    }
+    Action::await_change()
 }
 
 /// `Retain`: closes the sale (its window ends now), then counts what is still unwritten, in

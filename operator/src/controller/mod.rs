@@ -8,6 +8,8 @@
 //! holds what they share and the order they run in.
 
 mod admit;
+mod autoscaler;
+pub mod caches;
 mod cleanup;
 mod provision;
 mod report;
@@ -28,11 +30,12 @@ use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::backend::{Backend, BackendError};
-use crate::conditions::Reason;
+use crate::conditions::{ConditionType, Reason};
 use crate::crd::{CouponEvent, CouponEventSpec, Phase};
 use crate::metrics::Metrics;
 use crate::schedule::{self, EventState, Need};
-use crate::status::Observation;
+use crate::status::{Observation, ScaleReport};
+pub use caches::ClusterCaches;
 use cleanup::CleanupError;
 pub use cleanup::CLEANUP_PATIENCE;
 use provision::ProvisionError;
@@ -93,16 +96,18 @@ pub struct Context {
     /// counts from there, not from the deletion, so an operator that was down does not give
     /// up at its first attempt.
     pub cleanup_failing_since: Arc<std::sync::Mutex<std::collections::HashMap<String, Timestamp>>>,
-    /// Held while a reconcile reads and writes scales: events sharing a Deployment are
-    /// reconciled concurrently, and each would otherwise read the old count and write.
-    pub scaling: tokio::sync::Mutex<()>,
+    /// The Deployments and autoscalers, from watched caches.
+    pub caches: ClusterCaches,
+    /// A lock per Deployment (events sharing one are reconciled concurrently, and each would
+    /// otherwise read the old count and write) and the operator's own scale writes.
+    pub scaler: scale::Scaler,
     /// Deleted `Retain` events waiting for their coupons to be written (by uid): the
     /// `persisted` count last seen and when it last moved.
     pub drain_progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, Timestamp)>>>,
 }
 
 impl Context {
-    pub fn new(client: Client, backend: Arc<Backend>, events: Store<CouponEvent>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, backend: Arc<Backend>, events: Store<CouponEvent>, caches: ClusterCaches, metrics: Arc<Metrics>) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() });
         Self {
             client,
@@ -112,7 +117,8 @@ impl Context {
             metrics,
             clock: Arc::new(Timestamp::now),
             cleanup_failing_since: Default::default(),
-            scaling: Default::default(),
+            caches,
+            scaler: Default::default(),
             drain_progress: Default::default(),
         }
     }
@@ -167,13 +173,16 @@ pub async fn reconcile(event: Arc<CouponEvent>, ctx: Arc<Context>) -> Result<Act
     let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, event, |step| async {
         match step {
-            Finalizer::Apply(event) => match apply(&event, &ctx).await {
-                Err(Error::Backend(error)) => {
-                    report::report_unavailable(&event, &ctx, &error).await;
-                    Err(Error::Backend(error))
+            Finalizer::Apply(event) => {
+                let mut scaled = None;
+                match apply(&event, &ctx, &mut scaled).await {
+                    Err(Error::Backend(error)) => {
+                        report::report_unavailable(&event, &ctx, &error, scaled.as_ref()).await;
+                        Err(Error::Backend(error))
+                    }
+                    outcome => outcome,
                 }
-                outcome => outcome,
-            },
+            }
             Finalizer::Cleanup(event) => {
                 let id = event_id(&event)?;
                 Ok(cleanup::cleanup(&event, &id, &ctx).await?)
@@ -200,13 +209,19 @@ pub fn error_policy(event: Arc<CouponEvent>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(Duration::from_secs(10))
 }
 
+/// The event's key in Redis and SQL: `<namespace>/<eventId>`, or `<namespace>/<name>`.
 fn event_id(event: &CouponEvent) -> Result<EventId, Error> {
     let namespace = event.namespace().ok_or(Error::NoNamespace)?;
-    EventId::new(&namespace, &event.name_any()).map_err(|_| Error::NoNamespace)
+    EventId::new(&namespace, &admit::key_name(event)).map_err(|_| Error::NoNamespace)
 }
 
-/// A live event: admitted, provisioned, scaled, reported, in that order.
-async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
+/// A live event: admitted, scaled, provisioned, reported, in that order. Scaling comes
+/// before provisioning because the replicas an event needs follow from the spec in effect
+/// and the clock alone: a broker or a Redis out of reach at the warm-up boundary must not
+/// leave the sale without its pods. It is looked at again after provisioning, which may have
+/// learnt more (counters, an earlier object still draining). `scaled` keeps what scaling
+/// found, for the status written if a backend then fails.
+async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleReport>) -> Result<Action, Error> {
     let now = ctx.now();
     let id = event_id(event)?;
     let spec = &event.spec;
@@ -216,6 +231,14 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
         ControlFlow::Continue(admission) => admission,
         ControlFlow::Break(action) => return Ok(action),
     };
+    // What is known before Redis and Kafka are asked: the spec in effect (this one unless
+    // admission refused it) and the counts the status last saw.
+    let in_effect = if admission.refused.is_none() { Some(spec) } else { admission.accepted_before.as_ref() };
+    let waited_before = previous.is_some_and(|s| s.has_condition(ConditionType::Ready, Reason::PreviousEventDraining));
+    let (last_issued, last_persisted) = previous.map(|s| (s.issued, s.persisted)).unwrap_or_default();
+    let first_look = event_state(id.namespace(), spec, in_effect, waited_before, last_issued, last_persisted);
+    *scaled = Some(scale::scale(event, first_look.clone(), ctx, now).await?);
+
     let (created_now, provisioned) = provision::provision_admitted(event, &admission, &id, ctx).await?;
     let topic_created = previous.is_some_and(|s| s.topic_created) || created_now;
     let counters = match ctx.backend.counters(&id).await {
@@ -241,12 +264,11 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     // Waiting for an earlier object's coupons to be written: that needs the consumer, with
     // the api idle (nothing is open).
     let waiting_for_previous = matches!(&provisioned, Err(refusal) if refusal.reason == Reason::PreviousEventDraining);
-    let this = match (waiting_for_previous, accepted) {
-        (true, _) => EventState { namespace: id.namespace(), spec, need: Need::Drain },
-        (false, Some(accepted)) => EventState { namespace: id.namespace(), spec: accepted, need: Need::Window { issued, persisted } },
-        (false, None) => EventState { namespace: id.namespace(), spec, need: Need::Idle },
+    let this = event_state(id.namespace(), spec, accepted, waiting_for_previous, issued, persisted);
+    let scaling = match scaled.take() {
+        Some(report) if this == first_look => report,
+        _ => scale::scale(event, this, ctx, now).await?,
     };
-    let scaling = scale::scale(event, this, ctx, now).await?;
     scale::warn_unscaled(event, ctx, id.namespace(), &scaling).await;
 
     let observation = Observation {
@@ -266,15 +288,47 @@ async fn apply(event: &CouponEvent, ctx: &Context) -> Result<Action, Error> {
     if let Some(halt) = report::report(event, ctx, &api, now, &observation).await? {
         return Ok(halt);
     }
-    if waiting_for_previous {
+    // Waiting on another object (an earlier one's coupons, or the holder of the same key):
+    // looked at again soon, since nothing about this object will change to trigger it.
+    let waiting_for_other = matches!(&observation.provisioned, Err(refusal) if refusal.reason == Reason::EventIdInUse);
+    if waiting_for_previous || waiting_for_other {
         return Ok(Action::requeue(schedule::ACTIVE_REQUEUE));
     }
     Ok(Action::requeue(schedule::requeue_after(now, accepted.unwrap_or(spec), phase)))
 }
 
+/// What this event asks of its Deployments: drain an earlier object's coupons, its window
+/// (the spec in effect and its counts), or idle replicas when nothing is in effect.
+fn event_state<'a>(
+    namespace: &'a str,
+    spec: &'a CouponEventSpec,
+    in_effect: Option<&'a CouponEventSpec>,
+    waiting_for_previous: bool,
+    issued: i64,
+    persisted: i64,
+) -> EventState<'a> {
+    match (waiting_for_previous, in_effect) {
+        (true, _) => EventState { namespace, spec, need: Need::Drain },
+        (false, Some(in_effect)) => EventState { namespace, spec: in_effect, need: Need::Window { issued, persisted } },
+        (false, None) => EventState { namespace, spec, need: Need::Idle },
+    }
+}
+
 /// What the controller's watch needs besides the requests reconcile makes:
 /// `(api group, resource, verbs)`. The chart's RBAC rules are checked against both.
 pub const WATCH_PERMISSIONS: (&str, &str, &[&str]) = ("coupons.fcfs.dev", "couponevents", &["list", "watch"]);
+
+/// Every call besides those a plain reconcile makes, `(api group, resource, verbs)`: the
+/// watches (`run`, `caches`), re-reading an event after a 409 (`report`), and the autoscalers'
+/// minimum held up (`autoscaler`). The chart's RBAC rules are checked against these and the
+/// reconcile's own calls.
+pub const PERMISSIONS_BEYOND_RECONCILE: &[(&str, &str, &[&str])] = &[
+    WATCH_PERMISSIONS,
+    ("coupons.fcfs.dev", "couponevents", &["get"]),
+    ("apps", "deployments", &["list", "watch"]),
+    ("autoscaling", "horizontalpodautoscalers", &["list", "watch", "patch"]),
+    ("keda.sh", "scaledobjects", &["get", "patch"]),
+];
 
 /// What of an event asks for a reconcile when it changes: its spec (generation), its
 /// deletion, its finalizers. Status is left out on purpose.
@@ -296,6 +350,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     namespace: Option<String>,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    concurrency: u16,
 ) {
     let events: Api<CouponEvent> = match &namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
@@ -320,8 +375,14 @@ pub async fn run(
         })
         .applied_objects()
         .predicate_filter(reconcile_trigger, Default::default());
-    let controller = Controller::for_stream(triggers, store.clone());
-    let ctx = Arc::new(Context::new(client, backend, store, metrics));
+    let (caches, keep_caches_current) = ClusterCaches::watch(client.clone(), namespace.as_deref());
+    let caches_task = tokio::spawn(keep_caches_current);
+    // Before the first reconcile: a Deployment not in a cache that has not listed yet is not
+    // missing from the cluster.
+    caches.synced().await;
+    let controller =
+        Controller::for_stream(triggers, store.clone()).with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let ctx = Arc::new(Context::new(client, backend, store, caches, metrics));
     controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -332,6 +393,7 @@ pub async fn run(
             }
         })
         .await;
+    caches_task.abort();
 }
 
 #[cfg(test)]

@@ -1,39 +1,125 @@
 //! Scaling: an event's Deployments set to the largest request of the events sharing them,
-//! and the Warnings about Deployments the operator does not scale.
+//! and the Warnings about Deployments the operator does not (or cannot) scale.
 //!
 //! Several events may name one Deployment, so a scale is never decided from one event
 //! alone: every other event is read from the controller's cache as the scheduler sees it
-//! (`schedule::EventState`), and `schedule::desired_replicas` decides for all of them.
+//! (`schedule::EventState`), and `schedule::desired_replicas` decides for all of them. The
+//! Deployments and autoscalers are read from watched caches (`caches`); the decision and the
+//! write for one Deployment happen under that Deployment's own lock, so events sharing it
+//! are serialized while hundreds of others scale in parallel. Kubernetes Events are published
+//! after every lock is released.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use tokio::time::Instant;
 
-use super::Context;
+use super::{autoscaler, Context};
 use crate::conditions::{ConditionType, Reason};
 use crate::crd::{CouponEvent, CouponEventSpec, OnDelete, Phase};
 use crate::schedule::{self, DeploymentKey, EventState, Need};
 use crate::status::{ScaleReport, SCALABLE_LABEL};
+use k8s_openapi::api::apps::v1::Deployment;
+
+/// How long after its own write the operator waits before taking a different replica count
+/// in its cache for someone else's doing (the cache catching up takes milliseconds).
+const SETTLE: Duration = Duration::from_secs(2);
+/// Set back this many times in a row, a Deployment is contended: someone else keeps
+/// resetting it.
+const CONTENDED_AFTER: u32 = 2;
+/// How long a contended Deployment is left alone before the operator writes it once more.
+const CONTENDED_BACKOFF: Duration = Duration::from_secs(60);
+/// How long before the start the api must have its replicas available.
+pub const READY_BEFORE_START: SignedDuration = SignedDuration::from_secs(60);
+
+/// What the operator remembers of its own scale writes, per Deployment: to serialize the
+/// events that share one, and to tell its own writes from someone else's.
+#[derive(Default)]
+pub struct Scaler {
+    locks: Mutex<HashMap<DeploymentKey, Arc<tokio::sync::Mutex<()>>>>,
+    writes: Mutex<HashMap<DeploymentKey, Written>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Written {
+    replicas: i32,
+    at: Instant,
+    /// Times in a row the replicas were found set back after this write.
+    overridden: u32,
+    /// Not written again before this instant (contended).
+    quiet_until: Option<Instant>,
+}
+
+/// What to do with a Deployment whose replicas are `current` when `target` is wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    Nothing,
+    Write,
+    /// The operator's own write is on its way into the cache.
+    InFlight,
+    /// Someone else keeps setting it back: left alone for a while.
+    Contended,
+}
+
+impl Scaler {
+    fn lock_of(&self, key: &DeploymentKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
+    }
+
+    fn decide(&self, key: &DeploymentKey, current: i32, target: i32, now: Instant) -> Decision {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(written) = writes.get_mut(key).filter(|w| w.replicas == target) else {
+            if current == target {
+                writes.remove(key);
+                return Decision::Nothing;
+            }
+            writes.insert(key.clone(), Written { replicas: target, at: now, overridden: 0, quiet_until: None });
+            return Decision::Write;
+        };
+        if current == target {
+            written.overridden = 0;
+            written.quiet_until = None;
+            return Decision::Nothing;
+        }
+        if now < written.at + SETTLE {
+            return Decision::InFlight;
+        }
+        if written.quiet_until.is_some_and(|until| now < until) {
+            return Decision::Contended;
+        }
+        // Set back since this process wrote it.
+        written.overridden += 1;
+        written.at = now;
+        if written.overridden >= CONTENDED_AFTER {
+            written.quiet_until = Some(now + CONTENDED_BACKOFF);
+            return Decision::Contended;
+        }
+        Decision::Write
+    }
+}
+
+/// A Kubernetes Event to publish once the locks are released.
+struct Note {
+    type_: EventType,
+    reason: &'static str,
+    action: String,
+    text: String,
+}
 
 /// Scales this event's Deployments to the largest request of the events sharing them; a
 /// Deployment no remaining event asks for goes to this event's idle count. Only Deployments
-/// that opted in (`SCALABLE_LABEL`) and that no HorizontalPodAutoscaler drives are touched.
-/// Returns what was found about them.
+/// that opted in (`SCALABLE_LABEL`) are touched; one under a HorizontalPodAutoscaler gets the
+/// autoscaler's minimum raised for the window instead. Returns what was found about them.
 pub(super) async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Context, now: Timestamp) -> Result<ScaleReport, kube::Error> {
-    let _one_at_a_time = ctx.scaling.lock().await;
-    let others = other_events(&ctx.events.state(), event);
-    let mut states: Vec<EventState<'_>> =
-        others.iter().map(|(namespace, spec, need)| EventState { namespace, spec, need: *need }).collect();
     let namespace = this.namespace.to_owned();
     let spec = this.spec;
-    states.push(this);
-    let desired = schedule::desired_replicas(now, &states);
+    let api_window = this.need;
     let idle_of = |name: &str| {
         [(&spec.api, spec.api_idle_replicas()), (&spec.consumer, spec.consumer_idle_replicas())]
             .iter()
@@ -44,52 +130,91 @@ pub(super) async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Conte
     };
     let mut names = vec![spec.api.deployment.as_str(), spec.consumer.deployment.as_str()];
     names.dedup();
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
-    let autoscaled = autoscalers.list(&ListParams::default()).await?;
     let mut report = ScaleReport::default();
+    let mut notes = Vec::new();
     for name in names {
         let key = DeploymentKey { namespace: namespace.clone(), name: name.to_owned() };
-        let target = desired.get(&key).copied().unwrap_or_else(|| idle_of(name));
-        let deployment = match deployments.get_opt(name).await? {
-            Some(deployment) => deployment,
-            None => {
-                // Reported by the caller (the `Ready` condition and one Warning).
-                report.missing.push(name.to_owned());
-                continue;
-            }
+        let lock = ctx.scaler.lock_of(&key);
+        let _one_writer = lock.lock().await;
+        // Decided under the lock, from the events as they are now.
+        let others = other_events(&ctx.events.state(), event);
+        let mut states: Vec<EventState<'_>> =
+            others.iter().map(|(namespace, spec, need)| EventState { namespace, spec, need: *need }).collect();
+        states.push(EventState { namespace: &namespace, spec, need: api_window });
+        let target = schedule::desired_replicas(now, &states).get(&key).copied().unwrap_or_else(|| idle_of(name));
+        let Some(deployment) = ctx.caches.deployment(&namespace, name) else {
+            // Reported by the caller (the `Ready` condition and one Warning).
+            report.missing.push(name.to_owned());
+            continue;
         };
         if deployment.labels().get(SCALABLE_LABEL).map(String::as_str) != Some("true") {
             report.not_opted_in.push(name.to_owned());
             continue;
         }
-        let driver = autoscaled
-            .items
-            .iter()
-            .find(|hpa| hpa.spec.as_ref().is_some_and(|s| s.scale_target_ref.kind == "Deployment" && s.scale_target_ref.name == name));
-        if let Some(hpa) = driver {
+        if let Some(hpa) = ctx.caches.autoscaler_of(&namespace, name) {
+            if let Some(note) = autoscaler::hold_minimum(ctx, &hpa, target, idle_of(name)).await? {
+                notes.push(Note { type_: EventType::Normal, reason: note.reason, action: format!("Scale {name}"), text: note.text });
+            }
             report.autoscaled.push((name.to_owned(), hpa.name_any()));
-            continue;
+        } else {
+            let current = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            match ctx.scaler.decide(&key, current, target, Instant::now()) {
+                Decision::Nothing => {}
+                // Pods asked for just now cannot be available yet: judged at the next look.
+                Decision::InFlight => continue,
+                Decision::Contended => report.contended.push(name.to_owned()),
+                Decision::Write => {
+                    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+                    deployments
+                        .patch_scale(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": target } })))
+                        .await?;
+                    ctx.metrics.scalings.inc();
+                    let text = format!("Deployment {name} scaled from {current} to {target}");
+                    notes.push(Note { type_: EventType::Normal, reason: "Scaled", action: format!("Scale {name}"), text });
+                    continue;
+                }
+            }
         }
-        let current = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
-        if current != target {
-            deployments.patch_scale(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": target } }))).await?;
-            ctx.metrics.scalings.inc();
-            ctx.publish(
-                event,
-                EventType::Normal,
-                "Scaled",
-                &format!("Scale {name}"),
-                format!("Deployment {name} scaled from {current} to {target}"),
-            )
-            .await;
+        if name == spec.api.deployment {
+            if let Some(short) = short_of_replicas(now, &this_phase(now, spec, api_window), spec, &deployment, target) {
+                report.not_ready.push((name.to_owned(), short.0, short.1));
+            }
         }
+    }
+    for note in notes {
+        ctx.publish(event, note.type_, note.reason, &note.action, note.text).await;
     }
     Ok(report)
 }
 
-/// One Warning per kind of Deployment the operator could not scale, when the status does not
-/// say so already (the `Ready` and `Scaling` conditions carry it from then on).
+/// The phase this event's window is in, for the readiness check (`None` when no window of
+/// it is in effect).
+fn this_phase(now: Timestamp, spec: &CouponEventSpec, need: Need) -> Option<Phase> {
+    match need {
+        Need::Window { issued, persisted } => Some(schedule::phase(now, spec, issued, persisted)),
+        _ => None,
+    }
+}
+
+/// `(available, wanted)` when the api Deployment is short of the replicas its window wants,
+/// from a minute before the start on: pods not Ready by then will not be when the crowd comes.
+fn short_of_replicas(
+    now: Timestamp,
+    phase: &Option<Phase>,
+    spec: &CouponEventSpec,
+    deployment: &Deployment,
+    target: i32,
+) -> Option<(i32, i32)> {
+    let active = matches!(phase, Some(Phase::WarmingUp | Phase::Open | Phase::SoldOut));
+    if !active || now < spec.schedule.start.0 - READY_BEFORE_START || target <= spec.api_idle_replicas() {
+        return None;
+    }
+    let available = deployment.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+    (available < target).then_some((available, target))
+}
+
+/// One Warning per kind of Deployment trouble, when the status does not say so already (the
+/// `Ready` and `Scaling` conditions carry it from then on).
 pub(super) async fn warn_unscaled(event: &CouponEvent, ctx: &Context, namespace: &str, scaling: &ScaleReport) {
     let previous = event.status.as_ref();
     let already_missing = previous.is_some_and(|s| s.has_condition(ConditionType::Ready, Reason::DeploymentNotFound));
@@ -105,10 +230,18 @@ pub(super) async fn warn_unscaled(event: &CouponEvent, ctx: &Context, namespace:
         );
         ctx.publish(event, EventType::Warning, Reason::NotOptedIn.as_str(), "Scale", message).await;
     }
-    if !scaling.autoscaled.is_empty() && !scaling_reported(Reason::Autoscaled) {
-        let which: Vec<String> = scaling.autoscaled.iter().map(|(d, h)| format!("{d} by HorizontalPodAutoscaler {h}")).collect();
-        let message = format!("left to its autoscaler: {}", which.join(", "));
-        ctx.publish(event, EventType::Warning, Reason::Autoscaled.as_str(), "Scale", message).await;
+    if !scaling.contended.is_empty() && !scaling_reported(Reason::Contended) {
+        let message = format!(
+            "someone else keeps setting the replicas of {} back; the operator stops writing them for a while. With Argo CD, ignore /spec/replicas (ignoreDifferences) on Deployments it scales",
+            scaling.contended.join(", ")
+        );
+        ctx.publish(event, EventType::Warning, Reason::Contended.as_str(), "Scale", message).await;
+    }
+    if !scaling.not_ready.is_empty() && !scaling_reported(Reason::NotReady) {
+        let which: Vec<String> =
+            scaling.not_ready.iter().map(|(d, available, wanted)| format!("{d} has {available} of {wanted} available")).collect();
+        let message = format!("the api is short of its replicas at the start: {}", which.join(", "));
+        ctx.publish(event, EventType::Warning, Reason::NotReady.as_str(), "Scale", message).await;
     }
 }
 

@@ -65,12 +65,13 @@ fn scale(namespace: &str, name: &str, replicas: i32) -> Value {
     })
 }
 
-/// A Deployment that opted in to being scaled by the operator.
+/// A Deployment that opted in to being scaled by the operator, its pods all available.
 fn deployment(namespace: &str, name: &str, replicas: i32) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": {"coupons.fcfs.dev/scalable": "true"}},
-        "spec": {"replicas": replicas, "selector": {}, "template": {}}
+        "spec": {"replicas": replicas, "selector": {}, "template": {}},
+        "status": {"replicas": replicas, "availableReplicas": replicas}
     })
 }
 
@@ -132,6 +133,12 @@ impl FakeApiServer {
         self
     }
 
+    /// The Deployments as the operator's watched cache would hold them.
+    pub fn deployments(&self) -> Vec<k8s_openapi::api::apps::v1::Deployment> {
+        let state = self.state.lock().unwrap();
+        state.deployments.iter().map(|((ns, name), replicas)| serde_json::from_value(deployment(ns, name, *replicas)).unwrap()).collect()
+    }
+
     pub fn put_event(&self, event: &CouponEvent) {
         self.state.lock().unwrap().events.insert((event.namespace().unwrap(), event.name_any()), event.clone());
     }
@@ -171,6 +178,10 @@ impl FakeApiServer {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let mut state = self.state.lock().unwrap();
         match (method.as_str(), parts.as_slice()) {
+            // Whether an event's namespace is terminating: never here.
+            ("GET", ["api", "v1", "namespaces", ns]) => {
+                (StatusCode::OK, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}}))
+            }
             ("GET", ["apis", "apps", "v1", "namespaces", ns, "deployments", name]) => {
                 match state.deployments.get(&(ns.to_string(), name.to_string())) {
                     Some(replicas) => (StatusCode::OK, deployment(ns, name, *replicas)),

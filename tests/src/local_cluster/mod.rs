@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -125,14 +125,39 @@ impl LocalCluster {
         let accounts = Api::<ServiceAccount>::namespaced(self.admin.clone(), namespace);
         let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": account}})).unwrap();
         accounts.create(&PostParams::default(), &sa).await.expect("create ServiceAccount");
+        self.bind_operator_rules(namespace, namespace, account).await;
+        // The chart's cluster-wide, read-only rules, as its ClusterRole grants them.
+        let cluster_wide = format!("{namespace}-{account}");
+        let role: ClusterRole = serde_json::from_value(
+            json!({"metadata": {"name": cluster_wide}, "rules": chart_rules("files/operator-namespace-rules.yaml")}),
+        )
+        .unwrap();
+        Api::<ClusterRole>::all(self.admin.clone()).create(&PostParams::default(), &role).await.expect("create ClusterRole");
+        let binding: ClusterRoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": cluster_wide},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_wide},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        }))
+        .unwrap();
+        Api::<ClusterRoleBinding>::all(self.admin.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("create ClusterRoleBinding");
+    }
+
+    /// A Role in `namespace` with the chart's operator rules (and leader-election rules),
+    /// bound to the ServiceAccount `sa_namespace/account`: an operator of another namespace
+    /// that manages this one's CouponEvents.
+    pub async fn bind_operator_rules(&self, namespace: &str, sa_namespace: &str, account: &str) {
         let mut rules = chart_rules("files/operator-rules.yaml");
         rules.extend(chart_rules("files/operator-leader-election-rules.yaml"));
-        let role: Role = serde_json::from_value(json!({"metadata": {"name": account}, "rules": rules})).unwrap();
+        let name = format!("{sa_namespace}-{account}");
+        let role: Role = serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
         Api::<Role>::namespaced(self.admin.clone(), namespace).create(&PostParams::default(), &role).await.expect("create Role");
         let binding: RoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": account},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": sa_namespace}],
         }))
         .unwrap();
         Api::<RoleBinding>::namespaced(self.admin.clone(), namespace)

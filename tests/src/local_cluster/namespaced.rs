@@ -103,6 +103,27 @@ impl NamespacedCluster {
         self.api::<K>(&self.namespace).patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("patch");
     }
 
+    /// A merge patch of the status subresource, as another writer of it would send.
+    pub async fn patch_status<K>(&self, name: &str, patch: Value)
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        self.api::<K>(&self.namespace).patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("patch status");
+    }
+
+    /// Deletes the namespace itself, as `kubectl delete namespace --wait=false`: the real
+    /// namespace controller then deletes everything in it.
+    pub async fn delete_namespace(&self) {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.cluster.admin.clone());
+        namespaces.delete(&self.namespace, &DeleteParams::default()).await.expect("delete namespace");
+    }
+
+    /// Whether the namespace still exists (terminating or not).
+    pub async fn namespace_exists(&self) -> bool {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.cluster.admin.clone());
+        namespaces.get_opt(&self.namespace).await.expect("get namespace").is_some()
+    }
+
     /// `kubectl delete --wait=false`: the server waits for finalizers.
     pub async fn delete<K>(&self, name: &str)
     where

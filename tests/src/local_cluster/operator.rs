@@ -70,7 +70,7 @@ pub fn coupon_event(cluster: &NamespacedCluster, limit: i64, from: SignedDuratio
         topic: format!("op.{name}"),
         partitions: 1,
         shards: 1,
-        schedule: Schedule { start: Time(now + from), end: Time(now + to), warm_up: Some("1m".into()), cool_down: None },
+        schedule: Schedule { start: Time(now + from), end: Time(now + to), warm_up: Some("1m".into()), cool_down: Some("0s".into()) },
         api: Workload { deployment: "coupon-api".into(), replicas: 3, idle_replicas: Some(1) },
         consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
         on_delete: OnDelete::Delete,
@@ -106,8 +106,27 @@ pub async fn start_operator_with_kafka(cluster: &NamespacedCluster, name: &str, 
 }
 
 async fn start_operator_with(cluster: &NamespacedCluster, name: &str, redis_url: &str, brokers: &str) -> Operator {
+    start_operator_for(cluster, cluster, name, redis_url, brokers).await
+}
+
+/// An operator instance living in `home` (its ServiceAccount, its Lease) that manages the
+/// CouponEvents of `watched`, as a release's operator manages another namespace's.
+pub async fn start_operator_watching(home: &NamespacedCluster, watched: &NamespacedCluster, name: &str) -> Operator {
+    start_operator_for(home, watched, name, &redis_url(), &kafka_brokers()).await
+}
+
+async fn start_operator_for(
+    cluster: &NamespacedCluster,
+    watched: &NamespacedCluster,
+    name: &str,
+    redis_url: &str,
+    brokers: &str,
+) -> Operator {
     crate::init_logging();
     let client = cluster.client(name).await;
+    if watched.namespace != cluster.namespace {
+        cluster.cluster.bind_operator_rules(&watched.namespace, &cluster.namespace, name).await;
+    }
     let backend = Backend::new(redis_url, &kafka(brokers), 1).unwrap();
     let election = LeaderElection {
         namespace: cluster.namespace.clone(),
@@ -120,12 +139,19 @@ async fn start_operator_with(cluster: &NamespacedCluster, name: &str, redis_url:
     let leading = election.leading.clone();
     let ready = Arc::new(AtomicBool::new(false));
     let (backend, metrics, namespace, readiness) =
-        (Arc::new(backend), Arc::new(Metrics::default()), Some(cluster.namespace.clone()), ready.clone());
+        (Arc::new(backend), Arc::new(Metrics::default()), Some(watched.namespace.clone()), ready.clone());
     let controller_client = client.clone();
     let controller = move || {
-        coupon_operator::controller::run(controller_client.clone(), backend.clone(), metrics.clone(), namespace.clone(), readiness.clone())
+        coupon_operator::controller::run(
+            controller_client.clone(),
+            backend.clone(),
+            metrics.clone(),
+            namespace.clone(),
+            readiness.clone(),
+            16,
+        )
     };
-    tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), Some(cluster.namespace.clone()), ready.clone()));
+    tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), Some(watched.namespace.clone()), ready.clone()));
     // A standby is ended by aborting its task (as a killed process is).
     let task = tokio::spawn(async move { election.run(client, controller, std::future::pending()).await });
     Operator { name: name.into(), task, leading, ready }
@@ -227,6 +253,9 @@ pub async fn apply_all(api: &InProcessApi, namespace: &str, name: &str, users: i
 }
 
 pub fn key_of(event: &CouponEvent) -> String {
+    if let Some(event_id) = &event.spec.event_id {
+        return format!("{}/{event_id}", event.metadata.namespace.as_deref().unwrap());
+    }
     format!(
         "{}/{}@{}",
         event.metadata.namespace.as_deref().unwrap(),

@@ -139,7 +139,6 @@ fn default_shards() -> u16 {
     validation = Rule::new("self.end > self.start").message("schedule.end must be after schedule.start"),
     validation = Rule::new("self.end - self.start <= duration('168h')").message("the window may be at most 7 days (168h)"),
     validation = Rule::new("!has(self.warmUp) || duration(self.warmUp) <= duration('24h')").message("warmUp may be at most 24h"),
-    validation = Rule::new("!has(self.warmUp) || duration(self.warmUp) >= duration('30s')").message("warmUp must be at least 30s: new pods need that long to start and turn Ready"),
     validation = Rule::new("!has(self.coolDown) || duration(self.coolDown) <= duration('24h')").message("coolDown may be at most 24h")
 )]
 pub struct Schedule {
@@ -149,8 +148,12 @@ pub struct Schedule {
     pub end: Time,
     /// How long before `start` the Deployments are scaled up, as a duration such as `5m` or
     /// `1h30m` (at most 24h). Default `5m`.
+    ///
+    /// Its minimum is a rule on this field alone: an event accepted with a shorter one by an
+    /// earlier version keeps it (CRD validation ratcheting spares an unchanged field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('30s')").message("warmUp must be at least 30s: new pods need that long to start and turn Ready"))]
     pub warm_up: Option<String>,
     /// How long after `end` the api stays scaled up for the crowd's retries (their 403s and
     /// 410s), as a duration (at most 24h). Default `2m`.

@@ -142,7 +142,9 @@ impl LeaderElection {
         let record = current.spec.clone().unwrap_or_default();
         if observed.record.as_ref() != Some(&record) {
             observed.record = Some(record.clone());
-            observed.at = sent;
+            // When the answer arrived, not when the request left: the record may have been
+            // renewed just before the server answered (client-go's `observedTime`).
+            observed.at = Instant::now();
         }
         let holder = record.holder_identity.as_deref().filter(|h| !h.is_empty());
         let duration = record.lease_duration_seconds.map_or(self.lease_duration, |s| Duration::from_secs(s.max(0) as u64));
@@ -204,8 +206,14 @@ impl LeaderElection {
                     *renewed_at = sent;
                 }
                 Ok(Err(kube::Error::Api(status))) if status.code == 409 => {
-                    // Written by someone else since: who holds it now?
-                    match leases.get_opt(&self.lease_name).await {
+                    // Written by someone else since: who holds it now? (Bounded like the
+                    // renewal: a read that hangs must not keep this instance acting.)
+                    let left = valid_until.saturating_duration_since(Instant::now());
+                    let current = match tokio::time::timeout(left, leases.get_opt(&self.lease_name)).await {
+                        Ok(current) => current,
+                        Err(_) => continue,
+                    };
+                    match current {
                         Ok(Some(current)) => {
                             let holder = current.spec.as_ref().and_then(|s| s.holder_identity.clone());
                             if holder.as_deref() != Some(self.identity.as_str()) {

@@ -179,14 +179,42 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
             condition(ConditionType::Ready, false, refusal.reason.as_str(), format!("{}; {effect}", refusal.message), g, now, before)
         }
     };
+    // Whether the warm-up leaves new pods time to turn Ready: under two minutes it may not on
+    // a busy cluster (image pulls, node scale-up). Admission refuses under 30 s.
+    let warm_up = observed.accepted.as_ref().and_then(|a| a.schedule.warm_up().ok());
+    let warm_up = match warm_up {
+        Some(warm_up) if warm_up < crate::crd::SHORT_WARM_UP => condition(
+            ConditionType::WarmUp,
+            false,
+            Reason::ShortWarmUp.as_str(),
+            format!(
+                "warmUp {} is under {}: on a busy cluster new pods may not be Ready by the start",
+                humantime::format_duration(warm_up),
+                humantime::format_duration(crate::crd::SHORT_WARM_UP)
+            ),
+            g,
+            now,
+            before,
+        ),
+        _ => condition(
+            ConditionType::WarmUp,
+            true,
+            Reason::WarmUpSufficient.as_str(),
+            "the warm-up leaves time for new pods".into(),
+            g,
+            now,
+            before,
+        ),
+    };
     CouponEventStatus {
         phase: observed.phase,
         issued,
         persisted,
         healed: observed.healed,
-        topic_created: observed.topic_created,
+        // Once true, never taken back by a write computed from an older view.
+        topic_created: observed.topic_created || previous.is_some_and(|p| p.topic_created),
         observed_generation: g,
-        conditions: vec![provisioned, open, sold_out, drained, scaling, ready],
+        conditions: vec![provisioned, open, sold_out, drained, scaling, ready, warm_up],
         last_accepted_spec: observed.accepted.clone(),
         incarnation: observed.accepted.as_ref().and(observed.incarnation.clone()),
     }

@@ -255,7 +255,8 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
             ("SoldOut".into(), "False".into()),
             ("Drained".into(), "True".into()),
             ("Scaling".into(), "True".into()),
-            ("Ready".into(), "True".into())
+            ("Ready".into(), "True".into()),
+            ("WarmUp".into(), "True".into())
         ]
     );
     assert_eq!(requests[7].body["reason"], "PhaseChanged");

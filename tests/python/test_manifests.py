@@ -140,10 +140,20 @@ def operator_env(docs):
     return operator["spec"]["template"]["spec"]["containers"][0]["env"]
 
 
+def namespace_rules():
+    """Cluster-wide: reading namespaces and letting go of a terminating one's CouponEvents."""
+    return yaml.safe_load((CHART / "files" / "operator-namespace-rules.yaml").read_text())
+
+
 def test_rbac_grants_exactly_what_the_operator_calls():
-    # By default the operator manages its release namespace only (a Role there).
+    # By default the operator manages its release namespace only (a Role there), and holds
+    # cluster-wide only what must outlive a namespace being deleted.
     docs = render()
-    assert by_kind(docs, "ClusterRole") == []
+    (cluster_wide,) = by_kind(docs, "ClusterRole")
+    assert normalised(cluster_wide["rules"]) == normalised(namespace_rules())
+    assert normalised(namespace_rules()) == [("", "namespaces", "get"), ("coupons.fcfs.dev", "couponevents", "patch")]
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "coupon-operator", "namespace": "shop"}]
     (role,) = roles(docs)
     assert role["metadata"]["namespace"] == "shop"
     assert normalised(role["rules"]) == normalised(rules_used_by_the_operator())
@@ -156,9 +166,23 @@ def test_rbac_grants_exactly_what_the_operator_calls():
     # Cluster-wide only when asked.
     everywhere = render({"operator": {"watchAllNamespaces": True}})
     assert roles(everywhere) == []
-    (role,) = by_kind(everywhere, "ClusterRole")
+    (role,) = [r for r in by_kind(everywhere, "ClusterRole") if not r["metadata"]["name"].endswith("-namespaces")]
     assert normalised(role["rules"]) == normalised(rules_used_by_the_operator())
     assert watched_namespace(everywhere) == ""
+
+
+def test_operator_runs_a_ready_standby_through_disruptions():
+    docs = render()
+    (operator,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "coupon-operator"]
+    assert operator["spec"]["replicas"] == 2
+    assert operator["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    pod = operator["spec"]["template"]["spec"]
+    tolerated = {(t["key"], t["tolerationSeconds"]) for t in pod["tolerations"]}
+    assert tolerated == {("node.kubernetes.io/not-ready", 30), ("node.kubernetes.io/unreachable", 30)}
+    budgets = {b["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for b in by_kind(docs, "PodDisruptionBudget")}
+    assert budgets == {"coupon-operator", "coupon-api", "coupon-consumer"}, "on by default"
+    env = {e["name"]: e.get("value") for e in operator_env(docs)}
+    assert (env["LEASE_DURATION"], env["LEASE_RENEW_MARGIN"]) == ("30s", "10s")
 
 
 def test_operator_elects_a_leader_per_release():
@@ -250,7 +274,7 @@ def test_optional_objects_render_when_enabled():
             assert name in exported, f"{name} in {query!r} is not exported"
     (dashboard,) = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert json.loads(dashboard["data"]["coupon-system.json"])["panels"]
-    assert len(by_kind(docs, "PodDisruptionBudget")) == 2
+    assert len(by_kind(docs, "PodDisruptionBudget")) == 3
     assert len(by_kind(docs, "NetworkPolicy")) == 2
     for deployment in by_kind(docs, "Deployment"):
         pod = deployment["spec"]["template"]

@@ -2,7 +2,9 @@
 //! unreachable and then reachable again without touching the real server.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -12,13 +14,21 @@ use tokio::task::JoinHandle;
 pub struct TcpGate {
     pub port: u16,
     target: SocketAddr,
+    /// Added to everything a client sends (each chunk held this long before it goes on):
+    /// a control plane that answers slowly.
+    latency: Duration,
     task: Option<(JoinHandle<()>, watch::Sender<bool>)>,
 }
 
 impl TcpGate {
     /// A closed gate on a free port.
     pub fn closed(target: SocketAddr) -> Self {
-        Self { port: crate::free_port(), target, task: None }
+        Self { port: crate::free_port(), target, latency: Duration::ZERO, task: None }
+    }
+
+    /// A closed gate that delays every chunk a client sends by `latency`.
+    pub fn closed_with_latency(target: SocketAddr, latency: Duration) -> Self {
+        Self { port: crate::free_port(), target, latency, task: None }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -30,17 +40,39 @@ impl TcpGate {
             return;
         }
         let listener = TcpListener::bind(self.addr()).await.expect("bind gate port");
-        let target = self.target;
+        let (target, latency) = (self.target, self.latency);
         let (cut, cut_rx) = watch::channel(false);
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let mut cut_rx = cut_rx.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    if latency.is_zero() {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                             _ = cut_rx.wait_for(|cut| *cut) => {}
                         }
+                        return;
+                    }
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    let requests = async move {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let read = match client_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(read) => read,
+                            };
+                            tokio::time::sleep(latency).await;
+                            if server_write.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = requests => {}
+                        _ = tokio::io::copy(&mut server_read, &mut client_write) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
                     }
                 });
             }

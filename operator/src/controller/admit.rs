@@ -51,7 +51,16 @@ pub(super) async fn admit(
     let recorded_now = identity::record(api, event, incarnation(event)).await?;
     let accepted_before = accepted_before(event);
     let immutable = accepted_before.as_ref().and_then(|accepted| lifecycle::changed_immutable(accepted, &event.spec));
-    let refused = match (event.spec.validate(), immutable) {
+    // A warm-up under today's minimum that an earlier version accepted stays accepted.
+    let validated = match (event.spec.validate(), &accepted_before) {
+        (Err(crate::crd::SpecError::WarmUp(_)), Some(accepted)) if accepted.schedule.warm_up == event.spec.schedule.warm_up => {
+            let mut relaxed = event.spec.clone();
+            relaxed.schedule.warm_up = None;
+            relaxed.validate()
+        }
+        (validated, _) => validated,
+    };
+    let refused = match (validated, immutable) {
         (Err(invalid), _) => Some(Refusal { reason: Reason::InvalidSpec, message: invalid.to_string() }),
         (Ok(()), Some(message)) => Some(Refusal { reason: Reason::ImmutableField, message }),
         (Ok(()), None) => rival(event, &ctx.events.state()).map(|other| Refusal {
@@ -102,17 +111,34 @@ pub(super) fn key_name(event: &CouponEvent) -> String {
     event.spec.event_id.clone().unwrap_or_else(|| event.name_any())
 }
 
-/// An older live CouponEvent of the namespace keeping its sale under the same key as this
-/// one: two objects must never drive one sale (each would provision its own spec). The one
-/// created first keeps it; this one waits until it is gone.
+/// Another live CouponEvent of the namespace keeping its sale under the same key as this
+/// one, and ahead of it: two objects must never drive one sale (each would provision its own
+/// spec). Ahead is the one accepted already, then the one created first (then by name): an
+/// order both objects compute alike, so exactly one of them goes on.
 fn rival<'a>(event: &CouponEvent, others: &'a [std::sync::Arc<CouponEvent>]) -> Option<&'a CouponEvent> {
     let key = key_name(event);
-    let age = |e: &CouponEvent| (e.metadata.creation_timestamp.clone().map(|t| t.0), e.name_any());
+    let rank = |e: &CouponEvent| {
+        let accepted = e.status.as_ref().is_some_and(|s| s.last_accepted_spec.is_some());
+        (!accepted, e.metadata.creation_timestamp.clone().map(|t| t.0), e.name_any())
+    };
     others.iter().map(|o| o.as_ref()).find(|other| {
         other.namespace() == event.namespace()
             && other.metadata.uid != event.metadata.uid
+            && other.metadata.deletion_timestamp.is_none()
             && key_name(other) == key
-            && age(other) < age(event)
+            && rank(other) < rank(event)
+    })
+}
+
+/// Whether another live object of the namespace keeps its sale under this one's key: then
+/// what Redis holds under it is that object's sale, which this one's clean-up leaves alone.
+pub(super) fn key_held_by_another(event: &CouponEvent, others: &[std::sync::Arc<CouponEvent>]) -> bool {
+    let key = key_name(event);
+    others.iter().any(|other| {
+        other.namespace() == event.namespace()
+            && other.metadata.uid != event.metadata.uid
+            && other.metadata.deletion_timestamp.is_none()
+            && key_name(other) == key
     })
 }
 

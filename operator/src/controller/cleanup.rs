@@ -46,7 +46,22 @@ pub(super) async fn cleanup(event: &CouponEvent, id: &EventId, ctx: &Context) ->
     let now = ctx.now();
     // What is in effect is the last accepted spec, not an edit that was refused.
     let spec = event.status.as_ref().and_then(|s| s.last_accepted_spec.as_ref()).unwrap_or(&event.spec);
-    if namespace_terminating(ctx, id.namespace()).await? {
+    if super::admit::key_held_by_another(event, &ctx.events.state()) {
+        // Another live object keeps its sale under this key (`eventId`): its sale, not this
+        // one's, and it stays as it is.
+        let message = format!("CouponEvent keeps its sale under the key {id}: nothing of it is cleaned up");
+        ctx.publish(event, EventType::Normal, "NothingToClean", "Cleanup", message).await;
+        return Ok(Action::await_change());
+    }
+    let terminating = match namespace_terminating(ctx, id.namespace()).await {
+        Ok(terminating) => terminating,
+        Err(error) => {
+            // Not known: the usual clean-up, whose patience bounds it.
+            tracing::warn!(%error, "cannot tell whether the namespace is terminating");
+            false
+        }
+    };
+    if terminating {
         return Ok(cleanup_in_terminating_namespace(event, spec, id, ctx, now).await);
     }
     let attempt = async {

@@ -231,9 +231,15 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
         ControlFlow::Continue(admission) => admission,
         ControlFlow::Break(action) => return Ok(action),
     };
-    // What is known before Redis and Kafka are asked: the spec in effect (this one unless
-    // admission refused it) and the counts the status last saw.
-    let in_effect = if admission.refused.is_none() { Some(spec) } else { admission.accepted_before.as_ref() };
+    // What is known before Redis and Kafka are asked: the spec in effect (the one last
+    // accepted; for an event never accepted, this one unless admission refused it: an edit
+    // takes effect only once provisioned, which may still refuse it) and the counts the
+    // status last saw.
+    let in_effect = match (&admission.accepted_before, &admission.refused) {
+        (Some(accepted), _) => Some(accepted),
+        (None, None) => Some(spec),
+        (None, Some(_)) => None,
+    };
     let waited_before = previous.is_some_and(|s| s.has_condition(ConditionType::Ready, Reason::PreviousEventDraining));
     let (last_issued, last_persisted) = previous.map(|s| (s.issued, s.persisted)).unwrap_or_default();
     let first_look = event_state(id.namespace(), spec, in_effect, waited_before, last_issued, last_persisted);
@@ -256,7 +262,12 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
         .unwrap_or_else(|| previous.map(|s| (s.issued, s.persisted, s.healed)).unwrap_or_default());
     // A refused edit leaves the last accepted spec in effect (as Redis still holds it): a live
     // sale goes on, and nothing is scaled down because of the refusal.
-    let accepted = if provisioned.is_ok() { Some(spec) } else { admission.accepted_before.as_ref() };
+    let held_by_another = matches!(&provisioned, Err(refusal) if refusal.reason == Reason::EventIdInUse);
+    let accepted = match (&provisioned, held_by_another) {
+        (Ok(()), _) => Some(spec),
+        (Err(_), true) => None,
+        (Err(_), false) => admission.accepted_before.as_ref(),
+    };
     let phase = match accepted {
         Some(accepted) => schedule::phase(now, accepted, issued, persisted),
         None => Phase::Failed,
@@ -290,8 +301,7 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
     }
     // Waiting on another object (an earlier one's coupons, or the holder of the same key):
     // looked at again soon, since nothing about this object will change to trigger it.
-    let waiting_for_other = matches!(&observation.provisioned, Err(refusal) if refusal.reason == Reason::EventIdInUse);
-    if waiting_for_previous || waiting_for_other {
+    if waiting_for_previous || held_by_another {
         return Ok(Action::requeue(schedule::ACTIVE_REQUEUE));
     }
     Ok(Action::requeue(schedule::requeue_after(now, accepted.unwrap_or(spec), phase)))
@@ -376,10 +386,15 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(reconcile_trigger, Default::default());
     let (caches, keep_caches_current) = ClusterCaches::watch(client.clone(), namespace.as_deref());
-    let caches_task = tokio::spawn(keep_caches_current);
+    // Stopped with the controller, also when leadership is lost and this future is dropped.
+    let _caches_task = AbortOnDrop(tokio::spawn(keep_caches_current));
     // Before the first reconcile: a Deployment not in a cache that has not listed yet is not
     // missing from the cluster.
-    caches.synced().await;
+    while tokio::time::timeout(Duration::from_secs(30), caches.synced()).await.is_err() {
+        tracing::warn!(
+            "the caches of Deployments and HorizontalPodAutoscalers have not synced yet; nothing is reconciled until they do (RBAC?)"
+        );
+    }
     let controller =
         Controller::for_stream(triggers, store.clone()).with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let ctx = Arc::new(Context::new(client, backend, store, caches, metrics));
@@ -393,7 +408,15 @@ pub async fn run(
             }
         })
         .await;
-    caches_task.abort();
+}
+
+/// A spawned task stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

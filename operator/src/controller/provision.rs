@@ -50,7 +50,10 @@ pub(super) async fn provision_admitted(
             outcome
         }
     };
-    if outcome.is_err() {
+    // Another object holds the key: nothing of this one's is provisioned, not even what it
+    // had accepted (that would rewrite the other's sale).
+    let rival = matches!(&outcome, Err(refusal) if refusal.reason == crate::conditions::Reason::EventIdInUse);
+    if outcome.is_err() && !rival {
         if let Some(accepted) = admission.accepted_before.as_ref() {
             let (created, _) = provision(event, accepted, id, ctx).await?;
             created_now |= created;

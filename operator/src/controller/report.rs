@@ -126,6 +126,12 @@ pub(super) async fn report(
             ctx.publish(event, EventType::Warning, refusal.reason.as_str(), "Provision", refusal.message.clone()).await;
         }
     }
+    let short_warm_up = |s: &CouponEventStatus| s.has_condition(ConditionType::WarmUp, Reason::ShortWarmUp);
+    let written = as_stored(next_status(now, previous, observation));
+    if short_warm_up(&written) && !previous.is_some_and(short_warm_up) {
+        let message = written.conditions_of(ConditionType::WarmUp).next().map(|c| c.message.clone()).unwrap_or_default();
+        ctx.publish(event, EventType::Warning, Reason::ShortWarmUp.as_str(), "Reconcile", message).await;
+    }
     let phase = observation.phase;
     let previous_phase = previous.map(|s| s.phase);
     if previous_phase != Some(phase) && phase != Phase::Failed {

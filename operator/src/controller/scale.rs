@@ -72,6 +72,8 @@ impl Scaler {
         self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
     }
 
+    /// What to do, from what this process last wrote (recorded by `wrote` once a write
+    /// succeeded: a failed write is not someone else's doing).
     fn decide(&self, key: &DeploymentKey, current: i32, target: i32, now: Instant) -> Decision {
         let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let Some(written) = writes.get_mut(key).filter(|w| w.replicas == target) else {
@@ -79,7 +81,6 @@ impl Scaler {
                 writes.remove(key);
                 return Decision::Nothing;
             }
-            writes.insert(key.clone(), Written { replicas: target, at: now, overridden: 0, quiet_until: None });
             return Decision::Write;
         };
         if current == target {
@@ -90,18 +91,42 @@ impl Scaler {
         if now < written.at + SETTLE {
             return Decision::InFlight;
         }
-        if written.quiet_until.is_some_and(|until| now < until) {
-            return Decision::Contended;
+        match written.quiet_until {
+            Some(until) if now < until => return Decision::Contended,
+            // Left alone long enough: written once more (set back again, contended again).
+            Some(_) => {
+                written.quiet_until = None;
+                return Decision::Write;
+            }
+            None => {}
         }
         // Set back since this process wrote it.
         written.overridden += 1;
-        written.at = now;
         if written.overridden >= CONTENDED_AFTER {
             written.quiet_until = Some(now + CONTENDED_BACKOFF);
             return Decision::Contended;
         }
         Decision::Write
     }
+
+    /// Records a scale write that succeeded.
+    fn wrote(&self, key: &DeploymentKey, replicas: i32, now: Instant) {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        match writes.get_mut(key).filter(|w| w.replicas == replicas) {
+            Some(written) => written.at = now,
+            None => {
+                writes.insert(key.clone(), Written { replicas, at: now, overridden: 0, quiet_until: None });
+            }
+        }
+    }
+}
+
+/// The longest a scale write (or an autoscaler's) may take while its Deployment's lock is
+/// held: one hung request must not hold every event sharing the Deployment.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn timed_out() -> kube::Error {
+    kube::Error::Service(format!("no answer from the API server within {WRITE_TIMEOUT:?}").into())
 }
 
 /// A Kubernetes Event to publish once the locks are released.
@@ -152,7 +177,8 @@ pub(super) async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Conte
             continue;
         }
         if let Some(hpa) = ctx.caches.autoscaler_of(&namespace, name) {
-            if let Some(note) = autoscaler::hold_minimum(ctx, &hpa, target, idle_of(name)).await? {
+            let hold = autoscaler::hold_minimum(ctx, &hpa, target, idle_of(name));
+            if let Some(note) = tokio::time::timeout(WRITE_TIMEOUT, hold).await.map_err(|_| timed_out())?? {
                 notes.push(Note { type_: EventType::Normal, reason: note.reason, action: format!("Scale {name}"), text: note.text });
             }
             report.autoscaled.push((name.to_owned(), hpa.name_any()));
@@ -165,9 +191,11 @@ pub(super) async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Conte
                 Decision::Contended => report.contended.push(name.to_owned()),
                 Decision::Write => {
                     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-                    deployments
-                        .patch_scale(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": target } })))
-                        .await?;
+                    let patch = Patch::Merge(json!({ "spec": { "replicas": target } }));
+                    let params = PatchParams::default();
+                    let write = deployments.patch_scale(name, &params, &patch);
+                    tokio::time::timeout(WRITE_TIMEOUT, write).await.map_err(|_| timed_out())??;
+                    ctx.scaler.wrote(&key, target, Instant::now());
                     ctx.metrics.scalings.inc();
                     let text = format!("Deployment {name} scaled from {current} to {target}");
                     notes.push(Note { type_: EventType::Normal, reason: "Scaled", action: format!("Scale {name}"), text });

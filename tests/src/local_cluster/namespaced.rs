@@ -140,9 +140,14 @@ impl NamespacedCluster {
     /// A client acting as the ServiceAccount `name` of this namespace, which holds exactly the
     /// chart's operator rules; it reaches the API server through a gate of its own.
     pub async fn client(&self, name: &str) -> kube::Client {
+        self.client_with_latency(name, Duration::ZERO).await
+    }
+
+    /// As `client`, with `latency` added to every request (a busy control plane).
+    pub async fn client_with_latency(&self, name: &str, latency: Duration) -> kube::Client {
         self.cluster.operator_account(&self.namespace, name).await;
         let server = api_server_address(&self.cluster);
-        let mut gate = TcpGate::closed(server);
+        let mut gate = TcpGate::closed_with_latency(server, latency);
         gate.open().await;
         let gated = format!("https://{}", gate.addr());
         self.gates.lock().unwrap().insert(name.to_owned(), gate);

@@ -106,13 +106,18 @@ pub async fn start_operator_with_kafka(cluster: &NamespacedCluster, name: &str, 
 }
 
 async fn start_operator_with(cluster: &NamespacedCluster, name: &str, redis_url: &str, brokers: &str) -> Operator {
-    start_operator_for(cluster, cluster, name, redis_url, brokers).await
+    start_operator_for(cluster, cluster, name, redis_url, brokers, Duration::ZERO).await
+}
+
+/// An operator instance whose every request to the API server takes `latency` longer.
+pub async fn start_operator_slowed(cluster: &NamespacedCluster, name: &str, latency: Duration) -> Operator {
+    start_operator_for(cluster, cluster, name, &redis_url(), &kafka_brokers(), latency).await
 }
 
 /// An operator instance living in `home` (its ServiceAccount, its Lease) that manages the
 /// CouponEvents of `watched`, as a release's operator manages another namespace's.
 pub async fn start_operator_watching(home: &NamespacedCluster, watched: &NamespacedCluster, name: &str) -> Operator {
-    start_operator_for(home, watched, name, &redis_url(), &kafka_brokers()).await
+    start_operator_for(home, watched, name, &redis_url(), &kafka_brokers(), Duration::ZERO).await
 }
 
 async fn start_operator_for(
@@ -121,9 +126,10 @@ async fn start_operator_for(
     name: &str,
     redis_url: &str,
     brokers: &str,
+    latency: Duration,
 ) -> Operator {
     crate::init_logging();
-    let client = cluster.client(name).await;
+    let client = cluster.client_with_latency(name, latency).await;
     if watched.namespace != cluster.namespace {
         cluster.cluster.bind_operator_rules(&watched.namespace, &cluster.namespace, name).await;
     }
@@ -221,7 +227,18 @@ pub fn condition(event: &CouponEvent, type_: &str) -> Option<(String, String)> {
 }
 
 pub async fn wait_for_condition(cluster: &NamespacedCluster, name: &str, type_: &str, status: &str, reason: &str) -> CouponEvent {
-    wait_until(&format!("{name} {type_}={status} ({reason})"), Duration::from_secs(30), || async move {
+    wait_for_condition_within(cluster, name, type_, status, reason, Duration::from_secs(30)).await
+}
+
+pub async fn wait_for_condition_within(
+    cluster: &NamespacedCluster,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    timeout: Duration,
+) -> CouponEvent {
+    wait_until(&format!("{name} {type_}={status} ({reason})"), timeout, || async move {
         cluster.get::<CouponEvent>(name).await.filter(|e| condition(e, type_) == Some((status.to_owned(), reason.to_owned())))
     })
     .await

@@ -77,18 +77,25 @@ async fn two_hundred_events_opening_together_on_a_slow_control_plane_are_all_sca
     .await;
     // Then all cross into the warm-up together, and are scaled before the start.
     let crossing = Instant::now();
-    wait_until("every api scaled", Duration::from_secs(60), || async move {
-        let scaled = cluster_ref
-            .list::<Deployment>()
-            .await
-            .iter()
-            .filter(|d| {
-                d.metadata.name.as_deref().is_some_and(|n| n.starts_with("api-")) && d.spec.as_ref().and_then(|s| s.replicas) == Some(1)
-            })
-            .count();
-        (scaled == EVENTS).then_some(())
-    })
-    .await;
+    let scaled = || async move {
+        let is_scaled = |d: &&Deployment| {
+            d.metadata.name.as_deref().is_some_and(|n| n.starts_with("api-")) && d.spec.as_ref().and_then(|s| s.replicas) == Some(1)
+        };
+        cluster_ref.list::<Deployment>().await.iter().filter(is_scaled).count()
+    };
+    let mut last = usize::MAX;
+    loop {
+        let now_scaled = scaled().await;
+        if now_scaled != last {
+            println!("{} s after the warm-up began: {now_scaled} of {EVENTS} scaled", Timestamp::now().duration_since(warm_up).as_secs());
+            last = now_scaled;
+        }
+        if now_scaled == EVENTS || Timestamp::now() > start + SignedDuration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last, EVENTS, "every api scaled");
     let all_scaled = Timestamp::now();
     println!(
         "{EVENTS} events scaled {:?} after the warm-up began ({:?} of waiting in all)",

@@ -65,7 +65,7 @@ pub(super) async fn cleanup(event: &CouponEvent, id: &EventId, ctx: &Context) ->
         return Ok(cleanup_in_terminating_namespace(event, spec, id, ctx, now).await);
     }
     let attempt = async {
-        let draining = close_and_count_unwritten(event, spec, id, ctx, now).await?;
+        let draining = close_and_count_unwritten(event, spec, id, ctx, now, Announce::Yes).await?;
         // While coupons wait on the topic the consumer stays up, as for a window that ended
         // now (other events see a deleting `Retain` event the same way: `other_events`).
         let need = match draining {
@@ -73,7 +73,7 @@ pub(super) async fn cleanup(event: &CouponEvent, id: &EventId, ctx: &Context) ->
             Some(_) => Need::Drain,
         };
         scale::scale(event, EventState { namespace: id.namespace(), spec, need }, ctx, now).await?;
-        cleanup_backends(event, spec, id, ctx).await?;
+        cleanup_backends(event, spec, id, ctx, Announce::Yes).await?;
         Ok::<_, CleanupError>(draining)
     };
     let uid = event.metadata.uid.clone().unwrap_or_else(|| id.to_string());
@@ -149,8 +149,9 @@ async fn cleanup_in_terminating_namespace(
     now: Timestamp,
 ) -> Action {
     let attempt = async {
-        let unwritten = close_and_count_unwritten(event, spec, id, ctx, now).await?;
-        cleanup_backends(event, spec, id, ctx).await?;
+        // (No Kubernetes Events: a terminating namespace refuses them.)
+        let unwritten = close_and_count_unwritten(event, spec, id, ctx, now, Announce::No).await?;
+        cleanup_backends(event, spec, id, ctx, Announce::No).await?;
         Ok::<_, BackendError>(unwritten)
     };
     match tokio::time::timeout(TERMINATING_CLEANUP_BOUND, attempt).await {
@@ -177,6 +178,7 @@ async fn close_and_count_unwritten(
     id: &EventId,
     ctx: &Context,
     now: Timestamp,
+    announce: Announce,
 ) -> Result<Option<(i64, i64)>, BackendError> {
     if spec.on_delete != OnDelete::Retain {
         return Ok(None);
@@ -184,7 +186,7 @@ async fn close_and_count_unwritten(
     if !ctx.backend.counters(id).await?.is_some_and(|c| owns(&c, event)) {
         return Ok(None);
     }
-    if ctx.backend.close_sale(id, spec, now).await? {
+    if ctx.backend.close_sale(id, spec, now).await? && announce == Announce::Yes {
         ctx.publish(event, EventType::Normal, "SaleClosed", "Cleanup", "the event's window now ends at its deletion".into()).await;
     }
     let after = ctx.backend.counters(id).await?.filter(|c| owns(c, event));
@@ -193,13 +195,31 @@ async fn close_and_count_unwritten(
 
 /// `Retain` keeps everything (its sale was closed before); `Delete` removes the Redis keys,
 /// and the topic only where `lifecycle::topic_deletion` allows it.
-async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &EventId, ctx: &Context) -> Result<(), BackendError> {
+/// Whether a clean-up step tells the user with Kubernetes Events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Announce {
+    Yes,
+    No,
+}
+
+async fn cleanup_backends(
+    event: &CouponEvent,
+    spec: &CouponEventSpec,
+    id: &EventId,
+    ctx: &Context,
+    announce: Announce,
+) -> Result<(), BackendError> {
+    let publish = |type_, reason, message: String| async move {
+        if announce == Announce::Yes {
+            ctx.publish(event, type_, reason, "Cleanup", message).await;
+        }
+    };
     let counters = ctx.backend.counters(id).await?;
     if counters.as_ref().is_some_and(|c| !owns(c, event)) {
         // This object never got to provision (an earlier one of its name was draining):
         // what Redis and the topic hold is that earlier object's, and stays.
         let message = "Redis holds an earlier CouponEvent's state under this name: left as it is".to_owned();
-        ctx.publish(event, EventType::Normal, "NothingToClean", "Cleanup", message).await;
+        publish(EventType::Normal, "NothingToClean", message).await;
         return Ok(());
     }
     if spec.on_delete == OnDelete::Retain {
@@ -236,11 +256,11 @@ async fn cleanup_backends(event: &CouponEvent, spec: &CouponEventSpec, id: &Even
     match lifecycle::topic_deletion(&topic_use) {
         Ok(()) => {
             ctx.backend.delete_topic(&spec.topic).await?;
-            ctx.publish(event, EventType::Normal, "Deleted", "Cleanup", format!("removed Redis keys and topic {}", spec.topic)).await;
+            publish(EventType::Normal, "Deleted", format!("removed Redis keys and topic {}", spec.topic)).await;
         }
         Err(keep) => {
             let message = format!("removed Redis keys; kept topic {}: {keep}", spec.topic);
-            ctx.publish(event, EventType::Warning, "TopicKept", "Cleanup", message).await;
+            publish(EventType::Warning, "TopicKept", message).await;
         }
     }
     Ok(())

@@ -190,3 +190,57 @@ async fn replicas_reset_by_someone_else_are_reported_contended_instead_of_patche
 fn consumer_scale_writes(cluster: &coupon_tests::local_cluster::NamespacedCluster) -> usize {
     scale_writes(&cluster.requests()).into_iter().filter(|r| r.path.contains("/coupon-consumer/")).count()
 }
+
+/// An autoscaler KEDA made for a ScaledObject: KEDA would put its own minimum back on the
+/// autoscaler, so the ScaledObject's `minReplicaCount` is raised for the window and restored
+/// after. (The ScaledObject CRD here is a stand-in for KEDA's: only its kind and its fields
+/// matter to the operator; no KEDA runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keda_scaled_object_gets_its_minimum_held_for_the_window_and_restored_after() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let cluster = cluster().await;
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_json::from_value(json!({
+            "metadata": {"name": "scaledobjects.keda.sh"},
+            "spec": {"group": "keda.sh", "scope": "Namespaced",
+                     "names": {"plural": "scaledobjects", "singular": "scaledobject", "kind": "ScaledObject", "listKind": "ScaledObjectList"},
+                     "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+        }))
+        .unwrap();
+    cluster.cluster.apply_crd(&crd).await;
+    let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"), "scaledobjects");
+    let scaled_objects: kube::Api<DynamicObject> = kube::Api::namespaced_with(cluster.cluster.admin.clone(), &cluster.namespace, &resource);
+    let mut scaled_object = DynamicObject::new("api-scaler", &resource);
+    scaled_object.data = json!({"spec": {"scaleTargetRef": {"name": "coupon-api"}, "minReplicaCount": 0, "maxReplicaCount": 2}});
+    let scaled_object = scaled_objects.create(&Default::default(), &scaled_object).await.unwrap();
+    // The autoscaler KEDA makes for it, owned by it.
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "keda-hpa-api-scaler", "ownerReferences": [{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                     "name": "api-scaler", "uid": scaled_object.metadata.uid}]},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "coupon-api"}, "minReplicas": 1, "maxReplicas": 2}
+    }))
+    .unwrap();
+    cluster.create(&hpa).await;
+    let operator = start_operator(&cluster, "operator-0").await;
+    cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(20))).await;
+    let scaled_objects = &scaled_objects;
+    let limits = || async move {
+        let object = scaled_objects.get("api-scaler").await.unwrap();
+        (object.data["spec"]["minReplicaCount"].as_i64(), object.data["spec"]["maxReplicaCount"].as_i64(), object.metadata.annotations.unwrap_or_default())
+    };
+    wait_until("the ScaledObject's minimum raised", Duration::from_secs(15), || async move {
+        let (min, max, annotations) = limits().await;
+        (min == Some(3) && max == Some(3) && annotations.get("coupons.fcfs.dev/original-min-replicas").map(String::as_str) == Some("0")).then_some(())
+    })
+    .await;
+    let hpa = cluster.get::<HorizontalPodAutoscaler>("keda-hpa-api-scaler").await.unwrap();
+    assert_eq!(hpa.spec.unwrap().min_replicas, Some(1), "KEDA's autoscaler itself is left to KEDA");
+    wait_until("the ScaledObject's minimum restored", Duration::from_secs(40), || async move {
+        let (min, max, annotations) = limits().await;
+        (min == Some(0) && max == Some(2) && annotations.is_empty()).then_some(())
+    })
+    .await;
+    assert_nothing_refused(&cluster);
+    operator.kill(&cluster);
+}

@@ -199,15 +199,14 @@ fn consumer_scale_writes(cluster: &coupon_tests::local_cluster::NamespacedCluste
 async fn a_keda_scaled_object_gets_its_minimum_held_for_the_window_and_restored_after() {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
     let cluster = cluster().await;
-    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
-        serde_json::from_value(json!({
-            "metadata": {"name": "scaledobjects.keda.sh"},
-            "spec": {"group": "keda.sh", "scope": "Namespaced",
-                     "names": {"plural": "scaledobjects", "singular": "scaledobject", "kind": "ScaledObject", "listKind": "ScaledObjectList"},
-                     "versions": [{"name": "v1alpha1", "served": true, "storage": true,
-                                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
-        }))
-        .unwrap();
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "scaledobjects.keda.sh"},
+        "spec": {"group": "keda.sh", "scope": "Namespaced",
+                 "names": {"plural": "scaledobjects", "singular": "scaledobject", "kind": "ScaledObject", "listKind": "ScaledObjectList"},
+                 "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .unwrap();
     cluster.cluster.apply_crd(&crd).await;
     let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"), "scaledobjects");
     let scaled_objects: kube::Api<DynamicObject> = kube::Api::namespaced_with(cluster.cluster.admin.clone(), &cluster.namespace, &resource);
@@ -227,11 +226,16 @@ async fn a_keda_scaled_object_gets_its_minimum_held_for_the_window_and_restored_
     let scaled_objects = &scaled_objects;
     let limits = || async move {
         let object = scaled_objects.get("api-scaler").await.unwrap();
-        (object.data["spec"]["minReplicaCount"].as_i64(), object.data["spec"]["maxReplicaCount"].as_i64(), object.metadata.annotations.unwrap_or_default())
+        (
+            object.data["spec"]["minReplicaCount"].as_i64(),
+            object.data["spec"]["maxReplicaCount"].as_i64(),
+            object.metadata.annotations.unwrap_or_default(),
+        )
     };
     wait_until("the ScaledObject's minimum raised", Duration::from_secs(15), || async move {
         let (min, max, annotations) = limits().await;
-        (min == Some(3) && max == Some(3) && annotations.get("coupons.fcfs.dev/original-min-replicas").map(String::as_str) == Some("0")).then_some(())
+        (min == Some(3) && max == Some(3) && annotations.get("coupons.fcfs.dev/original-min-replicas").map(String::as_str) == Some("0"))
+            .then_some(())
     })
     .await;
     let hpa = cluster.get::<HorizontalPodAutoscaler>("keda-hpa-api-scaler").await.unwrap();

@@ -82,9 +82,17 @@ impl TopicAdmin {
     /// Creates the topic unless it exists; an existing topic is left as it is. Looked up
     /// first, so that an existing topic needs no Create right (see `TopicLookup`).
     pub async fn ensure_topic(&self, topic: &str, partitions: i32, replication: i32) -> Result<TopicOutcome, KafkaError> {
-        if self.lookup(topic).await? == TopicLookup::Exists {
-            return Ok(TopicOutcome::AlreadyExists);
+        // A topic created a moment ago may not be in every broker's metadata yet: "missing"
+        // is asked again before anything is created.
+        for attempt in 0..3 {
+            if self.lookup(topic).await? == TopicLookup::Exists {
+                return Ok(TopicOutcome::AlreadyExists);
+            }
+            if attempt < 2 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
+        tracing::debug!(topic, "not found by its metadata; creating it");
         let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
         for (name, value) in &self.topic_configs {
             new_topic = new_topic.set(name, value);

@@ -359,7 +359,7 @@ mod tests {
             this.clone(),
             event("live", Some(accepted(7, 3, "Provisioned", OnDelete::Retain)), false, OnDelete::Retain),
             event("retained", Some(accepted(7, 3, "Provisioned", OnDelete::Retain)), true, OnDelete::Retain),
-            event("deleted", Some(accepted(7, 3, "Provisioned", OnDelete::Delete)), true, OnDelete::Delete),
+            event("removed", Some(accepted(7, 3, "Provisioned", OnDelete::Delete)), true, OnDelete::Delete),
             // What decides is the accepted spec, not an edit of it.
             event("edited", Some(accepted(7, 3, "Provisioned", OnDelete::Retain)), true, OnDelete::Delete),
             event("waiting", Some(accepted(0, 0, "PreviousEventDraining", OnDelete::Delete)), false, OnDelete::Delete),

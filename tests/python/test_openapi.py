@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -65,7 +66,8 @@ def api():
     event = f"st-{os.getpid()}-{int(time.time())}"
     subprocess.run(
         [BINARY, "event", "create", event, "--limit", "1000000", "--duration", "30m", "--topic", f"schemathesis.{event}", "--partitions", "1"],
-        env=env, check=True, capture_output=True,
+        # Asked whether the (new) event had coupons: an empty database says it did not.
+        env={**env, "DATABASE_URL": f"sqlite://{tempfile.mkdtemp()}/coupons.db?mode=rwc"}, check=True, capture_output=True,
     )
     port = free_port()
     process = subprocess.Popen([BINARY, "api"], env={**env, "LISTEN_ADDR": f"127.0.0.1:{port}"}, stderr=subprocess.PIPE)

@@ -331,7 +331,14 @@ async fn the_cli_and_the_operator_see_a_sharded_event_whole() {
     let seeds = "redis://127.0.0.1:7001,127.0.0.1:7000";
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
     let cli = |args: &[&str]| {
-        std::process::Command::new(binary).args(args).env("REDIS_URL", seeds).env("KAFKA_BROKERS", kafka_brokers()).output().unwrap()
+        std::process::Command::new(binary)
+            .args(args)
+            .env("REDIS_URL", seeds)
+            .env("KAFKA_BROKERS", kafka_brokers())
+            // Asked whether a new event had coupons (a new one has none).
+            .env("DATABASE_URL", coupon_tests::sqlite_url())
+            .output()
+            .unwrap()
     };
     let limit = LIMIT.to_string();
     let create = ["event", "create", &name, "--namespace", NAMESPACE, "--limit", &limit, "--topic", &topic, "--partitions", "1"];

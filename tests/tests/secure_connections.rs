@@ -228,6 +228,7 @@ async fn kafka_over_sasl_ssl_carries_the_whole_path_and_refuses_bad_credentials_
         std::process::Command::new(binary)
             .args(["event", "create", &unique("env"), "--namespace", &namespace, "--limit", "1", "--topic", &topic, "--partitions", "1"])
             .env("REDIS_URL", redis_url())
+            .env("DATABASE_URL", coupon_tests::sqlite_url())
             .env("KAFKA_BROKERS", &bootstrap)
             .env("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
             .env("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")

@@ -318,6 +318,20 @@ impl Store {
         on_pool!(self, pool => sqlx::query_as(&sql).bind(event).bind(user_id).bind(slot).fetch_all(pool).await)
     }
 
+    /// Every event key SQL holds coupons under for the event `id` (`<namespace>/<name>`):
+    /// the key without an incarnation and each `<id>@<incarnation>`, with their coupons,
+    /// the most recently written first. How `event create` tells an event Redis lost from a
+    /// new one. (`id` holds no LIKE wildcard: namespaces and names are `[a-z0-9.-]`.)
+    pub async fn coupon_keys_of(&self, id: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let text = format!(
+            "SELECT {}, COUNT(*) FROM coupons WHERE event = $1 OR event LIKE $2 GROUP BY event ORDER BY MAX(id) DESC",
+            self.text("event")
+        );
+        let sql = self.sql(&text);
+        let incarnations = format!("{id}@%");
+        on_pool!(self, pool => sqlx::query_as(&sql).bind(id).bind(&incarnations).fetch_all(pool).await)
+    }
+
     /// Coupons of an event.
     pub async fn count_coupons(&self, event: &str) -> Result<i64, sqlx::Error> {
         let sql = self.sql("SELECT COUNT(*) FROM coupons WHERE event = $1");

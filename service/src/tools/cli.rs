@@ -5,13 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use coupon_core::event::{EventConfig, EventId, EventKey};
+use coupon_core::event::{EventId, EventKey};
 use coupon_core::kafka::KafkaSettings;
-use coupon_core::provision;
-use coupon_core::redis::keyspace;
-use coupon_core::redis::{RedisHandle, RedisTarget, RedisTls};
+use coupon_core::redis::{RedisTarget, RedisTls};
 use coupon_core::telemetry::{self, LogFormat};
 
 use super::load::LoadIdentity;
@@ -41,7 +38,7 @@ pub enum Command {
     Consumer(ConsumerArgs),
     /// Provision, inspect or remove an event without Kubernetes.
     #[command(subcommand)]
-    Event(EventCommand),
+    Event(super::event::EventCommand),
     /// Send a flash crowd of applies to a running api.
     Load(LoadArgs),
     /// Run the whole path locally (Redis, Kafka or its in-process mock, SQLite) and show
@@ -284,69 +281,6 @@ impl ConsumerArgs {
     }
 }
 
-#[derive(Subcommand, Debug)]
-pub enum EventCommand {
-    /// Create or update an event: Kafka topic first, then the Redis configuration. Counters
-    /// of an existing event are kept.
-    Create(EventCreateArgs),
-    /// Print an event's configuration and counters as JSON.
-    Show(EventRef),
-    /// Remove an event's Redis keys (and with --delete-topic its topic).
-    Delete(EventDeleteArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct EventRef {
-    /// Event name.
-    pub name: String,
-    #[arg(long, env = "COUPON_NAMESPACE", default_value = "default")]
-    pub namespace: String,
-    #[command(flatten)]
-    pub redis: RedisArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct EventCreateArgs {
-    #[command(flatten)]
-    pub event: EventRef,
-    #[arg(long)]
-    pub limit: i64,
-    /// Coupons per user; only 1 is supported by the SQL schema today.
-    #[arg(long, default_value_t = 1)]
-    pub per_user: i64,
-    /// Opening time, RFC 3339; default now.
-    #[arg(long)]
-    pub start: Option<DateTime<Utc>>,
-    /// Closing time, RFC 3339; default start + --duration.
-    #[arg(long)]
-    pub end: Option<DateTime<Utc>>,
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    #[arg(long, default_value = "coupon_create")]
-    pub topic: String,
-    #[arg(long, default_value_t = 3)]
-    pub partitions: i32,
-    #[arg(long, default_value_t = 1)]
-    pub replication: i32,
-    /// Redis shards the quota is spread over (on different masters of a Redis Cluster);
-    /// fixed once the event exists.
-    #[arg(long, default_value_t = 1)]
-    pub shards: u16,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct EventDeleteArgs {
-    #[command(flatten)]
-    pub event: EventRef,
-    /// Also delete the Kafka topic.
-    #[arg(long)]
-    pub delete_topic: bool,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-}
-
 #[derive(Args, Debug)]
 pub struct LoadArgs {
     /// Base URL of the api.
@@ -431,7 +365,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
         Command::Api(args) => run_api(args).await?,
         Command::Consumer(args) => run_consumer(args).await?,
-        Command::Event(command) => run_event(command).await?,
+        Command::Event(command) => super::event::run(command).await?,
         Command::Load(args) => return run_load(args).await,
         Command::Demo(args) => return super::demo::run(args).await,
     }
@@ -452,57 +386,6 @@ async fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "consumer health endpoints listening");
     let consumer = Consumer::start(args.settings()?, Some(listener), telemetry::shutdown_signal())?;
     consumer.stopped().await?;
-    Ok(())
-}
-
-fn event_config(args: &EventCreateArgs) -> EventConfig {
-    let start = args.start.unwrap_or_else(Utc::now);
-    let end = args.end.unwrap_or_else(|| start + chrono::Duration::from_std(args.duration).unwrap_or(chrono::Duration::minutes(30)));
-    EventConfig {
-        limit: args.limit,
-        per_user: args.per_user,
-        start,
-        end,
-        topic: args.topic.clone(),
-        paused: false,
-        incarnation: None,
-        shards: args.shards,
-    }
-}
-
-async fn run_event(command: EventCommand) -> anyhow::Result<()> {
-    let deadline = Duration::from_secs(10);
-    match command {
-        EventCommand::Create(args) => {
-            let id = EventId::new(&args.event.namespace, &args.event.name)?;
-            let config = event_config(&args);
-            config.validate()?;
-            let mut conn = RedisHandle::connect_with_deadline(args.event.redis.target(), deadline).await?;
-            let admin = args.kafka.settings()?.admin()?;
-            let (topic, redis) = provision::provision_event(&mut conn, &admin, &id, &config, args.partitions, args.replication).await?;
-            println!("{}", serde_json::json!({"event": id.to_string(), "topic": format!("{topic:?}"), "redis": format!("{redis:?}")}));
-        }
-        EventCommand::Show(args) => {
-            let id = EventId::new(&args.namespace, &args.name)?;
-            let mut conn = RedisHandle::connect_with_deadline(args.redis.target(), deadline).await?;
-            match keyspace::counters(&mut conn, &id).await? {
-                Some(counters) => println!("{}", serde_json::to_string_pretty(&counters)?),
-                None => anyhow::bail!("event {id} is not provisioned"),
-            }
-        }
-        EventCommand::Delete(args) => {
-            let id = EventId::new(&args.event.namespace, &args.event.name)?;
-            let mut conn = RedisHandle::connect_with_deadline(args.event.redis.target(), deadline).await?;
-            let topic = keyspace::counters(&mut conn, &id).await?.map(|c| c.topic);
-            let removed = provision::delete_redis(&mut conn, &id).await?;
-            if args.delete_topic {
-                if let Some(topic) = topic.filter(|t| !t.is_empty()) {
-                    args.kafka.settings()?.admin()?.delete_topic(&topic).await?;
-                }
-            }
-            println!("{}", serde_json::json!({"event": id.to_string(), "keysRemoved": removed}));
-        }
-    }
     Ok(())
 }
 

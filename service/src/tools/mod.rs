@@ -3,4 +3,5 @@
 
 pub mod cli;
 pub mod demo;
+pub mod event;
 pub mod load;

@@ -30,6 +30,8 @@ pub enum ProvisionError {
     Redis(#[from] redis::RedisError),
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Eviction(#[from] keyspace::EvictionRisk),
 }
 
 /// Writes the event's configuration. A limit below the slots already handed out is
@@ -45,6 +47,11 @@ pub async fn provision_redis(
 ) -> Result<RedisOutcome, ProvisionError> {
     config.validate()?;
     EventKey::new(event.clone(), config.incarnation.as_deref()).map_err(InvalidConfig::Key)?;
+    // A Redis that may evict the event's keys would hand coupons out twice: nothing is
+    // provisioned there.
+    if let Some(eviction) = keyspace::eviction(conn).await? {
+        eviction.check()?;
+    }
     Ok(match keyspace::write_config(conn, event, config, existed_before).await? {
         ConfigWrite::Created => RedisOutcome::Created,
         ConfigWrite::Updated => RedisOutcome::Updated,

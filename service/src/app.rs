@@ -228,12 +228,20 @@ fn drain_before_stopping(mut shutdown: watch::Receiver<bool>, health: Health, de
     rx
 }
 
-/// Keeps `/readyz` current: Redis answers PING, a broker answers a metadata request.
+/// Keeps `/readyz` current: Redis answers PING and will not evict the events' keys (its
+/// `maxmemory-policy`, see `keyspace::Eviction`: otherwise nothing is issued either), a broker
+/// answers a metadata request.
 fn spawn_api_probes(state: &Arc<ApiState>) {
-    let redis = state.redis.clone();
+    let (redis, apply) = (state.redis.clone(), state.apply.clone());
     state.health.spawn_probe("redis", Duration::from_secs(1), move || {
-        let redis = redis.clone();
-        async move { redis.ping().await }
+        let (redis, apply) = (redis.clone(), apply.clone());
+        async move {
+            let Some(mut conn) = redis.get() else { return false };
+            match coupon_core::redis::keyspace::eviction(&mut conn).await {
+                Ok(eviction) => apply.set_eviction_risk(eviction.and_then(|e| e.check().err()).as_ref()),
+                Err(_) => false,
+            }
+        }
     });
     let apply = state.apply.clone();
     state.health.spawn_probe("kafka", Duration::from_secs(2), move || {

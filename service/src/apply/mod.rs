@@ -70,6 +70,9 @@ pub struct ApplyService {
     gate_batches: GateBatches,
     lease: Duration,
     replica_wait: Option<ReplicaWait>,
+    /// Redis may evict the keys the events depend on (set by the readiness probe): nothing
+    /// is issued until that changes.
+    eviction_risk: std::sync::atomic::AtomicBool,
 }
 
 /// What `GET /v1/events/{event}/users/{userId}` answers.
@@ -109,7 +112,21 @@ impl ApplyService {
             gate_batches,
             lease,
             replica_wait,
+            eviction_risk: Default::default(),
         }
+    }
+
+    /// What the probe found of Redis' eviction setting; returns whether it is safe. Logged
+    /// when it changes.
+    pub fn set_eviction_risk(&self, risk: Option<&coupon_core::redis::keyspace::EvictionRisk>) -> bool {
+        let risky = risk.is_some();
+        let before = self.eviction_risk.swap(risky, std::sync::atomic::Ordering::Relaxed);
+        match (before, risk) {
+            (false, Some(risk)) => tracing::error!(%risk, "nothing is issued"),
+            (true, None) => tracing::info!("Redis no longer evicts the events' keys; issuing again"),
+            _ => {}
+        }
+        !risky
     }
 
     pub fn producer(&self) -> &ProducerSlot {
@@ -191,6 +208,10 @@ impl ApplyService {
         let Some(mut conn) = self.redis.get() else { return ApplyOutcome::Unavailable };
         if !self.health.is_ready("kafka") {
             // Nothing is counted while the broker is known to be down.
+            return ApplyOutcome::Unavailable;
+        }
+        if self.eviction_risk.load(std::sync::atomic::Ordering::Relaxed) {
+            // Counted on keys Redis may evict, a coupon could be handed out twice.
             return ApplyOutcome::Unavailable;
         }
         let (layout, decision) = match self.gate(&mut conn, &event, &user_id).await {

@@ -32,6 +32,7 @@
 //! Every script is `lua/common.lua` followed by its own file (`script!`).
 
 mod config;
+mod eviction;
 mod gate;
 mod grants;
 mod heal;
@@ -44,6 +45,7 @@ use redis::RedisResult;
 use crate::event::{EventId, EventKey};
 
 pub use config::{write_config, ConfigWrite};
+pub use eviction::{eviction, set_eviction_for_tests, Eviction, EvictionRisk};
 pub use gate::{ack, apply, apply_many, prepare_gate_benchmark, release, unique_id, GateDecision, Grant};
 pub use grants::{close_grant, expired_grants, grant, settle_grant, stock, stride_left, GrantVerdict, ShardStock};
 pub use heal::{heal, mark_written, overdue_entries, HealVerdict, Healed, OverdueEntry};

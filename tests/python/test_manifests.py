@@ -596,3 +596,20 @@ def test_header_mode_can_admit_only_the_gateway_and_notes_warn_otherwise():
     assert "Admit only your gateway" in notes({"api": {"auth": {"mode": "header"}}})
     assert "Authorization: Bearer" in notes(None) and "issuer" in notes(None)
     assert "anyone can apply as anyone" in notes({"api": {"auth": {"mode": "open", "allowOpen": True}}})
+
+
+def consumer_env(docs):
+    (consumer,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "coupon-consumer"]
+    return {e["name"]: e.get("value") for e in consumer["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_a_restore_waits_at_least_the_longest_produce_an_api_may_hold():
+    # The default settle (10 s) covers the default produce timeout (5 s) and its 1 s margin.
+    assert consumer_env(render())["RECOVERY_SETTLE"] == "10s"
+    # A produce timeout of 20 s needs a settle of 21 s or more: refused when rendering.
+    with pytest.raises(Exception, match="recoverySettle"):
+        render({"api": {"produceTimeout": "20s"}})
+    with pytest.raises(Exception, match="recoverySettle"):
+        render({"api": {"produceTimeout": "20s"}, "consumer": {"recoverySettle": "20999ms"}})
+    env = consumer_env(render({"api": {"produceTimeout": "20s"}, "consumer": {"recoverySettle": "21s"}}))
+    assert env["RECOVERY_SETTLE"] == "21s"

@@ -200,3 +200,10 @@ readinessProbe:
 {{- end -}}
 {{ join "," $pairs }}
 {{- end -}}
+
+{{/*
+Milliseconds of a duration written as the schema allows ("1500ms", "10s").
+*/}}
+{{- define "coupon.millis" -}}
+{{- if hasSuffix "ms" . -}}{{ trimSuffix "ms" . | int }}{{- else -}}{{ mul (trimSuffix "s" . | int) 1000 }}{{- end -}}
+{{- end -}}

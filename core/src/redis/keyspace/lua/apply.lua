@@ -50,6 +50,12 @@ if not limit then
 end
 local shard, shards = tonumber(ARGV[2]) or 0, tonumber(ARGV[3]) or 1
 if (tonumber(cfg[14]) or 1) ~= shards or (tonumber(cfg[15]) or 0) ~= shard then return all(-10) end
+local lease = tonumber(ARGV[1])
+-- The longest lease any api uses: a restore waits at least this long after its mark. Raised
+-- before any answer, recovering included: a configuration written back after Redis lost it
+-- starts without it, and an api still holding a produce from before must keep the restore
+-- waiting.
+if (tonumber(cfg[10]) or 0) < lease then redis.call('HSET', KEYS[1], 'lease_ms', lease) end
 local now = now_ms()
 -- Fencing: the state was last verified on another server (a restart, a failover, a restored
 -- snapshot). It may have lost acknowledged writes, so nothing is decided until the consumer
@@ -76,9 +82,6 @@ if ARGV[grant] and (tonumber(cfg[16]) or 0) == tonumber(ARGV[grant + 1]) then
   end
 end
 if cfg[12] == '1' then return all(-8, 0, 0, granted) end
-local lease = tonumber(ARGV[1])
--- The longest lease any api uses: a restore waits at least this long after its mark.
-if (tonumber(cfg[10]) or 0) < lease then redis.call('HSET', KEYS[1], 'lease_ms', lease) end
 local per_user = tonumber(cfg[2]) or 1
 
 -- One user's decision.

@@ -43,16 +43,37 @@ pub fn load_secret_files() -> Result<(), SecretFileError> {
     Ok(())
 }
 
-/// Hides a password in a URL before it is logged.
+/// Hides the secrets of a URL before it is logged: the password of its user-info part, and
+/// the values of query parameters that carry one (`?password=`, `sslpassword=`, a `token` or
+/// a `secret`), which several drivers take there.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
+            let userinfo = &base[scheme_end + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+            format!("{}{}:***{}", &base[..scheme_end + 3], user, &base[at..])
         }
-        _ => url.to_owned(),
-    }
+        _ => base.to_owned(),
+    };
+    let Some(query) = query else { return base };
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|parameter| match parameter.split_once('=') {
+            Some((name, _)) if secret_parameter(name) => format!("{name}=***"),
+            _ => parameter.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", parameters.join("&"))
+}
+
+/// A query parameter whose value is a credential.
+fn secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("password") || name.contains("secret") || name.contains("token") || matches!(name.as_str(), "pass" | "pwd")
 }
 
 #[cfg(test)]
@@ -88,5 +109,11 @@ mod tests {
         assert_eq!(redact_url("postgres://app:pw@db/x"), "postgres://app:***@db/x");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("sqlite://coupons.db"), "sqlite://coupons.db");
+        assert_eq!(
+            redact_url("postgres://db/x?sslmode=verify-full&sslpassword=k3y&user=app&password=pw"),
+            "postgres://db/x?sslmode=verify-full&sslpassword=***&user=app&password=***"
+        );
+        assert_eq!(redact_url("mysql://app:pw@db/x?ssl-mode=REQUIRED&Password=pw"), "mysql://app:***@db/x?ssl-mode=REQUIRED&Password=***");
+        assert_eq!(redact_url("redis://host:6379/0?token=t&protocol=resp3"), "redis://host:6379/0?token=***&protocol=resp3");
     }
 }

@@ -263,6 +263,9 @@ impl Consumer {
     /// Builds the consumer and runs it until `shutdown` turns true; with `ops`, serves
     /// `/healthz`, `/readyz` and `/metrics` on that listener.
     pub fn start(settings: ConsumerSettings, ops: Option<TcpListener>, shutdown: watch::Receiver<bool>) -> Result<Self, BuildError> {
+        // A malformed DATABASE_URL is a configuration error, refused here: retried, it would
+        // look like a database outage for ever.
+        crate::sql::Store::check_url(&settings.database_url).map_err(BuildError::Settings)?;
         let health = Health::new(CONSUMER_COMPONENTS);
         let metrics = Metrics::shared();
         let assigned = Arc::new(AtomicUsize::new(0));

@@ -78,6 +78,21 @@ pub fn is_data_error(error: &sqlx::Error) -> bool {
 
 impl Store {
     /// Connects once; callers retry with backoff. `mariadb://` is accepted as `mysql://`.
+    /// Whether `url` names a database the consumer can write to, by its scheme: checked when a
+    /// process starts, so that a URL of another ecosystem (`jdbc:`, `mysql+pymysql:`) or a
+    /// typo is refused at once with what would be taken, never retried as an outage.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        const ACCEPTED: [&str; 5] = ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"];
+        if ACCEPTED.iter().any(|scheme| url.starts_with(scheme)) {
+            return Ok(());
+        }
+        Err(format!(
+            "DATABASE_URL {:?} has a scheme the consumer does not take: use postgres://USER:PASSWORD@HOST:5432/DB, \
+             mysql:// or mariadb://USER:PASSWORD@HOST:3306/DB, or sqlite:PATH",
+            coupon_core::secrets::redact_url(url)
+        ))
+    }
+
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         let acquire = Duration::from_secs(5);
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {

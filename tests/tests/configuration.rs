@@ -1,0 +1,34 @@
+//! Malformed configuration is refused at start, never retried: the real binary, started as a
+//! platform would start it, with a URL of another ecosystem or a typo.
+
+use std::path::Path;
+use std::time::Duration;
+
+use coupon_tests::{free_port, kafka_brokers, redis_url};
+
+/// Runs `coupon-service consumer` with `database_url` and waits (at most 20 s) for it to end.
+async fn consumer_with(database_url: &str) -> Option<std::process::Output> {
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = tokio::process::Command::new(binary)
+        .arg("consumer")
+        .env("DATABASE_URL", database_url)
+        .env("REDIS_URL", redis_url())
+        .env("KAFKA_BROKERS", kafka_brokers())
+        .env("LISTEN_ADDR", &listen)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(20), child).await.ok().map(Result::unwrap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_url_of_another_ecosystem_is_refused_at_start_with_the_accepted_forms() {
+    for url in ["jdbc:postgresql://127.0.0.1:5432/coupons", "mysql+pymysql://app:s3cret@127.0.0.1/coupons", "postgress://127.0.0.1/coupons"]
+    {
+        let output = consumer_with(url).await.unwrap_or_else(|| panic!("{url}: the consumer kept retrying instead of refusing"));
+        assert!(!output.status.success(), "{url}: exit code {:?}", output.status.code());
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("DATABASE_URL") && said.contains("postgres://") && said.contains("sqlite:"), "{url}: {said}");
+        assert!(!said.contains("s3cret"), "the password stays out of the message: {said}");
+    }
+}

@@ -47,10 +47,14 @@ pub async fn provision_redis(
 ) -> Result<RedisOutcome, ProvisionError> {
     config.validate()?;
     EventKey::new(event.clone(), config.incarnation.as_deref()).map_err(InvalidConfig::Key)?;
-    // A Redis that may evict the event's keys would hand coupons out twice: nothing is
-    // provisioned there.
-    if let Some(eviction) = keyspace::eviction(conn).await? {
-        eviction.check()?;
+    // A Redis that may evict the event's keys would hand coupons out twice: no event is
+    // started there. (A configuration Redis lost is still written back, marked recovering:
+    // the consumer must be able to restore it, and the api issues nothing while Redis may
+    // evict.)
+    if !existed_before {
+        if let Some(eviction) = keyspace::eviction(conn).await? {
+            eviction.check()?;
+        }
     }
     Ok(match keyspace::write_config(conn, event, config, existed_before).await? {
         ConfigWrite::Created => RedisOutcome::Created,

@@ -47,8 +47,10 @@ pub fn load_secret_files() -> Result<(), SecretFileError> {
 /// the values of query parameters that carry one (`?password=`, `sslpassword=`, a `token` or
 /// a `secret`), which several drivers take there.
 pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
+    // The query starts after the authority: a '?' in a password is not one.
+    let authority_end = url.rfind('@').map_or(0, |at| at + 1);
+    let (base, query) = match url[authority_end..].find('?') {
+        Some(at) => (&url[..authority_end + at], Some(&url[authority_end + at + 1..])),
         None => (url, None),
     };
     let base = match (base.find("://"), base.rfind('@')) {
@@ -115,5 +117,6 @@ mod tests {
         );
         assert_eq!(redact_url("mysql://app:pw@db/x?ssl-mode=REQUIRED&Password=pw"), "mysql://app:***@db/x?ssl-mode=REQUIRED&Password=***");
         assert_eq!(redact_url("redis://host:6379/0?token=t&protocol=resp3"), "redis://host:6379/0?token=***&protocol=resp3");
+        assert_eq!(redact_url("redis://:pa?ss@host:6379"), "redis://:***@host:6379", "a '?' in a password is not a query");
     }
 }

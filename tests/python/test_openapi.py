@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "debug" / "coupon-service"
 
+
+
+def coupon_database():
+    """A SQLite file with the consumer's schema (its migrations, as the consumer applies them)."""
+    path = Path(tempfile.mkdtemp()) / "coupons.db"
+    migrations = sorted((Path(__file__).resolve().parents[2] / "service" / "src" / "sql" / "migrations" / "sqlite").glob("*.sql"))
+    with sqlite3.connect(path) as db:
+        for migration in migrations:
+            db.executescript(migration.read_text())
+    return path
 
 def free_port():
     with socket.socket() as s:
@@ -66,8 +77,8 @@ def api():
     event = f"st-{os.getpid()}-{int(time.time())}"
     subprocess.run(
         [BINARY, "event", "create", event, "--limit", "1000000", "--duration", "30m", "--topic", f"schemathesis.{event}", "--partitions", "1"],
-        # Asked whether the (new) event had coupons: an empty database says it did not.
-        env={**env, "DATABASE_URL": f"sqlite://{tempfile.mkdtemp()}/coupons.db?mode=rwc"}, check=True, capture_output=True,
+        # Asked whether the (new) event had coupons: the consumer's (empty) database says not.
+        env={**env, "DATABASE_URL": f"sqlite://{coupon_database()}"}, check=True, capture_output=True,
     )
     port = free_port()
     process = subprocess.Popen([BINARY, "api"], env={**env, "LISTEN_ADDR": f"127.0.0.1:{port}"}, stderr=subprocess.PIPE)

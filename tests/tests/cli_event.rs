@@ -46,6 +46,7 @@ fn show(name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn re_running_create_keeps_what_it_is_not_given_and_refuses_a_new_topic() {
     let (name, database) = (unique("keep"), coupon_tests::sqlite_url());
+    let _store = coupon_tests::migrated_store(&database).await;
     let topic = format!("cli.{name}");
     let (start, end) = ("2030-11-27T10:00:00Z", "2030-11-27T10:30:00Z");
     let created = cli(
@@ -53,17 +54,16 @@ async fn re_running_create_keeps_what_it_is_not_given_and_refuses_a_new_topic() 
         Some(&database),
     );
     assert!(created.status.success(), "{}", stderr(&created));
-    let before = show(&name);
+    let id = EventId::new(NAMESPACE, &name).unwrap();
+    let mut redis = coupon_tests::redis().await;
+    let before = keyspace::counters(&mut redis, &id).await.unwrap().unwrap();
 
     let raised = cli(&["event", "create", &name, "--limit", "20"], Some(&database));
     assert!(raised.status.success(), "{}", stderr(&raised));
+    let raised = keyspace::counters(&mut redis, &id).await.unwrap().unwrap();
+    assert_eq!(raised.limit, 20);
+    assert_eq!((&raised.topic, raised.start_ms, raised.end_ms), (&before.topic, before.start_ms, before.end_ms), "topic and window kept");
     let after = show(&name);
-    assert_eq!(after["limit"], 20);
-    assert_eq!(
-        (&after["topic"], &after["start_ms"], &after["end_ms"]),
-        (&before["topic"], &before["start_ms"], &before["end_ms"]),
-        "{after}"
-    );
 
     let moved = cli(&["event", "create", &name, "--topic", "coupon_create"], Some(&database));
     assert!(!moved.status.success(), "a new topic for an existing event is refused");
@@ -82,7 +82,23 @@ async fn an_event_redis_lost_is_recovered_or_started_anew_never_silently_reset()
     let store = coupon_tests::migrated_store(&database).await;
     let topic = format!("cli.{name}");
     let id = EventId::new(NAMESPACE, &name).unwrap();
-    let create = ["event", "create", name.as_str(), "--limit", "5", "--topic", topic.as_str(), "--partitions", "1"];
+    let now = chrono::Utc::now();
+    let (start, end) = (now.to_rfc3339(), (now + chrono::Duration::minutes(30)).to_rfc3339());
+    let create = [
+        "event",
+        "create",
+        name.as_str(),
+        "--limit",
+        "5",
+        "--topic",
+        topic.as_str(),
+        "--partitions",
+        "1",
+        "--start",
+        &start,
+        "--end",
+        &end,
+    ];
     let created = cli(&create, Some(&database));
     assert!(created.status.success(), "{}", stderr(&created));
     let consumer = InProcessConsumer::start_with(ConsumerSettings {
@@ -108,11 +124,18 @@ async fn an_event_redis_lost_is_recovered_or_started_anew_never_silently_reset()
     let without_sql = cli(&create, None);
     assert!(!without_sql.status.success());
     assert!(stderr(&without_sql).contains("--database-url"), "{}", stderr(&without_sql));
+    let elsewhere = coupon_tests::sqlite_url();
+    let not_the_database = cli(&create, Some(&elsewhere));
+    assert!(!not_the_database.status.success(), "a database without the coupons cannot say the event is new");
+    assert!(stderr(&not_the_database).contains("consumer's database"), "{}", stderr(&not_the_database));
     let refused = cli(&create, Some(&database));
     assert!(!refused.status.success(), "an event with coupons in SQL is not created again from zero");
     assert!(stderr(&refused).contains("3 coupons in SQL"), "{}", stderr(&refused));
     assert!(keyspace::counters(&mut redis, &id).await.unwrap().is_none(), "nothing written");
 
+    // Recovering needs the event's own topic and window (Redis lost them).
+    let without_window = cli(&["event", "create", name.as_str(), "--limit", "5", "--topic", topic.as_str(), "--recover"], Some(&database));
+    assert!(!without_window.status.success() && stderr(&without_window).contains("--start"), "{}", stderr(&without_window));
     let recovered = cli(&[&create[..], &["--recover"]].concat(), Some(&database));
     assert!(recovered.status.success(), "{}", stderr(&recovered));
     let (redis_ref, id_ref) = (&redis, &id);

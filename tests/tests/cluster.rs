@@ -330,13 +330,15 @@ async fn the_cli_and_the_operator_see_a_sharded_event_whole() {
     let topic = format!("coupons.{name}");
     let seeds = "redis://127.0.0.1:7001,127.0.0.1:7000";
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    // Asked whether a new event had coupons (a new one has none).
+    let database = coupon_tests::sqlite_url();
+    coupon_tests::migrated_store(&database).await;
     let cli = |args: &[&str]| {
         std::process::Command::new(binary)
             .args(args)
             .env("REDIS_URL", seeds)
             .env("KAFKA_BROKERS", kafka_brokers())
-            // Asked whether a new event had coupons (a new one has none).
-            .env("DATABASE_URL", coupon_tests::sqlite_url())
+            .env("DATABASE_URL", &database)
             .output()
             .unwrap()
     };

@@ -224,11 +224,14 @@ async fn kafka_over_sasl_ssl_carries_the_whole_path_and_refuses_bad_credentials_
     std::fs::write(&password, "shop-secret\n").unwrap();
     let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
     let topic = format!("coupons.{}", unique("env"));
+    // Asked whether a new event had coupons (a new one has none).
+    let database = coupon_tests::sqlite_url();
+    coupon_tests::migrated_store(&database).await;
     let run = |password_file: &Path| {
         std::process::Command::new(binary)
             .args(["event", "create", &unique("env"), "--namespace", &namespace, "--limit", "1", "--topic", &topic, "--partitions", "1"])
             .env("REDIS_URL", redis_url())
-            .env("DATABASE_URL", coupon_tests::sqlite_url())
+            .env("DATABASE_URL", &database)
             .env("KAFKA_BROKERS", &bootstrap)
             .env("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
             .env("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")

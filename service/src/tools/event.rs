@@ -8,7 +8,9 @@
 //! refuses unless told `--recover` (the configuration written back marked recovering: the
 //! consumer restores the counts from SQL, as it does for the operator's events) or
 //! `--new-incarnation` (a new event, its records and rows keyed apart, as a re-created
-//! CouponEvent is).
+//! CouponEvent is). What SQL cannot tell: an event lost before the consumer wrote any of its
+//! coupons (they are still on the topic). When in doubt, `--recover`: the restore waits for
+//! the topic to be drained.
 
 use std::time::Duration;
 
@@ -124,6 +126,10 @@ pub enum CreateRefusal {
     NotLost(String),
     #[error("event {0} has no coupons in SQL: nothing to recover")]
     NothingToRecover(String),
+    #[error("--recover needs the event's own --topic, --start and --end (Redis lost them): the defaults of a new event would restore {0} from the wrong topic or reopen a closed sale")]
+    RecoverNeedsSettings(String),
+    #[error("cannot read the coupons in {url} ({error}): is it the consumer's database? Without it, a new event cannot be told from one Redis lost")]
+    NotTheCouponDatabase { url: String, error: String },
 }
 
 /// What the event's state in Redis says of the settings it keeps.
@@ -251,10 +257,12 @@ async fn create(args: EventCreateArgs, deadline: Duration) -> anyhow::Result<()>
         // A new event, or one Redis lost? SQL knows.
         let url = args.database_url.as_deref().ok_or_else(|| CreateRefusal::DatabaseNeeded(id.to_string()))?;
         let store = crate::sql::Store::connect(url).await?;
-        // The consumer's schema, as the consumer makes it at its start (a no-op when in place):
-        // a database no consumer has written to yet holds no coupons, not an error.
-        store.migrate().await?;
-        let keys = store.coupon_keys_of(&id.to_string()).await?;
+        // Read only: a database without the consumer's tables is not the one the coupons go
+        // to (a wrong URL), and saying "no coupons" from it could start a lost event again.
+        let keys = store.coupon_keys_of(&id.to_string()).await.map_err(|error| CreateRefusal::NotTheCouponDatabase {
+            url: coupon_core::secrets::redact_url(url),
+            error: error.to_string(),
+        })?;
         match (keys.first(), args.recover, args.new_incarnation) {
             (None, true, _) => return Err(CreateRefusal::NothingToRecover(id.to_string()).into()),
             (None, false, _) => {}
@@ -262,7 +270,12 @@ async fn create(args: EventCreateArgs, deadline: Duration) -> anyhow::Result<()>
                 return Err(CreateRefusal::LostState { event: id.to_string(), key: key.clone(), coupons: *coupons }.into())
             }
             (Some((key, _)), true, _) => {
-                // The same sale, under the key its latest coupons carry.
+                // The same sale, under the key its latest coupons carry, with its own topic and
+                // window: the defaults of a new event would restore from the wrong topic or
+                // reopen a closed sale.
+                if args.topic.is_none() || args.start.is_none() || args.end.is_none() {
+                    return Err(CreateRefusal::RecoverNeedsSettings(id.to_string()).into());
+                }
                 config.incarnation = key.parse::<EventKey>()?.incarnation().map(str::to_owned);
                 lost = true;
             }

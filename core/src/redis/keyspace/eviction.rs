@@ -51,11 +51,26 @@ impl Eviction {
     }
 }
 
-/// The eviction setting of the server `conn` reaches (with a Redis Cluster, the node the
-/// command lands on: give every node the same setting).
+/// The eviction setting that matters for `conn`: of its server, or with a Redis Cluster the
+/// first node whose setting is unsafe (redis-rs sends `INFO` to every master there and
+/// answers node by node). `None` when no answer carries the fields (a server that does not
+/// report them: nothing to judge by).
 pub async fn eviction(conn: &mut RedisConnection) -> redis::RedisResult<Option<Eviction>> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
-    Ok(Eviction::from_info(&info))
+    let answer: redis::Value = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    let settings: Vec<Eviction> = texts(&answer).iter().filter_map(|text| Eviction::from_info(text)).collect();
+    Ok(settings.iter().find(|e| e.check().is_err()).or(settings.first()).cloned())
+}
+
+/// The text answers in `INFO`'s reply: one, or one per node.
+fn texts(value: &redis::Value) -> Vec<String> {
+    match value {
+        redis::Value::BulkString(bytes) => vec![String::from_utf8_lossy(bytes).into_owned()],
+        redis::Value::SimpleString(text) => vec![text.clone()],
+        redis::Value::VerbatimString { text, .. } => vec![text.clone()],
+        redis::Value::Map(pairs) => pairs.iter().flat_map(|(_, node)| texts(node)).collect(),
+        redis::Value::Array(items) => items.iter().flat_map(texts).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Sets a server's memory limit and eviction policy, as an operator of a shared Redis would

@@ -32,3 +32,16 @@ async fn a_database_url_of_another_ecosystem_is_refused_at_start_with_the_accept
         assert!(!said.contains("s3cret"), "the password stays out of the message: {said}");
     }
 }
+
+/// The load tool against an address where nothing listens: it says so and exits non-zero
+/// (it used to print a table of failures and exit 0, which a script took for a run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tool_that_reached_nothing_says_so_and_fails() {
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let run = tokio::process::Command::new(binary).args(["load", "--url", &nowhere, "--event", "sale", "--requests", "20"]).output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the load tool ends").unwrap();
+    assert!(!output.status.success(), "exit code {:?}", output.status.code());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("no request was answered") && said.contains(&nowhere), "{said}");
+}

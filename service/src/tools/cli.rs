@@ -408,6 +408,12 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let report = super::load::run(&plan).await?;
     println!("{}", report.table());
+    // A crowd that reached nothing measured nothing: said, and not a success.
+    let answered = report.total() - report.count(0);
+    if answered == 0 {
+        eprintln!("no request was answered ({} sent): is the api listening at {}?", report.total(), plan.base_url);
+        return Ok(std::process::ExitCode::FAILURE);
+    }
     if let Some(url) = args.verify {
         let expected = args.expect_rows.ok_or_else(|| anyhow::anyhow!("--verify needs --expect-rows"))?;
         let key = EventKey::new(EventId::new(&args.namespace, &args.event)?, args.uid.as_deref())?;

@@ -39,7 +39,13 @@ pub fn created_topic(event: &CouponEvent, topic: &str) -> bool {
 /// Records that the operator created `topic` for this object (only to this object: its UID
 /// is the precondition).
 pub async fn record_topic_created(api: &Api<CouponEvent>, event: &CouponEvent, topic: &str) -> Result<(), kube::Error> {
-    let patch = json!({ "metadata": { "uid": event.uid(), "annotations": { TOPIC_CREATED_ANNOTATION: topic } } });
+    annotate(api, event, TOPIC_CREATED_ANNOTATION, topic).await
+}
+
+/// Sets one annotation of this object: a merge patch of metadata with the object's UID as
+/// precondition, so it never lands on another object of the same name.
+async fn annotate(api: &Api<CouponEvent>, event: &CouponEvent, annotation: &str, value: &str) -> Result<(), kube::Error> {
+    let patch = json!({ "metadata": { "uid": event.uid(), "annotations": { annotation: value } } });
     api.patch(&event.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
 }
@@ -60,8 +66,7 @@ pub async fn record(api: &Api<CouponEvent>, event: &CouponEvent, incarnation: Op
     if annotated(event) == Some(incarnation) {
         return Ok(false);
     }
-    let patch = json!({ "metadata": { "uid": event.uid(), "annotations": { INCARNATION_ANNOTATION: incarnation } } });
-    api.patch(&event.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    annotate(api, event, INCARNATION_ANNOTATION, incarnation).await?;
     Ok(true)
 }
 

@@ -111,35 +111,34 @@ pub(super) fn key_name(event: &CouponEvent) -> String {
     event.spec.event_id.clone().unwrap_or_else(|| event.name_any())
 }
 
-/// Another live CouponEvent of the namespace keeping its sale under the same key as this
-/// one, and ahead of it: two objects must never drive one sale (each would provision its own
-/// spec). Ahead is the one accepted already, then the one created first (then by name): an
-/// order both objects compute alike, so exactly one of them goes on.
-fn rival<'a>(event: &CouponEvent, others: &'a [std::sync::Arc<CouponEvent>]) -> Option<&'a CouponEvent> {
+/// The other live (not deleting) CouponEvents of the namespace that keep their sale under
+/// this one's key (its `eventId`, or its name).
+fn others_with_key<'a>(event: &'a CouponEvent, others: &'a [std::sync::Arc<CouponEvent>]) -> impl Iterator<Item = &'a CouponEvent> + 'a {
     let key = key_name(event);
-    let rank = |e: &CouponEvent| {
-        let accepted = e.status.as_ref().is_some_and(|s| s.last_accepted_spec.is_some());
-        (!accepted, e.metadata.creation_timestamp.clone().map(|t| t.0), e.name_any())
-    };
-    others.iter().map(|o| o.as_ref()).find(|other| {
+    others.iter().map(|o| o.as_ref()).filter(move |other| {
         other.namespace() == event.namespace()
             && other.metadata.uid != event.metadata.uid
             && other.metadata.deletion_timestamp.is_none()
             && key_name(other) == key
-            && rank(other) < rank(event)
     })
+}
+
+/// Another live CouponEvent of the namespace keeping its sale under the same key as this
+/// one, and ahead of it: two objects must never drive one sale (each would provision its own
+/// spec). Ahead is the one accepted already, then the one created first (then by name): an
+/// order both objects compute alike, so exactly one of them goes on.
+fn rival<'a>(event: &'a CouponEvent, others: &'a [std::sync::Arc<CouponEvent>]) -> Option<&'a CouponEvent> {
+    let rank = |e: &CouponEvent| {
+        let accepted = e.status.as_ref().is_some_and(|s| s.last_accepted_spec.is_some());
+        (!accepted, e.metadata.creation_timestamp.clone().map(|t| t.0), e.name_any())
+    };
+    others_with_key(event, others).find(|other| rank(other) < rank(event))
 }
 
 /// Whether another live object of the namespace keeps its sale under this one's key: then
 /// what Redis holds under it is that object's sale, which this one's clean-up leaves alone.
 pub(super) fn key_held_by_another(event: &CouponEvent, others: &[std::sync::Arc<CouponEvent>]) -> bool {
-    let key = key_name(event);
-    others.iter().any(|other| {
-        other.namespace() == event.namespace()
-            && other.metadata.uid != event.metadata.uid
-            && other.metadata.deletion_timestamp.is_none()
-            && key_name(other) == key
-    })
+    others_with_key(event, others).next().is_some()
 }
 
 /// The incarnation this object's event carries in its key: the annotation written before

@@ -8,8 +8,10 @@
 
 use std::future::Future;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
@@ -36,36 +38,20 @@ impl ClusterCaches {
         let (autoscalers, autoscalers_writer) = reflector::store();
         let (synced_tx, synced) = watch::channel(false);
         let keep_current = async move {
-            let (deployments_synced, autoscalers_synced) = (watch::channel(false), watch::channel(false));
-            let (deployments_done, mut deployments_seen) = deployments_synced;
-            let (autoscalers_done, mut autoscalers_seen) = autoscalers_synced;
+            let (deployments_done, mut deployments_seen) = watch::channel(false);
+            let (autoscalers_done, mut autoscalers_seen) = watch::channel(false);
             // Only what scaling reads is kept: a Deployment's pod template and every
             // object's managed fields would be most of the memory.
-            let deployments_stream = watcher(deployments_api, watcher::Config::default().any_semantic())
-                .default_backoff()
-                .modify(|deployment: &mut Deployment| {
-                    deployment.managed_fields_mut().clear();
-                    if let Some(spec) = deployment.spec.as_mut() {
-                        spec.template = Default::default();
-                    }
-                })
-                .reflect(deployments_writer)
-                .inspect(move |event| {
-                    if matches!(event, Ok(watcher::Event::InitDone)) {
-                        let _ = deployments_done.send(true);
-                    }
-                })
-                .for_each(log_watch_error("Deployments"));
-            let autoscalers_stream = watcher(autoscalers_api, watcher::Config::default().any_semantic())
-                .default_backoff()
-                .modify(|autoscaler: &mut HorizontalPodAutoscaler| autoscaler.managed_fields_mut().clear())
-                .reflect(autoscalers_writer)
-                .inspect(move |event| {
-                    if matches!(event, Ok(watcher::Event::InitDone)) {
-                        let _ = autoscalers_done.send(true);
-                    }
-                })
-                .for_each(log_watch_error("HorizontalPodAutoscalers"));
+            let deployments_stream = keep_cached(deployments_api, deployments_writer, deployments_done, "Deployments", |deployment| {
+                deployment.managed_fields_mut().clear();
+                if let Some(spec) = deployment.spec.as_mut() {
+                    spec.template = Default::default();
+                }
+            });
+            let autoscalers_stream =
+                keep_cached(autoscalers_api, autoscalers_writer, autoscalers_done, "HorizontalPodAutoscalers", |hpa| {
+                    hpa.managed_fields_mut().clear();
+                });
             let both_synced = async move {
                 let _ = deployments_seen.wait_for(|synced| *synced).await;
                 let _ = autoscalers_seen.wait_for(|synced| *synced).await;
@@ -104,13 +90,26 @@ impl ClusterCaches {
     }
 }
 
-fn log_watch_error<T>(what: &'static str) -> impl FnMut(Result<T, watcher::Error>) -> std::future::Ready<()> {
-    move |result| {
-        if let Err(error) = result {
-            tracing::warn!(%error, "watch of {what} failed; retrying");
-        }
-        std::future::ready(())
-    }
+/// Keeps `writer`'s store current from a watch of `api`, each object trimmed by `strip`;
+/// `synced` turns true once the first complete list is in. Watch errors are logged and
+/// retried with backoff.
+async fn keep_cached<K>(api: Api<K>, writer: Writer<K>, synced: watch::Sender<bool>, what: &'static str, strip: fn(&mut K))
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer)
+        .for_each(|event| {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    let _ = synced.send(true);
+                }
+                Err(error) => tracing::warn!(%error, "watch of {what} failed; retrying"),
+                Ok(_) => {}
+            }
+            std::future::ready(())
+        })
+        .await
 }
-
-use futures::StreamExt;

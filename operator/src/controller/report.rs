@@ -109,8 +109,11 @@ pub(super) async fn report(
         (previous != Some(&status)).then(|| serde_json::to_value(&status).unwrap_or_default())
     };
     let (previous, answered) = write_computed(api, event, compute).await?;
+    // The status as written (or as it stands, when nothing needed writing), from the status
+    // the last write was computed from.
+    let status = as_stored(next_status(now, previous.as_ref(), observation));
     if let Some(answered) = answered {
-        let written = serde_json::to_value(as_stored(next_status(now, previous.as_ref(), observation))).unwrap_or_default();
+        let written = serde_json::to_value(&status).unwrap_or_default();
         let dropped = identity::dropped_fields(&written, &serde_json::to_value(&answered.status).unwrap_or_default());
         if !dropped.is_empty() {
             let dropped = dropped.into_iter().collect::<Vec<_>>().join(", ");
@@ -127,9 +130,8 @@ pub(super) async fn report(
         }
     }
     let short_warm_up = |s: &CouponEventStatus| s.has_condition(ConditionType::WarmUp, Reason::ShortWarmUp);
-    let written = as_stored(next_status(now, previous, observation));
-    if short_warm_up(&written) && !previous.is_some_and(short_warm_up) {
-        let message = written.conditions_of(ConditionType::WarmUp).next().map(|c| c.message.clone()).unwrap_or_default();
+    if short_warm_up(&status) && !previous.is_some_and(short_warm_up) {
+        let message = status.conditions_of(ConditionType::WarmUp).next().map(|c| c.message.clone()).unwrap_or_default();
         ctx.publish(event, EventType::Warning, Reason::ShortWarmUp.as_str(), "Reconcile", message).await;
     }
     let phase = observation.phase;

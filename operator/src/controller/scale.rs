@@ -204,7 +204,7 @@ pub(super) async fn scale(event: &CouponEvent, this: EventState<'_>, ctx: &Conte
             }
         }
         if name == spec.api.deployment {
-            if let Some(short) = short_of_replicas(now, &this_phase(now, spec, api_window), spec, &deployment, target) {
+            if let Some(short) = short_of_replicas(now, this_phase(now, spec, api_window), spec, &deployment, target) {
                 report.not_ready.push((name.to_owned(), short.0, short.1));
             }
         }
@@ -228,7 +228,7 @@ fn this_phase(now: Timestamp, spec: &CouponEventSpec, need: Need) -> Option<Phas
 /// from a minute before the start on: pods not Ready by then will not be when the crowd comes.
 fn short_of_replicas(
     now: Timestamp,
-    phase: &Option<Phase>,
+    phase: Option<Phase>,
     spec: &CouponEventSpec,
     deployment: &Deployment,
     target: i32,

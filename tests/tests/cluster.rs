@@ -427,3 +427,81 @@ async fn a_grant_nobody_took_goes_back_to_its_shard() {
     assert_eq!(stock(0).await.available, 10 - 1, "shard 0 has its own stride only");
     consumer.stop().await.unwrap();
 }
+
+/// A limit raised on a sharded event while the home shard's master stalls: the other shards
+/// learn the raise first (the configuration is written shard by shard) and hand out slots
+/// beyond the old limit while the home shard still holds it. Every such 201 gets its row:
+/// the consumer judges a slot against the largest limit of the shards, not the home's alone
+/// (it sent them to `failed_events`, and healing would have given their slots again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_raised_while_the_home_master_stalls_loses_no_coupon() {
+    const OLD_LIMIT: i64 = 30;
+    const NEW_LIMIT: i64 = 60;
+    const PER_SHARD: usize = 15;
+    let event = provision_sharded_event(&cluster_url(), &kafka_brokers(), NAMESPACE, OLD_LIMIT, 3).await;
+    let layout = EventLayout::new(&event.id, 3);
+    let database_url = postgres_url();
+    let store = migrated_store(&database_url).await;
+    let consumer = start_consumer(&database_url, &event.topic, &cluster_url());
+    let api = start_api(&cluster_url()).await;
+    let mut conn = cluster().await;
+
+    // The home shard's master takes no writes (nor scripts) for a while; reads go on.
+    let home_master = master_of_slot(&mut conn, layout.shard_slot(0)).await;
+    let mut paused = redis::Client::open(format!("redis://{home_master}")).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(12_000).arg("WRITE").query_async(&mut paused).await.unwrap();
+    // The raise, retried as the operator does while the home shard times out, on a
+    // connection of its own (a paused command holds up those behind it on its connection).
+    let raise = tokio::spawn({
+        let (id, topic) = (event.id.clone(), event.topic.clone());
+        async move {
+            let mut conn = cluster().await;
+            let config = coupon_core::event::EventConfig {
+                shards: 3,
+                ..coupon_core::event::EventConfig::open_now(NEW_LIMIT, &topic, Duration::from_secs(600))
+            };
+            loop {
+                match coupon_core::provision::provision_redis(&mut conn, &id, &config, true).await {
+                    Ok(outcome) => return outcome,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+    });
+    for shard in [1u16, 2] {
+        wait_until("the shard learnt the raise", Duration::from_secs(10), || {
+            let (mut conn, layout) = (conn.clone(), layout.clone());
+            async move { (keyspace::stock(&mut conn, &layout, shard).await.unwrap()?.limit == NEW_LIMIT).then_some(()) }
+        })
+        .await;
+    }
+
+    // Users of shards 1 and 2 only: each shard hands out 15 slots of its own stride, which
+    // now reaches beyond the old limit, without asking the stalled shard for stock.
+    let users: Vec<String> = (0..)
+        .map(|n| format!("raise-{n}"))
+        .filter(|user| layout.home_shard(user) != 0)
+        .scan((0usize, 0usize), |taken, user| {
+            let count = if layout.home_shard(&user) == 1 { &mut taken.0 } else { &mut taken.1 };
+            *count += 1;
+            Some((*count <= PER_SHARD).then_some(user))
+        })
+        .flatten()
+        .take(2 * PER_SHARD)
+        .collect();
+    let answers = burst(&[api.apply_url(&event.id)], users).await;
+    let issued = issued(&answers);
+    assert_eq!(issued.len(), 2 * PER_SHARD, "{:?}", statuses(&answers));
+    assert!(issued.values().any(|slot| *slot > OLD_LIMIT), "slots beyond the old limit were handed out: {issued:?}");
+    // Their records reach the consumer while the home shard still says 30.
+    let rows = wait_for_at_least_rows(&store, &event.key(), issued.len() as i64, Duration::from_secs(10)).await;
+    let failed: Vec<String> = store.failed_events(&event.topic).await.unwrap().into_iter().map(|f| f.reason).collect();
+    assert_eq!(rows, issued.len() as i64, "every 201 has its row; failed: {failed:?}");
+    let home_limit = keyspace::stock(&mut conn, &layout, 0).await.unwrap().unwrap().limit;
+    assert_eq!(home_limit, OLD_LIMIT, "the rows were written while the home shard still held the old limit");
+
+    assert_eq!(raise.await.unwrap(), coupon_core::provision::RedisOutcome::Updated);
+    assert_rows_match(&store, &event, &issued).await;
+    assert_eq!(store.failed_events(&event.topic).await.unwrap(), vec![], "no coupon went to failed_events");
+    consumer.stop().await.unwrap();
+}

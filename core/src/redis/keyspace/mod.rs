@@ -221,7 +221,7 @@ pub async fn layout(conn: &mut RedisConnection, event: &EventId) -> RedisResult<
 /// What Redis knows of an event's configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventPresence {
-    /// Provisioned, with this limit, for this incarnation.
+    /// Provisioned, for this incarnation; `limit` is the largest limit any of its shards has.
     Provisioned { limit: i64, incarnation: Option<String> },
     /// Deleted (its tombstone is there).
     Deleted,
@@ -229,21 +229,32 @@ pub enum EventPresence {
     Missing,
 }
 
-/// Whether the event is provisioned, deleted or missing, and its limit (one hash read, for
-/// the consumer's slot rows).
+/// Whether the event is provisioned, deleted or missing, and its limit, for the consumer's
+/// slot rows (one hash read per shard).
+///
+/// A sharded event's limit is the largest of its shards': a limit is written shard by shard,
+/// and a shard that already knows a raise hands out slots beyond the limit a shard still
+/// writing it (the home shard, on a stalled master) holds. Every slot was issued under some
+/// shard's limit, and a limit is never lowered below a slot already issued, so the largest
+/// one bounds every slot a gate could have handed out.
 pub async fn presence(conn: &mut RedisConnection, event: &EventId) -> RedisResult<EventPresence> {
-    let (limit, deleted, incarnation): (Option<i64>, Option<String>, Option<String>) = redis::cmd("HMGET")
+    let (limit, deleted, incarnation, shards): (Option<i64>, Option<String>, Option<String>, Option<u16>) = redis::cmd("HMGET")
         .arg(EventKeys::of(event).config)
         .arg(field::LIMIT)
         .arg(field::DELETED)
         .arg(field::INCARNATION)
-        .query_async(conn)
+        .arg(field::SHARDS)
+        .query_async(&mut *conn)
         .await?;
-    Ok(match (limit, deleted.as_deref()) {
-        (Some(limit), _) => EventPresence::Provisioned { limit, incarnation },
-        (None, Some("1")) => EventPresence::Deleted,
-        (None, _) => EventPresence::Missing,
-    })
+    let Some(mut limit) = limit else {
+        return Ok(if deleted.as_deref() == Some("1") { EventPresence::Deleted } else { EventPresence::Missing });
+    };
+    let layout = EventLayout::new(event, shards.unwrap_or(1));
+    for shard in layout.shards().skip(1) {
+        let other: Option<i64> = redis::cmd("HGET").arg(&layout.keys(shard).config).arg(field::LIMIT).query_async(&mut *conn).await?;
+        limit = limit.max(other.unwrap_or(0));
+    }
+    Ok(EventPresence::Provisioned { limit, incarnation })
 }
 
 /// The event's topic; `None` if not provisioned.

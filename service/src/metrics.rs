@@ -53,6 +53,8 @@ pub struct Metrics {
     pub records_failed: Counter,
     /// Records of other namespaces' events on a shared topic, left to their own consumers.
     pub records_skipped: Counter,
+    /// Records held because their event's configuration is missing from Redis.
+    pub records_held: Gauge,
     /// Batches committed (SQL and offsets).
     pub batches: Counter,
     /// Time to write one batch to SQL, seconds.
@@ -108,6 +110,12 @@ impl Default for Metrics {
             "Records of other namespaces' events on a shared topic, left to their own consumers",
             records_skipped.clone(),
         );
+        let records_held = Gauge::default();
+        registry.register(
+            "consumer_records_held",
+            "Records held because their event's configuration is missing from Redis (the rest are written)",
+            records_held.clone(),
+        );
         let batches = Counter::default();
         registry.register("consumer_batches", "Batches committed to SQL and Kafka", batches.clone());
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
@@ -132,6 +140,7 @@ impl Default for Metrics {
             rows_written,
             records_failed,
             records_skipped,
+            records_held,
             batches,
             batch_seconds,
             commit_errors,

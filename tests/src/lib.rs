@@ -98,6 +98,23 @@ impl TestEvent {
     }
 }
 
+/// Has the gate issue each user a coupon of the (unsharded) event, in order, as an api does
+/// before producing the record; returns their slots. A test that produces records by hand
+/// issues them first: the consumer refuses a record whose slot no gate issued to its user.
+/// Their delivery lease is ten minutes, so healing leaves them alone within a test.
+pub async fn issue(event: &TestEvent, users: &[&str]) -> Vec<i64> {
+    let mut conn = RedisHandle::connect_with_deadline(redis_url(), Duration::from_secs(10)).await.expect("Redis is up");
+    let layout = keyspace::EventLayout::single(&event.id);
+    let mut slots = Vec::with_capacity(users.len());
+    for user in users {
+        match keyspace::apply(&mut conn, &layout, user, Duration::from_secs(600), None).await.unwrap().0 {
+            keyspace::GateDecision::Issued { slot, .. } => slots.push(slot),
+            other => panic!("{user} was not issued a coupon: {other:?}"),
+        }
+    }
+    slots
+}
+
 /// Provisions an event open now for ten minutes, on a new topic of `partitions` partitions.
 pub async fn provision_event(brokers: &str, namespace: &str, limit: i64, partitions: i32) -> TestEvent {
     provision_event_on(&redis_url(), brokers, namespace, limit, partitions).await

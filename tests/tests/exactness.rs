@@ -519,6 +519,7 @@ fn raw_producer(brokers: &str) -> FutureProducer {
 async fn poison_records_land_in_failed_events_and_the_next_good_record_is_written(database_url: String) {
     let brokers = kafka_brokers();
     let event = provision_event(&brokers, NAMESPACE, 10, 1).await;
+    assert_eq!(issue(&event, &["good-1", "nul", "minus-one", "minus-5000", "good-2"]).await, vec![1, 2, 3, 4, 5]);
     let key = event.key();
     let record = |user: &str, slot: i64, issued_at: &str| {
         format!(r#"{{"event":"{key}","userId":"{user}","slot":{slot},"issuedAt":"{issued_at}"}}"#).into_bytes()

@@ -165,6 +165,8 @@ async fn broker_down_answers_503_releases_the_slot_and_recovers() {
 async fn consumer_killed_after_sql_commit_before_offset_commit_loses_and_duplicates_nothing() {
     let brokers = kafka_brokers();
     let event = provision_event(&brokers, NAMESPACE, 50, 1).await;
+    let users: Vec<String> = (1..=50).map(|slot| format!("u{slot}")).collect();
+    assert_eq!(issue(&event, &users.iter().map(String::as_str).collect::<Vec<_>>()).await, (1..=50).collect::<Vec<i64>>());
     let producer = raw_producer(&brokers);
     for slot in 1..=50 {
         produce(&producer, &event.topic, &format!("u{slot}"), &record(&event.key(), &format!("u{slot}"), slot)).await;
@@ -213,6 +215,7 @@ async fn consumer_killed_after_sql_commit_before_offset_commit_loses_and_duplica
 async fn malformed_record_lands_in_failed_events_and_later_records_are_written() {
     let brokers = kafka_brokers();
     let event = provision_event(&brokers, NAMESPACE, 10, 1).await;
+    assert_eq!(issue(&event, &["u1", "u2", "u4"]).await, vec![1, 2, 3]);
     let producer = raw_producer(&brokers);
     produce(&producer, &event.topic, "u1", &record(&event.key(), "u1", 1)).await;
     produce(&producer, &event.topic, "junk", "{not json").await;
@@ -237,7 +240,7 @@ async fn malformed_record_lands_in_failed_events_and_later_records_are_written()
     assert_eq!(failed[0].payload, b"{not json");
     assert!(failed[0].reason.contains("not a coupon record"), "{}", failed[0].reason);
     assert_eq!(failed[1].offset, 3);
-    assert!(failed[1].reason.contains("beyond the event's limit 10"), "{}", failed[1].reason);
+    assert!(failed[1].reason.contains("slot 11 was not issued"), "{}", failed[1].reason);
     let rows = store.coupons(&event.key()).await.unwrap();
     assert_eq!(rows, vec![("u1".to_owned(), 1), ("u2".to_owned(), 2), ("u4".to_owned(), 3)]);
     consumer.stop().await.unwrap();
@@ -373,6 +376,8 @@ async fn sql_unreachable_for_ten_seconds_commits_nothing_then_loses_and_duplicat
         ..Default::default()
     });
     let (health, metrics) = (consumer.process().health.clone(), consumer.process().metrics.clone());
+    let users: Vec<String> = (1..=60).map(|slot| format!("u{slot}")).collect();
+    assert_eq!(issue(&event, &users.iter().map(String::as_str).collect::<Vec<_>>()).await, (1..=60).collect::<Vec<i64>>());
     let producer = raw_producer(&brokers);
     for slot in 1..=20 {
         produce(&producer, &event.topic, &format!("u{slot}"), &record(&event.key(), &format!("u{slot}"), slot)).await;

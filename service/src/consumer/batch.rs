@@ -1,6 +1,4 @@
-//! Pure handling of a batch: parsing and checking records, and the offsets to commit.
-
-use std::collections::BTreeMap;
+//! Pure handling of a batch: parsing and checking records.
 
 use chrono::Datelike;
 use coupon_core::event::{validate_user_id, CouponRecord, EventKey};
@@ -52,18 +50,6 @@ pub fn split_batch(batch: &[RawRecord]) -> (Vec<(CouponRow, Position)>, Vec<Fail
     (coupons, failures)
 }
 
-/// The offset to commit per partition: one past the highest record of the batch, failed
-/// records included, so the partition keeps moving.
-pub fn next_offsets(batch: &[RawRecord]) -> BTreeMap<(String, i32), i64> {
-    let mut next_offsets = BTreeMap::new();
-    for record in batch {
-        let p = &record.position;
-        let next = next_offsets.entry((p.topic.clone(), p.partition)).or_insert(p.offset + 1);
-        *next = (*next).max(p.offset + 1);
-    }
-    next_offsets
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,7 +59,7 @@ mod tests {
     }
 
     #[test]
-    fn good_and_bad_records_are_split_and_offsets_advance_past_both() {
+    fn good_and_bad_records_are_split() {
         let good = r#"{"event":"shop/sale","userId":"u1","slot":3,"issuedAt":"2026-11-27T10:00:00Z"}"#;
         let batch = [
             raw(0, 5, good),
@@ -81,14 +67,11 @@ mod tests {
             raw(1, 9, r#"{"event":"shop/sale","userId":"","slot":1,"issuedAt":"2026-11-27T10:00:00Z"}"#),
         ];
         let (coupons, failures) = split_batch(&batch);
-        let next = next_offsets(&batch);
         assert_eq!(coupons.len(), 1);
         assert_eq!(coupons[0].0.slot, 3);
         assert_eq!(failures.len(), 2);
         assert!(failures[0].reason.contains("not a coupon record"), "{}", failures[0].reason);
         assert!(failures[1].reason.contains("userId"), "{}", failures[1].reason);
-        assert_eq!(next.get(&("t".to_owned(), 0)), Some(&7));
-        assert_eq!(next.get(&("t".to_owned(), 1)), Some(&10));
     }
 
     #[test]

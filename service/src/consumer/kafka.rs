@@ -1,7 +1,7 @@
 //! The consumer's Kafka client: a group member that never commits by itself, its rebalance
 //! log, and whether the group has committed everything on a topic.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub fn group_consumer(kafka: &KafkaSettings, group_id: &str, assigned: Arc<Atomi
         .set("fetch.wait.max.ms", "50")
         // A topic created after the subscription is seen within seconds, not minutes.
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .create_with_context(ConsumerEvents { assigned })
+        .create_with_context(ConsumerEvents { assigned, rebalances: AtomicU64::new(0) })
 }
 
 /// Logs the consumer group's rebalances and keeps the assigned partition count: useful to
@@ -37,12 +37,22 @@ pub fn group_consumer(kafka: &KafkaSettings, group_id: &str, assigned: Arc<Atomi
 /// since a replica beyond the partition count rightly holds none).
 pub struct ConsumerEvents {
     assigned: Arc<AtomicUsize>,
+    rebalances: AtomicU64,
+}
+
+impl ConsumerEvents {
+    /// How many times partitions were assigned or revoked: a change tells the consumer loop
+    /// to forget what it knew of partitions it may have lost.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Relaxed)
+    }
 }
 
 impl ClientContext for ConsumerEvents {}
 
 impl ConsumerContext for ConsumerEvents {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(partitions) => {
                 self.assigned.store(partitions.count(), Ordering::Relaxed);

@@ -7,12 +7,13 @@
 pub mod batch;
 pub mod healing;
 pub mod kafka;
+mod progress;
 pub mod recovery;
 mod topics;
 mod verify;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +31,15 @@ use crate::app::ConsumerSettings;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::sql::{Position, Store};
-use batch::{next_offsets, RawRecord};
+use batch::RawRecord;
 use kafka::GroupConsumer;
-pub use writer::{BatchError, BatchWriter};
+use progress::Progress;
+pub use writer::{BatchError, BatchWriter, BatchWritten};
+
+/// Records held (their event's configuration missing) beyond which the consumer takes no
+/// new records until some are written or failed: memory stays bounded however long Redis
+/// takes to get the configuration back.
+const MAX_HELD_RECORDS: usize = 100_000;
 
 /// Health components of the consumer.
 pub const COMPONENTS: &[&str] = &["sql", "kafka", "redis"];
@@ -119,11 +126,24 @@ pub async fn run(
     verify_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let batch_size = settings.batch_size.max(1);
 
+    let mut progress = Progress::default();
+    let mut seen_rebalances = consumer.context().rebalances();
+
     loop {
         let first = tokio::select! {
-            message = consumer.recv() => message,
+            message = consumer.recv(), if progress.held_count() < MAX_HELD_RECORDS => message,
             _ = verify_tick.tick() => {
                 commit_pending(&consumer, &mut pending_offsets, &metrics);
+                forget_lost_partitions(&consumer, &mut progress, &mut seen_rebalances);
+                let held = progress.take_held();
+                if !held.is_empty() {
+                    // Another try for the records of events whose configuration was missing.
+                    if let Some(written) = write_batch(&mut writer, &held, &health).await {
+                        finish_batch(&consumer, &mut writer, &mut progress, &mut pending_offsets, &held, written, &metrics).await;
+                    } else {
+                        progress.hold(held);
+                    }
+                }
                 if let Some(mut conn) = redis.get() {
                     verifier.pass(&mut writer, &mut conn, &consumer, &metrics).await;
                 }
@@ -174,44 +194,87 @@ pub async fn run(
             }
         }
 
+        forget_lost_partitions(&consumer, &mut progress, &mut seen_rebalances);
+        progress.read(&batch);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let written = loop {
-            match writer.write(&batch).await {
-                Ok(written) => {
-                    health.set("sql", true);
-                    break written;
-                }
-                Err(error) => {
-                    if matches!(error, BatchError::Sql(_)) {
-                        health.set("sql", false);
-                    }
-                    let wait = backoff.next_delay();
-                    tracing::warn!(%error, records = batch.len(), retry_in = ?wait, "batch not written; offsets stay uncommitted");
-                    let retry_at = tokio::time::Instant::now() + wait;
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(retry_at) => break,
-                            // Verification goes on while a batch waits (a held event must not
-                            // stop the restores and healing of the others).
-                            _ = verify_tick.tick() => {
-                                if let Some(mut conn) = redis.get() {
-                                    verifier.pass(&mut writer, &mut conn, &consumer, &metrics).await;
-                                }
-                            }
-                            // Stopping here leaves the batch uncommitted: it is redelivered.
-                            _ = shutdown.changed() => return Ok(()),
+            if let Some(written) = write_batch(&mut writer, &batch, &health).await {
+                break written;
+            }
+            let wait = backoff.next_delay();
+            tracing::warn!(records = batch.len(), retry_in = ?wait, "batch not written; offsets stay uncommitted");
+            let retry_at = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(retry_at) => break,
+                    // Verification goes on while a batch waits (a batch held up by SQL must
+                    // not stop the restores and healing of the events).
+                    _ = verify_tick.tick() => {
+                        if let Some(mut conn) = redis.get() {
+                            verifier.pass(&mut writer, &mut conn, &consumer, &metrics).await;
                         }
                     }
+                    // Stopping here leaves the batch uncommitted: it is redelivered.
+                    _ = shutdown.changed() => return Ok(()),
                 }
             }
         };
-        after_sql_commit();
-        commit(&consumer, &mut pending_offsets, &batch, &metrics);
-        writer.mark_written(&written).await;
+        finish_batch(&consumer, &mut writer, &mut progress, &mut pending_offsets, &batch, written, &metrics).await;
     }
     commit_pending(&consumer, &mut pending_offsets, &metrics);
     tracing::info!("consumer stopped");
     Ok(())
+}
+
+/// One try at writing a batch; `None` (logged, SQL health updated) if it must be retried.
+async fn write_batch(writer: &mut BatchWriter, batch: &[RawRecord], health: &Health) -> Option<BatchWritten> {
+    match writer.write(batch).await {
+        Ok(written) => {
+            health.set("sql", true);
+            Some(written)
+        }
+        Err(error) => {
+            if matches!(error, BatchError::Sql(_)) {
+                health.set("sql", false);
+            }
+            tracing::warn!(%error, records = batch.len(), "batch not written");
+            None
+        }
+    }
+}
+
+/// After a batch's transaction committed: holds what it held, commits the offsets up to the
+/// first held record of each partition, and marks the written entries in Redis.
+async fn finish_batch(
+    consumer: &GroupConsumer,
+    writer: &mut BatchWriter,
+    progress: &mut Progress,
+    pending_offsets: &mut PendingOffsets,
+    batch: &[RawRecord],
+    written: BatchWritten,
+    metrics: &Metrics,
+) {
+    after_sql_commit();
+    progress.hold(written.held);
+    metrics.records_held.set(progress.held_count() as i64);
+    commit(consumer, pending_offsets, progress.commit_targets(batch), !batch.is_empty(), metrics);
+    writer.mark_written(&written.rows).await;
+}
+
+/// After a rebalance, forgets what is known of the partitions this consumer lost.
+fn forget_lost_partitions(consumer: &GroupConsumer, progress: &mut Progress, seen: &mut u64) {
+    let rebalances = consumer.context().rebalances();
+    if rebalances == *seen {
+        return;
+    }
+    match consumer.assignment() {
+        Ok(assignment) => {
+            let assigned: HashSet<_> = assignment.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+            progress.keep_only(&assigned);
+            *seen = rebalances;
+        }
+        Err(error) => tracing::warn!(%error, "cannot read the partitions assigned; asked again with the next batch"),
+    }
 }
 
 fn subscribe(consumer: &GroupConsumer, topics: &[String]) -> Result<(), KafkaError> {
@@ -240,14 +303,13 @@ fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
 /// behind what is in SQL, and a drain target past them could never be reached.
 type PendingOffsets = BTreeMap<(String, i32), i64>;
 
-/// Commits the batch's offsets together with any still pending; on failure keeps them all
-/// pending (a crash meanwhile redelivers the records, which are skipped as duplicates).
-fn commit(consumer: &GroupConsumer, pending: &mut PendingOffsets, batch: &[RawRecord], metrics: &Metrics) {
-    for (partition, next) in next_offsets(batch) {
-        let offset = pending.entry(partition).or_insert(next);
-        *offset = (*offset).max(next);
-    }
-    if commit_pending(consumer, pending, metrics) && !batch.is_empty() {
+/// Commits a batch's offsets (`targets`) together with any still pending; on failure keeps
+/// them all pending (a crash meanwhile redelivers the records, which are skipped as
+/// duplicates). A target replaces what was pending for its partition: it is the latest
+/// word on what is written there.
+fn commit(consumer: &GroupConsumer, pending: &mut PendingOffsets, targets: BTreeMap<(String, i32), i64>, counts: bool, metrics: &Metrics) {
+    pending.extend(targets);
+    if commit_pending(consumer, pending, metrics) && counts {
         metrics.batches.inc();
     }
 }

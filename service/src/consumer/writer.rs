@@ -1,13 +1,13 @@
 //! Writing one batch: slot rows for the events it touches, coupons and failures in one SQL
 //! transaction, then the written entries marked in Redis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coupon_core::event::{EventId, EventKey};
 use coupon_core::redis::keyspace::{self, EventLayout, EventPresence};
-use coupon_core::redis::{RedisError, RedisHandle};
+use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
 
 use super::batch::{split_batch, RawRecord};
 use crate::metrics::Metrics;
@@ -30,8 +30,22 @@ pub enum BatchError {
     Redis(#[from] RedisError),
     #[error("Redis is not connected yet")]
     RedisNotConnected,
-    #[error("event {0} has no configuration in Redis (yet); holding its records")]
-    EventMissing(String),
+}
+
+/// What writing a batch did.
+#[derive(Debug, Default)]
+pub struct BatchWritten {
+    /// The coupons whose rows now exist.
+    pub rows: Vec<CouponRow>,
+    /// Records of events whose configuration is missing from Redis: neither written nor
+    /// failed, to be tried again (`Progress`).
+    pub held: Vec<RawRecord>,
+}
+
+/// The coupons of a batch that may be written, and the positions of those held.
+struct Admitted {
+    coupons: Vec<(CouponRow, Position)>,
+    held: HashSet<Position>,
 }
 
 /// The consumer's long-lived state.
@@ -95,18 +109,16 @@ impl BatchWriter {
 
     /// Makes sure every slot in the batch has its `coupon_slots` row, in steps, using the
     /// event's limit from Redis; coupons of a deleted event, or whose slot lies beyond the
-    /// limit, become failures.
-    async fn admit_slots(
-        &mut self,
-        coupons: Vec<(CouponRow, Position)>,
-        failures: &mut Vec<FailedRow>,
-    ) -> Result<Vec<(CouponRow, Position)>, BatchError> {
+    /// limit, become failures; coupons of an event whose configuration is missing are held.
+    async fn admit_slots(&mut self, coupons: Vec<(CouponRow, Position)>, failures: &mut Vec<FailedRow>) -> Result<Admitted, BatchError> {
         let mut highest: HashMap<String, i64> = HashMap::new();
         for (row, _) in &coupons {
             let h = highest.entry(row.event.clone()).or_default();
             *h = (*h).max(row.slot);
         }
         let mut refused: HashMap<String, String> = HashMap::new();
+        let mut held_events: HashSet<String> = HashSet::new();
+        let mut strays: HashSet<Position> = HashSet::new();
         for (event, slot) in highest {
             if self.slot_capacity.get(&event).is_some_and(|cap| *cap >= slot) {
                 continue;
@@ -125,6 +137,12 @@ impl BatchWriter {
                     }
                     EventPresence::Provisioned { limit, .. } => {
                         self.missing_since.remove(&event);
+                        let beyond: Vec<&(CouponRow, Position)> =
+                            coupons.iter().filter(|(row, _)| row.event == event && row.slot > capacity).collect();
+                        let unissued = unissued(&mut conn, &key, &beyond).await?;
+                        let slot =
+                            beyond.iter().filter(|(_, position)| !unissued.contains(position)).map(|(row, _)| row.slot).max().unwrap_or(0);
+                        strays.extend(unissued);
                         let wanted = round_up(slot, SLOT_STEP).min(limit);
                         if wanted > capacity {
                             self.store.ensure_slots(&event, wanted).await?;
@@ -141,12 +159,16 @@ impl BatchWriter {
                         // An event with slot rows existed: Redis lost its configuration and the
                         // operator will write it back, so its records (201s) wait twelve times
                         // longer than those of an event SQL never saw; both are failed in the
-                        // end, so a deleted event whose tombstone expired cannot hold the
-                        // consumer for ever.
-                        let since = *self.missing_since.entry(event.clone()).or_insert_with(Instant::now);
+                        // end, so a deleted event whose tombstone expired cannot be held for
+                        // ever. Only this event's records wait: the rest of the batch goes on.
+                        let since = *self.missing_since.entry(event.clone()).or_insert_with(|| {
+                            tracing::warn!(event, "the event has no configuration in Redis (yet); holding its records");
+                            Instant::now()
+                        });
                         let patience = if capacity > 0 { self.missing_event_patience * 12 } else { self.missing_event_patience };
                         if since.elapsed() < patience {
-                            return Err(BatchError::EventMissing(event));
+                            held_events.insert(event);
+                            continue;
                         }
                         refused.insert(event.clone(), format!("the event is not provisioned (waited {:?})", since.elapsed()));
                     }
@@ -155,23 +177,25 @@ impl BatchWriter {
             self.slot_capacity.insert(event, capacity);
         }
         let mut admitted = Vec::with_capacity(coupons.len());
+        let mut held = HashSet::new();
         for (row, position) in coupons {
+            if held_events.contains(&row.event) {
+                held.insert(position);
+                continue;
+            }
+            if strays.contains(&position) {
+                failures.push(position.failed(row.payload(), format!("slot {} was not issued to this user", row.slot)));
+                continue;
+            }
             let capacity = self.slot_capacity.get(&row.event).copied().unwrap_or(0);
             if row.slot > capacity {
                 let why = refused.get(&row.event).map_or("beyond the event's slots", String::as_str);
-                let payload = serde_json::to_vec(&coupon_core::event::CouponRecord {
-                    event: row.event.clone(),
-                    user_id: row.user_id.clone(),
-                    slot: row.slot,
-                    issued_at: row.issued_at,
-                })
-                .unwrap_or_default();
-                failures.push(position.failed(payload, format!("slot {}: {why}", row.slot)));
+                failures.push(position.failed(row.payload(), format!("slot {}: {why}", row.slot)));
             } else {
                 admitted.push((row, position));
             }
         }
-        Ok(admitted)
+        Ok(Admitted { coupons: admitted, held })
     }
 
     /// An api of the version before event keys carried the incarnation produces records
@@ -209,8 +233,8 @@ impl BatchWriter {
     }
 
     /// Writes one batch to SQL (one transaction, or record by record if the database
-    /// refuses some) and returns the coupons whose rows now exist.
-    pub async fn write(&mut self, batch: &[RawRecord]) -> Result<Vec<CouponRow>, BatchError> {
+    /// refuses some): returns the coupons whose rows now exist and the records held.
+    pub async fn write(&mut self, batch: &[RawRecord]) -> Result<BatchWritten, BatchError> {
         let started = Instant::now();
         let (mut coupons, mut failures) = split_batch(batch);
         let before = coupons.len() + failures.len();
@@ -220,7 +244,7 @@ impl BatchWriter {
         failures.retain(|failure| !self.names_another_namespace(&failure.payload));
         self.metrics.records_skipped.inc_by((before - coupons.len() - failures.len()) as u64);
         self.key_records_of_older_apis(&mut coupons).await?;
-        let coupons = self.admit_slots(coupons, &mut failures).await?;
+        let Admitted { coupons, held } = self.admit_slots(coupons, &mut failures).await?;
         let outcome = self.store.write_batch(&coupons, &failures).await?;
         for conflict in &outcome.conflicts {
             tracing::warn!(topic = %conflict.topic, partition = conflict.partition, offset = conflict.offset, reason = %conflict.reason, "record not written: sent to failed_events");
@@ -231,7 +255,8 @@ impl BatchWriter {
         self.metrics.rows_written.inc_by(outcome.inserted);
         self.metrics.records_failed.inc_by((failures.len() + outcome.conflicts.len()) as u64);
         self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(outcome.written)
+        let held = if held.is_empty() { Vec::new() } else { batch.iter().filter(|r| held.contains(&r.position)).cloned().collect() };
+        Ok(BatchWritten { rows: outcome.written, held })
     }
 
     /// Marks the entries of the rows written in Redis (which counts `persisted`); best
@@ -259,6 +284,19 @@ impl BatchWriter {
             }
         }
     }
+}
+
+/// The positions of the coupons (all of one event, beyond its slot rows) that no gate issued:
+/// their user does not hold their slot in Redis. None while Redis cannot tell (the event is
+/// recovering): those records are judged as before, against the limit.
+async fn unissued(conn: &mut RedisConnection, key: &EventKey, coupons: &[&(CouponRow, Position)]) -> Result<HashSet<Position>, BatchError> {
+    if coupons.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let Some(layout) = keyspace::layout(conn, key.id()).await? else { return Ok(HashSet::new()) };
+    let asked: Vec<(&str, i64)> = coupons.iter().map(|(row, _)| (row.user_id.as_str(), row.slot)).collect();
+    let Some(issued) = keyspace::issued_to(conn, &layout, &asked).await? else { return Ok(HashSet::new()) };
+    Ok(coupons.iter().zip(issued).filter(|(_, issued)| !issued).map(|((_, position), _)| position.clone()).collect())
 }
 
 fn round_up(value: i64, step: i64) -> i64 {

@@ -33,6 +33,9 @@ macro_rules! on_pool {
     };
 }
 
+mod batch;
+pub use batch::{is_data_error, BatchOutcome};
+
 /// A coupon on its way into the `coupons` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CouponRow {
@@ -40,6 +43,20 @@ pub struct CouponRow {
     pub user_id: String,
     pub slot: i64,
     pub issued_at: DateTime<Utc>,
+}
+
+impl CouponRow {
+    /// The record of this coupon, as the failure payload of a record that parsed but was not
+    /// written.
+    pub fn payload(&self) -> Vec<u8> {
+        serde_json::to_vec(&coupon_core::event::CouponRecord {
+            event: self.event.clone(),
+            user_id: self.user_id.clone(),
+            slot: self.slot,
+            issued_at: self.issued_at,
+        })
+        .unwrap_or_default()
+    }
 }
 
 /// A record that could not become a coupon row, and why. The payload is kept byte for
@@ -55,26 +72,6 @@ pub struct FailedRow {
 
 /// Longest reason stored; longer ones are cut.
 const MAX_REASON_CHARS: usize = 1000;
-
-/// Whether the database refused the data itself (a value out of range, a constraint, an
-/// encoding), as opposed to being unreachable, overloaded or in a deadlock: a refused
-/// record goes to `failed_events`, anything else is retried.
-pub fn is_data_error(error: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = error else { return matches!(error, sqlx::Error::Encode(_)) };
-    if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
-        return true; // unique, foreign key, not null, check
-    }
-    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        // Incorrect string value, incorrect datetime, out of range, too long, check.
-        return matches!(mysql.number(), 1264 | 1292 | 1366 | 1406 | 1411 | 3819) || mysql.code().is_some_and(|c| c.starts_with("22"));
-    }
-    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH and their extended codes.
-        let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or(0);
-        return matches!(code & 0xff, 18..=20);
-    }
-    db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
-}
 
 impl Store {
     /// Connects once; callers retry with backoff. `mariadb://` is accepted as `mysql://`.
@@ -216,98 +213,6 @@ impl Store {
         Ok(())
     }
 
-    /// Writes one batch: the coupons (duplicates of rows already there are skipped, which
-    /// makes redelivery harmless) and the failed records, in one transaction. Coupons that
-    /// were neither inserted nor already present with the same user and slot conflict with
-    /// another row and are recorded in `failed_events` in the same transaction. If the
-    /// database refuses the data of the batch, its records are written one by one and each
-    /// refused one goes to `failed_events` with the database's reason, so one bad record
-    /// never holds the partition.
-    pub async fn write_batch(&self, coupons: &[(CouponRow, Position)], failures: &[FailedRow]) -> Result<BatchOutcome, sqlx::Error> {
-        match self.write_in_one_transaction(coupons, failures).await {
-            Err(error) if is_data_error(&error) => {
-                tracing::warn!(%error, records = coupons.len() + failures.len(), "the database refused a batch; writing its records one by one");
-                self.write_one_by_one(coupons, failures).await
-            }
-            other => other,
-        }
-    }
-
-    async fn write_one_by_one(&self, coupons: &[(CouponRow, Position)], failures: &[FailedRow]) -> Result<BatchOutcome, sqlx::Error> {
-        let mut outcome = BatchOutcome::default();
-        let mut failed = Vec::new();
-        for coupon in coupons {
-            match self.write_in_one_transaction(std::slice::from_ref(coupon), &[]).await {
-                Ok(one) => outcome.absorb(one),
-                Err(error) if is_data_error(&error) => {
-                    failed.push(coupon.1.failed(coupon_payload(&coupon.0), format!("refused by the database: {error}")))
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        for failure in failures.iter().chain(failed.iter()) {
-            match self.write_in_one_transaction(&[], std::slice::from_ref(failure)).await {
-                Ok(_) => {}
-                Err(error) if is_data_error(&error) => {
-                    // Even the failure row is refused: keep its position and the reason only.
-                    let bare = FailedRow { payload: Vec::new(), reason: format!("payload not storable: {error}"), ..failure.clone() };
-                    self.write_in_one_transaction(&[], &[bare]).await?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        outcome.conflicts.extend(failed);
-        Ok(outcome)
-    }
-
-    async fn write_in_one_transaction(
-        &self,
-        coupons: &[(CouponRow, Position)],
-        failures: &[FailedRow],
-    ) -> Result<BatchOutcome, sqlx::Error> {
-        let (coupon_head, coupon_tail) = self.insert_ignoring_duplicates("coupons (event, user_id, slot, issued_at)");
-        let (failed_head, failed_tail) =
-            self.insert_ignoring_duplicates("failed_events (topic, kafka_partition, kafka_offset, payload, reason)");
-        let find_sql = self.sql("SELECT slot FROM coupons WHERE event = $1 AND user_id = $2");
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let mut inserted = 0u64;
-            for chunk in coupons.chunks(INSERT_CHUNK) {
-                inserted += InsertCoupons::insert_coupons(&mut *tx, chunk, &coupon_head, coupon_tail).await?;
-            }
-            let mut conflicts = Vec::new();
-            let mut written = Vec::with_capacity(coupons.len());
-            if inserted < coupons.len() as u64 {
-                for (coupon, position) in coupons {
-                    let slot: Option<i64> = sqlx::query_scalar(&find_sql).bind(&coupon.event).bind(&coupon.user_id).fetch_optional(&mut *tx).await?;
-                    if slot == Some(coupon.slot) {
-                        written.push(coupon.clone());
-                    } else {
-                        conflicts.push(position.failed(
-                            coupon_payload(coupon),
-                            match slot {
-                                Some(other) => format!("user already holds slot {other} of this event"),
-                                None => "slot already taken by another user, or no such slot for the event".to_owned(),
-                            },
-                        ));
-                    }
-                }
-            } else {
-                written.extend(coupons.iter().map(|(coupon, _)| coupon.clone()));
-            }
-            for chunk in failures.iter().chain(conflicts.iter()).collect::<Vec<_>>().chunks(INSERT_CHUNK) {
-                let mut query = QueryBuilder::new(&failed_head);
-                query.push_values(chunk, |mut row, failed| {
-                    row.push_bind(&failed.topic).push_bind(failed.partition).push_bind(failed.offset).push_bind(&failed.payload).push_bind(&failed.reason);
-                });
-                query.push(failed_tail);
-                query.build().execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(BatchOutcome { inserted, conflicts, written })
-        })
-    }
-
     /// Highest slot with a row (0 if none).
     pub async fn max_coupon_slot(&self, event: &str) -> Result<i64, sqlx::Error> {
         let sql = self.sql("SELECT MAX(slot) FROM coupons WHERE event = $1");
@@ -374,54 +279,8 @@ impl Store {
     }
 }
 
-/// The multi-row coupon INSERT, per dialect. PostgreSQL binds four arrays and UNNESTs them
-/// (four parameters and one cached plan whatever the batch size); the others bind a
-/// VALUES list.
-trait InsertCoupons {
-    /// Inserts, skipping rows that violate a unique key; returns the rows inserted.
-    async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error>;
-}
-
-impl InsertCoupons for sqlx::PgConnection {
-    async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], _head: &str, _tail: &str) -> Result<u64, sqlx::Error> {
-        let events: Vec<&str> = chunk.iter().map(|(c, _)| c.event.as_str()).collect();
-        let users: Vec<&str> = chunk.iter().map(|(c, _)| c.user_id.as_str()).collect();
-        let slots: Vec<i64> = chunk.iter().map(|(c, _)| c.slot).collect();
-        let issued: Vec<DateTime<Utc>> = chunk.iter().map(|(c, _)| c.issued_at).collect();
-        let result = sqlx::query(
-            "INSERT INTO coupons (event, user_id, slot, issued_at) \
-             SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::int8[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(events)
-        .bind(users)
-        .bind(slots)
-        .bind(issued)
-        .execute(self)
-        .await?;
-        Ok(result.rows_affected())
-    }
-}
-
-macro_rules! insert_coupons_with_values_list {
-    ($connection:ty) => {
-        impl InsertCoupons for $connection {
-            async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error> {
-                let mut query = QueryBuilder::new(head);
-                query.push_values(chunk, |mut row, (coupon, _)| {
-                    row.push_bind(&coupon.event).push_bind(&coupon.user_id).push_bind(coupon.slot).push_bind(coupon.issued_at);
-                });
-                query.push(tail);
-                Ok(query.build().execute(self).await?.rows_affected())
-            }
-        }
-    };
-}
-
-insert_coupons_with_values_list!(sqlx::MySqlConnection);
-insert_coupons_with_values_list!(sqlx::SqliteConnection);
-
 /// Where a record came from on the topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Position {
     pub topic: String,
     pub partition: i32,
@@ -434,38 +293,6 @@ impl Position {
     pub fn failed(&self, payload: impl Into<Vec<u8>>, reason: String) -> FailedRow {
         let reason: String = reason.chars().map(|c| if c.is_control() { '?' } else { c }).take(MAX_REASON_CHARS).collect();
         FailedRow { topic: self.topic.clone(), partition: self.partition, offset: self.offset, payload: payload.into(), reason }
-    }
-}
-
-/// The record of a coupon row, as the failure payload of a record that parsed but was not
-/// written.
-fn coupon_payload(coupon: &CouponRow) -> Vec<u8> {
-    serde_json::to_vec(&coupon_core::event::CouponRecord {
-        event: coupon.event.clone(),
-        user_id: coupon.user_id.clone(),
-        slot: coupon.slot,
-        issued_at: coupon.issued_at,
-    })
-    .unwrap_or_default()
-}
-
-/// What a batch did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BatchOutcome {
-    /// New coupon rows.
-    pub inserted: u64,
-    /// Records that clashed with other rows, or that the database refused, and went to
-    /// `failed_events`.
-    pub conflicts: Vec<FailedRow>,
-    /// Coupons whose row now exists (inserted, or already there with the same user and slot).
-    pub written: Vec<CouponRow>,
-}
-
-impl BatchOutcome {
-    fn absorb(&mut self, other: BatchOutcome) {
-        self.inserted += other.inserted;
-        self.conflicts.extend(other.conflicts);
-        self.written.extend(other.written);
     }
 }
 

@@ -36,6 +36,7 @@ mod eviction;
 mod gate;
 mod grants;
 mod heal;
+mod issued;
 mod layout;
 mod recovery;
 
@@ -49,6 +50,7 @@ pub use eviction::{eviction, set_eviction_for_tests, Eviction, EvictionRisk};
 pub use gate::{ack, apply, apply_many, prepare_gate_benchmark, release, unique_id, GateDecision, Grant};
 pub use grants::{close_grant, expired_grants, grant, settle_grant, stock, stride_left, GrantVerdict, ShardStock};
 pub use heal::{heal, mark_written, overdue_entries, HealVerdict, Healed, OverdueEntry};
+pub use issued::issued_to;
 use layout::EventKeys;
 pub use layout::{home_shard, EventLayout};
 pub use recovery::{fence, restore_begin, restore_chunk, restore_finish, RestoreStep};

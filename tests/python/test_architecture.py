@@ -60,6 +60,7 @@ def test_scripts_are_lua_files_of_the_keyspace():
             "fence.lua",
             "grant.lua",
             "heal.lua",
+            "issued.lua",
             "provision.lua",
             "release.lua",
             "restore_begin.lua",

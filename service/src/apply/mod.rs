@@ -42,6 +42,13 @@ const HOLDERS_IN_MEMORY: usize = 200_000;
 const STOCK_REQUESTS: u32 = 8;
 /// Most slots one grant moves (half of the richest shard's stock, at most this).
 const GRANT_MAX: i64 = 1_000;
+/// Longest an apply spends looking for stock on a sharded event (waiting for its turn,
+/// reading the shards, asking for a grant) before it answers 503 without another gate call.
+/// With the gate's queue wait and one Redis call after it, the gate keeps within the 3 s a
+/// request keeps for Redis (`ApiSettings::check`): a 408 never hides an issued coupon, and
+/// applies that find their shard empty while another shard's master stalls do not queue
+/// without end behind each other's stock requests.
+const STOCK_WAIT_MAX: Duration = Duration::from_millis(500);
 
 /// Added to the produce timeout to make the lease of a delivery: until it has passed, a
 /// repeated apply of the same user answers 409 instead of delivering the record again.
@@ -316,6 +323,7 @@ impl ApplyService {
         let mut layout_read_again = false;
         let mut requests = 0;
         let mut stock_turn = None;
+        let stock_deadline = tokio::time::Instant::now() + STOCK_WAIT_MAX;
         loop {
             // A grant goes with the one apply that asked for it; every other apply waits
             // for its shard's next call, with the others waiting then. So does an apply to a
@@ -342,21 +350,34 @@ impl ApplyService {
                 GateDecision::ShardEmpty { closes_at_ms, .. } if requests < STOCK_REQUESTS => {
                     requests += 1;
                     let home = layout.home_shard(user_id);
+                    // Every step of the search is bounded (`STOCK_WAIT_MAX`); one cut short
+                    // answers 503. A grant asked for and not awaited is closed by healing.
                     if stock_turn.is_none() {
                         // One stock request per shard at a time in this process: the applies
                         // that find the shard empty meanwhile wait for it and ask the shard
                         // again, served by the stock it brought, instead of each draining
                         // the others by half.
-                        stock_turn = Some(self.stock_requests.turn(event.name(), home).await);
+                        let Ok(turn) = tokio::time::timeout_at(stock_deadline, self.stock_requests.turn(event.name(), home)).await else {
+                            return Ok((layout, decision));
+                        };
+                        stock_turn = Some(turn);
                         continue;
                     }
-                    match self.find_stock(conn, &layout, home).await? {
+                    let Ok(stock) = tokio::time::timeout_at(stock_deadline, self.find_stock(conn, &layout, home)).await else {
+                        return Ok((layout, decision));
+                    };
+                    match stock? {
                         Stock::Granted(source, found) => grant = Some((source, found)),
                         Stock::SoldOut { holders_version } => {
                             return Ok((layout, GateDecision::SoldOut { closes_at_ms, holders_version }));
                         }
                         // Slots in flight between shards, or being given back: ask again.
-                        Stock::Elsewhere => tokio::time::sleep(Duration::from_millis(5 * u64::from(requests))).await,
+                        Stock::Elsewhere => {
+                            let pause = Duration::from_millis(5 * u64::from(requests));
+                            if tokio::time::timeout_at(stock_deadline, tokio::time::sleep(pause)).await.is_err() {
+                                return Ok((layout, decision));
+                            }
+                        }
                     }
                 }
                 decision => return Ok((layout, decision)),
@@ -364,24 +385,25 @@ impl ApplyService {
         }
     }
 
-    /// Looks for stock for the empty shard `target`: sold out when the shards' holders add
-    /// up to the limit, else half of the richest other shard's stock (at most `GRANT_MAX`).
-    /// Reads every shard once: paid only by applies that find their shard empty, and
-    /// answered from memory once the event is sold out everywhere.
+    /// Looks for stock for the empty shard `target`: sold out when no shard has a slot to
+    /// hand out (slots held, in flight in a grant, or kept by a heal for a row whose entry
+    /// is gone all count as taken), else half of the richest other shard's stock (at most
+    /// `GRANT_MAX`). Reads every shard once: paid only by applies that find their shard
+    /// empty, and answered from memory once the event is sold out everywhere.
     async fn find_stock(&self, conn: &mut RedisConnection, layout: &EventLayout, target: u16) -> Result<Stock, RedisError> {
-        let (mut held, mut limit) = (0, 0);
+        let (mut available, mut recovering) = (0, false);
         let mut versions = Vec::with_capacity(usize::from(layout.shard_count()));
         let mut richest: Option<(u16, i64)> = None;
         for shard in layout.shards() {
             let Some(stock) = keyspace::stock(conn, layout, shard).await? else { continue };
-            held += stock.held;
+            available += stock.available;
+            recovering |= stock.recovering;
             versions.push(stock.holders_version);
-            limit = limit.max(stock.limit);
             if shard != target && !stock.recovering && stock.available > richest.map_or(0, |(_, most)| most) {
                 richest = Some((shard, stock.available));
             }
         }
-        if held >= limit {
+        if available == 0 && !recovering {
             // The shards were read one after the other: a slot given back on a shard read
             // early could have been taken on one read later. Sold out only if no shard's
             // holders changed meanwhile (a release or a heal changes `holders_version`).
@@ -530,10 +552,10 @@ impl ApplyService {
 enum Stock {
     /// `source` granted this stock to the empty shard.
     Granted(u16, Grant),
-    /// The shards' holders add up to the limit: sold out everywhere.
+    /// No shard has a slot to hand out: sold out everywhere.
     SoldOut { holders_version: i64 },
-    /// No shard has stock to give, yet not every slot is held: slots are in flight between
-    /// shards or being given back.
+    /// Another shard's stock is out of reach for now (recovering, being given back, or
+    /// taken by other applies while the shards were read): ask again.
     Elsewhere,
 }
 

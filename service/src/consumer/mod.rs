@@ -133,8 +133,8 @@ pub async fn run(
         let first = tokio::select! {
             message = consumer.recv(), if progress.held_count() < MAX_HELD_RECORDS => message,
             _ = verify_tick.tick() => {
+                forget_lost_partitions(&consumer, &mut progress, &mut pending_offsets, &mut seen_rebalances);
                 commit_pending(&consumer, &mut pending_offsets, &metrics);
-                forget_lost_partitions(&consumer, &mut progress, &mut seen_rebalances);
                 let held = progress.take_held();
                 if !held.is_empty() {
                     // Another try for the records of events whose configuration was missing.
@@ -144,6 +144,7 @@ pub async fn run(
                         progress.hold(held);
                     }
                 }
+                metrics.records_held.set(progress.held_count() as i64);
                 if let Some(mut conn) = redis.get() {
                     verifier.pass(&mut writer, &mut conn, &consumer, &metrics).await;
                 }
@@ -194,7 +195,14 @@ pub async fn run(
             }
         }
 
-        forget_lost_partitions(&consumer, &mut progress, &mut seen_rebalances);
+        if let Some(assigned) = forget_lost_partitions(&consumer, &mut progress, &mut pending_offsets, &mut seen_rebalances) {
+            // Records fetched before a rebalance took their partition away are the new
+            // owner's, from the committed offset.
+            batch.retain(|record| assigned.contains(&(record.position.topic.clone(), record.position.partition)));
+            if batch.is_empty() {
+                continue;
+            }
+        }
         progress.read(&batch);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let written = loop {
@@ -261,19 +269,31 @@ async fn finish_batch(
     writer.mark_written(&written.rows).await;
 }
 
-/// After a rebalance, forgets what is known of the partitions this consumer lost.
-fn forget_lost_partitions(consumer: &GroupConsumer, progress: &mut Progress, seen: &mut u64) {
+/// After a rebalance, forgets what is known of the partitions this consumer lost: what it
+/// read and held there, and offsets not yet committed (committing them now could move the
+/// new owner's position back). Returns the partitions it owns when they may have changed.
+fn forget_lost_partitions(
+    consumer: &GroupConsumer,
+    progress: &mut Progress,
+    pending: &mut PendingOffsets,
+    seen: &mut u64,
+) -> Option<HashSet<progress::Partition>> {
     let rebalances = consumer.context().rebalances();
     if rebalances == *seen {
-        return;
+        return None;
     }
     match consumer.assignment() {
         Ok(assignment) => {
             let assigned: HashSet<_> = assignment.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
             progress.keep_only(&assigned);
+            pending.retain(|partition, _| assigned.contains(partition));
             *seen = rebalances;
+            Some(assigned)
         }
-        Err(error) => tracing::warn!(%error, "cannot read the partitions assigned; asked again with the next batch"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the partitions assigned; asked again with the next batch");
+            None
+        }
     }
 }
 

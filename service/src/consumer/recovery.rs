@@ -63,7 +63,11 @@ pub async fn restore_event(
     event: &EventId,
     trusted_until_ms: i64,
 ) -> Result<Option<RestoreReport>, RecoveryError> {
-    let EventPresence::Provisioned { limit, incarnation } = keyspace::presence(conn, event).await? else { return Ok(None) };
+    // Every shard must take the rows: the smallest of their limits (a new limit reaches the
+    // shards one by one) decides, or the restore would open some shards and refuse others.
+    let EventPresence::Provisioned { smallest_limit: limit, incarnation, .. } = keyspace::presence(conn, event).await? else {
+        return Ok(None);
+    };
     let Some(layout) = keyspace::layout(conn, event).await? else { return Ok(None) };
     // The rows of this incarnation only: an earlier object of the same name has its own.
     let Ok(key) = EventKey::new(event.clone(), incarnation.as_deref()) else { return Ok(None) };

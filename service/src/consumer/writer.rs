@@ -127,35 +127,32 @@ impl BatchWriter {
             if capacity < slot {
                 let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
                 let key: EventKey = event.parse().expect("validated by parse_record");
-                match keyspace::presence(&mut conn, key.id()).await? {
-                    EventPresence::Provisioned { incarnation, .. } if incarnation.as_deref() != key.incarnation() => {
-                        // Another object of the same name lives in Redis now: this record is
-                        // of an earlier one that was deleted (`onDelete: Delete` fails its
-                        // unwritten records like a deletion does; `Retain` drains before the
-                        // name is provisioned again).
-                        refused.insert(event.clone(), "the event was deleted and its name re-used".to_owned());
+                let beyond: Vec<&(CouponRow, Position)> =
+                    coupons.iter().filter(|(row, _)| row.event == event && row.slot > capacity).collect();
+                match judge(&mut conn, &key, &beyond).await {
+                    // One event's trouble with Redis (its master stalled or failing over)
+                    // holds that event's records only.
+                    Err(error) => {
+                        tracing::warn!(%error, event, "cannot read the event's state in Redis; holding its records");
+                        held_events.insert(event);
+                        continue;
                     }
-                    EventPresence::Provisioned { limit, .. } => {
+                    Ok(Verdict::Refuse(reason)) => {
+                        refused.insert(event.clone(), reason);
+                    }
+                    Ok(Verdict::Grow { limit, highest_issued, unissued }) => {
                         self.missing_since.remove(&event);
-                        let beyond: Vec<&(CouponRow, Position)> =
-                            coupons.iter().filter(|(row, _)| row.event == event && row.slot > capacity).collect();
-                        let unissued = unissued(&mut conn, &key, &beyond).await?;
-                        let slot =
-                            beyond.iter().filter(|(_, position)| !unissued.contains(position)).map(|(row, _)| row.slot).max().unwrap_or(0);
                         strays.extend(unissued);
-                        let wanted = round_up(slot, SLOT_STEP).min(limit);
+                        let wanted = round_up(highest_issued, SLOT_STEP).min(limit);
                         if wanted > capacity {
                             self.store.ensure_slots(&event, wanted).await?;
                             capacity = wanted;
                         }
-                        if slot > limit {
+                        if highest_issued > limit {
                             refused.insert(event.clone(), format!("beyond the event's limit {limit}"));
                         }
                     }
-                    EventPresence::Deleted => {
-                        refused.insert(event.clone(), "the event was deleted".to_owned());
-                    }
-                    EventPresence::Missing => {
+                    Ok(Verdict::Missing) => {
                         // An event with slot rows existed: Redis lost its configuration and the
                         // operator will write it back, so its records (201s) wait twelve times
                         // longer than those of an event SQL never saw; both are failed in the
@@ -286,10 +283,41 @@ impl BatchWriter {
     }
 }
 
+/// What Redis says of one event's coupons that lie beyond its slot rows.
+enum Verdict {
+    /// None of them may be written, for this reason.
+    Refuse(String),
+    /// Slot rows may grow up to the highest slot issued (bounded by `limit`, the largest of
+    /// the shards'); `unissued` were handed out to nobody (their user does not hold them).
+    Grow { limit: i64, highest_issued: i64, unissued: HashSet<Position> },
+    /// No configuration: Redis lost it (the operator writes it back), or not provisioned yet.
+    Missing,
+}
+
+/// Judges an event's coupons beyond its slot rows (`beyond`, all of `key`'s event).
+async fn judge(conn: &mut RedisConnection, key: &EventKey, beyond: &[&(CouponRow, Position)]) -> Result<Verdict, RedisError> {
+    Ok(match keyspace::presence(conn, key.id()).await? {
+        // Another object of the same name lives in Redis now: these records are of an earlier
+        // one that was deleted (`onDelete: Delete` fails its unwritten records like a deletion
+        // does; `Retain` drains before the name is provisioned again).
+        EventPresence::Provisioned { incarnation, .. } if incarnation.as_deref() != key.incarnation() => {
+            Verdict::Refuse("the event was deleted and its name re-used".to_owned())
+        }
+        EventPresence::Provisioned { limit, .. } => {
+            let unissued = unissued(conn, key, beyond).await?;
+            let highest_issued =
+                beyond.iter().filter(|(_, position)| !unissued.contains(position)).map(|(row, _)| row.slot).max().unwrap_or(0);
+            Verdict::Grow { limit, highest_issued, unissued }
+        }
+        EventPresence::Deleted => Verdict::Refuse("the event was deleted".to_owned()),
+        EventPresence::Missing => Verdict::Missing,
+    })
+}
+
 /// The positions of the coupons (all of one event, beyond its slot rows) that no gate issued:
 /// their user does not hold their slot in Redis. None while Redis cannot tell (the event is
 /// recovering): those records are judged as before, against the limit.
-async fn unissued(conn: &mut RedisConnection, key: &EventKey, coupons: &[&(CouponRow, Position)]) -> Result<HashSet<Position>, BatchError> {
+async fn unissued(conn: &mut RedisConnection, key: &EventKey, coupons: &[&(CouponRow, Position)]) -> Result<HashSet<Position>, RedisError> {
     if coupons.is_empty() {
         return Ok(HashSet::new());
     }

@@ -46,9 +46,16 @@ impl Store {
     /// statement in ways that are not data errors (a packet too large closes the connection).
     pub async fn write_batch(&self, coupons: &[(CouponRow, Position)], failures: &[FailedRow]) -> Result<BatchOutcome, sqlx::Error> {
         match self.write_in_one_transaction(coupons, failures).await {
-            Err(error) if is_data_error(&error) || (!failures.is_empty() && self.ping().await.is_ok()) => {
+            Err(error) if is_data_error(&error) => {
                 tracing::warn!(%error, records = coupons.len() + failures.len(), "the database refused a batch; writing its records one by one");
                 self.write_one_by_one(coupons, failures).await
+            }
+            Err(error) if !failures.is_empty() && self.ping().await.is_ok() => {
+                tracing::warn!(%error, failed = failures.len(), "a batch with failed records was not written; writing the failed records apart");
+                let outcome = self.write_in_one_transaction(coupons, &[]).await?;
+                // Coupons that clashed went to failed_events in that transaction already.
+                self.write_failures_one_by_one(failures).await?;
+                Ok(outcome)
             }
             other => other,
         }
@@ -66,20 +73,38 @@ impl Store {
                 Err(error) => return Err(error),
             }
         }
-        for failure in failures.iter().chain(failed.iter()) {
-            match self.write_in_one_transaction(&[], std::slice::from_ref(failure)).await {
-                Ok(_) => {}
-                // Refused, or the server gave up on it while it still answers otherwise.
-                Err(error) if is_data_error(&error) || self.ping().await.is_ok() => {
-                    // Even the failure row is refused: keep its position and the reason only.
-                    let bare = FailedRow { payload: Vec::new(), reason: format!("payload not storable: {error}"), ..failure.clone() };
-                    self.write_in_one_transaction(&[], &[bare]).await?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        self.write_failures_one_by_one(failures).await?;
+        self.write_failures_one_by_one(&failed).await?;
         outcome.conflicts.extend(failed);
         Ok(outcome)
+    }
+
+    /// Writes failed records one transaction each. One the database refuses, or still will
+    /// not take on a second try while it answers otherwise (a packet too large for it), is
+    /// kept as its position and the reason, without its payload.
+    async fn write_failures_one_by_one(&self, failures: &[FailedRow]) -> Result<(), sqlx::Error> {
+        for failure in failures {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match self.write_in_one_transaction(&[], std::slice::from_ref(failure)).await {
+                    Ok(_) => break,
+                    Err(error) if is_data_error(&error) || (tries >= 2 && self.ping().await.is_ok()) => {
+                        let position = Position { topic: failure.topic.clone(), partition: failure.partition, offset: failure.offset };
+                        let reason = format!("{}; payload of {} bytes not storable: {error}", failure.reason, failure.payload.len());
+                        self.write_in_one_transaction(&[], &[position.failed(Vec::new(), reason)]).await?;
+                        break;
+                    }
+                    // A passing fault (a deadlock, a lock timeout) is tried again once.
+                    Err(error) if tries < 2 && self.ping().await.is_ok() => {
+                        tracing::warn!(%error, offset = failure.offset, "a failed record was not written; trying it again");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn write_in_one_transaction(

@@ -223,8 +223,9 @@ pub async fn layout(conn: &mut RedisConnection, event: &EventId) -> RedisResult<
 /// What Redis knows of an event's configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventPresence {
-    /// Provisioned, for this incarnation; `limit` is the largest limit any of its shards has.
-    Provisioned { limit: i64, incarnation: Option<String> },
+    /// Provisioned, for this incarnation. `limit` is the largest limit any of its shards
+    /// has, `smallest_limit` the smallest (they differ while a new limit is being written).
+    Provisioned { limit: i64, smallest_limit: i64, incarnation: Option<String> },
     /// Deleted (its tombstone is there).
     Deleted,
     /// No configuration at all: never provisioned, or Redis lost it.
@@ -248,15 +249,19 @@ pub async fn presence(conn: &mut RedisConnection, event: &EventId) -> RedisResul
         .arg(field::SHARDS)
         .query_async(&mut *conn)
         .await?;
-    let Some(mut limit) = limit else {
+    let Some(home_limit) = limit else {
         return Ok(if deleted.as_deref() == Some("1") { EventPresence::Deleted } else { EventPresence::Missing });
     };
+    let (mut limit, mut smallest_limit) = (home_limit, home_limit);
     let layout = EventLayout::new(event, shards.unwrap_or(1));
     for shard in layout.shards().skip(1) {
         let other: Option<i64> = redis::cmd("HGET").arg(&layout.keys(shard).config).arg(field::LIMIT).query_async(&mut *conn).await?;
-        limit = limit.max(other.unwrap_or(0));
+        // A shard without configuration (lost, being written back) has no limit to offer.
+        let other = other.unwrap_or(0);
+        limit = limit.max(other);
+        smallest_limit = smallest_limit.min(other);
     }
-    Ok(EventPresence::Provisioned { limit, incarnation })
+    Ok(EventPresence::Provisioned { limit, smallest_limit, incarnation })
 }
 
 /// The event's topic; `None` if not provisioned.

@@ -1,0 +1,168 @@
+//! A sharded event near and after its sell-out: applies looking for stock behind a stalled
+//! master are answered in bounded time and never 408 for a coupon they were issued, and a
+//! slot no apply can get any more does not keep the event from saying it is sold out.
+//! Against Redis Clusters, so that the shards sit on different masters: the local one
+//! (`dev/stack`), and one of the test's own where a master is stalled.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use coupon_core::redis::keyspace::{self, EventLayout, GateDecision, HealVerdict, OverdueEntry};
+use coupon_core::redis::RedisHandle;
+use coupon_service::app::{ApiSettings, ConsumerSettings};
+use coupon_service::http::ServerLimits;
+use coupon_tests::cluster::{cluster, cluster_url, master_of_slot, provision_sharded_event, OwnCluster};
+use coupon_tests::*;
+use futures::stream::{self, StreamExt};
+
+const NAMESPACE: &str = "sellout";
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+
+async fn start_api(redis_url: &str) -> InProcessApi {
+    InProcessApi::start_ready(ApiSettings {
+        namespace: NAMESPACE.into(),
+        redis_url: redis_url.into(),
+        kafka: kafka(&kafka_brokers()),
+        produce_timeout: Duration::from_secs(1),
+        server: ServerLimits { request_timeout: REQUEST_TIMEOUT, ..ServerLimits::default() },
+        ..ApiSettings::default()
+    })
+    .await
+}
+
+/// `count` user names whose home is `shard` of `layout`.
+fn homed_on(layout: &EventLayout, shard: u16, prefix: &str, count: usize) -> Vec<String> {
+    (0..).map(|n| format!("{prefix}-{n}")).filter(|user| layout.home_shard(user) == shard).take(count).collect()
+}
+
+/// Shard 0's own stride is handed out; forty more users of shard 0 then need stock from
+/// shard 1, whose master takes no writes for six seconds. Each apply is answered within the
+/// request timeout and none is 408: the stock search is bounded, so applies no longer queue
+/// behind each other's stock requests until the master is back, by which time the HTTP
+/// layer had answered 408 for coupons their tasks went on to issue. Once the master is
+/// back, the users who were answered 503 apply again: exactly the limit is handed out, and
+/// every 201 has its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn applies_looking_for_stock_behind_a_stalled_master_are_never_408() {
+    const LIMIT: i64 = 40;
+    // A cluster of its own: a stalled master would hold up the other tests' events.
+    let own = OwnCluster::start().await;
+    let event = provision_sharded_event(&own.url(), &kafka_brokers(), NAMESPACE, LIMIT, 2).await;
+    let layout = EventLayout::new(&event.id, 2);
+    let database_url = postgres_url();
+    let store = migrated_store(&database_url).await;
+    let consumer = InProcessConsumer::start_with(ConsumerSettings {
+        database_url: database_url.clone(),
+        redis_url: own.seeds(),
+        kafka: kafka(&kafka_brokers()),
+        topics: vec![event.topic.clone()],
+        group_id: unique("sellout"),
+        batch_linger: Duration::from_millis(10),
+        recovery_settle: Duration::from_secs(2),
+        ..ConsumerSettings::default()
+    });
+    let api = start_api(&own.seeds()).await;
+    let url = api.apply_url(&event.id);
+    let client = reqwest::Client::new();
+    let mut granted: BTreeMap<String, i64> = BTreeMap::new();
+    for user in homed_on(&layout, 0, "own", 20) {
+        let (status, body) = apply(&client, &url, &user).await;
+        assert_eq!(status, 201, "{body}");
+        granted.insert(user, body["slot"].as_i64().unwrap());
+    }
+
+    let mut conn = RedisHandle::connect_with_deadline(own.seeds(), Duration::from_secs(10)).await.unwrap();
+    let stalled = master_of_slot(&mut conn, layout.shard_slot(1)).await;
+    let mut paused = redis::Client::open(format!("redis://{stalled}")).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(6_000).arg("WRITE").query_async(&mut paused).await.unwrap();
+    let paused_at = Instant::now();
+    let waiting = homed_on(&layout, 0, "needs-stock", 40);
+    let answers: Vec<(String, u16, serde_json::Value, Duration)> = stream::iter(waiting.clone())
+        .map(|user| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let started = Instant::now();
+                let (status, body) = apply(&client, &url, &user).await;
+                (user, status, body, started.elapsed())
+            }
+        })
+        .buffer_unordered(40)
+        .collect()
+        .await;
+    assert!(paused_at.elapsed() < Duration::from_secs(6), "the burst was answered while the master stalled");
+    for (user, status, body, took) in &answers {
+        assert_ne!(*status, 408, "{user}: {body}");
+        assert!(*took < REQUEST_TIMEOUT, "{user} waited {took:?}");
+        assert!(matches!(status, 201 | 503), "{user}: {status} {body}");
+        if *status == 201 {
+            granted.insert(user.clone(), body["slot"].as_i64().unwrap());
+        }
+    }
+
+    // The master is back: whoever has no coupon applies again until the limit is handed
+    // out. Grants the cut-short searches asked for are closed by healing and their slots
+    // handed out (until then they count as taken: 410, then the event reopens).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (granted.len() as i64) < LIMIT {
+        assert!(Instant::now() < deadline, "the limit was not handed out: {} coupons", granted.len());
+        for user in &waiting {
+            if granted.contains_key(user) {
+                continue;
+            }
+            let (status, body) = apply(&client, &url, user).await;
+            assert!(matches!(status, 201 | 410 | 503), "{user}: {status} {body}");
+            if status == 201 {
+                granted.insert(user.clone(), body["slot"].as_i64().unwrap());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(granted.len() as i64, LIMIT);
+    let mut slots: Vec<i64> = granted.values().copied().collect();
+    slots.sort();
+    assert_eq!(slots, (1..=LIMIT).collect::<Vec<_>>(), "every slot once");
+    wait_for_rows(&store, &event.key(), LIMIT, Duration::from_secs(60)).await;
+    let rows: BTreeMap<String, i64> = store.coupons(&event.key()).await.unwrap().into_iter().collect();
+    assert_eq!(rows, granted, "the rows are exactly the coupons answered 201");
+    consumer.stop().await.unwrap();
+}
+
+/// Every slot is handed out; then healing takes one user's entry away while another row
+/// holds its slot (the slot stays taken). No slot is left to hand out, and a new user is
+/// told so (410): the sold-out check counted held entries against the limit, one short for
+/// ever, and answered 503 after searching every shard for stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_kept_by_healing_still_lets_the_event_sell_out() {
+    const LIMIT: i64 = 10;
+    let event = provision_sharded_event(&cluster_url(), &kafka_brokers(), NAMESPACE, LIMIT, 2).await;
+    let layout = EventLayout::new(&event.id, 2);
+    let mut conn = cluster().await;
+    let users: Vec<String> = homed_on(&layout, 0, "a", 5).into_iter().chain(homed_on(&layout, 1, "b", 5)).collect();
+    for (n, user) in users.iter().enumerate() {
+        // The first user's delivery ends at once; the others' last the test.
+        let lease = if n == 0 { Duration::from_millis(1) } else { Duration::from_secs(600) };
+        let (decision, _) = keyspace::apply(&mut conn, &layout, user, lease, None).await.unwrap();
+        assert!(matches!(decision, GateDecision::Issued { .. }), "{user}: {decision:?}");
+    }
+    let holding = keyspace::holdings(&mut conn, &layout, &users[0]).await.unwrap();
+    let entry = OverdueEntry { user: users[0].clone(), slot: holding[0].slot };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let healed = keyspace::heal(&mut conn, &layout, 0, i64::MAX / 2, &[(entry, HealVerdict::SlotTaken)]).await.unwrap();
+    assert_eq!(healed.healed, 1, "{healed:?}");
+    let held: i64 = futures::future::join_all(layout.shards().map(|shard| {
+        let (mut conn, layout) = (conn.clone(), layout.clone());
+        async move { keyspace::stock(&mut conn, &layout, shard).await.unwrap().unwrap().held }
+    }))
+    .await
+    .into_iter()
+    .sum();
+    assert_eq!(held, LIMIT - 1, "one slot is neither held nor free");
+
+    let api = start_api(&cluster_url()).await;
+    let client = reqwest::Client::new();
+    for user in ["late-0", "late-1", "late-2"] {
+        let (status, body) = apply(&client, &api.apply_url(&event.id), user).await;
+        assert_eq!(status, 410, "{user}: {body}");
+    }
+    keyspace::delete_event(&mut conn, &event.id).await.unwrap();
+}

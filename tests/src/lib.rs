@@ -525,7 +525,7 @@ pub async fn wait_for_status(what: &str, url: &str, status: u16, timeout: Durati
 pub struct OwnTansu {
     pub port: u16,
     /// `memory://tansu/` (lost on restart) or `sqlite://tansu.db` (kept in `dir`).
-    storage: &'static str,
+    storage: String,
     dir: PathBuf,
     process: Option<ChildProcess>,
     /// Where clients are sent after bootstrapping (default this broker's own port).
@@ -559,16 +559,21 @@ impl OwnTansu {
         Self::start_with(port, "sqlite://tansu.db").await
     }
 
-    async fn start_with(port: u16, storage: &'static str) -> Self {
+    async fn start_with(port: u16, storage: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("tansu"));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut tansu = Self { port, storage, dir, process: None, advertised: None, authentication: false };
+        let mut tansu = Self { port, storage: storage.to_owned(), dir, process: None, advertised: None, authentication: false };
         tansu.restart().await;
         tansu
     }
 
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// What the running broker process logged.
+    pub fn log_text(&self) -> String {
+        self.process.as_ref().map(ChildProcess::log_text).unwrap_or_default()
     }
 
     /// SIGSTOP: the broker holds every connection open and answers nothing, as a broker in a
@@ -593,8 +598,14 @@ impl OwnTansu {
     pub async fn start_advertised(port: u16, advertised: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("tansu"));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut tansu =
-            Self { port, storage: "memory://tansu/", dir, process: None, advertised: Some(advertised.to_owned()), authentication: false };
+        let mut tansu = Self {
+            port,
+            storage: "memory://tansu/".into(),
+            dir,
+            process: None,
+            advertised: Some(advertised.to_owned()),
+            authentication: false,
+        };
         tansu.restart().await;
         tansu
     }
@@ -625,11 +636,11 @@ impl OwnTansu {
     pub async fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let advertised = self.advertised.clone().unwrap_or_else(|| url.clone());
-        let mut args = vec!["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", self.storage];
+        let mut args = vec!["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &self.storage];
         if self.authentication {
             args.push("--authentication");
         }
-        let process = ChildProcess::spawn_in(&self.dir, &Self::binary(), &args, &[]);
+        let process = ChildProcess::spawn_in(&self.dir, &Self::binary(), &args, &[("RUST_BACKTRACE", "1")]);
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         wait_until("own tansu listening", Duration::from_secs(30), || async move {
             tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
@@ -638,9 +649,22 @@ impl OwnTansu {
         self.process = Some(process);
     }
 
+    /// SIGKILL: the broker stops at once, whatever it was writing.
     pub async fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             let _ = process.child.kill().await;
+        }
+    }
+
+    /// SIGTERM, then waits (at most 10 s, then SIGKILL) for the broker to exit.
+    pub async fn stop_gracefully(&mut self) {
+        if self.process.is_some() {
+            self.signal("-TERM");
+        }
+        if let Some(mut process) = self.process.take() {
+            if tokio::time::timeout(Duration::from_secs(10), process.child.wait()).await.is_err() {
+                let _ = process.child.kill().await;
+            }
         }
     }
 }

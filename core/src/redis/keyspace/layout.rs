@@ -193,6 +193,16 @@ fn shard_tag(home: &str, index: u16, shards: u16) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let id = EventId::new("shop", "black-friday").unwrap();
+        let keys = EventKeys::of(&id);
+        for key in keys.all() {
+            assert!(key.starts_with("coupon:{shop/black-friday}:"), "{key}");
+        }
+        assert_eq!(keys.count, "coupon:{shop/black-friday}:count");
+    }
+
     fn event() -> EventId {
         EventId::new("shop", "black-friday").unwrap()
     }

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coupon_core::event::EventId;
 use coupon_core::redis::keyspace::{self, EventCounters, EventLayout};
@@ -24,11 +24,23 @@ use crate::metrics::{EventLabel, Metrics};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// High watermarks read at `taken_at_ms`.
+/// High watermarks read at `taken_at_ms` (server time) and `taken_at` (this process's
+/// monotonic clock).
 struct DrainTarget {
     taken_at_ms: i64,
+    taken_at: Instant,
     highs: Vec<(i32, i64)>,
 }
+
+/// A drain target reached: every record written to the topic before it was taken has its row.
+#[derive(Clone, Copy)]
+struct Drained {
+    at_ms: i64,
+    at: Instant,
+}
+
+/// An entry of one shard of an event.
+type EntryKey = (String, u16, String, i64);
 
 /// The state of the verification passes.
 pub struct Verifier {
@@ -39,6 +51,13 @@ pub struct Verifier {
     /// written for it.
     settle: Duration,
     targets: HashMap<String, DrainTarget>,
+    /// When this process first saw each entry overdue, and each event recovering, on its
+    /// own monotonic clock. Deadlines and marks are Redis server time, which a clock step
+    /// can move forward: an entry is healed, and an event restored, only once a drain target
+    /// taken `settle` after this process first saw it so is reached. Any delivery under way
+    /// when it was first seen had ended by then (`settle` exceeds the longest lease).
+    overdue_seen: HashMap<EntryKey, Instant>,
+    recovering_seen: HashMap<String, Instant>,
     /// Events whose gauges this consumer exports: those no longer verified (deleted, moved
     /// to another topic) lose theirs, so no alert fires on a stale value.
     exported: HashSet<String>,
@@ -46,7 +65,14 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(topics: &[String], settle: Duration) -> Self {
-        Self { topics: topics.iter().cloned().collect(), settle, targets: HashMap::new(), exported: HashSet::new() }
+        Self {
+            topics: topics.iter().cloned().collect(),
+            settle,
+            targets: HashMap::new(),
+            overdue_seen: HashMap::new(),
+            recovering_seen: HashMap::new(),
+            exported: HashSet::new(),
+        }
     }
 
     /// The topics grew (a new event's): their events are verified from now on; drain
@@ -69,7 +95,7 @@ impl Verifier {
                 return;
             }
         };
-        let mut drained_at: HashMap<String, Option<i64>> = HashMap::new();
+        let mut drained_at: HashMap<String, Option<Drained>> = HashMap::new();
         let mut seen = HashSet::new();
         for member in members {
             let Ok(event) = member.parse::<EventId>() else {
@@ -108,7 +134,7 @@ impl Verifier {
         metrics: &Metrics,
         event: &EventId,
         now_ms: i64,
-        drained_at: &mut HashMap<String, Option<i64>>,
+        drained_at: &mut HashMap<String, Option<Drained>>,
     ) -> Result<bool, RecoveryError> {
         let Some(counters) = keyspace::counters(conn, event).await? else { return Ok(false) };
         if !self.topics.contains(&counters.topic) {
@@ -120,7 +146,11 @@ impl Verifier {
         if !recovering && layout.is_sharded() {
             settle_expired_grants(conn, &layout, now_ms).await?;
         }
+        if !recovering {
+            self.recovering_seen.remove(&event.to_string());
+        }
         if !recovering && counters.unwritten == 0 {
+            self.forget_overdue(event, None, &[]);
             return Ok(true);
         }
         let drained = match drained_at.get(&counters.topic) {
@@ -131,10 +161,15 @@ impl Verifier {
                 reached
             }
         };
-        let Some(at_ms) = drained else { return Ok(true) };
-        let trusted_until_ms = at_ms - self.settle.as_millis() as i64;
+        let Some(drained) = drained else { return Ok(true) };
+        let trusted_until_ms = drained.at_ms - self.settle.as_millis() as i64;
         if recovering {
+            let seen = *self.recovering_seen.entry(event.to_string()).or_insert_with(Instant::now);
+            if drained.at < seen + self.settle {
+                return Ok(true);
+            }
             if let Some(report) = restore_event(writer.store(), conn, event, trusted_until_ms).await? {
+                self.recovering_seen.remove(&event.to_string());
                 writer.forget(event);
                 tracing::warn!(event = %event, count = report.count, rows = report.rows, free = report.free, calls = report.calls, longest_call = ?report.longest_call, "restored the event's Redis state from SQL");
             }
@@ -146,6 +181,15 @@ impl Verifier {
         };
         for shard in layout.shards() {
             let overdue = keyspace::overdue_entries(conn, &layout, shard, trusted_until_ms, HEAL_CHUNK).await?;
+            self.forget_overdue(event, Some(shard), &overdue);
+            let overdue: Vec<_> = overdue
+                .into_iter()
+                .filter(|entry| {
+                    let key = (event.to_string(), shard, entry.user.clone(), entry.slot);
+                    let seen = *self.overdue_seen.entry(key).or_insert_with(Instant::now);
+                    drained.at >= seen + self.settle
+                })
+                .collect();
             if overdue.is_empty() {
                 continue;
             }
@@ -157,21 +201,34 @@ impl Verifier {
         Ok(true)
     }
 
-    /// `Some(T)`: every record written to `topic` before server time `T` is in SQL. Takes a
+    /// Forgets when entries of `event` (of `shard`, or of every shard) were first seen
+    /// overdue, but for those `still` overdue.
+    fn forget_overdue(&mut self, event: &EventId, shard: Option<u16>, still: &[keyspace::OverdueEntry]) {
+        let name = event.to_string();
+        self.overdue_seen.retain(|(seen_event, seen_shard, user, slot), _| {
+            *seen_event != name
+                || shard.is_some_and(|shard| shard != *seen_shard)
+                || still.iter().any(|entry| entry.user == *user && entry.slot == *slot)
+        });
+    }
+
+    /// `Some`: every record written to `topic` before the returned time is in SQL. Takes a
     /// new target whenever the previous one is reached (or there is none).
-    async fn drained_at(&mut self, consumer: &Arc<GroupConsumer>, topic: &str, now_ms: i64) -> Result<Option<i64>, RecoveryError> {
+    async fn drained_at(&mut self, consumer: &Arc<GroupConsumer>, topic: &str, now_ms: i64) -> Result<Option<Drained>, RecoveryError> {
         let mut reached = None;
         if let Some(target) = self.targets.get(topic) {
             let (probe, name, highs) = (consumer.clone(), topic.to_owned(), target.highs.clone());
             match tokio::task::spawn_blocking(move || committed_reached(&probe, &name, &highs, KAFKA_TIMEOUT)).await?? {
-                TargetProgress::Reached => reached = Some(target.taken_at_ms),
+                TargetProgress::Reached => reached = Some(Drained { at_ms: target.taken_at_ms, at: target.taken_at }),
                 TargetProgress::NotYet => return Ok(None),
                 TargetProgress::Stale => tracing::warn!(topic, "drain target no longer matches the topic; taking a new one"),
             }
         }
         let (probe, name) = (consumer.clone(), topic.to_owned());
+        // Before the watermarks are read: they are read at this instant or later.
+        let taken_at = Instant::now();
         let highs = tokio::task::spawn_blocking(move || high_watermarks(&probe, &name, KAFKA_TIMEOUT)).await??;
-        self.targets.insert(topic.to_owned(), DrainTarget { taken_at_ms: now_ms, highs });
+        self.targets.insert(topic.to_owned(), DrainTarget { taken_at_ms: now_ms, taken_at, highs });
         Ok(reached)
     }
 }

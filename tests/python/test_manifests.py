@@ -613,3 +613,22 @@ def test_a_restore_waits_at_least_the_longest_produce_an_api_may_hold():
         render({"api": {"produceTimeout": "20s"}, "consumer": {"recoverySettle": "20999ms"}})
     env = consumer_env(render({"api": {"produceTimeout": "20s"}, "consumer": {"recoverySettle": "21s"}}))
     assert env["RECOVERY_SETTLE"] == "21s"
+
+
+def api_env(docs):
+    (api,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "coupon-api"]
+    return {e["name"]: e.get("value") for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_a_deposed_master_can_be_fenced_by_waiting_for_replicas():
+    # Off by default; set, the api waits for that many replicas before producing.
+    assert api_env(render())["REDIS_WAIT_REPLICAS"] == "0"
+    env = api_env(render({"api": {"redisWaitReplicas": 2, "redisWaitTimeout": "800ms"}}))
+    assert (env["REDIS_WAIT_REPLICAS"], env["REDIS_WAIT_TIMEOUT"]) == ("2", "800ms")
+    # The wait lengthens the delivery lease, and a restore must wait it out too: the default
+    # settle (10 s) covers 5 s + 800 ms + 1 s, not 9 s + 800 ms + 1 s.
+    render({"api": {"redisWaitReplicas": 1, "redisWaitTimeout": "800ms"}})
+    with pytest.raises(Exception, match="redisWaitReplicas"):
+        render({"api": {"produceTimeout": "9s", "redisWaitReplicas": 1, "redisWaitTimeout": "800ms"}})
+    # Without replicas to wait for, the timeout does not count.
+    render({"api": {"produceTimeout": "9s", "redisWaitTimeout": "800ms"}})

@@ -166,3 +166,48 @@ async fn a_slot_kept_by_healing_still_lets_the_event_sell_out() {
     }
     keyspace::delete_event(&mut conn, &event.id).await.unwrap();
 }
+
+/// Two apis; the event sells out and the second one keeps its holders in memory. The limit
+/// is raised and a new user gets a coupon through the first api. Asked again through the
+/// second, they hear 409 with their slot, not 410: a new limit (like slots a grant gives
+/// back) changes `holders_version`, so the snapshot is not kept past it (it was kept, the
+/// version unchanged, and the new holder was told the event had sold out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_after_a_raised_limit_is_known_to_every_api() {
+    use coupon_core::event::EventConfig;
+    use coupon_core::provision::{provision_redis, RedisOutcome};
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 2, 1).await;
+    let settings = || ApiSettings {
+        namespace: NAMESPACE.into(),
+        redis_url: redis_url(),
+        kafka: kafka(&brokers),
+        sold_out_recheck: Duration::from_millis(300),
+        ..ApiSettings::default()
+    };
+    let (first, second) = (InProcessApi::start_ready(settings()).await, InProcessApi::start_ready(settings()).await);
+    let client = reqwest::Client::new();
+    for user in ["u1", "u2"] {
+        assert_eq!(apply(&client, &first.apply_url(&event.id), user).await.0, 201);
+    }
+    assert_eq!(apply(&client, &second.apply_url(&event.id), "u3").await.0, 410);
+    let before = wait_until("the second api holds the holders", Duration::from_secs(10), || async {
+        second.state.apply.holders_snapshot(&event.id)
+    })
+    .await;
+
+    let mut conn = RedisHandle::connect_with_deadline(redis_url(), Duration::from_secs(10)).await.unwrap();
+    let raised = EventConfig::open_now(3, &event.topic, Duration::from_secs(600));
+    assert_eq!(provision_redis(&mut conn, &event.id, &raised, true).await.unwrap(), RedisOutcome::Updated);
+    let (status, body) = apply(&client, &first.apply_url(&event.id), "new").await;
+    assert_eq!(status, 201, "{body}");
+    // Other users' sold-out answers reach the gate again once the re-check interval passed:
+    // the second api then drops the snapshot taken before the new limit and loads another.
+    wait_until("the second api's snapshot replaced", Duration::from_secs(10), || async {
+        assert_eq!(apply(&client, &second.apply_url(&event.id), "u4").await.0, 410);
+        second.state.apply.holders_snapshot(&event.id).filter(|version| *version != before)
+    })
+    .await;
+    let (status, answer) = apply(&client, &second.apply_url(&event.id), "new").await;
+    assert_eq!((status, &answer["slot"]), (409, &body["slot"]), "{answer}");
+}

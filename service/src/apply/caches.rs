@@ -23,7 +23,28 @@ struct SoldOutEntry {
     holders_version: i64,
     holders: Option<Arc<HashMap<String, Holding>>>,
     loading: bool,
+    /// A load for this version ended without holders: too many to keep (never tried again
+    /// for this version: the next try would read as many and give up as well), or failed
+    /// (tried again after `RELOAD_AFTER_FAILURE`).
+    gave_up: Option<GaveUp>,
 }
+
+#[derive(Clone, Copy)]
+enum GaveUp {
+    TooMany,
+    Failed(Instant),
+}
+
+/// How a load of the holders ended.
+pub enum HoldersLoad {
+    Loaded(HashMap<String, Holding>),
+    /// More holders than an api keeps: sold-out applies read their own entry.
+    TooMany,
+    Failed,
+}
+
+/// After a failed load of the holders, the next waits this long (single reads serve meanwhile).
+const RELOAD_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 /// Events seen sold out: answered without the gate until `recheck` has passed, because a
 /// released slot can reopen the event. The holders of a sold-out event change only through
@@ -55,26 +76,42 @@ impl SoldOutCache {
             Some(entry) if entry.holders_version == holders_version => {
                 entry.seen = Instant::now();
                 entry.closes_at_ms = closes_at_ms;
-                let load = entry.holders.is_none() && !entry.loading;
+                let may_try = match entry.gave_up {
+                    None => true,
+                    Some(GaveUp::TooMany) => false,
+                    Some(GaveUp::Failed(at)) => at.elapsed() >= RELOAD_AFTER_FAILURE,
+                };
+                let load = entry.holders.is_none() && !entry.loading && may_try;
                 entry.loading |= load;
                 load
             }
             _ => {
-                let entry = SoldOutEntry { seen: Instant::now(), closes_at_ms, holders_version, holders: None, loading: true };
+                let entry =
+                    SoldOutEntry { seen: Instant::now(), closes_at_ms, holders_version, holders: None, loading: true, gave_up: None };
                 map.insert(event.to_owned(), entry);
                 true
             }
         }
     }
 
-    /// Stores the holders loaded for `holders_version` (`None`: too many to keep, or the load
-    /// failed; single reads go on).
-    pub fn holders_loaded(&self, event: &str, holders_version: i64, holders: Option<HashMap<String, Holding>>) {
+    /// Stores how the load of the holders for `holders_version` ended (without holders,
+    /// single reads go on).
+    pub fn holders_loaded(&self, event: &str, holders_version: i64, load: HoldersLoad) {
         let mut map = self.seen.write().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = map.get_mut(event).filter(|entry| entry.holders_version == holders_version) {
             entry.loading = false;
-            entry.holders = holders.map(Arc::new);
+            match load {
+                HoldersLoad::Loaded(holders) => entry.holders = Some(Arc::new(holders)),
+                HoldersLoad::TooMany => entry.gave_up = Some(GaveUp::TooMany),
+                HoldersLoad::Failed => entry.gave_up = Some(GaveUp::Failed(Instant::now())),
+            }
         }
+    }
+
+    /// The `holders_version` the event's holders are loaded for, if they are.
+    pub fn loaded_version(&self, event: &str) -> Option<i64> {
+        let map = self.seen.read().unwrap_or_else(|e| e.into_inner());
+        map.get(event).filter(|entry| entry.holders.is_some()).map(|entry| entry.holders_version)
     }
 
     pub fn clear(&self, event: &str) {
@@ -169,16 +206,24 @@ mod tests {
         assert_eq!(cache.sold_out("a").unwrap().closes_at_ms, 42);
         assert!(cache.sold_out("a").unwrap().holders.is_none());
         let holder = Holding { slot: 3, state: HoldingState::Persisted, confirmed: true };
-        cache.holders_loaded("a", 7, Some(HashMap::from([("u".to_owned(), holder.clone())])));
+        cache.holders_loaded("a", 7, HoldersLoad::Loaded(HashMap::from([("u".to_owned(), holder.clone())])));
         assert_eq!(cache.sold_out("a").unwrap().holders.unwrap().get("u"), Some(&holder));
         assert!(!cache.set_sold_out("a", 42, 7), "loaded for this version");
         assert!(cache.set_sold_out("a", 42, 8), "a release changed the holders: load again");
         assert!(cache.sold_out("a").unwrap().holders.is_none(), "the old holders are dropped");
-        cache.holders_loaded("a", 7, Some(HashMap::new()));
+        cache.holders_loaded("a", 7, HoldersLoad::Loaded(HashMap::new()));
         assert!(cache.sold_out("a").unwrap().holders.is_none(), "a stale load is ignored");
         assert!(cache.sold_out("b").is_none());
         cache.clear("a");
         assert!(cache.sold_out("a").is_none(), "a released slot reopens the event at once");
+        // Too many holders: not loaded again for this version, every second as it was.
+        assert!(cache.set_sold_out("big", 42, 1));
+        cache.holders_loaded("big", 1, HoldersLoad::TooMany);
+        assert!(!cache.set_sold_out("big", 42, 1), "too many for this version");
+        assert!(cache.set_sold_out("big", 42, 2), "a new version may fit");
+        // A failed load is tried again, but not at once.
+        cache.holders_loaded("big", 2, HoldersLoad::Failed);
+        assert!(!cache.set_sold_out("big", 42, 2), "not again within RELOAD_AFTER_FAILURE");
         let expired = SoldOutCache::new(Duration::ZERO);
         expired.set_sold_out("a", 42, 1);
         assert!(expired.sold_out("a").is_none(), "re-checked once the interval has passed");

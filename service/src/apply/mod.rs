@@ -20,7 +20,7 @@ use coupon_core::redis::keyspace::{self, EventLayout, GateDecision, Holding, Hol
 use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
 
 use acks::Acknowledgements;
-pub use caches::{KnownEvents, Layouts, SoldOutCache, SoldOutView, StockRequests};
+pub use caches::{HoldersLoad, KnownEvents, Layouts, SoldOutCache, SoldOutView, StockRequests};
 use gate_batches::GateBatches;
 pub use outcome::ApplyOutcome;
 use producer::ProducerSlot;
@@ -122,6 +122,12 @@ impl ApplyService {
         !risky
     }
 
+    /// The `holders_version` this process holds a snapshot of the event's holders for (it
+    /// answers sold-out applies from memory), if any: for diagnostics and tests.
+    pub fn holders_snapshot(&self, event: &EventId) -> Option<i64> {
+        self.sold_out.loaded_version(event.name())
+    }
+
     pub fn producer(&self) -> &ProducerSlot {
         &self.producer
     }
@@ -182,17 +188,18 @@ impl ApplyService {
     fn load_holders(self: &Arc<Self>, event: EventId, holders_version: i64) {
         let this = self.clone();
         tokio::spawn(async move {
-            let holders = match this.redis.get() {
+            let load = match this.redis.get() {
                 Some(mut conn) => match this.holders(&mut conn, &event).await {
-                    Ok(holders) => holders,
+                    Ok(Some(holders)) => HoldersLoad::Loaded(holders),
+                    Ok(None) => HoldersLoad::TooMany,
                     Err(error) => {
                         tracing::warn!(%error, event = %event, "cannot load the holders; reading entries one by one");
-                        None
+                        HoldersLoad::Failed
                     }
                 },
-                None => None,
+                None => HoldersLoad::Failed,
             };
-            this.sold_out.holders_loaded(event.name(), holders_version, holders);
+            this.sold_out.holders_loaded(event.name(), holders_version, load);
         });
     }
 

@@ -121,6 +121,7 @@ pub async fn settle_grant(
         .key(&keys.grants)
         .key(&keys.grant_deadlines)
         .key(&keys.free)
+        .key(&keys.config)
         .arg(id)
         .arg(match verdict {
             GrantVerdict::Taken => "a",

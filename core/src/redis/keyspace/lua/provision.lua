@@ -40,6 +40,9 @@ if old[1] == ARGV[1] and old[2] == ARGV[2] and old[3] == ARGV[3] and old[4] == A
   return {2, recovering}
 end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5], 'paused', ARGV[7])
+-- A new limit can reopen an event seen sold out: an api's snapshot of its holders must not
+-- outlive it (`holders_version` counts every change of who may hold a slot).
+if old[1] and old[1] ~= ARGV[1] then redis.call('HINCRBY', KEYS[1], 'holders_version', 1) end
 if old[1] then return {1, recovering} end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'incarnation', ARGV[8]) end
 redis.call('HSET', KEYS[1], 'shards', shards, 'shard', shard, 'epoch', ARGV[11])

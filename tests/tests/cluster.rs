@@ -43,8 +43,9 @@ fn start_consumer(database_url: &str, topic: &str, redis_url: &str) -> InProcess
     })
 }
 
-/// Every user applies once, `CONCURRENCY` at a time, spread over `urls` (api replicas);
-/// returns each user's answer.
+/// Every user applies, `CONCURRENCY` at a time, spread over `urls` (api replicas), and again
+/// after a 503 (try again: a stock search cut short under load) as a client does; returns
+/// each user's last answer.
 async fn burst(urls: &[String], users: Vec<String>) -> Vec<(String, u16, Value)> {
     let client = reqwest::Client::new();
     let urls = Arc::new(urls.to_vec());
@@ -52,8 +53,14 @@ async fn burst(urls: &[String], users: Vec<String>) -> Vec<(String, u16, Value)>
         .map(|(n, user)| {
             let (client, urls) = (client.clone(), urls.clone());
             async move {
-                let (status, body) = apply(&client, &urls[n % urls.len()], &user).await;
-                (user, status, body)
+                let started = std::time::Instant::now();
+                loop {
+                    let (status, body) = apply(&client, &urls[n % urls.len()], &user).await;
+                    if status != 503 || started.elapsed() > Duration::from_secs(30) {
+                        return (user, status, body);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         })
         .buffer_unordered(CONCURRENCY)

@@ -18,12 +18,13 @@ use super::ApplyService;
 const STOCK_REQUESTS: u32 = 8;
 /// Most slots one grant moves (half of the richest shard's stock, at most this).
 const GRANT_MAX: i64 = 1_000;
-/// Longest an apply spends looking for stock on a sharded event (waiting for its turn,
-/// reading the shards, asking for a grant) before it answers 503 without another gate call.
-/// With the gate's queue wait and one Redis call after it, the gate keeps within the 3 s a
-/// request keeps for Redis (`ApiSettings::check`): a 408 never hides an issued coupon, and
-/// applies that find their shard empty while another shard's master stalls do not queue
-/// without end behind each other's stock requests.
+/// Longest an apply spends looking for stock on a sharded event, from its home shard's first
+/// "no stock left" (waiting for its turn, reading the shards, asking for a grant), before it
+/// answers 503 without another gate call: applies that find their shard empty while another
+/// shard's master stalls do not queue without end behind each other's stock requests, and
+/// the gate's time stays bounded (two gate calls and this), so the request timeout, which
+/// the defaults leave 10 s for Redis, never cuts an apply whose coupon was issued. A client
+/// answered 503 applies again.
 const STOCK_WAIT_MAX: Duration = Duration::from_millis(500);
 
 impl ApplyService {
@@ -41,7 +42,8 @@ impl ApplyService {
         let mut layout_read_again = false;
         let mut requests = 0;
         let mut stock_turn = None;
-        let stock_deadline = tokio::time::Instant::now() + STOCK_WAIT_MAX;
+        // Set when the home shard first answers that it has no stock left.
+        let mut stock_deadline = None;
         loop {
             // A grant goes with the one apply that asked for it; every other apply waits
             // for its shard's next call, with the others waiting then. So does an apply to a
@@ -68,6 +70,7 @@ impl ApplyService {
                 GateDecision::ShardEmpty { closes_at_ms, .. } if requests < STOCK_REQUESTS => {
                     requests += 1;
                     let home = layout.home_shard(user_id);
+                    let stock_deadline = *stock_deadline.get_or_insert_with(|| tokio::time::Instant::now() + STOCK_WAIT_MAX);
                     // Every step of the search is bounded (`STOCK_WAIT_MAX`); one cut short
                     // answers 503. A grant asked for and not awaited is closed by healing.
                     if stock_turn.is_none() {

@@ -17,9 +17,9 @@ fn name(decision: &GateDecision) -> &'static str {
         GateDecision::SoldOut { .. } => "sold out",
         GateDecision::NotOpen => "not open",
         GateDecision::Closed => "closed",
-        GateDecision::Deleted => "deleted",
+        GateDecision::Deleted => "event deleted",
         GateDecision::Missing => "missing",
-        GateDecision::Recovering => "recovering",
+        GateDecision::Recovering => "being verified",
         GateDecision::Paused => "paused",
         GateDecision::ShardEmpty { .. } => "shard empty",
         GateDecision::OtherLayout => "other layout",
@@ -37,9 +37,9 @@ async fn the_gate_gives_each_of_its_answers() {
         "sold out",
         "not open",
         "closed",
-        "deleted",
+        "event deleted",
         "missing",
-        "recovering",
+        "being verified",
         "paused",
         "shard empty",
         "other layout",
@@ -88,7 +88,7 @@ async fn the_gate_gives_each_of_its_answers() {
                 keyspace::apply(&mut conn, &layout, &other, LONG, None).await.unwrap();
                 apply(LONG).await
             }
-            "deleted" => {
+            "event deleted" => {
                 keyspace::delete_event(&mut conn, &id).await.unwrap();
                 apply(LONG).await
             }
@@ -96,7 +96,7 @@ async fn the_gate_gives_each_of_its_answers() {
                 let never = coupon_core::event::EventId::new(NAMESPACE, &unique("never")).unwrap();
                 keyspace::apply(&mut conn, &EventLayout::single(&never), &user, LONG, None).await.unwrap().0
             }
-            "recovering" => {
+            "being verified" => {
                 assert_eq!(keyspace::fence(&mut conn, &layout, 0, true).await.unwrap(), Some(true));
                 apply(LONG).await
             }

@@ -23,7 +23,7 @@ async fn a_grant_gives_each_of_its_answers() {
     let other_layout = EventLayout::new(&id, 3);
     assert_eq!(keyspace::grant(&mut conn, &other_layout, 0, 1, 1, LONG, "g4").await.unwrap(), None, "another layout");
     keyspace::fence(&mut conn, &layout, 0, true).await.unwrap();
-    assert_eq!(keyspace::grant(&mut conn, &layout, 0, 1, 1, LONG, "g5").await.unwrap(), None, "recovering");
+    assert_eq!(keyspace::grant(&mut conn, &layout, 0, 1, 1, LONG, "g5").await.unwrap(), None, "being verified");
     keyspace::delete_event(&mut conn, &id).await.unwrap();
 }
 

@@ -30,7 +30,7 @@ async fn a_retirement_gives_each_of_its_answers() {
     let cases = [
         ("absent", Retirement::Absent),
         ("another incarnation", Retirement::OtherIncarnation),
-        ("recovering", Retirement::Recovering),
+        ("being verified", Retirement::Recovering),
         ("still open", Retirement::StillOpen),
         ("unwritten", Retirement::Unwritten),
         ("removed", Retirement::Removed),
@@ -49,7 +49,7 @@ async fn a_retirement_gives_each_of_its_answers() {
                 let (id, layout) = event(&mut conn, &ended).await;
                 match case {
                     "another incarnation" => keyspace::retire_event(&mut conn, &id, Some("new-object")).await.unwrap(),
-                    "recovering" => {
+                    "being verified" => {
                         keyspace::fence(&mut conn, &layout, 0, true).await.unwrap();
                         keyspace::retire_event(&mut conn, &id, Some("old-object")).await.unwrap()
                     }

@@ -3,7 +3,7 @@
 use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{register, script, EventLayout};
+use super::{register, script, Answer, EventLayout};
 use crate::event::{EventConfig, EventId};
 
 /// What writing the configuration did.
@@ -77,7 +77,7 @@ pub async fn write_config(
     let mut home = ConfigWrite::Unchanged;
     for shard in layout.shards().rev() {
         let keys = layout.keys(shard);
-        let (answer, _recovering): (i64, i64) = script!("provision")
+        let answer: Vec<i64> = script!("provision")
             .key(&keys.config)
             .key(&keys.count)
             .arg(config.limit)
@@ -95,18 +95,18 @@ pub async fn write_config(
             .arg(epoch)
             .invoke_async(&mut *conn)
             .await?;
-        let write = match answer {
-            0 => ConfigWrite::Created,
-            1 => ConfigWrite::Updated,
-            2 => ConfigWrite::Unchanged,
-            3 => ConfigWrite::CreatedRecovering,
-            4 => ConfigWrite::RefusedOtherIncarnation,
-            5 => ConfigWrite::RefusedShardsChanged { existing: super::layout(conn, event).await?.map_or(1, |l| l.shard_count()) },
-            negative => ConfigWrite::RefusedBelowIssued { issued: -negative },
+        let write = match Answer::of("provision", answer.first().copied().unwrap_or_default())? {
+            Answer::Created => ConfigWrite::Created,
+            Answer::Updated => ConfigWrite::Updated,
+            Answer::Unchanged => ConfigWrite::Unchanged,
+            Answer::CreatedRecovering => ConfigWrite::CreatedRecovering,
+            Answer::OtherIncarnation => return Ok(ConfigWrite::RefusedOtherIncarnation),
+            Answer::ShardsChanged => {
+                return Ok(ConfigWrite::RefusedShardsChanged { existing: super::layout(conn, event).await?.map_or(1, |l| l.shard_count()) })
+            }
+            Answer::BelowIssued => return Ok(ConfigWrite::RefusedBelowIssued { issued: answer.get(2).copied().unwrap_or_default() }),
+            other => return Err(other.unexpected("provision")),
         };
-        if !(0..=3).contains(&answer) {
-            return Ok(write);
-        }
         // A shard whose configuration was lost is reported even if the home shard kept its own.
         if home != ConfigWrite::CreatedRecovering {
             home = write;

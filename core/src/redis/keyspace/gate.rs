@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{script, EventLayout};
+use super::{script, Answer, EventLayout};
 
 /// The gate's decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,23 +80,21 @@ pub struct Grant {
 impl GateDecision {
     fn from_answer((code, slot, topic, deadline_ms, incarnation, _granted): (i64, i64, String, i64, String, i64)) -> RedisResult<Self> {
         let incarnation = Some(incarnation).filter(|i| !i.is_empty());
-        Ok(match code {
-            1 => Self::Issued { slot, topic, incarnation, again: false, deadline_ms },
-            2 => Self::Issued { slot, topic, incarnation, again: true, deadline_ms },
-            3 => Self::Confirmed { slot },
-            -1 => Self::Deleted,
-            -2 => Self::NotOpen,
-            -3 => Self::Closed,
-            -4 => Self::Duplicate { slot },
-            -5 => Self::SoldOut { closes_at_ms: slot, holders_version: deadline_ms },
-            -6 => Self::Recovering,
-            -7 => Self::Missing,
-            -8 => Self::Paused,
-            -9 => Self::ShardEmpty { closes_at_ms: slot, holders_version: deadline_ms },
-            -10 => Self::OtherLayout,
-            other => {
-                return Err(redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected gate script answer", other.to_string())))
-            }
+        Ok(match Answer::of("apply", code)? {
+            Answer::Issued => Self::Issued { slot, topic, incarnation, again: false, deadline_ms },
+            Answer::DeliverAgain => Self::Issued { slot, topic, incarnation, again: true, deadline_ms },
+            Answer::Confirmed => Self::Confirmed { slot },
+            Answer::Deleted => Self::Deleted,
+            Answer::NotOpen => Self::NotOpen,
+            Answer::Closed => Self::Closed,
+            Answer::Held => Self::Duplicate { slot },
+            Answer::SoldOut => Self::SoldOut { closes_at_ms: slot, holders_version: deadline_ms },
+            Answer::Recovering => Self::Recovering,
+            Answer::Missing => Self::Missing,
+            Answer::Paused => Self::Paused,
+            Answer::ShardEmpty => Self::ShardEmpty { closes_at_ms: slot, holders_version: deadline_ms },
+            Answer::OtherLayout => Self::OtherLayout,
+            other => return Err(other.unexpected("apply")),
         })
     }
 }
@@ -222,7 +220,7 @@ pub async fn release(conn: &mut RedisConnection, layout: &EventLayout, user_id: 
         .arg(deadline_ms)
         .invoke_async(conn)
         .await?;
-    Ok(removed == 1)
+    Ok(Answer::of("release", removed)? == Answer::Done)
 }
 
 /// Loads the gate script into `conn`'s server and returns the arguments of

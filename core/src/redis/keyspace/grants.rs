@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::{field, script, EventLayout, Grant};
+use super::{field, script, Answer, EventLayout, Grant};
 use crate::redis::RedisConnection;
 
 /// What a shard could give, and what it holds.
@@ -93,9 +93,16 @@ pub async fn grant(
         .arg(layout.shard_count())
         .invoke_async(conn)
         .await?;
+    // Nothing to give, the source recovering, another layout: the caller asks elsewhere.
     Ok(match answer.as_slice() {
-        [1, epoch, slots @ ..] => Some(Grant { id: id.to_owned(), epoch: *epoch, slots: slots.to_vec() }),
-        _ => None,
+        [code, epoch, slots @ ..] if Answer::of("grant", *code)? == Answer::Done => {
+            Some(Grant { id: id.to_owned(), epoch: *epoch, slots: slots.to_vec() })
+        }
+        [code] => match Answer::of("grant", *code)? {
+            Answer::Nothing | Answer::Recovering | Answer::OtherLayout => None,
+            other => return Err(other.unexpected("grant")),
+        },
+        _ => return Err(Answer::Done.unexpected("grant")),
     })
 }
 
@@ -129,7 +136,7 @@ pub async fn settle_grant(
         })
         .invoke_async(conn)
         .await?;
-    Ok(settled == 1)
+    Ok(Answer::of("settle_grant", settled)? == Answer::Done)
 }
 
 /// Decides an overdue grant on its target for good: taken, or refused from now on. `None`:
@@ -143,10 +150,11 @@ pub async fn close_grant(
 ) -> redis::RedisResult<Option<GrantVerdict>> {
     let keys = layout.keys(target);
     let taken: i64 = script!("close_grant").key(&keys.accepted).key(&keys.refused).key(&keys.config).arg(id).invoke_async(conn).await?;
-    Ok(match taken {
-        1 => Some(GrantVerdict::Taken),
-        0 => Some(GrantVerdict::Refused),
-        _ => None,
+    Ok(match Answer::of("close_grant", taken)? {
+        Answer::Taken => Some(GrantVerdict::Taken),
+        Answer::Refused => Some(GrantVerdict::Refused),
+        Answer::Recovering | Answer::Missing => None,
+        other => return Err(other.unexpected("close_grant")),
     })
 }
 

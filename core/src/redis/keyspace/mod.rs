@@ -29,8 +29,15 @@
 //!
 //! Issued coupons are `count - len(free)` with one shard, the sum of `held` with several.
 //!
-//! Every script is `lua/common.lua` followed by its own file (`script!`).
+//! Every script is `lua/common.lua` followed by its own file (`script!`). The common part holds
+//! what every script shares: the answer codes (`ANSWER`, mirrored by `codes::Answer`), reading
+//! configuration fields by name (`read_config`), and fencing (`fenced`, `mark_recovering`),
+//! written once. Prepended rather than loaded as Redis Functions: `EVALSHA` with the source
+//! sent again on `NOSCRIPT` needs nothing loaded on a master beforehand, which a restarted,
+//! promoted or new master of a cluster would otherwise lack until someone loaded it there.
+//! Each script runs alone against a real Redis in `core/tests/scripts`, one case per answer.
 
+mod codes;
 mod config;
 mod counters;
 mod eviction;
@@ -47,6 +54,7 @@ mod snapshot;
 use crate::redis::RedisConnection;
 use redis::RedisResult;
 
+use codes::Answer;
 pub use config::{write_config, ConfigWrite};
 pub use counters::{counters, layout, presence, topic, EventCounters, EventPresence};
 pub use eviction::{eviction, set_eviction_for_tests, Eviction, EvictionRisk};

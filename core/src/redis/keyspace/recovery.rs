@@ -11,7 +11,7 @@
 use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{script, EventLayout};
+use super::{script, Answer, EventLayout};
 
 /// Runs the gate's fencing check on one shard, for events nobody applies to; with `force`,
 /// marks it recovering in any case (another shard is: shards are restored together).
@@ -19,9 +19,11 @@ use super::{script, EventLayout};
 /// has no configuration.
 pub async fn fence(conn: &mut RedisConnection, layout: &EventLayout, shard: u16, force: bool) -> RedisResult<Option<bool>> {
     let answer: i64 = script!("fence").key(&layout.keys(shard).config).arg(if force { "1" } else { "0" }).invoke_async(conn).await?;
-    Ok(match answer {
-        -1 => None,
-        state => Some(state == 1),
+    Ok(match Answer::of("fence", answer)? {
+        Answer::Missing => None,
+        Answer::Recovering => Some(true),
+        Answer::Verified => Some(false),
+        other => return Err(other.unexpected("fence")),
     })
 }
 
@@ -77,11 +79,12 @@ pub async fn restore_begin(
         .arg(epoch)
         .invoke_async(conn)
         .await?;
-    Ok(match answer {
-        1 => RestoreStep::Done,
-        -2 => RestoreStep::TooEarly,
-        -3 => RestoreStep::Busy,
-        _ => RestoreStep::NotRecovering,
+    Ok(match Answer::of("restore_begin", answer)? {
+        Answer::Done => RestoreStep::Done,
+        Answer::TooEarly => RestoreStep::TooEarly,
+        Answer::Busy => RestoreStep::Busy,
+        Answer::Nothing => RestoreStep::NotRecovering,
+        other => return Err(other.unexpected("restore_begin")),
     })
 }
 
@@ -115,7 +118,11 @@ pub async fn restore_chunk(
         invocation.arg(*slot);
     }
     let answer: i64 = invocation.invoke_async(conn).await?;
-    Ok(if answer == 1 { RestoreStep::Done } else { RestoreStep::Interrupted })
+    Ok(match Answer::of("restore_chunk", answer)? {
+        Answer::Done => RestoreStep::Done,
+        Answer::TakenOver => RestoreStep::Interrupted,
+        other => return Err(other.unexpected("restore_chunk")),
+    })
 }
 
 /// Sets a shard's counter to `count` (the slots of its stride at or below `highest`, the
@@ -131,9 +138,10 @@ pub async fn restore_finish(
     let keys = layout.keys(shard);
     let answer: i64 =
         script!("restore_finish").key(&keys.config).key(&keys.count).arg(token).arg(count).arg(highest).invoke_async(conn).await?;
-    Ok(match answer {
-        1 => RestoreStep::Done,
-        -2 => RestoreStep::LimitBelowRows,
-        _ => RestoreStep::Interrupted,
+    Ok(match Answer::of("restore_finish", answer)? {
+        Answer::Done => RestoreStep::Done,
+        Answer::LimitBelowRows => RestoreStep::LimitBelowRows,
+        Answer::TakenOver => RestoreStep::Interrupted,
+        other => return Err(other.unexpected("restore_finish")),
     })
 }

@@ -6,7 +6,7 @@ use redis::RedisResult;
 use crate::event::EventId;
 use crate::redis::RedisConnection;
 
-use super::{field, layout, presence, script, EventKeys, EventLayout, EventPresence, EVENTS, TOMBSTONE_TTL_SECS};
+use super::{field, layout, presence, script, Answer, EventKeys, EventLayout, EventPresence, EVENTS, TOMBSTONE_TTL_SECS};
 
 /// Lists the event among the provisioned ones (done by every configuration write).
 pub(crate) async fn register(conn: &mut RedisConnection, event: &EventId) -> RedisResult<()> {
@@ -101,31 +101,32 @@ pub async fn retire_event(conn: &mut RedisConnection, event: &EventId, incarnati
     };
     if layout.is_sharded() {
         for shard in layout.shards() {
-            let answer: i64 = retire(shard, true).invoke_async(&mut *conn).await?;
-            if answer != 1 {
-                return Ok(retirement(answer));
+            let answer = retirement(retire(shard, true).invoke_async(&mut *conn).await?)?;
+            if answer != Retirement::Removed {
+                return Ok(answer);
             }
         }
     }
-    let mut answer = 0;
+    let mut answer = Retirement::Absent;
     for shard in layout.shards().rev() {
-        answer = retire(shard, false).invoke_async(&mut *conn).await?;
+        answer = retirement(retire(shard, false).invoke_async(&mut *conn).await?)?;
     }
-    if answer == 1 {
+    if answer == Retirement::Removed {
         unregister(conn, &event.to_string()).await?;
     }
-    Ok(retirement(answer))
+    Ok(answer)
 }
 
-fn retirement(answer: i64) -> Retirement {
-    match answer {
-        1 => Retirement::Removed,
-        0 => Retirement::Absent,
-        -1 => Retirement::OtherIncarnation,
-        -2 => Retirement::Recovering,
-        -3 => Retirement::StillOpen,
-        _ => Retirement::Unwritten,
-    }
+fn retirement(code: i64) -> RedisResult<Retirement> {
+    Ok(match Answer::of("retire", code)? {
+        Answer::Done => Retirement::Removed,
+        Answer::Nothing => Retirement::Absent,
+        Answer::OtherIncarnation => Retirement::OtherIncarnation,
+        Answer::Recovering => Retirement::Recovering,
+        Answer::StillOpen => Retirement::StillOpen,
+        Answer::Unwritten => Retirement::Unwritten,
+        other => return Err(other.unexpected("retire")),
+    })
 }
 
 /// How many of the event's keys hold state (0: Redis knows nothing of it, or only its

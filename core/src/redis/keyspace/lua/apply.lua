@@ -9,20 +9,22 @@
 -- event of the name).
 -- Answers one {code, slot, topic, deadline, incarnation, grant} per user, in order (deadline:
 -- of the delivery now under way, which a release must name; topic and incarnation, which the
--- record carries, for codes 1 and 2 only; grant: 1 if the grant's slots are in this shard's
--- stock):
---   1  a new slot was issued to the user: deliver its record;
---   2  the user's earlier delivery of `slot` never completed (its lease ran out): deliver the
---      same record again (the consumer skips the duplicate);
---   3  the user's earlier delivery of `slot` was never confirmed to them, but its row is
---      written: confirm it now, nothing to deliver;
---  -1  the event was deleted; -7 no configuration at all (never provisioned, or Redis lost it);
---  -2  not open yet; -3 closed; -4 the user holds `slot` already (or it is being delivered);
---  -5  sold out (slot: the window's end, so the api can answer 403 from memory once it passed;
---      deadline: `holders_version`, which changes whenever a holder can have changed);
---  -6  recovering (being verified against SQL); -8 paused;
---  -9  this shard has no stock left but the event is sharded: other shards may (slot and
---      deadline as for -5, of this shard); -10 the event's layout is not the caller's.
+-- record carries, for ISSUED and DELIVER_AGAIN only; grant: 1 if the grant's slots are in this
+-- shard's stock). Codes (`ANSWER`):
+--   ISSUED         a new slot was issued to the user: deliver its record;
+--   DELIVER_AGAIN  the user's earlier delivery of `slot` never completed (its lease ran out):
+--                  deliver the same record again (the consumer skips the duplicate);
+--   CONFIRMED      the user's earlier delivery of `slot` was never confirmed to them, but its
+--                  row is written: confirm it now, nothing to deliver;
+--   DELETED, MISSING (no configuration at all: never provisioned, or Redis lost it);
+--   NOT_OPEN, CLOSED, HELD (the user holds `slot` already, or it is being delivered);
+--   SOLD_OUT       slot: the window's end, so the api can answer 403 from memory once it
+--                  passed; deadline: `holders_version`, which changes whenever a holder can
+--                  have changed;
+--   RECOVERING (being verified against SQL), PAUSED;
+--   SHARD_EMPTY    this shard has no stock left but the event is sharded: other shards may
+--                  (slot and deadline as for SOLD_OUT, of this shard);
+--   OTHER_LAYOUT   the event's layout is not the caller's.
 -- A shard hands out the slots of its stride (`shard + 1`, `shard + 1 + shards`, ...) from its
 -- counter, and slots given back or granted from its free list: slot numbers are unique across
 -- shards without any cross-shard call. The counter never passes the limit: the next slot is
@@ -41,39 +43,33 @@ local function all(code, slot, deadline, granted)
   for i = 1, n do answers[i] = {code, slot or 0, '', deadline or 0, '', granted or 0} end
   return answers
 end
-local cfg = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server',
-  'deleted', 'recovering_server', 'lease_ms', 'holders_version', 'paused', 'incarnation', 'shards', 'shard', 'epoch')
-local limit = tonumber(cfg[1])
+local cfg = read_config(KEYS[1], {
+  'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server', 'deleted', 'recovering_server',
+  'lease_ms', 'holders_version', 'paused', 'incarnation', 'shards', 'shard', 'epoch',
+})
+local limit = tonumber(cfg.limit)
 if not limit then
-  if cfg[8] == '1' then return all(-1) end
-  return all(-7)
+  if cfg.deleted == '1' then return all(ANSWER.DELETED) end
+  return all(ANSWER.MISSING)
 end
 local shard, shards = tonumber(ARGV[2]) or 0, tonumber(ARGV[3]) or 1
-if (tonumber(cfg[14]) or 1) ~= shards or (tonumber(cfg[15]) or 0) ~= shard then return all(-10) end
+if (tonumber(cfg.shards) or 1) ~= shards or (tonumber(cfg.shard) or 0) ~= shard then return all(ANSWER.OTHER_LAYOUT) end
 local lease = tonumber(ARGV[1])
 -- The longest lease any api uses: a restore waits at least this long after its mark. Raised
 -- before any answer, recovering included: a configuration written back after Redis lost it
 -- starts without it, and an api still holding a produce from before must keep the restore
 -- waiting.
-if (tonumber(cfg[10]) or 0) < lease then redis.call('HSET', KEYS[1], 'lease_ms', lease) end
+if (tonumber(cfg.lease_ms) or 0) < lease then redis.call('HSET', KEYS[1], 'lease_ms', lease) end
 local now = now_ms()
--- Fencing: the state was last verified on another server (a restart, a failover, a restored
--- snapshot). It may have lost acknowledged writes, so nothing is decided until the consumer
--- has verified it against SQL and the topic. Checked before the recovering mark: a mark
--- carried over from an earlier server starts its settle time again on this one.
-local server = server_id()
-if cfg[7] ~= server then
-  if cfg[5] ~= '1' or cfg[9] ~= server then
-    redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now, 'recovering_server', server)
-  end
-  return all(-6)
-end
-if cfg[5] == '1' then return all(-6) end
+-- Fencing (`fenced`): the state was last verified on another server (a restart, a failover,
+-- a restored snapshot). It may have lost acknowledged writes, so nothing is decided until the
+-- consumer has verified it against SQL and the topic.
+if fenced(KEYS[1], cfg.server, cfg.recovering, cfg.recovering_server) then return all(ANSWER.RECOVERING) end
 -- A grant is taken only by a verified, open shard (a restore rebuilds every shard's stock
 -- from SQL, so slots granted before it must not come back) and only once.
 local granted = 0
 local grant = 5 + n
-if ARGV[grant] and (tonumber(cfg[16]) or 0) == tonumber(ARGV[grant + 1]) then
+if ARGV[grant] and (tonumber(cfg.epoch) or 0) == tonumber(ARGV[grant + 1]) then
   if redis.call('SISMEMBER', KEYS[8], ARGV[grant]) == 0 then
     if redis.call('SADD', KEYS[7], ARGV[grant]) == 1 and #ARGV > grant + 1 then
       redis.call('RPUSH', KEYS[4], unpack(ARGV, grant + 2))
@@ -81,8 +77,8 @@ if ARGV[grant] and (tonumber(cfg[16]) or 0) == tonumber(ARGV[grant + 1]) then
     granted = 1
   end
 end
-if cfg[12] == '1' then return all(-8, 0, 0, granted) end
-local per_user = tonumber(cfg[2]) or 1
+if cfg.paused == '1' then return all(ANSWER.PAUSED, 0, 0, granted) end
+local per_user = tonumber(cfg.per_user) or 1
 
 -- One user's decision.
 local function decide(user)
@@ -92,19 +88,19 @@ local function decide(user)
     if e[2] == 'x' then
       e[2] = 'w'
       store_entries(KEYS[3], user, entries)
-      return {3, tonumber(e[1]), cfg[6], 0, '', granted}
+      return {ANSWER.CONFIRMED, tonumber(e[1]), cfg.topic, 0, '', granted}
     end
     if e[2] == 'p' then
       local member = unwritten_member(e[1], user)
       local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member)) or 0
-      if deadline > now then return {-4, tonumber(e[1]), '', 0, '', granted} end
+      if deadline > now then return {ANSWER.HELD, tonumber(e[1]), '', 0, '', granted} end
       redis.call('ZADD', KEYS[5], now + lease, member)
-      return {2, tonumber(e[1]), cfg[6], now + lease, cfg[13] or '', granted}
+      return {ANSWER.DELIVER_AGAIN, tonumber(e[1]), cfg.topic, now + lease, cfg.incarnation or '', granted}
     end
   end
-  if #entries >= per_user then return {-4, tonumber(entries[1][1]), '', 0, '', granted} end
-  if now < tonumber(cfg[3]) then return {-2, 0, '', 0, '', granted} end
-  if now >= tonumber(cfg[4]) then return {-3, 0, '', 0, '', granted} end
+  if #entries >= per_user then return {ANSWER.HELD, tonumber(entries[1][1]), '', 0, '', granted} end
+  if now < tonumber(cfg.start_ms) then return {ANSWER.NOT_OPEN, 0, '', 0, '', granted} end
+  if now >= tonumber(cfg.end_ms) then return {ANSWER.CLOSED, 0, '', 0, '', granted} end
   local slot
   for _ = 1, 16 do
     slot = tonumber(redis.call('LPOP', KEYS[4]))
@@ -114,9 +110,9 @@ local function decide(user)
   if not slot then
     local next_slot = stride_slot(tonumber(redis.call('GET', KEYS[2])) or 0, shard, shards)
     if next_slot > limit then
-      local code = -5
-      if shards > 1 then code = -9 end
-      return {code, tonumber(cfg[4]), '', tonumber(cfg[11]) or 0, '', granted}
+      local code = ANSWER.SOLD_OUT
+      if shards > 1 then code = ANSWER.SHARD_EMPTY end
+      return {code, tonumber(cfg.end_ms), '', tonumber(cfg.holders_version) or 0, '', granted}
     end
     redis.call('INCR', KEYS[2])
     slot = next_slot
@@ -125,7 +121,7 @@ local function decide(user)
   store_entries(KEYS[3], user, entries)
   redis.call('ZADD', KEYS[5], now + lease, unwritten_member(slot, user))
   redis.call('INCR', KEYS[6])
-  return {1, slot, cfg[6], now + lease, cfg[13] or '', granted}
+  return {ANSWER.ISSUED, slot, cfg.topic, now + lease, cfg.incarnation or '', granted}
 end
 
 local answers = {}
@@ -133,8 +129,9 @@ for i = 1, n do answers[i] = decide(ARGV[4 + i]) end
 -- Kept as long as a delivery's lease, when the call issued, redelivered or confirmed a slot
 -- (any other answer, a resend finds the same): a resend comes within seconds. (cjson keeps
 -- 14 significant digits: millisecond times and slots are well within them.)
+local changed = {[ANSWER.ISSUED] = true, [ANSWER.DELIVER_AGAIN] = true, [ANSWER.CONFIRMED] = true}
 for i = 1, n do
-  if answers[i][1] > 0 then
+  if changed[answers[i][1]] then
     redis.call('SET', KEYS[9], cjson.encode(answers), 'PX', lease)
     break
   end

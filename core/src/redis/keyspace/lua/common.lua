@@ -1,5 +1,42 @@
 -- Helpers prepended to every script of the keyspace (see `keyspace::script`).
 
+-- Every script's answer codes, by name: one table for all of them, mirrored by
+-- `codes::Answer` in Rust (a test reads this table and compares). A code means the same in
+-- every script that gives it; each script's header says which it gives.
+local ANSWER = {
+  NOTHING = 0, -- nothing there, or nothing to do
+  DONE = 1, -- done: released, settled, granted, begun, written, finished, removed
+  ISSUED = 2, -- the gate issued a new slot to the user: deliver its record
+  DELIVER_AGAIN = 3, -- the user's earlier delivery never completed: deliver the same record again
+  CONFIRMED = 4, -- the user's coupon is written but was never confirmed to them: confirm it
+  CREATED = 5, -- a configuration written where there was none
+  UPDATED = 6,
+  UNCHANGED = 7,
+  CREATED_RECOVERING = 8, -- a lost configuration written back, marked recovering
+  VERIFIED = 9, -- the shard's state is verified on this server
+  TAKEN = 10, -- a grant its target took
+  REFUSED = 11, -- a grant its target refused for good
+  DELETED = -1, -- the event was deleted (its tombstone is there)
+  NOT_OPEN = -2,
+  CLOSED = -3,
+  HELD = -4, -- the user holds a slot already (or it is being delivered)
+  SOLD_OUT = -5,
+  RECOVERING = -6, -- being verified against SQL: nothing is decided
+  MISSING = -7, -- no configuration at all (never provisioned, or Redis lost it)
+  PAUSED = -8,
+  SHARD_EMPTY = -9, -- this shard has no stock left; others may
+  OTHER_LAYOUT = -10, -- the event's layout is not the caller's
+  TOO_EARLY = -11, -- a restore before the records issued before the loss can have arrived
+  BUSY = -12, -- another restore is under way
+  TAKEN_OVER = -13, -- the restore was taken over, or the server changed under it
+  LIMIT_BELOW_ROWS = -14, -- the limit is below the highest slot with a row
+  OTHER_INCARNATION = -15, -- the state belongs to another object of the event's name
+  STILL_OPEN = -16,
+  UNWRITTEN = -17, -- coupons not yet written
+  SHARDS_CHANGED = -18, -- the event exists with another number of shards
+  BELOW_ISSUED = -19, -- a new limit below a slot already handed out
+}
+
 -- Milliseconds of the Redis server's clock, so every process sees the same time.
 local function now_ms()
   local t = redis.call('TIME')
@@ -51,16 +88,30 @@ local function stride_slot(count, shard, shards)
   return count * shards + shard + 1
 end
 
--- The fencing check of a shard: if its state was last verified on another server, marks it
+-- Fields of a configuration hash, by name: `read_config(key, {'limit', 'topic'})` gives
+-- `.limit` and `.topic` (false when the field is absent, as HMGET answers).
+local function read_config(config, fields)
+  local values = redis.call('HMGET', config, unpack(fields))
+  local read = {}
+  for i, field in ipairs(fields) do read[field] = values[i] end
+  return read
+end
+
+-- Marks a shard recovering from now, on this server: nothing is decided from its state until
+-- the consumer has verified it against SQL (restored it).
+local function mark_recovering(config)
+  redis.call('HSET', config, 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server_id())
+end
+
+-- The fencing check of a shard, the one every script that decides from a shard's state runs
+-- (the gate, grants, `fence.lua`): if its state was last verified on another server, marks it
 -- recovering (a mark carried over from an earlier server starts its settle time again).
 -- `cfg_server`, `cfg_recovering`, `cfg_recovering_server`: the config's `server`, `recovering`
 -- and `recovering_server`. Answers true if the shard is recovering.
 local function fenced(config, cfg_server, cfg_recovering, cfg_recovering_server)
   local server = server_id()
   if cfg_server ~= server then
-    if cfg_recovering ~= '1' or cfg_recovering_server ~= server then
-      redis.call('HSET', config, 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server)
-    end
+    if cfg_recovering ~= '1' or cfg_recovering_server ~= server then mark_recovering(config) end
     return true
   end
   return cfg_recovering == '1'

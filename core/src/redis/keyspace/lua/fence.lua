@@ -2,19 +2,13 @@
 -- its state was last verified on another server (as `apply.lua` does), or, with ARGV[1] = '1',
 -- in any case (another shard of the event is recovering: they are restored together).
 -- KEYS: config.
--- Answers 1 if the event is (now) recovering, 0 if not, -1 if it has no configuration.
-local cfg = redis.call('HMGET', KEYS[1], 'limit', 'recovering', 'server', 'recovering_server')
-if not cfg[1] then return -1 end
-local server = server_id()
-if cfg[3] ~= server then
-  if cfg[2] ~= '1' or cfg[4] ~= server then
-    redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server)
-  end
-  return 1
-end
-if cfg[2] == '1' then return 1 end
+-- Answers RECOVERING if the shard is (now) recovering, VERIFIED if not, MISSING if it has no
+-- configuration.
+local cfg = read_config(KEYS[1], {'limit', 'recovering', 'server', 'recovering_server'})
+if not cfg.limit then return ANSWER.MISSING end
+if fenced(KEYS[1], cfg.server, cfg.recovering, cfg.recovering_server) then return ANSWER.RECOVERING end
 if ARGV[1] == '1' then
-  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server)
-  return 1
+  mark_recovering(KEYS[1])
+  return ANSWER.RECOVERING
 end
-return 0
+return ANSWER.VERIFIED

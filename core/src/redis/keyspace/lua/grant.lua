@@ -11,17 +11,20 @@
 -- the target takes it only in the same epoch, so a grant made before a restore (or before
 -- the event was deleted and created again) can never add stock afterwards.
 -- A repeated call with the same id (a client that resent it) answers the recorded grant.
--- Answers {1, epoch, slots...} granted, {0} nothing to give, {-6} recovering, {-10} another layout.
-local cfg = redis.call('HMGET', KEYS[1], 'limit', 'server', 'recovering', 'recovering_server', 'shards', 'shard', 'epoch')
-local limit = tonumber(cfg[1])
-if not limit then return {0} end
+-- Answers {DONE, epoch, slots...} granted, {NOTHING} nothing to give, {RECOVERING},
+-- {OTHER_LAYOUT}.
+local cfg = read_config(KEYS[1], {
+  'limit', 'server', 'recovering', 'recovering_server', 'shards', 'shard', 'epoch',
+})
+local limit = tonumber(cfg.limit)
+if not limit then return {ANSWER.NOTHING} end
 local shard, shards = tonumber(ARGV[5]), tonumber(ARGV[6])
-if (tonumber(cfg[5]) or 1) ~= shards or (tonumber(cfg[6]) or 0) ~= shard then return {-10} end
-if fenced(KEYS[1], cfg[2], cfg[3], cfg[4]) then return {-6} end
-local epoch = tonumber(cfg[7]) or 0
+if (tonumber(cfg.shards) or 1) ~= shards or (tonumber(cfg.shard) or 0) ~= shard then return {ANSWER.OTHER_LAYOUT} end
+if fenced(KEYS[1], cfg.server, cfg.recovering, cfg.recovering_server) then return {ANSWER.RECOVERING} end
+local epoch = tonumber(cfg.epoch) or 0
 local recorded = redis.call('HGET', KEYS[4], ARGV[1])
 if recorded then
-  local answer = {1, epoch}
+  local answer = {ANSWER.DONE, epoch}
   local first = true
   for slot in string.gmatch(recorded, '%d+') do
     if first then first = false else answer[#answer + 1] = tonumber(slot) end
@@ -44,9 +47,9 @@ while #slots < wanted do
   slots[#slots + 1] = slot
 end
 if taken > 0 then redis.call('INCRBY', KEYS[2], taken) end
-if #slots == 0 then return {0} end
+if #slots == 0 then return {ANSWER.NOTHING} end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. ' ' .. table.concat(slots, ' '))
 redis.call('ZADD', KEYS[5], now_ms() + tonumber(ARGV[4]), ARGV[1])
-local answer = {1, epoch}
+local answer = {ANSWER.DONE, epoch}
 for i, slot in ipairs(slots) do answer[i + 2] = slot end
 return answer

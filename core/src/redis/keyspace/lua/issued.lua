@@ -1,11 +1,11 @@
 -- Whether users hold slots, for the consumer's check of records that would add slot rows.
 -- Reads only (sent with EVAL_RO, so a master that pauses writes still answers).
 -- KEYS: config, users (of the users' home shard). ARGV: user, slot, user, slot, ...
--- Answers -1 when this shard cannot tell (no configuration, recovering, or its state was
--- last verified on another server: a restart or a failover, which the gate will fence),
+-- Answers RECOVERING when this shard cannot tell (no configuration, recovering, or its state
+-- was last verified on another server: a restart or a failover, which the gate will fence),
 -- else one 1 or 0 per pair: whether the user holds that slot.
-local cfg = redis.call('HMGET', KEYS[1], 'limit', 'recovering', 'server')
-if not cfg[1] or cfg[2] == '1' or cfg[3] ~= server_id() then return -1 end
+local cfg = read_config(KEYS[1], {'limit', 'recovering', 'server'})
+if not cfg.limit or cfg.recovering == '1' or cfg.server ~= server_id() then return ANSWER.RECOVERING end
 local answers = {}
 for i = 1, #ARGV, 2 do
   local held = 0

@@ -2,11 +2,12 @@
 -- KEYS: config, count. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing, paused,
 -- incarnation ('' for none), shard, shards, epoch (written when the shard is created: the same
 -- for every shard of an event, see `grant.lua`).
--- Answers {code, recovering}: code 0 created, 1 updated, 2 unchanged, 3 created recovering,
--- 4 the configuration belongs to another incarnation (another object of the same name: nothing
--- is written), 5 the event exists with another number of shards (nothing is written), or
--- -slot when the new limit is below the highest slot this shard's counter handed out (nothing
--- is written then); recovering is 1 while the shard is marked recovering.
+-- Answers {code, recovering, highest}: CREATED, UPDATED, UNCHANGED, CREATED_RECOVERING,
+-- OTHER_INCARNATION (the configuration belongs to another object of the same name: nothing is
+-- written), SHARDS_CHANGED (the event exists with another number of shards: nothing is
+-- written), or BELOW_ISSUED when the new limit is below the highest slot this shard's counter
+-- handed out (`highest`; nothing is written then); recovering is 1 while the shard is marked
+-- recovering.
 -- The incarnation is written when the event is created and never changed: it is part of the
 -- key every record and row of the event carries. A configuration without one (made before
 -- incarnations existed, or by the CLI) is kept as it is.
@@ -14,44 +15,45 @@
 -- would hide a server that went back in time from the gate's fencing check. A configuration
 -- written before fencing existed (and its users in the old layout) is verified against SQL
 -- like a server change: it is marked recovering.
-local old = redis.call('HMGET', KEYS[1], 'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted', 'paused',
-  'incarnation', 'shards')
-if old[8] == '1' then
+local old = read_config(KEYS[1], {
+  'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted', 'paused', 'incarnation', 'shards',
+})
+if old.deleted == '1' then
   -- The tombstone of a deleted event: the name is free again.
   redis.call('DEL', KEYS[1])
-  old = {false, false, false, false, false, false, false, false, false, false, false}
+  old = {}
 end
-if old[1] and old[10] and old[10] ~= ARGV[8] then return {4, 0} end
+if old.limit and old.incarnation and old.incarnation ~= ARGV[8] then return {ANSWER.OTHER_INCARNATION, 0} end
 local shard, shards = tonumber(ARGV[9]), tonumber(ARGV[10])
-if old[1] and (tonumber(old[11]) or 1) ~= shards then return {5, 0} end
+if old.limit and (tonumber(old.shards) or 1) ~= shards then return {ANSWER.SHARDS_CHANGED, 0} end
 local count = tonumber(redis.call('GET', KEYS[2])) or 0
 if count > 0 then
   local highest = stride_slot(count - 1, shard, shards)
-  if tonumber(ARGV[1]) < highest then return {-highest, 0} end
+  if tonumber(ARGV[1]) < highest then return {ANSWER.BELOW_ISSUED, 0, highest} end
 end
 local recovering = 0
-if old[6] == '1' then recovering = 1 end
-if old[1] and not old[7] and old[6] ~= '1' then
-  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server_id())
+if old.recovering == '1' then recovering = 1 end
+if old.limit and not old.server and old.recovering ~= '1' then
+  mark_recovering(KEYS[1])
   recovering = 1
 end
-if old[1] == ARGV[1] and old[2] == ARGV[2] and old[3] == ARGV[3] and old[4] == ARGV[4] and old[5] == ARGV[5]
-  and (old[9] or '0') == ARGV[7] then
-  return {2, recovering}
+if old.limit == ARGV[1] and old.per_user == ARGV[2] and old.start_ms == ARGV[3] and old.end_ms == ARGV[4] and old.topic == ARGV[5]
+  and (old.paused or '0') == ARGV[7] then
+  return {ANSWER.UNCHANGED, recovering}
 end
 redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5], 'paused', ARGV[7])
 -- A new limit can reopen an event seen sold out: an api's snapshot of its holders must not
 -- outlive it (`holders_version` counts every change of who may hold a slot).
-if old[1] and old[1] ~= ARGV[1] then redis.call('HINCRBY', KEYS[1], 'holders_version', 1) end
-if old[1] then return {1, recovering} end
+if old.limit and old.limit ~= ARGV[1] then redis.call('HINCRBY', KEYS[1], 'holders_version', 1) end
+if old.limit then return {ANSWER.UPDATED, recovering} end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'incarnation', ARGV[8]) end
 redis.call('HSET', KEYS[1], 'shards', shards, 'shard', shard, 'epoch', ARGV[11])
 -- A new event's holders are versioned from the creation time, so an api's snapshot of the
 -- holders of an earlier event of the same name (deleted, then created again) never matches.
 redis.call('HSET', KEYS[1], 'holders_version', now_ms())
 if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[1], 'recovering', '1', 'recovering_since_ms', now_ms(), 'recovering_server', server_id())
-  return {3, 1}
+  mark_recovering(KEYS[1])
+  return {ANSWER.CREATED_RECOVERING, 1}
 end
 redis.call('HSET', KEYS[1], 'server', server_id())
-return {0, 0}
+return {ANSWER.CREATED, 0}

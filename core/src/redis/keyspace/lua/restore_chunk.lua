@@ -2,10 +2,11 @@
 -- persisted, held. ARGV: token, chunk number (1, 2, ... per shard and restore: a chunk sent
 -- again by a client that resent it is not written twice), n, then n pairs user, slot (rows),
 -- then free slots.
--- Answers 1 written, -1 the restore was taken over or the server changed (nothing written).
-local m = redis.call('HMGET', KEYS[1], 'recovering', 'restoring', 'restore_server', 'restore_chunk')
-if m[1] ~= '1' or m[2] ~= ARGV[1] or m[3] ~= server_id() then return -1 end
-if tonumber(ARGV[2]) <= (tonumber(m[4]) or 0) then return 1 end
+-- Answers DONE (written) or TAKEN_OVER (the restore was taken over or the server changed:
+-- nothing written).
+local m = read_config(KEYS[1], {'recovering', 'restoring', 'restore_server', 'restore_chunk'})
+if m.recovering ~= '1' or m.restoring ~= ARGV[1] or m.restore_server ~= server_id() then return ANSWER.TAKEN_OVER end
+if tonumber(ARGV[2]) <= (tonumber(m.restore_chunk) or 0) then return ANSWER.DONE end
 redis.call('HSET', KEYS[1], 'restore_chunk', ARGV[2])
 table.remove(ARGV, 2)
 redis.call('HSET', KEYS[1], 'restore_beat_ms', now_ms())
@@ -25,4 +26,4 @@ end
 if #ARGV > 2 + 2 * n then
   redis.call('RPUSH', KEYS[3], unpack(ARGV, 3 + 2 * n))
 end
-return 1
+return ANSWER.DONE

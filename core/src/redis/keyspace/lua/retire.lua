@@ -4,25 +4,25 @@
 -- `check_only` first; the window is over, so no shard issues anything new meanwhile).
 -- KEYS: config, count, users, free, unwritten, persisted, healed, held, and the grant keys.
 -- ARGV: the incarnation expected ('' for none), tombstone_ttl_s (0: no tombstone), check_only.
--- Answers 1 removed, 0 nothing there, -1 another incarnation, -2 recovering, -3 still open,
--- -4 coupons not yet written.
-local cfg = redis.call('HMGET', KEYS[1], 'limit', 'incarnation', 'recovering', 'end_ms', 'shards')
-if not cfg[1] then return 0 end
-if (cfg[2] or '') ~= ARGV[1] then return -1 end
-if cfg[3] == '1' then return -2 end
-if now_ms() < tonumber(cfg[4]) then return -3 end
+-- Answers DONE (removed, or removable with check_only), NOTHING (nothing there),
+-- OTHER_INCARNATION, RECOVERING, STILL_OPEN, UNWRITTEN (coupons not yet written).
+local cfg = read_config(KEYS[1], {'limit', 'incarnation', 'recovering', 'end_ms', 'shards'})
+if not cfg.limit then return ANSWER.NOTHING end
+if (cfg.incarnation or '') ~= ARGV[1] then return ANSWER.OTHER_INCARNATION end
+if cfg.recovering == '1' then return ANSWER.RECOVERING end
+if now_ms() < tonumber(cfg.end_ms) then return ANSWER.STILL_OPEN end
 local issued
-if (tonumber(cfg[5]) or 1) > 1 then
+if (tonumber(cfg.shards) or 1) > 1 then
   issued = tonumber(redis.call('GET', KEYS[8])) or 0
 else
   issued = (tonumber(redis.call('GET', KEYS[2])) or 0) - redis.call('LLEN', KEYS[4])
 end
 local persisted = tonumber(redis.call('GET', KEYS[6])) or 0
-if redis.call('ZCARD', KEYS[5]) > 0 or persisted < issued then return -4 end
-if ARGV[3] == '1' then return 1 end
+if redis.call('ZCARD', KEYS[5]) > 0 or persisted < issued then return ANSWER.UNWRITTEN end
+if ARGV[3] == '1' then return ANSWER.DONE end
 redis.call('UNLINK', unpack(KEYS))
 if tonumber(ARGV[2]) > 0 then
   redis.call('HSET', KEYS[1], 'deleted', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
-return 1
+return ANSWER.DONE

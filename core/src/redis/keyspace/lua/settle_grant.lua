@@ -3,9 +3,10 @@
 -- for good (`close_grant.lua`: its slots come back to this shard's free list, and
 -- `holders_version` counts it: an event seen sold out may sell again, and an api's snapshot
 -- of its holders must not outlive that).
--- Answers 1 settled, 0 no such grant (settled already, or a restore rebuilt the stock).
+-- Answers DONE (settled) or NOTHING (no such grant: settled already, or a restore rebuilt the
+-- stock).
 local record = redis.call('HGET', KEYS[1], ARGV[1])
-if not record then return 0 end
+if not record then return ANSWER.NOTHING end
 if ARGV[2] == 'r' then
   local slots = {}
   for slot in string.gmatch(record, '%d+') do slots[#slots + 1] = slot end
@@ -17,4 +18,4 @@ if ARGV[2] == 'r' then
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
+return ANSWER.DONE

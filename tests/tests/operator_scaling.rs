@@ -103,9 +103,14 @@ async fn two_hundred_events_opening_together_on_a_slow_control_plane_are_all_sca
         crossing.elapsed()
     );
     assert!(all_scaled < start, "every api scaled before the start ({all_scaled} vs {start})");
-    let warming: usize =
-        cluster.list::<CouponEvent>().await.iter().filter(|e| e.status.as_ref().is_some_and(|s| s.phase == Phase::WarmingUp)).count();
-    assert_eq!(warming, EVENTS, "every event reports its warm-up");
+    // The status follows the scaling (scale first, then provision and report): every event
+    // reports its warm-up within a few seconds, well before its start.
+    wait_until("every event reports its warm-up", Duration::from_secs(10), || async move {
+        let events = cluster_ref.list::<CouponEvent>().await;
+        let warming = events.iter().filter(|e| e.status.as_ref().is_some_and(|s| s.phase == Phase::WarmingUp)).count();
+        (warming == EVENTS).then_some(())
+    })
+    .await;
     assert_nothing_refused(&cluster);
     operator.kill(&cluster);
 }

@@ -3,7 +3,7 @@
 use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{register, script, Answer, EventLayout};
+use super::{contract, register, Answer, EventLayout};
 use crate::event::{EventConfig, EventId};
 
 /// What writing the configuration did.
@@ -77,9 +77,8 @@ pub async fn write_config(
     let mut home = ConfigWrite::Unchanged;
     for shard in layout.shards().rev() {
         let keys = layout.keys(shard);
-        let answer: Vec<i64> = script!("provision")
-            .key(&keys.config)
-            .key(&keys.count)
+        let answer: Vec<i64> = contract::PROVISION
+            .invocation(keys, &[])
             .arg(config.limit)
             .arg(config.per_user)
             .arg(config.start.timestamp_millis())

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{script, Answer, EventLayout};
+use super::{contract, Answer, EventLayout};
 
 /// The gate's decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,21 +140,9 @@ pub async fn apply_many(
         return Ok((Vec::new(), false));
     }
     let keys = layout.keys(shard);
-    let mut invocation = script!("apply").prepare_invoke();
-    invocation
-        .key(&keys.config)
-        .key(&keys.count)
-        .key(&keys.users)
-        .key(&keys.free)
-        .key(&keys.unwritten)
-        .key(&keys.held)
-        .key(&keys.accepted)
-        .key(&keys.refused)
-        .key(keys.gate_call(call_id))
-        .arg(lease.as_millis() as u64)
-        .arg(shard)
-        .arg(layout.shard_count())
-        .arg(users.len());
+    let call = keys.gate_call(call_id);
+    let mut invocation = contract::APPLY.invocation(keys, &[("call", call.as_str())]);
+    invocation.arg(lease.as_millis() as u64).arg(shard).arg(layout.shard_count()).arg(users.len());
     for user in users {
         invocation.arg(*user);
     }
@@ -194,8 +182,7 @@ pub async fn ack(conn: &mut RedisConnection, layout: &EventLayout, shard: u16, a
     if acks.is_empty() {
         return Ok(0);
     }
-    let mut invocation = script!("ack").prepare_invoke();
-    invocation.key(&layout.keys(shard).users);
+    let mut invocation = contract::ACK.invocation(layout.keys(shard), &[]);
     for (user, slot) in acks {
         invocation.arg(user).arg(slot);
     }
@@ -209,17 +196,8 @@ pub async fn ack(conn: &mut RedisConnection, layout: &EventLayout, shard: u16, a
 /// released (to the user's home shard's stock).
 pub async fn release(conn: &mut RedisConnection, layout: &EventLayout, user_id: &str, slot: i64, deadline_ms: i64) -> RedisResult<bool> {
     let keys = layout.user_keys(user_id).1;
-    let removed: i64 = script!("release")
-        .key(&keys.users)
-        .key(&keys.free)
-        .key(&keys.unwritten)
-        .key(&keys.config)
-        .key(&keys.held)
-        .arg(user_id)
-        .arg(slot)
-        .arg(deadline_ms)
-        .invoke_async(conn)
-        .await?;
+    let removed: i64 =
+        contract::RELEASE.invocation(keys, &[]).arg(user_id).arg(slot).arg(deadline_ms).invoke_async(conn).await?;
     Ok(Answer::of("release", removed)? == Answer::Done)
 }
 

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::{field, script, Answer, EventLayout, Grant};
+use super::{contract, field, Answer, EventLayout, Grant};
 use crate::redis::RedisConnection;
 
 /// What a shard could give, and what it holds.
@@ -79,12 +79,8 @@ pub async fn grant(
     id: &str,
 ) -> redis::RedisResult<Option<Grant>> {
     let keys = layout.keys(source);
-    let answer: Vec<i64> = script!("grant")
-        .key(&keys.config)
-        .key(&keys.count)
-        .key(&keys.free)
-        .key(&keys.grants)
-        .key(&keys.grant_deadlines)
+    let answer: Vec<i64> = contract::GRANT
+        .invocation(keys, &[])
         .arg(id)
         .arg(target)
         .arg(wanted)
@@ -124,11 +120,8 @@ pub async fn settle_grant(
     verdict: GrantVerdict,
 ) -> redis::RedisResult<bool> {
     let keys = layout.keys(source);
-    let settled: i64 = script!("settle_grant")
-        .key(&keys.grants)
-        .key(&keys.grant_deadlines)
-        .key(&keys.free)
-        .key(&keys.config)
+    let settled: i64 = contract::SETTLE_GRANT
+        .invocation(keys, &[])
         .arg(id)
         .arg(match verdict {
             GrantVerdict::Taken => "a",
@@ -149,7 +142,7 @@ pub async fn close_grant(
     id: &str,
 ) -> redis::RedisResult<Option<GrantVerdict>> {
     let keys = layout.keys(target);
-    let taken: i64 = script!("close_grant").key(&keys.accepted).key(&keys.refused).key(&keys.config).arg(id).invoke_async(conn).await?;
+    let taken: i64 = contract::CLOSE_GRANT.invocation(keys, &[]).arg(id).invoke_async(conn).await?;
     Ok(match Answer::of("close_grant", taken)? {
         Answer::Taken => Some(GrantVerdict::Taken),
         Answer::Refused => Some(GrantVerdict::Refused),

@@ -5,7 +5,7 @@
 use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{script, EventLayout};
+use super::{contract, EventLayout};
 use crate::event::EventKey;
 
 /// Marks the entries of rows the consumer wrote (one call per shard of the event and batch),
@@ -19,8 +19,7 @@ pub async fn mark_written(conn: &mut RedisConnection, key: &EventKey, layout: &E
             continue;
         }
         let keys = layout.keys(shard);
-        let mut invocation = script!("written").prepare_invoke();
-        invocation.key(&keys.users).key(&keys.unwritten).key(&keys.persisted).key(&keys.config);
+        let mut invocation = contract::WRITTEN.invocation(keys, &[]);
         invocation.arg(key.incarnation().unwrap_or_default());
         for (user, slot) in mine {
             invocation.arg(*user).arg(*slot);
@@ -88,16 +87,8 @@ pub async fn heal(
         return Ok(Healed::default());
     }
     let keys = layout.keys(shard);
-    let mut invocation = script!("heal").prepare_invoke();
-    invocation
-        .key(&keys.users)
-        .key(&keys.free)
-        .key(&keys.unwritten)
-        .key(&keys.persisted)
-        .key(&keys.healed)
-        .key(&keys.config)
-        .key(&keys.held)
-        .arg(cutoff_ms);
+    let mut invocation = contract::HEAL.invocation(keys, &[]);
+    invocation.arg(cutoff_ms);
     for (entry, verdict) in verdicts {
         let code = match verdict {
             HealVerdict::Written => "w",

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use redis::RedisResult;
 
-use super::{script_source, EventLayout};
+use super::{contract, script_source, EventLayout};
 use crate::redis::RedisConnection;
 
 /// For each `(user, slot)`, whether the user holds that slot in Redis; `None` when Redis
@@ -28,7 +28,10 @@ pub async fn issued_to(conn: &mut RedisConnection, layout: &EventLayout, coupons
     for (shard, indices) in by_home {
         let keys = layout.keys(shard);
         let mut call = redis::cmd("EVAL_RO");
-        call.arg(script_source!("issued")).arg(2).arg(&keys.config).arg(&keys.users);
+        call.arg(script_source!("issued")).arg(contract::ISSUED.keys.len());
+        for name in contract::ISSUED.keys {
+            call.arg(keys.named(name));
+        }
         for index in &indices {
             call.arg(coupons[*index].0).arg(coupons[*index].1);
         }

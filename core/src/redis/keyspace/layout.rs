@@ -76,6 +76,26 @@ impl EventKeys {
         Self::with_tag(&event.to_string())
     }
 
+    /// The key a script names `name` (`contract.rs`); a name no shard key has is a bug in a
+    /// contract, which its test catches.
+    pub fn named(&self, name: &str) -> &str {
+        match name {
+            "config" => &self.config,
+            "count" => &self.count,
+            "users" => &self.users,
+            "free" => &self.free,
+            "unwritten" => &self.unwritten,
+            "persisted" => &self.persisted,
+            "healed" => &self.healed,
+            "held" => &self.held,
+            "grants" => &self.grants,
+            "grant_deadlines" => &self.grant_deadlines,
+            "accepted" => &self.accepted,
+            "refused" => &self.refused,
+            other => panic!("no shard key is named {other}"),
+        }
+    }
+
     pub fn all(&self) -> [&str; 12] {
         [
             &self.config,

@@ -31,14 +31,16 @@
 //!
 //! Every script is `lua/common.lua` followed by its own file (`script!`). The common part holds
 //! what every script shares: the answer codes (`ANSWER`, mirrored by `codes::Answer`), reading
-//! configuration fields by name (`read_config`), and fencing (`fenced`, `mark_recovering`),
-//! written once. Prepended rather than loaded as Redis Functions: `EVALSHA` with the source
+//! KEYS and ARGV by name (`named`; each script's names and their order are `contract.rs`'s, which
+//! its callers build the KEYS from) and configuration fields by name (`read_config`), and
+//! fencing (`fenced`, `mark_recovering`), written once. Prepended rather than loaded as Redis Functions: `EVALSHA` with the source
 //! sent again on `NOSCRIPT` needs nothing loaded on a master beforehand, which a restarted,
 //! promoted or new master of a cluster would otherwise lack until someone loaded it there.
 //! Each script runs alone against a real Redis in `core/tests/scripts`, one case per answer.
 
 mod codes;
 mod config;
+mod contract;
 mod counters;
 mod eviction;
 mod gate;

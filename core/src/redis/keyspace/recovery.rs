@@ -11,14 +11,15 @@
 use crate::redis::RedisConnection;
 use redis::RedisResult;
 
-use super::{script, Answer, EventLayout};
+use super::{contract, Answer, EventLayout};
 
 /// Runs the gate's fencing check on one shard, for events nobody applies to; with `force`,
 /// marks it recovering in any case (another shard is: shards are restored together).
 /// Returns `Some(true)` if the shard is recovering (perhaps marked just now), `None` if it
 /// has no configuration.
 pub async fn fence(conn: &mut RedisConnection, layout: &EventLayout, shard: u16, force: bool) -> RedisResult<Option<bool>> {
-    let answer: i64 = script!("fence").key(&layout.keys(shard).config).arg(if force { "1" } else { "0" }).invoke_async(conn).await?;
+    let answer: i64 =
+        contract::FENCE.invocation(layout.keys(shard), &[]).arg(if force { "1" } else { "0" }).invoke_async(conn).await?;
     Ok(match Answer::of("fence", answer)? {
         Answer::Missing => None,
         Answer::Recovering => Some(true),
@@ -61,18 +62,8 @@ pub async fn restore_begin(
     epoch: i64,
 ) -> RedisResult<RestoreStep> {
     let keys = layout.keys(shard);
-    let answer: i64 = script!("restore_begin")
-        .key(&keys.config)
-        .key(&keys.count)
-        .key(&keys.users)
-        .key(&keys.free)
-        .key(&keys.unwritten)
-        .key(&keys.persisted)
-        .key(&keys.held)
-        .key(&keys.grants)
-        .key(&keys.grant_deadlines)
-        .key(&keys.accepted)
-        .key(&keys.refused)
+    let answer: i64 = contract::RESTORE_BEGIN
+        .invocation(keys, &[])
         .arg(not_after_ms)
         .arg(token)
         .arg(owner)
@@ -101,16 +92,8 @@ pub async fn restore_chunk(
     free: &[i64],
 ) -> RedisResult<RestoreStep> {
     let keys = layout.keys(shard);
-    let mut invocation = script!("restore_chunk").prepare_invoke();
-    invocation
-        .key(&keys.config)
-        .key(&keys.users)
-        .key(&keys.free)
-        .key(&keys.persisted)
-        .key(&keys.held)
-        .arg(token)
-        .arg(chunk)
-        .arg(rows.len());
+    let mut invocation = contract::RESTORE_CHUNK.invocation(keys, &[]);
+    invocation.arg(token).arg(chunk).arg(rows.len());
     for (user, slot) in rows {
         invocation.arg(user).arg(*slot);
     }
@@ -136,8 +119,13 @@ pub async fn restore_finish(
     highest: i64,
 ) -> RedisResult<RestoreStep> {
     let keys = layout.keys(shard);
-    let answer: i64 =
-        script!("restore_finish").key(&keys.config).key(&keys.count).arg(token).arg(count).arg(highest).invoke_async(conn).await?;
+    let answer: i64 = contract::RESTORE_FINISH
+        .invocation(keys, &[])
+        .arg(token)
+        .arg(count)
+        .arg(highest)
+        .invoke_async(conn)
+        .await?;
     Ok(match Answer::of("restore_finish", answer)? {
         Answer::Done => RestoreStep::Done,
         Answer::LimitBelowRows => RestoreStep::LimitBelowRows,

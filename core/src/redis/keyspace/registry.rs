@@ -6,7 +6,7 @@ use redis::RedisResult;
 use crate::event::EventId;
 use crate::redis::RedisConnection;
 
-use super::{field, layout, presence, script, Answer, EventKeys, EventLayout, EventPresence, EVENTS, TOMBSTONE_TTL_SECS};
+use super::{contract, field, layout, presence, Answer, EventKeys, EventLayout, EventPresence, EVENTS, TOMBSTONE_TTL_SECS};
 
 /// Lists the event among the provisioned ones (done by every configuration write).
 pub(crate) async fn register(conn: &mut RedisConnection, event: &EventId) -> RedisResult<()> {
@@ -33,10 +33,7 @@ pub async fn delete_event(conn: &mut RedisConnection, event: &EventId) -> RedisR
     let layout = layout(conn, event).await?.unwrap_or_else(|| EventLayout::single(event));
     let mut existed = 0;
     for shard in layout.shards().rev() {
-        let mut invocation = script!("delete").prepare_invoke();
-        for key in layout.keys(shard).all() {
-            invocation.key(key);
-        }
+        let mut invocation = contract::DELETE.invocation(layout.keys(shard), &[]);
         let ttl = if shard == 0 { TOMBSTONE_TTL_SECS } else { 0 };
         let removed: i64 = invocation.arg(ttl).invoke_async(&mut *conn).await?;
         existed += removed;
@@ -59,10 +56,7 @@ pub async fn tombstone_ttl(conn: &mut RedisConnection, event: &EventId) -> Redis
 /// (fault tests only).
 #[doc(hidden)]
 pub async fn delete_event_shard_for_tests(conn: &mut RedisConnection, layout: &EventLayout, shard: u16) -> RedisResult<i64> {
-    let mut invocation = script!("delete").prepare_invoke();
-    for key in layout.keys(shard).all() {
-        invocation.key(key);
-    }
+    let mut invocation = contract::DELETE.invocation(layout.keys(shard), &[]);
     invocation.arg(0).invoke_async(&mut *conn).await
 }
 
@@ -91,10 +85,7 @@ pub enum Retirement {
 pub async fn retire_event(conn: &mut RedisConnection, event: &EventId, incarnation: Option<&str>) -> RedisResult<Retirement> {
     let layout = layout(conn, event).await?.unwrap_or_else(|| EventLayout::single(event));
     let retire = |shard: u16, check_only: bool| {
-        let mut invocation = script!("retire").prepare_invoke();
-        for key in layout.keys(shard).all() {
-            invocation.key(key);
-        }
+        let mut invocation = contract::RETIRE.invocation(layout.keys(shard), &[]);
         let ttl = if shard == 0 { TOMBSTONE_TTL_SECS } else { 0 };
         invocation.arg(incarnation.unwrap_or_default()).arg(ttl).arg(if check_only { "1" } else { "0" });
         invocation

@@ -31,11 +31,15 @@
 -- checked before INCR. With one shard this is `count < limit`, as it always was.
 -- What holds for the whole shard (configuration, layout, fencing, pause, a grant) is read
 -- once per call: a batch of users pays it once.
-local n = tonumber(ARGV[4]) or 0
+local K = named(KEYS, {
+  'config', 'count', 'users', 'free', 'unwritten', 'held', 'accepted', 'refused', 'call',
+})
+local A = named(ARGV, {'lease_ms', 'shard', 'shards', 'n'})
+local n = tonumber(A.n) or 0
 -- A resent call (the cluster client sends a command again after a lost connection, and its
 -- first run may have happened) answers what the first run answered: its users were issued
 -- their slots then, and must be told so, not that they hold them already.
-local done = redis.call('GET', KEYS[9])
+local done = redis.call('GET', K.call)
 if done then return cjson.decode(done) end
 -- The same answer for every user of the call.
 local function all(code, slot, deadline, granted)
@@ -43,7 +47,7 @@ local function all(code, slot, deadline, granted)
   for i = 1, n do answers[i] = {code, slot or 0, '', deadline or 0, '', granted or 0} end
   return answers
 end
-local cfg = read_config(KEYS[1], {
+local cfg = read_config(K.config, {
   'limit', 'per_user', 'start_ms', 'end_ms', 'recovering', 'topic', 'server', 'deleted', 'recovering_server',
   'lease_ms', 'holders_version', 'paused', 'incarnation', 'shards', 'shard', 'epoch',
 })
@@ -52,27 +56,27 @@ if not limit then
   if cfg.deleted == '1' then return all(ANSWER.DELETED) end
   return all(ANSWER.MISSING)
 end
-local shard, shards = tonumber(ARGV[2]) or 0, tonumber(ARGV[3]) or 1
+local shard, shards = tonumber(A.shard) or 0, tonumber(A.shards) or 1
 if (tonumber(cfg.shards) or 1) ~= shards or (tonumber(cfg.shard) or 0) ~= shard then return all(ANSWER.OTHER_LAYOUT) end
-local lease = tonumber(ARGV[1])
+local lease = tonumber(A.lease_ms)
 -- The longest lease any api uses: a restore waits at least this long after its mark. Raised
 -- before any answer, recovering included: a configuration written back after Redis lost it
 -- starts without it, and an api still holding a produce from before must keep the restore
 -- waiting.
-if (tonumber(cfg.lease_ms) or 0) < lease then redis.call('HSET', KEYS[1], 'lease_ms', lease) end
+if (tonumber(cfg.lease_ms) or 0) < lease then redis.call('HSET', K.config, 'lease_ms', lease) end
 local now = now_ms()
 -- Fencing (`fenced`): the state was last verified on another server (a restart, a failover,
 -- a restored snapshot). It may have lost acknowledged writes, so nothing is decided until the
 -- consumer has verified it against SQL and the topic.
-if fenced(KEYS[1], cfg.server, cfg.recovering, cfg.recovering_server) then return all(ANSWER.RECOVERING) end
+if fenced(K.config, cfg.server, cfg.recovering, cfg.recovering_server) then return all(ANSWER.RECOVERING) end
 -- A grant is taken only by a verified, open shard (a restore rebuilds every shard's stock
 -- from SQL, so slots granted before it must not come back) and only once.
 local granted = 0
 local grant = 5 + n
 if ARGV[grant] and (tonumber(cfg.epoch) or 0) == tonumber(ARGV[grant + 1]) then
-  if redis.call('SISMEMBER', KEYS[8], ARGV[grant]) == 0 then
-    if redis.call('SADD', KEYS[7], ARGV[grant]) == 1 and #ARGV > grant + 1 then
-      redis.call('RPUSH', KEYS[4], unpack(ARGV, grant + 2))
+  if redis.call('SISMEMBER', K.refused, ARGV[grant]) == 0 then
+    if redis.call('SADD', K.accepted, ARGV[grant]) == 1 and #ARGV > grant + 1 then
+      redis.call('RPUSH', K.free, unpack(ARGV, grant + 2))
     end
     granted = 1
   end
@@ -82,19 +86,19 @@ local per_user = tonumber(cfg.per_user) or 1
 
 -- One user's decision.
 local function decide(user)
-  local entries = parse_entries(redis.call('HGET', KEYS[3], user))
+  local entries = parse_entries(redis.call('HGET', K.users, user))
   -- The user's own entries first: a coupon issued in the window stays theirs after it.
   for _, e in ipairs(entries) do
     if e[2] == 'x' then
       e[2] = 'w'
-      store_entries(KEYS[3], user, entries)
+      store_entries(K.users, user, entries)
       return {ANSWER.CONFIRMED, tonumber(e[1]), cfg.topic, 0, '', granted}
     end
     if e[2] == 'p' then
       local member = unwritten_member(e[1], user)
-      local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member)) or 0
+      local deadline = tonumber(redis.call('ZSCORE', K.unwritten, member)) or 0
       if deadline > now then return {ANSWER.HELD, tonumber(e[1]), '', 0, '', granted} end
-      redis.call('ZADD', KEYS[5], now + lease, member)
+      redis.call('ZADD', K.unwritten, now + lease, member)
       return {ANSWER.DELIVER_AGAIN, tonumber(e[1]), cfg.topic, now + lease, cfg.incarnation or '', granted}
     end
   end
@@ -103,24 +107,24 @@ local function decide(user)
   if now >= tonumber(cfg.end_ms) then return {ANSWER.CLOSED, 0, '', 0, '', granted} end
   local slot
   for _ = 1, 16 do
-    slot = tonumber(redis.call('LPOP', KEYS[4]))
+    slot = tonumber(redis.call('LPOP', K.free))
     if not slot or slot <= limit then break end
     slot = nil -- above a limit lowered since it was given back: dropped
   end
   if not slot then
-    local next_slot = stride_slot(tonumber(redis.call('GET', KEYS[2])) or 0, shard, shards)
+    local next_slot = stride_slot(tonumber(redis.call('GET', K.count)) or 0, shard, shards)
     if next_slot > limit then
       local code = ANSWER.SOLD_OUT
       if shards > 1 then code = ANSWER.SHARD_EMPTY end
       return {code, tonumber(cfg.end_ms), '', tonumber(cfg.holders_version) or 0, '', granted}
     end
-    redis.call('INCR', KEYS[2])
+    redis.call('INCR', K.count)
     slot = next_slot
   end
   entries[#entries + 1] = {tostring(slot), 'p'}
-  store_entries(KEYS[3], user, entries)
-  redis.call('ZADD', KEYS[5], now + lease, unwritten_member(slot, user))
-  redis.call('INCR', KEYS[6])
+  store_entries(K.users, user, entries)
+  redis.call('ZADD', K.unwritten, now + lease, unwritten_member(slot, user))
+  redis.call('INCR', K.held)
   return {ANSWER.ISSUED, slot, cfg.topic, now + lease, cfg.incarnation or '', granted}
 end
 
@@ -132,7 +136,7 @@ for i = 1, n do answers[i] = decide(ARGV[4 + i]) end
 local changed = {[ANSWER.ISSUED] = true, [ANSWER.DELIVER_AGAIN] = true, [ANSWER.CONFIRMED] = true}
 for i = 1, n do
   if changed[answers[i][1]] then
-    redis.call('SET', KEYS[9], cjson.encode(answers), 'PX', lease)
+    redis.call('SET', K.call, cjson.encode(answers), 'PX', lease)
     break
   end
 end

@@ -37,6 +37,18 @@ local ANSWER = {
   BELOW_ISSUED = -19, -- a new limit below a slot already handed out
 }
 
+-- A script's KEYS or ARGV by name: `named(KEYS, {'config', 'count'})` gives `.config` and
+-- `.count`, in the order its callers send them (`contract.rs` in Rust, which a test compares
+-- with these declarations). A call with fewer values than named fails, changing nothing.
+local function named(values, names)
+  if #values < #names then
+    error('expected ' .. table.concat(names, ', ') .. ' (' .. #names .. '), got ' .. #values .. ' values')
+  end
+  local by_name = {}
+  for i, name in ipairs(names) do by_name[name] = values[i] end
+  return by_name
+end
+
 -- Milliseconds of the Redis server's clock, so every process sees the same time.
 local function now_ms()
   local t = redis.call('TIME')

@@ -3,9 +3,14 @@
 -- Leaves a tombstone (`deleted` = 1) in place of the configuration for a while, so api
 -- replicas that served the event answer 404 instead of taking it for a Redis that lost its
 -- data (503). Answers how many keys existed.
+local K = named(KEYS, {
+  'config', 'count', 'users', 'free', 'unwritten', 'persisted', 'healed', 'held', 'grants',
+  'grant_deadlines', 'accepted', 'refused',
+})
+local A = named(ARGV, {'tombstone_ttl_s'})
 local existed = redis.call('UNLINK', unpack(KEYS))
-if tonumber(ARGV[1]) > 0 then
-  redis.call('HSET', KEYS[1], 'deleted', '1')
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
+if tonumber(A.tombstone_ttl_s) > 0 then
+  redis.call('HSET', K.config, 'deleted', '1')
+  redis.call('EXPIRE', K.config, A.tombstone_ttl_s)
 end
 return existed

@@ -13,16 +13,18 @@
 -- A repeated call with the same id (a client that resent it) answers the recorded grant.
 -- Answers {DONE, epoch, slots...} granted, {NOTHING} nothing to give, {RECOVERING},
 -- {OTHER_LAYOUT}.
-local cfg = read_config(KEYS[1], {
+local K = named(KEYS, {'config', 'count', 'free', 'grants', 'grant_deadlines'})
+local A = named(ARGV, {'grant', 'target', 'wanted', 'lease_ms', 'shard', 'shards'})
+local cfg = read_config(K.config, {
   'limit', 'server', 'recovering', 'recovering_server', 'shards', 'shard', 'epoch',
 })
 local limit = tonumber(cfg.limit)
 if not limit then return {ANSWER.NOTHING} end
-local shard, shards = tonumber(ARGV[5]), tonumber(ARGV[6])
+local shard, shards = tonumber(A.shard), tonumber(A.shards)
 if (tonumber(cfg.shards) or 1) ~= shards or (tonumber(cfg.shard) or 0) ~= shard then return {ANSWER.OTHER_LAYOUT} end
-if fenced(KEYS[1], cfg.server, cfg.recovering, cfg.recovering_server) then return {ANSWER.RECOVERING} end
+if fenced(K.config, cfg.server, cfg.recovering, cfg.recovering_server) then return {ANSWER.RECOVERING} end
 local epoch = tonumber(cfg.epoch) or 0
-local recorded = redis.call('HGET', KEYS[4], ARGV[1])
+local recorded = redis.call('HGET', K.grants, A.grant)
 if recorded then
   local answer = {ANSWER.DONE, epoch}
   local first = true
@@ -31,14 +33,14 @@ if recorded then
   end
   return answer
 end
-local wanted = tonumber(ARGV[3])
+local wanted = tonumber(A.wanted)
 local slots = {}
 while #slots < wanted do
-  local slot = tonumber(redis.call('LPOP', KEYS[3]))
+  local slot = tonumber(redis.call('LPOP', K.free))
   if not slot then break end
   if slot <= limit then slots[#slots + 1] = slot end
 end
-local count = tonumber(redis.call('GET', KEYS[2])) or 0
+local count = tonumber(redis.call('GET', K.count)) or 0
 local taken = 0
 while #slots < wanted do
   local slot = stride_slot(count + taken, shard, shards)
@@ -46,10 +48,10 @@ while #slots < wanted do
   taken = taken + 1
   slots[#slots + 1] = slot
 end
-if taken > 0 then redis.call('INCRBY', KEYS[2], taken) end
+if taken > 0 then redis.call('INCRBY', K.count, taken) end
 if #slots == 0 then return {ANSWER.NOTHING} end
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. ' ' .. table.concat(slots, ' '))
-redis.call('ZADD', KEYS[5], now_ms() + tonumber(ARGV[4]), ARGV[1])
+redis.call('HSET', K.grants, A.grant, A.target .. ' ' .. table.concat(slots, ' '))
+redis.call('ZADD', K.grant_deadlines, now_ms() + tonumber(A.lease_ms), A.grant)
 local answer = {ANSWER.DONE, epoch}
 for i, slot in ipairs(slots) do answer[i + 2] = slot end
 return answer

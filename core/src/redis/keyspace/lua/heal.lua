@@ -6,14 +6,16 @@
 -- held by another row (the entry goes, the slot stays taken).
 -- An entry whose deadline moved past the cutoff (delivered again meanwhile) is left alone.
 -- Answers {healed, marked written}.
-local cutoff = tonumber(ARGV[1])
+local K = named(KEYS, {'users', 'free', 'unwritten', 'persisted', 'healed', 'config', 'held'})
+local A = named(ARGV, {'cutoff_ms'})
+local cutoff = tonumber(A.cutoff_ms)
 local healed, written = 0, 0
 for i = 2, #ARGV, 3 do
   local user, slot, verdict = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local member = unwritten_member(slot, user)
-  local deadline = tonumber(redis.call('ZSCORE', KEYS[3], member))
+  local deadline = tonumber(redis.call('ZSCORE', K.unwritten, member))
   if deadline and deadline <= cutoff then
-    local entries = parse_entries(redis.call('HGET', KEYS[1], user))
+    local entries = parse_entries(redis.call('HGET', K.users, user))
     for j, e in ipairs(entries) do
       if e[1] == slot and (e[2] == 'p' or e[2] == 'a') then
         if verdict == 'w' then
@@ -22,21 +24,21 @@ for i = 2, #ARGV, 3 do
         else
           table.remove(entries, j)
           healed = healed + 1
-          if verdict == 'f' then redis.call('LPUSH', KEYS[2], slot) end
+          if verdict == 'f' then redis.call('LPUSH', K.free, slot) end
         end
-        store_entries(KEYS[1], user, entries)
+        store_entries(K.users, user, entries)
         break
       end
     end
-    redis.call('ZREM', KEYS[3], member)
+    redis.call('ZREM', K.unwritten, member)
   end
 end
-if written > 0 then redis.call('INCRBY', KEYS[4], written) end
+if written > 0 then redis.call('INCRBY', K.persisted, written) end
 if healed > 0 then
-  redis.call('INCRBY', KEYS[5], healed)
+  redis.call('INCRBY', K.healed, healed)
   -- `held` counts the shard's entries (a slot another row holds is counted with that row's
   -- entry).
-  redis.call('DECRBY', KEYS[7], healed)
-  redis.call('HINCRBY', KEYS[6], 'holders_version', 1)
+  redis.call('DECRBY', K.held, healed)
+  redis.call('HINCRBY', K.config, 'holders_version', 1)
 end
 return {healed, written}

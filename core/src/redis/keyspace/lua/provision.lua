@@ -15,45 +15,50 @@
 -- would hide a server that went back in time from the gate's fencing check. A configuration
 -- written before fencing existed (and its users in the old layout) is verified against SQL
 -- like a server change: it is marked recovering.
-local old = read_config(KEYS[1], {
+local K = named(KEYS, {'config', 'count'})
+local A = named(ARGV, {
+  'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recover_if_missing', 'paused', 'incarnation', 'shard',
+  'shards', 'epoch',
+})
+local old = read_config(K.config, {
   'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recovering', 'server', 'deleted', 'paused', 'incarnation', 'shards',
 })
 if old.deleted == '1' then
   -- The tombstone of a deleted event: the name is free again.
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', K.config)
   old = {}
 end
-if old.limit and old.incarnation and old.incarnation ~= ARGV[8] then return {ANSWER.OTHER_INCARNATION, 0} end
-local shard, shards = tonumber(ARGV[9]), tonumber(ARGV[10])
+if old.limit and old.incarnation and old.incarnation ~= A.incarnation then return {ANSWER.OTHER_INCARNATION, 0} end
+local shard, shards = tonumber(A.shard), tonumber(A.shards)
 if old.limit and (tonumber(old.shards) or 1) ~= shards then return {ANSWER.SHARDS_CHANGED, 0} end
-local count = tonumber(redis.call('GET', KEYS[2])) or 0
+local count = tonumber(redis.call('GET', K.count)) or 0
 if count > 0 then
   local highest = stride_slot(count - 1, shard, shards)
-  if tonumber(ARGV[1]) < highest then return {ANSWER.BELOW_ISSUED, 0, highest} end
+  if tonumber(A.limit) < highest then return {ANSWER.BELOW_ISSUED, 0, highest} end
 end
 local recovering = 0
 if old.recovering == '1' then recovering = 1 end
 if old.limit and not old.server and old.recovering ~= '1' then
-  mark_recovering(KEYS[1])
+  mark_recovering(K.config)
   recovering = 1
 end
-if old.limit == ARGV[1] and old.per_user == ARGV[2] and old.start_ms == ARGV[3] and old.end_ms == ARGV[4] and old.topic == ARGV[5]
-  and (old.paused or '0') == ARGV[7] then
+if old.limit == A.limit and old.per_user == A.per_user and old.start_ms == A.start_ms and old.end_ms == A.end_ms and old.topic == A.topic
+  and (old.paused or '0') == A.paused then
   return {ANSWER.UNCHANGED, recovering}
 end
-redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'per_user', ARGV[2], 'start_ms', ARGV[3], 'end_ms', ARGV[4], 'topic', ARGV[5], 'paused', ARGV[7])
+redis.call('HSET', K.config, 'limit', A.limit, 'per_user', A.per_user, 'start_ms', A.start_ms, 'end_ms', A.end_ms, 'topic', A.topic, 'paused', A.paused)
 -- A new limit can reopen an event seen sold out: an api's snapshot of its holders must not
 -- outlive it (`holders_version` counts every change of who may hold a slot).
-if old.limit and old.limit ~= ARGV[1] then redis.call('HINCRBY', KEYS[1], 'holders_version', 1) end
+if old.limit and old.limit ~= A.limit then redis.call('HINCRBY', K.config, 'holders_version', 1) end
 if old.limit then return {ANSWER.UPDATED, recovering} end
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'incarnation', ARGV[8]) end
-redis.call('HSET', KEYS[1], 'shards', shards, 'shard', shard, 'epoch', ARGV[11])
+if A.incarnation ~= '' then redis.call('HSET', K.config, 'incarnation', A.incarnation) end
+redis.call('HSET', K.config, 'shards', shards, 'shard', shard, 'epoch', A.epoch)
 -- A new event's holders are versioned from the creation time, so an api's snapshot of the
 -- holders of an earlier event of the same name (deleted, then created again) never matches.
-redis.call('HSET', KEYS[1], 'holders_version', now_ms())
-if ARGV[6] == '1' then
-  mark_recovering(KEYS[1])
+redis.call('HSET', K.config, 'holders_version', now_ms())
+if A.recover_if_missing == '1' then
+  mark_recovering(K.config)
   return {ANSWER.CREATED_RECOVERING, 1}
 end
-redis.call('HSET', KEYS[1], 'server', server_id())
+redis.call('HSET', K.config, 'server', server_id())
 return {ANSWER.CREATED, 0}

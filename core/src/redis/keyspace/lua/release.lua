@@ -5,17 +5,19 @@
 -- Only the user's pending entry of exactly that slot, and only while its deadline is still
 -- the failed delivery's: a repeated or stale release, or one racing a later delivery of the
 -- same record (which may be written), cannot put a slot on the free list.
-local member = unwritten_member(ARGV[2], ARGV[1])
-if tonumber(redis.call('ZSCORE', KEYS[3], member)) ~= tonumber(ARGV[3]) then return ANSWER.NOTHING end
-local entries = parse_entries(redis.call('HGET', KEYS[1], ARGV[1]))
+local K = named(KEYS, {'users', 'free', 'unwritten', 'config', 'held'})
+local A = named(ARGV, {'user', 'slot', 'deadline_ms'})
+local member = unwritten_member(A.slot, A.user)
+if tonumber(redis.call('ZSCORE', K.unwritten, member)) ~= tonumber(A.deadline_ms) then return ANSWER.NOTHING end
+local entries = parse_entries(redis.call('HGET', K.users, A.user))
 for i, e in ipairs(entries) do
-  if e[1] == ARGV[2] and e[2] == 'p' then
+  if e[1] == A.slot and e[2] == 'p' then
     table.remove(entries, i)
-    store_entries(KEYS[1], ARGV[1], entries)
-    redis.call('ZREM', KEYS[3], member)
-    redis.call('LPUSH', KEYS[2], ARGV[2])
-    redis.call('DECR', KEYS[5])
-    redis.call('HINCRBY', KEYS[4], 'holders_version', 1)
+    store_entries(K.users, A.user, entries)
+    redis.call('ZREM', K.unwritten, member)
+    redis.call('LPUSH', K.free, A.slot)
+    redis.call('DECR', K.held)
+    redis.call('HINCRBY', K.config, 'holders_version', 1)
     return ANSWER.DONE
   end
 end

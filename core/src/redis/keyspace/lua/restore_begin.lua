@@ -11,7 +11,12 @@
 -- event open, and another consumer cannot take a restore over while its heartbeat is fresh.
 -- Answers DONE (begun), NOTHING (not recovering), TOO_EARLY, BUSY (another restore is under
 -- way).
-local mark = read_config(KEYS[1], {
+local K = named(KEYS, {
+  'config', 'count', 'users', 'free', 'unwritten', 'persisted', 'held', 'grants', 'grant_deadlines',
+  'accepted', 'refused',
+})
+local A = named(ARGV, {'not_after_ms', 'token', 'owner', 'epoch'})
+local mark = read_config(K.config, {
   'recovering', 'recovering_since_ms', 'lease_ms', 'restoring', 'restore_beat_ms', 'restore_owner', 'server', 'recovering_server',
 })
 if mark.recovering ~= '1' then return ANSWER.NOTHING end
@@ -19,17 +24,17 @@ local now = now_ms()
 -- Fencing here too: a mark made on an earlier server starts its settle time again on this one.
 local server = server_id()
 if mark.server ~= server and mark.recovering_server ~= server then
-  mark_recovering(KEYS[1])
+  mark_recovering(K.config)
   return ANSWER.TOO_EARLY
 end
-if mark.restoring and now - (tonumber(mark.restore_beat_ms) or 0) < 10000 and mark.restore_owner ~= ARGV[3] then return ANSWER.BUSY end
-if (tonumber(mark.recovering_since_ms) or 0) + (tonumber(mark.lease_ms) or 0) > tonumber(ARGV[1]) then return ANSWER.TOO_EARLY end
+if mark.restoring and now - (tonumber(mark.restore_beat_ms) or 0) < 10000 and mark.restore_owner ~= A.owner then return ANSWER.BUSY end
+if (tonumber(mark.recovering_since_ms) or 0) + (tonumber(mark.lease_ms) or 0) > tonumber(A.not_after_ms) then return ANSWER.TOO_EARLY end
 -- Every shard's stock is rebuilt from SQL: grants between shards in flight are void.
-redis.call('UNLINK', KEYS[3], KEYS[4], KEYS[5], KEYS[8], KEYS[9], KEYS[10], KEYS[11])
-redis.call('SET', KEYS[2], 0)
-redis.call('SET', KEYS[6], 0)
-redis.call('SET', KEYS[7], 0)
-redis.call('HINCRBY', KEYS[1], 'holders_version', 1)
-redis.call('HSET', KEYS[1], 'restoring', ARGV[2], 'restore_owner', ARGV[3], 'restore_server', server, 'restore_beat_ms', now,
-  'epoch', ARGV[4], 'restore_chunk', 0)
+redis.call('UNLINK', K.users, K.free, K.unwritten, K.grants, K.grant_deadlines, K.accepted, K.refused)
+redis.call('SET', K.count, 0)
+redis.call('SET', K.persisted, 0)
+redis.call('SET', K.held, 0)
+redis.call('HINCRBY', K.config, 'holders_version', 1)
+redis.call('HSET', K.config, 'restoring', A.token, 'restore_owner', A.owner, 'restore_server', server, 'restore_beat_ms', now,
+  'epoch', A.epoch, 'restore_chunk', 0)
 return ANSWER.DONE

@@ -6,23 +6,28 @@
 -- ARGV: the incarnation expected ('' for none), tombstone_ttl_s (0: no tombstone), check_only.
 -- Answers DONE (removed, or removable with check_only), NOTHING (nothing there),
 -- OTHER_INCARNATION, RECOVERING, STILL_OPEN, UNWRITTEN (coupons not yet written).
-local cfg = read_config(KEYS[1], {'limit', 'incarnation', 'recovering', 'end_ms', 'shards'})
+local K = named(KEYS, {
+  'config', 'count', 'users', 'free', 'unwritten', 'persisted', 'healed', 'held', 'grants',
+  'grant_deadlines', 'accepted', 'refused',
+})
+local A = named(ARGV, {'incarnation', 'tombstone_ttl_s', 'check_only'})
+local cfg = read_config(K.config, {'limit', 'incarnation', 'recovering', 'end_ms', 'shards'})
 if not cfg.limit then return ANSWER.NOTHING end
-if (cfg.incarnation or '') ~= ARGV[1] then return ANSWER.OTHER_INCARNATION end
+if (cfg.incarnation or '') ~= A.incarnation then return ANSWER.OTHER_INCARNATION end
 if cfg.recovering == '1' then return ANSWER.RECOVERING end
 if now_ms() < tonumber(cfg.end_ms) then return ANSWER.STILL_OPEN end
 local issued
 if (tonumber(cfg.shards) or 1) > 1 then
-  issued = tonumber(redis.call('GET', KEYS[8])) or 0
+  issued = tonumber(redis.call('GET', K.held)) or 0
 else
-  issued = (tonumber(redis.call('GET', KEYS[2])) or 0) - redis.call('LLEN', KEYS[4])
+  issued = (tonumber(redis.call('GET', K.count)) or 0) - redis.call('LLEN', K.free)
 end
-local persisted = tonumber(redis.call('GET', KEYS[6])) or 0
-if redis.call('ZCARD', KEYS[5]) > 0 or persisted < issued then return ANSWER.UNWRITTEN end
-if ARGV[3] == '1' then return ANSWER.DONE end
+local persisted = tonumber(redis.call('GET', K.persisted)) or 0
+if redis.call('ZCARD', K.unwritten) > 0 or persisted < issued then return ANSWER.UNWRITTEN end
+if A.check_only == '1' then return ANSWER.DONE end
 redis.call('UNLINK', unpack(KEYS))
-if tonumber(ARGV[2]) > 0 then
-  redis.call('HSET', KEYS[1], 'deleted', '1')
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
+if tonumber(A.tombstone_ttl_s) > 0 then
+  redis.call('HSET', K.config, 'deleted', '1')
+  redis.call('EXPIRE', K.config, A.tombstone_ttl_s)
 end
 return ANSWER.DONE

@@ -5,17 +5,19 @@
 -- of its holders must not outlive that).
 -- Answers DONE (settled) or NOTHING (no such grant: settled already, or a restore rebuilt the
 -- stock).
-local record = redis.call('HGET', KEYS[1], ARGV[1])
+local K = named(KEYS, {'grants', 'grant_deadlines', 'free', 'config'})
+local A = named(ARGV, {'grant', 'verdict'})
+local record = redis.call('HGET', K.grants, A.grant)
 if not record then return ANSWER.NOTHING end
-if ARGV[2] == 'r' then
+if A.verdict == 'r' then
   local slots = {}
   for slot in string.gmatch(record, '%d+') do slots[#slots + 1] = slot end
   table.remove(slots, 1) -- the target shard
   if #slots > 0 then
-    redis.call('RPUSH', KEYS[3], unpack(slots))
-    redis.call('HINCRBY', KEYS[4], 'holders_version', 1)
+    redis.call('RPUSH', K.free, unpack(slots))
+    redis.call('HINCRBY', K.config, 'holders_version', 1)
   end
 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', K.grants, A.grant)
+redis.call('ZREM', K.grant_deadlines, A.grant)
 return ANSWER.DONE

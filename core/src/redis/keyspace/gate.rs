@@ -196,8 +196,7 @@ pub async fn ack(conn: &mut RedisConnection, layout: &EventLayout, shard: u16, a
 /// released (to the user's home shard's stock).
 pub async fn release(conn: &mut RedisConnection, layout: &EventLayout, user_id: &str, slot: i64, deadline_ms: i64) -> RedisResult<bool> {
     let keys = layout.user_keys(user_id).1;
-    let removed: i64 =
-        contract::RELEASE.invocation(keys, &[]).arg(user_id).arg(slot).arg(deadline_ms).invoke_async(conn).await?;
+    let removed: i64 = contract::RELEASE.invocation(keys, &[]).arg(user_id).arg(slot).arg(deadline_ms).invoke_async(conn).await?;
     Ok(Answer::of("release", removed)? == Answer::Done)
 }
 

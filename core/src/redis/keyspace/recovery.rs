@@ -18,8 +18,7 @@ use super::{contract, Answer, EventLayout};
 /// Returns `Some(true)` if the shard is recovering (perhaps marked just now), `None` if it
 /// has no configuration.
 pub async fn fence(conn: &mut RedisConnection, layout: &EventLayout, shard: u16, force: bool) -> RedisResult<Option<bool>> {
-    let answer: i64 =
-        contract::FENCE.invocation(layout.keys(shard), &[]).arg(if force { "1" } else { "0" }).invoke_async(conn).await?;
+    let answer: i64 = contract::FENCE.invocation(layout.keys(shard), &[]).arg(if force { "1" } else { "0" }).invoke_async(conn).await?;
     Ok(match Answer::of("fence", answer)? {
         Answer::Missing => None,
         Answer::Recovering => Some(true),
@@ -62,14 +61,8 @@ pub async fn restore_begin(
     epoch: i64,
 ) -> RedisResult<RestoreStep> {
     let keys = layout.keys(shard);
-    let answer: i64 = contract::RESTORE_BEGIN
-        .invocation(keys, &[])
-        .arg(not_after_ms)
-        .arg(token)
-        .arg(owner)
-        .arg(epoch)
-        .invoke_async(conn)
-        .await?;
+    let answer: i64 =
+        contract::RESTORE_BEGIN.invocation(keys, &[]).arg(not_after_ms).arg(token).arg(owner).arg(epoch).invoke_async(conn).await?;
     Ok(match Answer::of("restore_begin", answer)? {
         Answer::Done => RestoreStep::Done,
         Answer::TooEarly => RestoreStep::TooEarly,
@@ -119,13 +112,7 @@ pub async fn restore_finish(
     highest: i64,
 ) -> RedisResult<RestoreStep> {
     let keys = layout.keys(shard);
-    let answer: i64 = contract::RESTORE_FINISH
-        .invocation(keys, &[])
-        .arg(token)
-        .arg(count)
-        .arg(highest)
-        .invoke_async(conn)
-        .await?;
+    let answer: i64 = contract::RESTORE_FINISH.invocation(keys, &[]).arg(token).arg(count).arg(highest).invoke_async(conn).await?;
     Ok(match Answer::of("restore_finish", answer)? {
         Answer::Done => RestoreStep::Done,
         Answer::LimitBelowRows => RestoreStep::LimitBelowRows,

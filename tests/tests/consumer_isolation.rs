@@ -31,6 +31,16 @@ fn consumer_settings(database_url: &str, topic: &str) -> ConsumerSettings {
     }
 }
 
+async fn start_api() -> InProcessApi {
+    InProcessApi::start_ready(ApiSettings {
+        namespace: NAMESPACE.into(),
+        redis_url: redis_url(),
+        kafka: kafka(&kafka_brokers()),
+        ..ApiSettings::default()
+    })
+    .await
+}
+
 fn raw_producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
@@ -69,13 +79,7 @@ async fn a_lost_configuration_holds_only_its_own_event() {
     let database_url = postgres_url();
     let store = migrated_store(&database_url).await;
     let consumer = InProcessConsumer::start_with(consumer_settings(&database_url, &lost.topic));
-    let api = InProcessApi::start_ready(ApiSettings {
-        namespace: NAMESPACE.into(),
-        redis_url: redis_url(),
-        kafka: kafka(&brokers),
-        ..ApiSettings::default()
-    })
-    .await;
+    let api = start_api().await;
     let client = reqwest::Client::new();
 
     // Redis loses the first event before any of its coupons was written (SQL has no slot
@@ -138,13 +142,7 @@ async fn a_stray_record_with_a_far_slot_is_refused_without_growing_slot_rows() {
     let database_url = postgres_url();
     let store = migrated_store(&database_url).await;
     let consumer = InProcessConsumer::start_with(consumer_settings(&database_url, &event.topic));
-    let api = InProcessApi::start_ready(ApiSettings {
-        namespace: NAMESPACE.into(),
-        redis_url: redis_url(),
-        kafka: kafka(&brokers),
-        ..ApiSettings::default()
-    })
-    .await;
+    let api = start_api().await;
     let client = reqwest::Client::new();
     assert_eq!(apply(&client, &api.apply_url(&event.id), "real").await.0, 201);
 

@@ -31,6 +31,11 @@ pub struct Metrics {
     pub released_slots: Counter,
     /// Stock moved between the shards of sharded events.
     pub stock_grants: Counter,
+    /// For the sold-out short cut: shards whose holders were read whole, and holders read
+    /// again because a shard's change log named them (a release or a heal after sell-out
+    /// costs the second, not the first).
+    pub holders_shards_read_whole: Counter,
+    pub holders_changes_read: Counter,
     /// Produces that timed out after the record was sent: it may be written, so the slot
     /// stays taken and the user gets 503.
     pub undecided_produces: Counter,
@@ -76,6 +81,18 @@ impl Default for Metrics {
             "stock_grants",
             "Grants of stock from one shard of a sharded event to another that ran out",
             stock_grants.clone(),
+        );
+        let holders_shards_read_whole = Counter::default();
+        registry.register(
+            "holders_shards_read_whole",
+            "Shards of sold-out events whose holders the api read whole, to answer sold-out applies from memory",
+            holders_shards_read_whole.clone(),
+        );
+        let holders_changes_read = Counter::default();
+        registry.register(
+            "holders_changes_read",
+            "Holders of sold-out events the api read again because they changed (a release, a heal)",
+            holders_changes_read.clone(),
         );
         registry.register("released_slots", "Slots given back after a failed produce", released_slots.clone());
         let undecided_produces = Counter::default();
@@ -128,6 +145,8 @@ impl Default for Metrics {
             apply_seconds,
             released_slots,
             stock_grants,
+            holders_shards_read_whole,
+            holders_changes_read,
             undecided_produces,
             redelivered,
             replica_wait_failures,

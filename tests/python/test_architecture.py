@@ -10,7 +10,7 @@ REDIS_FOLDER = ROOT / "core" / "src" / "redis"
 APP = ROOT / "service" / "src" / "app.rs"
 CRATES = ["core", "service", "operator", "tests", "bench"]
 # Hash fields of the event config; only the keyspace may spell them as strings.
-CONFIG_FIELDS = ["per_user", "start_ms", "end_ms", "recovering", "recovering_since_ms", "server", "restoring", "deleted", "holders_version", "lease_ms"]
+CONFIG_FIELDS = ["per_user", "start_ms", "end_ms", "recovering", "recovering_since_ms", "server", "restoring", "deleted", "holders_version", "holders_base", "holders_logged", "lease_ms"]
 
 
 def rust_sources():
@@ -60,6 +60,7 @@ def test_scripts_are_lua_files_of_the_keyspace():
             "fence.lua",
             "grant.lua",
             "heal.lua",
+            "holder_changes.lua",
             "issued.lua",
             "provision.lua",
             "release.lua",

@@ -211,3 +211,66 @@ async fn a_holder_after_a_raised_limit_is_known_to_every_api() {
     let (status, answer) = apply(&client, &second.apply_url(&event.id), "new").await;
     assert_eq!((status, &answer["slot"]), (409, &body["slot"]), "{answer}");
 }
+
+/// An event of 40 coupons sells out and a second api keeps its holders in memory. Healing
+/// then gives one slot back, and a newcomer gets it through the first api. The second api
+/// learns both changes by reading the two users the holders' change log names, not every
+/// holder again: it still reads whole only once, and it answers the newcomer 409 with their
+/// slot from memory and the healed user 410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_handed_out_again_after_sell_out_is_read_as_a_change_not_a_reload() {
+    const LIMIT: usize = 40;
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, LIMIT as i64, 1).await;
+    let layout = EventLayout::single(&event.id);
+    let settings = || ApiSettings {
+        namespace: NAMESPACE.into(),
+        redis_url: redis_url(),
+        kafka: kafka(&brokers),
+        sold_out_recheck: Duration::from_millis(300),
+        ..ApiSettings::default()
+    };
+    let (first, second) = (InProcessApi::start_ready(settings()).await, InProcessApi::start_ready(settings()).await);
+    let client = reqwest::Client::new();
+    // One holder's delivery ends at once (healing will find it without a row); the others
+    // get theirs through the api.
+    let mut conn = RedisHandle::connect_with_deadline(redis_url(), Duration::from_secs(10)).await.unwrap();
+    let (GateDecision::Issued { slot: lost_slot, .. }, _) =
+        keyspace::apply(&mut conn, &layout, "lost", Duration::from_millis(1), None).await.unwrap()
+    else {
+        panic!("issued")
+    };
+    let holders: Vec<String> = (1..LIMIT).map(|n| format!("holder-{n}")).collect();
+    let answers: Vec<u16> = stream::iter(holders.iter())
+        .map(|user| {
+            let (client, url) = (client.clone(), first.apply_url(&event.id));
+            async move { apply(&client, &url, user).await.0 }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(answers.iter().all(|status| *status == 201), "{answers:?}");
+    assert_eq!(apply(&client, &second.apply_url(&event.id), "late-0").await.0, 410);
+    let before = wait_until("the second api holds the holders", Duration::from_secs(10), || async {
+        second.state.apply.holders_snapshot(&event.id)
+    })
+    .await;
+    let metrics = &second.state.metrics;
+    assert_eq!((metrics.holders_shards_read_whole.get(), metrics.holders_changes_read.get()), (1, 0));
+
+    let cutoff = keyspace::server_time_ms(&mut conn).await.unwrap();
+    let lost = OverdueEntry { user: "lost".into(), slot: lost_slot };
+    assert_eq!(keyspace::heal(&mut conn, &layout, 0, cutoff, &[(lost, HealVerdict::Free)]).await.unwrap().healed, 1);
+    let (status, body) = apply(&client, &first.apply_url(&event.id), "newcomer").await;
+    assert_eq!((status, body["slot"].as_i64()), (201, Some(lost_slot)), "{body}");
+    wait_until("the second api's holders refreshed", Duration::from_secs(10), || async {
+        assert_eq!(apply(&client, &second.apply_url(&event.id), "late-1").await.0, 410);
+        second.state.apply.holders_snapshot(&event.id).filter(|version| *version != before)
+    })
+    .await;
+    let (status, answer) = apply(&client, &second.apply_url(&event.id), "newcomer").await;
+    assert_eq!((status, answer["slot"].as_i64()), (409, Some(lost_slot)), "{answer}");
+    assert_eq!(apply(&client, &second.apply_url(&event.id), "lost").await.0, 410);
+    assert_eq!(metrics.holders_shards_read_whole.get(), 1, "the holders were not read whole again");
+    assert_eq!(metrics.holders_changes_read.get(), 2, "the healed user and the newcomer");
+}

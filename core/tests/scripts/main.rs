@@ -6,6 +6,7 @@
 mod config;
 mod gate;
 mod grants;
+mod holders;
 mod recovery;
 mod registry;
 

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use coupon_core::redis::keyspace::{EventLayout, Holding};
+use coupon_core::redis::keyspace::{EventLayout, Holders};
 use std::time::{Duration, Instant};
 
 /// How the api may answer an event it saw sold out.
@@ -14,15 +14,22 @@ pub struct SoldOutView {
     pub closes_at_ms: i64,
     /// Every holder's entry, once loaded for the current `holders_version`: sold-out
     /// answers then come from memory.
-    pub holders: Option<Arc<HashMap<String, Holding>>>,
+    pub holders: Option<Arc<Holders>>,
 }
 
 struct SoldOutEntry {
     seen: Instant,
     closes_at_ms: i64,
     holders_version: i64,
-    holders: Option<Arc<HashMap<String, Holding>>>,
+    /// The holders as of `holders_version`: served.
+    holders: Option<Arc<Holders>>,
+    /// The holders last loaded, as of an earlier version: never served, but what the next
+    /// load refreshes (reading only what changed since).
+    earlier: Option<Arc<Holders>>,
     loading: bool,
+    /// The gate issued again since (a slot came back): not answered from memory until the
+    /// gate says sold out again; the holders are kept for that.
+    reopened: bool,
     /// A load for this version ended without holders: too many to keep (never tried again
     /// for this version: the next try would read as many and give up as well), or failed
     /// (tried again after `RELOAD_AFTER_FAILURE`).
@@ -35,9 +42,19 @@ enum GaveUp {
     Failed(Instant),
 }
 
+/// What to load the holders from.
+pub enum LoadHolders {
+    /// Nothing loaded before: read every holder.
+    Whole,
+    /// Holders loaded for an earlier version: read what changed since.
+    Refresh(Arc<Holders>),
+}
+
 /// How a load of the holders ended.
 pub enum HoldersLoad {
-    Loaded(HashMap<String, Holding>),
+    /// Loaded; served if they are as of the version the load was for, else kept for the
+    /// next refresh (the holders changed again meanwhile).
+    Loaded(Holders),
     /// More holders than an api keeps: sold-out applies read their own entry.
     TooMany,
     Failed,
@@ -48,8 +65,10 @@ const RELOAD_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 /// Events seen sold out: answered without the gate until `recheck` has passed, because a
 /// released slot can reopen the event. The holders of a sold-out event change only through
-/// a release, a heal or a restore, each of which changes `holders_version`; a snapshot of
-/// them taken for one version stays right as long as the gate keeps reporting that version.
+/// a release, a heal, a slot handed out again, a new limit or a restore, each of which
+/// changes `holders_version`; holders loaded as of one version stay right as long as the
+/// gate keeps reporting that version, and on a new one only what changed is read again
+/// (`keyspace::refresh_holders`).
 pub struct SoldOutCache {
     seen: RwLock<HashMap<String, SoldOutEntry>>,
     recheck: Duration,
@@ -64,47 +83,63 @@ impl SoldOutCache {
     pub fn sold_out(&self, event: &str) -> Option<SoldOutView> {
         let map = self.seen.read().unwrap_or_else(|e| e.into_inner());
         map.get(event)
-            .filter(|entry| entry.seen.elapsed() < self.recheck)
+            .filter(|entry| !entry.reopened && entry.seen.elapsed() < self.recheck)
             .map(|entry| SoldOutView { closes_at_ms: entry.closes_at_ms, holders: entry.holders.clone() })
     }
 
-    /// Records what the gate said. Returns true if the caller should load the holders for
-    /// this version (nobody has, and nobody is loading them).
-    pub fn set_sold_out(&self, event: &str, closes_at_ms: i64, holders_version: i64) -> bool {
+    /// Records what the gate said. Returns what the caller should load the holders from, if
+    /// it should (nobody has for this version, and nobody is loading them).
+    pub fn set_sold_out(&self, event: &str, closes_at_ms: i64, holders_version: i64) -> Option<LoadHolders> {
         let mut map = self.seen.write().unwrap_or_else(|e| e.into_inner());
-        match map.get_mut(event) {
+        let entry = match map.get_mut(event) {
             Some(entry) if entry.holders_version == holders_version => {
                 entry.seen = Instant::now();
                 entry.closes_at_ms = closes_at_ms;
+                entry.reopened = false;
                 let may_try = match entry.gave_up {
                     None => true,
                     Some(GaveUp::TooMany) => false,
                     Some(GaveUp::Failed(at)) => at.elapsed() >= RELOAD_AFTER_FAILURE,
                 };
-                let load = entry.holders.is_none() && !entry.loading && may_try;
-                entry.loading |= load;
-                load
+                if entry.holders.is_some() || entry.loading || !may_try {
+                    return None;
+                }
+                entry
             }
-            _ => {
-                let entry =
-                    SoldOutEntry { seen: Instant::now(), closes_at_ms, holders_version, holders: None, loading: true, gave_up: None };
-                map.insert(event.to_owned(), entry);
-                true
+            Some(entry) => {
+                // The holders changed: the loaded ones are no longer served, only refreshed.
+                let earlier = entry.holders.take().or_else(|| entry.earlier.take());
+                *entry = SoldOutEntry::new(closes_at_ms, holders_version, earlier);
+                entry
             }
-        }
+            None => map.entry(event.to_owned()).or_insert(SoldOutEntry::new(closes_at_ms, holders_version, None)),
+        };
+        entry.loading = true;
+        entry.gave_up = None;
+        Some(entry.earlier.take().map_or(LoadHolders::Whole, LoadHolders::Refresh))
     }
 
     /// Stores how the load of the holders for `holders_version` ended (without holders,
     /// single reads go on).
     pub fn holders_loaded(&self, event: &str, holders_version: i64, load: HoldersLoad) {
         let mut map = self.seen.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = map.get_mut(event).filter(|entry| entry.holders_version == holders_version) {
-            entry.loading = false;
-            match load {
-                HoldersLoad::Loaded(holders) => entry.holders = Some(Arc::new(holders)),
-                HoldersLoad::TooMany => entry.gave_up = Some(GaveUp::TooMany),
-                HoldersLoad::Failed => entry.gave_up = Some(GaveUp::Failed(Instant::now())),
+        let Some(entry) = map.get_mut(event) else { return };
+        if entry.holders_version != holders_version {
+            // A newer version was reported meanwhile: what was loaded is its refresh's start.
+            if let (HoldersLoad::Loaded(holders), None) = (load, &entry.earlier) {
+                if !entry.loading && entry.holders.is_none() {
+                    entry.earlier = Some(Arc::new(holders));
+                }
             }
+            return;
+        }
+        entry.loading = false;
+        match load {
+            HoldersLoad::Loaded(holders) if holders.version() == holders_version => entry.holders = Some(Arc::new(holders)),
+            // Changed again since the gate answered: kept to be refreshed, not served.
+            HoldersLoad::Loaded(holders) => entry.earlier = Some(Arc::new(holders)),
+            HoldersLoad::TooMany => entry.gave_up = Some(GaveUp::TooMany),
+            HoldersLoad::Failed => entry.gave_up = Some(GaveUp::Failed(Instant::now())),
         }
     }
 
@@ -114,11 +149,31 @@ impl SoldOutCache {
         map.get(event).filter(|entry| entry.holders.is_some()).map(|entry| entry.holders_version)
     }
 
-    pub fn clear(&self, event: &str) {
-        if !self.seen.read().unwrap_or_else(|e| e.into_inner()).contains_key(event) {
+    /// The gate decided something other than sold out (it issued, the event is paused or
+    /// being verified): ask the gate again, but keep the holders to refresh when it sells
+    /// out again.
+    pub fn reopened(&self, event: &str) {
+        let sold_out = self.seen.read().unwrap_or_else(|e| e.into_inner()).get(event).is_some_and(|entry| !entry.reopened);
+        if !sold_out {
             return; // the common case on the issuing path: no write lock
         }
+        if let Some(entry) = self.seen.write().unwrap_or_else(|e| e.into_inner()).get_mut(event) {
+            entry.reopened = true;
+        }
+    }
+
+    /// The event is gone (deleted): nothing of it is kept.
+    pub fn forget(&self, event: &str) {
+        if !self.seen.read().unwrap_or_else(|e| e.into_inner()).contains_key(event) {
+            return;
+        }
         self.seen.write().unwrap_or_else(|e| e.into_inner()).remove(event);
+    }
+}
+
+impl SoldOutEntry {
+    fn new(closes_at_ms: i64, holders_version: i64, earlier: Option<Arc<Holders>>) -> Self {
+        Self { seen: Instant::now(), closes_at_ms, holders_version, holders: None, earlier, loading: false, reopened: false, gave_up: None }
     }
 }
 
@@ -195,35 +250,57 @@ impl StockRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coupon_core::redis::keyspace::HoldingState;
+    use coupon_core::redis::keyspace::{Holding, HoldingState};
+
+    fn holders(version: i64, users: &[(&str, i64)]) -> Holders {
+        let entry = |slot| Holding { slot, state: HoldingState::Persisted, confirmed: true };
+        Holders::from_parts(vec![version], users.iter().map(|(user, slot)| (user.to_string(), entry(*slot))).collect())
+    }
 
     #[test]
     fn sold_out_is_remembered_until_the_recheck() {
         let cache = SoldOutCache::new(Duration::from_secs(3600));
         assert!(cache.sold_out("a").is_none());
-        assert!(cache.set_sold_out("a", 42, 7), "load the holders");
-        assert!(!cache.set_sold_out("a", 42, 7), "already loading");
+        assert!(matches!(cache.set_sold_out("a", 42, 7), Some(LoadHolders::Whole)), "load the holders");
+        assert!(cache.set_sold_out("a", 42, 7).is_none(), "already loading");
         assert_eq!(cache.sold_out("a").unwrap().closes_at_ms, 42);
         assert!(cache.sold_out("a").unwrap().holders.is_none());
-        let holder = Holding { slot: 3, state: HoldingState::Persisted, confirmed: true };
-        cache.holders_loaded("a", 7, HoldersLoad::Loaded(HashMap::from([("u".to_owned(), holder.clone())])));
-        assert_eq!(cache.sold_out("a").unwrap().holders.unwrap().get("u"), Some(&holder));
-        assert!(!cache.set_sold_out("a", 42, 7), "loaded for this version");
-        assert!(cache.set_sold_out("a", 42, 8), "a release changed the holders: load again");
-        assert!(cache.sold_out("a").unwrap().holders.is_none(), "the old holders are dropped");
-        cache.holders_loaded("a", 7, HoldersLoad::Loaded(HashMap::new()));
-        assert!(cache.sold_out("a").unwrap().holders.is_none(), "a stale load is ignored");
+        cache.holders_loaded("a", 7, HoldersLoad::Loaded(holders(7, &[("u", 3)])));
+        assert_eq!(cache.sold_out("a").unwrap().holders.unwrap().get("u").map(|h| h.slot), Some(3));
+        assert!(cache.set_sold_out("a", 42, 7).is_none(), "loaded for this version");
+        let Some(LoadHolders::Refresh(earlier)) = cache.set_sold_out("a", 42, 8) else {
+            panic!("a release changed the holders: refresh what was loaded")
+        };
+        assert_eq!(earlier.version(), 7);
+        assert!(cache.sold_out("a").unwrap().holders.is_none(), "the old holders are no longer served");
+        cache.holders_loaded("a", 7, HoldersLoad::Loaded(holders(7, &[])));
+        assert!(cache.sold_out("a").unwrap().holders.is_none(), "a stale load is not served");
+        cache.holders_loaded("a", 8, HoldersLoad::Loaded(holders(9, &[("u", 3)])));
+        assert!(cache.sold_out("a").unwrap().holders.is_none(), "changed again since the gate answered: not served");
+        let Some(LoadHolders::Refresh(earlier)) = cache.set_sold_out("a", 42, 9) else { panic!("refreshed from the newer load") };
+        assert_eq!(earlier.version(), 9);
+        cache.holders_loaded("a", 9, HoldersLoad::Loaded(holders(9, &[("u", 3)])));
+        assert!(cache.sold_out("a").unwrap().holders.is_some());
         assert!(cache.sold_out("b").is_none());
-        cache.clear("a");
+
+        cache.reopened("a");
         assert!(cache.sold_out("a").is_none(), "a released slot reopens the event at once");
+        assert!(cache.set_sold_out("a", 42, 9).is_none(), "sold out again at the same version: the holders still hold");
+        assert!(cache.sold_out("a").unwrap().holders.is_some());
+        cache.reopened("a");
+        assert!(matches!(cache.set_sold_out("a", 42, 10), Some(LoadHolders::Refresh(_))), "kept through the reopening");
+        cache.forget("a");
+        assert!(cache.sold_out("a").is_none());
+        assert!(matches!(cache.set_sold_out("a", 42, 10), Some(LoadHolders::Whole)), "a deleted event's holders are gone");
+
         // Too many holders: not loaded again for this version, every second as it was.
-        assert!(cache.set_sold_out("big", 42, 1));
+        assert!(cache.set_sold_out("big", 42, 1).is_some());
         cache.holders_loaded("big", 1, HoldersLoad::TooMany);
-        assert!(!cache.set_sold_out("big", 42, 1), "too many for this version");
-        assert!(cache.set_sold_out("big", 42, 2), "a new version may fit");
+        assert!(cache.set_sold_out("big", 42, 1).is_none(), "too many for this version");
+        assert!(matches!(cache.set_sold_out("big", 42, 2), Some(LoadHolders::Whole)), "a new version may fit");
         // A failed load is tried again, but not at once.
         cache.holders_loaded("big", 2, HoldersLoad::Failed);
-        assert!(!cache.set_sold_out("big", 42, 2), "not again within RELOAD_AFTER_FAILURE");
+        assert!(cache.set_sold_out("big", 42, 2).is_none(), "not again within RELOAD_AFTER_FAILURE");
         let expired = SoldOutCache::new(Duration::ZERO);
         expired.set_sold_out("a", 42, 1);
         assert!(expired.sold_out("a").is_none(), "re-checked once the interval has passed");

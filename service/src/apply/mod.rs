@@ -10,17 +10,16 @@ mod outcome;
 pub mod producer;
 mod stock;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use coupon_core::event::{validate_user_id, EventId, EventKey};
-use coupon_core::redis::keyspace::{self, EventLayout, GateDecision, Holding, HoldingState};
+use coupon_core::redis::keyspace::{self, EventLayout, GateDecision, Holders, Holding, HoldingState};
 use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
 
 use acks::Acknowledgements;
-pub use caches::{HoldersLoad, KnownEvents, Layouts, SoldOutCache, SoldOutView, StockRequests};
+pub use caches::{HoldersLoad, KnownEvents, Layouts, LoadHolders, SoldOutCache, SoldOutView, StockRequests};
 use gate_batches::GateBatches;
 pub use outcome::ApplyOutcome;
 use producer::ProducerSlot;
@@ -184,12 +183,12 @@ impl ApplyService {
     }
 
     /// Loads the holders of a sold-out event for the sold-out short cut (in the background;
-    /// single reads serve meanwhile).
-    fn load_holders(self: &Arc<Self>, event: EventId, holders_version: i64) {
+    /// single reads serve meanwhile): all of them the first time, then what changed.
+    fn load_holders(self: &Arc<Self>, event: EventId, holders_version: i64, from: LoadHolders) {
         let this = self.clone();
         tokio::spawn(async move {
             let load = match this.redis.get() {
-                Some(mut conn) => match this.holders(&mut conn, &event).await {
+                Some(mut conn) => match this.holders(&mut conn, &event, from).await {
                     Ok(Some(holders)) => HoldersLoad::Loaded(holders),
                     Ok(None) => HoldersLoad::TooMany,
                     Err(error) => {
@@ -231,14 +230,14 @@ impl ApplyService {
             }
             GateDecision::Deleted => {
                 self.known.remove(name);
-                self.sold_out.clear(name);
+                self.sold_out.forget(name);
                 return ApplyOutcome::UnknownEvent;
             }
             _ => self.known.insert(name),
         }
         match decision {
             GateDecision::Issued { slot, topic, incarnation, again, deadline_ms } => {
-                self.sold_out.clear(name);
+                self.sold_out.reopened(name);
                 if again {
                     self.metrics.redelivered.inc();
                 }
@@ -261,19 +260,19 @@ impl ApplyService {
             GateDecision::Confirmed { slot } => ApplyOutcome::Issued { slot },
             GateDecision::Duplicate { slot } => ApplyOutcome::Duplicate { slot },
             GateDecision::SoldOut { closes_at_ms, holders_version } => {
-                if self.sold_out.set_sold_out(name, closes_at_ms, holders_version) {
-                    self.load_holders(event.clone(), holders_version);
+                if let Some(from) = self.sold_out.set_sold_out(name, closes_at_ms, holders_version) {
+                    self.load_holders(event.clone(), holders_version, from);
                 }
                 ApplyOutcome::SoldOut
             }
             GateDecision::NotOpen => ApplyOutcome::NotOpen,
             GateDecision::Paused => {
-                self.sold_out.clear(name);
+                self.sold_out.reopened(name);
                 ApplyOutcome::Paused
             }
             GateDecision::Closed => ApplyOutcome::Closed,
             GateDecision::Recovering => {
-                self.sold_out.clear(name);
+                self.sold_out.reopened(name);
                 ApplyOutcome::Unavailable
             }
             // `gate` resolves these two (stock from other shards, the layout read again);
@@ -296,10 +295,28 @@ impl ApplyService {
         }
     }
 
-    /// Every holder of every shard, or `None` if there are too many to keep.
-    async fn holders(&self, conn: &mut RedisConnection, event: &EventId) -> Result<Option<HashMap<String, Holding>>, RedisError> {
+    /// Every holder of every shard (read whole, or what changed since `from`), or `None` if
+    /// there are too many to keep.
+    async fn holders(&self, conn: &mut RedisConnection, event: &EventId, from: LoadHolders) -> Result<Option<Holders>, RedisError> {
         let layout = self.layout(conn, event).await?;
-        keyspace::holders(conn, &layout, HOLDERS_IN_MEMORY).await
+        match from {
+            LoadHolders::Whole => {
+                let holders = keyspace::holders(conn, &layout, HOLDERS_IN_MEMORY).await?;
+                if holders.is_some() {
+                    self.metrics.holders_shards_read_whole.inc_by(u64::from(layout.shard_count()));
+                }
+                Ok(holders)
+            }
+            LoadHolders::Refresh(earlier) => {
+                let mut holders = Arc::unwrap_or_clone(earlier);
+                let Some(read) = keyspace::refresh_holders(conn, &layout, &mut holders, HOLDERS_IN_MEMORY).await? else {
+                    return Ok(None);
+                };
+                self.metrics.holders_shards_read_whole.inc_by(u64::from(read.shards_read_whole));
+                self.metrics.holders_changes_read.inc_by(read.changed_users as u64);
+                Ok(Some(holders))
+            }
+        }
     }
 
     /// The user's coupon in `event`.

@@ -21,13 +21,26 @@ pub(super) struct Contract {
 }
 
 /// Every key a script may name: a shard's keys (`EventKeys::all` order).
-const SHARD_KEYS: &[&str] =
-    &["config", "count", "users", "free", "unwritten", "persisted", "healed", "held", "grants", "grant_deadlines", "accepted", "refused"];
+const SHARD_KEYS: &[&str] = &[
+    "config",
+    "count",
+    "users",
+    "free",
+    "unwritten",
+    "persisted",
+    "healed",
+    "held",
+    "grants",
+    "grant_deadlines",
+    "accepted",
+    "refused",
+    "holder_changes",
+];
 
 pub(super) const ACK: Contract = Contract { script: "ack", keys: &["users"], args: &[] };
 pub(super) const APPLY: Contract = Contract {
     script: "apply",
-    keys: &["config", "count", "users", "free", "unwritten", "held", "accepted", "refused", "call"],
+    keys: &["config", "count", "users", "free", "unwritten", "held", "accepted", "refused", "holder_changes", "call"],
     args: &["lease_ms", "shard", "shards", "n"],
 };
 pub(super) const CLOSE_GRANT: Contract = Contract { script: "close_grant", keys: &["accepted", "refused", "config"], args: &["grant"] };
@@ -35,32 +48,56 @@ pub(super) const DELETE: Contract = Contract { script: "delete", keys: SHARD_KEY
 pub(super) const FENCE: Contract = Contract { script: "fence", keys: &["config"], args: &["force"] };
 pub(super) const GRANT: Contract = Contract {
     script: "grant",
-    keys: &["config", "count", "free", "grants", "grant_deadlines"],
+    keys: &["config", "count", "free", "grants", "grant_deadlines", "holder_changes"],
     args: &["grant", "target", "wanted", "lease_ms", "shard", "shards"],
 };
-pub(super) const HEAL: Contract =
-    Contract { script: "heal", keys: &["users", "free", "unwritten", "persisted", "healed", "config", "held"], args: &["cutoff_ms"] };
+pub(super) const HEAL: Contract = Contract {
+    script: "heal",
+    keys: &["users", "free", "unwritten", "persisted", "healed", "config", "held", "holder_changes"],
+    args: &["cutoff_ms"],
+};
+pub(super) const HOLDER_CHANGES: Contract =
+    Contract { script: "holder_changes", keys: &["config", "users", "holder_changes"], args: &["since", "max"] };
 pub(super) const ISSUED: Contract = Contract { script: "issued", keys: &["config", "users"], args: &[] };
 pub(super) const PROVISION: Contract = Contract {
     script: "provision",
-    keys: &["config", "count"],
+    keys: &["config", "count", "holder_changes"],
     args: &["limit", "per_user", "start_ms", "end_ms", "topic", "recover_if_missing", "paused", "incarnation", "shard", "shards", "epoch"],
 };
-pub(super) const RELEASE: Contract =
-    Contract { script: "release", keys: &["users", "free", "unwritten", "config", "held"], args: &["user", "slot", "deadline_ms"] };
+pub(super) const RELEASE: Contract = Contract {
+    script: "release",
+    keys: &["users", "free", "unwritten", "config", "held", "holder_changes"],
+    args: &["user", "slot", "deadline_ms"],
+};
 pub(super) const RESTORE_BEGIN: Contract = Contract {
     script: "restore_begin",
-    keys: &["config", "count", "users", "free", "unwritten", "persisted", "held", "grants", "grant_deadlines", "accepted", "refused"],
+    keys: &[
+        "config",
+        "count",
+        "users",
+        "free",
+        "unwritten",
+        "persisted",
+        "held",
+        "grants",
+        "grant_deadlines",
+        "accepted",
+        "refused",
+        "holder_changes",
+    ],
     args: &["not_after_ms", "token", "owner", "epoch"],
 };
 pub(super) const RESTORE_CHUNK: Contract =
     Contract { script: "restore_chunk", keys: &["config", "users", "free", "persisted", "held"], args: &["token", "chunk", "n"] };
 pub(super) const RESTORE_FINISH: Contract =
-    Contract { script: "restore_finish", keys: &["config", "count"], args: &["token", "count", "highest"] };
+    Contract { script: "restore_finish", keys: &["config", "count", "holder_changes"], args: &["token", "count", "highest"] };
 pub(super) const RETIRE: Contract =
     Contract { script: "retire", keys: SHARD_KEYS, args: &["incarnation", "tombstone_ttl_s", "check_only"] };
-pub(super) const SETTLE_GRANT: Contract =
-    Contract { script: "settle_grant", keys: &["grants", "grant_deadlines", "free", "config"], args: &["grant", "verdict"] };
+pub(super) const SETTLE_GRANT: Contract = Contract {
+    script: "settle_grant",
+    keys: &["grants", "grant_deadlines", "free", "config", "holder_changes"],
+    args: &["grant", "verdict"],
+};
 pub(super) const WRITTEN: Contract =
     Contract { script: "written", keys: &["users", "unwritten", "persisted", "config"], args: &["incarnation"] };
 
@@ -75,6 +112,7 @@ impl Contract {
             "fence" => script!("fence"),
             "grant" => script!("grant"),
             "heal" => script!("heal"),
+            "holder_changes" => script!("holder_changes"),
             "issued" => script!("issued"),
             "provision" => script!("provision"),
             "release" => script!("release"),
@@ -114,6 +152,7 @@ mod tests {
         &FENCE,
         &GRANT,
         &HEAL,
+        &HOLDER_CHANGES,
         &ISSUED,
         &PROVISION,
         &RELEASE,

@@ -39,7 +39,7 @@ pub async fn stock(conn: &mut RedisConnection, layout: &EventLayout, shard: u16)
         Option<i64>,
         i64,
     ) = redis::pipe()
-        .hget(&keys.config, &[field::LIMIT, field::RECOVERING, "holders_version"])
+        .hget(&keys.config, &[field::LIMIT, field::RECOVERING, field::HOLDERS_VERSION])
         .get(&keys.count)
         .llen(&keys.free)
         .get(&keys.held)

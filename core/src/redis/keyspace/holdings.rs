@@ -1,5 +1,4 @@
-//! Users' entries: what a user holds, every holder of a sold-out event, and `WAIT` for the
-//! replicas of a user's shard.
+//! Users' entries: what a user holds, and `WAIT` for the replicas of a user's shard.
 
 use redis::RedisResult;
 
@@ -52,39 +51,6 @@ pub(super) fn parse_holdings(value: &str) -> Vec<Holding> {
 pub async fn holdings(conn: &mut RedisConnection, layout: &EventLayout, user: &str) -> RedisResult<Vec<Holding>> {
     let value: Option<String> = redis::cmd("HGET").arg(&layout.user_keys(user).1.users).arg(user).query_async(conn).await?;
     Ok(value.as_deref().map(parse_holdings).unwrap_or_default())
-}
-
-/// Every user's entries (of every shard), read with `HSCAN` in steps of 1,000 (never one long
-/// command), or `None` if there are more than `max` users (the caller then reads entries one
-/// by one). For the api's sold-out short cut: once an event is sold out its holders change
-/// only through a release, a heal or a restore, which the shards' `holders_version` count.
-pub async fn holders(
-    conn: &mut RedisConnection,
-    layout: &EventLayout,
-    max: usize,
-) -> RedisResult<Option<std::collections::HashMap<String, Holding>>> {
-    let mut holders = std::collections::HashMap::new();
-    for shard in layout.shards() {
-        let key = &layout.keys(shard).users;
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, page): (u64, Vec<(String, String)>) =
-                redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(1000).query_async(conn).await?;
-            for (user, value) in page {
-                if let Some(first) = parse_holdings(&value).into_iter().next() {
-                    holders.insert(user, first);
-                }
-            }
-            if holders.len() > max {
-                return Ok(None);
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-    }
-    Ok(Some(holders))
 }
 
 /// A user's coupon as `GET /v1/events/{event}/users/{userId}` reads it: whether the event is

@@ -45,6 +45,9 @@ pub(super) struct EventKeys {
     /// Grants this shard took, and grants it refused for good.
     pub accepted: String,
     pub refused: String,
+    /// Users whose entries changed after the event could sell out, by `holders_version`
+    /// (`holders_changed` in `lua/common.lua`).
+    pub holder_changes: String,
 }
 
 impl EventKeys {
@@ -63,6 +66,7 @@ impl EventKeys {
             grant_deadlines: format!("{prefix}:grant_deadlines"),
             accepted: format!("{prefix}:accepted"),
             refused: format!("{prefix}:refused"),
+            holder_changes: format!("{prefix}:holder_changes"),
         }
     }
 
@@ -92,11 +96,12 @@ impl EventKeys {
             "grant_deadlines" => &self.grant_deadlines,
             "accepted" => &self.accepted,
             "refused" => &self.refused,
+            "holder_changes" => &self.holder_changes,
             other => panic!("no shard key is named {other}"),
         }
     }
 
-    pub fn all(&self) -> [&str; 12] {
+    pub fn all(&self) -> [&str; 13] {
         [
             &self.config,
             &self.count,
@@ -110,6 +115,7 @@ impl EventKeys {
             &self.grant_deadlines,
             &self.accepted,
             &self.refused,
+            &self.holder_changes,
         ]
     }
 }

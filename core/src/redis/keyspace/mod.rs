@@ -13,7 +13,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `coupon:{ns/name}:config` | hash | `limit`, `per_user`, `start_ms`, `end_ms` (window, server time in ms), `topic`, `paused`, `shards` and `shard` (absent: 1 and 0), `incarnation` (the UID of the `CouponEvent` the event belongs to, written at creation and never changed: records and rows carry it in their event key), `server` (replication id of the Redis the state was last verified on); while the state is being verified against SQL also `recovering` = `1`, `recovering_since_ms` and, during the write-back, `restoring` and `restore_server`. A deleted event leaves only `deleted` = `1` here for a day (a tombstone) |
+//! | `coupon:{ns/name}:config` | hash | `limit`, `per_user`, `start_ms`, `end_ms` (window, server time in ms), `topic`, `paused`, `shards` and `shard` (absent: 1 and 0), `incarnation` (the UID of the `CouponEvent` the event belongs to, written at creation and never changed: records and rows carry it in their event key), `server` (replication id of the Redis the state was last verified on), `holders_version` (grows with every change of who may hold a slot: a release, a heal, a slot handed out again, a new limit, a restore), `holders_base` and `holders_logged` (the change log holds every change past the first, up to the second; `lua/common.lua`, `holders_changed`); while the state is being verified against SQL also `recovering` = `1`, `recovering_since_ms` and, during the write-back, `restoring` and `restore_server`. A deleted event leaves only `deleted` = `1` here for a day (a tombstone) |
 //! | `coupon:{ns/name}:count` | integer | slots of the shard's stride handed out (with one shard: the highest slot ever handed out; never beyond `limit`) |
 //! | `coupon:{ns/name}:users` | hash | user → their entries, `slot:state` separated by spaces; state `p` pending (issued, record not yet acknowledged), `a` acknowledged by the broker (the user was answered 201), `w` written to SQL after that, `x` written to SQL but never confirmed to the user (their next apply answers 201 without producing). One entry per user today; `per_user` > 1 adds entries to the same value |
 //! | `coupon:{ns/name}:unwritten` | sorted set | `slot:user` of every entry not yet written, scored by its delivery deadline (server ms): what healing looks at |
@@ -24,6 +24,7 @@
 //! | `coupon:{ns/name}:grants` | hash | grant id → `target slot slot ...`: stock this shard gave and that is not settled yet |
 //! | `coupon:{ns/name}:grant_deadlines` | sorted set | grant ids by deadline (server ms): when healing may close them |
 //! | `coupon:{ns/name}:accepted` / `:refused` | sets | grant ids this shard took / refused for good |
+//! | `coupon:{ns/name}:holder_changes` | sorted set | users whose entries a release, a heal or a slot handed out again changed, scored by the `holders_version` of their last change (at most 10,000: the oldest go), so an api keeping a sold-out event's holders reads only what changed (`holders.rs`) |
 //! | `coupon:{ns/name}:call:<id>` | string | one gate call's answers (JSON), kept for the lease when the call issued, redelivered or confirmed a slot, so that a resent call answers the same; expires by itself |
 //! | `coupon:events` | set | every provisioned event (`ns/name`), for the consumer's verification and healing passes; outside any event's hash tag |
 //!
@@ -46,6 +47,7 @@ mod eviction;
 mod gate;
 mod grants;
 mod heal;
+mod holders;
 mod holdings;
 mod issued;
 mod layout;
@@ -63,7 +65,8 @@ pub use eviction::{eviction, set_eviction_for_tests, Eviction, EvictionRisk};
 pub use gate::{ack, apply, apply_many, prepare_gate_benchmark, release, unique_id, GateDecision, Grant};
 pub use grants::{close_grant, expired_grants, grant, settle_grant, stock, stride_left, GrantVerdict, ShardStock};
 pub use heal::{heal, mark_written, overdue_entries, HealVerdict, Healed, OverdueEntry};
-pub use holdings::{holders, holdings, user_view, wait_for_replicas, Holding, HoldingState, UserView};
+pub use holders::{holders, refresh_holders, Holders, HoldersRead};
+pub use holdings::{holdings, user_view, wait_for_replicas, Holding, HoldingState, UserView};
 pub use issued::issued_to;
 use layout::EventKeys;
 pub use layout::{home_shard, EventLayout};
@@ -110,6 +113,7 @@ mod field {
     pub const INCARNATION: &str = "incarnation";
     pub const DELETED: &str = "deleted";
     pub const SHARDS: &str = "shards";
+    pub const HOLDERS_VERSION: &str = "holders_version";
 }
 
 /// Up to `max` members of the sorted set `key` scored at or before `cutoff_ms`, lowest first

@@ -1,7 +1,7 @@
 -- The apply gate: decides the applies of one or more users atomically, on their home shard,
 -- one after the other as separate calls would (a user named twice gets their slot once).
--- KEYS: config, count, users, free, unwritten, held, accepted, refused, call (this call's
--- answers, kept for a resend). ARGV: lease_ms (how
+-- KEYS: config, count, users, free, unwritten, held, accepted, refused, holder_changes, call
+-- (this call's answers, kept for a resend). ARGV: lease_ms (how
 -- long a delivery may take: the api's produce timeout and a margin), shard, shards (the
 -- layout the caller routed by), n, then n user ids, then optionally a grant id, its epoch and
 -- its slots (stock another shard gave this one: taken into the free list first, once, unless
@@ -32,7 +32,7 @@
 -- What holds for the whole shard (configuration, layout, fencing, pause, a grant) is read
 -- once per call: a batch of users pays it once.
 local K = named(KEYS, {
-  'config', 'count', 'users', 'free', 'unwritten', 'held', 'accepted', 'refused', 'call',
+  'config', 'count', 'users', 'free', 'unwritten', 'held', 'accepted', 'refused', 'holder_changes', 'call',
 })
 local A = named(ARGV, {'lease_ms', 'shard', 'shards', 'n'})
 local n = tonumber(A.n) or 0
@@ -83,6 +83,9 @@ if ARGV[grant] and (tonumber(cfg.epoch) or 0) == tonumber(ARGV[grant + 1]) then
 end
 if cfg.paused == '1' then return all(ANSWER.PAUSED, 0, 0, granted) end
 local per_user = tonumber(cfg.per_user) or 1
+-- What SOLD_OUT and SHARD_EMPTY report: a slot given back and issued earlier in this call
+-- changes it.
+local holders_version = tonumber(cfg.holders_version) or 0
 
 -- One user's decision.
 local function decide(user)
@@ -111,15 +114,24 @@ local function decide(user)
     if not slot or slot <= limit then break end
     slot = nil -- above a limit lowered since it was given back: dropped
   end
-  if not slot then
-    local next_slot = stride_slot(tonumber(redis.call('GET', K.count)) or 0, shard, shards)
+  if slot then
+    -- A slot given back (or granted) after the event could sell out: an api keeping the
+    -- holders learns of the new one from the change log.
+    holders_version = holders_changed(K.config, K.holder_changes, {user})
+  else
+    local count = tonumber(redis.call('GET', K.count)) or 0
+    local next_slot = stride_slot(count, shard, shards)
     if next_slot > limit then
       local code = ANSWER.SOLD_OUT
       if shards > 1 then code = ANSWER.SHARD_EMPTY end
-      return {code, tonumber(cfg.end_ms), '', tonumber(cfg.holders_version) or 0, '', granted}
+      return {code, tonumber(cfg.end_ms), '', holders_version, '', granted}
     end
     redis.call('INCR', K.count)
     slot = next_slot
+    -- Slots from the counter are not logged (the hot path of a sale); its last one starts
+    -- the log again, so holders read before it are read whole once more, and from here on
+    -- only a new limit (which starts the log again too) reopens the counter.
+    if stride_slot(count + 1, shard, shards) > limit then holders_version = holders_reset(K.config, K.holder_changes) end
   end
   entries[#entries + 1] = {tostring(slot), 'p'}
   store_entries(K.users, user, entries)

@@ -128,3 +128,48 @@ local function fenced(config, cfg_server, cfg_recovering, cfg_recovering_server)
   end
   return cfg_recovering == '1'
 end
+
+-- The holders' change log of a shard (`holder_changes`): the users whose entries changed
+-- once the shard's counter was used up (a release, a heal, a slot given back handed out
+-- again), scored by the `holders_version` their change made. An api
+-- that keeps a sold-out event's holders in memory as of a version reads only the users
+-- changed since (`holder_changes.lua`), not every holder again. Two configuration fields
+-- say what the log covers: `holders_base` (every change with a higher version is in it) and
+-- `holders_logged` (the version of its last change: a `holders_version` past it was changed
+-- by a script that does not log, an older binary during an upgrade, and the log cannot be
+-- trusted). At most HOLDER_LOG_MAX users: the oldest go, and the base moves past them.
+local HOLDER_LOG_MAX = 10000
+
+-- Counts a change of who may hold a slot (`holders_version`) and logs the users whose
+-- entries it changed (none for a change of stock alone). Answers the new version.
+local function holders_changed(config, log, users)
+  local version = redis.call('HINCRBY', config, 'holders_version', 1)
+  local covered = read_config(config, {'holders_base', 'holders_logged'})
+  local base = tonumber(covered.holders_base) or 0
+  -- The change before this one was not logged (an older binary, or a shard from before the
+  -- log): the log is complete only from here on.
+  if tonumber(covered.holders_logged) ~= version - 1 then base = version - 1 end
+  for _, user in ipairs(users) do redis.call('ZADD', log, version, user) end
+  local excess = redis.call('ZCARD', log) - HOLDER_LOG_MAX
+  if excess > 0 then
+    local dropped = redis.call('ZPOPMIN', log, excess)
+    base = math.max(base, tonumber(dropped[#dropped]))
+  end
+  redis.call('HSET', config, 'holders_base', base, 'holders_logged', version)
+  return version
+end
+
+-- Starts the log again at a change it cannot describe user by user (a new event, a restore,
+-- a new limit, the counter's last slot handed out: slots from the counter are not logged):
+-- an api holding the holders as of an earlier version reads them all again.
+-- `version`: the new `holders_version` (default: the current one plus one).
+local function holders_reset(config, log, version)
+  if version then
+    redis.call('HSET', config, 'holders_version', version)
+  else
+    version = redis.call('HINCRBY', config, 'holders_version', 1)
+  end
+  redis.call('UNLINK', log)
+  redis.call('HSET', config, 'holders_base', version, 'holders_logged', version)
+  return version
+end

@@ -5,7 +5,7 @@
 -- data (503). Answers how many keys existed.
 local K = named(KEYS, {
   'config', 'count', 'users', 'free', 'unwritten', 'persisted', 'healed', 'held', 'grants',
-  'grant_deadlines', 'accepted', 'refused',
+  'grant_deadlines', 'accepted', 'refused', 'holder_changes',
 })
 local A = named(ARGV, {'tombstone_ttl_s'})
 local existed = redis.call('UNLINK', unpack(KEYS))

@@ -1,11 +1,12 @@
 -- Gives back the slot of a record that was certainly not written.
--- KEYS: users, free, unwritten, config, held. ARGV: user id, slot, deadline (of the delivery that
--- failed). A release changes the holders: `holders_version` counts it.
+-- KEYS: users, free, unwritten, config, held, holder_changes. ARGV: user id, slot, deadline (of
+-- the delivery that failed). A release changes the holders: `holders_version` counts it, and
+-- the user goes in the holders' change log (`holders_changed`).
 -- Answers DONE (released) or NOTHING (nothing to release).
 -- Only the user's pending entry of exactly that slot, and only while its deadline is still
 -- the failed delivery's: a repeated or stale release, or one racing a later delivery of the
 -- same record (which may be written), cannot put a slot on the free list.
-local K = named(KEYS, {'users', 'free', 'unwritten', 'config', 'held'})
+local K = named(KEYS, {'users', 'free', 'unwritten', 'config', 'held', 'holder_changes'})
 local A = named(ARGV, {'user', 'slot', 'deadline_ms'})
 local member = unwritten_member(A.slot, A.user)
 if tonumber(redis.call('ZSCORE', K.unwritten, member)) ~= tonumber(A.deadline_ms) then return ANSWER.NOTHING end
@@ -17,7 +18,7 @@ for i, e in ipairs(entries) do
     redis.call('ZREM', K.unwritten, member)
     redis.call('LPUSH', K.free, A.slot)
     redis.call('DECR', K.held)
-    redis.call('HINCRBY', K.config, 'holders_version', 1)
+    holders_changed(K.config, K.holder_changes, {A.user})
     return ANSWER.DONE
   end
 end

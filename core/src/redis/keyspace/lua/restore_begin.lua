@@ -1,5 +1,5 @@
 -- Starts writing back a shard's state from SQL. KEYS: config, count, users, free, unwritten,
--- persisted, held, grants, grant_deadlines, accepted, refused. ARGV: not_after_ms, token, owner
+-- persisted, held, grants, grant_deadlines, accepted, refused, holder_changes. ARGV: not_after_ms, token, owner
 -- (the restoring process: it may take over its own interrupted restore at once), epoch (the
 -- same for every shard of the restore: grants of the epoch before are void).
 -- Only while the event is marked recovering and the mark was made at or before
@@ -13,7 +13,7 @@
 -- way).
 local K = named(KEYS, {
   'config', 'count', 'users', 'free', 'unwritten', 'persisted', 'held', 'grants', 'grant_deadlines',
-  'accepted', 'refused',
+  'accepted', 'refused', 'holder_changes',
 })
 local A = named(ARGV, {'not_after_ms', 'token', 'owner', 'epoch'})
 local mark = read_config(K.config, {
@@ -34,7 +34,7 @@ redis.call('UNLINK', K.users, K.free, K.unwritten, K.grants, K.grant_deadlines, 
 redis.call('SET', K.count, 0)
 redis.call('SET', K.persisted, 0)
 redis.call('SET', K.held, 0)
-redis.call('HINCRBY', K.config, 'holders_version', 1)
+holders_reset(K.config, K.holder_changes)
 redis.call('HSET', K.config, 'restoring', A.token, 'restore_owner', A.owner, 'restore_server', server, 'restore_beat_ms', now,
   'epoch', A.epoch, 'restore_chunk', 0)
 return ANSWER.DONE

@@ -2,13 +2,14 @@
 -- name starts from zero; only if that state is finished, checked and removed in one step so
 -- that nothing can be issued in between (per shard: the caller checks every shard with
 -- `check_only` first; the window is over, so no shard issues anything new meanwhile).
--- KEYS: config, count, users, free, unwritten, persisted, healed, held, and the grant keys.
+-- KEYS: config, count, users, free, unwritten, persisted, healed, held, the grant keys and the
+-- holders' change log.
 -- ARGV: the incarnation expected ('' for none), tombstone_ttl_s (0: no tombstone), check_only.
 -- Answers DONE (removed, or removable with check_only), NOTHING (nothing there),
 -- OTHER_INCARNATION, RECOVERING, STILL_OPEN, UNWRITTEN (coupons not yet written).
 local K = named(KEYS, {
   'config', 'count', 'users', 'free', 'unwritten', 'persisted', 'healed', 'held', 'grants',
-  'grant_deadlines', 'accepted', 'refused',
+  'grant_deadlines', 'accepted', 'refused', 'holder_changes',
 })
 local A = named(ARGV, {'incarnation', 'tombstone_ttl_s', 'check_only'})
 local cfg = read_config(K.config, {'limit', 'incarnation', 'recovering', 'end_ms', 'shards'})

@@ -134,3 +134,35 @@ async fn holders_older_than_the_log_are_read_whole() {
     assert!(holders.is_empty());
     keyspace::delete_event(&mut conn, &id).await.unwrap();
 }
+
+/// Redis lost writes (a failover to a replica that lagged, a restart from an older file) and
+/// the consumer restored the shard from SQL. The restore's version is past every version of
+/// the lost history (it is at least the server's time in microseconds), so holders an api
+/// read from that history are read whole again, never taken for current; so are holders of
+/// an earlier event of the same name.
+#[tokio::test]
+async fn holders_from_before_a_restore_are_read_whole() {
+    let mut conn = connect().await;
+    let (id, layout) = event(&mut conn, &open(2)).await;
+    for user in ["before-1", "before-2"] {
+        issue(&mut conn, &layout, user, LONG).await;
+    }
+    let mut holders = keyspace::holders(&mut conn, &layout, MAX).await.unwrap().unwrap();
+    let before = holders.version();
+    let far = i64::MAX / 2;
+    keyspace::fence(&mut conn, &layout, 0, true).await.unwrap();
+    assert_eq!(keyspace::restore_begin(&mut conn, &layout, 0, "t", "me", far, 1).await.unwrap(), keyspace::RestoreStep::Done);
+    let rows = [("restored".to_owned(), 1)];
+    assert_eq!(keyspace::restore_chunk(&mut conn, &layout, 0, "t", 1, &[&rows[0]], &[]).await.unwrap(), keyspace::RestoreStep::Done);
+    assert_eq!(keyspace::restore_finish(&mut conn, &layout, 0, "t", 1, 1).await.unwrap(), keyspace::RestoreStep::Done);
+    refresh_reads(&mut conn, &layout, &mut holders, HoldersRead { changed_users: 0, shards_read_whole: 1 }, "after a restore").await;
+    assert!(holders.version() > before);
+    assert!(holders.get("before-1").is_none() && holders.get("restored").is_some());
+
+    // The event deleted and created again under its name: a new history, read whole.
+    keyspace::delete_event(&mut conn, &id).await.unwrap();
+    assert_eq!(keyspace::write_config(&mut conn, &id, &open(2), false).await.unwrap(), keyspace::ConfigWrite::Created);
+    refresh_reads(&mut conn, &layout, &mut holders, HoldersRead { changed_users: 0, shards_read_whole: 1 }, "a new event").await;
+    assert!(holders.is_empty());
+    keyspace::delete_event(&mut conn, &id).await.unwrap();
+}

@@ -88,7 +88,8 @@ impl SoldOutCache {
     }
 
     /// Records what the gate said. Returns what the caller should load the holders from, if
-    /// it should (nobody has for this version, and nobody is loading them).
+    /// it should: nobody has for this version, and no load is under way (one at a time per
+    /// event: a load that ends for an older version becomes what the next one refreshes).
     pub fn set_sold_out(&self, event: &str, closes_at_ms: i64, holders_version: i64) -> Option<LoadHolders> {
         let mut map = self.seen.write().unwrap_or_else(|e| e.into_inner());
         let entry = match map.get_mut(event) {
@@ -109,7 +110,12 @@ impl SoldOutCache {
             Some(entry) => {
                 // The holders changed: the loaded ones are no longer served, only refreshed.
                 let earlier = entry.holders.take().or_else(|| entry.earlier.take());
+                let loading = entry.loading;
                 *entry = SoldOutEntry::new(closes_at_ms, holders_version, earlier);
+                entry.loading = loading;
+                if loading {
+                    return None;
+                }
                 entry
             }
             None => map.entry(event.to_owned()).or_insert(SoldOutEntry::new(closes_at_ms, holders_version, None)),
@@ -120,26 +126,20 @@ impl SoldOutCache {
     }
 
     /// Stores how the load of the holders for `holders_version` ended (without holders,
-    /// single reads go on).
+    /// single reads go on). Holders as of the version the gate reports now are served, even
+    /// if the load was for an earlier one; others are kept for the next load to refresh.
     pub fn holders_loaded(&self, event: &str, holders_version: i64, load: HoldersLoad) {
         let mut map = self.seen.write().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = map.get_mut(event) else { return };
-        if entry.holders_version != holders_version {
-            // A newer version was reported meanwhile: what was loaded is its refresh's start.
-            if let (HoldersLoad::Loaded(holders), None) = (load, &entry.earlier) {
-                if !entry.loading && entry.holders.is_none() {
-                    entry.earlier = Some(Arc::new(holders));
-                }
-            }
-            return;
-        }
         entry.loading = false;
+        let current = entry.holders_version == holders_version;
         match load {
-            HoldersLoad::Loaded(holders) if holders.version() == holders_version => entry.holders = Some(Arc::new(holders)),
+            HoldersLoad::Loaded(holders) if holders.version() == entry.holders_version => entry.holders = Some(Arc::new(holders)),
             // Changed again since the gate answered: kept to be refreshed, not served.
             HoldersLoad::Loaded(holders) => entry.earlier = Some(Arc::new(holders)),
-            HoldersLoad::TooMany => entry.gave_up = Some(GaveUp::TooMany),
-            HoldersLoad::Failed => entry.gave_up = Some(GaveUp::Failed(Instant::now())),
+            HoldersLoad::TooMany if current => entry.gave_up = Some(GaveUp::TooMany),
+            HoldersLoad::Failed if current => entry.gave_up = Some(GaveUp::Failed(Instant::now())),
+            HoldersLoad::TooMany | HoldersLoad::Failed => {}
         }
     }
 
@@ -273,8 +273,6 @@ mod tests {
         };
         assert_eq!(earlier.version(), 7);
         assert!(cache.sold_out("a").unwrap().holders.is_none(), "the old holders are no longer served");
-        cache.holders_loaded("a", 7, HoldersLoad::Loaded(holders(7, &[])));
-        assert!(cache.sold_out("a").unwrap().holders.is_none(), "a stale load is not served");
         cache.holders_loaded("a", 8, HoldersLoad::Loaded(holders(9, &[("u", 3)])));
         assert!(cache.sold_out("a").unwrap().holders.is_none(), "changed again since the gate answered: not served");
         let Some(LoadHolders::Refresh(earlier)) = cache.set_sold_out("a", 42, 9) else { panic!("refreshed from the newer load") };
@@ -289,6 +287,16 @@ mod tests {
         assert!(cache.sold_out("a").unwrap().holders.is_some());
         cache.reopened("a");
         assert!(matches!(cache.set_sold_out("a", 42, 10), Some(LoadHolders::Refresh(_))), "kept through the reopening");
+        // A newer version while a load is under way: no second load; the first one's holders
+        // are served if they are as of the newest version, else refreshed by the next load.
+        assert!(cache.set_sold_out("a", 42, 11).is_none(), "one load at a time");
+        cache.holders_loaded("a", 10, HoldersLoad::Loaded(holders(10, &[("u", 3)])));
+        assert!(cache.sold_out("a").unwrap().holders.is_none());
+        let Some(LoadHolders::Refresh(earlier)) = cache.set_sold_out("a", 42, 11) else { panic!("refreshes the load for 10") };
+        assert_eq!(earlier.version(), 10);
+        assert!(cache.set_sold_out("a", 42, 12).is_none());
+        cache.holders_loaded("a", 11, HoldersLoad::Loaded(holders(12, &[("u", 3)])));
+        assert!(cache.sold_out("a").unwrap().holders.is_some(), "read as of the version reported since: served");
         cache.forget("a");
         assert!(cache.sold_out("a").is_none());
         assert!(matches!(cache.set_sold_out("a", 42, 10), Some(LoadHolders::Whole)), "a deleted event's holders are gone");

@@ -272,7 +272,9 @@ impl ApplyService {
             }
             GateDecision::Closed => ApplyOutcome::Closed,
             GateDecision::Recovering => {
-                self.sold_out.reopened(name);
+                // Being restored from SQL: whatever this process read of the holders is of a
+                // state that is being replaced.
+                self.sold_out.forget(name);
                 ApplyOutcome::Unavailable
             }
             // `gate` resolves these two (stock from other shards, the layout read again);
@@ -283,8 +285,10 @@ impl ApplyService {
     }
 
     /// The event's layout: remembered per event (its number of shards never changes while
-    /// the event exists), read from its home configuration the first time.
-    async fn layout(&self, conn: &mut RedisConnection, event: &EventId) -> Result<Arc<EventLayout>, RedisError> {
+    /// the event exists), read from its home configuration the first time. Every path of the
+    /// api that needs it takes it from here (placing a sharded event's shards takes
+    /// thousands of hashes).
+    pub async fn layout(&self, conn: &mut RedisConnection, event: &EventId) -> Result<Arc<EventLayout>, RedisError> {
         if let Some(layout) = self.layouts.get(event.name()) {
             return Ok(layout);
         }

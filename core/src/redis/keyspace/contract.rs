@@ -48,7 +48,7 @@ pub(super) const DELETE: Contract = Contract { script: "delete", keys: SHARD_KEY
 pub(super) const FENCE: Contract = Contract { script: "fence", keys: &["config"], args: &["force"] };
 pub(super) const GRANT: Contract = Contract {
     script: "grant",
-    keys: &["config", "count", "free", "grants", "grant_deadlines", "holder_changes"],
+    keys: &["config", "count", "free", "grants", "grant_deadlines", "holder_changes", "held"],
     args: &["grant", "target", "wanted", "lease_ms", "shard", "shards"],
 };
 pub(super) const HEAL: Contract = Contract {
@@ -57,11 +57,11 @@ pub(super) const HEAL: Contract = Contract {
     args: &["cutoff_ms"],
 };
 pub(super) const HOLDER_CHANGES: Contract =
-    Contract { script: "holder_changes", keys: &["config", "users", "holder_changes"], args: &["since", "max"] };
+    Contract { script: "holder_changes", keys: &["config", "users", "holder_changes", "held"], args: &["since", "max"] };
 pub(super) const ISSUED: Contract = Contract { script: "issued", keys: &["config", "users"], args: &[] };
 pub(super) const PROVISION: Contract = Contract {
     script: "provision",
-    keys: &["config", "count", "holder_changes"],
+    keys: &["config", "count", "holder_changes", "held"],
     args: &["limit", "per_user", "start_ms", "end_ms", "topic", "recover_if_missing", "paused", "incarnation", "shard", "shards", "epoch"],
 };
 pub(super) const RELEASE: Contract = Contract {
@@ -90,12 +90,12 @@ pub(super) const RESTORE_BEGIN: Contract = Contract {
 pub(super) const RESTORE_CHUNK: Contract =
     Contract { script: "restore_chunk", keys: &["config", "users", "free", "persisted", "held"], args: &["token", "chunk", "n"] };
 pub(super) const RESTORE_FINISH: Contract =
-    Contract { script: "restore_finish", keys: &["config", "count", "holder_changes"], args: &["token", "count", "highest"] };
+    Contract { script: "restore_finish", keys: &["config", "count", "holder_changes", "held"], args: &["token", "count", "highest"] };
 pub(super) const RETIRE: Contract =
     Contract { script: "retire", keys: SHARD_KEYS, args: &["incarnation", "tombstone_ttl_s", "check_only"] };
 pub(super) const SETTLE_GRANT: Contract = Contract {
     script: "settle_grant",
-    keys: &["grants", "grant_deadlines", "free", "config", "holder_changes"],
+    keys: &["grants", "grant_deadlines", "free", "config", "holder_changes", "held"],
     args: &["grant", "verdict"],
 };
 pub(super) const WRITTEN: Contract =

@@ -229,6 +229,13 @@ mod tests {
         let read = refresh_holders(&mut conn, &layout, &mut holders, 10).await.unwrap().unwrap();
         assert_eq!(read, HoldersRead { changed_users: 1, shards_read_whole: 0 }, "logged again from the release on");
         assert_eq!(holders, super::holders(&mut conn, &layout, 10).await.unwrap().unwrap());
+        // What an older binary's gate did with a slot given back: issued it without moving the
+        // version (only `held` tells).
+        let _: () = redis::cmd("HSET").arg(&layout.keys(0).users).arg("z").arg("2:w").query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("INCR").arg(&layout.keys(0).held).query_async(&mut conn).await.unwrap();
+        let read = refresh_holders(&mut conn, &layout, &mut holders, 10).await.unwrap().unwrap();
+        assert_eq!(read, HoldersRead { changed_users: 0, shards_read_whole: 1 }, "the version did not move, `held` did");
+        assert_eq!(holders.get("z").map(|holding| holding.slot), Some(2));
         super::super::delete_event(&mut conn, &event).await.unwrap();
     }
 }

@@ -114,10 +114,12 @@ local function decide(user)
     if not slot or slot <= limit then break end
     slot = nil -- above a limit lowered since it was given back: dropped
   end
+  -- How the holders' change log learns of this slot (`holders_changed`), once it is issued.
+  local log
   if slot then
     -- A slot given back (or granted) after the event could sell out: an api keeping the
     -- holders learns of the new one from the change log.
-    holders_version = holders_changed(K.config, K.holder_changes, {user})
+    log = 'changed'
   else
     local count = tonumber(redis.call('GET', K.count)) or 0
     local next_slot = stride_slot(count, shard, shards)
@@ -131,24 +133,30 @@ local function decide(user)
     -- Slots from the counter are not logged (the hot path of a sale); its last one starts
     -- the log again, so holders read before it are read whole once more, and from here on
     -- only a new limit (which starts the log again too) reopens the counter.
-    if stride_slot(count + 1, shard, shards) > limit then holders_version = holders_reset(K.config, K.holder_changes) end
+    if stride_slot(count + 1, shard, shards) > limit then log = 'reset' end
   end
   entries[#entries + 1] = {tostring(slot), 'p'}
   store_entries(K.users, user, entries)
   redis.call('ZADD', K.unwritten, now + lease, unwritten_member(slot, user))
   redis.call('INCR', K.held)
+  if log == 'changed' then holders_version = holders_changed(K.config, K.holder_changes, K.held, {user}) end
+  if log == 'reset' then holders_version = holders_reset(K.config, K.holder_changes, K.held) end
   return {ANSWER.ISSUED, slot, cfg.topic, now + lease, cfg.incarnation or '', granted}
 end
 
 local answers = {}
 for i = 1, n do answers[i] = decide(ARGV[4 + i]) end
 -- Kept as long as a delivery's lease, when the call issued, redelivered or confirmed a slot
--- (any other answer, a resend finds the same): a resend comes within seconds. (cjson keeps
--- 14 significant digits: millisecond times and slots are well within them.)
+-- (any other answer, a resend finds the same): a resend comes within seconds. cjson keeps
+-- 14 significant digits: slots and millisecond times are well within them, but a
+-- `holders_version` (microseconds, 16 digits) is not, so the fourth field is kept as a
+-- string of digits (the caller reads either form as a number).
 local changed = {[ANSWER.ISSUED] = true, [ANSWER.DELIVER_AGAIN] = true, [ANSWER.CONFIRMED] = true}
 for i = 1, n do
   if changed[answers[i][1]] then
-    redis.call('SET', K.call, cjson.encode(answers), 'PX', lease)
+    local kept = {}
+    for j, a in ipairs(answers) do kept[j] = {a[1], a[2], a[3], string.format('%.0f', a[4]), a[5], a[6]} end
+    redis.call('SET', K.call, cjson.encode(kept), 'PX', lease)
     break
   end
 end

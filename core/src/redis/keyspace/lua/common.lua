@@ -131,18 +131,27 @@ end
 
 -- The holders' change log of a shard (`holder_changes`): the users whose entries changed
 -- once the shard's counter was used up (a release, a heal, a slot given back handed out
--- again), scored by the `holders_version` their change made. An api
--- that keeps a sold-out event's holders in memory as of a version reads only the users
--- changed since (`holder_changes.lua`), not every holder again. Two configuration fields
--- say what the log covers: `holders_base` (every change with a higher version is in it) and
--- `holders_logged` (the version of its last change: a `holders_version` past it was changed
--- by a script that does not log, an older binary during an upgrade, and the log cannot be
--- trusted). At most HOLDER_LOG_MAX users: the oldest go, and the base moves past them.
+-- again), scored by the `holders_version` their change made. An api that keeps a sold-out
+-- event's holders in memory as of a version reads only the users changed since
+-- (`holder_changes.lua`), not every holder again. Configuration fields say what the log
+-- covers: `holders_base` (every change with a higher version is in it), `holders_logged` and
+-- `holders_held` (the version of its last change and the shard's `held` then). A version past
+-- `holders_logged`, or a `held` other than `holders_held`, was changed by a script that does
+-- not log (an older binary during an upgrade, or a restore writing entries back), and the
+-- log cannot say what changed. At most HOLDER_LOG_MAX users: the oldest go, and the base
+-- moves past them.
 local HOLDER_LOG_MAX = 10000
 
+-- What the log records of the shard's state with each change.
+local function holders_covered(config, held, version, base)
+  redis.call('HSET', config, 'holders_base', base, 'holders_logged', version,
+    'holders_held', tonumber(redis.call('GET', held)) or 0)
+end
+
 -- Counts a change of who may hold a slot (`holders_version`) and logs the users whose
--- entries it changed (none for a change of stock alone). Answers the new version.
-local function holders_changed(config, log, users)
+-- entries it changed (none for a change of stock alone). Called once the change is made
+-- (`held` included). Answers the new version.
+local function holders_changed(config, log, held, users)
   local version = redis.call('HINCRBY', config, 'holders_version', 1)
   local covered = read_config(config, {'holders_base', 'holders_logged'})
   local base = tonumber(covered.holders_base) or 0
@@ -155,21 +164,23 @@ local function holders_changed(config, log, users)
     local dropped = redis.call('ZPOPMIN', log, excess)
     base = math.max(base, tonumber(dropped[#dropped]))
   end
-  redis.call('HSET', config, 'holders_base', base, 'holders_logged', version)
+  holders_covered(config, held, version, base)
   return version
 end
 
 -- Starts the log again at a change it cannot describe user by user (a new event, a restore,
 -- a new limit, the counter's last slot handed out: slots from the counter are not logged):
--- an api holding the holders as of an earlier version reads them all again.
--- `version`: the new `holders_version` (default: the current one plus one).
-local function holders_reset(config, log, version)
-  if version then
-    redis.call('HSET', config, 'holders_version', version)
-  else
-    version = redis.call('HINCRBY', config, 'holders_version', 1)
-  end
+-- an api holding the holders as of an earlier version reads them all again. The new version
+-- is at least the server's time in microseconds: after Redis lost writes (a failover, a
+-- restart from an old file) the restore's reset is past every version the lost history
+-- made (which grew by one per change, far slower than the clock), so holders an api read
+-- from that history are never taken for current; so is a new event of a deleted one's name.
+local function holders_reset(config, log, held)
+  local t = redis.call('TIME')
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local version = math.max((tonumber(redis.call('HGET', config, 'holders_version')) or 0) + 1, now_us)
+  redis.call('HSET', config, 'holders_version', version)
   redis.call('UNLINK', log)
-  redis.call('HSET', config, 'holders_base', version, 'holders_logged', version)
+  holders_covered(config, held, version, version)
   return version
 end

@@ -1,6 +1,6 @@
 -- Gives part of this shard's stock to another shard that ran out (stock moves between shards,
 -- so no apply is answered sold out while coupons remain on some shard).
--- KEYS: config, count, free, grants, grant_deadlines, holder_changes. ARGV: grant id, target shard, n, lease_ms,
+-- KEYS: config, count, free, grants, grant_deadlines, holder_changes, held. ARGV: grant id, target shard, n, lease_ms,
 -- shard, shards (the caller's layout).
 -- Takes up to n slots: from the free list (dropping any above a lowered limit), then from the
 -- counter's stride. The grant is recorded here, with a deadline, until it is settled: the
@@ -13,7 +13,7 @@
 -- A repeated call with the same id (a client that resent it) answers the recorded grant.
 -- Answers {DONE, epoch, slots...} granted, {NOTHING} nothing to give, {RECOVERING},
 -- {OTHER_LAYOUT}.
-local K = named(KEYS, {'config', 'count', 'free', 'grants', 'grant_deadlines', 'holder_changes'})
+local K = named(KEYS, {'config', 'count', 'free', 'grants', 'grant_deadlines', 'holder_changes', 'held'})
 local A = named(ARGV, {'grant', 'target', 'wanted', 'lease_ms', 'shard', 'shards'})
 local cfg = read_config(K.config, {
   'limit', 'server', 'recovering', 'recovering_server', 'shards', 'shard', 'epoch',
@@ -51,7 +51,7 @@ end
 if taken > 0 then
   redis.call('INCRBY', K.count, taken)
   -- The counter's last slot: the holders' change log starts again (as in `apply.lua`).
-  if stride_slot(count + taken, shard, shards) > limit then holders_reset(K.config, K.holder_changes) end
+  if stride_slot(count + taken, shard, shards) > limit then holders_reset(K.config, K.holder_changes, K.held) end
 end
 if #slots == 0 then return {ANSWER.NOTHING} end
 redis.call('HSET', K.grants, A.grant, A.target .. ' ' .. table.concat(slots, ' '))

@@ -42,6 +42,6 @@ if healed > 0 then
   -- `held` counts the shard's entries (a slot another row holds is counted with that row's
   -- entry).
   redis.call('DECRBY', K.held, healed)
-  holders_changed(K.config, K.holder_changes, gone)
+  holders_changed(K.config, K.holder_changes, K.held, gone)
 end
 return {healed, written}

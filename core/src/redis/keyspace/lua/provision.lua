@@ -1,5 +1,5 @@
 -- Writes the configuration of one shard of an event; never touches its counters.
--- KEYS: config, count, holder_changes. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing, paused,
+-- KEYS: config, count, holder_changes, held. ARGV: limit, per_user, start_ms, end_ms, topic, recover_if_missing, paused,
 -- incarnation ('' for none), shard, shards, epoch (written when the shard is created: the same
 -- for every shard of an event, see `grant.lua`).
 -- Answers {code, recovering, highest}: CREATED, UPDATED, UNCHANGED, CREATED_RECOVERING,
@@ -15,7 +15,7 @@
 -- would hide a server that went back in time from the gate's fencing check. A configuration
 -- written before fencing existed (and its users in the old layout) is verified against SQL
 -- like a server change: it is marked recovering.
-local K = named(KEYS, {'config', 'count', 'holder_changes'})
+local K = named(KEYS, {'config', 'count', 'holder_changes', 'held'})
 local A = named(ARGV, {
   'limit', 'per_user', 'start_ms', 'end_ms', 'topic', 'recover_if_missing', 'paused', 'incarnation', 'shard',
   'shards', 'epoch',
@@ -50,13 +50,13 @@ redis.call('HSET', K.config, 'limit', A.limit, 'per_user', A.per_user, 'start_ms
 -- A new limit can reopen an event seen sold out: an api's snapshot of its holders must not
 -- outlive it (`holders_version` counts every change of who may hold a slot). The slots it
 -- opens are handed out from the counter, which logs no holder: the change log starts again.
-if old.limit and old.limit ~= A.limit then holders_reset(K.config, K.holder_changes) end
+if old.limit and old.limit ~= A.limit then holders_reset(K.config, K.holder_changes, K.held) end
 if old.limit then return {ANSWER.UPDATED, recovering} end
 if A.incarnation ~= '' then redis.call('HSET', K.config, 'incarnation', A.incarnation) end
 redis.call('HSET', K.config, 'shards', shards, 'shard', shard, 'epoch', A.epoch)
--- A new event's holders are versioned from the creation time, so an api's snapshot of the
--- holders of an earlier event of the same name (deleted, then created again) never matches.
-holders_reset(K.config, K.holder_changes, now_ms())
+-- A new event's holders are versioned from the creation time (`holders_reset`), so an api's
+-- holders of an earlier event of the same name (deleted, then created again) never match.
+holders_reset(K.config, K.holder_changes, K.held)
 if A.recover_if_missing == '1' then
   mark_recovering(K.config)
   return {ANSWER.CREATED_RECOVERING, 1}

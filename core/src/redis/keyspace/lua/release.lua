@@ -18,7 +18,7 @@ for i, e in ipairs(entries) do
     redis.call('ZREM', K.unwritten, member)
     redis.call('LPUSH', K.free, A.slot)
     redis.call('DECR', K.held)
-    holders_changed(K.config, K.holder_changes, {A.user})
+    holders_changed(K.config, K.holder_changes, K.held, {A.user})
     return ANSWER.DONE
   end
 end

@@ -34,7 +34,7 @@ redis.call('UNLINK', K.users, K.free, K.unwritten, K.grants, K.grant_deadlines, 
 redis.call('SET', K.count, 0)
 redis.call('SET', K.persisted, 0)
 redis.call('SET', K.held, 0)
-holders_reset(K.config, K.holder_changes)
+holders_reset(K.config, K.holder_changes, K.held)
 redis.call('HSET', K.config, 'restoring', A.token, 'restore_owner', A.owner, 'restore_server', server, 'restore_beat_ms', now,
   'epoch', A.epoch, 'restore_chunk', 0)
 return ANSWER.DONE

@@ -23,6 +23,8 @@ use coupon_service::tools::load::{self, LoadIdentity, LoadPlan, LoadReport};
 
 const CONCURRENCY: usize = 64;
 
+mod reads;
+
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
@@ -117,7 +119,7 @@ async fn api_with(setup: &Setup, auth: AuthSettings) -> anyhow::Result<(String, 
         auth,
         ..ApiSettings::default()
     };
-    let api = Api::start(settings, tokio::net::TcpListener::bind("127.0.0.1:0").await?, stop_rx)?;
+    let api = Api::start(settings, tokio::net::TcpListener::bind("127.0.0.1:0").await?, None, stop_rx)?;
     while !api.state.health.all_ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -313,7 +315,7 @@ struct ShardRun {
     grants: u64,
 }
 
-struct Line {
+pub(crate) struct Line {
     what: String,
     ours: String,
     baseline: String,
@@ -373,6 +375,10 @@ async fn main() -> anyhow::Result<()> {
             ratio: format!("{:.2}", ours / baseline),
             target: ">= 0.9",
         });
+    }
+    // 2a. Reads beside the sale: the stats and unknown names cost the master nothing per request.
+    if run("reads") {
+        lines.extend(reads::measure(&setup, &url, issuing_requests).await?);
     }
     // 2b. Sold out with token verification (HS256, and RS256 / ES256 from a JWKS file) vs the
     // same api without: each api answers the same sold-out event; rounds alternate so that

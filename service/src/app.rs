@@ -156,13 +156,21 @@ pub enum BuildError {
 pub struct Api {
     pub state: Arc<ApiState>,
     pub local_addr: SocketAddr,
+    /// Where `/metrics` and `/openapi.json` are served, if anywhere.
+    pub ops_addr: Option<SocketAddr>,
     server: JoinHandle<()>,
 }
 
 impl Api {
-    /// Builds the api and serves it on `listener` until `shutdown` turns true. Redis is
-    /// connected in the background; until then applies answer 503.
-    pub fn start(settings: ApiSettings, listener: TcpListener, shutdown: watch::Receiver<bool>) -> Result<Self, BuildError> {
+    /// Builds the api and serves it on `listener`, and its ops routes on `ops` (`/metrics`,
+    /// `/openapi.json`, the probes), until `shutdown` turns true. Redis is connected in the
+    /// background; until then applies answer 503.
+    pub fn start(
+        settings: ApiSettings,
+        listener: TcpListener,
+        ops: Option<TcpListener>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, BuildError> {
         EventId::new(&settings.namespace, "x")?;
         settings.check()?;
         let health = Health::new(API_COMPONENTS);
@@ -189,14 +197,18 @@ impl Api {
             _ => tracing::info!(mode = auth.mode(), "identity checked"),
         }
         health.set("serving", true);
-        let state = Arc::new(ApiState { apply, redis, auth, health: health.clone(), metrics });
+        let state = Arc::new(ApiState { apply, redis, auth, health: health.clone(), metrics, stats: http::StatsCache::default() });
         if settings.readiness_probes {
             spawn_api_probes(&state);
         }
         let local_addr = listener.local_addr()?;
+        let ops_addr = ops.as_ref().map(TcpListener::local_addr).transpose()?;
         let stop_accepting = drain_before_stopping(shutdown, health, settings.shutdown_delay);
+        if let Some(ops) = ops {
+            tokio::spawn(http::serve(ops, http::ops_routes(&state), http::ServerLimits::default(), stop_accepting.clone()));
+        }
         let server = tokio::spawn(http::serve(listener, http::router(state.clone()), settings.server, stop_accepting));
-        Ok(Self { state, local_addr, server })
+        Ok(Self { state, local_addr, ops_addr, server })
     }
 
     /// `http://<address>` of the listener.

@@ -149,7 +149,7 @@ issued_answers() {
     --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}')
   [ -n "$pods" ] || fail "no running api pod to read the metrics of"
   for pod in $pods; do
-    kubectl get --raw "/api/v1/namespaces/$ns/pods/$pod:8080/proxy/metrics" || fail "metrics of $pod"
+    kubectl get --raw "/api/v1/namespaces/$ns/pods/$pod:9090/proxy/metrics" || fail "metrics of $pod"
   done | awk '$1 == "coupon_apply_answers_total{status=\"issued\"}" { sum += $2 } END { printf "%d\n", sum }'
 }
 issued=$(issued_answers)

@@ -28,7 +28,24 @@ VALUES_FILES = {
 }
 
 
-def render(values=None, name="coupons", namespace="shop", **extra):
+# The identity provider every render names unless a test says otherwise: the chart refuses
+# jwt mode (its default) without an issuer and an audience.
+IDENTITY = {"api": {"auth": {"jwt": {"issuer": "https://id.shop.test", "audience": "coupons"}}}}
+
+
+def merged(base, values):
+    """`values` over `base`, maps merged key by key (as Helm merges values files)."""
+    if not isinstance(base, dict) or not isinstance(values, dict):
+        return values
+    out = dict(base)
+    for key, value in values.items():
+        out[key] = merged(base.get(key), value) if key in base else value
+    return out
+
+
+def render(values=None, name="coupons", namespace="shop", identity=True, **extra):
+    if identity:
+        values = merged(IDENTITY, values or {})
     chart = helm_python.Chart.load(str(CHART))
     files = chart.render(values, name=name, namespace=namespace, is_install=True, **extra)
     docs = []
@@ -260,8 +277,11 @@ CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 def test_optional_objects_render_when_enabled():
     docs = render(EVERYTHING_ON)
-    assert len(by_kind(docs, "ServiceMonitor")) == 1
-    assert len(by_kind(docs, "PodMonitor")) == 1
+    # Scraped from the Pods: the api's metrics are on its ops port, in no Service.
+    assert by_kind(docs, "ServiceMonitor") == []
+    monitors = {m["metadata"]["name"]: m["spec"]["podMetricsEndpoints"] for m in by_kind(docs, "PodMonitor")}
+    assert monitors["coupon-api"] == [{"port": "ops", "path": "/metrics", "interval": "15s"}], monitors
+    assert len(monitors) == 2
     (rule,) = by_kind(docs, "PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert alerts == {"CouponUndecidedProduces", "CouponConsumerLagging", "CouponFailedRecords", "CouponEventRecovering", "CouponDrainNotFinished"}
@@ -528,10 +548,31 @@ def test_jwks_and_header_modes():
     assert_files_are_mounted(docs)
     with pytest.raises(Exception, match="not both"):
         render({"api": {"auth": {"jwt": {"jwks": {"configMap": "a", "secret": "b"}}}}})
-    _, api = container(render({"api": {"auth": {"mode": "header", "header": "X-Shop-User"}}}), "coupon-api")
+    _, api = container(render({"api": {"auth": {"mode": "header", "header": "X-Shop-User", "acceptHeaderFromAnyPod": True}}}), "coupon-api")
     env = env_of(api)
     assert (env["AUTH_MODE"], env["AUTH_HEADER"]) == ("header", "X-Shop-User")
     assert not any(k.startswith("JWT_") for k in env)
+
+
+def test_jwt_mode_renders_only_with_an_issuer_and_an_audience():
+    """Without both claims required, a token the identity provider made for any other client
+    (another shop's app, an admin tool) would be accepted here."""
+    for missing in ({}, {"issuer": "https://id.shop"}, {"audience": "coupons"}):
+        with pytest.raises(Exception, match="acceptAnyIssuerAndAudience"):
+            render({"api": {"auth": {"jwt": missing}}}, identity=False)
+    env = env_of(container(render({"api": {"auth": {"jwt": {"acceptAnyIssuerAndAudience": True}}}}, identity=False), "coupon-api")[1])
+    assert env["AUTH_MODE"] == "jwt" and "JWT_ISSUER" not in env and "JWT_AUDIENCE" not in env
+
+
+def test_header_mode_renders_only_behind_a_policy_that_admits_only_the_gateway():
+    """In header mode whoever reaches the api names the user: without a NetworkPolicy that
+    admits only the gateway, any pod of the cluster could apply as anyone."""
+    gateway = [{"podSelector": {"matchLabels": {"app": "gateway"}}}]
+    for policy in ({}, {"enabled": True}, {"enabled": False, "apiFrom": gateway}):
+        with pytest.raises(Exception, match="acceptHeaderFromAnyPod"):
+            render({"api": {"auth": {"mode": "header"}}, "networkPolicy": policy})
+    render({"api": {"auth": {"mode": "header"}}, "networkPolicy": {"enabled": True, "apiFrom": gateway}})
+    render({"api": {"auth": {"mode": "header", "acceptHeaderFromAnyPod": True}}})
 
 
 def test_tls_and_sasl_material_reaches_every_component_from_secrets():
@@ -593,8 +634,11 @@ def test_header_mode_can_admit_only_the_gateway_and_notes_warn_otherwise():
         return next(text for path, text in files.items() if path.endswith("NOTES.txt"))
 
     assert "WARNING" not in notes(values)
-    assert "Admit only your gateway" in notes({"api": {"auth": {"mode": "header"}}})
-    assert "Authorization: Bearer" in notes(None) and "issuer" in notes(None)
+    assert "Admit only your gateway" in notes({"api": {"auth": {"mode": "header", "acceptHeaderFromAnyPod": True}}})
+    assert "Authorization: Bearer" in notes(IDENTITY) and "WARNING" not in notes(IDENTITY)
+    assert "WARNING: api.auth.jwt.acceptAnyIssuerAndAudience=true" in notes({"api": {"auth": {"jwt": {"acceptAnyIssuerAndAudience": True}}}})
+    configmap = merged(IDENTITY, {"api": {"auth": {"jwt": {"jwks": {"configMap": "idp-jwks"}}}}})
+    assert "Use api.auth.jwt.jwks.secret" in notes(configmap)
     assert "anyone can apply as anyone" in notes({"api": {"auth": {"mode": "open", "allowOpen": True}}})
 
 
@@ -632,3 +676,26 @@ def test_a_deposed_master_can_be_fenced_by_waiting_for_replicas():
         render({"api": {"produceTimeout": "9s", "redisWaitReplicas": 1, "redisWaitTimeout": "800ms"}})
     # Without replicas to wait for, the timeout does not count.
     render({"api": {"produceTimeout": "9s", "redisWaitTimeout": "800ms"}})
+
+
+def test_the_api_caps_connections_and_requests_in_flight():
+    env = api_env(render())
+    assert (env["MAX_CONNECTIONS"], env["MAX_REQUESTS_IN_FLIGHT"]) == ("4096", "1024")
+    env = api_env(render({"api": {"maxConnections": 500, "maxRequestsInFlight": 64}}))
+    assert (env["MAX_CONNECTIONS"], env["MAX_REQUESTS_IN_FLIGHT"]) == ("500", "64")
+    for bad in (0, -1, "many"):
+        with pytest.raises(Exception):
+            render({"api": {"maxConnections": bad}})
+
+
+def test_the_api_keeps_metrics_and_its_document_off_the_public_service():
+    docs = render({"networkPolicy": {"enabled": True, "metricsFrom": {"app": "prometheus"},
+                                     "apiFrom": [{"podSelector": {"matchLabels": {"app": "gateway"}}}]}})
+    _, api = container(docs, "coupon-api")
+    assert env_of(api)["OPS_ADDR"] == "0.0.0.0:9090"
+    assert {p["name"]: p["containerPort"] for p in api["ports"]} == {"http": 8080, "ops": 9090}
+    (service,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "coupon-api"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    (policy,) = [p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-coupon-api")]
+    ops_rules = [r for r in policy["spec"]["ingress"] if r["ports"] == [{"port": 9090, "protocol": "TCP"}]]
+    assert ops_rules == [{"from": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}], "ports": [{"port": 9090, "protocol": "TCP"}]}]

@@ -80,23 +80,36 @@ def api():
         # Asked whether the (new) event had coupons: the consumer's (empty) database says not.
         env={**env, "DATABASE_URL": f"sqlite://{coupon_database()}"}, check=True, capture_output=True,
     )
-    port = free_port()
-    process = subprocess.Popen([BINARY, "api"], env={**env, "LISTEN_ADDR": f"127.0.0.1:{port}"}, stderr=subprocess.PIPE)
+    port, ops_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [BINARY, "api"], env={**env, "LISTEN_ADDR": f"127.0.0.1:{port}", "OPS_ADDR": f"127.0.0.1:{ops_port}"}, stderr=subprocess.PIPE
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while get(base + "/readyz")[0] != 200:
         assert time.time() < deadline, "api not ready"
         time.sleep(0.1)
+    API_OPS[base] = f"http://127.0.0.1:{ops_port}"
     yield base, event
     process.terminate()
     process.wait(timeout=30)
 
 
-def test_openapi_document_is_served(api):
+# The ops listener of each api the fixture started (`/openapi.json`, `/metrics`).
+API_OPS = {}
+DOCUMENT = ROOT / "service" / "src" / "http" / "openapi.json"
+
+
+def test_openapi_document_is_served_on_the_ops_listener_only(api):
     base, _ = api
-    status, body = get(base + "/openapi.json")
+    status, body = get(API_OPS[base] + "/openapi.json")
     assert status == 200
-    assert json.loads(body) == json.loads((ROOT / "service" / "src" / "http" / "openapi.json").read_text())
+    assert json.loads(body) == json.loads(DOCUMENT.read_text())
+    assert get(API_OPS[base] + "/metrics")[0] == 200
+    # The public listener tells an outsider nothing beyond its routes and probes.
+    for path in ("/openapi.json", "/metrics"):
+        assert get(base + path)[0] == 404, path
+    assert get(base + "/readyz")[0] == 200
 
 
 def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(api, tmp_path):
@@ -112,7 +125,7 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(api, t
     # Every generated request carries the token (schemathesis keeps passing with a token).
     result = subprocess.run(
         [
-            Path(sys.executable).parent / "schemathesis", "--config-file", config, "run", base + "/openapi.json",
+            Path(sys.executable).parent / "schemathesis", "--config-file", config, "run", DOCUMENT, "--url", base,
             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             "--max-examples", "100", "--seed", "1", "--no-color", "--header", f"Authorization: Bearer {TOKEN}",
         ],

@@ -192,6 +192,8 @@ pub async fn redis_snapshot(id: &EventId) -> RedisSnapshot {
 /// An api served in this process on an ephemeral port, built as the binary builds it.
 pub struct InProcessApi {
     pub base_url: String,
+    /// Its ops listener: `/metrics`, `/openapi.json`.
+    pub ops_url: String,
     pub state: Arc<ApiState>,
     stop: watch::Sender<bool>,
 }
@@ -239,9 +241,10 @@ impl InProcessApi {
         init_logging();
         let (stop, stop_rx) = watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = Api::start(settings, listener, stop_rx).unwrap();
+        let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = Api::start(settings, listener, Some(ops), stop_rx).unwrap();
         api.state.redis.wait().await;
-        Self { base_url: api.base_url(), state: api.state.clone(), stop }
+        Self { base_url: api.base_url(), ops_url: format!("http://{}", api.ops_addr.unwrap()), state: api.state.clone(), stop }
     }
 
     /// Starts the api from `settings` without waiting for its Redis (which may never come).
@@ -249,8 +252,9 @@ impl InProcessApi {
         init_logging();
         let (stop, stop_rx) = watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = Api::start(settings, listener, stop_rx).unwrap();
-        Self { base_url: api.base_url(), state: api.state.clone(), stop }
+        let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = Api::start(settings, listener, Some(ops), stop_rx).unwrap();
+        Self { base_url: api.base_url(), ops_url: format!("http://{}", api.ops_addr.unwrap()), state: api.state.clone(), stop }
     }
 
     /// Sends the stop signal (as SIGTERM does to the binary).

@@ -105,7 +105,14 @@ async fn two_api_processes_share_one_limit() {
             ChildProcess::spawn(
                 binary,
                 &["api"],
-                &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)],
+                &[
+                    ("LISTEN_ADDR", &listen),
+                    ("COUPON_NAMESPACE", NAMESPACE),
+                    ("REDIS_URL", &redis_url),
+                    ("KAFKA_BROKERS", &brokers),
+                    ("AUTH_MODE", "open"),
+                    ("OPS_ADDR", "127.0.0.1:0"),
+                ],
             )
         })
         .collect();

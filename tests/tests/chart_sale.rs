@@ -24,6 +24,9 @@ use kube::Api;
 use serde_json::json;
 
 const JWT_SECRET: &str = "a-shared-secret-of-the-shop-idp-for-the-chart-test";
+/// The claims the chart requires of a token in jwt mode (it renders jwt mode only with both).
+const ISSUER: &str = "https://id.chart.test";
+const AUDIENCE: &str = "coupons";
 const LIMIT: usize = 40;
 const CROWD: usize = 300;
 
@@ -46,7 +49,7 @@ fn helm(namespace: &str) -> Command {
 
 fn token(user: &str) -> String {
     let now = Timestamp::now().as_second();
-    let claims = json!({"sub": user, "exp": now + 600, "iat": now});
+    let claims = json!({"sub": user, "exp": now + 600, "iat": now, "iss": ISSUER, "aud": AUDIENCE});
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(JWT_SECRET.as_bytes())).unwrap()
 }
 
@@ -90,6 +93,10 @@ async fn a_whole_sale_through_the_charts_pods_then_nothing_is_left() {
         &format!("consumer.topics={{{topic}}}"),
         "--set",
         "operator.logFormat=text",
+        "--set",
+        &format!("api.auth.jwt.issuer={ISSUER}"),
+        "--set",
+        &format!("api.auth.jwt.audience={AUDIENCE}"),
         "--wait=false",
     ]));
     let pods = Api::<Pod>::namespaced(cluster.admin.clone(), &namespace);

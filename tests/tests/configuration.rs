@@ -45,3 +45,24 @@ async fn the_load_tool_that_reached_nothing_says_so_and_fails() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("no request was answered") && said.contains(&nowhere), "{said}");
 }
+
+/// `AUTH_MODE` has no default: an api started without it refuses to start and says which
+/// modes there are, instead of trusting whatever `userId` a request body names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_without_auth_mode_refuses_to_start() {
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let run = tokio::process::Command::new(binary)
+        .arg("api")
+        .env_remove("AUTH_MODE")
+        .env("REDIS_URL", redis_url())
+        .env("KAFKA_BROKERS", kafka_brokers())
+        .env("LISTEN_ADDR", &listen)
+        .env("OPS_ADDR", "127.0.0.1:0")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), run).await.expect("refused at start, not served").unwrap();
+    assert!(!output.status.success(), "exit code {:?}", output.status.code());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("AUTH_MODE is required") && said.contains("open"), "{said}");
+}

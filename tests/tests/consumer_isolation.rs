@@ -159,3 +159,42 @@ async fn a_stray_record_with_a_far_slot_is_refused_without_growing_slot_rows() {
     assert!(store.slot_capacity(&event.key()).await.unwrap() <= 10_000, "slot rows stay one step");
     consumer.stop().await.unwrap();
 }
+
+/// Whoever can produce to the topic writes well-formed records: one for a slot another user
+/// was issued and whose record is still on its way, one for a slot nobody was issued, both
+/// well within the slot rows. Both are refused ("not issued"), and the holder's own record
+/// gets its row (the forged one took the slot's row, the holder's record then conflicted,
+/// and a restore from SQL would have made the forgery permanent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_record_within_the_slot_rows_is_refused_and_the_holder_keeps_the_slot() {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 10, 1).await;
+    let database_url = postgres_url();
+    let store = migrated_store(&database_url).await;
+    let consumer = InProcessConsumer::start_with(consumer_settings(&database_url, &event.topic));
+    let api = start_api().await;
+    let client = reqwest::Client::new();
+    assert_eq!(apply(&client, &api.apply_url(&event.id), "first").await.0, 201);
+    wait_for_rows(&store, &event.key(), 1, Duration::from_secs(30)).await;
+
+    // The gate issues slot 2 to "holder"; their record is not produced yet.
+    let mut conn = RedisHandle::connect_with_deadline(redis_url(), Duration::from_secs(10)).await.unwrap();
+    let layout = EventLayout::single(&event.id);
+    let (decision, _) = keyspace::apply(&mut conn, &layout, "holder", Duration::from_secs(600), None).await.unwrap();
+    assert!(matches!(decision, keyspace::GateDecision::Issued { slot: 2, .. }), "{decision:?}");
+    let producer = raw_producer();
+    produce(&producer, &event.topic, &record(&event.key(), "mallory", 2)).await;
+    produce(&producer, &event.topic, &record(&event.key(), "eve", 5)).await;
+    produce(&producer, &event.topic, &record(&event.key(), "holder", 2)).await;
+    wait_for_rows(&store, &event.key(), 2, Duration::from_secs(30)).await;
+    wait_until("both forged records refused", Duration::from_secs(30), || async {
+        (failure_reasons(&store, &event.topic).await.len() == 2).then_some(())
+    })
+    .await;
+    let reasons = failure_reasons(&store, &event.topic).await;
+    assert!(reasons.iter().all(|r| r.contains("not issued")), "{reasons:?}");
+    let rows: Vec<(String, i64)> = store.coupons(&event.key()).await.unwrap();
+    assert!(rows.contains(&("holder".to_owned(), 2)), "{rows:?}");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    consumer.stop().await.unwrap();
+}

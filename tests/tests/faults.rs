@@ -112,7 +112,14 @@ async fn broker_down_answers_503_releases_the_slot_and_recovers() {
     let _process = ChildProcess::spawn(
         binary(),
         &["api"],
-        &[("LISTEN_ADDR", &listen), ("COUPON_NAMESPACE", NAMESPACE), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)],
+        &[
+            ("LISTEN_ADDR", &listen),
+            ("COUPON_NAMESPACE", NAMESPACE),
+            ("REDIS_URL", &redis_url),
+            ("KAFKA_BROKERS", &brokers),
+            ("AUTH_MODE", "open"),
+            ("OPS_ADDR", "127.0.0.1:0"),
+        ],
     );
     // Started while the broker is down: not ready (it never reached Kafka), and says so.
     let base = format!("http://{listen}");
@@ -295,8 +302,17 @@ async fn binaries_start_without_redis_kafka_or_sql_and_recover_when_they_appear(
     let database_url = format!("postgres://postgres@{}/test", sql_gate.addr());
     let api_listen = format!("127.0.0.1:{}", free_port());
     let consumer_listen = format!("127.0.0.1:{}", free_port());
-    let mut api =
-        ChildProcess::spawn(binary(), &["api"], &[("LISTEN_ADDR", &api_listen), ("REDIS_URL", &redis_url), ("KAFKA_BROKERS", &brokers)]);
+    let mut api = ChildProcess::spawn(
+        binary(),
+        &["api"],
+        &[
+            ("LISTEN_ADDR", &api_listen),
+            ("REDIS_URL", &redis_url),
+            ("KAFKA_BROKERS", &brokers),
+            ("AUTH_MODE", "open"),
+            ("OPS_ADDR", "127.0.0.1:0"),
+        ],
+    );
     let mut consumer = ChildProcess::spawn(
         binary(),
         &["consumer"],
@@ -518,7 +534,13 @@ async fn credentials_from_files_are_used_and_never_logged() {
     let api = ChildProcess::spawn(
         binary(),
         &["api"],
-        &[("LISTEN_ADDR", &api_listen), ("REDIS_URL_FILE", &redis_path), ("KAFKA_BROKERS", &brokers)],
+        &[
+            ("LISTEN_ADDR", &api_listen),
+            ("REDIS_URL_FILE", &redis_path),
+            ("KAFKA_BROKERS", &brokers),
+            ("AUTH_MODE", "open"),
+            ("OPS_ADDR", "127.0.0.1:0"),
+        ],
     );
     let consumer = ChildProcess::spawn(
         binary(),

@@ -220,7 +220,7 @@ async fn hs256_tokens_prove_the_user_and_every_bad_token_is_refused_with_nothing
     assert_eq!(anonymous.challenge.as_deref(), Some(r#"Bearer realm="coupons""#));
 
     // Refusals are counted apart from the apply answers.
-    let metrics = reqwest::get(format!("{}/metrics", api.base_url)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", api.ops_url)).await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l.contains(r#"status="unauthorized""#) && !l.ends_with(" 0")), "{metrics}");
 }
 

@@ -416,6 +416,8 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
             ("LISTEN_ADDR".into(), format!("127.0.0.1:{api_port}")),
             ("COUPON_NAMESPACE".into(), cluster.namespace.clone()),
             ("SHUTDOWN_DELAY".into(), "1s".into()),
+            ("AUTH_MODE".into(), "open".into()),
+            ("OPS_ADDR".into(), "127.0.0.1:0".into()),
         ])
         .collect();
     let consumer_env: Vec<(String, String)> = common

@@ -170,6 +170,12 @@ material and Kafka client properties from their Secrets, mounted by coupon.conne
 {{- if and (eq $auth.mode "open") (not $auth.allowOpen) -}}
 {{- fail "api.auth.mode=open lets anyone apply as anyone (the user is whatever the request body says); set api.auth.allowOpen=true to accept that, or use jwt or header" -}}
 {{- end -}}
+{{- if and (eq $auth.mode "header") (not (and .Values.networkPolicy.enabled .Values.networkPolicy.apiFrom)) (not $auth.acceptHeaderFromAnyPod) -}}
+{{- fail "api.auth.mode=header trusts whoever reaches the api to name the user: admit only your gateway (networkPolicy.enabled=true and networkPolicy.apiFrom set to the gateway's pods), or set api.auth.acceptHeaderFromAnyPod=true to accept that risk" -}}
+{{- end -}}
+{{- if and (eq $auth.mode "jwt") (not (and $auth.jwt.issuer $auth.jwt.audience)) (not $auth.jwt.acceptAnyIssuerAndAudience) -}}
+{{- fail "api.auth.mode=jwt needs api.auth.jwt.issuer and api.auth.jwt.audience: without them, tokens your identity provider made for any other client are accepted; set api.auth.jwt.acceptAnyIssuerAndAudience=true to accept that" -}}
+{{- end -}}
 {{- $auth.mode -}}
 {{- end -}}
 

@@ -106,7 +106,7 @@ pub async fn script_micros(url: &str, reset: bool) -> RedisResult<u64> {
         redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut conn).await?;
         return Ok(0);
     }
-    command_stats(&mut conn, &["evalsha", "eval"], "usec=").await
+    command_stats(&mut conn, |command| ["evalsha", "eval"].contains(&command), "usec=").await
 }
 
 /// Calls of `commands` (lower case, as `INFO commandstats` names them; commands scripts
@@ -114,16 +114,24 @@ pub async fn script_micros(url: &str, reset: bool) -> RedisResult<u64> {
 /// `reset`). Asked of one node directly.
 pub async fn command_calls(url: &str, commands: &[&str]) -> RedisResult<u64> {
     let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-    command_stats(&mut conn, commands, "calls=").await
+    command_stats(&mut conn, |command| commands.contains(&command), "calls=").await
 }
 
-/// The sum of one field over some commands' lines of `INFO commandstats`.
-async fn command_stats(conn: &mut redis::aio::MultiplexedConnection, commands: &[&str], field: &str) -> RedisResult<u64> {
+/// Calls of every command a server has run since its statistics were reset, `INFO` aside
+/// (what asking costs): what a load cost the server, whichever commands it took. Asked of one
+/// node directly.
+pub async fn commands_run(url: &str) -> RedisResult<u64> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    command_stats(&mut conn, |command| command != "info", "calls=").await
+}
+
+/// The sum of one field over the lines of `INFO commandstats` of the commands `counted` picks.
+async fn command_stats(conn: &mut redis::aio::MultiplexedConnection, counted: impl Fn(&str) -> bool, field: &str) -> RedisResult<u64> {
     let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await?;
     Ok(info
         .lines()
         .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(':'))
-        .filter(|(command, _)| commands.contains(command))
+        .filter(|(command, _)| counted(command))
         .filter_map(|(_, stats)| stats.split(',').find_map(|value| value.strip_prefix(field))?.parse::<u64>().ok())
         .sum())
 }

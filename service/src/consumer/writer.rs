@@ -118,9 +118,9 @@ impl BatchWriter {
         }
         let mut refused: HashMap<String, String> = HashMap::new();
         let mut held_events: HashSet<String> = HashSet::new();
-        let mut strays: HashSet<Position> = HashSet::new();
+        let strays = self.strays(&coupons, &mut held_events).await?;
         for (event, slot) in highest {
-            if self.slot_capacity.get(&event).is_some_and(|cap| *cap >= slot) {
+            if held_events.contains(&event) || self.slot_capacity.get(&event).is_some_and(|cap| *cap >= slot) {
                 continue;
             }
             let mut capacity = self.store.slot_capacity(&event).await?;
@@ -129,7 +129,7 @@ impl BatchWriter {
                 let key: EventKey = event.parse().expect("validated by parse_record");
                 let beyond: Vec<&(CouponRow, Position)> =
                     coupons.iter().filter(|(row, _)| row.event == event && row.slot > capacity).collect();
-                match judge(&mut conn, &key, &beyond).await {
+                match judge(&mut conn, &key, &beyond, &strays).await {
                     // One event's trouble with Redis (its master stalled or failing over)
                     // holds that event's records only.
                     Err(error) => {
@@ -140,9 +140,8 @@ impl BatchWriter {
                     Ok(Verdict::Refuse(reason)) => {
                         refused.insert(event.clone(), reason);
                     }
-                    Ok(Verdict::Grow { limit, highest_issued, unissued }) => {
+                    Ok(Verdict::Grow { limit, highest_issued }) => {
                         self.missing_since.remove(&event);
-                        strays.extend(unissued);
                         let wanted = round_up(highest_issued, SLOT_STEP).min(limit);
                         if wanted > capacity {
                             self.store.ensure_slots(&event, wanted).await?;
@@ -193,6 +192,34 @@ impl BatchWriter {
             }
         }
         Ok(Admitted { coupons: admitted, held })
+    }
+
+    /// The coupons of the batch no gate issued: their user does not hold their slot in
+    /// Redis. Every coupon is checked, not only those beyond the slot rows: a well-formed
+    /// record for a slot its user was never issued (produced by whoever can write to the
+    /// topic) would take that slot's row from its holder, and a restore from SQL would make
+    /// it permanent. One presence read and one read-only script per home shard, per event
+    /// and batch. An event Redis cannot answer for (a stalled master) is held
+    /// (`held_events`); one it cannot tell about (recovering, or another incarnation's
+    /// records, judged later) has none.
+    async fn strays(&self, coupons: &[(CouponRow, Position)], held_events: &mut HashSet<String>) -> Result<HashSet<Position>, BatchError> {
+        let mut by_event: HashMap<&str, Vec<&(CouponRow, Position)>> = HashMap::new();
+        for coupon in coupons {
+            by_event.entry(coupon.0.event.as_str()).or_default().push(coupon);
+        }
+        let mut strays = HashSet::new();
+        for (event, rows) in by_event {
+            let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
+            let key: EventKey = event.parse().expect("validated by parse_record");
+            match unissued_of_current(&mut conn, &key, &rows).await {
+                Ok(found) => strays.extend(found),
+                Err(error) => {
+                    tracing::warn!(%error, event, "cannot read the event's state in Redis; holding its records");
+                    held_events.insert(event.to_owned());
+                }
+            }
+        }
+        Ok(strays)
     }
 
     /// An api of the version before event keys carried the incarnation produces records
@@ -288,14 +315,20 @@ enum Verdict {
     /// None of them may be written, for this reason.
     Refuse(String),
     /// Slot rows may grow up to the highest slot issued (bounded by `limit`, the largest of
-    /// the shards'); `unissued` were handed out to nobody (their user does not hold them).
-    Grow { limit: i64, highest_issued: i64, unissued: HashSet<Position> },
+    /// the shards'), strays (`BatchWriter::strays`) aside.
+    Grow { limit: i64, highest_issued: i64 },
     /// No configuration: Redis lost it (the operator writes it back), or not provisioned yet.
     Missing,
 }
 
-/// Judges an event's coupons beyond its slot rows (`beyond`, all of `key`'s event).
-async fn judge(conn: &mut RedisConnection, key: &EventKey, beyond: &[&(CouponRow, Position)]) -> Result<Verdict, RedisError> {
+/// Judges an event's coupons beyond its slot rows (`beyond`, all of `key`'s event; `strays`:
+/// the batch's coupons no gate issued).
+async fn judge(
+    conn: &mut RedisConnection,
+    key: &EventKey,
+    beyond: &[&(CouponRow, Position)],
+    strays: &HashSet<Position>,
+) -> Result<Verdict, RedisError> {
     Ok(match keyspace::presence(conn, key.id()).await? {
         // Another object of the same name lives in Redis now: these records are of an earlier
         // one that was deleted (`onDelete: Delete` fails its unwritten records like a deletion
@@ -304,22 +337,30 @@ async fn judge(conn: &mut RedisConnection, key: &EventKey, beyond: &[&(CouponRow
             Verdict::Refuse("the event was deleted and its name re-used".to_owned())
         }
         EventPresence::Provisioned { limit, .. } => {
-            let unissued = unissued(conn, key, beyond).await?;
             let highest_issued =
-                beyond.iter().filter(|(_, position)| !unissued.contains(position)).map(|(row, _)| row.slot).max().unwrap_or(0);
-            Verdict::Grow { limit, highest_issued, unissued }
+                beyond.iter().filter(|(_, position)| !strays.contains(position)).map(|(row, _)| row.slot).max().unwrap_or(0);
+            Verdict::Grow { limit, highest_issued }
         }
         EventPresence::Deleted => Verdict::Refuse("the event was deleted".to_owned()),
         EventPresence::Missing => Verdict::Missing,
     })
 }
 
-/// The positions of the coupons (all of one event, beyond its slot rows) that no gate issued:
-/// their user does not hold their slot in Redis. None while Redis cannot tell (the event is
-/// recovering): those records are judged as before, against the limit.
-async fn unissued(conn: &mut RedisConnection, key: &EventKey, coupons: &[&(CouponRow, Position)]) -> Result<HashSet<Position>, RedisError> {
+/// The positions of the coupons (all of one event) that no gate issued: their user does not
+/// hold their slot in Redis. Only for the incarnation Redis holds (records of an earlier
+/// object of the name are judged by `judge`); none while Redis cannot tell (the event is
+/// missing or recovering): those records are judged as before, against the limit.
+async fn unissued_of_current(
+    conn: &mut RedisConnection,
+    key: &EventKey,
+    coupons: &[&(CouponRow, Position)],
+) -> Result<HashSet<Position>, RedisError> {
     if coupons.is_empty() {
         return Ok(HashSet::new());
+    }
+    match keyspace::presence(conn, key.id()).await? {
+        EventPresence::Provisioned { incarnation, .. } if incarnation.as_deref() == key.incarnation() => {}
+        _ => return Ok(HashSet::new()),
     }
     let Some(layout) = keyspace::layout(conn, key.id()).await? else { return Ok(HashSet::new()) };
     let asked: Vec<(&str, i64)> = coupons.iter().map(|(row, _)| (row.user_id.as_str(), row.slot)).collect();

@@ -4,6 +4,7 @@
 mod ops;
 mod server;
 mod stats;
+mod stats_cache;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,14 +21,15 @@ use serde::Deserialize;
 
 pub use ops::{router as ops_router, Readiness};
 pub use server::{serve, ServerLimits};
+pub use stats_cache::StatsCache;
 
 use crate::apply::{ApplyOutcome, ApplyService, LookupOutcome};
 use crate::auth::{Authenticator, Identity, Rejection};
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-/// The OpenAPI document of this api, served at `/openapi.json` (checked against the live
-/// api by schemathesis in the test suite).
+/// The OpenAPI document of this api, served at `/openapi.json` on the ops listener (checked
+/// against the live api by schemathesis in the test suite).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Largest apply body accepted; a user id of 128 characters needs far less.
@@ -42,21 +44,30 @@ pub struct ApiState {
     pub auth: Authenticator,
     pub health: Health,
     pub metrics: Arc<Metrics>,
+    /// The event stats as last read (at most once a second per event).
+    pub stats: StatsCache,
 }
 
-/// Routes of the api.
+/// Routes of the api's public listener: the user routes and the probes. Nothing that tells
+/// an outsider more than the user routes do (`/metrics`, `/openapi.json`: `ops_routes`).
 pub fn router(state: Arc<ApiState>) -> Router {
-    let ops = ops::router(state.health.clone(), state.metrics.clone(), Readiness::Serving);
+    let probes = ops::probes(state.health.clone(), Readiness::Serving);
     Router::new()
         .route("/v1/events/{event}/apply", post(apply))
         .route("/v1/events/{event}", get(stats::event_stats))
         .route("/v1/events/{event}/users/{user}", get(user_coupon))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         // Paths that match no route (an event name with a '/', say) name no known event.
         .fallback(|| async { ApplyOutcome::UnknownEvent })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-        .merge(ops)
+        .merge(probes)
+}
+
+/// Routes of the api's ops listener (`OPS_ADDR`, its own port, in no public Service): the
+/// probes, `/metrics` and `/openapi.json`.
+pub fn ops_routes(state: &ApiState) -> Router {
+    ops::router(state.health.clone(), state.metrics.clone(), Readiness::Serving)
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
 }
 
 impl IntoResponse for ApplyOutcome {

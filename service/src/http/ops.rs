@@ -1,5 +1,5 @@
-//! `/healthz`, `/readyz` and `/metrics`: merged into the api's routes, served alone by the
-//! consumer.
+//! `/healthz`, `/readyz` and `/metrics`: the consumer's only routes; the api serves them on
+//! its ops listener, and the probes on its public one too.
 
 use std::sync::Arc;
 
@@ -28,20 +28,24 @@ pub enum Readiness {
     Serving,
 }
 
+/// `/healthz`, `/readyz` and `/metrics`.
 pub fn router(health: Health, metrics: Arc<Metrics>, readiness: Readiness) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|State((_, metrics, _)): State<(Health, Arc<Metrics>, Readiness)>| async move {
-                ([("content-type", coupon_core::telemetry::OPENMETRICS_CONTENT_TYPE)], metrics.encode())
-            }),
-        )
-        .with_state((health, metrics, readiness))
+    probes(health, readiness).merge(Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move { ([("content-type", coupon_core::telemetry::OPENMETRICS_CONTENT_TYPE)], metrics.encode()) }
+        }),
+    ))
 }
 
-async fn readyz(State((health, _, readiness)): State<(Health, Arc<Metrics>, Readiness)>) -> Response {
+/// `/healthz` and `/readyz` alone: what the api's public listener serves besides its routes,
+/// for the kubelet's probes.
+pub fn probes(health: Health, readiness: Readiness) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).with_state((health, readiness))
+}
+
+async fn readyz(State((health, readiness)): State<(Health, Readiness)>) -> Response {
     // The answer is derived from the states it reports, read once: a probe flipping in
     // between never yields a body that contradicts the status. (A component is marked
     // reached before it is marked ready, so one reported ready has been reached.)

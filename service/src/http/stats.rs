@@ -7,9 +7,11 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{TimeZone, Utc};
+use coupon_core::event::EventId;
 use coupon_core::redis::keyspace::{self, EventCounters};
 use serde::Serialize;
 
+use super::stats_cache::StatsRead;
 use super::ApiState;
 use crate::apply::ApplyOutcome;
 
@@ -68,6 +70,8 @@ impl EventStats {
     }
 }
 
+/// The stats of an event, from this process's memory while fresh (`StatsCache`: one read per
+/// event and second, whatever the number of requests).
 pub async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<String>, PathRejection>) -> Response {
     let Path(name) = match event {
         Ok(event) => event,
@@ -77,13 +81,28 @@ pub async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<
         Ok(event) => event,
         Err(outcome) => return outcome.into_response(),
     };
-    let Some(mut conn) = state.redis.get() else { return ApplyOutcome::Unavailable.into_response() };
-    match keyspace::counters(&mut conn, &event).await {
-        Ok(Some(counters)) => Json(EventStats::from_counters(event.to_string(), &counters, Utc::now().timestamp_millis())).into_response(),
-        Ok(None) => ApplyOutcome::UnknownEvent.into_response(),
+    match state.stats.get(&event, read_stats(&state, &event)).await {
+        StatsRead::Known(counters) => {
+            Json(EventStats::from_counters(event.to_string(), &counters, Utc::now().timestamp_millis())).into_response()
+        }
+        StatsRead::Unknown => ApplyOutcome::UnknownEvent.into_response(),
+        StatsRead::Failed => ApplyOutcome::Unavailable.into_response(),
+    }
+}
+
+/// One read of an event's counters, with the layout the api keeps.
+async fn read_stats(state: &ApiState, event: &EventId) -> StatsRead {
+    let Some(mut conn) = state.redis.get() else { return StatsRead::Failed };
+    let counters = match state.apply.layout(&mut conn, event).await {
+        Ok(layout) => keyspace::counters_in(&mut conn, &layout).await,
+        Err(error) => Err(error),
+    };
+    match counters {
+        Ok(Some(counters)) => StatsRead::Known(counters),
+        Ok(None) => StatsRead::Unknown,
         Err(error) => {
             tracing::warn!(%error, "cannot read event");
-            ApplyOutcome::Unavailable.into_response()
+            StatsRead::Failed
         }
     }
 }

@@ -15,6 +15,7 @@ use super::load::LoadIdentity;
 use crate::app::{Api, ApiSettings, Consumer, ConsumerSettings};
 use crate::apply::ReplicaWait;
 use crate::auth::{AuthSettings, JwtKeys, JwtSettings};
+use crate::http::ServerLimits;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -124,9 +125,10 @@ pub enum AuthMode {
 
 #[derive(Args, Debug, Clone)]
 pub struct AuthArgs {
-    /// How the user is identified.
-    #[arg(long, env = "AUTH_MODE", value_enum, default_value = "open")]
-    pub auth_mode: AuthMode,
+    /// How the user is identified. No default: an api that trusts the body's `userId` must
+    /// be asked for (`open`), never fallen into by a missing variable.
+    #[arg(long, env = "AUTH_MODE", value_enum)]
+    pub auth_mode: Option<AuthMode>,
     /// `header` mode: the header the gateway sets.
     #[arg(long, env = "AUTH_HEADER", default_value = "X-User-Id")]
     pub auth_header: String,
@@ -153,7 +155,13 @@ pub struct AuthArgs {
 
 impl AuthArgs {
     pub fn settings(&self) -> anyhow::Result<AuthSettings> {
-        Ok(match self.auth_mode {
+        let Some(mode) = self.auth_mode else {
+            anyhow::bail!(
+                "AUTH_MODE is required: jwt (a bearer token of the identity provider), header (a header a trusted gateway sets) \
+                 or open (the body's userId, unproven: local runs only)"
+            )
+        };
+        Ok(match mode {
             AuthMode::Open => AuthSettings::Open,
             AuthMode::Header => AuthSettings::Header {
                 header: axum::http::HeaderName::try_from(self.auth_header.as_str())
@@ -181,6 +189,10 @@ impl AuthArgs {
 pub struct ApiArgs {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Address of `/metrics` and `/openapi.json` (and the probes): keep it out of any public
+    /// Service.
+    #[arg(long, env = "OPS_ADDR", default_value = "0.0.0.0:9090")]
+    pub ops: SocketAddr,
     /// Namespace of the events this api serves (the pod's namespace on Kubernetes).
     #[arg(long, env = "COUPON_NAMESPACE", default_value_t = ApiSettings::default().namespace)]
     pub namespace: String,
@@ -198,6 +210,14 @@ pub struct ApiArgs {
     /// connections (endpoints drain meanwhile); below the pod's termination grace period.
     #[arg(long, env = "SHUTDOWN_DELAY", default_value = "5s")]
     pub shutdown_delay: humantime::Duration,
+    /// Open connections at most: one more is answered 503 (`Retry-After: 1`) and closed.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections as u32,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Requests being answered at most: one more is answered 503 (`Retry-After: 1`) at once.
+    #[arg(long, env = "MAX_REQUESTS_IN_FLIGHT", default_value_t = ServerLimits::default().max_requests_in_flight as u32,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_in_flight: u32,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
@@ -218,6 +238,11 @@ impl ApiArgs {
             replica_wait: (self.redis_wait_replicas > 0)
                 .then(|| ReplicaWait { replicas: self.redis_wait_replicas, timeout: self.redis_wait_timeout.into() }),
             shutdown_delay: self.shutdown_delay.into(),
+            server: ServerLimits {
+                max_connections: self.max_connections as usize,
+                max_requests_in_flight: self.max_requests_in_flight as usize,
+                ..ServerLimits::default()
+            },
             ..ApiSettings::default()
         })
     }
@@ -373,9 +398,12 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
 }
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
+    // Configuration first: a malformed one is refused before anything listens.
+    let settings = args.settings()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    let api = Api::start(args.settings()?, listener, telemetry::shutdown_signal())?;
-    tracing::info!(listen = %api.local_addr, "api listening");
+    let ops = tokio::net::TcpListener::bind(args.ops).await.with_context(|| format!("cannot listen on {} (OPS_ADDR)", args.ops))?;
+    let api = Api::start(settings, listener, Some(ops), telemetry::shutdown_signal())?;
+    tracing::info!(listen = %api.local_addr, ops = ?api.ops_addr, "api listening");
     api.stopped().await;
     tracing::info!("api stopped");
     Ok(())

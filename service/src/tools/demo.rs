@@ -113,7 +113,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     )?;
     let api_settings =
         ApiSettings { namespace: event.namespace().to_owned(), redis_url: args.redis_url.clone(), kafka, ..ApiSettings::default() };
-    let api = Api::start(api_settings, tokio::net::TcpListener::bind("127.0.0.1:0").await?, stop_rx)?;
+    let api = Api::start(api_settings, tokio::net::TcpListener::bind("127.0.0.1:0").await?, None, stop_rx)?;
     let base_url = api.base_url();
     let ready_by = Instant::now() + Duration::from_secs(30);
     // The consumer joins its group before the opening, as a deployed consumer would have.

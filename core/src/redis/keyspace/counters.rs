@@ -41,10 +41,22 @@ impl EventCounters {
 /// provisioned. A sharded event's counters are the sums over its shards, and it is
 /// recovering while any shard is.
 pub async fn counters(conn: &mut RedisConnection, event: &EventId) -> RedisResult<Option<EventCounters>> {
-    let home = EventKeys::of(event);
-    let Some((mut counters, shards)) = shard_counters(conn, &home).await? else { return Ok(None) };
+    counters_in(conn, &EventLayout::single(event)).await
+}
+
+/// As `counters`, with the event's layout as the caller last knew it (the api keeps it, since
+/// placing the shards of a sharded event takes thousands of hashes): used as long as the
+/// home configuration names the same number of shards, else placed again.
+pub async fn counters_in(conn: &mut RedisConnection, known: &EventLayout) -> RedisResult<Option<EventCounters>> {
+    let Some((mut counters, shards)) = shard_counters(conn, known.home()).await? else { return Ok(None) };
     if shards > 1 {
-        let layout = EventLayout::new(event, shards);
+        let placed;
+        let layout = if known.shard_count() == shards {
+            known
+        } else {
+            placed = EventLayout::new(known.event(), shards);
+            &placed
+        };
         counters.issued = counters.held;
         for shard in 1..shards {
             if let Some((other, _)) = shard_counters(conn, layout.keys(shard)).await? {

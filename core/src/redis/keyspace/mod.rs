@@ -60,7 +60,7 @@ use redis::RedisResult;
 
 use codes::Answer;
 pub use config::{write_config, ConfigWrite};
-pub use counters::{counters, layout, presence, topic, EventCounters, EventPresence};
+pub use counters::{counters, counters_in, layout, presence, topic, EventCounters, EventPresence};
 pub use eviction::{eviction, set_eviction_for_tests, Eviction, EvictionRisk};
 pub use gate::{ack, apply, apply_many, prepare_gate_benchmark, release, unique_id, GateDecision, Grant};
 pub use grants::{close_grant, expired_grants, grant, settle_grant, stock, stride_left, GrantVerdict, ShardStock};

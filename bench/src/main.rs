@@ -100,7 +100,7 @@ async fn serve(app: axum::Router) -> anyhow::Result<String> {
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     std::mem::forget(stop); // runs for the whole benchmark
-    tokio::spawn(http::serve(listener, app, ServerLimits::default(), stop_rx));
+    tokio::spawn(http::serve(listener, app, ServerLimits::default(), http::Shedding::default(), stop_rx));
     Ok(url)
 }
 

@@ -205,9 +205,12 @@ impl Api {
         let ops_addr = ops.as_ref().map(TcpListener::local_addr).transpose()?;
         let stop_accepting = drain_before_stopping(shutdown, health, settings.shutdown_delay);
         if let Some(ops) = ops {
-            tokio::spawn(http::serve(ops, http::ops_routes(&state), http::ServerLimits::default(), stop_accepting.clone()));
+            let limits = http::ServerLimits::default();
+            tokio::spawn(http::serve(ops, http::ops_routes(&state), limits, http::Shedding::default(), stop_accepting.clone()));
         }
-        let server = tokio::spawn(http::serve(listener, http::router(state.clone()), settings.server, stop_accepting));
+        let shedding =
+            http::Shedding { connections: state.metrics.shed_connections.clone(), requests: state.metrics.shed_requests.clone() };
+        let server = tokio::spawn(http::serve(listener, http::router(state.clone()), settings.server, shedding, stop_accepting));
         Ok(Self { state, local_addr, ops_addr, server })
     }
 
@@ -284,7 +287,7 @@ impl Consumer {
         let redis = RedisHandle::connect_in_background(RedisTarget::new(&settings.redis_url, settings.redis_tls.clone()))?;
         if let Some(listener) = ops {
             let router = http::ops_router(health.clone(), metrics.clone(), http::Readiness::AllDependencies);
-            tokio::spawn(http::serve(listener, router, ServerLimits::default(), shutdown.clone()));
+            tokio::spawn(http::serve(listener, router, ServerLimits::default(), http::Shedding::default(), shutdown.clone()));
         }
         let task = tokio::spawn(crate::consumer::run(settings, redis, health.clone(), metrics.clone(), assigned.clone(), shutdown));
         Ok(Self { health, metrics, assigned, task })

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub released_slots: Counter,
     /// Stock moved between the shards of sharded events.
     pub stock_grants: Counter,
+    /// Connections and requests the api answered 503 for being beyond its caps
+    /// (`MAX_CONNECTIONS`, `MAX_REQUESTS_IN_FLIGHT`).
+    pub shed_connections: Counter,
+    pub shed_requests: Counter,
     /// For the sold-out short cut: shards whose holders were read whole, and holders read
     /// again because a shard's change log named them (a release or a heal after sell-out
     /// costs the second, not the first).
@@ -81,6 +85,18 @@ impl Default for Metrics {
             "stock_grants",
             "Grants of stock from one shard of a sharded event to another that ran out",
             stock_grants.clone(),
+        );
+        let shed_connections = Counter::default();
+        registry.register(
+            "api_shed_connections",
+            "Connections answered 503 for being beyond the api's MAX_CONNECTIONS",
+            shed_connections.clone(),
+        );
+        let shed_requests = Counter::default();
+        registry.register(
+            "api_shed_requests",
+            "Requests answered 503 for being beyond the api's MAX_REQUESTS_IN_FLIGHT",
+            shed_requests.clone(),
         );
         let holders_shards_read_whole = Counter::default();
         registry.register(
@@ -145,6 +161,8 @@ impl Default for Metrics {
             apply_seconds,
             released_slots,
             stock_grants,
+            shed_connections,
+            shed_requests,
             holders_shards_read_whole,
             holders_changes_read,
             undecided_produces,

@@ -680,7 +680,7 @@ def test_a_deposed_master_can_be_fenced_by_waiting_for_replicas():
 
 def test_the_api_caps_connections_and_requests_in_flight():
     env = api_env(render())
-    assert (env["MAX_CONNECTIONS"], env["MAX_REQUESTS_IN_FLIGHT"]) == ("4096", "1024")
+    assert (env["MAX_CONNECTIONS"], env["MAX_REQUESTS_IN_FLIGHT"]) == ("2048", "1024")
     env = api_env(render({"api": {"maxConnections": 500, "maxRequestsInFlight": 64}}))
     assert (env["MAX_CONNECTIONS"], env["MAX_REQUESTS_IN_FLIGHT"]) == ("500", "64")
     for bad in (0, -1, "many"):
@@ -694,8 +694,25 @@ def test_the_api_keeps_metrics_and_its_document_off_the_public_service():
     _, api = container(docs, "coupon-api")
     assert env_of(api)["OPS_ADDR"] == "0.0.0.0:9090"
     assert {p["name"]: p["containerPort"] for p in api["ports"]} == {"http": 8080, "ops": 9090}
+    # Probed on the ops port: a public port full of a crowd's (or an attacker's) connections
+    # must not fail the kubelet's probes and restart a busy api.
+    assert api["livenessProbe"]["httpGet"]["port"] == api["readinessProbe"]["httpGet"]["port"] == "ops"
     (service,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "coupon-api"]
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
     (policy,) = [p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-coupon-api")]
     ops_rules = [r for r in policy["spec"]["ingress"] if r["ports"] == [{"port": 9090, "protocol": "TCP"}]]
     assert ops_rules == [{"from": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}], "ports": [{"port": 9090, "protocol": "TCP"}]}]
+
+
+def test_metrics_are_admitted_from_the_scraper_of_another_namespace():
+    docs = render({"networkPolicy": {"enabled": True, "metricsFrom": {"app": "prometheus"},
+                                     "metricsNamespaces": {"kubernetes.io/metadata.name": "monitoring"}}})
+    peer = {"podSelector": {"matchLabels": {"app": "prometheus"}},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    policies = {p["metadata"]["name"]: p for p in by_kind(docs, "NetworkPolicy")}
+    api_rules = policies["coupons-coupon-api"]["spec"]["ingress"]
+    assert {"from": [peer], "ports": [{"port": 9090, "protocol": "TCP"}]} in api_rules
+    assert policies["coupons-coupon-internal"]["spec"]["ingress"][0]["from"] == [peer]
+    for policy in policies.values():
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(policy, version, strict=True)

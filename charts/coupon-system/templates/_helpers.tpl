@@ -188,12 +188,13 @@ material and Kafka client properties from their Secrets, mounted by coupon.conne
 {{- if or $jwks.configMap $jwks.secret }}true{{ end -}}
 {{- end -}}
 
+{{/* The kubelet's probes, on the named container port (`.port`). */}}
 {{- define "coupon.probes" -}}
 livenessProbe:
-  httpGet: {path: /healthz, port: http}
+  httpGet: {path: /healthz, port: {{ .port }}}
   periodSeconds: 10
 readinessProbe:
-  httpGet: {path: /readyz, port: http}
+  httpGet: {path: /readyz, port: {{ .port }}}
   periodSeconds: 2
   failureThreshold: 2
 {{- end -}}
@@ -212,4 +213,17 @@ Milliseconds of a duration written as the schema allows ("1500ms", "10s").
 */}}
 {{- define "coupon.millis" -}}
 {{- if hasSuffix "ms" . -}}{{ trimSuffix "ms" . | int }}{{- else -}}{{ mul (trimSuffix "s" . | int) 1000 }}{{- end -}}
+{{- end -}}
+
+{{/* The NetworkPolicy peer that may scrape metrics: networkPolicy.metricsFrom's pods, in
+networkPolicy.metricsNamespaces' namespaces (else the release namespace). */}}
+{{- define "coupon.metricsPeer" -}}
+podSelector:
+  matchLabels:
+    {{- toYaml .Values.networkPolicy.metricsFrom | nindent 4 }}
+{{- with .Values.networkPolicy.metricsNamespaces }}
+namespaceSelector:
+  matchLabels:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
 {{- end -}}

@@ -185,15 +185,23 @@ async fn written_rows_mark_their_entries_once() {
     keyspace::delete_event(&mut conn, &id).await.unwrap();
 }
 
-/// `issued.lua`: whether users hold slots, or that it cannot tell while the shard recovers.
+/// `issued.lua`: whether users hold slots; that it cannot tell while the shard recovers or
+/// for another object's records; that the caller's layout is not the event's.
 #[tokio::test]
 async fn the_issue_check_tells_or_says_it_cannot() {
+    use keyspace::Issued;
     let mut conn = connect().await;
     let (id, layout) = event(&mut conn, &open(5)).await;
+    let key = EventKey::new(id.clone(), None).unwrap();
     let GateDecision::Issued { slot, .. } = keyspace::apply(&mut conn, &layout, "u", LONG, None).await.unwrap().0 else { panic!() };
     let asked = [("u", slot), ("u", slot + 1), ("stray", slot)];
-    assert_eq!(keyspace::issued_to(&mut conn, &layout, &asked).await.unwrap(), Some(vec![true, false, false]));
+    assert_eq!(keyspace::issued_to(&mut conn, &key, &layout, &asked).await.unwrap(), Issued::Held(vec![true, false, false]));
+    let other = EventKey::new(id.clone(), Some("other-object")).unwrap();
+    assert_eq!(keyspace::issued_to(&mut conn, &other, &layout, &asked).await.unwrap(), Issued::CannotTell, "another object's");
+    let three = EventLayout::new(&id, 3);
+    let on_home = homed_on(&three, 0, 1).remove(0);
+    assert_eq!(keyspace::issued_to(&mut conn, &key, &three, &[(&on_home, slot)]).await.unwrap(), Issued::OtherLayout);
     keyspace::fence(&mut conn, &layout, 0, true).await.unwrap();
-    assert_eq!(keyspace::issued_to(&mut conn, &layout, &asked).await.unwrap(), None, "recovering: cannot tell");
+    assert_eq!(keyspace::issued_to(&mut conn, &key, &layout, &asked).await.unwrap(), Issued::CannotTell, "recovering: cannot tell");
     keyspace::delete_event(&mut conn, &id).await.unwrap();
 }

@@ -127,6 +127,12 @@ impl ApplyService {
         self.sold_out.loaded_version(event.name())
     }
 
+    /// Whether this process has served `event` (seen it configured): if Redis then knows
+    /// nothing of it, Redis lost its data.
+    pub fn served(&self, event: &EventId) -> bool {
+        self.known.contains(event.name())
+    }
+
     pub fn producer(&self) -> &ProducerSlot {
         &self.producer
     }

@@ -59,6 +59,9 @@ pub struct BatchWriter {
     /// held (the operator may be writing it back) for `missing_event_patience`, then failed.
     missing_since: HashMap<String, Instant>,
     missing_event_patience: Duration,
+    /// Each event's layout as last read, for the check of every record (`strays`): read again
+    /// when Redis says it is another, or cannot tell.
+    layouts: HashMap<EventId, EventLayout>,
     /// With `EVENT_NAMESPACE`: the namespace whose events this consumer writes. Records of
     /// other namespaces' events on a shared topic belong to their own consumers (another
     /// release, its own group and database): they are passed over, neither written nor failed.
@@ -78,6 +81,7 @@ impl BatchWriter {
             redis,
             metrics,
             slot_capacity: HashMap::new(),
+            layouts: HashMap::new(),
             missing_since: HashMap::new(),
             missing_event_patience,
             served_namespace,
@@ -105,6 +109,7 @@ impl BatchWriter {
     /// Forgets what is cached about an event (its limit may have changed).
     pub fn forget(&mut self, event: &EventId) {
         self.slot_capacity.retain(|key, _| key.parse::<EventKey>().map_or(true, |k| k.id() != event));
+        self.layouts.remove(event);
     }
 
     /// Makes sure every slot in the batch has its `coupon_slots` row, in steps, using the
@@ -198,11 +203,15 @@ impl BatchWriter {
     /// Redis. Every coupon is checked, not only those beyond the slot rows: a well-formed
     /// record for a slot its user was never issued (produced by whoever can write to the
     /// topic) would take that slot's row from its holder, and a restore from SQL would make
-    /// it permanent. One presence read and one read-only script per home shard, per event
-    /// and batch. An event Redis cannot answer for (a stalled master) is held
-    /// (`held_events`); one it cannot tell about (recovering, or another incarnation's
-    /// records, judged later) has none.
-    async fn strays(&self, coupons: &[(CouponRow, Position)], held_events: &mut HashSet<String>) -> Result<HashSet<Position>, BatchError> {
+    /// it permanent. One read-only script per home shard, per event and batch, with the
+    /// layout this consumer keeps. An event Redis cannot answer for (a stalled master) is
+    /// held (`held_events`); one it cannot tell about (recovering, missing, or another
+    /// incarnation's records, judged later) has none.
+    async fn strays(
+        &mut self,
+        coupons: &[(CouponRow, Position)],
+        held_events: &mut HashSet<String>,
+    ) -> Result<HashSet<Position>, BatchError> {
         let mut by_event: HashMap<&str, Vec<&(CouponRow, Position)>> = HashMap::new();
         for coupon in coupons {
             by_event.entry(coupon.0.event.as_str()).or_default().push(coupon);
@@ -211,7 +220,7 @@ impl BatchWriter {
         for (event, rows) in by_event {
             let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
             let key: EventKey = event.parse().expect("validated by parse_record");
-            match unissued_of_current(&mut conn, &key, &rows).await {
+            match self.unissued(&mut conn, &key, &rows).await {
                 Ok(found) => strays.extend(found),
                 Err(error) => {
                     tracing::warn!(%error, event, "cannot read the event's state in Redis; holding its records");
@@ -220,6 +229,39 @@ impl BatchWriter {
             }
         }
         Ok(strays)
+    }
+
+    /// The positions of the coupons (all of one event) that no gate issued: their user does
+    /// not hold their slot in Redis. None while Redis cannot tell: those records are judged as
+    /// before, against the limit.
+    async fn unissued(
+        &mut self,
+        conn: &mut RedisConnection,
+        key: &EventKey,
+        coupons: &[&(CouponRow, Position)],
+    ) -> Result<HashSet<Position>, RedisError> {
+        let asked: Vec<(&str, i64)> = coupons.iter().map(|(row, _)| (row.user_id.as_str(), row.slot)).collect();
+        for read_again in [false, true] {
+            let layout = match self.layouts.get(key.id()) {
+                Some(layout) if !read_again => layout.clone(),
+                _ => {
+                    let Some(layout) = keyspace::layout(conn, key.id()).await? else { return Ok(HashSet::new()) };
+                    self.layouts.insert(key.id().clone(), layout.clone());
+                    layout
+                }
+            };
+            match keyspace::issued_to(conn, key, &layout, &asked).await? {
+                keyspace::Issued::Held(held) => {
+                    return Ok(coupons.iter().zip(held).filter(|(_, held)| !held).map(|((_, position), _)| position.clone()).collect());
+                }
+                keyspace::Issued::CannotTell => {
+                    self.layouts.remove(key.id());
+                    return Ok(HashSet::new());
+                }
+                keyspace::Issued::OtherLayout => continue,
+            }
+        }
+        Ok(HashSet::new())
     }
 
     /// An api of the version before event keys carried the incarnation produces records
@@ -344,28 +386,6 @@ async fn judge(
         EventPresence::Deleted => Verdict::Refuse("the event was deleted".to_owned()),
         EventPresence::Missing => Verdict::Missing,
     })
-}
-
-/// The positions of the coupons (all of one event) that no gate issued: their user does not
-/// hold their slot in Redis. Only for the incarnation Redis holds (records of an earlier
-/// object of the name are judged by `judge`); none while Redis cannot tell (the event is
-/// missing or recovering): those records are judged as before, against the limit.
-async fn unissued_of_current(
-    conn: &mut RedisConnection,
-    key: &EventKey,
-    coupons: &[&(CouponRow, Position)],
-) -> Result<HashSet<Position>, RedisError> {
-    if coupons.is_empty() {
-        return Ok(HashSet::new());
-    }
-    match keyspace::presence(conn, key.id()).await? {
-        EventPresence::Provisioned { incarnation, .. } if incarnation.as_deref() == key.incarnation() => {}
-        _ => return Ok(HashSet::new()),
-    }
-    let Some(layout) = keyspace::layout(conn, key.id()).await? else { return Ok(HashSet::new()) };
-    let asked: Vec<(&str, i64)> = coupons.iter().map(|(row, _)| (row.user_id.as_str(), row.slot)).collect();
-    let Some(issued) = keyspace::issued_to(conn, &layout, &asked).await? else { return Ok(HashSet::new()) };
-    Ok(coupons.iter().zip(issued).filter(|(_, issued)| !issued).map(|((_, position), _)| position.clone()).collect())
 }
 
 fn round_up(value: i64, step: i64) -> i64 {

@@ -20,7 +20,7 @@ use coupon_core::redis::RedisHandle;
 use serde::Deserialize;
 
 pub use ops::{router as ops_router, Readiness};
-pub use server::{serve, ServerLimits};
+pub use server::{serve, ServerLimits, Shedding};
 pub use stats_cache::StatsCache;
 
 use crate::apply::{ApplyOutcome, ApplyService, LookupOutcome};

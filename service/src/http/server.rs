@@ -1,9 +1,11 @@
 //! The HTTP server loop, with the limits a public endpoint needs: a slow client that never
-//! finishes its headers is cut after `header_read_timeout` (also an idle kept-alive one), a
-//! request that takes longer than `request_timeout` is answered 408, connections beyond
-//! `max_connections` and requests beyond `max_requests_in_flight` are answered 503 with
-//! `Retry-After` at once instead of queueing (memory stays bounded whatever a crowd or an
-//! attacker opens), and SIGTERM stops accepting and lets requests in flight finish.
+//! finishes its headers is cut after `header_read_timeout` (also an idle kept-alive one),
+//! one that does not finish its body within `body_read_timeout` is answered 408, as is a
+//! request that takes longer than `request_timeout`; connections beyond `max_connections`
+//! and requests beyond `max_requests_in_flight` are answered 503 with `Retry-After` at once
+//! instead of queueing, and counted (`Shedding`); SIGTERM stops accepting and lets requests
+//! in flight finish. A connection holds at most `MAX_HEADER_BYTES` of read buffer, so the
+//! api's memory stays below `max_connections` × about 20 KiB whatever clients send.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::sync::Semaphore;
@@ -29,6 +32,9 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// Longest time from request to response.
     pub request_timeout: Duration,
+    /// A request's body must arrive within this time of its headers (before the request
+    /// counts as in flight: a body trickled in cannot hold a place).
+    pub body_read_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub drain_timeout: Duration,
     /// Open connections at most; one more is answered 503 and closed at once.
@@ -42,27 +48,45 @@ impl Default for ServerLimits {
         Self {
             header_read_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
+            body_read_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
-            max_connections: 4096,
+            max_connections: 2048,
             max_requests_in_flight: 1024,
         }
     }
 }
 
+/// Requests and connections the server answered 503 for being beyond its limits (counters of
+/// the process's metrics, or unregistered ones).
+#[derive(Clone, Default)]
+pub struct Shedding {
+    pub connections: Counter,
+    pub requests: Counter,
+}
+
+/// Headers (request line included) of at most this many bytes: a bearer token is refused
+/// above 8 KiB anyway, and each connection's read buffer is bounded by it.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// A body of at most this many bytes is read before a request counts as in flight; a larger
+/// one is answered 413 (the api takes 1 KiB).
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
 /// Serves `app` on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, shedding: Shedding, shutdown: watch::Receiver<bool>) {
     let in_flight = Arc::new(Semaphore::new(limits.max_requests_in_flight));
+    let shed_requests = shedding.requests.clone();
     let app = app
-        .layer(axum::middleware::from_fn(move |request: Request, next: Next| shed_beyond(in_flight.clone(), request, next)))
+        .layer(axum::middleware::from_fn(move |request: Request, next: Next| {
+            shed_beyond(in_flight.clone(), shed_requests.clone(), limits.body_read_timeout, request, next)
+        }))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     // Refusals being written: bounded too, past it a connection is closed without a word.
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    // Headers of at most 64 KiB (hyper's default allows about 400 KiB): a bearer token is
-    // refused above 8 KiB anyway.
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true).max_buf_size(64 * 1024);
+    // (hyper's default buffer allows about 400 KiB of headers.)
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true).max_buf_size(MAX_HEADER_BYTES);
     let stopped = coupon_core::telemetry::wait_for(shutdown);
     tokio::pin!(stopped);
     loop {
@@ -80,6 +104,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, shu
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            shedding.connections.inc();
+            warn_now_and_then("connections beyond MAX_CONNECTIONS answered 503");
             // A new socket's send buffer is empty: the answer goes out without waiting.
             let _ = stream.try_write(OVERLOADED_RESPONSE.as_bytes());
             if let Ok(closing) = refusals.clone().try_acquire_owned() {
@@ -133,13 +159,23 @@ async fn close_gently(mut stream: tokio::net::TcpStream, _closing: tokio::sync::
 }
 
 /// Lets a request through while fewer than `max_requests_in_flight` are being answered, else
-/// answers 503 at once. Probes and metrics always pass: an api busy answering its crowd is
-/// alive and ready, and should be seen to be.
-async fn shed_beyond(in_flight: Arc<Semaphore>, request: Request, next: Next) -> Response {
-    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+/// answers 503 at once. Its body is read first (within `body_read_timeout`, at most
+/// `MAX_BODY_BYTES`): a client trickling a body in holds its connection, never a place among
+/// the requests in flight. Probes always pass: an api busy answering its crowd is alive and
+/// ready, and should be seen to be.
+async fn shed_beyond(in_flight: Arc<Semaphore>, shed: Counter, body_read_timeout: Duration, request: Request, next: Next) -> Response {
+    if matches!(request.uri().path(), "/healthz" | "/readyz") {
         return next.run(request).await;
     }
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(body_read_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return refusal(StatusCode::PAYLOAD_TOO_LARGE, r#"{"status":"bad_request","error":"request body too large"}"#),
+        Err(_) => return refusal(StatusCode::REQUEST_TIMEOUT, r#"{"status":"bad_request","error":"request body not received in time"}"#),
+    };
     let Ok(_permit) = in_flight.try_acquire_owned() else {
+        shed.inc();
+        warn_now_and_then("requests beyond MAX_REQUESTS_IN_FLIGHT answered 503");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, "application/json"), (header::RETRY_AFTER, RETRY_AFTER_SECS)],
@@ -147,7 +183,24 @@ async fn shed_beyond(in_flight: Arc<Semaphore>, request: Request, next: Next) ->
         )
             .into_response();
     };
-    next.run(request).await
+    next.run(Request::from_parts(parts, axum::body::Body::from(body))).await
+}
+
+fn refusal(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Logs `message` at most once every ten seconds (per process): shedding under a flood is
+/// worth a line, not one per request.
+fn warn_now_and_then(message: &'static str) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if now >= last + 10
+        && LAST.compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!("{message} (see coupon_api_shed_*_total)");
+    }
 }
 
 #[cfg(test)]
@@ -169,12 +222,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, shutdown) = watch::channel(false);
-        tokio::spawn(serve(listener, app, limits, shutdown));
+        tokio::spawn(serve(listener, app, limits, Shedding::default(), shutdown));
         (addr, stop)
     }
 
-    /// Requests beyond the cap are answered 503 with `Retry-After` at once, not queued;
-    /// probes still pass.
+    /// Requests beyond the cap are answered 503 with `Retry-After` at once, not queued; the
+    /// probes pass while the cap is full.
     #[tokio::test]
     async fn requests_beyond_the_cap_are_answered_at_once() {
         let (addr, _stop) = start(ServerLimits { max_requests_in_flight: 2, ..ServerLimits::default() }).await;
@@ -188,8 +241,33 @@ mod tests {
         let refused = answers.into_iter().map(Result::unwrap).find(|a| a.status() == 503).unwrap();
         assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
         assert!(started.elapsed() < Duration::from_secs(2), "nothing queued behind the slow ones");
-        let (health, slow) = tokio::join!(client.get(format!("http://{addr}/healthz")).send(), client.get(&url).send());
-        assert_eq!((health.unwrap().status().as_u16(), slow.unwrap().status().as_u16()), (200, 200));
+        let in_flight = futures::future::join_all((0..2).map(|_| client.get(&url).send()));
+        let probe = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let health = client.get(format!("http://{addr}/healthz")).send().await.unwrap().status().as_u16();
+            let another = client.get(&url).send().await.unwrap().status().as_u16();
+            (health, another)
+        };
+        let (done, (health, another)) = tokio::join!(in_flight, probe);
+        assert_eq!((health, another), (200, 503), "the cap full: probes pass, requests do not");
+        assert!(done.iter().all(|answer| answer.as_ref().unwrap().status() == 200));
+    }
+
+    /// A body trickled in holds its connection, not a place among the requests in flight,
+    /// and is answered 408 once its deadline passes.
+    #[tokio::test]
+    async fn a_trickled_body_holds_no_place_in_flight() {
+        use tokio::io::AsyncWriteExt;
+        let limits = ServerLimits { max_requests_in_flight: 1, body_read_timeout: Duration::from_millis(500), ..ServerLimits::default() };
+        let (addr, _stop) = start(limits).await;
+        let mut trickling = tokio::net::TcpStream::connect(addr).await.unwrap();
+        trickling.write_all(b"POST /slow HTTP/1.1\r\nhost: api\r\ncontent-length: 100\r\n\r\n{").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let served = reqwest::get(format!("http://{addr}/slow")).await.unwrap().status().as_u16();
+        assert_eq!(served, 200, "the only place in flight was free");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(2), trickling.read_to_string(&mut answer)).await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
 
     /// Connections beyond the cap get a 503 and are closed, without the server reading them.

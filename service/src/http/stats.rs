@@ -70,8 +70,9 @@ impl EventStats {
     }
 }
 
-/// The stats of an event, from this process's memory while fresh (`StatsCache`: one read per
-/// event and second, whatever the number of requests).
+/// The stats of an event, from this process's memory while fresh (`StatsCache`: one read of
+/// the list of events and one of each event's counters per second, whatever the number of
+/// requests or of names).
 pub async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<String>, PathRejection>) -> Response {
     let Path(name) = match event {
         Ok(event) => event,
@@ -81,19 +82,41 @@ pub async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<
         Ok(event) => event,
         Err(outcome) => return outcome.into_response(),
     };
-    match state.stats.get(&event, read_stats(&state, &event)).await {
+    let redis = state.redis.clone();
+    let registered = state
+        .stats
+        .is_registered(&event, move || async move {
+            let mut conn = redis.get()?;
+            match keyspace::registered_events(&mut conn).await {
+                Ok(names) => Some(names.into_iter().collect()),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the list of events");
+                    None
+                }
+            }
+        })
+        .await;
+    let read = match registered {
+        None => StatsRead::Failed,
+        Some(false) => StatsRead::Unknown,
+        Some(true) => state.stats.get(&event, read_stats(state.clone(), event.clone())).await,
+    };
+    match read {
         StatsRead::Known(counters) => {
             Json(EventStats::from_counters(event.to_string(), &counters, Utc::now().timestamp_millis())).into_response()
         }
+        // Served here but unknown to Redis: Redis lost its data (503 until it is restored),
+        // as applies answer.
+        StatsRead::Unknown if state.apply.served(&event) => ApplyOutcome::Unavailable.into_response(),
         StatsRead::Unknown => ApplyOutcome::UnknownEvent.into_response(),
         StatsRead::Failed => ApplyOutcome::Unavailable.into_response(),
     }
 }
 
 /// One read of an event's counters, with the layout the api keeps.
-async fn read_stats(state: &ApiState, event: &EventId) -> StatsRead {
+async fn read_stats(state: Arc<ApiState>, event: EventId) -> StatsRead {
     let Some(mut conn) = state.redis.get() else { return StatsRead::Failed };
-    let counters = match state.apply.layout(&mut conn, event).await {
+    let counters = match state.apply.layout(&mut conn, &event).await {
         Ok(layout) => keyspace::counters_in(&mut conn, &layout).await,
         Err(error) => Err(error),
     };

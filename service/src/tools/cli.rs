@@ -191,7 +191,7 @@ pub struct ApiArgs {
     pub listen: SocketAddr,
     /// Address of `/metrics` and `/openapi.json` (and the probes): keep it out of any public
     /// Service.
-    #[arg(long, env = "OPS_ADDR", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "OPS_ADDR", default_value = "127.0.0.1:9090")]
     pub ops: SocketAddr,
     /// Namespace of the events this api serves (the pod's namespace on Kubernetes).
     #[arg(long, env = "COUPON_NAMESPACE", default_value_t = ApiSettings::default().namespace)]

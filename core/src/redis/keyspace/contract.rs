@@ -58,7 +58,7 @@ pub(super) const HEAL: Contract = Contract {
 };
 pub(super) const HOLDER_CHANGES: Contract =
     Contract { script: "holder_changes", keys: &["config", "users", "holder_changes", "held"], args: &["since", "max"] };
-pub(super) const ISSUED: Contract = Contract { script: "issued", keys: &["config", "users"], args: &[] };
+pub(super) const ISSUED: Contract = Contract { script: "issued", keys: &["config", "users"], args: &["incarnation", "shard", "shards"] };
 pub(super) const PROVISION: Contract = Contract {
     script: "provision",
     keys: &["config", "count", "holder_changes", "held"],

@@ -67,7 +67,7 @@ pub use grants::{close_grant, expired_grants, grant, settle_grant, stock, stride
 pub use heal::{heal, mark_written, overdue_entries, HealVerdict, Healed, OverdueEntry};
 pub use holders::{holders, refresh_holders, Holders, HoldersRead};
 pub use holdings::{holdings, user_view, wait_for_replicas, Holding, HoldingState, UserView};
-pub use issued::issued_to;
+pub use issued::{issued_to, Issued};
 use layout::EventKeys;
 pub use layout::{home_shard, EventLayout};
 pub use recovery::{fence, restore_begin, restore_chunk, restore_finish, RestoreStep};

@@ -3,8 +3,8 @@
 //! request:
 //!
 //! - a name is first looked up in this process's copy of the list of provisioned events
-//!   (`keyspace::registered_events`), read at most once per `fresh_for`, one read in flight: a name not on
-//!   it is answered from memory, however many different names are made up;
+//!   (`keyspace::registered_events`), read at most once per `fresh_for`, one read in flight:
+//!   a name not on it is answered from memory, however many different names are made up;
 //! - a provisioned event's counters are read at most once per `fresh_for` (a second), one
 //!   read in flight however many requests ask (moka's `get_with`), in a task of its own so a
 //!   client that goes away cannot cut it short; entries expire by what they hold

@@ -79,6 +79,9 @@ pub enum Reason {
     PreviousEventDraining,
     /// Refusal: another live CouponEvent of the namespace holds the same key (its `eventId`, or its name).
     EventIdInUse,
+    /// Refusal: creating the event's topic would take the partitions of the operator's
+    /// topics past `MAX_PARTITIONS_TOTAL`.
+    PartitionCapExceeded,
     /// `Scaling=False`: a Deployment is short of available replicas at (or a minute before) the start.
     NotReady,
     /// `Scaling=False`: someone else keeps resetting a Deployment's replicas (a GitOps tool's self-heal).
@@ -109,6 +112,7 @@ impl Reason {
             Self::LimitBelowIssued => "LimitBelowIssued",
             Self::PreviousEventDraining => "PreviousEventDraining",
             Self::EventIdInUse => "EventIdInUse",
+            Self::PartitionCapExceeded => "PartitionCapExceeded",
             Self::NotReady => "NotReady",
             Self::Contended => "Contended",
             Self::ShortWarmUp => "ShortWarmUp",
@@ -187,6 +191,7 @@ mod tests {
             Reason::LimitBelowIssued,
             Reason::PreviousEventDraining,
             Reason::EventIdInUse,
+            Reason::PartitionCapExceeded,
             Reason::NotReady,
             Reason::Contended,
             Reason::ShortWarmUp,
@@ -212,6 +217,7 @@ mod tests {
                 "LimitBelowIssued",
                 "PreviousEventDraining",
                 "EventIdInUse",
+                "PartitionCapExceeded",
                 "NotReady",
                 "Contended",
                 "ShortWarmUp",

@@ -58,6 +58,11 @@ struct RunArgs {
     /// Manage the CouponEvents of this namespace only (empty: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
     watch_namespace: String,
+    /// At most this many partitions over the topics the operator creates, summed over the
+    /// events it manages: an event whose new topic would pass it is refused
+    /// (`PartitionCapExceeded`). 0: no cap.
+    #[arg(long, env = "MAX_PARTITIONS_TOTAL", default_value_t = 0)]
+    max_partitions_total: u32,
     /// Act only while holding a Lease, so that one instance of several writes. Turn off
     /// only where a single instance is guaranteed otherwise.
     #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -102,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
                 replication,
                 topic_config,
                 watch_namespace,
+                max_partitions_total,
                 leader_election,
                 lease_name,
                 lease_namespace,
@@ -156,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
                     namespace.clone(),
                     ready.clone(),
                     reconcile_concurrency,
+                    (max_partitions_total > 0).then_some(i64::from(max_partitions_total)),
                 )
             };
             if leader_election {

@@ -109,6 +109,7 @@ fn harness_with(server: FakeApiServer, now: &str, backend: Backend) -> Harness {
         caches: ClusterCaches::from_stores(deployment_cache, autoscaler_cache),
         scaler: Default::default(),
         drain_progress: Default::default(),
+        max_partitions_total: None,
     });
     Harness { server, ctx, writer, deployments, clock }
 }

@@ -132,10 +132,15 @@ def test_two_releases_installed_at_once_do_not_conflict(kube, monitoring_crds):
             keys = objects(kube, manifests[namespace])
             assert {key[1] for key in keys} == {namespace, None}
             # Cluster-scoped: only the operator's rules that must outlive a namespace being
-            # deleted, named after the release's namespace, so never the other release's.
+            # deleted and the admission policy on the release's events, named after the
+            # release's namespace, so never the other release's.
             cluster_scoped = {(kind, name) for kind, ns, name in keys if ns is None}
             rules = f"{namespace}-{RELEASE}-coupon-operator-namespaces"
-            assert cluster_scoped == {("ClusterRole", rules), ("ClusterRoleBinding", rules)}, cluster_scoped
+            policy = f"{namespace}-{RELEASE}-coupon-events"
+            assert cluster_scoped == {
+                ("ClusterRole", rules), ("ClusterRoleBinding", rules),
+                ("ValidatingAdmissionPolicy", policy), ("ValidatingAdmissionPolicyBinding", policy),
+            }, cluster_scoped
         for namespace in (a, b):
             kube.helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "60s")
             left = kube.kubectl("get", "-f", "-", "--ignore-not-found", "-o", "name", input=manifests[namespace]).stdout.split()

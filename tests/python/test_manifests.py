@@ -716,3 +716,23 @@ def test_metrics_are_admitted_from_the_scraper_of_another_namespace():
     for policy in policies.values():
         for version in KUBE_VERSIONS:
             kubernetes_validate.validate(policy, version, strict=True)
+
+
+def test_a_tenant_is_capped_at_admission_and_by_the_operator():
+    docs = render()
+    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
+    assert "object.spec.partitions <= 64" in policy["spec"]["validations"][0]["expression"]
+    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}
+    assert env_of(container(docs, "coupon-operator")[1])["MAX_PARTITIONS_TOTAL"] == "1024"
+    everywhere = render({"operator": {"watchAllNamespaces": True, "namespaceSelector": {"coupons.fcfs.dev/tenant": "true"}},
+                         "admission": {"maxPartitionsPerEvent": 12}})
+    (policy,) = by_kind(everywhere, "ValidatingAdmissionPolicy")
+    assert "<= 12" in policy["spec"]["validations"][0]["expression"]
+    assert '"coupons.fcfs.dev/tenant" in namespaceObject.metadata.labels' in policy["spec"]["validations"][1]["expression"]
+    (binding,) = by_kind(everywhere, "ValidatingAdmissionPolicyBinding")
+    assert "matchResources" not in binding["spec"]
+    assert by_kind(render({"admission": {"enabled": False}}), "ValidatingAdmissionPolicy") == []
+    for version in KUBE_VERSIONS:
+        for doc in (policy, binding):
+            kubernetes_validate.validate(doc, version, strict=True)

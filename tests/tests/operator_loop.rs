@@ -233,6 +233,7 @@ async fn an_unreachable_backend_makes_the_event_unready_with_the_reason_and_it_i
         Some(cluster.namespace.clone()),
         Arc::new(AtomicBool::new(false)),
         16,
+        None,
     );
     let task = tokio::spawn(controller);
     let event = cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60))).await;

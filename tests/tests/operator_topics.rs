@@ -115,3 +115,40 @@ async fn without_the_create_right_a_pre_created_topic_is_used_and_scaling_never_
     assert_nothing_refused(&cluster);
     operator.kill(&cluster);
 }
+
+/// An operator whose topics may hold 5 partitions in all (`MAX_PARTITIONS_TOTAL`): a first
+/// event's new topic of 3 is created; a second event's new topic of 3 would make 6 and is
+/// refused (`PartitionCapExceeded`), its topic never created; a third event on the first's
+/// topic costs nothing more and opens. Admission caps one event's partitions; only the
+/// operator sees them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_past_the_operators_partition_cap_is_refused_before_it_is_created() {
+    use coupon_core::kafka::TopicLookup;
+    let cluster = cluster().await;
+    let operator = start_operator_capped(&cluster, "operator-0", 5).await;
+    let admin = kafka(&kafka_brokers()).admin().unwrap();
+    let window = |cluster| coupon_event(cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(300));
+
+    let mut first = window(&cluster);
+    first.spec.topic = unique("capped");
+    first.spec.partitions = 3;
+    let first = cluster.create(&first).await;
+    wait_for_phase(&cluster, first.metadata.name.as_deref().unwrap(), Phase::Open).await;
+
+    let mut second = window(&cluster);
+    second.spec.topic = unique("past-the-cap");
+    second.spec.partitions = 3;
+    let second = cluster.create(&second).await;
+    let refused = wait_for_condition(&cluster, second.metadata.name.as_deref().unwrap(), "Ready", "False", "PartitionCapExceeded").await;
+    let said = refused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
+    assert!(said.contains("to 6, past its cap of 5"), "{said}");
+    assert_eq!(admin.lookup(&second.spec.topic).await.unwrap(), TopicLookup::Missing, "the topic was never created");
+
+    let mut third = window(&cluster);
+    third.spec.topic = first.spec.topic.clone();
+    third.spec.partitions = 3;
+    let third = cluster.create(&third).await;
+    wait_for_phase(&cluster, third.metadata.name.as_deref().unwrap(), Phase::Open).await;
+    assert_nothing_refused(&cluster);
+    operator.kill(&cluster);
+}

@@ -7,7 +7,7 @@ mod properties;
 
 use rdkafka::config::ClientConfig;
 
-pub use admin::{parse_topic_configs, TopicAdmin, TopicOutcome};
+pub use admin::{parse_topic_configs, TopicAdmin, TopicLookup, TopicOutcome};
 pub use properties::{ClientProperties, PropertyError, PROPERTIES_FILE_VARIABLE, RESERVED_PROPERTIES};
 pub use rdkafka::error::KafkaError;
 

@@ -12,6 +12,7 @@ mod autoscaler;
 pub mod caches;
 mod cleanup;
 mod provision;
+mod quota;
 mod report;
 mod scale;
 
@@ -104,6 +105,8 @@ pub struct Context {
     /// Deleted `Retain` events waiting for their coupons to be written (by uid): the
     /// `persisted` count last seen and when it last moved.
     pub drain_progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, Timestamp)>>>,
+    /// At most this many partitions over the topics it creates (`quota`); `None`: no cap.
+    pub max_partitions_total: Option<i64>,
 }
 
 impl Context {
@@ -120,6 +123,7 @@ impl Context {
             caches,
             scaler: Default::default(),
             drain_progress: Default::default(),
+            max_partitions_total: None,
         }
     }
 
@@ -361,6 +365,7 @@ pub async fn run(
     namespace: Option<String>,
     ready: Arc<std::sync::atomic::AtomicBool>,
     concurrency: u16,
+    max_partitions_total: Option<i64>,
 ) {
     let events: Api<CouponEvent> = match &namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
@@ -397,7 +402,7 @@ pub async fn run(
     }
     let controller =
         Controller::for_stream(triggers, store.clone()).with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
-    let ctx = Arc::new(Context::new(client, backend, store, caches, metrics));
+    let ctx = Arc::new(Context { max_partitions_total, ..Context::new(client, backend, store, caches, metrics) });
     controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

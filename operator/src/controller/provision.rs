@@ -91,6 +91,9 @@ async fn provision(
         let message = format!("limit {} is below the {issued} coupons already issued", spec.limit);
         return Ok((false, Err(Refusal { reason: Reason::LimitBelowIssued, message })));
     }
+    if let Some(refusal) = super::quota::over_the_cap(event, spec, ctx).await {
+        return Ok((false, Err(refusal)));
+    }
     let existed_before = provisioned_before(event);
     let created = match ctx.backend.ensure_topic(spec).await {
         Ok(outcome) => outcome == coupon_core::kafka::TopicOutcome::Created,

@@ -106,18 +106,24 @@ pub async fn start_operator_with_kafka(cluster: &NamespacedCluster, name: &str, 
 }
 
 async fn start_operator_with(cluster: &NamespacedCluster, name: &str, redis_url: &str, brokers: &str) -> Operator {
-    start_operator_for(cluster, cluster, name, redis_url, brokers, Duration::ZERO).await
+    start_operator_for(cluster, cluster, name, redis_url, brokers, Duration::ZERO, None).await
+}
+
+/// An operator instance that creates topics of at most `max_partitions_total` partitions in
+/// all (`MAX_PARTITIONS_TOTAL`).
+pub async fn start_operator_capped(cluster: &NamespacedCluster, name: &str, max_partitions_total: i64) -> Operator {
+    start_operator_for(cluster, cluster, name, &redis_url(), &kafka_brokers(), Duration::ZERO, Some(max_partitions_total)).await
 }
 
 /// An operator instance whose every request to the API server takes `latency` longer.
 pub async fn start_operator_slowed(cluster: &NamespacedCluster, name: &str, latency: Duration) -> Operator {
-    start_operator_for(cluster, cluster, name, &redis_url(), &kafka_brokers(), latency).await
+    start_operator_for(cluster, cluster, name, &redis_url(), &kafka_brokers(), latency, None).await
 }
 
 /// An operator instance living in `home` (its ServiceAccount, its Lease) that manages the
 /// CouponEvents of `watched`, as a release's operator manages another namespace's.
 pub async fn start_operator_watching(home: &NamespacedCluster, watched: &NamespacedCluster, name: &str) -> Operator {
-    start_operator_for(home, watched, name, &redis_url(), &kafka_brokers(), Duration::ZERO).await
+    start_operator_for(home, watched, name, &redis_url(), &kafka_brokers(), Duration::ZERO, None).await
 }
 
 async fn start_operator_for(
@@ -127,6 +133,7 @@ async fn start_operator_for(
     redis_url: &str,
     brokers: &str,
     latency: Duration,
+    max_partitions_total: Option<i64>,
 ) -> Operator {
     crate::init_logging();
     let client = cluster.client_with_latency(name, latency).await;
@@ -155,6 +162,7 @@ async fn start_operator_for(
             namespace.clone(),
             readiness.clone(),
             16,
+            max_partitions_total,
         )
     };
     tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), Some(watched.namespace.clone()), ready.clone()));

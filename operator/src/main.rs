@@ -58,6 +58,10 @@ struct RunArgs {
     /// Manage the CouponEvents of this namespace only (empty: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
     watch_namespace: String,
+    /// With every namespace watched: act only on the CouponEvents of namespaces whose labels
+    /// match this label selector (`coupons.fcfs.dev/tenant=true`); empty: every namespace.
+    #[arg(long, env = "NAMESPACE_SELECTOR", default_value = "")]
+    namespace_selector: String,
     /// At most this many partitions over the topics the operator creates, summed over the
     /// events it manages: an event whose new topic would pass it is refused
     /// (`PartitionCapExceeded`). 0: no cap.
@@ -107,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
                 replication,
                 topic_config,
                 watch_namespace,
+                namespace_selector,
                 max_partitions_total,
                 leader_election,
                 lease_name,
@@ -116,6 +121,9 @@ async fn main() -> anyhow::Result<()> {
                 lease_renew_margin,
                 reconcile_concurrency,
             } = *args;
+            if !watch_namespace.is_empty() && !namespace_selector.is_empty() {
+                anyhow::bail!("WATCH_NAMESPACE and NAMESPACE_SELECTOR exclude each other: a selector picks among all namespaces");
+            }
             if leader_election && lease_renew_margin >= lease_duration {
                 anyhow::bail!("LEASE_RENEW_MARGIN ({lease_renew_margin:?}) must be below LEASE_DURATION ({lease_duration:?})");
             }
@@ -150,21 +158,22 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default().await?;
             tracing::info!("coupon-operator started");
             let namespace = Some(watch_namespace).filter(|n| !n.is_empty());
+            let namespace_selector = Some(namespace_selector).filter(|s| !s.is_empty());
+            if let Some(selector) = &namespace_selector {
+                coupon_operator::controller::namespaces::check_selector(client.clone(), selector).await.map_err(anyhow::Error::msg)?;
+            }
             // Ready once CouponEvents can be listed (the CRD installed, RBAC in place), leading
             // or not: a standby that is Ready is what lets a disruption budget keep one.
             tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), namespace.clone(), ready.clone()));
             let backend = Arc::new(backend);
-            let controller = || {
-                coupon_operator::controller::run(
-                    client.clone(),
-                    backend.clone(),
-                    metrics.clone(),
-                    namespace.clone(),
-                    ready.clone(),
-                    reconcile_concurrency,
-                    (max_partitions_total > 0).then_some(i64::from(max_partitions_total)),
-                )
+            let settings = coupon_operator::controller::Settings {
+                namespace: namespace.clone(),
+                namespace_selector,
+                concurrency: reconcile_concurrency,
+                max_partitions_total: (max_partitions_total > 0).then_some(i64::from(max_partitions_total)),
             };
+            let controller =
+                || coupon_operator::controller::run(client.clone(), backend.clone(), metrics.clone(), ready.clone(), settings.clone());
             if leader_election {
                 // Unique among candidates: the pod name; else the host name and the start time
                 // (process ids repeat across containers).

@@ -110,6 +110,7 @@ fn harness_with(server: FakeApiServer, now: &str, backend: Backend) -> Harness {
         scaler: Default::default(),
         drain_progress: Default::default(),
         max_partitions_total: None,
+        namespaces: Default::default(),
     });
     Harness { server, ctx, writer, deployments, clock }
 }
@@ -511,6 +512,9 @@ async fn the_charts_rbac_rules_are_exactly_what_the_operator_calls() {
     let namespace_rules: BTreeSet<_> = cluster_wide.iter().filter(|(_, resource, _)| resource == "namespaces").cloned().collect();
     assert_eq!(namespace_rules, on_namespaces, "the cluster-wide rules on namespaces are exactly the namespace calls");
     assert!(cluster_wide.is_subset(&namespace_rules.union(&namespaced).cloned().collect()), "the cluster-wide rules grant nothing more");
+    let (group, resource, verbs) = coupon_operator::controller::namespaces::SELECTOR_PERMISSIONS;
+    let selecting: BTreeSet<_> = verbs.iter().map(|v| (group.to_owned(), resource.to_owned(), v.to_string())).collect();
+    assert_eq!(granted("operator-namespace-selector-rules.yaml"), selecting, "a selector's rules are exactly its watch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -732,6 +732,15 @@ def test_a_tenant_is_capped_at_admission_and_by_the_operator():
     assert '"coupons.fcfs.dev/tenant" in namespaceObject.metadata.labels' in policy["spec"]["validations"][1]["expression"]
     (binding,) = by_kind(everywhere, "ValidatingAdmissionPolicyBinding")
     assert "matchResources" not in binding["spec"]
+    # The operator acts only in the selected namespaces, watching them: a rule for that only.
+    assert env_of(container(everywhere, "coupon-operator")[1])["NAMESPACE_SELECTOR"] == "coupons.fcfs.dev/tenant=true"
+    assert env_of(container(render(), "coupon-operator")[1])["NAMESPACE_SELECTOR"] == ""
+    namespace_rules = lambda docs: [rule for role in by_kind(docs, "ClusterRole") for rule in role["rules"]
+                                    if rule["resources"] == ["namespaces"]]
+    assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in namespace_rules(everywhere)
+    assert all("list" not in rule["verbs"] for rule in namespace_rules(render({"operator": {"watchAllNamespaces": True}})))
+    with pytest.raises(Exception, match="needs operator.watchAllNamespaces"):
+        render({"operator": {"namespaceSelector": {"coupons.fcfs.dev/tenant": "true"}}})
     assert by_kind(render({"admission": {"enabled": False}}), "ValidatingAdmissionPolicy") == []
     for version in KUBE_VERSIONS:
         for doc in (policy, binding):

@@ -230,10 +230,8 @@ async fn an_unreachable_backend_makes_the_event_unready_with_the_reason_and_it_i
         client,
         Arc::new(backend),
         Arc::new(Metrics::default()),
-        Some(cluster.namespace.clone()),
         Arc::new(AtomicBool::new(false)),
-        16,
-        None,
+        coupon_operator::controller::Settings::watching(Some(cluster.namespace.clone())),
     );
     let task = tokio::spawn(controller);
     let event = cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(60))).await;

@@ -227,3 +227,13 @@ namespaceSelector:
     {{- toYaml . | nindent 4 }}
 {{- end }}
 {{- end -}}
+
+{{/* operator.namespaceSelector as a label selector (`key=value,...`, keys sorted); empty
+without one. */}}
+{{- define "coupon.namespaceSelector" -}}
+{{- $pairs := list }}
+{{- range $key, $value := .Values.operator.namespaceSelector }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}

@@ -11,6 +11,7 @@ mod admit;
 mod autoscaler;
 pub mod caches;
 mod cleanup;
+pub mod namespaces;
 mod provision;
 mod quota;
 mod report;
@@ -39,6 +40,7 @@ use crate::status::{Observation, ScaleReport};
 pub use caches::ClusterCaches;
 use cleanup::CleanupError;
 pub use cleanup::CLEANUP_PATIENCE;
+pub use namespaces::NamespaceSelection;
 use provision::ProvisionError;
 
 /// Finalizer that makes deletion wait for the clean-up.
@@ -107,6 +109,8 @@ pub struct Context {
     pub drain_progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, Timestamp)>>>,
     /// At most this many partitions over the topics it creates (`quota`); `None`: no cap.
     pub max_partitions_total: Option<i64>,
+    /// The namespaces whose events it acts on (`namespaces`).
+    pub namespaces: NamespaceSelection,
 }
 
 impl Context {
@@ -124,6 +128,7 @@ impl Context {
             scaler: Default::default(),
             drain_progress: Default::default(),
             max_partitions_total: None,
+            namespaces: NamespaceSelection::Every,
         }
     }
 
@@ -174,6 +179,11 @@ pub async fn reconcile(event: Arc<CouponEvent>, ctx: Arc<Context>) -> Result<Act
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let namespace = event.namespace().ok_or(Error::NoNamespace)?;
+    if !ctx.namespaces.admits(&namespace) {
+        // Not even its finalizer or its deletion: see `namespaces`.
+        tracing::info!(event = %event.name_any(), %namespace, "left alone: its namespace does not match NAMESPACE_SELECTOR");
+        return Ok(Action::await_change());
+    }
     let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, event, |step| async {
         match step {
@@ -355,18 +365,38 @@ pub fn reconcile_trigger(event: &CouponEvent) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Runs the controller until SIGTERM, for one namespace or (`None`) all of them.
+/// What the controller acts on and how much at once, from the operator's configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The CouponEvents of this namespace only; `None`: of every namespace.
+    pub namespace: Option<String>,
+    /// With every namespace: only those whose labels match this selector (`namespaces`).
+    pub namespace_selector: Option<String>,
+    /// CouponEvents reconciled at once.
+    pub concurrency: u16,
+    /// At most this many partitions over the topics it creates (`quota`); `None`: no cap.
+    pub max_partitions_total: Option<i64>,
+}
+
+impl Settings {
+    /// The events of one namespace (`None`: every namespace), the other settings at their
+    /// defaults.
+    pub fn watching(namespace: Option<String>) -> Self {
+        Self { namespace, namespace_selector: None, concurrency: 16, max_partitions_total: None }
+    }
+}
+
+/// Runs the controller until SIGTERM, as `settings` say.
 /// `ready` turns true once the cache of CouponEvents has synced (the operator's readiness:
 /// before that, a missing CRD or an RBAC refusal keeps it unready and the logs say why).
 pub async fn run(
     client: Client,
     backend: Arc<Backend>,
     metrics: Arc<Metrics>,
-    namespace: Option<String>,
     ready: Arc<std::sync::atomic::AtomicBool>,
-    concurrency: u16,
-    max_partitions_total: Option<i64>,
+    settings: Settings,
 ) {
+    let Settings { namespace, namespace_selector, concurrency, max_partitions_total } = settings;
     let events: Api<CouponEvent> = match &namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
@@ -400,9 +430,18 @@ pub async fn run(
             "the caches of Deployments and HorizontalPodAutoscalers have not synced yet; nothing is reconciled until they do (RBAC?)"
         );
     }
-    let controller =
+    let mut controller =
         Controller::for_stream(triggers, store.clone()).with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
-    let ctx = Arc::new(Context { max_partitions_total, ..Context::new(client, backend, store, caches, metrics) });
+    let namespaces = match namespace_selector {
+        Some(selector) => {
+            let (selection, changes) = NamespaceSelection::watch(client.clone(), &selector);
+            let events = store.clone();
+            controller = controller.watches_stream(changes, move |namespace| namespaces::events_in(&events, &namespace));
+            selection
+        }
+        None => NamespaceSelection::Every,
+    };
+    let ctx = Arc::new(Context { max_partitions_total, namespaces, ..Context::new(client, backend, store, caches, metrics) });
     controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

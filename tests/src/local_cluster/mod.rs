@@ -166,6 +166,27 @@ impl LocalCluster {
             .expect("create RoleBinding");
     }
 
+    /// A ClusterRole with the chart's operator rules and its rules for a namespace selector,
+    /// bound to the ServiceAccount `sa_namespace/account`: an operator that watches every
+    /// namespace, as the chart's ClusterRole with `operator.watchAllNamespaces` grants it.
+    pub async fn bind_operator_rules_cluster_wide(&self, sa_namespace: &str, account: &str) {
+        let mut rules = chart_rules("files/operator-rules.yaml");
+        rules.extend(chart_rules("files/operator-namespace-selector-rules.yaml"));
+        let name = format!("{sa_namespace}-{account}-everywhere");
+        let role: ClusterRole = serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
+        Api::<ClusterRole>::all(self.admin.clone()).create(&PostParams::default(), &role).await.expect("create ClusterRole");
+        let binding: ClusterRoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": sa_namespace}],
+        }))
+        .unwrap();
+        Api::<ClusterRoleBinding>::all(self.admin.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("create ClusterRoleBinding");
+    }
+
     /// The API server's URL.
     pub fn server(&self) -> String {
         self.kubeconfig.clusters.iter().find_map(|c| c.cluster.as_ref()?.server.clone()).expect("server in kubeconfig")

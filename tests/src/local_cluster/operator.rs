@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_operator::backend::Backend;
+use coupon_operator::controller::Settings;
 use coupon_operator::crd::{CouponEvent, CouponEventSpec, OnDelete, Phase, Schedule, Workload};
 use coupon_operator::leader::{LeaderElection, LeadershipError};
 use coupon_operator::metrics::Metrics;
@@ -106,40 +107,54 @@ pub async fn start_operator_with_kafka(cluster: &NamespacedCluster, name: &str, 
 }
 
 async fn start_operator_with(cluster: &NamespacedCluster, name: &str, redis_url: &str, brokers: &str) -> Operator {
-    start_operator_for(cluster, cluster, name, redis_url, brokers, Duration::ZERO, None).await
+    start_operator_for(cluster, name, redis_url, brokers, Duration::ZERO, own_namespace(cluster)).await
 }
 
 /// An operator instance that creates topics of at most `max_partitions_total` partitions in
 /// all (`MAX_PARTITIONS_TOTAL`).
 pub async fn start_operator_capped(cluster: &NamespacedCluster, name: &str, max_partitions_total: i64) -> Operator {
-    start_operator_for(cluster, cluster, name, &redis_url(), &kafka_brokers(), Duration::ZERO, Some(max_partitions_total)).await
+    let settings = Settings { max_partitions_total: Some(max_partitions_total), ..own_namespace(cluster) };
+    start_operator_for(cluster, name, &redis_url(), &kafka_brokers(), Duration::ZERO, settings).await
 }
 
 /// An operator instance whose every request to the API server takes `latency` longer.
 pub async fn start_operator_slowed(cluster: &NamespacedCluster, name: &str, latency: Duration) -> Operator {
-    start_operator_for(cluster, cluster, name, &redis_url(), &kafka_brokers(), latency, None).await
+    start_operator_for(cluster, name, &redis_url(), &kafka_brokers(), latency, own_namespace(cluster)).await
 }
 
 /// An operator instance living in `home` (its ServiceAccount, its Lease) that manages the
 /// CouponEvents of `watched`, as a release's operator manages another namespace's.
 pub async fn start_operator_watching(home: &NamespacedCluster, watched: &NamespacedCluster, name: &str) -> Operator {
-    start_operator_for(home, watched, name, &redis_url(), &kafka_brokers(), Duration::ZERO, None).await
+    home.cluster.bind_operator_rules(&watched.namespace, &home.namespace, name).await;
+    start_operator_for(home, name, &redis_url(), &kafka_brokers(), Duration::ZERO, own_namespace(watched)).await
 }
 
+/// An operator instance living in `home` that watches every namespace and acts on the
+/// CouponEvents of those whose labels match `selector` (`NAMESPACE_SELECTOR`), bound to the
+/// chart's cluster-wide rules as a release with `operator.watchAllNamespaces` is.
+pub async fn start_operator_selecting(home: &NamespacedCluster, name: &str, selector: &str) -> Operator {
+    home.cluster.bind_operator_rules_cluster_wide(&home.namespace, name).await;
+    let settings = Settings { namespace: None, namespace_selector: Some(selector.into()), ..Settings::watching(None) };
+    start_operator_for(home, name, &redis_url(), &kafka_brokers(), Duration::ZERO, settings).await
+}
+
+/// The settings of an operator that manages `cluster`'s namespace.
+fn own_namespace(cluster: &NamespacedCluster) -> Settings {
+    Settings::watching(Some(cluster.namespace.clone()))
+}
+
+/// Starts an instance as the ServiceAccount `name` of `cluster`'s namespace (bound to the
+/// rules it needs by the caller), in the election of that namespace's Lease.
 async fn start_operator_for(
     cluster: &NamespacedCluster,
-    watched: &NamespacedCluster,
     name: &str,
     redis_url: &str,
     brokers: &str,
     latency: Duration,
-    max_partitions_total: Option<i64>,
+    settings: Settings,
 ) -> Operator {
     crate::init_logging();
     let client = cluster.client_with_latency(name, latency).await;
-    if watched.namespace != cluster.namespace {
-        cluster.cluster.bind_operator_rules(&watched.namespace, &cluster.namespace, name).await;
-    }
     let backend = Backend::new(redis_url, &kafka(brokers), 1).unwrap();
     let election = LeaderElection {
         namespace: cluster.namespace.clone(),
@@ -151,21 +166,12 @@ async fn start_operator_for(
     };
     let leading = election.leading.clone();
     let ready = Arc::new(AtomicBool::new(false));
-    let (backend, metrics, namespace, readiness) =
-        (Arc::new(backend), Arc::new(Metrics::default()), Some(watched.namespace.clone()), ready.clone());
+    let (backend, metrics, readiness) = (Arc::new(backend), Arc::new(Metrics::default()), ready.clone());
+    tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), settings.namespace.clone(), ready.clone()));
     let controller_client = client.clone();
     let controller = move || {
-        coupon_operator::controller::run(
-            controller_client.clone(),
-            backend.clone(),
-            metrics.clone(),
-            namespace.clone(),
-            readiness.clone(),
-            16,
-            max_partitions_total,
-        )
+        coupon_operator::controller::run(controller_client.clone(), backend.clone(), metrics.clone(), readiness.clone(), settings.clone())
     };
-    tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), Some(watched.namespace.clone()), ready.clone()));
     // A standby is ended by aborting its task (as a killed process is).
     let task = tokio::spawn(async move { election.run(client, controller, std::future::pending()).await });
     Operator { name: name.into(), task, leading, ready }

@@ -2,7 +2,12 @@
 # One build, two small runtime images:
 #   docker build --target coupon-service  -t coupon-service:dev .
 #   docker build --target coupon-operator -t coupon-operator:dev .
-FROM rust:1.95-bookworm AS build
+#
+# Base images are pinned by digest (the tag beside it says which release it was): a rebuild
+# fetches the bytes that were reviewed, never whatever a moving tag points at that day. To
+# move to a newer base, resolve the tag (`docker buildx imagetools inspect rust:1.95-bookworm`)
+# and replace both, in one reviewed change. (Checked by tests/python/test_supply_chain.py.)
+FROM docker.io/library/rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1 AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -10,13 +15,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p coupon-service -p coupon-operator --bins \
     && install -m 0755 target/release/coupon-service target/release/coupon-operator /usr/local/bin/
 
-# No compilers, no package manager cache, no shell needed at run time; non-root (65532).
-# libssl3: librdkafka's TLS and SCRAM (Redis and SQL use rustls, built in); ca-certificates:
-# the system roots for managed services with public certificates.
-FROM debian:bookworm-slim AS runtime
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
-    && rm -rf /var/lib/apt/lists/*
+# Distroless: glibc, libgcc, libssl3 (librdkafka's TLS and SCRAM; Redis and SQL use rustls,
+# built in), CA certificates and tzdata, and nothing else: no shell, no package manager, so a
+# compromised process finds no tools. Non-root (65532). zlib is linked into the binaries
+# (rdkafka's `libz-static`), since the image has none; the test above checks that every
+# library the binaries load is one the image has.
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f AS runtime
 USER 65532:65532
 
 FROM runtime AS coupon-service

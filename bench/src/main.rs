@@ -23,6 +23,7 @@ use coupon_service::tools::load::{self, LoadIdentity, LoadPlan, LoadReport};
 
 const CONCURRENCY: usize = 64;
 
+mod overload;
 mod reads;
 
 fn env(name: &str, default: &str) -> String {
@@ -379,6 +380,10 @@ async fn main() -> anyhow::Result<()> {
     // 2a. Reads beside the sale: the stats and unknown names cost the master nothing per request.
     if run("reads") {
         lines.extend(reads::measure(&setup, &url, issuing_requests).await?);
+    }
+    // 2a'. Connections beyond the cap: answered at once, costing no memory.
+    if run("overload") {
+        lines.extend(overload::measure(&setup, issuing_requests / 4).await?);
     }
     // 2b. Sold out with token verification (HS256, and RS256 / ES256 from a JWKS file) vs the
     // same api without: each api answers the same sold-out event; rounds alternate so that

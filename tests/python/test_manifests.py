@@ -739,6 +739,10 @@ def test_a_tenant_is_capped_at_admission_and_by_the_operator():
                                     if rule["resources"] == ["namespaces"]]
     assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in namespace_rules(everywhere)
     assert all("list" not in rule["verbs"] for rule in namespace_rules(render({"operator": {"watchAllNamespaces": True}})))
+    # A label value written unquoted in YAML (a boolean) is refused by the schema: labels
+    # hold strings, and a boolean would never match one.
+    with pytest.raises(Exception, match="want string"):
+        render({"operator": {"watchAllNamespaces": True, "namespaceSelector": {"coupons.fcfs.dev/tenant": True}}})
     with pytest.raises(Exception, match="needs operator.watchAllNamespaces"):
         render({"operator": {"namespaceSelector": {"coupons.fcfs.dev/tenant": "true"}}})
     assert by_kind(render({"admission": {"enabled": False}}), "ValidatingAdmissionPolicy") == []

@@ -88,8 +88,29 @@ async fn an_operator_with_a_namespace_selector_acts_only_in_namespaces_with_the_
     operator.kill(&home);
 }
 
+/// Events there before the operator starts (the upgrade that brings the selector): its
+/// first lists of events and of namespaces race, and a namespace lands in its cache only
+/// once the list is complete. The labelled namespace's event opens all the same; the other
+/// is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_there_before_the_operator_starts_are_sorted_by_their_namespaces_labels() {
+    let key = format!("tenancy.test/{}", unique("t"));
+    let (home, outside, inside) = (cluster().await, cluster().await, cluster().await);
+    label(&inside, &key, Some("true")).await;
+    let window = |cluster| coupon_event(cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(300));
+    let left_out = outside.create(&window(&outside)).await;
+    let taken = inside.create(&window(&inside)).await;
+    let operator = start_operator_selecting(&home, "operator-0", &format!("{key}=true")).await;
+    wait_for_phase(&inside, &taken.name_any(), Phase::Open).await;
+    let untouched = outside.get::<CouponEvent>(&left_out.name_any()).await.unwrap();
+    assert!(untouched.status.is_none() && untouched.finalizers().is_empty(), "left alone: {:?}", untouched.status);
+    assert_nothing_refused(&home);
+    operator.kill(&home);
+}
+
 /// A selector the API server cannot parse is refused at start with what was wrong (the
-/// operator's `run` exits on it), not retried by a watch for ever; a valid one passes.
+/// operator's `run` exits on it), not retried by a watch for ever; so is an operator without
+/// the right to list namespaces; a valid selector with that right passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_namespace_selector_is_refused_at_start() {
     use coupon_operator::controller::namespaces::check_selector;
@@ -97,4 +118,9 @@ async fn a_malformed_namespace_selector_is_refused_at_start() {
     let said = check_selector(cluster.admin.clone(), "tenant in (a,").await.expect_err("a malformed selector passed");
     assert!(said.contains("NAMESPACE_SELECTOR") && said.contains("tenant in (a,"), "{said}");
     check_selector(cluster.admin.clone(), "coupons.fcfs.dev/tenant=true,tier!=free").await.expect("a valid selector");
+    // A namespace-scoped operator's account: no rule on listing namespaces.
+    let scoped = coupon_tests::local_cluster::operator::cluster().await;
+    let client = scoped.client("operator-0").await;
+    let said = check_selector(client, "coupons.fcfs.dev/tenant=true").await.expect_err("an operator that cannot list namespaces passed");
+    assert!(said.contains("list and watch namespaces"), "{said}");
 }

@@ -45,6 +45,8 @@ use provision::ProvisionError;
 
 /// Finalizer that makes deletion wait for the clean-up.
 pub const FINALIZER: &str = "coupons.fcfs.dev/cleanup";
+/// How often an event outside the namespace selection is looked at again by the clock.
+const LEFT_ALONE_REQUEUE: Duration = Duration::from_secs(600);
 /// Name under which the operator writes Kubernetes Events.
 pub const REPORTER: &str = "coupon-operator";
 
@@ -181,8 +183,18 @@ pub async fn reconcile(event: Arc<CouponEvent>, ctx: Arc<Context>) -> Result<Act
     let namespace = event.namespace().ok_or(Error::NoNamespace)?;
     if !ctx.namespaces.admits(&namespace) {
         // Not even its finalizer or its deletion: see `namespaces`.
-        tracing::info!(event = %event.name_any(), %namespace, "left alone: its namespace does not match NAMESPACE_SELECTOR");
-        return Ok(Action::await_change());
+        if event.metadata.deletion_timestamp.is_some() && event.finalizers().iter().any(|f| f == FINALIZER) {
+            tracing::warn!(
+                event = %event.name_any(),
+                %namespace,
+                "deletion waits: its namespace no longer matches NAMESPACE_SELECTOR; put the labels back to let the operator clean up"
+            );
+        } else {
+            tracing::info!(event = %event.name_any(), %namespace, "left alone: its namespace does not match NAMESPACE_SELECTOR");
+        }
+        // Looked at again when its namespace enters the selection; the long requeue is for a
+        // change the namespace watch missed.
+        return Ok(Action::requeue(LEFT_ALONE_REQUEUE));
     }
     let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, event, |step| async {
@@ -434,9 +446,10 @@ pub async fn run(
         Controller::for_stream(triggers, store.clone()).with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let namespaces = match namespace_selector {
         Some(selector) => {
-            let (selection, changes) = NamespaceSelection::watch(client.clone(), &selector);
+            let (selection, changes, listed) = NamespaceSelection::watch(client.clone(), &selector);
             let events = store.clone();
-            controller = controller.watches_stream(changes, move |namespace| namespaces::events_in(&events, &namespace));
+            controller =
+                controller.watches_stream(changes, move |namespace| namespaces::events_in(&events, &namespace)).reconcile_all_on(listed);
             selection
         }
         None => NamespaceSelection::Every,

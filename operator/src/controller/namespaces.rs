@@ -8,8 +8,11 @@
 //!
 //! An event outside the selection is left entirely alone: no finalizer, no status, no
 //! clean-up on deletion (a namespace-scoped release in that namespace may own it, and shares
-//! the finalizer's name). Putting the labels back hands it to the operator again at once,
-//! since a namespace entering or leaving the selection triggers a reconcile of its events.
+//! the finalizer's name). So a namespace that lost its labels while it held events this
+//! operator provisioned cannot be deleted until the labels are back (or the finalizer is
+//! removed by hand); the operator logs a warning for each such deletion. Putting the labels
+//! back hands the events to the operator again at once, since a namespace entering or leaving
+//! the selection triggers a reconcile of its events.
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
@@ -44,23 +47,34 @@ impl NamespaceSelection {
         }
     }
 
-    /// The selection for the label `selector`, and the stream of namespaces entering or
-    /// leaving it (poll it for as long as the selection is used: it keeps the cache current).
-    pub fn watch(client: Client, selector: &str) -> (Self, impl Stream<Item = Result<Namespace, watcher::Error>> + Send + 'static) {
+    /// The selection for the label `selector`, the stream of namespaces entering or leaving
+    /// it, and a stream that ticks each time the watch has listed them all (poll both for as
+    /// long as the selection is used: they keep the cache current).
+    ///
+    /// The tick is there because a list lands in the cache only once complete: a namespace
+    /// reported while a list is under way is not in the cache yet when its events are
+    /// reconciled, and they are left alone; every event is looked at again once it is.
+    pub fn watch(
+        client: Client,
+        selector: &str,
+    ) -> (Self, impl Stream<Item = Result<Namespace, watcher::Error>> + Send + 'static, impl Stream<Item = ()> + Send + 'static) {
         let (namespaces, writer) = reflector::store();
+        let (listed, ticks) = futures::channel::mpsc::unbounded();
         // A watch with a label selector reports a namespace that stops matching as deleted,
         // so leaving the selection is seen like entering it.
         let changes = watcher(Api::<Namespace>::all(client), watcher::Config::default().labels(selector).any_semantic())
             .default_backoff()
             .modify(|namespace| namespace.managed_fields_mut().clear())
             .reflect(writer)
-            .touched_objects()
-            .inspect(|change| {
-                if let Err(error) = change {
-                    tracing::warn!(%error, "watch of the selected namespaces failed; retrying");
+            .inspect(move |change| match change {
+                Ok(watcher::Event::InitDone) => {
+                    let _ = listed.unbounded_send(());
                 }
-            });
-        (Self::Labelled(namespaces), changes)
+                Err(error) => tracing::warn!(%error, "watch of the selected namespaces failed; retrying"),
+                Ok(_) => {}
+            })
+            .touched_objects();
+        (Self::Labelled(namespaces), changes, ticks)
     }
 }
 
@@ -76,15 +90,20 @@ pub fn events_in(events: &Store<CouponEvent>, namespace: &Namespace) -> Vec<Obje
         .collect()
 }
 
-/// Refuses a selector the API server cannot parse, at start: a malformed one would
-/// otherwise fail every watch, retried for ever. Any other failure (the API server out of
-/// reach, RBAC) is left to the watch, which retries and logs.
+/// Refuses, at start, a selector the API server cannot parse (it would otherwise fail every
+/// watch, retried for ever) and an operator not allowed to list namespaces (it would act on
+/// nothing while looking healthy). Any other failure (the API server out of reach) is left
+/// to the watch, which retries and logs.
 pub async fn check_selector(client: Client, selector: &str) -> Result<(), String> {
     let namespaces = Api::<Namespace>::all(client);
     match namespaces.list_metadata(&ListParams::default().labels(selector).limit(1)).await {
         Err(kube::Error::Api(status)) if status.code == 400 => {
             Err(format!("NAMESPACE_SELECTOR {selector:?} is not a label selector: {}", status.message))
         }
+        Err(kube::Error::Api(status)) if status.code == 403 => Err(format!(
+            "NAMESPACE_SELECTOR needs the right to list and watch namespaces (the chart grants it with operator.namespaceSelector): {}",
+            status.message
+        )),
         Err(error) => {
             tracing::warn!(%error, "cannot check NAMESPACE_SELECTOR yet; the watch will retry");
             Ok(())

@@ -284,7 +284,8 @@ async fn large_event(setup: &Setup, n: i64) -> anyhow::Result<LargeEvent> {
     // Issued by the gate first, as every record is (the writer refuses a slot nobody holds).
     let mut issuer = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
     keyspace::apply(&mut issuer, &keyspace::EventLayout::single(&fresh), "first", Duration::from_secs(600), None).await?;
-    let record = coupon_core::event::CouponRecord { event: fresh.to_string(), user_id: "first".into(), slot: 1, issued_at: Utc::now() };
+    let record =
+        coupon_core::event::CouponRecord { event: fresh.to_string(), user_id: "first".into(), slot: 1, issued_at: Utc::now(), mac: None };
     let raw = RawRecord { position: Position { topic: "bench".into(), partition: 0, offset: 0 }, payload: serde_json::to_vec(&record)? };
     let started = Instant::now();
     writer.write(&[raw]).await?;

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coupon_core::event::{EventId, EventIdError};
+use coupon_core::event::{EventId, EventIdError, RecordKeys};
 use coupon_core::kafka::{KafkaError, KafkaSettings};
 use coupon_core::redis::{ConnectError, RedisHandle, RedisTarget, RedisTls};
 use tokio::net::TcpListener;
@@ -47,6 +47,9 @@ pub struct ApiSettings {
     /// Keep `/readyz` current with background probes. Off only in tests that set the
     /// health by hand, to drive the api into paths a probe would close.
     pub readiness_probes: bool,
+    /// Keys every record is signed with (`RECORD_KEYS_FILE`), for the consumer to tell the
+    /// gate's coupons from forged ones; none: records go unsigned.
+    pub record_keys: Option<Arc<RecordKeys>>,
 }
 
 impl Default for ApiSettings {
@@ -63,6 +66,7 @@ impl Default for ApiSettings {
             replica_wait: None,
             shutdown_delay: Duration::ZERO,
             readiness_probes: true,
+            record_keys: None,
         }
     }
 }
@@ -115,6 +119,10 @@ pub struct ConsumerSettings {
     /// How long records of an event with no configuration in Redis are held (the operator
     /// may be writing a lost configuration back) before they are failed as not provisioned.
     pub missing_event_patience: Duration,
+    /// Keys records are verified with (`RECORD_KEYS_FILE`): with them, a record whose
+    /// signature does not verify is refused, and so is an unsigned one Redis cannot vouch
+    /// for; none: records are checked against Redis alone.
+    pub record_keys: Option<Arc<RecordKeys>>,
 }
 
 impl Default for ConsumerSettings {
@@ -131,6 +139,7 @@ impl Default for ConsumerSettings {
             batch_linger: Duration::from_millis(20),
             recovery_settle: Duration::from_secs(10),
             missing_event_patience: Duration::from_secs(300),
+            record_keys: None,
         }
     }
 }
@@ -177,15 +186,18 @@ impl Api {
         let metrics = Metrics::shared();
         let redis = RedisHandle::connect_in_background(RedisTarget::new(&settings.redis_url, settings.redis_tls.clone()))?;
         let producer = ProducerSlot::new(settings.kafka.clone(), settings.produce_timeout)?;
-        let apply = Arc::new(ApplyService::new(
-            settings.namespace.clone(),
-            redis.clone(),
-            producer,
-            health.clone(),
-            metrics.clone(),
-            settings.sold_out_recheck,
-            settings.replica_wait,
-        ));
+        let apply = Arc::new(
+            ApplyService::new(
+                settings.namespace.clone(),
+                redis.clone(),
+                producer,
+                health.clone(),
+                metrics.clone(),
+                settings.sold_out_recheck,
+                settings.replica_wait,
+            )
+            .with_record_keys(settings.record_keys.clone()),
+        );
         let auth = Authenticator::start(&settings.auth)?;
         match &settings.auth {
             AuthSettings::Open => tracing::warn!("AUTH_MODE=open: the user is whatever the request body says; anyone can apply as anyone"),

@@ -749,3 +749,17 @@ def test_a_tenant_is_capped_at_admission_and_by_the_operator():
     for version in KUBE_VERSIONS:
         for doc in (policy, binding):
             kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_record_signing_mounts_one_key_file_in_the_api_and_the_consumer_only():
+    docs = render({"recordSigning": {"secret": "coupon-record-keys"}})
+    assert_files_are_mounted(docs)
+    for name in ("coupon-api", "coupon-consumer"):
+        pod, c = container(docs, name)
+        assert env_of(c)["RECORD_KEYS_FILE"] == "/etc/coupon/record-keys/record-keys", name
+        assert {"name": "record-keys", "secret": {"secretName": "coupon-record-keys"}} in pod["volumes"], name
+        assert {"name": "record-keys", "mountPath": "/etc/coupon/record-keys", "readOnly": True} in c["volumeMounts"], name
+    assert "RECORD_KEYS_FILE" not in env_of(container(docs, "coupon-operator")[1])
+    unsigned = render()
+    for name in ("coupon-api", "coupon-consumer"):
+        assert "RECORD_KEYS_FILE" not in env_of(container(unsigned, name)[1]), name

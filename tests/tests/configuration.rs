@@ -66,3 +66,33 @@ async fn an_api_without_auth_mode_refuses_to_start() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("AUTH_MODE is required") && said.contains("open"), "{said}");
 }
+
+/// A record key file that is missing or malformed stops the api and the consumer at start,
+/// saying which line is wrong, instead of running with records unsigned or unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_record_key_file_is_refused_at_start() {
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let short = std::env::temp_dir().join(format!("{}.keys", coupon_tests::unique("short")));
+    std::fs::write(&short, "k1=c2hvcnQ=\n").unwrap();
+    let missing = std::env::temp_dir().join(coupon_tests::unique("missing"));
+    for (command, file, said) in
+        [("api", &short, "key k1 has 5 bytes"), ("consumer", &short, "key k1 has 5 bytes"), ("api", &missing, "RECORD_KEYS_FILE")]
+    {
+        let run = tokio::process::Command::new(binary)
+            .arg(command)
+            .env("RECORD_KEYS_FILE", file)
+            .env("AUTH_MODE", "open")
+            .env("REDIS_URL", redis_url())
+            .env("KAFKA_BROKERS", kafka_brokers())
+            .env("DATABASE_URL", "sqlite::memory:")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("OPS_ADDR", "127.0.0.1:0")
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(20), run).await.expect("refused at start, not served").unwrap();
+        assert!(!output.status.success(), "{command}: exit code {:?}", output.status.code());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(said), "{command}: {stderr}");
+    }
+    std::fs::remove_file(short).unwrap();
+}

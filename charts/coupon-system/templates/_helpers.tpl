@@ -237,3 +237,26 @@ without one. */}}
 {{- end }}
 {{- join "," $pairs }}
 {{- end }}
+
+{{/* With recordSigning.secret: the key file records are signed (api) and verified
+(consumer) with, mounted whole (no subPath) so that a rotated key reaches running pods on
+their next restart. Empty otherwise. */}}
+{{- define "coupon.recordKeysEnv" -}}
+{{- with .Values.recordSigning.secret }}
+- name: RECORD_KEYS_FILE
+  value: /etc/coupon/record-keys/{{ $.Values.recordSigning.key }}
+{{- end }}
+{{- end }}
+
+{{- define "coupon.recordKeysMount" -}}
+{{- if .Values.recordSigning.secret }}
+- {name: record-keys, mountPath: /etc/coupon/record-keys, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{- define "coupon.recordKeysVolume" -}}
+{{- with .Values.recordSigning.secret }}
+- name: record-keys
+  secret: {secretName: {{ . }}}
+{{- end }}
+{{- end }}

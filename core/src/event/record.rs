@@ -13,6 +13,9 @@ pub struct CouponRecord {
     pub user_id: String,
     pub slot: i64,
     pub issued_at: DateTime<Utc>,
+    /// `<key id>:<tag>`: the api's signature over the fields (`signing`), when it has keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// Longest user id the api accepts, and the SQL column width.
@@ -36,12 +39,19 @@ mod tests {
 
     #[test]
     fn record_json_matches_the_contract() {
-        let record =
-            CouponRecord { event: "shop/sale".into(), user_id: "u1".into(), slot: 7, issued_at: "2026-11-27T10:00:00Z".parse().unwrap() };
+        let record = CouponRecord {
+            event: "shop/sale".into(),
+            user_id: "u1".into(),
+            slot: 7,
+            issued_at: "2026-11-27T10:00:00Z".parse().unwrap(),
+            mac: None,
+        };
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json, serde_json::json!({"event":"shop/sale","userId":"u1","slot":7,"issuedAt":"2026-11-27T10:00:00Z"}));
         let back: CouponRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
+        let signed = CouponRecord { mac: Some("k1:tag".into()), ..record };
+        assert_eq!(serde_json::to_value(&signed).unwrap()["mac"], "k1:tag");
     }
 
     #[test]

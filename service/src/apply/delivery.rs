@@ -49,7 +49,11 @@ impl ApplyService {
         again: bool,
         deadline_ms: i64,
     ) -> bool {
-        let record = CouponRecord { event: key.to_string(), user_id: user_id.clone(), slot, issued_at: Utc::now() };
+        let record = CouponRecord { event: key.to_string(), user_id: user_id.clone(), slot, issued_at: Utc::now(), mac: None };
+        let record = match &self.record_keys {
+            Some(keys) => keys.sign(record),
+            None => record,
+        };
         let event = key.id().clone();
         let payload = serde_json::to_vec(&record).expect("record serializes");
         let (generation, producer) = self.producer.current();

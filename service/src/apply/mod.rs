@@ -65,6 +65,8 @@ pub struct ApplyService {
     /// Redis may evict the keys the events depend on (set by the readiness probe): nothing
     /// is issued until that changes.
     eviction_risk: std::sync::atomic::AtomicBool,
+    /// Keys every record is signed with (`coupon_core::event::RecordKeys`).
+    record_keys: Option<Arc<coupon_core::event::RecordKeys>>,
 }
 
 /// What `GET /v1/events/{event}/users/{userId}` answers.
@@ -105,7 +107,14 @@ impl ApplyService {
             lease,
             replica_wait,
             eviction_risk: Default::default(),
+            record_keys: None,
         }
+    }
+
+    /// Signs every record with these keys' signing key (none: unsigned).
+    pub fn with_record_keys(mut self, keys: Option<Arc<coupon_core::event::RecordKeys>>) -> Self {
+        self.record_keys = keys;
+        self
     }
 
     /// What the probe found of Redis' eviction setting; returns whether it is safe. Logged

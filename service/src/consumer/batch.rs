@@ -1,7 +1,9 @@
 //! Pure handling of a batch: parsing and checking records.
 
+use std::collections::HashSet;
+
 use chrono::Datelike;
-use coupon_core::event::{validate_user_id, CouponRecord, EventKey};
+use coupon_core::event::{validate_user_id, CouponRecord, EventKey, RecordKeys, Signature};
 
 use crate::sql::{CouponRow, FailedRow, Position};
 
@@ -24,6 +26,12 @@ const MAX_SLOT: i64 = 1 << 40;
 /// Parses and checks one record; the error is the reason stored in `failed_events`. Every
 /// field is range-checked here, so nothing that reaches SQL can make a bind fail.
 pub fn parse_record(payload: &[u8]) -> Result<CouponRow, String> {
+    parse_signed(payload, None).map(|(row, _)| row)
+}
+
+/// As `parse_record`, and what the record's signature says under `keys` (`Missing` without
+/// keys); a signature that does not verify refuses the record: it was forged or altered.
+pub fn parse_signed(payload: &[u8], keys: Option<&RecordKeys>) -> Result<(CouponRow, Signature), String> {
     let record: CouponRecord = serde_json::from_slice(payload).map_err(|e| format!("not a coupon record: {e}"))?;
     record.event.parse::<EventKey>().map_err(|e| format!("bad event {:?}: {e}", record.event))?;
     validate_user_id(&record.user_id)?;
@@ -33,21 +41,37 @@ pub fn parse_record(payload: &[u8]) -> Result<CouponRow, String> {
     if !ISSUED_YEARS.contains(&record.issued_at.year()) {
         return Err(format!("issuedAt {} is outside the years {ISSUED_YEARS:?}", record.issued_at.to_rfc3339()));
     }
-    Ok(CouponRow { event: record.event, user_id: record.user_id, slot: record.slot, issued_at: record.issued_at })
+    let signature = keys.map_or(Signature::Missing, |keys| keys.verify(&record));
+    if let Signature::Invalid(why) = &signature {
+        return Err(format!("not issued by an api: {why}"));
+    }
+    Ok((CouponRow { event: record.event, user_id: record.user_id, slot: record.slot, issued_at: record.issued_at }, signature))
 }
 
-/// Sorts a batch into coupon rows and failures.
-pub fn split_batch(batch: &[RawRecord]) -> (Vec<(CouponRow, Position)>, Vec<FailedRow>) {
-    let mut coupons = Vec::with_capacity(batch.len());
-    let mut failures = Vec::new();
+/// A batch sorted into coupon rows and failures, and the positions of the rows whose
+/// signature verified.
+pub struct SplitBatch {
+    pub coupons: Vec<(CouponRow, Position)>,
+    pub failures: Vec<FailedRow>,
+    pub signed: HashSet<Position>,
+}
+
+/// Sorts a batch into coupon rows and failures, checking signatures with `keys`.
+pub fn split_batch(batch: &[RawRecord], keys: Option<&RecordKeys>) -> SplitBatch {
+    let mut split = SplitBatch { coupons: Vec::with_capacity(batch.len()), failures: Vec::new(), signed: HashSet::new() };
     for record in batch {
         let p = &record.position;
-        match parse_record(&record.payload) {
-            Ok(row) => coupons.push((row, p.clone())),
-            Err(reason) => failures.push(p.failed(record.payload.clone(), reason)),
+        match parse_signed(&record.payload, keys) {
+            Ok((row, signature)) => {
+                if signature == Signature::Valid {
+                    split.signed.insert(p.clone());
+                }
+                split.coupons.push((row, p.clone()));
+            }
+            Err(reason) => split.failures.push(p.failed(record.payload.clone(), reason)),
         }
     }
-    (coupons, failures)
+    split
 }
 
 #[cfg(test)]
@@ -66,7 +90,7 @@ mod tests {
             raw(0, 6, "not json"),
             raw(1, 9, r#"{"event":"shop/sale","userId":"","slot":1,"issuedAt":"2026-11-27T10:00:00Z"}"#),
         ];
-        let (coupons, failures) = split_batch(&batch);
+        let SplitBatch { coupons, failures, .. } = split_batch(&batch, None);
         assert_eq!(coupons.len(), 1);
         assert_eq!(coupons[0].0.slot, 3);
         assert_eq!(failures.len(), 2);
@@ -86,5 +110,28 @@ mod tests {
             assert!(error.contains("not a coupon record") || error.contains("outside the years"), "{year}: {error}");
         }
         assert!(parse_record(b"{\"event\":\"a/b\",\"userId\":\"u\0\",\"slot\":1,\"issuedAt\":\"2026-11-27T10:00:00Z\"}").is_err());
+    }
+
+    #[test]
+    fn with_keys_a_signed_record_is_marked_an_altered_one_refused_an_unsigned_one_kept() {
+        let keys = RecordKeys::parse("k1=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
+        let record = CouponRecord {
+            event: "shop/sale".into(),
+            user_id: "u1".into(),
+            slot: 3,
+            issued_at: "2026-11-27T10:00:00Z".parse().unwrap(),
+            mac: None,
+        };
+        let signed = keys.sign(record.clone());
+        let altered = CouponRecord { slot: 4, ..signed.clone() };
+        let json = |r: &CouponRecord| String::from_utf8(serde_json::to_vec(r).unwrap()).unwrap();
+        let batch = [raw(0, 1, &json(&signed)), raw(0, 2, &json(&altered)), raw(0, 3, &json(&record))];
+        let split = split_batch(&batch, Some(&keys));
+        assert_eq!(split.coupons.len(), 2, "the signed and the unsigned record");
+        assert_eq!(split.signed, HashSet::from([batch[0].position.clone()]));
+        assert_eq!(split.failures.len(), 1);
+        assert!(split.failures[0].reason.contains("not issued by an api"), "{}", split.failures[0].reason);
+        // Without keys the consumer reads a signed record as any other.
+        assert_eq!(split_batch(&batch, None).coupons.len(), 3);
     }
 }

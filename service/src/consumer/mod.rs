@@ -116,7 +116,8 @@ pub async fn run(
     subscribe(&consumer, &topics.current())?;
     tracing::info!(topics = ?settings.topics, group = %settings.group_id, event_namespace = ?settings.event_namespace, "consuming");
     let mut writer =
-        BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience, settings.event_namespace.clone());
+        BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience, settings.event_namespace.clone())
+            .with_record_keys(settings.record_keys.clone());
     let mut verifier = verify::Verifier::new(&topics.current(), settings.recovery_settle);
     // The first look after one period: the start-up subscription has just rebalanced.
     let mut topics_tick = tokio::time::interval_at(tokio::time::Instant::now() + topics::REFRESH, topics::REFRESH);

@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coupon_core::event::{EventId, EventKey};
+use coupon_core::event::{EventId, EventKey, RecordKeys};
 use coupon_core::redis::keyspace::{self, EventLayout, EventPresence};
 use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
 
-use super::batch::{split_batch, RawRecord};
+use super::batch::{split_batch, RawRecord, SplitBatch};
 use crate::metrics::Metrics;
 use crate::sql::{CouponRow, FailedRow, Position, Store};
 
@@ -66,7 +66,13 @@ pub struct BatchWriter {
     /// other namespaces' events on a shared topic belong to their own consumers (another
     /// release, its own group and database): they are passed over, neither written nor failed.
     served_namespace: Option<String>,
+    /// With keys, records are signed by the apis: a valid signature vouches for a record
+    /// Redis cannot (`strays`).
+    record_keys: Option<Arc<RecordKeys>>,
 }
+
+/// Why a coupon of the batch is refused before SQL, by position.
+type Refusals = HashMap<Position, String>;
 
 impl BatchWriter {
     pub fn new(
@@ -85,7 +91,14 @@ impl BatchWriter {
             missing_since: HashMap::new(),
             missing_event_patience,
             served_namespace,
+            record_keys: None,
         }
+    }
+
+    /// Verifies records' signatures with these keys (`RECORD_KEYS_FILE`).
+    pub fn with_record_keys(mut self, keys: Option<Arc<RecordKeys>>) -> Self {
+        self.record_keys = keys;
+        self
     }
 
     /// Whether a record's payload, however malformed otherwise, names the event of a
@@ -115,7 +128,12 @@ impl BatchWriter {
     /// Makes sure every slot in the batch has its `coupon_slots` row, in steps, using the
     /// event's limit from Redis; coupons of a deleted event, or whose slot lies beyond the
     /// limit, become failures; coupons of an event whose configuration is missing are held.
-    async fn admit_slots(&mut self, coupons: Vec<(CouponRow, Position)>, failures: &mut Vec<FailedRow>) -> Result<Admitted, BatchError> {
+    async fn admit_slots(
+        &mut self,
+        coupons: Vec<(CouponRow, Position)>,
+        signed: &HashSet<Position>,
+        failures: &mut Vec<FailedRow>,
+    ) -> Result<Admitted, BatchError> {
         let mut highest: HashMap<String, i64> = HashMap::new();
         for (row, _) in &coupons {
             let h = highest.entry(row.event.clone()).or_default();
@@ -123,7 +141,7 @@ impl BatchWriter {
         }
         let mut refused: HashMap<String, String> = HashMap::new();
         let mut held_events: HashSet<String> = HashSet::new();
-        let strays = self.strays(&coupons, &mut held_events).await?;
+        let strays = self.strays(&coupons, signed, &mut held_events).await?;
         for (event, slot) in highest {
             if held_events.contains(&event) || self.slot_capacity.get(&event).is_some_and(|cap| *cap >= slot) {
                 continue;
@@ -184,8 +202,8 @@ impl BatchWriter {
                 held.insert(position);
                 continue;
             }
-            if strays.contains(&position) {
-                failures.push(position.failed(row.payload(), format!("slot {} was not issued to this user", row.slot)));
+            if let Some(why) = strays.get(&position) {
+                failures.push(position.failed(row.payload(), why.clone()));
                 continue;
             }
             let capacity = self.slot_capacity.get(&row.event).copied().unwrap_or(0);
@@ -199,29 +217,40 @@ impl BatchWriter {
         Ok(Admitted { coupons: admitted, held })
     }
 
-    /// The coupons of the batch no gate issued: their user does not hold their slot in
-    /// Redis. Every coupon is checked, not only those beyond the slot rows: a well-formed
-    /// record for a slot its user was never issued (produced by whoever can write to the
-    /// topic) would take that slot's row from its holder, and a restore from SQL would make
-    /// it permanent. One read-only script per home shard, per event and batch, with the
-    /// layout this consumer keeps. An event Redis cannot answer for (a stalled master) is
-    /// held (`held_events`); one it cannot tell about (recovering, missing, or another
-    /// incarnation's records, judged later) has none.
+    /// The coupons of the batch no gate issued, and why: their user does not hold their slot
+    /// in Redis, or, while Redis cannot tell, no valid signature vouches for them (`signed`,
+    /// with `RECORD_KEYS_FILE`). Every coupon is checked, not only
+    /// those beyond the slot rows: a well-formed record for a slot its user was never issued
+    /// (produced by whoever can write to the topic) would take that slot's row from its
+    /// holder, and a restore from SQL would make it permanent. One read-only script per home
+    /// shard, per event and batch, with the layout this consumer keeps. An event Redis cannot
+    /// answer for (a stalled master) is held (`held_events`). While Redis cannot tell
+    /// (recovering, or another incarnation's records, judged later), a record is judged
+    /// against the limit, unless the apis sign: then an unsigned one is refused, since
+    /// nothing can vouch for it.
     async fn strays(
         &mut self,
         coupons: &[(CouponRow, Position)],
+        signed: &HashSet<Position>,
         held_events: &mut HashSet<String>,
-    ) -> Result<HashSet<Position>, BatchError> {
+    ) -> Result<Refusals, BatchError> {
         let mut by_event: HashMap<&str, Vec<&(CouponRow, Position)>> = HashMap::new();
         for coupon in coupons {
             by_event.entry(coupon.0.event.as_str()).or_default().push(coupon);
         }
-        let mut strays = HashSet::new();
+        let mut strays = Refusals::new();
         for (event, rows) in by_event {
             let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
             let key: EventKey = event.parse().expect("validated by parse_record");
             match self.unissued(&mut conn, &key, &rows).await {
-                Ok(found) => strays.extend(found),
+                // Where Redis can tell, it decides, signed or not: a slot healing gave to
+                // someone else after its record was overdue is theirs, not a late record's.
+                Ok(Some(not_held)) => strays
+                    .extend(not_held.into_iter().map(|(position, slot)| (position, format!("slot {slot} was not issued to this user")))),
+                Ok(None) if self.record_keys.is_some() => strays.extend(rows.iter().filter(|(_, p)| !signed.contains(p)).map(|(_, p)| {
+                    (p.clone(), "unsigned, while Redis cannot tell whether it was issued (the event is recovering)".to_owned())
+                })),
+                Ok(None) => {}
                 Err(error) => {
                     tracing::warn!(%error, event, "cannot read the event's state in Redis; holding its records");
                     held_events.insert(event.to_owned());
@@ -231,37 +260,38 @@ impl BatchWriter {
         Ok(strays)
     }
 
-    /// The positions of the coupons (all of one event) that no gate issued: their user does
-    /// not hold their slot in Redis. None while Redis cannot tell: those records are judged as
-    /// before, against the limit.
+    /// The coupons (all of one event) whose user does not hold their slot in Redis, with
+    /// that slot; `Some` of none for an event with no configuration (its records are held
+    /// or refused by `judge`); `None` while Redis cannot tell.
     async fn unissued(
         &mut self,
         conn: &mut RedisConnection,
         key: &EventKey,
         coupons: &[&(CouponRow, Position)],
-    ) -> Result<HashSet<Position>, RedisError> {
+    ) -> Result<Option<Vec<(Position, i64)>>, RedisError> {
         let asked: Vec<(&str, i64)> = coupons.iter().map(|(row, _)| (row.user_id.as_str(), row.slot)).collect();
         for read_again in [false, true] {
             let layout = match self.layouts.get(key.id()) {
                 Some(layout) if !read_again => layout.clone(),
                 _ => {
-                    let Some(layout) = keyspace::layout(conn, key.id()).await? else { return Ok(HashSet::new()) };
+                    let Some(layout) = keyspace::layout(conn, key.id()).await? else { return Ok(Some(Vec::new())) };
                     self.layouts.insert(key.id().clone(), layout.clone());
                     layout
                 }
             };
             match keyspace::issued_to(conn, key, &layout, &asked).await? {
                 keyspace::Issued::Held(held) => {
-                    return Ok(coupons.iter().zip(held).filter(|(_, held)| !held).map(|((_, position), _)| position.clone()).collect());
+                    let not_held = coupons.iter().zip(held).filter(|(_, held)| !held);
+                    return Ok(Some(not_held.map(|((row, position), _)| (position.clone(), row.slot)).collect()));
                 }
                 keyspace::Issued::CannotTell => {
                     self.layouts.remove(key.id());
-                    return Ok(HashSet::new());
+                    return Ok(None);
                 }
                 keyspace::Issued::OtherLayout => continue,
             }
         }
-        Ok(HashSet::new())
+        Ok(None)
     }
 
     /// An api of the version before event keys carried the incarnation produces records
@@ -302,7 +332,7 @@ impl BatchWriter {
     /// refuses some): returns the coupons whose rows now exist and the records held.
     pub async fn write(&mut self, batch: &[RawRecord]) -> Result<BatchWritten, BatchError> {
         let started = Instant::now();
-        let (mut coupons, mut failures) = split_batch(batch);
+        let SplitBatch { mut coupons, mut failures, signed } = split_batch(batch, self.record_keys.as_deref());
         let before = coupons.len() + failures.len();
         coupons.retain(|(row, _)| row.event.parse::<EventKey>().is_ok_and(|key| self.serves(key.id())));
         // A malformed record that still names another namespace's event is that tenant's
@@ -310,7 +340,7 @@ impl BatchWriter {
         failures.retain(|failure| !self.names_another_namespace(&failure.payload));
         self.metrics.records_skipped.inc_by((before - coupons.len() - failures.len()) as u64);
         self.key_records_of_older_apis(&mut coupons).await?;
-        let Admitted { coupons, held } = self.admit_slots(coupons, &mut failures).await?;
+        let Admitted { coupons, held } = self.admit_slots(coupons, &signed, &mut failures).await?;
         let outcome = self.store.write_batch(&coupons, &failures).await?;
         for conflict in &outcome.conflicts {
             tracing::warn!(topic = %conflict.topic, partition = conflict.partition, offset = conflict.offset, reason = %conflict.reason, "record not written: sent to failed_events");
@@ -369,7 +399,7 @@ async fn judge(
     conn: &mut RedisConnection,
     key: &EventKey,
     beyond: &[&(CouponRow, Position)],
-    strays: &HashSet<Position>,
+    strays: &Refusals,
 ) -> Result<Verdict, RedisError> {
     Ok(match keyspace::presence(conn, key.id()).await? {
         // Another object of the same name lives in Redis now: these records are of an earlier
@@ -380,7 +410,7 @@ async fn judge(
         }
         EventPresence::Provisioned { limit, .. } => {
             let highest_issued =
-                beyond.iter().filter(|(_, position)| !strays.contains(position)).map(|(row, _)| row.slot).max().unwrap_or(0);
+                beyond.iter().filter(|(_, position)| !strays.contains_key(position)).map(|(row, _)| row.slot).max().unwrap_or(0);
             Verdict::Grow { limit, highest_issued }
         }
         EventPresence::Deleted => Verdict::Refuse("the event was deleted".to_owned()),

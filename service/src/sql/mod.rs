@@ -54,6 +54,7 @@ impl CouponRow {
             user_id: self.user_id.clone(),
             slot: self.slot,
             issued_at: self.issued_at,
+            mac: None,
         })
         .unwrap_or_default()
     }

@@ -185,6 +185,25 @@ impl AuthArgs {
     }
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct RecordKeysArgs {
+    /// File of the keys records are signed (api) and verified (consumer) with, one
+    /// `<id>=<base64 key of at least 32 bytes>` per line, the first signing: a Secret shared
+    /// by the api and the consumer. Unset: records are unsigned, and checked against Redis
+    /// alone.
+    #[arg(long, env = "RECORD_KEYS_FILE")]
+    pub record_keys_file: Option<PathBuf>,
+}
+
+impl RecordKeysArgs {
+    /// The keys, refused at start when the file is unreadable or malformed.
+    pub fn keys(&self) -> anyhow::Result<Option<std::sync::Arc<coupon_core::event::RecordKeys>>> {
+        let Some(path) = &self.record_keys_file else { return Ok(None) };
+        let keys = coupon_core::event::RecordKeys::load(path).map_err(anyhow::Error::msg)?;
+        Ok(Some(std::sync::Arc::new(keys)))
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ApiArgs {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
@@ -221,6 +240,8 @@ pub struct ApiArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
+    pub records: RecordKeysArgs,
+    #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -243,6 +264,7 @@ impl ApiArgs {
                 max_requests_in_flight: self.max_requests_in_flight as usize,
                 ..ServerLimits::default()
             },
+            record_keys: self.records.keys()?,
             ..ApiSettings::default()
         })
     }
@@ -283,6 +305,8 @@ pub struct ConsumerArgs {
     #[arg(long, env = "MISSING_EVENT_PATIENCE", default_value_t = ConsumerSettings::default().missing_event_patience.into())]
     pub missing_event_patience: humantime::Duration,
     #[command(flatten)]
+    pub records: RecordKeysArgs,
+    #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -302,6 +326,7 @@ impl ConsumerArgs {
             batch_linger: self.batch_linger.into(),
             recovery_settle: self.recovery_settle.into(),
             missing_event_patience: self.missing_event_patience.into(),
+            record_keys: self.records.keys()?,
         })
     }
 }

@@ -192,7 +192,7 @@ fn rows(event: &str, n: usize) -> Vec<(CouponRow, Position)> {
     (1..=n as i64)
         .map(|slot| {
             (
-                CouponRow { event: event.to_owned(), user_id: format!("u{slot}"), slot, issued_at: Utc::now() },
+                CouponRow { event: event.to_owned(), user_id: format!("u{slot}"), slot, issued_at: Utc::now(), mac: None },
                 Position { topic: "bench".into(), partition: 0, offset: slot },
             )
         })

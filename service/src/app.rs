@@ -119,10 +119,13 @@ pub struct ConsumerSettings {
     /// How long records of an event with no configuration in Redis are held (the operator
     /// may be writing a lost configuration back) before they are failed as not provisioned.
     pub missing_event_patience: Duration,
-    /// Keys records are verified with (`RECORD_KEYS_FILE`): with them, a record whose
-    /// signature does not verify is refused, and so is an unsigned one Redis cannot vouch
-    /// for; none: records are checked against Redis alone.
+    /// Keys records' signatures are verified with (`RECORD_KEYS_FILE`); none: records are
+    /// checked against Redis alone.
     pub record_keys: Option<Arc<RecordKeys>>,
+    /// Every api signs (`RECORD_SIGNATURES_REQUIRED`, once every api has the keys and the
+    /// records produced before have been written): while Redis cannot tell whether a gate
+    /// issued a record, one no valid signature vouches for is refused.
+    pub signatures_required: bool,
 }
 
 impl Default for ConsumerSettings {
@@ -140,6 +143,7 @@ impl Default for ConsumerSettings {
             recovery_settle: Duration::from_secs(10),
             missing_event_patience: Duration::from_secs(300),
             record_keys: None,
+            signatures_required: false,
         }
     }
 }

@@ -763,3 +763,10 @@ def test_record_signing_mounts_one_key_file_in_the_api_and_the_consumer_only():
     unsigned = render()
     for name in ("coupon-api", "coupon-consumer"):
         assert "RECORD_KEYS_FILE" not in env_of(container(unsigned, name)[1]), name
+    # Signing first, requiring later: only the consumer is told, and only with keys.
+    assert "RECORD_SIGNATURES_REQUIRED" not in env_of(container(docs, "coupon-consumer")[1])
+    required = render({"recordSigning": {"secret": "coupon-record-keys", "required": True}})
+    assert env_of(container(required, "coupon-consumer")[1])["RECORD_SIGNATURES_REQUIRED"] == "true"
+    assert "RECORD_SIGNATURES_REQUIRED" not in env_of(container(required, "coupon-api")[1])
+    with pytest.raises(Exception, match="needs recordSigning.secret"):
+        render({"recordSigning": {"required": True}})

@@ -672,3 +672,24 @@ impl OwnTansu {
         }
     }
 }
+
+/// The first record on `topic`, read from the beginning (at most 30 s).
+pub fn first_record_on(topic: &str) -> coupon_core::event::CouponRecord {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("first-record"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("Kafka consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            return serde_json::from_slice(message.payload().unwrap_or_default()).expect("a coupon record");
+        }
+    }
+    panic!("no record on {topic} within 30 s");
+}

@@ -2,7 +2,8 @@
 //! chart, the stand-in node runs its operator, api and consumer Pods as processes of this
 //! workspace's binaries, a CouponEvent is applied, the operator scales the api on its own
 //! timer before the start, a crowd is sent to the api Pods' addresses, exactly `limit` rows
-//! land in SQL and the phase becomes SoldOut; then the event, the release and the namespace
+//! land in SQL (signed by the api Pods with the key file the chart mounts) and the phase
+//! becomes SoldOut; then the event, the release and the namespace
 //! are deleted, in that order, and nothing is left.
 //!
 //! Needs `dev/stack up` and `dev/stack up kube` (after `cargo build --workspace --bins`: the
@@ -27,6 +28,8 @@ const JWT_SECRET: &str = "a-shared-secret-of-the-shop-idp-for-the-chart-test";
 /// The claims the chart requires of a token in jwt mode (it renders jwt mode only with both).
 const ISSUER: &str = "https://id.chart.test";
 const AUDIENCE: &str = "coupons";
+/// The key file the api signs records with and the consumer verifies them with.
+const RECORD_KEYS: &str = "sale=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n";
 const LIMIT: usize = 40;
 const CROWD: usize = 300;
 
@@ -79,6 +82,7 @@ async fn a_whole_sale_through_the_charts_pods_then_nothing_is_left() {
     for (name, data) in [
         ("coupon-connections", json!({"REDIS_URL": redis_url(), "DATABASE_URL": postgres_url()})),
         ("coupon-jwt", json!({"JWT_SECRET": JWT_SECRET})),
+        ("coupon-record-keys", json!({"record-keys": RECORD_KEYS})),
     ] {
         let secret: Secret = serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
         secrets.create(&PostParams::default(), &secret).await.unwrap();
@@ -97,6 +101,8 @@ async fn a_whole_sale_through_the_charts_pods_then_nothing_is_left() {
         &format!("api.auth.jwt.issuer={ISSUER}"),
         "--set",
         &format!("api.auth.jwt.audience={AUDIENCE}"),
+        "--set",
+        "recordSigning.secret=coupon-record-keys",
         "--wait=false",
     ]));
     let pods = Api::<Pod>::namespaced(cluster.admin.clone(), &namespace);
@@ -157,6 +163,10 @@ async fn a_whole_sale_through_the_charts_pods_then_nothing_is_left() {
     let store = coupon_tests::migrated_store(&postgres_url()).await;
     let key = format!("{namespace}/{name}@{uid}");
     coupon_tests::wait_for_rows(&store, &key, LIMIT as i64, Duration::from_secs(60)).await;
+    // The api Pods signed them with the key file the chart mounted.
+    let record = coupon_tests::first_record_on(&topic);
+    let keys = coupon_core::event::RecordKeys::parse(RECORD_KEYS).unwrap();
+    assert_eq!(keys.verify(&record), coupon_core::event::Signature::Valid, "{record:?}");
     wait_until("SoldOut", Duration::from_secs(30), || async move {
         let event = events_ref.get(name_ref).await.ok()?;
         let status = event.status?;

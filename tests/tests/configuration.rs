@@ -68,7 +68,8 @@ async fn an_api_without_auth_mode_refuses_to_start() {
 }
 
 /// A record key file that is missing or malformed stops the api and the consumer at start,
-/// saying which line is wrong, instead of running with records unsigned or unverified.
+/// saying which line is wrong, instead of running with records unsigned or unverified; so
+/// do required signatures without keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_record_key_file_is_refused_at_start() {
     let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
@@ -95,4 +96,19 @@ async fn a_malformed_record_key_file_is_refused_at_start() {
         assert!(stderr.contains(said), "{command}: {stderr}");
     }
     std::fs::remove_file(short).unwrap();
+    // Required signatures without keys to verify them with.
+    let run = tokio::process::Command::new(binary)
+        .arg("consumer")
+        .env_remove("RECORD_KEYS_FILE")
+        .env("RECORD_SIGNATURES_REQUIRED", "true")
+        .env("REDIS_URL", redis_url())
+        .env("KAFKA_BROKERS", kafka_brokers())
+        .env("DATABASE_URL", "sqlite::memory:")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), run).await.expect("refused at start, not served").unwrap();
+    assert!(!output.status.success(), "exit code {:?}", output.status.code());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("RECORD_SIGNATURES_REQUIRED needs RECORD_KEYS_FILE"), "{stderr}");
 }

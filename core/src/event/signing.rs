@@ -4,9 +4,10 @@
 //!
 //! An HMAC-SHA256 over the record's fields under a key the api and the consumer share (a
 //! Secret mounted as a file, `RECORD_KEYS_FILE`). The file holds one key per line,
-//! `<id>=<base64 of at least 32 bytes>`; the first line signs, every line verifies, so a key
-//! is rotated without a record refused: add the new key as a second line and roll out, move
-//! it first and roll out, drop the old one once its records are written.
+//! `<id>=<base64 of at least 32 bytes>`; the first line signs, every line verifies: add the
+//! new key as a second line and restart, move it first and restart, drop the old one once its
+//! records are written. The consumer asks a signature only where Redis cannot tell
+//! (`consumer::writer`), so a key it does not know yet never costs a coupon.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Pure handling of a batch: parsing and checking records.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::Datelike;
 use coupon_core::event::{validate_user_id, CouponRecord, EventKey, RecordKeys, Signature};
@@ -30,7 +30,9 @@ pub fn parse_record(payload: &[u8]) -> Result<CouponRow, String> {
 }
 
 /// As `parse_record`, and what the record's signature says under `keys` (`Missing` without
-/// keys); a signature that does not verify refuses the record: it was forged or altered.
+/// keys). A signature that does not verify does not refuse the record here: where Redis can
+/// tell whether a gate issued it, Redis decides (a key the consumer does not know yet, in a
+/// rotation, must not cost a genuine coupon); only where it cannot is the signature asked.
 pub fn parse_signed(payload: &[u8], keys: Option<&RecordKeys>) -> Result<(CouponRow, Signature), String> {
     let record: CouponRecord = serde_json::from_slice(payload).map_err(|e| format!("not a coupon record: {e}"))?;
     record.event.parse::<EventKey>().map_err(|e| format!("bad event {:?}: {e}", record.event))?;
@@ -42,29 +44,51 @@ pub fn parse_signed(payload: &[u8], keys: Option<&RecordKeys>) -> Result<(Coupon
         return Err(format!("issuedAt {} is outside the years {ISSUED_YEARS:?}", record.issued_at.to_rfc3339()));
     }
     let signature = keys.map_or(Signature::Missing, |keys| keys.verify(&record));
-    if let Signature::Invalid(why) = &signature {
-        return Err(format!("not issued by an api: {why}"));
-    }
-    Ok((CouponRow { event: record.event, user_id: record.user_id, slot: record.slot, issued_at: record.issued_at }, signature))
+    let row = CouponRow { event: record.event, user_id: record.user_id, slot: record.slot, issued_at: record.issued_at, mac: record.mac };
+    Ok((row, signature))
 }
 
-/// A batch sorted into coupon rows and failures, and the positions of the rows whose
-/// signature verified.
+/// What the signatures of a batch's coupons say, by position: those that verified, and why
+/// the others that carry one do not.
+#[derive(Debug, Default)]
+pub struct Signatures {
+    pub valid: HashSet<Position>,
+    pub invalid: HashMap<Position, String>,
+}
+
+impl Signatures {
+    /// Why nothing vouches for the coupon at `position`: `None` when its signature verified.
+    pub fn not_vouched(&self, position: &Position) -> Option<String> {
+        if self.valid.contains(position) {
+            return None;
+        }
+        Some(self.invalid.get(position).map_or_else(|| "unsigned".to_owned(), |why| format!("its {why}")))
+    }
+}
+
+/// A batch sorted into coupon rows and failures, and what the rows' signatures say.
 pub struct SplitBatch {
     pub coupons: Vec<(CouponRow, Position)>,
     pub failures: Vec<FailedRow>,
-    pub signed: HashSet<Position>,
+    pub signatures: Signatures,
 }
 
 /// Sorts a batch into coupon rows and failures, checking signatures with `keys`.
 pub fn split_batch(batch: &[RawRecord], keys: Option<&RecordKeys>) -> SplitBatch {
-    let mut split = SplitBatch { coupons: Vec::with_capacity(batch.len()), failures: Vec::new(), signed: HashSet::new() };
+    let mut split = SplitBatch { coupons: Vec::with_capacity(batch.len()), failures: Vec::new(), signatures: Signatures::default() };
     for record in batch {
         let p = &record.position;
         match parse_signed(&record.payload, keys) {
             Ok((row, signature)) => {
-                if signature == Signature::Valid {
-                    split.signed.insert(p.clone());
+                match signature {
+                    Signature::Valid => {
+                        split.signatures.valid.insert(p.clone());
+                    }
+                    Signature::Invalid(why) => {
+                        tracing::warn!(topic = %p.topic, partition = p.partition, offset = p.offset, why, "a record's signature does not verify");
+                        split.signatures.invalid.insert(p.clone(), why);
+                    }
+                    Signature::Missing => {}
                 }
                 split.coupons.push((row, p.clone()));
             }
@@ -113,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn with_keys_a_signed_record_is_marked_an_altered_one_refused_an_unsigned_one_kept() {
+    fn with_keys_signatures_are_sorted_and_no_record_is_refused_for_its_signature_alone() {
         let keys = RecordKeys::parse("k1=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
         let record = CouponRecord {
             event: "shop/sale".into(),
@@ -127,11 +151,15 @@ mod tests {
         let json = |r: &CouponRecord| String::from_utf8(serde_json::to_vec(r).unwrap()).unwrap();
         let batch = [raw(0, 1, &json(&signed)), raw(0, 2, &json(&altered)), raw(0, 3, &json(&record))];
         let split = split_batch(&batch, Some(&keys));
-        assert_eq!(split.coupons.len(), 2, "the signed and the unsigned record");
-        assert_eq!(split.signed, HashSet::from([batch[0].position.clone()]));
-        assert_eq!(split.failures.len(), 1);
-        assert!(split.failures[0].reason.contains("not issued by an api"), "{}", split.failures[0].reason);
-        // Without keys the consumer reads a signed record as any other.
-        assert_eq!(split_batch(&batch, None).coupons.len(), 3);
+        assert_eq!(split.coupons.len(), 3, "Redis decides where it can");
+        assert!(split.failures.is_empty());
+        let (signed_at, altered_at, unsigned_at) = (&batch[0].position, &batch[1].position, &batch[2].position);
+        assert_eq!(split.signatures.not_vouched(signed_at), None);
+        assert!(split.signatures.not_vouched(altered_at).unwrap().contains("does not verify"));
+        assert_eq!(split.signatures.not_vouched(unsigned_at).as_deref(), Some("unsigned"));
+        // The signature is kept for the payload of a record not written.
+        assert_eq!(split.coupons[0].0.mac, signed.mac);
+        // Without keys nothing is vouched for.
+        assert_eq!(split_batch(&batch, None).signatures.valid.len(), 0);
     }
 }

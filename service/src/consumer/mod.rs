@@ -117,7 +117,7 @@ pub async fn run(
     tracing::info!(topics = ?settings.topics, group = %settings.group_id, event_namespace = ?settings.event_namespace, "consuming");
     let mut writer =
         BatchWriter::new(store, redis.clone(), metrics.clone(), settings.missing_event_patience, settings.event_namespace.clone())
-            .with_record_keys(settings.record_keys.clone());
+            .with_record_keys(settings.record_keys.clone(), settings.signatures_required);
     let mut verifier = verify::Verifier::new(&topics.current(), settings.recovery_settle);
     // The first look after one period: the start-up subscription has just rebalanced.
     let mut topics_tick = tokio::time::interval_at(tokio::time::Instant::now() + topics::REFRESH, topics::REFRESH);

@@ -9,7 +9,7 @@ use coupon_core::event::{EventId, EventKey, RecordKeys};
 use coupon_core::redis::keyspace::{self, EventLayout, EventPresence};
 use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
 
-use super::batch::{split_batch, RawRecord, SplitBatch};
+use super::batch::{split_batch, RawRecord, Signatures, SplitBatch};
 use crate::metrics::Metrics;
 use crate::sql::{CouponRow, FailedRow, Position, Store};
 
@@ -69,6 +69,9 @@ pub struct BatchWriter {
     /// With keys, records are signed by the apis: a valid signature vouches for a record
     /// Redis cannot (`strays`).
     record_keys: Option<Arc<RecordKeys>>,
+    /// Every api signs (`RECORD_SIGNATURES_REQUIRED`): while Redis cannot tell, a record no
+    /// valid signature vouches for is refused.
+    signatures_required: bool,
 }
 
 /// Why a coupon of the batch is refused before SQL, by position.
@@ -92,11 +95,14 @@ impl BatchWriter {
             missing_event_patience,
             served_namespace,
             record_keys: None,
+            signatures_required: false,
         }
     }
 
-    /// Verifies records' signatures with these keys (`RECORD_KEYS_FILE`).
-    pub fn with_record_keys(mut self, keys: Option<Arc<RecordKeys>>) -> Self {
+    /// Verifies records' signatures with these keys (`RECORD_KEYS_FILE`) and, when
+    /// `required`, refuses while Redis cannot tell a record none vouches for.
+    pub fn with_record_keys(mut self, keys: Option<Arc<RecordKeys>>, required: bool) -> Self {
+        self.signatures_required = required && keys.is_some();
         self.record_keys = keys;
         self
     }
@@ -131,7 +137,7 @@ impl BatchWriter {
     async fn admit_slots(
         &mut self,
         coupons: Vec<(CouponRow, Position)>,
-        signed: &HashSet<Position>,
+        signatures: &Signatures,
         failures: &mut Vec<FailedRow>,
     ) -> Result<Admitted, BatchError> {
         let mut highest: HashMap<String, i64> = HashMap::new();
@@ -141,7 +147,7 @@ impl BatchWriter {
         }
         let mut refused: HashMap<String, String> = HashMap::new();
         let mut held_events: HashSet<String> = HashSet::new();
-        let strays = self.strays(&coupons, signed, &mut held_events).await?;
+        let strays = self.strays(&coupons, signatures, &mut held_events).await?;
         for (event, slot) in highest {
             if held_events.contains(&event) || self.slot_capacity.get(&event).is_some_and(|cap| *cap >= slot) {
                 continue;
@@ -217,21 +223,21 @@ impl BatchWriter {
         Ok(Admitted { coupons: admitted, held })
     }
 
-    /// The coupons of the batch no gate issued, and why: their user does not hold their slot
-    /// in Redis, or, while Redis cannot tell, no valid signature vouches for them (`signed`,
-    /// with `RECORD_KEYS_FILE`). Every coupon is checked, not only
-    /// those beyond the slot rows: a well-formed record for a slot its user was never issued
-    /// (produced by whoever can write to the topic) would take that slot's row from its
-    /// holder, and a restore from SQL would make it permanent. One read-only script per home
-    /// shard, per event and batch, with the layout this consumer keeps. An event Redis cannot
-    /// answer for (a stalled master) is held (`held_events`). While Redis cannot tell
-    /// (recovering, or another incarnation's records, judged later), a record is judged
-    /// against the limit, unless the apis sign: then an unsigned one is refused, since
-    /// nothing can vouch for it.
+    /// The coupons of the batch no gate issued, and why. Where Redis can tell, it decides,
+    /// signed or not: a coupon whose user does not hold its slot is refused (a slot healing
+    /// gave to someone else after its record was overdue is theirs, not a late record's).
+    /// Every coupon is checked, not only those beyond the slot rows: a well-formed record for
+    /// a slot its user was never issued (produced by whoever can write to the topic) would
+    /// take that slot's row from its holder, and a restore from SQL would make it permanent.
+    /// One read-only script per home shard, per event and batch, with the layout this
+    /// consumer keeps. An event Redis cannot answer for (a stalled master) is held
+    /// (`held_events`). Where Redis cannot tell (the event recovering, its configuration
+    /// missing, another incarnation's records), a coupon is judged against the limit, unless
+    /// signatures are required: then one no valid signature vouches for is refused.
     async fn strays(
         &mut self,
         coupons: &[(CouponRow, Position)],
-        signed: &HashSet<Position>,
+        signatures: &Signatures,
         held_events: &mut HashSet<String>,
     ) -> Result<Refusals, BatchError> {
         let mut by_event: HashMap<&str, Vec<&(CouponRow, Position)>> = HashMap::new();
@@ -243,12 +249,11 @@ impl BatchWriter {
             let mut conn = self.redis.get().ok_or(BatchError::RedisNotConnected)?;
             let key: EventKey = event.parse().expect("validated by parse_record");
             match self.unissued(&mut conn, &key, &rows).await {
-                // Where Redis can tell, it decides, signed or not: a slot healing gave to
-                // someone else after its record was overdue is theirs, not a late record's.
                 Ok(Some(not_held)) => strays
                     .extend(not_held.into_iter().map(|(position, slot)| (position, format!("slot {slot} was not issued to this user")))),
-                Ok(None) if self.record_keys.is_some() => strays.extend(rows.iter().filter(|(_, p)| !signed.contains(p)).map(|(_, p)| {
-                    (p.clone(), "unsigned, while Redis cannot tell whether it was issued (the event is recovering)".to_owned())
+                Ok(None) if self.signatures_required => strays.extend(rows.iter().filter_map(|(_, position)| {
+                    let why = signatures.not_vouched(position)?;
+                    Some((position.clone(), format!("{why}, while Redis cannot tell whether a gate issued it")))
                 })),
                 Ok(None) => {}
                 Err(error) => {
@@ -261,8 +266,9 @@ impl BatchWriter {
     }
 
     /// The coupons (all of one event) whose user does not hold their slot in Redis, with
-    /// that slot; `Some` of none for an event with no configuration (its records are held
-    /// or refused by `judge`); `None` while Redis cannot tell.
+    /// that slot; `None` while Redis cannot tell (recovering, another incarnation, or no
+    /// configuration at all: its records are then held or refused by `judge` beyond the slot
+    /// rows).
     async fn unissued(
         &mut self,
         conn: &mut RedisConnection,
@@ -274,7 +280,7 @@ impl BatchWriter {
             let layout = match self.layouts.get(key.id()) {
                 Some(layout) if !read_again => layout.clone(),
                 _ => {
-                    let Some(layout) = keyspace::layout(conn, key.id()).await? else { return Ok(Some(Vec::new())) };
+                    let Some(layout) = keyspace::layout(conn, key.id()).await? else { return Ok(None) };
                     self.layouts.insert(key.id().clone(), layout.clone());
                     layout
                 }
@@ -332,7 +338,7 @@ impl BatchWriter {
     /// refuses some): returns the coupons whose rows now exist and the records held.
     pub async fn write(&mut self, batch: &[RawRecord]) -> Result<BatchWritten, BatchError> {
         let started = Instant::now();
-        let SplitBatch { mut coupons, mut failures, signed } = split_batch(batch, self.record_keys.as_deref());
+        let SplitBatch { mut coupons, mut failures, signatures } = split_batch(batch, self.record_keys.as_deref());
         let before = coupons.len() + failures.len();
         coupons.retain(|(row, _)| row.event.parse::<EventKey>().is_ok_and(|key| self.serves(key.id())));
         // A malformed record that still names another namespace's event is that tenant's
@@ -340,7 +346,7 @@ impl BatchWriter {
         failures.retain(|failure| !self.names_another_namespace(&failure.payload));
         self.metrics.records_skipped.inc_by((before - coupons.len() - failures.len()) as u64);
         self.key_records_of_older_apis(&mut coupons).await?;
-        let Admitted { coupons, held } = self.admit_slots(coupons, &signed, &mut failures).await?;
+        let Admitted { coupons, held } = self.admit_slots(coupons, &signatures, &mut failures).await?;
         let outcome = self.store.write_batch(&coupons, &failures).await?;
         for conflict in &outcome.conflicts {
             tracing::warn!(topic = %conflict.topic, partition = conflict.partition, offset = conflict.offset, reason = %conflict.reason, "record not written: sent to failed_events");

@@ -43,6 +43,9 @@ pub struct CouponRow {
     pub user_id: String,
     pub slot: i64,
     pub issued_at: DateTime<Utc>,
+    /// The record's signature, kept for the payload of a record not written (never stored
+    /// with the coupon).
+    pub mac: Option<String>,
 }
 
 impl CouponRow {
@@ -54,7 +57,7 @@ impl CouponRow {
             user_id: self.user_id.clone(),
             slot: self.slot,
             issued_at: self.issued_at,
-            mac: None,
+            mac: self.mac.clone(),
         })
         .unwrap_or_default()
     }

@@ -306,6 +306,12 @@ pub struct ConsumerArgs {
     pub missing_event_patience: humantime::Duration,
     #[command(flatten)]
     pub records: RecordKeysArgs,
+    /// While Redis cannot tell whether a gate issued a record (an event recovering after its
+    /// Redis lost data), refuse one no valid signature vouches for. Turn on once every api
+    /// signs (RECORD_KEYS_FILE) and the records produced before have been written; needs
+    /// RECORD_KEYS_FILE.
+    #[arg(long, env = "RECORD_SIGNATURES_REQUIRED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub record_signatures_required: bool,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -313,6 +319,13 @@ pub struct ConsumerArgs {
 }
 
 impl ConsumerArgs {
+    fn signatures_required(&self) -> anyhow::Result<bool> {
+        if self.record_signatures_required && self.records.record_keys_file.is_none() {
+            anyhow::bail!("RECORD_SIGNATURES_REQUIRED needs RECORD_KEYS_FILE: without keys no signature can be verified");
+        }
+        Ok(self.record_signatures_required)
+    }
+
     fn settings(&self) -> anyhow::Result<ConsumerSettings> {
         Ok(ConsumerSettings {
             database_url: self.database_url.clone(),
@@ -327,6 +340,7 @@ impl ConsumerArgs {
             recovery_settle: self.recovery_settle.into(),
             missing_event_patience: self.missing_event_patience.into(),
             record_keys: self.records.keys()?,
+            signatures_required: self.signatures_required()?,
         })
     }
 }

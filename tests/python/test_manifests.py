@@ -770,3 +770,40 @@ def test_record_signing_mounts_one_key_file_in_the_api_and_the_consumer_only():
     assert "RECORD_SIGNATURES_REQUIRED" not in env_of(container(required, "coupon-api")[1])
     with pytest.raises(Exception, match="needs recordSigning.secret"):
         render({"recordSigning": {"required": True}})
+
+
+def test_the_knobs_every_platform_adds_land_on_each_component():
+    extra = {
+        "podLabels": {"team": "shop"},
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}, {"name": "LOG_FORMAT", "value": "json"}],
+        "extraEnvFrom": [{"configMapRef": {"name": "platform-env"}}],
+        "extraVolumes": [{"name": "ca-bundle", "configMap": {"name": "ca-bundle"}}],
+        "extraVolumeMounts": [{"name": "ca-bundle", "mountPath": "/etc/ssl/extra", "readOnly": True}],
+    }
+    docs = render({"api": extra, "consumer": extra, "operator": extra,
+                   "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                   "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}}})
+    assert_files_are_mounted(docs)
+    for name in ("coupon-api", "coupon-consumer", "coupon-operator"):
+        [deployment] = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == name]
+        pod, c = container(docs, name)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels["team"] == "shop" and labels["app.kubernetes.io/name"] == name, name
+        # The chart's selector still matches its pods.
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+        names = [e["name"] for e in c["env"]]
+        assert names[-2:] == ["HTTPS_PROXY", "LOG_FORMAT"], f"{name}: extra variables come last (and win): {names}"
+        assert c["envFrom"] == [{"configMapRef": {"name": "platform-env"}}], name
+        assert {"name": "ca-bundle", "configMap": {"name": "ca-bundle"}} in pod["volumes"], name
+        assert {"name": "ca-bundle", "mountPath": "/etc/ssl/extra", "readOnly": True} in c["volumeMounts"], name
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(deployment, version, strict=True)
+    for kind in ("PodMonitor", "PrometheusRule"):
+        for doc in by_kind(docs, kind):
+            assert doc["metadata"]["labels"]["release"] == "prometheus", kind
+    # Without them, nothing extra is rendered.
+    plain = render()
+    for name in ("coupon-api", "coupon-consumer", "coupon-operator"):
+        assert "envFrom" not in container(plain, name)[1], name
+    with pytest.raises(Exception, match="api.podLabels: app.kubernetes.io/name is one of the chart's own labels"):
+        render({"api": {"podLabels": {"app.kubernetes.io/name": "mine"}}})

@@ -260,3 +260,25 @@ their next restart. Empty otherwise. */}}
   secret: {secretName: {{ . }}}
 {{- end }}
 {{- end }}
+
+{{/* A component's podLabels (called with `values` and `key`, its values' name), refused
+where they would take the place of the chart's own labels: the selectors and the operator's
+scaling key on those. */}}
+{{- define "coupon.podLabels" -}}
+{{- range $label, $_ := .values.podLabels }}
+{{- if or (hasPrefix "app.kubernetes.io/" $label) (hasPrefix "helm.sh/" $label) (hasPrefix "coupons.fcfs.dev/" $label) }}
+{{- fail (printf "%s.podLabels: %s is one of the chart's own labels" $.key $label) }}
+{{- end }}
+{{- end }}
+{{- with .values.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* A component's extraEnv, after the chart's variables (a name given twice: the later wins,
+as Kubernetes resolves it), and its extraEnvFrom. */}}
+{{- define "coupon.extraEnv" -}}
+{{- with .extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -151,6 +151,7 @@ async fn burst_as(
         ramp: Duration::ZERO,
         progress: false,
         identity,
+        ca_file: None,
     })
     .await
 }

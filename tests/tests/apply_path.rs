@@ -19,6 +19,7 @@ async fn burst(base_url: &str, event: &str, requests: usize, same_user: bool, pr
         ramp: Duration::ZERO,
         progress: false,
         identity: Default::default(),
+        ca_file: None,
     };
     load::run(&plan).await.unwrap()
 }

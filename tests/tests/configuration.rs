@@ -112,3 +112,34 @@ async fn a_malformed_record_key_file_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("RECORD_SIGNATURES_REQUIRED needs RECORD_KEYS_FILE"), "{stderr}");
 }
+
+/// The load tool against an api behind TLS (an ingress terminating it): with the CA of the
+/// certificate it sends the crowd and reports the answers by status; without it, it reached
+/// nothing and says so, exit code non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_load_tool_speaks_https_and_reports_answers_by_status() {
+    use coupon_tests::tls::{TestCa, TlsFront};
+    let event = coupon_tests::provision_event(&kafka_brokers(), "https-load", 5, 1).await;
+    let api = coupon_tests::InProcessApi::start("https-load", &kafka_brokers()).await;
+    let backend_port: u16 = api.base_url.rsplit(':').next().unwrap().parse().unwrap();
+    let ca = TestCa::new();
+    let front = TlsFront::start(&ca, free_port(), backend_port).await;
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let url = format!("https://localhost:{}", front.port);
+    let load = |ca_file: Option<&Path>| {
+        let mut command = tokio::process::Command::new(binary);
+        command.args(["load", "--url", &url, "--event", event.id.name(), "--requests", "20", "--concurrency", "4"]);
+        if let Some(ca_file) = ca_file {
+            command.arg("--ca-file").arg(ca_file);
+        }
+        command.output()
+    };
+    let output = tokio::time::timeout(Duration::from_secs(60), load(Some(&ca.ca()))).await.expect("the load tool ends").unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "exit code {:?}: {table} {}", output.status.code(), String::from_utf8_lossy(&output.stderr));
+    assert!(table.contains("(201) | 5 |") && table.contains("(410) | 15 |"), "{table}");
+
+    let untrusted = tokio::time::timeout(Duration::from_secs(60), load(None)).await.expect("the load tool ends").unwrap();
+    assert!(!untrusted.status.success(), "a certificate nobody vouches for was accepted");
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("no request was answered"));
+}

@@ -53,6 +53,7 @@ async fn ramped_burst_with_outage(
         ramp: Duration::from_secs(3),
         progress: false,
         identity: Default::default(),
+        ca_file: None,
     };
     let burst = tokio::spawn(async move { coupon_service::tools::load::run(&plan).await.unwrap() });
     tokio::time::sleep(Duration::from_secs(1)).await;

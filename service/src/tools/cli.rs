@@ -391,6 +391,10 @@ pub struct LoadArgs {
     /// For an api with AUTH_MODE=header: send the user id in this header.
     #[arg(long, conflicts_with = "jwt_secret")]
     pub auth_header: Option<String>,
+    /// For an `https://` url behind a private certificate: the PEM file of the CA that signed
+    /// it (the system's roots are trusted as well).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Entry point shared by the `coupon-service` binary and the test harness's copy of it.
@@ -472,6 +476,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
             (None, Some(header)) => LoadIdentity::Header(header),
             (None, None) => LoadIdentity::Body,
         },
+        ca_file: args.ca_file,
     };
     let report = super::load::run(&plan).await?;
     println!("{}", report.table());

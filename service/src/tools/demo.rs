@@ -134,6 +134,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         ramp: Duration::ZERO,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         identity: Default::default(),
+        ca_file: None,
     };
     let report = super::load::run(&plan).await?;
     let issued = report.count(201) as i64;

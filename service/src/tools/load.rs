@@ -31,6 +31,9 @@ pub struct LoadPlan {
     pub progress: bool,
     /// How each request says who its user is.
     pub identity: LoadIdentity,
+    /// PEM file of a CA to trust besides the system's roots, for an `https://` api behind a
+    /// private certificate.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// How the load's requests name their users, matching the api's `AUTH_MODE`.
@@ -165,8 +168,14 @@ impl LoadReport {
 
 /// Sends the plan's requests and collects the answers.
 pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
-    let client =
-        reqwest::Client::builder().pool_max_idle_per_host(plan.concurrency).timeout(Duration::from_secs(30)).tcp_nodelay(true).build()?;
+    let mut client = reqwest::Client::builder().pool_max_idle_per_host(plan.concurrency).timeout(Duration::from_secs(30)).tcp_nodelay(true);
+    if let Some(path) = &plan.ca_file {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
+        let certificate = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("--ca-file {}: not a PEM certificate: {e}", path.display()))?;
+        client = client.add_root_certificate(certificate);
+    }
+    let client = client.build()?;
     let url = format!("{}/v1/events/{}/apply", plan.base_url.trim_end_matches('/'), plan.event);
     let bar = if plan.progress {
         let bar = indicatif::ProgressBar::new(plan.requests as u64);

@@ -39,6 +39,29 @@ async fn an_api_short_of_available_replicas_before_the_start_is_reported_not_rea
     operator.kill(&cluster);
 }
 
+/// An event whose window is open while its api has no available replica is counted as open
+/// and not ready to sell (`coupon_operator_event_open_unready`, what the alert on an event
+/// not ready at its start reads); deleted, it keeps no series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_event_short_of_replicas_is_exported_not_ready_until_it_is_deleted() {
+    let cluster = cluster().await;
+    let operator = start_operator(&cluster, "operator-0").await;
+    let event = cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(300))).await;
+    let name = event.metadata.name.clone().unwrap();
+    wait_for_condition(&cluster, &name, "Scaling", "False", "NotReady").await;
+    let series = format!("coupon_operator_event_open_unready{{event=\"{}/{name}\"}}", cluster.namespace);
+    let metrics = operator.metrics.clone();
+    coupon_tests::wait_until("the event exported open and not ready", Duration::from_secs(20), || {
+        let (metrics, series) = (metrics.clone(), series.clone());
+        async move { metrics.encode().contains(&format!("{series} 1")).then_some(()) }
+    })
+    .await;
+    cluster.delete::<CouponEvent>(&name).await;
+    wait_until_gone(&cluster, "couponevents", &name, Duration::from_secs(60)).await;
+    assert!(!operator.metrics.encode().contains(&series), "a deleted event keeps no series");
+    operator.kill(&cluster);
+}
+
 /// Two hundred events open at the same instant, each with an api Deployment of its own, on
 /// a control plane that adds 50 ms to every call: every one of them is scaled before its
 /// start (warm-up 30 s). One process-wide lock around a few calls per event took about a

@@ -44,6 +44,7 @@ pub const TERMINATING_CLEANUP_BOUND: Duration = Duration::from_secs(10);
 
 pub(super) async fn cleanup(event: &CouponEvent, id: &EventId, ctx: &Context) -> Result<Action, CleanupError> {
     let now = ctx.now();
+    ctx.metrics.set_open_unready(&super::report::object_label(event), false, false);
     // What is in effect is the last accepted spec, not an edit that was refused.
     let spec = event.status.as_ref().and_then(|s| s.last_accepted_spec.as_ref()).unwrap_or(&event.spec);
     if super::admit::key_held_by_another(event, &ctx.events.state()) {

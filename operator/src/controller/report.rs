@@ -135,6 +135,9 @@ pub(super) async fn report(
         ctx.publish(event, EventType::Warning, Reason::ShortWarmUp.as_str(), "Reconcile", message).await;
     }
     let phase = observation.phase;
+    let ready = status.is_true(ConditionType::Ready);
+    let short_of_replicas = status.has_condition(ConditionType::Scaling, Reason::NotReady);
+    ctx.metrics.set_open_unready(&object_label(event), phase == Phase::Open, !ready || short_of_replicas);
     let previous_phase = previous.map(|s| s.phase);
     if previous_phase != Some(phase) && phase != Phase::Failed {
         let from = previous_phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "new".into());
@@ -161,6 +164,13 @@ pub(super) async fn report_unavailable(event: &CouponEvent, ctx: &Context, error
     if let Err(error) = write_computed(&api, event, compute).await {
         tracing::warn!(%error, "cannot write the status");
     }
+    let open = event.status.as_ref().is_some_and(|s| s.phase == Phase::Open);
+    ctx.metrics.set_open_unready(&object_label(event), open, true);
+}
+
+/// The `event` label of the operator's per-event metrics: `<namespace>/<name>`.
+pub(super) fn object_label(event: &CouponEvent) -> String {
+    format!("{}/{}", event.namespace().unwrap_or_default(), event.name_any())
 }
 
 /// The installed CRD drops status fields the operator writes (`dropped`): acting on what it

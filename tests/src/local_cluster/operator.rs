@@ -90,6 +90,8 @@ pub struct Operator {
     pub leading: Arc<AtomicBool>,
     /// Its readiness (`/readyz`): true once it can list CouponEvents, leading or not.
     pub ready: Arc<AtomicBool>,
+    /// Its metrics (`/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 pub async fn start_operator(cluster: &NamespacedCluster, name: &str) -> Operator {
@@ -167,6 +169,7 @@ async fn start_operator_for(
     let leading = election.leading.clone();
     let ready = Arc::new(AtomicBool::new(false));
     let (backend, metrics, readiness) = (Arc::new(backend), Arc::new(Metrics::default()), ready.clone());
+    let exported = metrics.clone();
     tokio::spawn(coupon_operator::readiness::wait_until_listable(client.clone(), settings.namespace.clone(), ready.clone()));
     let controller_client = client.clone();
     let controller = move || {
@@ -174,7 +177,7 @@ async fn start_operator_for(
     };
     // A standby is ended by aborting its task (as a killed process is).
     let task = tokio::spawn(async move { election.run(client, controller, std::future::pending()).await });
-    Operator { name: name.into(), task, leading, ready }
+    Operator { name: name.into(), task, leading, ready, metrics: exported }
 }
 
 impl Operator {

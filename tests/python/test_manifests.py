@@ -284,7 +284,7 @@ def test_optional_objects_render_when_enabled():
     assert len(monitors) == 3
     (rule,) = by_kind(docs, "PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert alerts == {"CouponApiErrors", "CouponApiSlow", "CouponEventNotReadyAtStart", "CouponUndecidedProduces",
+    assert alerts == {"CouponApiErrors", "CouponApiSlow", "CouponEventOpenNotReady", "CouponUndecidedProduces",
                       "CouponConsumerLagging", "CouponFailedRecords", "CouponEventRecovering", "CouponDrainNotFinished"}
     # (Every metric an alert or the dashboard reads is one the binaries register: the Rust
     # test metric_names, against the registries themselves.)
@@ -759,7 +759,7 @@ def test_record_signing_mounts_one_key_file_in_the_api_and_the_consumer_only():
 def test_the_knobs_every_platform_adds_land_on_each_component():
     extra = {
         "podLabels": {"team": "shop"},
-        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}, {"name": "LOG_FORMAT", "value": "json"}],
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}, {"name": "NO_PROXY", "value": ".svc"}],
         "extraEnvFrom": [{"configMapRef": {"name": "platform-env"}}],
         "extraVolumes": [{"name": "ca-bundle", "configMap": {"name": "ca-bundle"}}],
         "extraVolumeMounts": [{"name": "ca-bundle", "mountPath": "/etc/ssl/extra", "readOnly": True}],
@@ -776,7 +776,8 @@ def test_the_knobs_every_platform_adds_land_on_each_component():
         # The chart's selector still matches its pods.
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
         names = [e["name"] for e in c["env"]]
-        assert names[-2:] == ["HTTPS_PROXY", "LOG_FORMAT"], f"{name}: extra variables come last (and win): {names}"
+        assert names[-2:] == ["HTTPS_PROXY", "NO_PROXY"], f"{name}: extra variables come last: {names}"
+        assert len(names) == len(set(names)), f"{name}: one entry per name (server-side apply refuses two): {names}"
         assert c["envFrom"] == [{"configMapRef": {"name": "platform-env"}}], name
         assert {"name": "ca-bundle", "configMap": {"name": "ca-bundle"}} in pod["volumes"], name
         assert {"name": "ca-bundle", "mountPath": "/etc/ssl/extra", "readOnly": True} in c["volumeMounts"], name
@@ -803,6 +804,6 @@ def test_every_alert_has_a_runbook_section_and_every_component_is_scraped():
         url = alert["annotations"]["runbook_url"]
         assert url.endswith("docs/runbooks.md#" + alert["alert"].lower()), url
     names = {a["alert"] for a in alerts}
-    assert {"CouponApiErrors", "CouponApiSlow", "CouponEventNotReadyAtStart", "CouponConsumerLagging", "CouponFailedRecords"} <= names
+    assert {"CouponApiErrors", "CouponApiSlow", "CouponEventOpenNotReady", "CouponConsumerLagging", "CouponFailedRecords"} <= names
     monitored = {m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for m in by_kind(docs, "PodMonitor")}
     assert monitored == {"coupon-api", "coupon-consumer", "coupon-operator"}

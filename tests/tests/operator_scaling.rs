@@ -41,25 +41,47 @@ async fn an_api_short_of_available_replicas_before_the_start_is_reported_not_rea
 
 /// An event whose window is open while its api has no available replica is counted as open
 /// and not ready to sell (`coupon_operator_event_open_unready`, what the alert on an event
-/// not ready at its start reads); deleted, it keeps no series.
+/// open but not ready reads); paused, it is not (a pause is on purpose); deleted, it keeps no
+/// series; and an operator that stops acting (leadership lost, killed) keeps none either,
+/// though a standby goes on serving its metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_event_short_of_replicas_is_exported_not_ready_until_it_is_deleted() {
+async fn an_open_event_short_of_replicas_is_exported_not_ready_while_it_counts() {
     let cluster = cluster().await;
     let operator = start_operator(&cluster, "operator-0").await;
-    let event = cluster.create(&coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(300))).await;
-    let name = event.metadata.name.clone().unwrap();
-    wait_for_condition(&cluster, &name, "Scaling", "False", "NotReady").await;
-    let series = format!("coupon_operator_event_open_unready{{event=\"{}/{name}\"}}", cluster.namespace);
     let metrics = operator.metrics.clone();
-    coupon_tests::wait_until("the event exported open and not ready", Duration::from_secs(20), || {
-        let (metrics, series) = (metrics.clone(), series.clone());
-        async move { metrics.encode().contains(&format!("{series} 1")).then_some(()) }
-    })
-    .await;
+    let series = |name: &str| format!("coupon_operator_event_open_unready{{event=\"{}/{name}\"}}", cluster.namespace);
+    let exported = |series: String, value: Option<u8>| {
+        let metrics = metrics.clone();
+        async move {
+            let text = metrics.encode();
+            let found = match value {
+                Some(value) => text.contains(&format!("{series} {value}")),
+                None => !text.contains(&series),
+            };
+            found.then_some(())
+        }
+    };
+    let open = || coupon_event(&cluster, 10, SignedDuration::from_secs(-1), SignedDuration::from_secs(300));
+    let name = cluster.create(&open()).await.metadata.name.unwrap();
+    wait_for_condition(&cluster, &name, "Scaling", "False", "NotReady").await;
+    wait_until("open and not ready", Duration::from_secs(20), || exported(series(&name), Some(1))).await;
+    cluster.patch::<CouponEvent>(&name, json!({"spec": {"paused": true}})).await;
+    wait_until("paused: not counted", Duration::from_secs(20), || exported(series(&name), Some(0))).await;
+    cluster.patch::<CouponEvent>(&name, json!({"spec": {"paused": false}})).await;
+    wait_until("resumed: counted again", Duration::from_secs(20), || exported(series(&name), Some(1))).await;
     cluster.delete::<CouponEvent>(&name).await;
     wait_until_gone(&cluster, "couponevents", &name, Duration::from_secs(60)).await;
-    assert!(!operator.metrics.encode().contains(&series), "a deleted event keeps no series");
+    wait_until("deleted: no series", Duration::from_secs(10), || exported(series(&name), None)).await;
+
+    let other = cluster.create(&open()).await.metadata.name.unwrap();
+    wait_until("another open and not ready", Duration::from_secs(40), || exported(series(&other), Some(1))).await;
+    let metrics = operator.metrics.clone();
     operator.kill(&cluster);
+    wait_until("an operator that stopped keeps no series", Duration::from_secs(10), || {
+        let metrics = metrics.clone();
+        async move { (!metrics.encode().contains("coupon_operator_event_open_unready{")).then_some(()) }
+    })
+    .await;
 }
 
 /// Two hundred events open at the same instant, each with an api Deployment of its own, on

@@ -275,8 +275,9 @@ scaling key on those. */}}
 {{- end }}
 {{- end }}
 
-{{/* A component's extraEnv, after the chart's variables (a name given twice: the later wins,
-as Kubernetes resolves it), and its extraEnvFrom. */}}
+{{/* A component's extraEnv, after the chart's variables. A name the chart sets too is
+refused by the API server (server-side apply keeps one entry per name), so an override goes
+through the chart's own value instead. */}}
 {{- define "coupon.extraEnv" -}}
 {{- with .extraEnv }}
 {{ toYaml . }}

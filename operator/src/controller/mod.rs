@@ -192,6 +192,8 @@ pub async fn reconcile(event: Arc<CouponEvent>, ctx: Arc<Context>) -> Result<Act
         } else {
             tracing::info!(event = %event.name_any(), %namespace, "left alone: its namespace does not match NAMESPACE_SELECTOR");
         }
+        // Not this operator's to report on any more.
+        ctx.metrics.set_open_unready(&report::object_label(&event), false, false);
         // Looked at again when its namespace enters the selection; the long requeue is for a
         // change the namespace watch missed.
         return Ok(Action::requeue(LEFT_ALONE_REQUEUE));
@@ -454,6 +456,9 @@ pub async fn run(
         }
         None => NamespaceSelection::Every,
     };
+    // A process that stops leading keeps serving /metrics as a standby: its per-event
+    // series would otherwise stay at their last value for ever.
+    let _forget_events = ForgetEventsOnDrop(metrics.clone());
     let ctx = Arc::new(Context { max_partitions_total, namespaces, ..Context::new(client, backend, store, caches, metrics) });
     controller
         .shutdown_on_signal()
@@ -465,6 +470,15 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Clears the per-event metrics when the controller stops (leadership lost, shutdown).
+struct ForgetEventsOnDrop(Arc<Metrics>);
+
+impl Drop for ForgetEventsOnDrop {
+    fn drop(&mut self) {
+        self.0.event_open_unready.clear();
+    }
 }
 
 /// A spawned task stopped when this is dropped.

@@ -108,6 +108,8 @@ pub(super) async fn report(
         let status = as_stored(next_status(now, previous, observation));
         (previous != Some(&status)).then(|| serde_json::to_value(&status).unwrap_or_default())
     };
+    // Exported from the status this look computes, before the write (which may fail).
+    export_open_unready(ctx, event, observation.phase, &as_stored(next_status(now, event.status.as_ref(), observation)));
     let (previous, answered) = write_computed(api, event, compute).await?;
     // The status as written (or as it stands, when nothing needed writing), from the status
     // the last write was computed from.
@@ -135,9 +137,6 @@ pub(super) async fn report(
         ctx.publish(event, EventType::Warning, Reason::ShortWarmUp.as_str(), "Reconcile", message).await;
     }
     let phase = observation.phase;
-    let ready = status.is_true(ConditionType::Ready);
-    let short_of_replicas = status.has_condition(ConditionType::Scaling, Reason::NotReady);
-    ctx.metrics.set_open_unready(&object_label(event), phase == Phase::Open, !ready || short_of_replicas);
     let previous_phase = previous.map(|s| s.phase);
     if previous_phase != Some(phase) && phase != Phase::Failed {
         let from = previous_phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "new".into());
@@ -164,8 +163,22 @@ pub(super) async fn report_unavailable(event: &CouponEvent, ctx: &Context, error
     if let Err(error) = write_computed(&api, event, compute).await {
         tracing::warn!(%error, "cannot write the status");
     }
-    let open = event.status.as_ref().is_some_and(|s| s.phase == Phase::Open);
-    ctx.metrics.set_open_unready(&object_label(event), open, true);
+    // Open by the clock: this write keeps the last phase, which may still be `WarmingUp`.
+    let status = event.status.as_ref();
+    let spec = status.and_then(|s| s.last_accepted_spec.as_ref()).unwrap_or(&event.spec);
+    let (issued, persisted) = status.map(|s| (s.issued, s.persisted)).unwrap_or_default();
+    let open = crate::schedule::phase(now, spec, issued, persisted) == Phase::Open;
+    ctx.metrics.set_open_unready(&object_label(event), open, !spec.paused);
+}
+
+/// Exports whether the event, in `phase`, is open and not ready to sell by `status`: not
+/// `Ready`, or its Deployments short of available replicas; a paused sale never counts (it
+/// does not sell on purpose).
+fn export_open_unready(ctx: &Context, event: &CouponEvent, phase: Phase, status: &CouponEventStatus) {
+    let paused = status.has_condition(ConditionType::Ready, Reason::Paused);
+    let ready = status.is_true(ConditionType::Ready);
+    let short_of_replicas = status.has_condition(ConditionType::Scaling, Reason::NotReady);
+    ctx.metrics.set_open_unready(&object_label(event), phase == Phase::Open, !paused && (!ready || short_of_replicas));
 }
 
 /// The `event` label of the operator's per-event metrics: `<namespace>/<name>`.

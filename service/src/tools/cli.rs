@@ -483,7 +483,8 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
     // A crowd that reached nothing measured nothing: said, and not a success.
     let answered = report.total() - report.count(0);
     if answered == 0 {
-        eprintln!("no request was answered ({} sent): is the api listening at {}?", report.total(), plan.base_url);
+        let why = report.first_failure.as_deref().unwrap_or("no answer");
+        eprintln!("no request was answered ({} sent) at {}: {why}", report.total(), plan.base_url);
         return Ok(std::process::ExitCode::FAILURE);
     }
     if let Some(url) = args.verify {

@@ -112,6 +112,9 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub latency_us: Option<Histogram<u64>>,
+    /// The first request that got no HTTP answer, and why (refused, a certificate not
+    /// trusted, a timeout): what a crowd that reached nothing has to say.
+    pub first_failure: Option<String>,
 }
 
 impl LoadReport {
@@ -171,9 +174,12 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     let mut client = reqwest::Client::builder().pool_max_idle_per_host(plan.concurrency).timeout(Duration::from_secs(30)).tcp_nodelay(true);
     if let Some(path) = &plan.ca_file {
         let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
-        let certificate = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| anyhow::anyhow!("--ca-file {}: not a PEM certificate: {e}", path.display()))?;
-        client = client.add_root_certificate(certificate);
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("--ca-file {}: not PEM certificates: {e}", path.display()))?;
+        anyhow::ensure!(!certificates.is_empty(), "--ca-file {}: no PEM certificate in it", path.display());
+        for certificate in certificates {
+            client = client.add_root_certificate(certificate);
+        }
     }
     let client = client.build()?;
     let url = format!("{}/v1/events/{}/apply", plan.base_url.trim_end_matches('/'), plan.event);
@@ -218,20 +224,24 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
                     None => client.post(&url).json(&serde_json::json!({ "userId": user })),
                 };
                 let result = request.send().await;
-                let (status, slot) = match result {
+                let (status, slot, failure) = match result {
                     Ok(response) => {
                         let status = response.status().as_u16();
                         let body: serde_json::Value = response.json().await.unwrap_or_default();
-                        (status, body.get("slot").and_then(serde_json::Value::as_i64))
+                        (status, body.get("slot").and_then(serde_json::Value::as_i64), None)
                     }
-                    Err(_) => (0, None),
+                    // The whole chain: reqwest's own message says little ("error sending request").
+                    Err(error) => (0, None, Some(error_chain(&error))),
                 };
-                (status, slot.map(|slot| (user, slot)), sent.elapsed())
+                (status, slot.map(|slot| (user, slot)), sent.elapsed(), failure)
             }
         })
         .buffer_unordered(plan.concurrency.max(1));
-    while let Some((status, issued, latency)) = answers.next().await {
+    while let Some((status, issued, latency, failure)) = answers.next().await {
         *report.by_status.entry(status).or_default() += 1;
+        if report.first_failure.is_none() {
+            report.first_failure = failure;
+        }
         if let Some(issued) = issued {
             report.issued.push(issued);
         }
@@ -242,4 +252,16 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     report.elapsed = started.elapsed();
     report.latency_us = Some(histogram);
     Ok(report)
+}
+
+/// An error and its sources, outermost first.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -67,49 +67,44 @@ async fn an_api_without_auth_mode_refuses_to_start() {
     assert!(said.contains("AUTH_MODE is required") && said.contains("open"), "{said}");
 }
 
+/// Runs `coupon-service <command>` with `env` (besides working Redis, Kafka, SQLite and
+/// listen addresses) and expects it to refuse to start: its stderr.
+async fn refused_at_start(command: &str, env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let run = tokio::process::Command::new(binary)
+        .arg(command)
+        .env_remove("RECORD_KEYS_FILE")
+        .env("AUTH_MODE", "open")
+        .env("REDIS_URL", redis_url())
+        .env("KAFKA_BROKERS", kafka_brokers())
+        .env("DATABASE_URL", "sqlite::memory:")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("OPS_ADDR", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), run).await.expect("refused at start, not served").unwrap();
+    assert!(!output.status.success(), "{command}: exit code {:?}", output.status.code());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// A record key file that is missing or malformed stops the api and the consumer at start,
 /// saying which line is wrong, instead of running with records unsigned or unverified; so
 /// do required signatures without keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_record_key_file_is_refused_at_start() {
-    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
     let short = std::env::temp_dir().join(format!("{}.keys", coupon_tests::unique("short")));
     std::fs::write(&short, "k1=c2hvcnQ=\n").unwrap();
     let missing = std::env::temp_dir().join(coupon_tests::unique("missing"));
     for (command, file, said) in
         [("api", &short, "key k1 has 5 bytes"), ("consumer", &short, "key k1 has 5 bytes"), ("api", &missing, "RECORD_KEYS_FILE")]
     {
-        let run = tokio::process::Command::new(binary)
-            .arg(command)
-            .env("RECORD_KEYS_FILE", file)
-            .env("AUTH_MODE", "open")
-            .env("REDIS_URL", redis_url())
-            .env("KAFKA_BROKERS", kafka_brokers())
-            .env("DATABASE_URL", "sqlite::memory:")
-            .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
-            .env("OPS_ADDR", "127.0.0.1:0")
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(20), run).await.expect("refused at start, not served").unwrap();
-        assert!(!output.status.success(), "{command}: exit code {:?}", output.status.code());
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = refused_at_start(command, &[("RECORD_KEYS_FILE", file.as_os_str())]).await;
         assert!(stderr.contains(said), "{command}: {stderr}");
     }
     std::fs::remove_file(short).unwrap();
     // Required signatures without keys to verify them with.
-    let run = tokio::process::Command::new(binary)
-        .arg("consumer")
-        .env_remove("RECORD_KEYS_FILE")
-        .env("RECORD_SIGNATURES_REQUIRED", "true")
-        .env("REDIS_URL", redis_url())
-        .env("KAFKA_BROKERS", kafka_brokers())
-        .env("DATABASE_URL", "sqlite::memory:")
-        .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(20), run).await.expect("refused at start, not served").unwrap();
-    assert!(!output.status.success(), "exit code {:?}", output.status.code());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_at_start("consumer", &[("RECORD_SIGNATURES_REQUIRED", "true".as_ref())]).await;
     assert!(stderr.contains("RECORD_SIGNATURES_REQUIRED needs RECORD_KEYS_FILE"), "{stderr}");
 }
 

@@ -58,6 +58,11 @@ fn start_consumer(database_url: &str, topic: &str) -> InProcessConsumer {
     })
 }
 
+/// An unsigned record of `user`'s coupon `slot` of `event`, issued now.
+fn record(event: &TestEvent, user: &str, slot: i64) -> CouponRecord {
+    CouponRecord { event: event.key(), user_id: user.into(), slot, issued_at: chrono::Utc::now(), mac: None }
+}
+
 fn json(record: &CouponRecord) -> Vec<u8> {
     serde_json::to_vec(record).unwrap()
 }
@@ -135,11 +140,9 @@ async fn where_redis_can_tell_it_decides_signed_or_not() {
     let layout = EventLayout::single(&event.id);
     let (decision, _) = keyspace::apply(&mut conn, &layout, "carol", Duration::from_secs(600), None).await.unwrap();
     let keyspace::GateDecision::Issued { slot, .. } = decision else { panic!("{decision:?}") };
-    let record =
-        |user: &str, slot| CouponRecord { event: event.key(), user_id: user.into(), slot, issued_at: chrono::Utc::now(), mac: None };
     let newer = RecordKeys::parse(NEWER).unwrap();
-    produce(&event.topic, &json(&newer.sign(record("carol", slot)))).await;
-    produce(&event.topic, &json(&keys().sign(record("dave", 7)))).await;
+    produce(&event.topic, &json(&newer.sign(record(&event, "carol", slot)))).await;
+    produce(&event.topic, &json(&keys().sign(record(&event, "dave", 7)))).await;
     wait_for_rows(&store, &event.key(), 2, Duration::from_secs(30)).await;
     wait_until("dave's record refused", Duration::from_secs(30), || async {
         (store.failed_events(&event.topic).await.unwrap().len() == 1).then_some(())
@@ -166,10 +169,8 @@ async fn a_missing_configuration_lets_in_only_signed_records() {
 
     let mut conn = RedisHandle::connect_with_deadline(redis_url(), Duration::from_secs(10)).await.unwrap();
     keyspace::delete_event_shard_for_tests(&mut conn, &EventLayout::single(&event.id), 0).await.unwrap();
-    let record =
-        |user: &str, slot| CouponRecord { event: event.key(), user_id: user.into(), slot, issued_at: chrono::Utc::now(), mac: None };
-    produce(&event.topic, &json(&record("mallory", 5))).await;
-    produce(&event.topic, &json(&keys().sign(record("dave", 6)))).await;
+    produce(&event.topic, &json(&record(&event, "mallory", 5))).await;
+    produce(&event.topic, &json(&keys().sign(record(&event, "dave", 6)))).await;
     wait_for_rows(&store, &event.key(), 2, Duration::from_secs(30)).await;
     wait_until("mallory's record refused", Duration::from_secs(30), || async {
         (store.failed_events(&event.topic).await.unwrap().len() == 1).then_some(())

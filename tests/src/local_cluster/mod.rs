@@ -127,16 +127,18 @@ impl LocalCluster {
         accounts.create(&PostParams::default(), &sa).await.expect("create ServiceAccount");
         self.bind_operator_rules(namespace, namespace, account).await;
         // The chart's cluster-wide, read-only rules, as its ClusterRole grants them.
-        let cluster_wide = format!("{namespace}-{account}");
-        let role: ClusterRole = serde_json::from_value(
-            json!({"metadata": {"name": cluster_wide}, "rules": chart_rules("files/operator-namespace-rules.yaml")}),
-        )
-        .unwrap();
+        let rules = chart_rules("files/operator-namespace-rules.yaml");
+        self.bind_cluster_role(&format!("{namespace}-{account}"), rules, namespace, account).await;
+    }
+
+    /// A ClusterRole `name` with `rules`, bound to the ServiceAccount `sa_namespace/account`.
+    async fn bind_cluster_role(&self, name: &str, rules: Vec<PolicyRule>, sa_namespace: &str, account: &str) {
+        let role: ClusterRole = serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
         Api::<ClusterRole>::all(self.admin.clone()).create(&PostParams::default(), &role).await.expect("create ClusterRole");
         let binding: ClusterRoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": cluster_wide},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_wide},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": sa_namespace}],
         }))
         .unwrap();
         Api::<ClusterRoleBinding>::all(self.admin.clone())
@@ -172,19 +174,7 @@ impl LocalCluster {
     pub async fn bind_operator_rules_cluster_wide(&self, sa_namespace: &str, account: &str) {
         let mut rules = chart_rules("files/operator-rules.yaml");
         rules.extend(chart_rules("files/operator-namespace-selector-rules.yaml"));
-        let name = format!("{sa_namespace}-{account}-everywhere");
-        let role: ClusterRole = serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
-        Api::<ClusterRole>::all(self.admin.clone()).create(&PostParams::default(), &role).await.expect("create ClusterRole");
-        let binding: ClusterRoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": sa_namespace}],
-        }))
-        .unwrap();
-        Api::<ClusterRoleBinding>::all(self.admin.clone())
-            .create(&PostParams::default(), &binding)
-            .await
-            .expect("create ClusterRoleBinding");
+        self.bind_cluster_role(&format!("{sa_namespace}-{account}-everywhere"), rules, sa_namespace, account).await;
     }
 
     /// The API server's URL.

@@ -25,6 +25,12 @@ pub enum ConditionType {
     Ready,
     /// Whether the warm-up gives new pods time to turn Ready before the start.
     WarmUp,
+    /// kstatus's "abnormal-true" condition: the operator is still working towards the spec
+    /// and expects to get there on its own (a backend coming back, a Deployment appearing).
+    Reconciling,
+    /// kstatus's "abnormal-true" condition: the operator cannot get to the spec without
+    /// someone acting (a refused spec, an outdated CRD, a Deployment's replicas fought over).
+    Stalled,
 }
 
 impl ConditionType {
@@ -37,6 +43,8 @@ impl ConditionType {
             Self::Scaling => "Scaling",
             Self::Ready => "Ready",
             Self::WarmUp => "WarmUp",
+            Self::Reconciling => "Reconciling",
+            Self::Stalled => "Stalled",
         }
     }
 }
@@ -63,7 +71,7 @@ pub enum Reason {
     NotOptedIn,
     /// `Scaling=False`, `Ready=False`: a Deployment is missing.
     DeploymentNotFound,
-    /// `Ready=False`: the sale is paused.
+    /// `Ready=True`: the sale is paused, as the spec asks.
     Paused,
     /// `Ready=False`: Redis or Kafka cannot be reached.
     BackendUnavailable,
@@ -90,6 +98,10 @@ pub enum Reason {
     ShortWarmUp,
     /// `WarmUp=True`.
     WarmUpSufficient,
+    /// `Reconciling=False`: nothing left to do for this generation but watch the sale.
+    Reconciled,
+    /// `Stalled=False`: nothing needs a person.
+    NotStalled,
 }
 
 impl Reason {
@@ -117,6 +129,8 @@ impl Reason {
             Self::Contended => "Contended",
             Self::ShortWarmUp => "ShortWarmUp",
             Self::WarmUpSufficient => "WarmUpSufficient",
+            Self::Reconciled => "Reconciled",
+            Self::NotStalled => "NotStalled",
         }
     }
 }
@@ -171,8 +185,13 @@ mod tests {
             ConditionType::Scaling,
             ConditionType::Ready,
             ConditionType::WarmUp,
+            ConditionType::Reconciling,
+            ConditionType::Stalled,
         ];
-        assert_eq!(types.map(ConditionType::as_str), ["Provisioned", "Open", "SoldOut", "Drained", "Scaling", "Ready", "WarmUp"]);
+        assert_eq!(
+            types.map(ConditionType::as_str),
+            ["Provisioned", "Open", "SoldOut", "Drained", "Scaling", "Ready", "WarmUp", "Reconciling", "Stalled"]
+        );
         let reasons = [
             Reason::Provisioned,
             Reason::LimitReached,
@@ -196,6 +215,8 @@ mod tests {
             Reason::Contended,
             Reason::ShortWarmUp,
             Reason::WarmUpSufficient,
+            Reason::Reconciled,
+            Reason::NotStalled,
         ];
         assert_eq!(
             reasons.map(Reason::as_str),
@@ -222,6 +243,8 @@ mod tests {
                 "Contended",
                 "ShortWarmUp",
                 "WarmUpSufficient",
+                "Reconciled",
+                "NotStalled",
             ]
         );
     }

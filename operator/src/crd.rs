@@ -223,8 +223,13 @@ pub enum Phase {
 }
 
 /// Observed state of a CouponEvent.
+///
+/// Defaulted by the API server to `observedGeneration: 0` (and `phase: Pending`) until the
+/// operator writes one: kstatus, which Flux and kpt wait on, reads an object without a status
+/// as Current, and would call an event ready that no operator has looked at.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": 0, "phase": "Pending"}))]
 pub struct CouponEventStatus {
     #[serde(default)]
     pub phase: Phase,
@@ -256,8 +261,9 @@ pub struct CouponEventStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Provisioned, Open, SoldOut, Drained, Scaling, Ready: one of each type (a list map
-    /// keyed by `type`, so server-side apply merges them one by one).
+    /// Provisioned, Open, SoldOut, Drained, Scaling, Ready, WarmUp, and kstatus's
+    /// Reconciling and Stalled: one of each type (a list map keyed by `type`, so server-side
+    /// apply merges them one by one).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -6,6 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::conditions::{status_str, ConditionType, Reason};
 use crate::crd::{CouponEventSpec, CouponEventStatus, Phase};
+use crate::progress::with_progress;
 
 /// Why provisioning did not happen, as a condition reason and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +97,7 @@ impl ScaleReport {
 }
 
 /// A condition of `type_`; `reason` is a `Reason`'s string, or the phase's name for `Open`.
-fn condition(
+pub(crate) fn condition(
     type_: ConditionType,
     status: bool,
     reason: &str,
@@ -164,11 +165,13 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
             now,
             before,
         ),
+        // Ready: the spec asks for the pause and it is in effect (kstatus reads Ready=False as
+        // work in progress, and a pipeline that pauses a sale would wait for ever).
         Ok(()) if observed.paused => condition(
             ConditionType::Ready,
-            false,
+            true,
             Reason::Paused.as_str(),
-            "the sale is paused: applies answer 403 paused".into(),
+            "the spec is in effect: the sale is paused, applies answer 403 paused".into(),
             g,
             now,
             before,
@@ -206,7 +209,7 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
             before,
         ),
     };
-    CouponEventStatus {
+    let mut status = CouponEventStatus {
         phase: observed.phase,
         issued,
         persisted,
@@ -217,7 +220,9 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         conditions: vec![provisioned, open, sold_out, drained, scaling, ready, warm_up],
         last_accepted_spec: observed.accepted.clone(),
         incarnation: observed.accepted.as_ref().and(observed.incarnation.clone()),
-    }
+    };
+    with_progress(&mut status, g, now, before);
+    status
 }
 
 /// The status while Redis or Kafka cannot be reached: everything as last seen, `Ready=False`
@@ -237,6 +242,7 @@ pub fn unavailable_status(
         let scaling = condition(ConditionType::Scaling, scaled, reason.as_str(), message, generation, now, &before);
         status.conditions.retain(|c| c.type_ != ConditionType::Scaling.as_str());
         status.conditions.push(scaling);
+        with_progress(&mut status, generation, now, &before);
     }
     status
 }
@@ -254,6 +260,7 @@ pub fn not_ready_status(
     let ready = condition(ConditionType::Ready, false, reason.as_str(), message, generation, now, &before);
     status.conditions.retain(|c| c.type_ != ConditionType::Ready.as_str());
     status.conditions.push(ready);
+    with_progress(&mut status, generation, now, &before);
     status
 }
 
@@ -332,7 +339,7 @@ mod tests {
         let mut o = observation(Phase::Open, 1, 0);
         assert_eq!(ready(&o), ("True".into(), "Provisioned".into(), "True".into(), "Scaled".into()));
         o.paused = true;
-        assert_eq!(ready(&o).1, "Paused");
+        assert_eq!((ready(&o).0, ready(&o).1), ("True".into(), "Paused".into()), "the pause asked for is in effect");
         o.paused = false;
         o.scaling.not_opted_in = vec!["coupon-api".into()];
         assert_eq!(ready(&o), ("True".into(), "Provisioned".into(), "False".into(), "NotOptedIn".into()));

@@ -200,7 +200,7 @@ async fn pausing_stops_issuing_within_a_second_and_resuming_keeps_the_counters()
     };
     println!("paused after {stopped:?}");
     assert!(stopped <= Duration::from_secs(1), "issuing stopped only after {stopped:?}");
-    wait_for_condition(&cluster, &name, "Ready", "False", "Paused").await;
+    wait_for_condition(&cluster, &name, "Ready", "True", "Paused").await;
     let issued_while_pausing = (n - 1) as i64;
     assert_eq!(cluster.replicas("coupon-api").await, Some(3), "a paused sale keeps its pods");
 

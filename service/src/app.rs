@@ -212,6 +212,17 @@ impl Api {
             ),
             _ => tracing::info!(mode = auth.mode(), "identity checked"),
         }
+        match auth.loaded() {
+            None => health.set("identity", true),
+            Some(mut loaded) => {
+                let health = health.clone();
+                tokio::spawn(async move {
+                    if loaded.wait_for(|loaded| *loaded).await.is_ok() {
+                        health.set("identity", true);
+                    }
+                });
+            }
+        }
         health.set("serving", true);
         let state = Arc::new(ApiState { apply, redis, auth, health: health.clone(), metrics, stats: http::StatsCache::default() });
         if settings.readiness_probes {

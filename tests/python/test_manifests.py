@@ -538,6 +538,29 @@ def test_jwks_and_header_modes():
     assert not any(k.startswith("JWT_") for k in env)
 
 
+def test_jwks_url_mode_fetches_the_providers_keys_with_an_optional_ca():
+    claims = {"issuer": "https://id.shop", "audience": "coupons"}
+    url = "https://id.shop/.well-known/jwks.json"
+    pod, api = container(render({"api": {"auth": {"jwt": {"jwks": {"url": url}, **claims}}}}), "coupon-api")
+    env = env_of(api)
+    assert env["JWT_JWKS_URL"] == url
+    assert not {"JWT_SECRET", "JWT_JWKS_FILE", "JWT_JWKS_CA_FILE"} & set(env), "the url alone: no secret, file or CA"
+    assert not any(v["name"].startswith("jwks") for v in pod.get("volumes", []))
+    docs = render({"api": {"auth": {"jwt": {"jwks": {"url": url, "ca": {"configMap": "idp-ca"}}, **claims}}}})
+    pod, api = container(docs, "coupon-api")
+    assert env_of(api)["JWT_JWKS_CA_FILE"] == "/etc/coupon/jwks-ca/ca.crt"
+    assert {"name": "jwks-ca", "configMap": {"name": "idp-ca"}} in pod["volumes"]
+    assert_files_are_mounted(docs)
+    for wrong, said in [
+        ({"url": "http://id.shop/jwks.json"}, "https"),
+        ({"url": url, "secret": "idp-jwks"}, "not both"),
+        ({"ca": {"secret": "idp-ca"}}, "set url too"),
+        ({"url": url, "ca": {"secret": "a", "configMap": "b"}}, "not both"),
+    ]:
+        with pytest.raises(Exception, match=said):
+            render({"api": {"auth": {"jwt": {"jwks": wrong, **claims}}}})
+
+
 def test_jwt_mode_renders_only_with_an_issuer_and_an_audience():
     """Without both claims required, a token the identity provider made for any other client
     (another shop's app, an admin tool) would be accepted here."""

@@ -20,6 +20,7 @@ use coupon_service::sql::Store;
 use tokio::sync::watch;
 
 pub mod cluster;
+pub mod jwt;
 pub mod kafka_filter;
 pub mod local_cluster;
 pub mod stand_in_node;

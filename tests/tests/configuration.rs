@@ -139,3 +139,31 @@ async fn the_load_tool_speaks_https_and_reports_answers_by_status() {
     let said = String::from_utf8_lossy(&untrusted.stderr);
     assert!(said.contains("no request was answered") && said.to_lowercase().contains("certificate"), "{said}");
 }
+
+/// A JWKS URL in clear, or not a URL, or with a CA file that holds no certificate, stops
+/// the api at start naming the variable, instead of fetching the keys that prove every user
+/// where anyone on the path could replace them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_that_is_not_https_is_refused_at_start() {
+    let jwt = |url: &'static str| [("AUTH_MODE", "jwt".as_ref()), ("JWT_JWKS_URL", url.as_ref())];
+    for url in ["http://id.shop.test/jwks.json", "id.shop.test/jwks.json"] {
+        let stderr = refused_at_start("api", &jwt(url)).await;
+        assert!(stderr.contains("JWT_JWKS_URL"), "{url}: {stderr}");
+    }
+    let not_pem = std::env::temp_dir().join(format!("{}.pem", coupon_tests::unique("ca")));
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let mut env = jwt("https://id.shop.test/jwks.json").to_vec();
+    env.push(("JWT_JWKS_CA_FILE", not_pem.as_os_str()));
+    let stderr = refused_at_start("api", &env).await;
+    assert!(stderr.contains("JWT_JWKS_CA_FILE"), "{stderr}");
+    let stderr = refused_at_start(
+        "api",
+        &[
+            ("AUTH_MODE", "jwt".as_ref()),
+            ("JWT_SECRET", "s".repeat(40).as_ref()),
+            ("JWT_JWKS_URL", "https://id.shop.test/jwks.json".as_ref()),
+        ],
+    )
+    .await;
+    assert!(stderr.contains("exactly one of"), "{stderr}");
+}

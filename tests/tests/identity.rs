@@ -3,49 +3,21 @@
 //! and Kafka. Every refused request must be 401 with a `WWW-Authenticate` challenge and leave
 //! the event's Redis state exactly as it was.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::HeaderName;
 use coupon_service::app::ApiSettings;
 use coupon_service::auth::{AuthSettings, JwtKeys, JwtSettings};
+use coupon_tests::jwt::*;
 use coupon_tests::*;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-shared-secret-of-the-shop-idp-32+";
-const ISSUER: &str = "https://id.shop.test";
-const AUDIENCE: &str = "coupons";
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn claims(user: &str) -> Value {
-    json!({"sub": user, "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 300, "iat": now()})
-}
-
-fn sign(claims: &Value, alg: Algorithm, key: &EncodingKey, kid: Option<&str>) -> String {
-    let mut header = Header::new(alg);
-    header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, key).unwrap()
-}
 
 fn hs256(claims: &Value) -> String {
     sign(claims, Algorithm::HS256, &EncodingKey::from_secret(SECRET.as_bytes()), None)
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jwt").join(name)).unwrap()
-}
-
-fn rsa_key(name: &str) -> EncodingKey {
-    EncodingKey::from_rsa_pem(&fixture(name)).unwrap()
-}
-
-fn ec_key() -> EncodingKey {
-    EncodingKey::from_ec_pem(&fixture("es256.pem")).unwrap()
 }
 
 /// A token with `alg: none` and no signature, as an attacker would send it.
@@ -111,10 +83,6 @@ async fn send(mut request: reqwest::RequestBuilder, headers: &[(&str, &str)]) ->
     let status = response.status().as_u16();
     let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
     Answer { status, challenge, body: response.json().await.unwrap_or(Value::Null) }
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 /// A refused request: what it is, its headers, and what its challenge must say.
@@ -222,19 +190,6 @@ async fn hs256_tokens_prove_the_user_and_every_bad_token_is_refused_with_nothing
     // Refusals are counted apart from the apply answers.
     let metrics = reqwest::get(format!("{}/metrics", api.ops_url)).await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l.contains(r#"status="unauthorized""#) && !l.ends_with(" 0")), "{metrics}");
-}
-
-/// A JWKS document with the public halves of `keys`.
-fn jwks(keys: &[(&EncodingKey, Algorithm, &str)]) -> String {
-    let keys = keys
-        .iter()
-        .map(|(key, alg, kid)| {
-            let mut jwk = Jwk::from_encoding_key(key, *alg).unwrap();
-            jwk.common.key_id = Some((*kid).to_owned());
-            jwk
-        })
-        .collect();
-    serde_json::to_string(&JwkSet { keys }).unwrap()
 }
 
 /// Replaces the file the way a mounted Secret is updated: a new file moved over the old.

@@ -179,13 +179,23 @@ material and Kafka client properties from their Secrets, mounted by coupon.conne
 {{- $auth.mode -}}
 {{- end -}}
 
-{{/* Whether the api's keys come from a JWKS document (else the HS256 secret). */}}
+{{/* Where the api's keys come from: "url" (the provider's JWKS URL), "file" (a JWKS
+document in a ConfigMap or Secret), or nothing (the HS256 secret). */}}
 {{- define "coupon.jwks" -}}
 {{- $jwks := .Values.api.auth.jwt.jwks -}}
 {{- if and $jwks.configMap $jwks.secret -}}
 {{- fail "api.auth.jwt.jwks: set configMap or secret, not both" -}}
 {{- end -}}
-{{- if or $jwks.configMap $jwks.secret }}true{{ end -}}
+{{- if and $jwks.url (or $jwks.configMap $jwks.secret) -}}
+{{- fail "api.auth.jwt.jwks: set url, or configMap or secret, not both" -}}
+{{- end -}}
+{{- if and $jwks.ca.configMap $jwks.ca.secret -}}
+{{- fail "api.auth.jwt.jwks.ca: set configMap or secret, not both" -}}
+{{- end -}}
+{{- if and (or $jwks.ca.configMap $jwks.ca.secret) (not $jwks.url) -}}
+{{- fail "api.auth.jwt.jwks.ca is the CA of api.auth.jwt.jwks.url's server: set url too" -}}
+{{- end -}}
+{{- if $jwks.url }}url{{ else if or $jwks.configMap $jwks.secret }}file{{ end -}}
 {{- end -}}
 
 {{/* The kubelet's probes, on the named container port (`.port`). */}}

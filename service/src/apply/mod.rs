@@ -27,9 +27,11 @@ use producer::ProducerSlot;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-/// Health components of the api: its dependencies, and `serving`, which turns false when the
-/// process is asked to stop (so endpoints drain before it stops accepting).
-pub const COMPONENTS: &[&str] = &["redis", "kafka", "serving"];
+/// Health components of the api: its dependencies, `identity` (true once the keys that check
+/// tokens are at hand: at once, except with a JWKS URL not fetched yet), and `serving`, which
+/// turns false when the process is asked to stop (so endpoints drain before it stops
+/// accepting).
+pub const COMPONENTS: &[&str] = &["redis", "kafka", "identity", "serving"];
 
 /// Most holders an api keeps in memory per sold-out event (about 100 bytes each); larger
 /// events answer sold-out applies with one Redis read each.

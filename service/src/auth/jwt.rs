@@ -1,11 +1,11 @@
 //! Bearer tokens: the signature, `exp`, `nbf`, `iss` and `aud` checked with a small clock
 //! skew, and the user taken from one claim.
 //!
-//! Keys are either one HS256 secret shared with the identity provider, or the public keys
-//! of a JWKS document in a file (an identity provider's `jwks_uri` content, mounted from a
-//! ConfigMap or Secret). The file is read again every few seconds, so rotated keys are
-//! picked up without a restart; a file that no longer parses keeps the keys in use and is
-//! logged. Tokens without `alg` (`none`) or with an algorithm the keys are not for are
+//! Keys are one HS256 secret shared with the identity provider, the public keys of a JWKS
+//! document in a file (an identity provider's `jwks_uri` content, mounted from a ConfigMap or
+//! Secret), or those of the provider's `jwks_uri` itself (`jwks_url`). The file is read again
+//! every few seconds, so rotated keys are picked up without a restart; a file that no longer
+//! parses keeps the keys in use and is logged. Tokens without `alg` (`none`) or with an algorithm the keys are not for are
 //! refused: the algorithm is decided by the keys, never by the token.
 //!
 //! Every request's token is verified; a token verified once is remembered (by the SHA-256
@@ -23,6 +23,7 @@ use jsonwebtoken::jwk::{Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::jwks_url::{JwksUrl, RemoteJwks};
 use super::AuthError;
 
 /// Shortest HS256 secret accepted: as long as the hash (RFC 7518, section 3.2).
@@ -52,13 +53,13 @@ type VerifiedCache = quick_cache::sync::Cache<[u8; 32], Verified>;
 
 /// The keys in use and the tokens verified with them, swapped as one: a token verified with
 /// keys that were replaced meanwhile lands in a memory nobody reads any more.
-struct KeySet {
+pub(super) struct KeySet {
     keys: Vec<Key>,
     verified: VerifiedCache,
 }
 
 impl KeySet {
-    fn new(keys: Vec<Key>) -> Arc<Self> {
+    pub(super) fn new(keys: Vec<Key>) -> Arc<Self> {
         Arc::new(Self { keys, verified: VerifiedCache::new(VERIFIED_TOKENS) })
     }
 }
@@ -77,6 +78,8 @@ pub enum JwtKeys {
     Secret(Vec<u8>),
     /// Asymmetric keys of a JWKS file (`JWT_JWKS_FILE`).
     JwksFile(PathBuf),
+    /// Asymmetric keys of the provider's JWKS URL (`JWT_JWKS_URL`).
+    JwksUrl(JwksUrl),
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -84,6 +87,7 @@ impl std::fmt::Debug for JwtKeys {
         match self {
             Self::Secret(_) => f.write_str("Secret(***)"),
             Self::JwksFile(path) => f.debug_tuple("JwksFile").field(path).finish(),
+            Self::JwksUrl(source) => f.debug_tuple("JwksUrl").field(&source.url.as_str()).finish(),
         }
     }
 }
@@ -121,7 +125,7 @@ const ASYMMETRIC: [Algorithm; 8] = [
 ];
 
 /// One key and what it may verify.
-struct Key {
+pub(super) struct Key {
     kid: Option<String>,
     /// The shared secret: it has no id, and matches whatever `kid` a token names.
     any_kid: bool,
@@ -130,9 +134,16 @@ struct Key {
     decoding: DecodingKey,
 }
 
-/// Checks tokens; with a JWKS file, keeps its keys current.
+/// Why a token names no key of the set; with a JWKS URL, the set is fetched again.
+pub const UNKNOWN_KEY: &str = "unknown signing key";
+/// No key set yet (a JWKS URL not fetched yet).
+pub const NO_KEYS_YET: &str = "signing keys not loaded yet";
+
+/// Checks tokens; with a JWKS file or URL, keeps its keys current.
 pub struct JwtVerifier {
     keys: Arc<RwLock<Arc<KeySet>>>,
+    /// The JWKS URL's fetcher, asked again for a key id the set lacks.
+    remote: Option<Arc<RemoteJwks>>,
     leeway: u64,
     /// Validation per algorithm, built once.
     validations: Vec<(Algorithm, Validation)>,
@@ -151,8 +162,24 @@ impl Drop for JwtVerifier {
 
 impl JwtVerifier {
     /// Loads the keys (refusing a short secret, an unreadable or keyless JWKS file) and,
-    /// for a JWKS file, starts re-reading it every `reload`.
+    /// for a JWKS file, starts re-reading it every `reload`; for a JWKS URL, starts fetching
+    /// it (the verifier has no key until the first fetch: see `loaded`).
     pub fn start(settings: &JwtSettings, reload: Duration) -> Result<Self, AuthError> {
+        let validations =
+            |algorithms: &[Algorithm]| algorithms.iter().map(|&algorithm| (algorithm, validation(settings, algorithm))).collect();
+        if let JwtKeys::JwksUrl(source) = &settings.keys {
+            let keys = Arc::new(RwLock::new(KeySet::new(Vec::new())));
+            let remote = RemoteJwks::new(source.clone(), keys.clone()).map_err(AuthError::Keys)?;
+            let fetcher = tokio::spawn(remote.clone().run());
+            return Ok(Self {
+                keys,
+                remote: Some(remote),
+                leeway: settings.leeway.as_secs(),
+                validations: validations(&ASYMMETRIC),
+                user_claim: settings.user_claim.clone(),
+                _watcher: Some(fetcher),
+            });
+        }
         let (keys, algorithms, watch) = match &settings.keys {
             JwtKeys::Secret(secret) => {
                 if secret.len() < MIN_SECRET_BYTES {
@@ -166,11 +193,35 @@ impl JwtVerifier {
                 let keys = parse_jwks(&text).map_err(|e| AuthError::Keys(format!("JWT_JWKS_FILE {}: {e}", path.display())))?;
                 (keys, ASYMMETRIC.to_vec(), Some((path.clone(), text)))
             }
+            JwtKeys::JwksUrl(_) => unreachable!("handled above"),
         };
-        let validations = algorithms.into_iter().map(|algorithm| (algorithm, validation(settings, algorithm))).collect();
         let keys = Arc::new(RwLock::new(KeySet::new(keys)));
         let watcher = watch.map(|(path, text)| tokio::spawn(watch_jwks(path, text, keys.clone(), reload)));
-        Ok(Self { keys, leeway: settings.leeway.as_secs(), validations, user_claim: settings.user_claim.clone(), _watcher: watcher })
+        Ok(Self {
+            keys,
+            remote: None,
+            leeway: settings.leeway.as_secs(),
+            validations: validations(&algorithms),
+            user_claim: settings.user_claim.clone(),
+            _watcher: watcher,
+        })
+    }
+
+    /// With a JWKS URL: turns true once the first usable key set is fetched.
+    pub fn loaded(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.remote.as_ref().map(|remote| remote.loaded())
+    }
+
+    /// `user`, and with a JWKS URL, once more after fetching the set again when the token
+    /// names a key the set lacks (the provider rotated its keys).
+    pub async fn user_fetching_new_keys(&self, token: &str) -> Result<String, &'static str> {
+        match (self.user(token), &self.remote) {
+            (Err(UNKNOWN_KEY | NO_KEYS_YET), Some(remote)) => {
+                remote.refetch_for_unknown_kid().await;
+                self.user(token)
+            }
+            (outcome, _) => outcome,
+        }
     }
 
     /// The user a token proves, or why it proves none (a fixed phrase).
@@ -210,7 +261,7 @@ impl JwtVerifier {
         let candidates = keys.iter().filter(|key| {
             key.algorithm.is_none_or(|alg| alg == header.alg) && (header.kid.is_none() || key.any_kid || key.kid == header.kid)
         });
-        let mut last = "unknown signing key";
+        let mut last = if keys.is_empty() { NO_KEYS_YET } else { UNKNOWN_KEY };
         for key in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation) {
                 Ok(data) => return self.user_of(&data.claims).map(|user| (user, data.claims)),
@@ -273,7 +324,7 @@ fn reason(kind: &ErrorKind) -> &'static str {
 /// algorithm. A key that cannot be used (an unknown type or algorithm, a symmetric key, bad
 /// encoding) is skipped with a warning, so one odd key of a provider does not refuse the
 /// others; a document without any usable key is refused.
-fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, String> {
+pub(super) fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, String> {
     #[derive(serde::Deserialize)]
     struct Document {
         keys: Vec<Value>,

@@ -2,7 +2,7 @@
 //!
 //! - `jwt`: the user is the claim `JWT_USER_CLAIM` (default `sub`) of a bearer token the
 //!   shop's identity provider signed (HS256 with a shared secret, or RS*/PS*/ES* with the
-//!   public keys of a JWKS file). See [`jwt`].
+//!   public keys of a JWKS file or of the provider's JWKS URL). See [`jwt`], [`jwks_url`].
 //! - `header`: the user is the value of a header (`AUTH_HEADER`, default `X-User-Id`) that a
 //!   gateway in front of the api sets after authenticating the caller. Safe only when nothing
 //!   reaches the api except through that gateway, and the gateway drops the header from what
@@ -13,6 +13,7 @@
 //! A missing or invalid identity is answered `401 {"status":"unauthorized"}` with a
 //! `WWW-Authenticate` header saying why, before anything touches Redis.
 
+pub mod jwks_url;
 pub mod jwt;
 
 use std::time::Duration;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use coupon_core::event::validate_user_id;
 
+pub use jwks_url::JwksUrl;
 pub use jwt::{JwtKeys, JwtSettings, JwtVerifier};
 
 /// How the api learns who the user is.
@@ -98,9 +100,19 @@ impl Authenticator {
         })
     }
 
+    /// With a JWKS URL: turns true once the first key set is fetched (the api is not ready
+    /// before). `None`: nothing to wait for.
+    pub fn loaded(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        match self {
+            Self::Jwt(verifier) => verifier.loaded(),
+            _ => None,
+        }
+    }
+
     /// The user the request is from. Work per request: one header read, and with `jwt` one
-    /// signature check for a token not verified before.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Identity, Rejection> {
+    /// signature check for a token not verified before (and, with a JWKS URL, for a key id
+    /// the set lacks, a wait for the one fetch of the set that a crowd shares).
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, Rejection> {
         match self {
             Self::Open => Ok(Identity::FromBody),
             Self::Header(name) => {
@@ -128,7 +140,7 @@ impl Authenticator {
                     .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                     .map(|(_, token)| token.trim())
                     .ok_or_else(|| reject("not a bearer token", true))?;
-                verifier.user(token).map(Identity::Proven).map_err(|reason| reject(reason, true))
+                verifier.user_fetching_new_keys(token).await.map(Identity::Proven).map_err(|reason| reject(reason, true))
             }
         }
     }
@@ -159,24 +171,24 @@ mod tests {
         map
     }
 
-    #[test]
-    fn open_mode_leaves_the_user_to_the_body() {
-        assert_eq!(Authenticator::Open.identify(&headers(&[("x-user-id", "mallory")])), Ok(Identity::FromBody));
+    #[tokio::test]
+    async fn open_mode_leaves_the_user_to_the_body() {
+        assert_eq!(Authenticator::Open.identify(&headers(&[("x-user-id", "mallory")])).await, Ok(Identity::FromBody));
     }
 
-    #[test]
-    fn header_mode_honours_only_its_header_once_and_valid() {
+    #[tokio::test]
+    async fn header_mode_honours_only_its_header_once_and_valid() {
         let auth = Authenticator::Header(HeaderName::from_static("x-shop-user"));
-        assert_eq!(auth.identify(&headers(&[("X-Shop-User", "alice")])), Ok(Identity::Proven("alice".into())));
-        let missing = auth.identify(&headers(&[("x-user-id", "alice"), ("authorization", "Bearer x")])).unwrap_err();
+        assert_eq!(auth.identify(&headers(&[("X-Shop-User", "alice")])).await, Ok(Identity::Proven("alice".into())));
+        let missing = auth.identify(&headers(&[("x-user-id", "alice"), ("authorization", "Bearer x")])).await.unwrap_err();
         assert_eq!(missing.reason, "missing identity header");
         assert_eq!(missing.challenge(), r#"Gateway realm="coupons", header="x-shop-user", error_description="missing identity header""#);
         assert_eq!(
-            auth.identify(&headers(&[("x-shop-user", "a"), ("x-shop-user", "b")])).unwrap_err().reason,
+            auth.identify(&headers(&[("x-shop-user", "a"), ("x-shop-user", "b")])).await.unwrap_err().reason,
             "identity header given more than once"
         );
-        assert_eq!(auth.identify(&headers(&[("x-shop-user", "")])).unwrap_err().reason, "identity header is not a valid user id");
+        assert_eq!(auth.identify(&headers(&[("x-shop-user", "")])).await.unwrap_err().reason, "identity header is not a valid user id");
         let long = "u".repeat(129);
-        assert_eq!(auth.identify(&headers(&[("x-shop-user", &long)])).unwrap_err().reason, "identity header is not a valid user id");
+        assert_eq!(auth.identify(&headers(&[("x-shop-user", &long)])).await.unwrap_err().reason, "identity header is not a valid user id");
     }
 }

@@ -127,7 +127,7 @@ async fn decide(
         Ok(event) => event,
         Err(outcome) => return Ok(outcome),
     };
-    let identity = state.auth.identify(headers)?;
+    let identity = state.auth.identify(headers).await?;
     let body = match body {
         Ok(body) => body,
         Err(rejection) => return Ok(ApplyOutcome::BadRequest { status: rejection.status().as_u16(), error: rejection.body_text() }),
@@ -179,7 +179,7 @@ async fn user_coupon(
         Ok(event) => event,
         Err(outcome) => return outcome.into_response(),
     };
-    match state.auth.identify(&headers) {
+    match state.auth.identify(&headers).await {
         Err(rejection) => return unauthorized(&rejection),
         Ok(Identity::Proven(caller)) if caller != user => {
             return (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"forbidden"}"#).into_response()

@@ -14,7 +14,7 @@ use coupon_core::telemetry::{self, LogFormat};
 use super::load::LoadIdentity;
 use crate::app::{Api, ApiSettings, Consumer, ConsumerSettings};
 use crate::apply::ReplicaWait;
-use crate::auth::{AuthSettings, JwtKeys, JwtSettings};
+use crate::auth::{AuthSettings, JwksUrl, JwtKeys, JwtSettings};
 use crate::http::ServerLimits;
 
 #[derive(Parser, Debug)]
@@ -139,6 +139,13 @@ pub struct AuthArgs {
     /// again when it changes.
     #[arg(long, env = "JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
+    /// `jwt` mode, RS*/PS*/ES*: the identity provider's JWKS URL (its `jwks_uri`, https
+    /// only), fetched at start, after its max-age, and when a token names a new key.
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// PEM certificates to trust for `JWT_JWKS_URL` besides the system's roots (a private CA).
+    #[arg(long, env = "JWT_JWKS_CA_FILE")]
+    pub jwt_jwks_ca_file: Option<PathBuf>,
     /// Required `iss` claim.
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -168,11 +175,25 @@ impl AuthArgs {
                     .with_context(|| format!("AUTH_HEADER {:?} is not a header name", self.auth_header))?,
             },
             AuthMode::Jwt => {
-                let keys = match (&self.jwt_secret, &self.jwt_jwks_file) {
-                    (Some(secret), None) => JwtKeys::Secret(secret.0.as_bytes().to_vec()),
-                    (None, Some(path)) => JwtKeys::JwksFile(path.clone()),
-                    _ => anyhow::bail!("AUTH_MODE=jwt needs exactly one of JWT_SECRET (or JWT_SECRET_FILE) and JWT_JWKS_FILE"),
+                let url = self.jwt_jwks_url.as_deref().filter(|url| !url.is_empty());
+                let keys = match (&self.jwt_secret, &self.jwt_jwks_file, url) {
+                    (Some(secret), None, None) => JwtKeys::Secret(secret.0.as_bytes().to_vec()),
+                    (None, Some(path), None) => JwtKeys::JwksFile(path.clone()),
+                    (None, None, Some(url)) => {
+                        let ca = match &self.jwt_jwks_ca_file {
+                            Some(path) => Some(std::fs::read(path).with_context(|| format!("JWT_JWKS_CA_FILE {}", path.display()))?),
+                            None => None,
+                        };
+                        JwtKeys::JwksUrl(JwksUrl::new(url, ca).map_err(anyhow::Error::msg)?)
+                    }
+                    _ => {
+                        anyhow::bail!("AUTH_MODE=jwt needs exactly one of JWT_SECRET (or JWT_SECRET_FILE), JWT_JWKS_FILE and JWT_JWKS_URL")
+                    }
                 };
+                anyhow::ensure!(
+                    self.jwt_jwks_ca_file.is_none() || url.is_some(),
+                    "JWT_JWKS_CA_FILE is only for JWT_JWKS_URL: the certificates a JWKS URL's server is checked against"
+                );
                 AuthSettings::Jwt(JwtSettings {
                     keys,
                     issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),

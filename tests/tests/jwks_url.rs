@@ -1,0 +1,223 @@
+//! Keys from the identity provider's JWKS URL (`JWT_JWKS_URL`), against the real api, Redis
+//! and Kafka and a provider of the test's own served over real TLS (a CA made per test, a
+//! socat TLS front): keys rotated in the middle of a crowd, tokens forged every way beside
+//! them, the provider down, broken or huge, and the api started before the provider answers.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use coupon_service::app::ApiSettings;
+use coupon_service::auth::{AuthSettings, JwksUrl, JwtKeys, JwtSettings};
+use coupon_tests::jwt::*;
+use coupon_tests::tls::{TestCa, TlsFront};
+use coupon_tests::*;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{json, Value};
+
+/// What the provider serves, changed by the test as it goes.
+#[derive(Default)]
+struct Provider {
+    document: Mutex<String>,
+    /// Answer 503 instead of the document.
+    down: AtomicBool,
+    fetches: AtomicUsize,
+}
+
+impl Provider {
+    fn publish(&self, document: String) {
+        *self.document.lock().unwrap() = document;
+    }
+}
+
+async fn serve_jwks(State(provider): State<Arc<Provider>>) -> Response {
+    provider.fetches.fetch_add(1, Ordering::SeqCst);
+    if provider.down.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response();
+    }
+    let document = provider.document.lock().unwrap().clone();
+    // An hour: every fetch after the first is one the api asked for (a key id it lacked).
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "public, max-age=3600")], document).into_response()
+}
+
+/// The provider at `https://localhost:<port>/jwks.json`, trusted through `ca`.
+struct ProviderServer {
+    provider: Arc<Provider>,
+    url: String,
+    _front: TlsFront,
+}
+
+async fn provider(ca: &TestCa, document: String) -> ProviderServer {
+    let provider = Arc::new(Provider::default());
+    provider.publish(document);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route("/jwks.json", axum::routing::get(serve_jwks)).with_state(provider.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let port = free_port();
+    let front = TlsFront::start(ca, port, backend).await;
+    ProviderServer { provider, url: format!("https://localhost:{port}/jwks.json"), _front: front }
+}
+
+fn settings(namespace: &str, url: &str, ca: &TestCa) -> ApiSettings {
+    let source = JwksUrl::new(url, Some(std::fs::read(ca.ca()).unwrap())).unwrap();
+    let auth = JwtSettings { issuer: Some(ISSUER.into()), audience: Some(AUDIENCE.into()), ..JwtSettings::new(JwtKeys::JwksUrl(source)) };
+    ApiSettings {
+        namespace: namespace.to_owned(),
+        redis_url: redis_url(),
+        kafka: kafka(&kafka_brokers()),
+        auth: AuthSettings::Jwt(auth),
+        ..ApiSettings::default()
+    }
+}
+
+async fn apply(client: &reqwest::Client, url: &str, token: &str) -> (u16, Option<String>) {
+    let response = client.post(url).header("authorization", bearer(token)).send().await.unwrap();
+    let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), challenge)
+}
+
+async fn readyz(api: &InProcessApi) -> Value {
+    reqwest::get(format!("{}/readyz", api.ops_url)).await.unwrap().json().await.unwrap()
+}
+
+/// A crowd of 300 users applies while the provider rotates: halfway it publishes a second
+/// key and signs with it at once (the worst case: the api has not seen it). Beside them, 120
+/// forged tokens: another key under the provider's key ids, made-up key ids (each asking
+/// for a fetch), no key id at all.
+/// - every valid token gets its coupon (201), the new key's included: none is refused;
+/// - every forged token is 401 and issues nothing (exactly 300 issued);
+/// - the made-up key ids cost the provider at most one fetch per 2 s (the rate limit),
+///   however many there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_rotated_mid_crowd_are_fetched_and_forged_tokens_never_pass() {
+    let ca = TestCa::new();
+    let (old, new, attacker) = (rsa_key("rs256.pem"), ec_key(), rsa_key("rs256-other.pem"));
+    let server = provider(&ca, jwks(&[(&old, Algorithm::RS256, "k1")])).await;
+    let namespace = unique("jwksurl");
+    let event = provision_event(&kafka_brokers(), &namespace, 1000, 1).await;
+    let api = InProcessApi::start_ready(settings(&namespace, &server.url, &ca)).await;
+    assert_eq!(server.provider.fetches.load(Ordering::SeqCst), 1, "one fetch at start");
+    let url = api.apply_url(&event.id);
+    let client = reqwest::Client::new();
+
+    let started = Instant::now();
+    let mut valid = tokio::task::JoinSet::new();
+    let mut forged = tokio::task::JoinSet::new();
+    for i in 0..150 {
+        let (client, url) = (client.clone(), url.clone());
+        let token = sign(&claims(&format!("before-{i}")), Algorithm::RS256, &old, Some("k1"));
+        valid.spawn(async move { apply(&client, &url, &token).await });
+    }
+    let forgeries = |i: usize| match i % 3 {
+        0 => sign(&claims(&format!("victim-{i}")), Algorithm::RS256, &attacker, Some("k1")),
+        1 => sign(&claims(&format!("victim-{i}")), Algorithm::RS256, &attacker, Some(&format!("made-up-{i}"))),
+        _ => sign(&claims(&format!("victim-{i}")), Algorithm::RS256, &attacker, None),
+    };
+    for i in 0..60 {
+        let (client, url, token) = (client.clone(), url.clone(), forgeries(i));
+        forged.spawn(async move { apply(&client, &url, &token).await });
+    }
+    // The rotation, mid-crowd.
+    server.provider.publish(jwks(&[(&old, Algorithm::RS256, "k1"), (&new, Algorithm::ES256, "k2")]));
+    for i in 0..150 {
+        let (client, url) = (client.clone(), url.clone());
+        let token = sign(&claims(&format!("after-{i}")), Algorithm::ES256, &new, Some("k2"));
+        valid.spawn(async move { apply(&client, &url, &token).await });
+    }
+    for i in 60..120 {
+        let (client, url, token) = (client.clone(), url.clone(), forgeries(i));
+        // The new key id, signed by the attacker: known once fetched, and still refused.
+        let token = if i % 3 == 0 {
+            sign(&claims(&format!("victim-{i}")), Algorithm::ES256, &EncodingKey::from_ec_pem(&ec_attacker_pem()).unwrap(), Some("k2"))
+        } else {
+            token
+        };
+        forged.spawn(async move { apply(&client, &url, &token).await });
+    }
+    let valid = valid.join_all().await;
+    let forged = forged.join_all().await;
+    let elapsed = started.elapsed();
+
+    let refused: Vec<_> = valid.iter().filter(|(status, _)| *status != 201).collect();
+    assert!(refused.is_empty(), "valid tokens refused: {refused:?}");
+    for (status, challenge) in &forged {
+        assert_eq!(*status, 401, "a forged token passed: {challenge:?}");
+    }
+    assert_eq!(redis_snapshot(&event.id).await.count, Some(300), "forged tokens issued coupons");
+    let fetches = server.provider.fetches.load(Ordering::SeqCst);
+    let allowed = 2 + (elapsed.as_secs_f64() / 2.0).ceil() as usize;
+    println!("{fetches} fetches in {elapsed:?} (at most {allowed})");
+    assert!(fetches >= 2, "the rotation was never fetched");
+    assert!(fetches <= allowed, "{fetches} fetches in {elapsed:?}: made-up key ids are not rate-limited");
+}
+
+/// A P-256 key that is not the provider's, made for this test.
+fn ec_attacker_pem() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    key.serialize_pem().into_bytes()
+}
+
+/// The provider's outages:
+/// - the api starts while it is down, and is not ready (`identity` false) until it answers,
+///   then ready without a restart;
+/// - down again, broken, or serving a huge document, the last good keys keep serving (a
+///   valid token still gets its coupon, readiness stays), and a token for a key the api never
+///   saw is refused;
+/// - a JWKS URL in clear is refused at start, naming the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_good_keys_serve_while_the_provider_is_down_and_readiness_waits_for_the_first() {
+    let ca = TestCa::new();
+    let key = rsa_key("rs256.pem");
+    let server = provider(&ca, jwks(&[(&key, Algorithm::RS256, "k1")])).await;
+    server.provider.down.store(true, Ordering::SeqCst);
+    let namespace = unique("jwksdown");
+    let event = provision_event(&kafka_brokers(), &namespace, 100, 1).await;
+    let api = InProcessApi::start_with(settings(&namespace, &server.url, &ca)).await;
+    let url = api.apply_url(&event.id);
+    let client = reqwest::Client::new();
+    wait_until("a fetch refused", Duration::from_secs(10), || async {
+        (server.provider.fetches.load(Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+    let waiting = readyz(&api).await;
+    assert_eq!((waiting["ready"].clone(), waiting["components"]["identity"].clone()), (json!(false), json!(false)), "{waiting}");
+    let early = sign(&claims("early"), Algorithm::RS256, &key, Some("k1"));
+    let (status, challenge) = apply(&client, &url, &early).await;
+    assert_eq!(status, 401);
+    assert!(challenge.unwrap().contains("signing keys not loaded yet"));
+
+    server.provider.down.store(false, Ordering::SeqCst);
+    wait_until("ready once the provider answers", Duration::from_secs(20), || async {
+        (readyz(&api).await["ready"] == json!(true)).then_some(())
+    })
+    .await;
+    assert_eq!(apply(&client, &url, &early).await.0, 201);
+
+    let unseen = rsa_key("rs256-other.pem");
+    for (i, what) in ["down", "broken", "huge"].into_iter().enumerate() {
+        let provider = &server.provider;
+        match what {
+            "down" => provider.down.store(true, Ordering::SeqCst),
+            "broken" => {
+                provider.down.store(false, Ordering::SeqCst);
+                provider.publish("{ not json".into());
+            }
+            _ => provider.publish(format!(r#"{{"keys": [], "padding": "{}"}}"#, "x".repeat(2 * 1024 * 1024))),
+        }
+        let before = server.provider.fetches.load(Ordering::SeqCst);
+        // A key id the api lacks asks for a fetch, which fails: refused, the old keys kept.
+        let stranger = sign(&claims(&format!("stranger-{i}")), Algorithm::RS256, &unseen, Some("k9"));
+        assert_eq!(apply(&client, &url, &stranger).await.0, 401, "{what}");
+        assert!(server.provider.fetches.load(Ordering::SeqCst) > before, "{what}: no fetch for an unknown key id");
+        let token = sign(&claims(&format!("during-{what}")), Algorithm::RS256, &key, Some("k1"));
+        assert_eq!(apply(&client, &url, &token).await.0, 201, "{what}: the last good keys must keep serving");
+        assert_eq!(readyz(&api).await["ready"], json!(true), "{what}: readiness must not follow the provider");
+    }
+
+    let clear = JwksUrl::new("http://localhost/jwks.json", None).unwrap_err();
+    assert!(clear.contains("JWT_JWKS_URL") && clear.contains("https://"), "{clear}");
+}

@@ -17,5 +17,5 @@ pub mod status;
 /// The CRD as YAML, exactly as `coupon-operator crd` prints it and `crds/` holds it.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&crd::CouponEvent::crd()).expect("CRD serializes")
+    serde_saphyr::to_string(&crd::CouponEvent::crd()).expect("CRD serializes")
 }

@@ -24,9 +24,7 @@ fn schema() -> Value {
 /// The documents of a YAML file of the repository.
 fn documents(path: &str) -> Vec<Value> {
     let text = repo_file(path);
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
-        .collect()
+    serde_saphyr::from_str_multiple(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn examples() -> Vec<serde_json::Value> {
@@ -35,8 +33,8 @@ fn examples() -> Vec<serde_json::Value> {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") && !path.to_string_lossy().contains("values") {
             let text = std::fs::read_to_string(&path).unwrap();
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            let values: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+            for value in values {
                 if value["kind"] == "CouponEvent" {
                     docs.push(value);
                 }
@@ -68,7 +66,7 @@ fn examples_parse_into_the_types_and_pass_the_cel_rules() {
 
 /// tests/kube/admission-cases.yaml (its header says what a case holds).
 fn admission_cases() -> Value {
-    serde_yaml::from_str(&repo_file("tests/kube/admission-cases.yaml")).expect("tests/kube/admission-cases.yaml")
+    serde_saphyr::from_str(&repo_file("tests/kube/admission-cases.yaml")).expect("tests/kube/admission-cases.yaml")
 }
 
 /// The object every case edits.

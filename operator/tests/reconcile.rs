@@ -258,7 +258,9 @@ async fn first_reconciles_add_the_finalizer_provision_scale_and_write_status_the
             ("Drained".into(), "True".into()),
             ("Scaling".into(), "True".into()),
             ("Ready".into(), "True".into()),
-            ("WarmUp".into(), "True".into())
+            ("WarmUp".into(), "True".into()),
+            ("Reconciling".into(), "False".into()),
+            ("Stalled".into(), "False".into())
         ]
     );
     assert_eq!(requests[7].body["reason"], "PhaseChanged");
@@ -488,7 +490,7 @@ async fn the_charts_rbac_rules_are_exactly_what_the_operator_calls() {
     }
     let granted = |file: &str| {
         let rules_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/coupon-system/files").join(file);
-        let rules: Vec<serde_json::Value> = serde_yaml::from_str(&std::fs::read_to_string(rules_file).unwrap()).unwrap();
+        let rules: Vec<serde_json::Value> = serde_saphyr::from_str(&std::fs::read_to_string(rules_file).unwrap()).unwrap();
         let mut granted = BTreeSet::new();
         for rule in &rules {
             for group in rule["apiGroups"].as_array().unwrap() {

@@ -517,7 +517,7 @@ async fn the_whole_life_of_two_events_on_one_topic_with_one_deleted_mid_way() {
         cluster.requests().iter().filter(|r| r.client == "operator-0").map(Recorded::permission).collect();
     let granted = |file: &str| -> std::collections::BTreeSet<(String, String, String)> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/coupon-system/files").join(file);
-        let rules: Vec<serde_json::Value> = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let rules: Vec<serde_json::Value> = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let mut granted = std::collections::BTreeSet::new();
         for rule in &rules {
             for group in rule["apiGroups"].as_array().unwrap() {

@@ -95,7 +95,7 @@ impl LocalCluster {
     /// until the CouponEvent kind is served.
     pub async fn install_crd(&self) {
         let text = std::fs::read_to_string(workspace_root().join("crds/couponevents.coupons.fcfs.dev.yaml")).unwrap();
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).unwrap();
         self.apply_crd(&crd).await;
     }
 
@@ -297,7 +297,7 @@ impl Audited {
 /// The RBAC rules in one of the chart's `files/`.
 pub fn chart_rules(file: &str) -> Vec<PolicyRule> {
     let text = std::fs::read_to_string(workspace_root().join("charts/coupon-system").join(file)).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_saphyr::from_str(&text).unwrap()
 }
 
 /// The user name a ServiceAccount's token authenticates as.

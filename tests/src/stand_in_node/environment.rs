@@ -290,7 +290,7 @@ impl PodContext<'_> {
             ..Default::default()
         };
         let path = self.folder.join("kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+        std::fs::write(&path, serde_saphyr::to_string(&config)?)?;
         Ok(path)
     }
 }

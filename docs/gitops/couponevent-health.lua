@@ -21,14 +21,16 @@ if obj.metadata ~= nil and obj.metadata.deletionTimestamp ~= nil then
 end
 
 local status = obj.status
-if status == nil then
+if status == nil or obj.metadata == nil then
   return say("Progressing", "the operator has not looked at this event yet")
 end
 
 local conditions = {}
 if status.conditions ~= nil then
   for _, condition in ipairs(status.conditions) do
-    conditions[condition.type] = condition
+    if condition.type ~= nil then
+      conditions[condition.type] = condition
+    end
   end
 end
 
@@ -62,14 +64,16 @@ if holds("Stalled") then
   return say("Degraded", because(conditions["Stalled"]))
 end
 
-local ready = conditions["Ready"]
--- Ready=True since the kstatus conditions came; Ready=False before.
-if ready ~= nil and ready.reason == "Paused" then
-  return say("Suspended", because(ready))
-end
-
 if holds("Reconciling") then
   return say("Progressing", because(conditions["Reconciling"]))
+end
+
+local ready = conditions["Ready"]
+-- A paused sale is the spec in effect: Healthy, saying so. (Not Suspended: Argo CD moves a
+-- sync past a resource only once it is Healthy, and a paused event would hold it for ever.)
+-- Ready=True since the kstatus conditions came, Ready=False before.
+if ready ~= nil and ready.reason == "Paused" then
+  return say("Healthy", "paused: " .. text(ready.message))
 end
 
 if ready ~= nil and ready.status == "True" then

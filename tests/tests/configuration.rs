@@ -146,9 +146,9 @@ async fn the_load_tool_speaks_https_and_reports_answers_by_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwks_url_that_is_not_https_is_refused_at_start() {
     let jwt = |url: &'static str| [("AUTH_MODE", "jwt".as_ref()), ("JWT_JWKS_URL", url.as_ref())];
-    for url in ["http://id.shop.test/jwks.json", "id.shop.test/jwks.json"] {
+    for (url, said) in [("http://id.shop.test/jwks.json", "must be an https:// URL"), ("id.shop.test/jwks.json", "is not a URL")] {
         let stderr = refused_at_start("api", &jwt(url)).await;
-        assert!(stderr.contains("JWT_JWKS_URL"), "{url}: {stderr}");
+        assert!(stderr.contains("JWT_JWKS_URL") && stderr.contains(said), "{url}: {stderr}");
     }
     let not_pem = std::env::temp_dir().join(format!("{}.pem", coupon_tests::unique("ca")));
     std::fs::write(&not_pem, "not a certificate\n").unwrap();

@@ -62,7 +62,8 @@ async fn wait_for_verdict(cluster: &NamespacedCluster, name: &str, expected: (&s
 /// - accepted (the window ahead): Current / Healthy;
 /// - open while its api has no available pod (these Deployments' pods never run):
 ///   InProgress / Progressing, saying so;
-/// - paused: Current / Suspended (the spec asks for it);
+/// - paused: Current / Healthy, saying so (the spec asks for it; Argo CD's Suspended would
+///   hold a sync wave for ever);
 /// - refused (another event holds its eventId): Failed / Degraded, with the reason;
 /// - edited while no operator runs (generation ahead of observedGeneration): InProgress /
 ///   Progressing, then Current again once an operator takes the edit;
@@ -92,7 +93,8 @@ async fn gitops_tools_read_each_state_the_operator_writes() {
     let mut paused = window();
     paused.spec.paused = true;
     let paused = cluster.create(&paused).await.name_any();
-    wait_for_verdict(&cluster, &paused, ("Current", "Suspended")).await;
+    let pause = wait_for_verdict(&cluster, &paused, ("Current", "Healthy")).await;
+    assert!(pause.argocd_message.starts_with("paused: "), "{pause:?}");
 
     let shared = |name: &str| {
         let mut event = window();
@@ -146,5 +148,9 @@ async fn an_unreachable_backend_reads_as_progressing_not_failed() {
     })
     .await;
     assert!(waiting.argocd_message.contains("Redis"), "{waiting:?}");
+    // The operator's own word, not only the generation check kstatus stops at.
+    let event = cluster.get::<CouponEvent>(&sale.name_any()).await.unwrap();
+    assert_eq!(condition(&event, "Reconciling"), Some(("True".into(), "BackendUnavailable".into())));
+    assert_eq!(condition(&event, "Stalled"), Some(("False".into(), "NotStalled".into())));
     operator.kill(&cluster);
 }

@@ -3,12 +3,19 @@
 //!
 //! - Fetched over https only (the keys decide who every user is), with the machine's roots
 //!   or `JWT_JWKS_CA_FILE`; at most `MAX_DOCUMENT_BYTES`, within `FETCH_TIMEOUT`.
-//! - Fetched again after the provider's `Cache-Control: max-age` (kept between 1 minute and
-//!   1 hour; 5 minutes without one), and whenever a token names a key id the set lacks: a
-//!   provider may sign with a new key the moment it publishes it. Those fetches are one at a
-//!   time, and at most one per `UNKNOWN_KID_REFETCH_EVERY`, so tokens with made-up key ids
-//!   cost the provider at most one request per interval; a request waits for that fetch
-//!   (at most `UNKNOWN_KID_WAIT`) and is then checked against what it brought.
+//! - Fetched by one task of its own, so a request that gives up (its client gone, its wait
+//!   over) never cuts a fetch short for the others: after the provider's
+//!   `Cache-Control: max-age` (kept between 1 minute and 1 hour; 5 minutes without one), and
+//!   when a token names a key id the set lacks (a provider may sign with a new key the
+//!   moment it publishes it), then no sooner than `FETCH_COOLDOWN` after the last fetch:
+//!   however many such tokens come, each api asks the provider at most once per cool-down.
+//! - A request whose key id the set lacks waits (at most `UNKNOWN_KID_WAIT`) for a fetch
+//!   that starts after it asked, then is checked again: a crowd arriving with a freshly
+//!   rotated key is served, not refused. At most `MAX_WAITING` requests wait at once (a
+//!   quarter of the default in-flight cap); beyond, they are refused at once. A key id that
+//!   such a fetch did not bring is remembered for `UNKNOWN_KID_MEMORY` and refused without
+//!   waiting (it asks for a fetch in the background all the same, so a provider slow to
+//!   publish its new key is caught up with): a forged key id repeated costs nothing.
 //! - A provider down, answering an error or a document without a usable key keeps the last
 //!   good set in use (logged, fetched again with backoff). Before the first good set the api
 //!   is not ready (`identity` in `/readyz`): it starts, and retries, instead of failing.
@@ -18,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::jwt::{parse_jwks, KeySet};
@@ -27,10 +34,16 @@ use super::jwt::{parse_jwks, KeySet};
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// One fetch, connection included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Fewest seconds between two fetches a token's unknown key id asks for.
-pub const UNKNOWN_KID_REFETCH_EVERY: Duration = Duration::from_secs(2);
-/// Longest a request with an unknown key id waits for the fetch it asked for.
-pub const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(5);
+/// Least time between the starts of two fetches asked for by tokens (per api process).
+pub const FETCH_COOLDOWN: Duration = Duration::from_secs(5);
+/// Longest a request with an unknown key id waits for a fetch.
+pub const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(12);
+/// Most requests waiting for a fetch at once.
+pub const MAX_WAITING: usize = 256;
+/// How long a key id a fresh fetch did not bring is refused without waiting.
+pub const UNKNOWN_KID_MEMORY: Duration = Duration::from_secs(60);
+/// Key ids remembered as unknown, at most.
+const UNKNOWN_KIDS: usize = 4096;
 /// Refresh interval without `Cache-Control: max-age`.
 const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 /// Bounds on the provider's `max-age`.
@@ -49,7 +62,7 @@ pub struct JwksUrl {
 }
 
 impl JwksUrl {
-    /// Refuses anything but an https URL.
+    /// Refuses anything but an https URL, and a CA file without a certificate.
     pub fn new(url: &str, ca_pem: Option<Vec<u8>>) -> Result<Self, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("JWT_JWKS_URL {url:?} is not a URL: {e}"))?;
         if parsed.scheme() != "https" {
@@ -66,12 +79,13 @@ impl JwksUrl {
     }
 }
 
-/// What fetching holds between fetches (behind the one-at-a-time lock).
-struct FetchState {
-    last_attempt: Option<Instant>,
-    /// The document the keys in use came from: the same document again changes nothing
-    /// (and keeps the tokens verified with those keys remembered).
-    in_use: Option<Vec<u8>>,
+/// What a request's wait for a fetch came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Waited {
+    /// A fetch that started after the request asked has finished: check again.
+    Fetched,
+    /// Not waited (a key id known to be unknown, too many waiting) or waited in vain.
+    Refused,
 }
 
 /// Fetches and refreshes the key set of one URL.
@@ -79,11 +93,29 @@ pub(super) struct RemoteJwks {
     source: JwksUrl,
     client: reqwest::Client,
     keys: Arc<RwLock<Arc<KeySet>>>,
-    state: Mutex<FetchState>,
-    /// Fetches started (each under the lock): a waiter holding the lock that sees it moved
-    /// since it asked knows a fetch started after it asked has finished.
+    /// Tokens asked for a fetch.
+    wanted: Notify,
+    /// Fetches started so far; a request takes this number as its ticket before it checks
+    /// its token, and waits for a fetch with a greater one.
     started: AtomicU64,
+    /// The number of the last fetch finished.
+    finished: watch::Sender<u64>,
     loaded: watch::Sender<bool>,
+    /// Requests waiting for a fetch.
+    waiting: std::sync::Mutex<usize>,
+    /// Key ids a fetch asked for did not bring, and until when they are refused at once.
+    unknown: quick_cache::sync::Cache<String, Instant>,
+}
+
+/// One place among the waiting requests, given back when the request is done or dropped.
+struct WaitingPlace<'a>(&'a std::sync::Mutex<usize>);
+
+impl Drop for WaitingPlace<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.0.lock() {
+            *waiting -= 1;
+        }
+    }
 }
 
 impl RemoteJwks {
@@ -100,8 +132,17 @@ impl RemoteJwks {
             }
         }
         let client = client.build().map_err(|e| format!("JWT_JWKS_URL: cannot build the HTTP client: {e}"))?;
-        let state = Mutex::new(FetchState { last_attempt: None, in_use: None });
-        Ok(Arc::new(Self { source, client, keys, state, started: AtomicU64::new(0), loaded: watch::channel(false).0 }))
+        Ok(Arc::new(Self {
+            source,
+            client,
+            keys,
+            wanted: Notify::new(),
+            started: AtomicU64::new(0),
+            finished: watch::channel(0).0,
+            loaded: watch::channel(false).0,
+            waiting: std::sync::Mutex::new(0),
+            unknown: quick_cache::sync::Cache::new(UNKNOWN_KIDS),
+        }))
     }
 
     /// Turns true once a usable key set was fetched, and stays true (the last good set is
@@ -110,15 +151,14 @@ impl RemoteJwks {
         self.loaded.subscribe()
     }
 
-    /// Fetches until the first good set, then after each `max-age`, with backoff on failure.
+    /// The fetch task: fetches until the first good set, then after each `max-age` (with
+    /// backoff on failure), and when tokens ask, no sooner than `FETCH_COOLDOWN` after the
+    /// last fetch started.
     pub(super) async fn run(self: Arc<Self>) {
         let mut retry = RETRY_FIRST;
         loop {
-            let outcome = {
-                let mut state = self.state.lock().await;
-                self.refresh(&mut state).await
-            };
-            let next = match outcome {
+            let started_at = Instant::now();
+            let next = match self.refresh().await {
                 Ok(max_age) => {
                     retry = RETRY_FIRST;
                     max_age.map_or(DEFAULT_REFRESH, |age| age.clamp(MIN_REFRESH, MAX_REFRESH))
@@ -129,63 +169,92 @@ impl RemoteJwks {
                     wait
                 }
             };
-            tokio::time::sleep(next).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(started_at + next) => {}
+                _ = self.wanted.notified() => tokio::time::sleep_until(started_at + FETCH_COOLDOWN).await,
+            }
         }
     }
 
-    /// A token named a key id the set lacks: returns once a fetch that started after the
-    /// call has finished (its own, or one that another request asked for meanwhile: the
-    /// requests of a crowd share one), or after `UNKNOWN_KID_WAIT`. One fetch at a time, at
-    /// most one per `UNKNOWN_KID_REFETCH_EVERY`.
-    pub(super) async fn refetch_for_unknown_kid(&self) {
-        let asked_at = self.started.load(Ordering::Acquire);
-        let _ = tokio::time::timeout(UNKNOWN_KID_WAIT, async {
-            let mut state = self.state.lock().await;
-            if self.started.load(Ordering::Acquire) != asked_at {
-                // Started after the call, and finished: the lock is free.
-                return;
-            }
-            if let Some(last) = state.last_attempt {
-                tokio::time::sleep_until(last + UNKNOWN_KID_REFETCH_EVERY).await;
-            }
-            let _ = self.refresh(&mut state).await;
-        })
-        .await;
+    /// The ticket a request takes before it checks its token against the keys in use.
+    pub(super) fn ticket(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// A token checked after `ticket` named `kid`, which the set lacks: waits until a fetch
+    /// that started after the ticket has finished, unless `kid` is known to be unknown or
+    /// too many requests wait already (a fetch is asked for all the same).
+    pub(super) async fn wait_for_fetch(&self, ticket: u64, kid: Option<&str>) -> Waited {
+        self.wanted.notify_one();
+        if kid.is_some_and(|kid| self.unknown.get(kid).is_some_and(|until| Instant::now() < until)) {
+            return Waited::Refused;
+        }
+        let Some(_place) = self.take_waiting_place() else { return Waited::Refused };
+        let mut finished = self.finished.subscribe();
+        let fetched = tokio::time::timeout(UNKNOWN_KID_WAIT, finished.wait_for(|done| *done > ticket)).await.is_ok_and(|seen| seen.is_ok());
+        if fetched {
+            Waited::Fetched
+        } else {
+            Waited::Refused
+        }
+    }
+
+    /// A fetch the request waited for did not bring `kid`: refused at once for a while.
+    pub(super) fn remember_unknown(&self, kid: &str) {
+        self.unknown.insert(kid.to_owned(), Instant::now() + UNKNOWN_KID_MEMORY);
+    }
+
+    /// A token without a key id failed every key: perhaps a new one, so a fetch is asked
+    /// for, without waiting (the cool-down bounds what that costs).
+    pub(super) fn ask_for_fetch(&self) {
+        self.wanted.notify_one();
+    }
+
+    fn take_waiting_place(&self) -> Option<WaitingPlace<'_>> {
+        let mut waiting = self.waiting.lock().ok()?;
+        if *waiting >= MAX_WAITING {
+            return None;
+        }
+        *waiting += 1;
+        Some(WaitingPlace(&self.waiting))
     }
 
     /// One fetch: a new usable document replaces the keys. `Ok` with the provider's
     /// `max-age`; `Err` (logged) when the keys in use stay because nothing usable came.
-    async fn refresh(&self, state: &mut FetchState) -> Result<Option<Duration>, ()> {
-        state.last_attempt = Some(Instant::now());
-        self.started.fetch_add(1, Ordering::Release);
-        let outcome = self.fetch().await;
+    async fn refresh(&self) -> Result<Option<Duration>, ()> {
+        let number = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let outcome = self.fetch_and_replace().await;
+        self.finished.send_replace(number);
+        outcome
+    }
+
+    async fn fetch_and_replace(&self) -> Result<Option<Duration>, ()> {
         let url = self.source.url.as_str();
         let keeping = if *self.loaded.borrow() { "keeping the keys in use" } else { "no keys yet: the api is not ready" };
-        let (document, max_age) = match outcome {
+        let (document, max_age) = match self.fetch().await {
             Ok(fetched) => fetched,
             Err(error) => {
                 tracing::error!(url, %error, "cannot fetch the JWKS; {keeping}");
                 return Err(());
             }
         };
-        if state.in_use.as_ref() == Some(&document) {
-            return Ok(max_age);
-        }
-        match parse_jwks(&document) {
-            Ok(new) => {
-                tracing::info!(url, keys = new.len(), "JWKS fetched; keys in use replaced");
-                if let Ok(mut current) = self.keys.write() {
-                    *current = KeySet::new(new);
-                }
-                state.in_use = Some(document);
-                self.loaded.send_replace(true);
-                Ok(max_age)
-            }
+        let new = match parse_jwks(&document) {
+            Ok(new) => new,
             Err(error) => {
                 tracing::error!(url, %error, "the JWKS fetched cannot be used; {keeping}");
-                Err(())
+                return Err(());
+            }
+        };
+        if let Ok(mut current) = self.keys.write() {
+            // The same document again changes nothing (and keeps the tokens verified with
+            // those keys remembered).
+            if current.source.as_deref() != Some(document.as_slice()) {
+                tracing::info!(url, keys = new.len(), "JWKS fetched; keys in use replaced");
+                *current = KeySet::from_document(new, document);
             }
         }
+        self.loaded.send_replace(true);
+        Ok(max_age)
     }
 
     async fn fetch(&self) -> Result<(Vec<u8>, Option<Duration>), String> {

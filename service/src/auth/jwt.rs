@@ -23,7 +23,7 @@ use jsonwebtoken::jwk::{Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks_url::{JwksUrl, RemoteJwks};
+use super::jwks_url::{JwksUrl, RemoteJwks, Waited};
 use super::AuthError;
 
 /// Shortest HS256 secret accepted: as long as the hash (RFC 7518, section 3.2).
@@ -56,11 +56,18 @@ type VerifiedCache = quick_cache::sync::Cache<[u8; 32], Verified>;
 pub(super) struct KeySet {
     keys: Vec<Key>,
     verified: VerifiedCache,
+    /// The JWKS document fetched from a URL the keys came from: the same document fetched
+    /// again replaces nothing.
+    pub(super) source: Option<Vec<u8>>,
 }
 
 impl KeySet {
     pub(super) fn new(keys: Vec<Key>) -> Arc<Self> {
-        Arc::new(Self { keys, verified: VerifiedCache::new(VERIFIED_TOKENS) })
+        Arc::new(Self { keys, verified: VerifiedCache::new(VERIFIED_TOKENS), source: None })
+    }
+
+    pub(super) fn from_document(keys: Vec<Key>, document: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self { keys, verified: VerifiedCache::new(VERIFIED_TOKENS), source: Some(document) })
     }
 }
 
@@ -138,6 +145,8 @@ pub(super) struct Key {
 pub const UNKNOWN_KEY: &str = "unknown signing key";
 /// No key set yet (a JWKS URL not fetched yet).
 pub const NO_KEYS_YET: &str = "signing keys not loaded yet";
+/// No key of the set verifies the signature.
+pub const BAD_SIGNATURE: &str = "bad signature";
 
 /// Checks tokens; with a JWKS file or URL, keeps its keys current.
 pub struct JwtVerifier {
@@ -212,15 +221,31 @@ impl JwtVerifier {
         self.remote.as_ref().map(|remote| remote.loaded())
     }
 
-    /// `user`, and with a JWKS URL, once more after fetching the set again when the token
-    /// names a key the set lacks (the provider rotated its keys).
+    /// `user`, and with a JWKS URL, once more after a fetch of the set when the token names
+    /// a key id the set lacks (the provider rotated its keys): see `jwks_url`.
     pub async fn user_fetching_new_keys(&self, token: &str) -> Result<String, &'static str> {
-        match (self.user(token), &self.remote) {
-            (Err(UNKNOWN_KEY | NO_KEYS_YET), Some(remote)) => {
-                remote.refetch_for_unknown_kid().await;
-                self.user(token)
+        let Some(remote) = &self.remote else { return self.user(token) };
+        // Taken before the check: a fetch that starts after it may bring the key.
+        let ticket = remote.ticket();
+        let kid = || jsonwebtoken::decode_header(token).ok().and_then(|header| header.kid);
+        match self.user(token) {
+            Err(reason @ (UNKNOWN_KEY | NO_KEYS_YET)) => {
+                let kid = kid();
+                if remote.wait_for_fetch(ticket, kid.as_deref()).await == Waited::Refused {
+                    return Err(reason);
+                }
+                let again = self.user(token);
+                if let (Err(UNKNOWN_KEY), Some(kid)) = (&again, &kid) {
+                    remote.remember_unknown(kid);
+                }
+                again
             }
-            (outcome, _) => outcome,
+            // Without a key id every key was tried: a key the set lacks may have signed it.
+            Err(BAD_SIGNATURE) if kid().is_none() => {
+                remote.ask_for_fetch();
+                Err(BAD_SIGNATURE)
+            }
+            outcome => outcome,
         }
     }
 
@@ -312,7 +337,7 @@ fn reason(kind: &ErrorKind) -> &'static str {
         ErrorKind::ImmatureSignature => "token not yet valid",
         ErrorKind::InvalidIssuer => "wrong issuer",
         ErrorKind::InvalidAudience => "wrong audience",
-        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidSignature => BAD_SIGNATURE,
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => "algorithm not accepted",
         ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
         ErrorKind::InvalidClaimFormat(_) => "token has a malformed claim",

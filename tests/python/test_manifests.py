@@ -25,6 +25,9 @@ VALUES_FILES = {
     "default": None,
     "kind": ROOT / "examples" / "kind-values.yaml",
     "production": ROOT / "examples" / "production-values.yaml",
+    "strimzi": ROOT / "examples" / "values-strimzi.yaml",
+    "cert-manager": ROOT / "examples" / "values-cert-manager.yaml",
+    "managed": ROOT / "examples" / "values-managed.yaml",
 }
 
 
@@ -559,6 +562,67 @@ def test_jwks_url_mode_fetches_the_providers_keys_with_an_optional_ca():
     ]:
         with pytest.raises(Exception, match=said):
             render({"api": {"auth": {"jwt": {"jwks": wrong, **claims}}}})
+
+
+def test_managed_services_secrets_are_wired_as_their_operators_write_them():
+    """Each example takes the Secrets Strimzi, cert-manager, CloudNativePG and managed
+    services create, key by key, into every component that talks to Kafka (api, consumer,
+    operator), with librdkafka pointed at the mounted files."""
+    components = ("coupon-api", "coupon-consumer", "coupon-operator")
+    cases = {
+        "strimzi": (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SSL_CA_LOCATION": "/etc/coupon/kafka-ca/ca.crt",
+             "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "coupons",
+             "KAFKA_SASL_PASSWORD_FILE": "/etc/coupon/kafka-sasl/password"},
+            {"kafka-ca": "events-cluster-ca-cert", "kafka-sasl": "coupons"},
+        ),
+        "cert-manager": (
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_LOCATION": "/etc/coupon/kafka-ca/ca.crt",
+             "KAFKA_SSL_CERTIFICATE_LOCATION": "/etc/coupon/kafka-client/tls.crt",
+             "KAFKA_SSL_KEY_LOCATION": "/etc/coupon/kafka-client/tls.key",
+             "REDIS_CA_FILE": "/etc/coupon/redis-tls/ca.crt", "REDIS_CLIENT_CERT_FILE": "/etc/coupon/redis-tls/tls.crt"},
+            {"kafka-ca": "coupon-kafka-client", "kafka-client": "coupon-kafka-client", "redis-tls": "coupon-redis-client"},
+        ),
+        "managed": (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_PASSWORD_FILE": "/etc/coupon/kafka-sasl/password"},
+            {"kafka-sasl": "msk-coupons"},
+        ),
+    }
+    for example, (expected_env, expected_volumes) in cases.items():
+        docs = render(values_of(example))
+        assert_files_are_mounted(docs)
+        for component in components:
+            pod, main = container(docs, component)
+            env = env_of(main)
+            assert {k: env.get(k) for k in expected_env} == expected_env, (example, component)
+            secrets = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}
+            assert {k: secrets.get(k) for k in expected_volumes} == expected_volumes, (example, component)
+            if example == "managed":
+                assert "KAFKA_SSL_CA_LOCATION" not in env, "a public CA: the system's roots"
+    _, consumer = container(render(values_of("managed")), "coupon-consumer")
+    env = env_of(consumer)
+    assert env["DATABASE_URL"] == {"secretKeyRef": {"name": "coupons-db-app", "key": "uri"}}
+    assert (env["PGSSLMODE"], env["PGSSLROOTCERT"]) == ("verify-full", "/etc/coupon/sql-tls/ca.crt")
+    _, api = container(render(values_of("managed")), "coupon-api")
+    assert env_of(api)["REDIS_URL"] == {"secretKeyRef": {"name": "coupon-connections", "key": "REDIS_URL"}}
+    assert "PGSSLMODE" not in env_of(api), "only the consumer talks to SQL"
+
+
+def test_managed_services_values_that_cannot_work_are_refused_at_render():
+    kafka = lambda k: {"connections": {"kafka": k}}  # noqa: E731
+    for values, said in [
+        (kafka({"caSecret": {"name": "ca"}, "properties": {"security.protocol": "SSL"}}), "leave it out of properties"),
+        (kafka({"sasl": {"mechanism": "SCRAM-SHA-512", "username": "u"}}), "passwordSecret.name"),
+        (kafka({"sasl": {"mechanism": "SCRAM-SHA-512", "passwordSecret": {"name": "p"}}}), "sasl.username"),
+        (kafka({"sasl": {"passwordSecret": {"name": "p"}}}), "needs sasl.mechanism"),
+        ({"connections": {"sql": {"postgresSslMode": "verify-full"}}}, "set tlsSecret"),
+        ({"connections": {"databaseUrlFrom": {"name": "db-app"}}}, "databaseUrlFrom.key"),
+    ]:
+        with pytest.raises(Exception, match=said):
+            render(values)
+    # SASL without TLS only when asked for.
+    _, api = container(render(kafka({"sasl": {"mechanism": "PLAIN", "username": "u", "passwordSecret": {"name": "p"}}, "tls": False})), "coupon-api")
+    assert env_of(api)["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
 
 
 def test_jwt_mode_renders_only_with_an_issuer_and_an_audience():

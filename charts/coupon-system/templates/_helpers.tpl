@@ -100,8 +100,7 @@ material and Kafka client properties from their Secrets, mounted by coupon.conne
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
-      name: {{ $c.existingSecret }}
-      key: REDIS_URL
+      {{- include "coupon.urlFrom" (dict "from" $c.redisUrlFrom "secret" $c.existingSecret "key" "REDIS_URL" "value" "connections.redisUrlFrom") | nindent 6 }}
 {{- with $c.redis.tlsSecret }}
 - name: REDIS_CA_FILE
   value: /etc/coupon/redis-tls/{{ $c.redis.caKey }}
@@ -122,6 +121,61 @@ material and Kafka client properties from their Secrets, mounted by coupon.conne
 - name: KAFKA_PROPERTIES_FILE
   value: /etc/coupon/kafka-properties/{{ $c.kafka.propertiesSecret.key }}
 {{- end }}
+{{- $k := $c.kafka }}
+{{- $protocol := include "coupon.kafkaSecurityProtocol" $k }}
+{{- if $protocol }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ $protocol }}
+{{- end }}
+{{- if $k.caSecret.name }}
+- name: KAFKA_SSL_CA_LOCATION
+  value: /etc/coupon/kafka-ca/{{ $k.caSecret.key }}
+{{- end }}
+{{- if $k.sasl.mechanism }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ $k.sasl.mechanism | quote }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ required "connections.kafka.sasl.username is needed with sasl.mechanism" $k.sasl.username | quote }}
+- name: KAFKA_SASL_PASSWORD_FILE
+  value: /etc/coupon/kafka-sasl/{{ $k.sasl.passwordSecret.key }}
+{{- end }}
+{{- if $k.clientCertSecret.name }}
+- name: KAFKA_SSL_CERTIFICATE_LOCATION
+  value: /etc/coupon/kafka-client/{{ $k.clientCertSecret.certKey }}
+- name: KAFKA_SSL_KEY_LOCATION
+  value: /etc/coupon/kafka-client/{{ $k.clientCertSecret.keyKey }}
+{{- end }}
+{{- end -}}
+
+{{/* The secretKeyRef (name and key) of a URL: `.from` ({name, key}) when set, else `.key`
+of the connections Secret. */}}
+{{- define "coupon.urlFrom" -}}
+{{- if .from.name -}}
+name: {{ .from.name }}
+key: {{ required (printf "%s.key is needed with %s.name" .value .value) .from.key }}
+{{- else -}}
+name: {{ .secret }}
+key: {{ .key }}
+{{- end -}}
+{{- end -}}
+
+{{/* security.protocol from the Kafka Secrets named (empty: none named, the properties
+decide). Setting it in `properties` too is refused: which would win? */}}
+{{- define "coupon.kafkaSecurityProtocol" -}}
+{{- $tls := or .caSecret.name .clientCertSecret.name -}}
+{{- $sasl := .sasl.mechanism -}}
+{{- if and .sasl.passwordSecret.name (not $sasl) -}}
+{{- fail "connections.kafka.sasl.passwordSecret needs sasl.mechanism (SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN)" -}}
+{{- end -}}
+{{- if and $sasl (not .sasl.passwordSecret.name) -}}
+{{- fail "connections.kafka.sasl.mechanism needs sasl.passwordSecret.name (Strimzi: the KafkaUser's Secret)" -}}
+{{- end -}}
+{{- if or $tls $sasl -}}
+{{- if hasKey .properties "security.protocol" -}}
+{{- fail "connections.kafka: security.protocol is set from caSecret, sasl and clientCertSecret; leave it out of properties" -}}
+{{- end -}}
+{{- if and $sasl (or $tls .tls) }}SASL_SSL{{ else if $sasl }}SASL_PLAINTEXT{{ else }}SSL{{ end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Volumes of the connection Secrets (Redis TLS, Kafka properties and TLS, and with
@@ -138,6 +192,18 @@ material and Kafka client properties from their Secrets, mounted by coupon.conne
 {{- end }}
 {{- with $c.kafka.tlsSecret }}
 - name: kafka-tls
+  secret: {secretName: {{ . }}}
+{{- end }}
+{{- with $c.kafka.caSecret.name }}
+- name: kafka-ca
+  secret: {secretName: {{ . }}}
+{{- end }}
+{{- with $c.kafka.sasl.passwordSecret.name }}
+- name: kafka-sasl
+  secret: {secretName: {{ . }}}
+{{- end }}
+{{- with $c.kafka.clientCertSecret.name }}
+- name: kafka-client
   secret: {secretName: {{ . }}}
 {{- end }}
 {{- if .sql }}
@@ -158,6 +224,15 @@ material and Kafka client properties from their Secrets, mounted by coupon.conne
 {{- end }}
 {{- if $c.kafka.tlsSecret }}
 - {name: kafka-tls, mountPath: /etc/coupon/kafka-tls, readOnly: true}
+{{- end }}
+{{- if $c.kafka.caSecret.name }}
+- {name: kafka-ca, mountPath: /etc/coupon/kafka-ca, readOnly: true}
+{{- end }}
+{{- if $c.kafka.sasl.passwordSecret.name }}
+- {name: kafka-sasl, mountPath: /etc/coupon/kafka-sasl, readOnly: true}
+{{- end }}
+{{- if $c.kafka.clientCertSecret.name }}
+- {name: kafka-client, mountPath: /etc/coupon/kafka-client, readOnly: true}
 {{- end }}
 {{- if and .sql $c.sql.tlsSecret }}
 - {name: sql-tls, mountPath: /etc/coupon/sql-tls, readOnly: true}

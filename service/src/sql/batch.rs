@@ -115,7 +115,6 @@ impl Store {
         let (coupon_head, coupon_tail) = self.insert_ignoring_duplicates("coupons (event, user_id, slot, issued_at)");
         let (failed_head, failed_tail) =
             self.insert_ignoring_duplicates("failed_events (topic, kafka_partition, kafka_offset, payload, reason)");
-        let find_sql = self.sql("SELECT slot FROM coupons WHERE event = $1 AND user_id = $2");
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut inserted = 0u64;
@@ -126,7 +125,9 @@ impl Store {
             let mut written = Vec::with_capacity(coupons.len());
             if inserted < coupons.len() as u64 {
                 for (coupon, position) in coupons {
-                    let slot: Option<i64> = sqlx::query_scalar(&find_sql).bind(&coupon.event).bind(&coupon.user_id).fetch_optional(&mut *tx).await?;
+                    let mut find = QueryBuilder::new("SELECT slot FROM coupons WHERE event = ");
+                    find.push_bind(&coupon.event).push(" AND user_id = ").push_bind(&coupon.user_id);
+                    let slot: Option<i64> = find.build_query_scalar().fetch_optional(&mut *tx).await?;
                     if slot == Some(coupon.slot) {
                         written.push(coupon.clone());
                     } else {

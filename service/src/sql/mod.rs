@@ -1,6 +1,7 @@
 //! SQL storage of issued coupons and failed records, on PostgreSQL, MySQL/MariaDB or SQLite
-//! (chosen by the `DATABASE_URL` scheme). The same statements serve all three; only the
-//! "ignore duplicates" clause differs per dialect.
+//! (chosen by the `DATABASE_URL` scheme). The same statements serve all three, built with
+//! sqlx's `QueryBuilder`, which writes each dialect's own placeholders; only the "ignore
+//! duplicates" clause and PostgreSQL's array insert differ per dialect.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -147,28 +148,6 @@ impl Store {
         on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
     }
 
-    /// Translates `$1`-style placeholders (PostgreSQL, also accepted by SQLite) to MySQL's `?`.
-    fn sql<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        match self {
-            Self::MySql(_) => {
-                let mut out = String::with_capacity(text.len());
-                let mut chars = text.chars().peekable();
-                while let Some(c) = chars.next() {
-                    if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                        while chars.peek().is_some_and(char::is_ascii_digit) {
-                            chars.next();
-                        }
-                        out.push('?');
-                    } else {
-                        out.push(c);
-                    }
-                }
-                out.into()
-            }
-            _ => text.into(),
-        }
-    }
-
     /// A column with a binary collation read as text. MySQL/MariaDB ids are `utf8mb4_bin` (so
     /// `Bob` and `bob` differ), which sqlx reports as VARBINARY and refuses to decode into a
     /// `String`; the cast gives it back its text type.
@@ -190,9 +169,10 @@ impl Store {
 
     /// Highest slot row of the event (0 if none): the limit the database enforces.
     pub async fn slot_capacity(&self, event: &str) -> Result<i64, sqlx::Error> {
-        let sql = self.sql("SELECT MAX(slot) FROM coupon_slots WHERE event = $1");
         on_pool!(self, pool => {
-            let max: Option<i64> = sqlx::query_scalar(&sql).bind(event).fetch_one(pool).await?;
+            let mut query = QueryBuilder::new("SELECT MAX(slot) FROM coupon_slots WHERE event = ");
+            query.push_bind(event);
+            let max: Option<i64> = query.build_query_scalar().fetch_one(pool).await?;
             Ok(max.unwrap_or(0))
         })
     }
@@ -219,9 +199,10 @@ impl Store {
 
     /// Highest slot with a row (0 if none).
     pub async fn max_coupon_slot(&self, event: &str) -> Result<i64, sqlx::Error> {
-        let sql = self.sql("SELECT MAX(slot) FROM coupons WHERE event = $1");
         on_pool!(self, pool => {
-            let max: Option<i64> = sqlx::query_scalar(&sql).bind(event).fetch_one(pool).await?;
+            let mut query = QueryBuilder::new("SELECT MAX(slot) FROM coupons WHERE event = ");
+            query.push_bind(event);
+            let max: Option<i64> = query.build_query_scalar().fetch_one(pool).await?;
             Ok(max.unwrap_or(0))
         })
     }
@@ -229,17 +210,23 @@ impl Store {
     /// Up to `limit` coupons `(user_id, slot)` of an event with a slot above `after`, by slot:
     /// one page of a restore, so memory stays bounded whatever the event's size.
     pub async fn coupons_after(&self, event: &str, after: i64, limit: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let text = format!("SELECT {}, slot FROM coupons WHERE event = $1 AND slot > $2 ORDER BY slot LIMIT $3", self.text("user_id"));
-        let sql = self.sql(&text);
-        on_pool!(self, pool => sqlx::query_as(&sql).bind(event).bind(after).bind(limit).fetch_all(pool).await)
+        let select = format!("SELECT {}, slot FROM coupons WHERE event = ", self.text("user_id"));
+        on_pool!(self, pool => {
+            let mut query = QueryBuilder::new(&select);
+            query.push_bind(event).push(" AND slot > ").push_bind(after).push(" ORDER BY slot LIMIT ").push_bind(limit);
+            query.build_query_as().fetch_all(pool).await
+        })
     }
 
     /// The rows of an event that hold `user_id` or `slot` (at most two): what healing needs
     /// to know about one entry.
     pub async fn rows_of_user_or_slot(&self, event: &str, user_id: &str, slot: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let text = format!("SELECT {}, slot FROM coupons WHERE event = $1 AND (user_id = $2 OR slot = $3)", self.text("user_id"));
-        let sql = self.sql(&text);
-        on_pool!(self, pool => sqlx::query_as(&sql).bind(event).bind(user_id).bind(slot).fetch_all(pool).await)
+        let select = format!("SELECT {}, slot FROM coupons WHERE event = ", self.text("user_id"));
+        on_pool!(self, pool => {
+            let mut query = QueryBuilder::new(&select);
+            query.push_bind(event).push(" AND (user_id = ").push_bind(user_id).push(" OR slot = ").push_bind(slot).push(")");
+            query.build_query_as().fetch_all(pool).await
+        })
     }
 
     /// Every event key SQL holds coupons under for the event `id` (`<namespace>/<name>`):
@@ -247,37 +234,42 @@ impl Store {
     /// the most recently written first. How `event create` tells an event Redis lost from a
     /// new one. (`id` holds no LIKE wildcard: namespaces and names are `[a-z0-9.-]`.)
     pub async fn coupon_keys_of(&self, id: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let text = format!(
-            "SELECT {}, COUNT(*) FROM coupons WHERE event = $1 OR event LIKE $2 GROUP BY event ORDER BY MAX(id) DESC",
-            self.text("event")
-        );
-        let sql = self.sql(&text);
+        let select = format!("SELECT {}, COUNT(*) FROM coupons WHERE event = ", self.text("event"));
         let incarnations = format!("{id}@%");
-        on_pool!(self, pool => sqlx::query_as(&sql).bind(id).bind(&incarnations).fetch_all(pool).await)
+        on_pool!(self, pool => {
+            let mut query = QueryBuilder::new(&select);
+            query.push_bind(id).push(" OR event LIKE ").push_bind(&incarnations).push(" GROUP BY event ORDER BY MAX(id) DESC");
+            query.build_query_as().fetch_all(pool).await
+        })
     }
 
     /// Coupons of an event.
     pub async fn count_coupons(&self, event: &str) -> Result<i64, sqlx::Error> {
-        let sql = self.sql("SELECT COUNT(*) FROM coupons WHERE event = $1");
-        on_pool!(self, pool => sqlx::query_scalar(&sql).bind(event).fetch_one(pool).await)
+        on_pool!(self, pool => {
+            let mut query = QueryBuilder::new("SELECT COUNT(*) FROM coupons WHERE event = ");
+            query.push_bind(event);
+            query.build_query_scalar().fetch_one(pool).await
+        })
     }
 
     /// `(user_id, slot)` of every coupon of an event, by slot.
     pub async fn coupons(&self, event: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let text = format!("SELECT {}, slot FROM coupons WHERE event = $1 ORDER BY slot", self.text("user_id"));
-        let sql = self.sql(&text);
-        on_pool!(self, pool => sqlx::query_as(&sql).bind(event).fetch_all(pool).await)
+        let select = format!("SELECT {}, slot FROM coupons WHERE event = ", self.text("user_id"));
+        on_pool!(self, pool => {
+            let mut query = QueryBuilder::new(&select);
+            query.push_bind(event).push(" ORDER BY slot");
+            query.build_query_as().fetch_all(pool).await
+        })
     }
 
     /// Failed records of a topic, by position.
     pub async fn failed_events(&self, topic: &str) -> Result<Vec<FailedRow>, sqlx::Error> {
-        let text = format!(
-            "SELECT {}, kafka_partition, kafka_offset, payload, reason FROM failed_events WHERE topic = $1 ORDER BY kafka_partition, kafka_offset",
-            self.text("topic")
-        );
-        let sql = self.sql(&text);
+        let select =
+            format!("SELECT {}, kafka_partition, kafka_offset, payload, reason FROM failed_events WHERE topic = ", self.text("topic"));
         on_pool!(self, pool => {
-            let rows: Vec<(String, i32, i64, Vec<u8>, String)> = sqlx::query_as(&sql).bind(topic).fetch_all(pool).await?;
+            let mut query = QueryBuilder::new(&select);
+            query.push_bind(topic).push(" ORDER BY kafka_partition, kafka_offset");
+            let rows: Vec<(String, i32, i64, Vec<u8>, String)> = query.build_query_as().fetch_all(pool).await?;
             Ok(rows.into_iter().map(|(topic, partition, offset, payload, reason)| FailedRow { topic, partition, offset, payload, reason }).collect())
         })
     }
@@ -297,18 +289,5 @@ impl Position {
     pub fn failed(&self, payload: impl Into<Vec<u8>>, reason: String) -> FailedRow {
         let reason: String = reason.chars().map(|c| if c.is_control() { '?' } else { c }).take(MAX_REASON_CHARS).collect();
         FailedRow { topic: self.topic.clone(), partition: self.partition, offset: self.offset, payload: payload.into(), reason }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn mysql_gets_question_mark_placeholders() {
-        let store = Store::MySql(MySqlPoolOptions::new().connect_lazy("mysql://root@127.0.0.1/test").unwrap());
-        assert_eq!(store.sql("a = $1 AND b = $12, '$'"), "a = ? AND b = ?, '$'");
-        let lite = Store::Sqlite(SqlitePoolOptions::new().connect_lazy("sqlite::memory:").unwrap());
-        assert_eq!(lite.sql("a = $1"), "a = $1");
     }
 }

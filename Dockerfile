@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# One build, two small runtime images:
+# One build, two small runtime images, with only what runs in production (the load generator
+# and the demo, `coupon-tools`, are built without: --no-default-features):
 #   docker build --target coupon-service  -t coupon-service:dev .
 #   docker build --target coupon-operator -t coupon-operator:dev .
 #
@@ -12,7 +13,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p coupon-service -p coupon-operator --bins \
+    cargo build --release --locked -p coupon-service --no-default-features --bin coupon-service \
+    && cargo build --release --locked -p coupon-operator --bin coupon-operator \
     && install -m 0755 target/release/coupon-service target/release/coupon-operator /usr/local/bin/
 
 # Distroless: glibc, libgcc, libssl3 (librdkafka's TLS and SCRAM; Redis and SQL use rustls,

@@ -140,7 +140,7 @@ async fn two_api_processes_share_one_limit() {
 async fn load_tool_verify_fails_when_rows_differ_from_the_limit() {
     let database_url = sqlite_url();
     let InProcessStack { event, store, api, consumer } = InProcessStack::start(&database_url, NAMESPACE, 20, 1).await;
-    let binary = env!("CARGO_BIN_EXE_coupon-service-under-test");
+    let binary = env!("CARGO_BIN_EXE_coupon-tools-under-test");
     let run = |expect: &'static str| {
         let args = [
             "load",

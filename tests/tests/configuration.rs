@@ -37,7 +37,7 @@ async fn a_database_url_of_another_ecosystem_is_refused_at_start_with_the_accept
 /// (it used to print a table of failures and exit 0, which a script took for a run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_tool_that_reached_nothing_says_so_and_fails() {
-    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-tools-under-test"));
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let run = tokio::process::Command::new(binary).args(["load", "--url", &nowhere, "--event", "sale", "--requests", "20"]).output();
     let output = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the load tool ends").unwrap();
@@ -119,7 +119,7 @@ async fn the_load_tool_speaks_https_and_reports_answers_by_status() {
     let backend_port: u16 = api.base_url.rsplit(':').next().unwrap().parse().unwrap();
     let ca = TestCa::new();
     let front = TlsFront::start(&ca, free_port(), backend_port).await;
-    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-tools-under-test"));
     let url = format!("https://localhost:{}", front.port);
     let load = |ca_file: Option<&Path>| {
         let mut command = tokio::process::Command::new(binary);
@@ -166,4 +166,16 @@ async fn a_jwks_url_that_is_not_https_is_refused_at_start() {
     )
     .await;
     assert!(stderr.contains("exactly one of"), "{stderr}");
+}
+
+/// The production binary carries only what runs in production: the load generator and the
+/// demo are `coupon-tools`, and `coupon-service` does not know them.
+#[tokio::test]
+async fn the_production_binary_has_no_load_generator_or_demo() {
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    for tool in ["load", "demo"] {
+        let output = tokio::process::Command::new(binary).arg(tool).output().await.unwrap();
+        assert_eq!(output.status.code(), Some(2), "{tool}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("unrecognized subcommand"), "{tool}");
+    }
 }

@@ -359,7 +359,7 @@ async fn binaries_start_without_redis_kafka_or_sql_and_recover_when_they_appear(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_issues_and_persists_exactly_the_limit_with_the_embedded_defaults() {
-    let output = tokio::process::Command::new(binary())
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_coupon-tools-under-test"))
         .args(["demo", "--users", "1000"])
         .env_remove("KAFKA_BROKERS")
         .env_remove("DATABASE_URL")

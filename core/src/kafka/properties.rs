@@ -3,14 +3,18 @@
 //! `ssl.ca.location`, `sasl.mechanism`, ...).
 //!
 //! They come from two places, the later winning:
-//! 1. a properties file named by `KAFKA_PROPERTIES_FILE` (`name=value` lines, `#` comments),
-//!    which is how a whole client configuration is mounted from a Secret;
+//! 1. a properties file named by `KAFKA_PROPERTIES_FILE` (Java's properties format, read by
+//!    the `java-properties` crate: `name=value` lines, `#` comments), which is how a whole
+//!    client configuration is mounted from a Secret;
 //! 2. variables `KAFKA_<PROPERTY>`: `KAFKA_SECURITY_PROTOCOL=SASL_SSL` sets
 //!    `security.protocol` (upper case, `_` for `.`); `KAFKA_<PROPERTY>_FILE` reads the value
 //!    from a file instead (a password from a mounted Secret).
 //!
 //! Properties the components set for their own correctness (idempotence, acks, the group,
-//! offsets) are refused instead of being silently overridden either way.
+//! offsets) are refused instead of being silently overridden either way; every other one is
+//! handed to librdkafka's own configuration at start, so a name it does not know or a value
+//! it does not take stops the process then, in librdkafka's words, instead of at the first
+//! client.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,8 +60,10 @@ pub const RESERVED_PROPERTIES: &[&str] = &[
 pub enum PropertyError {
     #[error("{source_name}: cannot read {path}: {reason}")]
     File { source_name: String, path: String, reason: String },
-    #[error("{source_name}: line {line} is not `name=value`")]
-    Malformed { source_name: String, line: usize },
+    #[error("{source_name}: {reason}")]
+    Malformed { source_name: String, reason: String },
+    #[error("{source_name}: librdkafka does not take `{property}`: {reason}")]
+    Refused { source_name: String, property: String, reason: String },
     #[error("{source_name}: `{property}` is set by the service itself and cannot be configured")]
     Reserved { source_name: String, property: String },
 }
@@ -94,10 +100,15 @@ impl ClientProperties {
             let property = stem["KAFKA_".len()..].to_ascii_lowercase().replace('_', ".");
             properties.insert(property, value);
         }
-        for property in properties.keys() {
+        for (property, value) in &properties {
             if RESERVED_PROPERTIES.contains(&property.as_str()) {
                 return Err(PropertyError::Reserved { source_name: source_of(property, &vars), property: property.clone() });
             }
+            check_with_librdkafka(property, value).map_err(|reason| PropertyError::Refused {
+                source_name: source_of(property, &vars),
+                property: property.clone(),
+                reason,
+            })?;
         }
         Ok(Self(properties))
     }
@@ -151,20 +162,23 @@ fn is_credential(property: &str) -> bool {
         && !property.ends_with(".location")
 }
 
-/// `name=value` lines; blank lines and lines starting with `#` or `!` are comments.
-fn parse_properties(source_name: &str, text: &str) -> Result<Vec<(String, String)>, PropertyError> {
-    let mut properties = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
-            continue;
-        }
-        match line.split_once('=') {
-            Some((name, value)) if !name.trim().is_empty() => properties.push((name.trim().to_owned(), value.trim().to_owned())),
-            _ => return Err(PropertyError::Malformed { source_name: source_name.to_owned(), line: index + 1 }),
-        }
+/// A properties file in Java's format (what Kafka's own clients read).
+fn parse_properties(source_name: &str, text: &str) -> Result<std::collections::HashMap<String, String>, PropertyError> {
+    java_properties::read(text.as_bytes())
+        .map_err(|error| PropertyError::Malformed { source_name: source_name.to_owned(), reason: error.to_string() })
+}
+
+/// Whether librdkafka takes `property` with `value` (a known name, a value of its type and
+/// range); its description when not. The value never appears in the answer: it may be a
+/// password.
+fn check_with_librdkafka(property: &str, value: &str) -> Result<(), String> {
+    let mut config = rdkafka::config::ClientConfig::new();
+    config.set(property, value);
+    match config.create_native_config() {
+        Ok(_) => Ok(()),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, description, _, _)) => Err(description),
+        Err(other) => Err(other.to_string()),
     }
-    Ok(properties)
 }
 
 fn read(source_name: &str, path: &str) -> Result<String, PropertyError> {
@@ -247,10 +261,10 @@ mod tests {
             ("KAFKA_SERVICE_PORT", "9092"),
             ("KAFKA_SERVICE_PORT_CLIENTS", "9092"),
             ("KAFKA_BROKER_SERVICE_HOST", "10.96.0.13"),
-            ("KAFKA_SASL_KERBEROS_SERVICE_NAME", "kafka"),
+            ("KAFKA_CLIENT_ID", "coupons"),
         ]))
         .unwrap();
-        assert_eq!(props.iter().collect::<Vec<_>>(), [("sasl.kerberos.service.name", "kafka")]);
+        assert_eq!(props.iter().collect::<Vec<_>>(), [("client.id", "coupons")]);
     }
 
     #[test]
@@ -268,11 +282,19 @@ mod tests {
             ClientProperties::from_variables(vars(&[("KAFKA_PROPERTIES_FILE", &file)])),
             Err(PropertyError::Reserved { source_name: "KAFKA_PROPERTIES_FILE".into(), property: "group.id".into() })
         );
+        // Java's format takes `just words` as `just=words`; librdkafka knows no `just`.
         let file = temp_file("malformed.properties", "security.protocol=SSL\njust words\n");
-        assert_eq!(
-            ClientProperties::from_variables(vars(&[("KAFKA_PROPERTIES_FILE", &file)])),
-            Err(PropertyError::Malformed { source_name: "KAFKA_PROPERTIES_FILE".into(), line: 2 })
+        let refused = ClientProperties::from_variables(vars(&[("KAFKA_PROPERTIES_FILE", &file)])).unwrap_err();
+        assert!(
+            matches!(&refused, PropertyError::Refused { source_name, property, .. } if source_name == "KAFKA_PROPERTIES_FILE" && property == "just"),
+            "{refused}"
         );
+        let typo = ClientProperties::from_variables(vars(&[("KAFKA_SECURITY_PROTOCOL", "SASL_TLS")])).unwrap_err();
+        assert!(typo.to_string().starts_with("KAFKA_SECURITY_PROTOCOL: librdkafka does not take `security.protocol`"), "{typo}");
+        let secret = ClientProperties::from_variables(vars(&[("KAFKA_SSL_KEY_PASSWORD", "hunter2"), ("KAFKA_SOCKET_TIMEOUT_MS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(secret.contains("socket.timeout.ms") && !secret.contains("hunter2"), "{secret}");
         let error = ClientProperties::from_variables(vars(&[("KAFKA_SASL_PASSWORD_FILE", "/nonexistent/pw")])).unwrap_err();
         assert!(error.to_string().contains("KAFKA_SASL_PASSWORD_FILE: cannot read /nonexistent/pw"), "{error}");
     }

@@ -584,7 +584,9 @@ def test_managed_services_secrets_are_wired_as_their_operators_write_them():
             {"kafka-ca": "coupon-kafka-client", "kafka-client": "coupon-kafka-client", "redis-tls": "coupon-redis-client"},
         ),
         "managed": (
-            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_PASSWORD_FILE": "/etc/coupon/kafka-sasl/password"},
+            # A public CA: librdkafka finds the system's bundle.
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_PASSWORD_FILE": "/etc/coupon/kafka-sasl/password",
+             "KAFKA_SSL_CA_LOCATION": "probe"},
             {"kafka-sasl": "msk-coupons"},
         ),
     }
@@ -597,12 +599,13 @@ def test_managed_services_secrets_are_wired_as_their_operators_write_them():
             assert {k: env.get(k) for k in expected_env} == expected_env, (example, component)
             secrets = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}
             assert {k: secrets.get(k) for k in expected_volumes} == expected_volumes, (example, component)
-            if example == "managed":
-                assert "KAFKA_SSL_CA_LOCATION" not in env, "a public CA: the system's roots"
     _, consumer = container(render(values_of("managed")), "coupon-consumer")
     env = env_of(consumer)
     assert env["DATABASE_URL"] == {"secretKeyRef": {"name": "coupons-db-app", "key": "uri"}}
     assert (env["PGSSLMODE"], env["PGSSLROOTCERT"]) == ("verify-full", "/etc/coupon/sql-tls/ca.crt")
+    pod, _ = container(render(values_of("managed")), "coupon-consumer")
+    sql_tls = next(v for v in pod["volumes"] if v["name"] == "sql-tls")
+    assert sql_tls["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}], "only the CA, never a CA's key beside it"
     _, api = container(render(values_of("managed")), "coupon-api")
     assert env_of(api)["REDIS_URL"] == {"secretKeyRef": {"name": "coupon-connections", "key": "REDIS_URL"}}
     assert "PGSSLMODE" not in env_of(api), "only the consumer talks to SQL"
@@ -611,7 +614,10 @@ def test_managed_services_secrets_are_wired_as_their_operators_write_them():
 def test_managed_services_values_that_cannot_work_are_refused_at_render():
     kafka = lambda k: {"connections": {"kafka": k}}  # noqa: E731
     for values, said in [
-        (kafka({"caSecret": {"name": "ca"}, "properties": {"security.protocol": "SSL"}}), "leave it out of properties"),
+        (kafka({"caSecret": {"name": "ca"}, "properties": {"ssl.ca.location": "/x"}}), "leave it out of properties"),
+        (kafka({"clientCertSecret": {"name": "c"}, "properties": {"ssl.key.location": "/x"}}), "leave it out of properties"),
+        (kafka({"caSecret": {"name": "ca"}, "propertiesSecret": {"name": "props"}}), "set security.protocol in connections.kafka.properties"),
+        ({"connections": {"sql": {"postgresSslMode": "require", "tlsSecret": "ca"}}}, "postgresSslMode"),
         (kafka({"sasl": {"mechanism": "SCRAM-SHA-512", "username": "u"}}), "passwordSecret.name"),
         (kafka({"sasl": {"mechanism": "SCRAM-SHA-512", "passwordSecret": {"name": "p"}}}), "sasl.username"),
         (kafka({"sasl": {"passwordSecret": {"name": "p"}}}), "needs sasl.mechanism"),
@@ -620,9 +626,15 @@ def test_managed_services_values_that_cannot_work_are_refused_at_render():
     ]:
         with pytest.raises(Exception, match=said):
             render(values)
-    # SASL without TLS only when asked for.
+    # SASL without TLS only when asked for (and then no CA is looked for).
     _, api = container(render(kafka({"sasl": {"mechanism": "PLAIN", "username": "u", "passwordSecret": {"name": "p"}}, "tls": False})), "coupon-api")
-    assert env_of(api)["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert env_of(api)["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and "KAFKA_SSL_CA_LOCATION" not in env_of(api)
+    # The protocol `properties` says wins, once (with a properties file, it must be said).
+    values = kafka({"caSecret": {"name": "ca"}, "propertiesSecret": {"name": "props"}, "properties": {"security.protocol": "SASL_SSL"}})
+    _, api = container(render(values), "coupon-api")
+    assert [e["value"] for e in api["env"] if e["name"] == "KAFKA_SECURITY_PROTOCOL"] == ["SASL_SSL"]
+    # A parent key set to null (or dropped by --reuse-values) renders like its defaults.
+    render({"connections": {"kafka": {"sasl": None, "caSecret": None, "clientCertSecret": None}, "redisUrlFrom": None, "databaseUrlFrom": None}})
 
 
 def test_jwt_mode_renders_only_with_an_issuer_and_an_audience():

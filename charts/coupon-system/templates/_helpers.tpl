@@ -127,54 +127,70 @@ material and Kafka client properties from their Secrets, mounted by coupon.conne
 - name: KAFKA_SECURITY_PROTOCOL
   value: {{ $protocol }}
 {{- end }}
-{{- if $k.caSecret.name }}
+{{- if dig "caSecret" "name" "" $k }}
 - name: KAFKA_SSL_CA_LOCATION
-  value: /etc/coupon/kafka-ca/{{ $k.caSecret.key }}
+  value: /etc/coupon/kafka-ca/{{ dig "caSecret" "key" "ca.crt" $k }}
+{{- else if and (contains "SSL" $protocol) (not (hasKey ($k.properties | default dict) "ssl.ca.location")) }}
+# No CA named: librdkafka looks for the system's bundle (a public CA: MSK, Confluent Cloud).
+- name: KAFKA_SSL_CA_LOCATION
+  value: probe
 {{- end }}
-{{- if $k.sasl.mechanism }}
+{{- if dig "sasl" "mechanism" "" $k }}
 - name: KAFKA_SASL_MECHANISM
   value: {{ $k.sasl.mechanism | quote }}
 - name: KAFKA_SASL_USERNAME
   value: {{ required "connections.kafka.sasl.username is needed with sasl.mechanism" $k.sasl.username | quote }}
 - name: KAFKA_SASL_PASSWORD_FILE
-  value: /etc/coupon/kafka-sasl/{{ $k.sasl.passwordSecret.key }}
+  value: /etc/coupon/kafka-sasl/{{ dig "sasl" "passwordSecret" "key" "password" $k }}
 {{- end }}
-{{- if $k.clientCertSecret.name }}
+{{- if dig "clientCertSecret" "name" "" $k }}
 - name: KAFKA_SSL_CERTIFICATE_LOCATION
-  value: /etc/coupon/kafka-client/{{ $k.clientCertSecret.certKey }}
+  value: /etc/coupon/kafka-client/{{ dig "clientCertSecret" "certKey" "user.crt" $k }}
 - name: KAFKA_SSL_KEY_LOCATION
-  value: /etc/coupon/kafka-client/{{ $k.clientCertSecret.keyKey }}
+  value: /etc/coupon/kafka-client/{{ dig "clientCertSecret" "keyKey" "user.key" $k }}
 {{- end }}
 {{- end -}}
 
 {{/* The secretKeyRef (name and key) of a URL: `.from` ({name, key}) when set, else `.key`
 of the connections Secret. */}}
 {{- define "coupon.urlFrom" -}}
-{{- if .from.name -}}
-name: {{ .from.name }}
-key: {{ required (printf "%s.key is needed with %s.name" .value .value) .from.key }}
+{{- $from := .from | default dict -}}
+{{- if $from.name -}}
+name: {{ $from.name }}
+key: {{ required (printf "%s.key is needed with %s.name" .value .value) $from.key }}
 {{- else -}}
 name: {{ .secret }}
 key: {{ .key }}
 {{- end -}}
 {{- end -}}
 
-{{/* security.protocol from the Kafka Secrets named (empty: none named, the properties
-decide). Setting it in `properties` too is refused: which would win? */}}
+{{/* security.protocol from the Kafka Secrets named (empty: none named, or `properties`
+sets it, which wins). A property the chart sets from a Secret may not be set in `properties`
+too (two variables of one name). With propertiesSecret, whose file the chart cannot read,
+`properties` must say the protocol. */}}
 {{- define "coupon.kafkaSecurityProtocol" -}}
-{{- $tls := or .caSecret.name .clientCertSecret.name -}}
-{{- $sasl := .sasl.mechanism -}}
-{{- if and .sasl.passwordSecret.name (not $sasl) -}}
+{{- $props := .properties | default dict -}}
+{{- $ca := dig "caSecret" "name" "" . -}}
+{{- $client := dig "clientCertSecret" "name" "" . -}}
+{{- $sasl := dig "sasl" "mechanism" "" . -}}
+{{- $password := dig "sasl" "passwordSecret" "name" "" . -}}
+{{- if and $password (not $sasl) -}}
 {{- fail "connections.kafka.sasl.passwordSecret needs sasl.mechanism (SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN)" -}}
 {{- end -}}
-{{- if and $sasl (not .sasl.passwordSecret.name) -}}
+{{- if and $sasl (not $password) -}}
 {{- fail "connections.kafka.sasl.mechanism needs sasl.passwordSecret.name (Strimzi: the KafkaUser's Secret)" -}}
 {{- end -}}
-{{- if or $tls $sasl -}}
-{{- if hasKey .properties "security.protocol" -}}
-{{- fail "connections.kafka: security.protocol is set from caSecret, sasl and clientCertSecret; leave it out of properties" -}}
+{{- range $property, $from := dict "ssl.ca.location" $ca "sasl.mechanism" $sasl "ssl.certificate.location" $client "ssl.key.location" $client -}}
+{{- if and $from (hasKey $props $property) -}}
+{{- fail (printf "connections.kafka.properties.%s is set by the chart from the Secret named beside it: leave it out of properties" $property) -}}
 {{- end -}}
-{{- if and $sasl (or $tls .tls) }}SASL_SSL{{ else if $sasl }}SASL_PLAINTEXT{{ else }}SSL{{ end -}}
+{{- end -}}
+{{- if and (or $ca $client $sasl) (not (hasKey $props "security.protocol")) -}}
+{{- if dig "propertiesSecret" "name" "" . -}}
+{{- fail "connections.kafka: with propertiesSecret, set security.protocol in connections.kafka.properties (the chart cannot read the file's)" -}}
+{{- end -}}
+{{- $tls := or $ca $client (ne (toString .tls) "false") -}}
+{{- if and $sasl $tls }}SASL_SSL{{ else if $sasl }}SASL_PLAINTEXT{{ else }}SSL{{ end -}}
 {{- end -}}
 {{- end -}}
 
@@ -194,22 +210,27 @@ decide). Setting it in `properties` too is refused: which would win? */}}
 - name: kafka-tls
   secret: {secretName: {{ . }}}
 {{- end }}
-{{- with $c.kafka.caSecret.name }}
+{{- with dig "caSecret" "name" "" $c.kafka }}
 - name: kafka-ca
   secret: {secretName: {{ . }}}
 {{- end }}
-{{- with $c.kafka.sasl.passwordSecret.name }}
+{{- with dig "sasl" "passwordSecret" "name" "" $c.kafka }}
 - name: kafka-sasl
   secret: {secretName: {{ . }}}
 {{- end }}
-{{- with $c.kafka.clientCertSecret.name }}
+{{- with dig "clientCertSecret" "name" "" $c.kafka }}
 - name: kafka-client
   secret: {secretName: {{ . }}}
 {{- end }}
 {{- if .sql }}
 {{- with $c.sql.tlsSecret }}
 - name: sql-tls
+  {{- if dig "postgresSslMode" "" $c.sql }}
+  # Only the CA: a CA Secret may hold the CA's key too (CloudNativePG's <cluster>-ca does).
+  secret: {secretName: {{ . }}, items: [{key: {{ dig "caKey" "ca.crt" $c.sql }}, path: {{ dig "caKey" "ca.crt" $c.sql }}}]}
+  {{- else }}
   secret: {secretName: {{ . }}}
+  {{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}
@@ -225,13 +246,13 @@ decide). Setting it in `properties` too is refused: which would win? */}}
 {{- if $c.kafka.tlsSecret }}
 - {name: kafka-tls, mountPath: /etc/coupon/kafka-tls, readOnly: true}
 {{- end }}
-{{- if $c.kafka.caSecret.name }}
+{{- if dig "caSecret" "name" "" $c.kafka }}
 - {name: kafka-ca, mountPath: /etc/coupon/kafka-ca, readOnly: true}
 {{- end }}
-{{- if $c.kafka.sasl.passwordSecret.name }}
+{{- if dig "sasl" "passwordSecret" "name" "" $c.kafka }}
 - {name: kafka-sasl, mountPath: /etc/coupon/kafka-sasl, readOnly: true}
 {{- end }}
-{{- if $c.kafka.clientCertSecret.name }}
+{{- if dig "clientCertSecret" "name" "" $c.kafka }}
 - {name: kafka-client, mountPath: /etc/coupon/kafka-client, readOnly: true}
 {{- end }}
 {{- if and .sql $c.sql.tlsSecret }}

@@ -106,8 +106,9 @@ impl ClientProperties {
             }
             check_with_librdkafka(property, value).map_err(|reason| PropertyError::Refused {
                 source_name: source_of(property, &vars),
-                property: property.clone(),
-                reason,
+                property: shown_name(property),
+                // librdkafka repeats the name in its words.
+                reason: reason.replace(property.as_str(), &shown_name(property)),
             })?;
         }
         Ok(Self(properties))
@@ -162,10 +163,31 @@ fn is_credential(property: &str) -> bool {
         && !property.ends_with(".location")
 }
 
-/// A properties file in Java's format (what Kafka's own clients read).
+/// A properties file in Java's format (what Kafka's own clients read), in UTF-8 (as Java
+/// reads it since 9): `\` escapes the next character (a backslash in a value is `\\`), a
+/// line ending in `\` continues on the next, and `=`, `:` or a space separate a name from
+/// its value.
 fn parse_properties(source_name: &str, text: &str) -> Result<std::collections::HashMap<String, String>, PropertyError> {
-    java_properties::read(text.as_bytes())
-        .map_err(|error| PropertyError::Malformed { source_name: source_name.to_owned(), reason: error.to_string() })
+    let mut properties = std::collections::HashMap::new();
+    java_properties::PropertiesIter::new_with_encoding(text.as_bytes(), encoding_rs::UTF_8)
+        .read_into(|name, value| {
+            properties.insert(name, value);
+        })
+        .map_err(|error| PropertyError::Malformed { source_name: source_name.to_owned(), reason: error.to_string() })?;
+    Ok(properties)
+}
+
+/// A property's name as an error may show it: one that is not a property's shape (a line of
+/// a pasted key or password read as a name) is not repeated.
+fn shown_name(property: &str) -> String {
+    let shaped = !property.is_empty()
+        && property.len() <= 64
+        && property.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if shaped {
+        property.to_owned()
+    } else {
+        format!("(a name of {} characters that is no property's, not shown)", property.chars().count())
+    }
 }
 
 /// Whether librdkafka takes `property` with `value` (a known name, a value of its type and
@@ -233,7 +255,7 @@ mod tests {
     fn a_file_and_file_variables_carry_secrets_and_variables_win() {
         let file = temp_file(
             "client.properties",
-            "# from a Secret\nsecurity.protocol=SASL_PLAINTEXT\n\nsasl.mechanism = PLAIN\nsasl.username=shop\n! another comment\n",
+            "# from a Secret\nsecurity.protocol=SASL_PLAINTEXT\n\nsasl.mechanism = PLAIN\nsasl.username=shöp\\\\1\n! another comment\n",
         );
         let password = temp_file("password", "s3cret=\n");
         let props = ClientProperties::from_variables(vars(&[
@@ -244,10 +266,10 @@ mod tests {
         .unwrap();
         assert_eq!(props.get("security.protocol"), Some("SASL_PLAINTEXT"));
         assert_eq!(props.get("sasl.mechanism"), Some("SCRAM-SHA-256"), "the variable wins over the file");
-        assert_eq!(props.get("sasl.username"), Some("shop"));
+        assert_eq!(props.get("sasl.username"), Some("shöp\\1"), "UTF-8, and `\\\\` for one backslash");
         assert_eq!(props.get("sasl.password"), Some("s3cret="), "a file value keeps its '=' and loses its newline");
         let shown = format!("{props:?}");
-        assert!(!shown.contains("s3cret") && !shown.contains("shop"), "{shown}");
+        assert!(!shown.contains("s3cret") && !shown.contains("shöp"), "{shown}");
         assert!(shown.contains("SASL_PLAINTEXT"), "{shown}");
     }
 
@@ -295,6 +317,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(secret.contains("socket.timeout.ms") && !secret.contains("hunter2"), "{secret}");
+        // A password pasted on a line of its own reads as a name: never repeated.
+        let file = temp_file("pasted.properties", "sasl.password=\nS3cr3t+Pa55/word\n");
+        let refused = ClientProperties::from_variables(vars(&[("KAFKA_PROPERTIES_FILE", &file)])).unwrap_err().to_string();
+        assert!(!refused.contains("S3cr3t") && refused.contains("not shown"), "{refused}");
         let error = ClientProperties::from_variables(vars(&[("KAFKA_SASL_PASSWORD_FILE", "/nonexistent/pw")])).unwrap_err();
         assert!(error.to_string().contains("KAFKA_SASL_PASSWORD_FILE: cannot read /nonexistent/pw"), "{error}");
     }

@@ -12,10 +12,9 @@
 //! - A request whose key id the set lacks waits (at most `UNKNOWN_KID_WAIT`) for a fetch
 //!   that starts after it asked, then is checked again: a crowd arriving with a freshly
 //!   rotated key is served, not refused. At most `MAX_WAITING` requests wait at once (a
-//!   quarter of the default in-flight cap); beyond, they are refused at once. A key id that
-//!   such a fetch did not bring is remembered for `UNKNOWN_KID_MEMORY` and refused without
-//!   waiting (it asks for a fetch in the background all the same, so a provider slow to
-//!   publish its new key is caught up with): a forged key id repeated costs nothing.
+//!   quarter of the default in-flight cap); beyond, and when the wait runs out, the answer is
+//!   503 with `Retry-After` (the key may be real: the client should come back), never a
+//!   401. A token without a key id never waits: it asks for a fetch and is refused.
 //! - A provider down, answering an error or a document without a usable key keeps the last
 //!   good set in use (logged, fetched again with backoff). Before the first good set the api
 //!   is not ready (`identity` in `/readyz`): it starts, and retries, instead of failing.
@@ -40,10 +39,6 @@ pub const FETCH_COOLDOWN: Duration = Duration::from_secs(5);
 pub const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(12);
 /// Most requests waiting for a fetch at once.
 pub const MAX_WAITING: usize = 256;
-/// How long a key id a fresh fetch did not bring is refused without waiting.
-pub const UNKNOWN_KID_MEMORY: Duration = Duration::from_secs(60);
-/// Key ids remembered as unknown, at most.
-const UNKNOWN_KIDS: usize = 4096;
 /// Refresh interval without `Cache-Control: max-age`.
 const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 /// Bounds on the provider's `max-age`.
@@ -84,8 +79,8 @@ impl JwksUrl {
 pub(super) enum Waited {
     /// A fetch that started after the request asked has finished: check again.
     Fetched,
-    /// Not waited (a key id known to be unknown, too many waiting) or waited in vain.
-    Refused,
+    /// Not waited (too many waiting) or the wait ran out: ask the client to come back.
+    Busy,
 }
 
 /// Fetches and refreshes the key set of one URL.
@@ -103,8 +98,6 @@ pub(super) struct RemoteJwks {
     loaded: watch::Sender<bool>,
     /// Requests waiting for a fetch.
     waiting: std::sync::Mutex<usize>,
-    /// Key ids a fetch asked for did not bring, and until when they are refused at once.
-    unknown: quick_cache::sync::Cache<String, Instant>,
 }
 
 /// One place among the waiting requests, given back when the request is done or dropped.
@@ -141,7 +134,6 @@ impl RemoteJwks {
             finished: watch::channel(0).0,
             loaded: watch::channel(false).0,
             waiting: std::sync::Mutex::new(0),
-            unknown: quick_cache::sync::Cache::new(UNKNOWN_KIDS),
         }))
     }
 
@@ -171,7 +163,8 @@ impl RemoteJwks {
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(started_at + next) => {}
-                _ = self.wanted.notified() => tokio::time::sleep_until(started_at + FETCH_COOLDOWN).await,
+                // Asked for: no sooner than the cool-down, nor later than a retry already due.
+                _ = self.wanted.notified() => tokio::time::sleep_until(started_at + next.min(FETCH_COOLDOWN)).await,
             }
         }
     }
@@ -181,27 +174,19 @@ impl RemoteJwks {
         self.started.load(Ordering::Acquire)
     }
 
-    /// A token checked after `ticket` named `kid`, which the set lacks: waits until a fetch
-    /// that started after the ticket has finished, unless `kid` is known to be unknown or
-    /// too many requests wait already (a fetch is asked for all the same).
-    pub(super) async fn wait_for_fetch(&self, ticket: u64, kid: Option<&str>) -> Waited {
+    /// A token checked after `ticket` named a key id the set lacks: waits until a fetch that
+    /// started after the ticket has finished, unless too many requests wait already (a fetch
+    /// is asked for all the same).
+    pub(super) async fn wait_for_fetch(&self, ticket: u64) -> Waited {
         self.wanted.notify_one();
-        if kid.is_some_and(|kid| self.unknown.get(kid).is_some_and(|until| Instant::now() < until)) {
-            return Waited::Refused;
-        }
-        let Some(_place) = self.take_waiting_place() else { return Waited::Refused };
+        let Some(_place) = self.take_waiting_place() else { return Waited::Busy };
         let mut finished = self.finished.subscribe();
         let fetched = tokio::time::timeout(UNKNOWN_KID_WAIT, finished.wait_for(|done| *done > ticket)).await.is_ok_and(|seen| seen.is_ok());
         if fetched {
             Waited::Fetched
         } else {
-            Waited::Refused
+            Waited::Busy
         }
-    }
-
-    /// A fetch the request waited for did not bring `kid`: refused at once for a while.
-    pub(super) fn remember_unknown(&self, kid: &str) {
-        self.unknown.insert(kid.to_owned(), Instant::now() + UNKNOWN_KID_MEMORY);
     }
 
     /// A token without a key id failed every key: perhaps a new one, so a fetch is asked

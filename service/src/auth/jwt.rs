@@ -147,6 +147,9 @@ pub const UNKNOWN_KEY: &str = "unknown signing key";
 pub const NO_KEYS_YET: &str = "signing keys not loaded yet";
 /// No key of the set verifies the signature.
 pub const BAD_SIGNATURE: &str = "bad signature";
+/// The key set is being fetched for the token's key id (too many waiting, or the wait ran
+/// out): the client should come back (503, not 401).
+pub const KEYS_BUSY: &str = "signing keys being fetched";
 
 /// Checks tokens; with a JWKS file or URL, keeps its keys current.
 pub struct JwtVerifier {
@@ -227,23 +230,18 @@ impl JwtVerifier {
         let Some(remote) = &self.remote else { return self.user(token) };
         // Taken before the check: a fetch that starts after it may bring the key.
         let ticket = remote.ticket();
-        let kid = || jsonwebtoken::decode_header(token).ok().and_then(|header| header.kid);
+        let named_key = || jsonwebtoken::decode_header(token).ok().is_some_and(|header| header.kid.is_some());
         match self.user(token) {
-            Err(reason @ (UNKNOWN_KEY | NO_KEYS_YET)) => {
-                let kid = kid();
-                if remote.wait_for_fetch(ticket, kid.as_deref()).await == Waited::Refused {
-                    return Err(reason);
-                }
-                let again = self.user(token);
-                if let (Err(UNKNOWN_KEY), Some(kid)) = (&again, &kid) {
-                    remote.remember_unknown(kid);
-                }
-                again
-            }
-            // Without a key id every key was tried: a key the set lacks may have signed it.
-            Err(BAD_SIGNATURE) if kid().is_none() => {
+            // A key id the set lacks: wait for the fetch that may bring it, then check again.
+            Err(UNKNOWN_KEY | NO_KEYS_YET) if named_key() => match remote.wait_for_fetch(ticket).await {
+                Waited::Fetched => self.user(token),
+                Waited::Busy => Err(KEYS_BUSY),
+            },
+            // No key id: perhaps a key the set lacks signed it; a fetch is asked for, without
+            // waiting (nothing tells a new key from a forgery until it is there).
+            Err(reason @ (UNKNOWN_KEY | NO_KEYS_YET | BAD_SIGNATURE)) if !named_key() => {
                 remote.ask_for_fetch();
-                Err(BAD_SIGNATURE)
+                Err(reason)
             }
             outcome => outcome,
         }

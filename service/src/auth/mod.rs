@@ -72,6 +72,12 @@ enum Scheme {
 }
 
 impl Rejection {
+    /// Not a refusal of the credentials: the keys that may verify them are being fetched
+    /// (`jwt::KEYS_BUSY`). Answered 503 with `Retry-After`, not 401.
+    pub fn retry_later(&self) -> bool {
+        self.reason == jwt::KEYS_BUSY
+    }
+
     /// The `WWW-Authenticate` value.
     pub fn challenge(&self) -> HeaderValue {
         let text = match (&self.scheme, self.credentials_sent) {

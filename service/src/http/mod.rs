@@ -85,8 +85,14 @@ struct ApplyRequest {
     user_id: Option<String>,
 }
 
-/// A 401 with its `WWW-Authenticate` challenge.
+/// A 401 with its `WWW-Authenticate` challenge; or, while the keys that may verify the
+/// credentials are being fetched, a 503 with `Retry-After`.
 fn unauthorized(rejection: &Rejection) -> Response {
+    if rejection.retry_later() {
+        let mut response = ApplyOutcome::Unavailable.into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return response;
+    }
     let mut response = ApplyOutcome::Unauthorized.into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, rejection.challenge());
     response
@@ -101,6 +107,7 @@ async fn apply(
     let started = Instant::now();
     let (outcome, rejection) = match decide(&state, event, &headers, body).await {
         Ok(outcome) => (outcome, None),
+        Err(rejection) if rejection.retry_later() => (ApplyOutcome::Unavailable, Some(rejection)),
         Err(rejection) => (ApplyOutcome::Unauthorized, Some(rejection)),
     };
     state.metrics.answer(outcome.label());

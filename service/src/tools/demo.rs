@@ -1,4 +1,4 @@
-//! `coupon-service demo`: the whole apply path on one machine, in one process.
+//! `coupon-tools demo`: the whole apply path on one machine, in one process.
 //!
 //! Needs only Redis. Storage is SQLite unless `DATABASE_URL` says otherwise; Kafka is
 //! librdkafka's in-process mock cluster unless `KAFKA_BROKERS` names a broker.

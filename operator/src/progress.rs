@@ -71,30 +71,14 @@ pub(crate) fn with_progress(status: &mut CouponEventStatus, generation: Option<i
         Progress::Reconciling(reason, message) => (Some((reason, message)), None),
         Progress::Stalled(reason, message) => (None, Some((reason, message))),
     };
-    let reconciling = match reconciling {
-        Some((reason, message)) => condition(ConditionType::Reconciling, true, &reason, message, generation, now, before),
-        None => condition(
-            ConditionType::Reconciling,
-            false,
-            Reason::Reconciled.as_str(),
-            "nothing left to do for this generation but follow the sale".into(),
-            generation,
-            now,
-            before,
-        ),
+    // True with the cause's reason and message, else False with the quiet ones.
+    let write = |type_, cause: Option<(String, String)>, quiet: Reason, quiet_message: &str| match cause {
+        Some((reason, message)) => condition(type_, true, &reason, message, generation, now, before),
+        None => condition(type_, false, quiet.as_str(), quiet_message.into(), generation, now, before),
     };
-    let stalled = match stalled {
-        Some((reason, message)) => condition(ConditionType::Stalled, true, &reason, message, generation, now, before),
-        None => condition(
-            ConditionType::Stalled,
-            false,
-            Reason::NotStalled.as_str(),
-            "nothing waits for a person".into(),
-            generation,
-            now,
-            before,
-        ),
-    };
+    let reconciling =
+        write(ConditionType::Reconciling, reconciling, Reason::Reconciled, "nothing left to do for this generation but follow the sale");
+    let stalled = write(ConditionType::Stalled, stalled, Reason::NotStalled, "nothing waits for a person");
     let ours = [ConditionType::Reconciling.as_str(), ConditionType::Stalled.as_str()];
     status.conditions.retain(|c| !ours.contains(&c.type_.as_str()));
     status.conditions.extend([reconciling, stalled]);

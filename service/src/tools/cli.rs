@@ -364,11 +364,29 @@ impl ConsumerArgs {
 /// Entry point shared by the `coupon-service` binary and the test harness's copy of it.
 pub fn main() -> std::process::ExitCode {
     let _failpoints = fail::FailScenario::setup();
+    run_command_line(|cli: Cli| {
+        // Servers log their life; one-shot tools only what went wrong.
+        let default_level = match cli.command {
+            Command::Api(_) | Command::Consumer(_) => "info,sqlx=warn",
+            Command::Event(_) => "warn",
+        };
+        (cli.log_format, default_level, run(cli.command))
+    })
+}
+
+/// What every binary of this crate does around its command: secret files read, the command
+/// line parsed (`start` gives the log format and default level, and the command's future),
+/// the runtime started, the command run, and a failure printed and turned into the exit code.
+pub(crate) fn run_command_line<C, F>(start: impl FnOnce(C) -> (LogFormat, &'static str, F)) -> std::process::ExitCode
+where
+    C: Parser,
+    F: std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+{
     if let Err(error) = coupon_core::secrets::load_secret_files() {
         eprintln!("error: {error}");
         return std::process::ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
+    let cli = C::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -376,13 +394,9 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    // Servers log their life; one-shot tools only what went wrong.
-    let default_level = match cli.command {
-        Command::Api(_) | Command::Consumer(_) => "info,sqlx=warn",
-        Command::Event(_) => "warn",
-    };
-    telemetry::init_logging(cli.log_format, default_level);
-    match runtime.block_on(run(cli.command)) {
+    let (log_format, default_level, command) = start(cli);
+    telemetry::init_logging(log_format, default_level);
+    match runtime.block_on(command) {
         Ok(code) => code,
         Err(error) => {
             tracing::error!("{error:#}");

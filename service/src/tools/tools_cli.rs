@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use coupon_core::event::{EventId, EventKey};
-use coupon_core::telemetry::{self, LogFormat};
+use coupon_core::telemetry::LogFormat;
 
 use super::cli::Redacted;
 use super::load::LoadIdentity;
@@ -84,38 +84,20 @@ pub struct LoadArgs {
 
 /// Entry point shared by the `coupon-tools` binary and the test harness's copy of it.
 pub fn main() -> std::process::ExitCode {
-    if let Err(error) = coupon_core::secrets::load_secret_files() {
-        eprintln!("error: {error}");
-        return std::process::ExitCode::FAILURE;
-    }
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    // Only what went wrong: the tools print their own report.
-    let default_level = match cli.command {
-        Command::Demo(_) => "error,rdkafka=off,librdkafka=off",
-        Command::Load(_) => "warn",
-    };
-    telemetry::init_logging(cli.log_format, default_level);
-    let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Load(args) => run_load(*args).await,
-            Command::Demo(args) => super::demo::run(args).await,
-        }
-    });
-    match outcome {
-        Ok(code) => code,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    super::cli::run_command_line(|cli: Cli| {
+        // Only what went wrong: the tools print their own report.
+        let default_level = match cli.command {
+            Command::Demo(_) => "error,rdkafka=off,librdkafka=off",
+            Command::Load(_) => "warn",
+        };
+        let command = async move {
+            match cli.command {
+                Command::Load(args) => run_load(*args).await,
+                Command::Demo(args) => super::demo::run(args).await,
+            }
+        };
+        (cli.log_format, default_level, command)
+    })
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {

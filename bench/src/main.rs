@@ -9,7 +9,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use coupon_core::event::{EventConfig, EventId};
 use coupon_core::kafka::KafkaSettings;
 use coupon_core::provision;
@@ -20,6 +19,7 @@ use coupon_service::auth::{AuthSettings, JwtKeys, JwtSettings};
 use coupon_service::http::{self, ApiState, ServerLimits};
 use coupon_service::sql::{CouponRow, Position, Store};
 use coupon_service::tools::load::{self, LoadIdentity, LoadPlan, LoadReport};
+use jiff::Timestamp;
 
 const CONCURRENCY: usize = 64;
 
@@ -38,7 +38,7 @@ struct Setup {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", Utc::now().timestamp_micros())
+    format!("{prefix}-{}", Timestamp::now().as_microsecond())
 }
 
 /// Provisions an open event with `limit` coupons on a fresh topic.
@@ -193,7 +193,7 @@ fn rows(event: &str, n: usize) -> Vec<(CouponRow, Position)> {
     (1..=n as i64)
         .map(|slot| {
             (
-                CouponRow { event: event.to_owned(), user_id: format!("u{slot}"), slot, issued_at: Utc::now(), mac: None },
+                CouponRow { event: event.to_owned(), user_id: format!("u{slot}"), slot, issued_at: Timestamp::now(), mac: None },
                 Position { topic: "bench".into(), partition: 0, offset: slot },
             )
         })
@@ -222,7 +222,7 @@ async fn consumer_writes(setup: &Setup, n: usize) -> anyhow::Result<(f64, f64)> 
             .bind(&row.event)
             .bind(&row.user_id)
             .bind(row.slot)
-            .bind(row.issued_at)
+            .bind(coupon_service::sql::sql_timestamp(row.issued_at))
             .execute(pool)
             .await?;
     }
@@ -285,8 +285,13 @@ async fn large_event(setup: &Setup, n: i64) -> anyhow::Result<LargeEvent> {
     // Issued by the gate first, as every record is (the writer refuses a slot nobody holds).
     let mut issuer = RedisHandle::connect_with_deadline(&setup.redis_url, Duration::from_secs(10)).await?;
     keyspace::apply(&mut issuer, &keyspace::EventLayout::single(&fresh), "first", Duration::from_secs(600), None).await?;
-    let record =
-        coupon_core::event::CouponRecord { event: fresh.to_string(), user_id: "first".into(), slot: 1, issued_at: Utc::now(), mac: None };
+    let record = coupon_core::event::CouponRecord {
+        event: fresh.to_string(),
+        user_id: "first".into(),
+        slot: 1,
+        issued_at: Timestamp::now(),
+        mac: None,
+    };
     let raw = RawRecord { position: Position { topic: "bench".into(), partition: 0, offset: 0 }, payload: serde_json::to_vec(&record)? };
     let started = Instant::now();
     writer.write(&[raw]).await?;

@@ -12,3 +12,4 @@ pub mod redis;
 pub mod retry;
 pub mod secrets;
 pub mod telemetry;
+pub mod time;

@@ -6,6 +6,7 @@ use coupon_core::kafka::{KafkaSettings, TopicAdmin, TopicOutcome};
 use coupon_core::provision::{self, ProvisionError, RedisOutcome};
 use coupon_core::redis::keyspace::{self, EventCounters};
 use coupon_core::redis::{ConnectError, RedisHandle, RedisTarget};
+use jiff::Timestamp;
 
 use crate::crd::CouponEventSpec;
 
@@ -90,12 +91,7 @@ impl Backend {
 
     /// `Retain` on deletion: the sale closes now (the window is moved to end at `now`) while
     /// the counters stay. Returns whether a configuration was there to close.
-    pub async fn close_sale(
-        &self,
-        event: &EventId,
-        spec: &CouponEventSpec,
-        now: k8s_openapi::jiff::Timestamp,
-    ) -> Result<bool, BackendError> {
+    pub async fn close_sale(&self, event: &EventId, spec: &CouponEventSpec, now: Timestamp) -> Result<bool, BackendError> {
         let mut conn = self.conn()?;
         let Some(counters) = keyspace::counters(&mut conn, event).await? else { return Ok(false) };
         let now_ms = now.as_millisecond();
@@ -109,9 +105,8 @@ impl Backend {
         config.per_user = counters.per_user;
         config.topic = counters.topic.clone();
         config.incarnation = counters.incarnation.clone();
-        let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-        config.start = at(counters.start_ms.min(now_ms - 1000));
-        config.end = at(now_ms);
+        config.start = Timestamp::from_millisecond(counters.start_ms.min(now_ms - 1000)).unwrap_or(now);
+        config.end = now;
         provision::provision_redis(&mut conn, event, &config, true).await?;
         Ok(true)
     }

@@ -325,7 +325,7 @@ pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(120);
 
 /// A duration as the schema's pattern takes it (`1h30m`, `45s`): units, no spaces.
 fn parse_duration(text: &str) -> Option<Duration> {
-    humantime::parse_duration(text).ok().filter(|_| text.chars().all(|c| c.is_ascii_alphanumeric()))
+    coupon_core::time::parse_duration(text).ok().filter(|_| text.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 fn valid_deployment_name(name: &str) -> bool {
@@ -402,12 +402,11 @@ impl CouponEventSpec {
 
     /// The event configuration the service library provisions in Redis.
     pub fn event_config(&self) -> coupon_core::event::EventConfig {
-        let to_chrono = |t: Timestamp| chrono::DateTime::from_timestamp_millis(t.as_millisecond()).unwrap_or_default();
         coupon_core::event::EventConfig {
             limit: self.limit,
             per_user: self.per_user_limit,
-            start: to_chrono(self.schedule.start.0),
-            end: to_chrono(self.schedule.end.0),
+            start: self.schedule.start.0,
+            end: self.schedule.end.0,
             topic: self.topic.clone(),
             paused: self.paused,
             incarnation: None,

@@ -82,7 +82,7 @@ struct RunArgs {
     identity: Option<String>,
     /// How long a Lease outlives its holder's last renewal: the longest wait for a
     /// hand-over after an instance died without releasing it.
-    #[arg(long, env = "LEASE_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LEASE_DURATION", default_value = "30s", value_parser = coupon_core::time::parse_duration)]
     lease_duration: std::time::Duration,
     /// CouponEvents reconciled at once: at a shared opening time hundreds of events cross
     /// into their warm-up together, and each waits on the API server.
@@ -90,7 +90,7 @@ struct RunArgs {
     reconcile_concurrency: u16,
     /// How long before its Lease could expire a leader whose renewals fail stops acting:
     /// time kept in hand for clock rates and requests in flight.
-    #[arg(long, env = "LEASE_RENEW_MARGIN", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LEASE_RENEW_MARGIN", default_value = "10s", value_parser = coupon_core::time::parse_duration)]
     lease_renew_margin: std::time::Duration,
 }
 

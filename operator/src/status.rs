@@ -1,6 +1,7 @@
 //! The status the operator writes, computed from what it observed. Pure, so a reconcile of
 //! an unchanged object produces an identical status and therefore no write.
 
+use coupon_core::time::format_duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -192,8 +193,8 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
             Reason::ShortWarmUp.as_str(),
             format!(
                 "warmUp {} is under {}: on a busy cluster new pods may not be Ready by the start",
-                humantime::format_duration(warm_up),
-                humantime::format_duration(crate::crd::SHORT_WARM_UP)
+                format_duration(warm_up),
+                format_duration(crate::crd::SHORT_WARM_UP)
             ),
             g,
             now,

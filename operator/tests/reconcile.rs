@@ -171,11 +171,11 @@ fn topic_gone(topic: &str) -> bool {
 /// Opens the event's Redis window around the real now (the gate judges it by Redis' clock,
 /// not the harness') and issues slots to `users` users `u0`, `u1`, ... through the real gate.
 async fn issue_through_the_gate(conn: &mut coupon_core::redis::RedisConnection, event_id: &EventId, spec: &CouponEventSpec, users: usize) {
-    let now = chrono::Utc::now();
+    let now = jiff::Timestamp::now();
     let mut open = spec.event_config();
     open.incarnation = keyspace::counters(conn, event_id).await.unwrap().and_then(|c| c.incarnation);
-    open.start = now - chrono::Duration::minutes(1);
-    open.end = now + chrono::Duration::minutes(10);
+    open.start = now - jiff::SignedDuration::from_mins(1);
+    open.end = now + jiff::SignedDuration::from_mins(10);
     coupon_core::provision::provision_redis(conn, event_id, &open, false).await.unwrap();
     for user in 0..users {
         let layout = keyspace::EventLayout::new(event_id, spec.shards);

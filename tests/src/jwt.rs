@@ -12,7 +12,7 @@ pub const ISSUER: &str = "https://id.shop.test";
 pub const AUDIENCE: &str = "coupons";
 
 pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+    jiff::Timestamp::now().as_second()
 }
 
 /// Claims of a token for `user`, valid for five minutes.

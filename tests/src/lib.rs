@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use coupon_core::event::{EventConfig, EventId};
 use coupon_core::kafka::KafkaSettings;
 use coupon_core::provision;
@@ -52,7 +51,7 @@ pub fn sqlite_url() -> String {
 /// A name no other test (or earlier run) uses: lower-case, valid as event name and topic.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}-{}-{}-{}", std::process::id(), Utc::now().timestamp_micros(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!("{prefix}-{}-{}-{}", std::process::id(), jiff::Timestamp::now().as_microsecond(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Logs of in-process components go to the test output (shown for failing tests).

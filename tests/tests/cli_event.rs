@@ -82,8 +82,8 @@ async fn an_event_redis_lost_is_recovered_or_started_anew_never_silently_reset()
     let store = coupon_tests::migrated_store(&database).await;
     let topic = format!("cli.{name}");
     let id = EventId::new(NAMESPACE, &name).unwrap();
-    let now = chrono::Utc::now();
-    let (start, end) = (now.to_rfc3339(), (now + chrono::Duration::minutes(30)).to_rfc3339());
+    let now = jiff::Timestamp::now();
+    let (start, end) = (now.to_string(), (now + jiff::SignedDuration::from_mins(30)).to_string());
     let create = [
         "event",
         "create",

@@ -569,7 +569,7 @@ async fn a_refused_batch_is_written_record_by_record(database_url: String) {
     let topic = unique("t");
     let row = |user: &str, slot: i64, offset: i64| {
         (
-            CouponRow { event: event.clone(), user_id: user.into(), slot, issued_at: chrono::Utc::now(), mac: None },
+            CouponRow { event: event.clone(), user_id: user.into(), slot, issued_at: jiff::Timestamp::now(), mac: None },
             Position { topic: topic.clone(), partition: 0, offset },
         )
     };

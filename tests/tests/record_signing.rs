@@ -60,7 +60,7 @@ fn start_consumer(database_url: &str, topic: &str) -> InProcessConsumer {
 
 /// An unsigned record of `user`'s coupon `slot` of `event`, issued now.
 fn record(event: &TestEvent, user: &str, slot: i64) -> CouponRecord {
-    CouponRecord { event: event.key(), user_id: user.into(), slot, issued_at: chrono::Utc::now(), mac: None }
+    CouponRecord { event: event.key(), user_id: user.into(), slot, issued_at: jiff::Timestamp::now(), mac: None }
 }
 
 fn json(record: &CouponRecord) -> Vec<u8> {

@@ -22,7 +22,7 @@ async fn a_restore_after_a_lost_configuration_waits_out_an_apis_produce_lease() 
     // operator (or `event create --recover`) does.
     let written = provision::provision_redis(&mut conn, &id, &config, true).await.unwrap();
     assert_eq!(written, RedisOutcome::CreatedRecovering);
-    let marked = chrono::Utc::now().timestamp_millis();
+    let marked = jiff::Timestamp::now().as_millisecond();
 
     // An api whose produce timeout is 20 s (a lease of 21 s) applies during the recovery.
     let (decision, _) = keyspace::apply(&mut conn, &layout, "user-1", Duration::from_secs(21), None).await.unwrap();

@@ -2,15 +2,15 @@
 //! on which topic. The operator builds it from a `CouponEvent` spec, `coupon-service event
 //! create` from its flags.
 
-use chrono::{DateTime, Utc};
+use jiff::{SignedDuration, Timestamp};
 
 /// What an event is: how many coupons, to whom, when, and on which topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventConfig {
     pub limit: i64,
     pub per_user: i64,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
+    pub start: Timestamp,
+    pub end: Timestamp,
     pub topic: String,
     /// Paused: the gate answers `403 paused` at once and issues nothing; the counters stay,
     /// and resuming continues the same event (the emergency stop after a pricing mistake).
@@ -38,7 +38,7 @@ pub enum InvalidConfig {
     #[error("perUserLimit {0} is not supported yet: the SQL schema holds one coupon per user and event")]
     PerUserAboveOne(i64),
     #[error("end ({end}) must be after start ({start})")]
-    Window { start: DateTime<Utc>, end: DateTime<Utc> },
+    Window { start: Timestamp, end: Timestamp },
     #[error("topic name {0:?} is not a valid Kafka topic name (1..=249 of [a-zA-Z0-9._-], not '.' or '..', not an internal one starting with '__')")]
     Topic(String),
     #[error("Redis holds the state of another object of this name: it must be drained and removed before this one is provisioned")]
@@ -68,12 +68,13 @@ impl EventConfig {
     /// An event open from a few seconds ago for `duration`, one coupon per user (the demo,
     /// the benchmarks and the tests).
     pub fn open_now(limit: i64, topic: &str, duration: std::time::Duration) -> Self {
-        let now = Utc::now();
+        let now = Timestamp::now();
+        let length = SignedDuration::try_from(duration).unwrap_or(SignedDuration::from_hours(1));
         Self {
             limit,
             per_user: 1,
-            start: now - chrono::Duration::seconds(5),
-            end: now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::hours(1)),
+            start: now - SignedDuration::from_secs(5),
+            end: now.checked_add(length).unwrap_or(Timestamp::MAX),
             topic: topic.to_owned(),
             paused: false,
             incarnation: None,

@@ -1,7 +1,7 @@
 //! The Kafka record the api produces and the consumer writes: key the user id, value this
 //! JSON (`docs/architecture.md`, "Data contracts").
 
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// One issued coupon on its way to SQL. Key on the topic: the user id.
@@ -12,7 +12,8 @@ pub struct CouponRecord {
     pub event: String,
     pub user_id: String,
     pub slot: i64,
-    pub issued_at: DateTime<Utc>,
+    /// RFC 3339 in UTC (`…Z`); readers take any offset.
+    pub issued_at: Timestamp,
     /// `<key id>:<tag>`: the api's signature over the fields (`signing`), when it has keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,

@@ -114,7 +114,8 @@ impl RecordKeys {
 /// issue time as seconds and nanoseconds so that no formatting can differ.
 fn mac(key: &[u8], record: &CouponRecord) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    let issued = format!("{}.{:09}", record.issued_at.timestamp(), record.issued_at.timestamp_subsec_nanos());
+    let (seconds, nanos) = crate::time::unix_seconds_and_nanos(record.issued_at);
+    let issued = format!("{seconds}.{nanos:09}");
     for field in [DOMAIN, &record.event, &record.user_id, &record.slot.to_string(), &issued] {
         mac.update(field.as_bytes());
         mac.update(b"\n");

@@ -46,11 +46,15 @@ async fn the_gate_gives_each_of_its_answers() {
     ];
     let mut conn = connect().await;
     for case in cases {
-        let now = chrono::Utc::now();
+        let now = jiff::Timestamp::now();
         let config = match case {
             "sold out" => open(1),
-            "not open" => EventConfig { start: now + chrono::Duration::hours(1), end: now + chrono::Duration::hours(2), ..open(5) },
-            "closed" => EventConfig { start: now - chrono::Duration::hours(2), end: now - chrono::Duration::hours(1), ..open(5) },
+            "not open" => {
+                EventConfig { start: now + jiff::SignedDuration::from_hours(1), end: now + jiff::SignedDuration::from_hours(2), ..open(5) }
+            }
+            "closed" => {
+                EventConfig { start: now - jiff::SignedDuration::from_hours(2), end: now - jiff::SignedDuration::from_hours(1), ..open(5) }
+            }
             "paused" => EventConfig { paused: true, ..open(5) },
             "shard empty" => EventConfig { shards: 2, ..open(2) },
             _ => open(5),

@@ -20,10 +20,10 @@ async fn a_deletion_counts_the_keys_and_leaves_a_tombstone() {
 #[tokio::test]
 async fn a_retirement_gives_each_of_its_answers() {
     let mut conn = connect().await;
-    let now = chrono::Utc::now();
+    let now = jiff::Timestamp::now();
     let ended = EventConfig {
-        start: now - chrono::Duration::hours(2),
-        end: now - chrono::Duration::hours(1),
+        start: now - jiff::SignedDuration::from_hours(2),
+        end: now - jiff::SignedDuration::from_hours(1),
         incarnation: Some("old-object".into()),
         ..open(5)
     };
@@ -56,8 +56,11 @@ async fn a_retirement_gives_each_of_its_answers() {
                     "unwritten" | "removed" => {
                         // Issued while the window was open (written here as an entry the
                         // gate would have made), then written or not.
-                        let open_again =
-                            EventConfig { start: now - chrono::Duration::hours(2), end: now + chrono::Duration::hours(1), ..ended.clone() };
+                        let open_again = EventConfig {
+                            start: now - jiff::SignedDuration::from_hours(2),
+                            end: now + jiff::SignedDuration::from_hours(1),
+                            ..ended.clone()
+                        };
                         keyspace::write_config(&mut conn, &id, &open_again, false).await.unwrap();
                         let GateDecision::Issued { slot, .. } = keyspace::apply(&mut conn, &layout, "u", LONG, None).await.unwrap().0
                         else {

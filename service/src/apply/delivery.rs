@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use coupon_core::event::{CouponRecord, EventKey};
 use coupon_core::redis::keyspace::{self, EventLayout};
 use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
@@ -49,7 +48,7 @@ impl ApplyService {
         again: bool,
         deadline_ms: i64,
     ) -> bool {
-        let record = CouponRecord { event: key.to_string(), user_id: user_id.clone(), slot, issued_at: Utc::now(), mac: None };
+        let record = CouponRecord { event: key.to_string(), user_id: user_id.clone(), slot, issued_at: jiff::Timestamp::now(), mac: None };
         let record = match &self.record_keys {
             Some(keys) => keys.sign(record),
             None => record,

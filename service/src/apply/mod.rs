@@ -13,7 +13,6 @@ mod stock;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use coupon_core::event::{validate_user_id, EventId, EventKey};
 use coupon_core::redis::keyspace::{self, EventLayout, GateDecision, Holders, Holding, HoldingState};
 use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
@@ -194,7 +193,7 @@ impl ApplyService {
         match holding {
             Some(Holding { state: HoldingState::Pending, .. } | Holding { confirmed: false, .. }) => None,
             Some(holding) => Some(ApplyOutcome::Duplicate { slot: holding.slot }),
-            None if Utc::now().timestamp_millis() >= view.closes_at_ms => Some(ApplyOutcome::Closed),
+            None if jiff::Timestamp::now().as_millisecond() >= view.closes_at_ms => Some(ApplyOutcome::Closed),
             None => Some(ApplyOutcome::SoldOut),
         }
     }

@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::Datelike;
 use coupon_core::event::{validate_user_id, CouponRecord, EventKey, RecordKeys, Signature};
 
 use crate::sql::{CouponRow, FailedRow, Position};
@@ -40,8 +39,8 @@ pub fn parse_signed(payload: &[u8], keys: Option<&RecordKeys>) -> Result<(Coupon
     if !(1..=MAX_SLOT).contains(&record.slot) {
         return Err(format!("slot {} is outside 1..={MAX_SLOT}", record.slot));
     }
-    if !ISSUED_YEARS.contains(&record.issued_at.year()) {
-        return Err(format!("issuedAt {} is outside the years {ISSUED_YEARS:?}", record.issued_at.to_rfc3339()));
+    if !ISSUED_YEARS.contains(&i32::from(record.issued_at.to_zoned(jiff::tz::TimeZone::UTC).year())) {
+        return Err(format!("issuedAt {} is outside the years {ISSUED_YEARS:?}", record.issued_at));
     }
     let signature = keys.map_or(Signature::Missing, |keys| keys.verify(&record));
     let row = CouponRow { event: record.event, user_id: record.user_id, slot: record.slot, issued_at: record.issued_at, mac: record.mac };

@@ -6,9 +6,9 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{TimeZone, Utc};
 use coupon_core::event::EventId;
 use coupon_core::redis::keyspace::{self, EventCounters};
+use jiff::Timestamp;
 use serde::Serialize;
 
 use super::stats_cache::StatsRead;
@@ -25,9 +25,9 @@ pub struct EventStats {
     pub issued: i64,
     pub remaining: i64,
     pub persisted: i64,
-    /// RFC 3339.
-    pub opens_at: String,
-    pub closes_at: String,
+    /// RFC 3339, in UTC (`…Z`).
+    pub opens_at: Timestamp,
+    pub closes_at: Timestamp,
     pub state: EventState,
 }
 
@@ -56,15 +56,19 @@ impl EventStats {
         } else {
             EventState::Open
         };
-        let rfc3339 = |ms: i64| Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339()).unwrap_or_default();
+        // Redis holds what a `Timestamp` gave it; a value out of jiff's range is clamped
+        // rather than answered as something that is not a time.
+        let at = |ms: i64| {
+            Timestamp::from_millisecond(ms.clamp(Timestamp::MIN.as_millisecond(), Timestamp::MAX.as_millisecond())).unwrap_or_default()
+        };
         Self {
             event,
             limit: counters.limit,
             issued: counters.issued,
             remaining: (counters.limit - counters.issued).max(0),
             persisted: counters.persisted,
-            opens_at: rfc3339(counters.start_ms),
-            closes_at: rfc3339(counters.end_ms),
+            opens_at: at(counters.start_ms),
+            closes_at: at(counters.end_ms),
             state,
         }
     }
@@ -103,7 +107,7 @@ pub async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<
     };
     match read {
         StatsRead::Known(counters) => {
-            Json(EventStats::from_counters(event.to_string(), &counters, Utc::now().timestamp_millis())).into_response()
+            Json(EventStats::from_counters(event.to_string(), &counters, Timestamp::now().as_millisecond())).into_response()
         }
         // Served here but unknown to Redis: Redis lost its data (503 until it is restored),
         // as applies answer.
@@ -147,7 +151,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"event": "a/b", "limit": 10, "issued": 3, "remaining": 7, "persisted": 0,
-                "opensAt": "1970-01-01T00:00:01+00:00", "closesAt": "1970-01-01T00:00:02+00:00", "state": "open"})
+                "opensAt": "1970-01-01T00:00:01Z", "closesAt": "1970-01-01T00:00:02Z", "state": "open"})
         );
     }
 }

@@ -1,7 +1,6 @@
 //! Writing a batch of records: coupon rows and failed records in one transaction, and the
 //! fall-back, record by record, when the database refuses the batch.
 
-use chrono::{DateTime, Utc};
 use sqlx::QueryBuilder;
 
 use super::{CouponRow, FailedRow, Position, Store, INSERT_CHUNK};
@@ -170,7 +169,7 @@ impl InsertCoupons for sqlx::PgConnection {
         let events: Vec<&str> = chunk.iter().map(|(c, _)| c.event.as_str()).collect();
         let users: Vec<&str> = chunk.iter().map(|(c, _)| c.user_id.as_str()).collect();
         let slots: Vec<i64> = chunk.iter().map(|(c, _)| c.slot).collect();
-        let issued: Vec<DateTime<Utc>> = chunk.iter().map(|(c, _)| c.issued_at).collect();
+        let issued: Vec<_> = chunk.iter().map(|(c, _)| super::sql_timestamp(c.issued_at)).collect();
         let result = sqlx::query(
             "INSERT INTO coupons (event, user_id, slot, issued_at) \
              SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::int8[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
@@ -191,7 +190,10 @@ macro_rules! insert_coupons_with_values_list {
             async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error> {
                 let mut query = QueryBuilder::new(head);
                 query.push_values(chunk, |mut row, (coupon, _)| {
-                    row.push_bind(&coupon.event).push_bind(&coupon.user_id).push_bind(coupon.slot).push_bind(coupon.issued_at);
+                    row.push_bind(&coupon.event)
+                        .push_bind(&coupon.user_id)
+                        .push_bind(coupon.slot)
+                        .push_bind(super::sql_timestamp(coupon.issued_at));
                 });
                 query.push(tail);
                 Ok(query.build().execute(self).await?.rows_affected())

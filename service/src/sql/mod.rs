@@ -6,7 +6,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -43,7 +43,7 @@ pub struct CouponRow {
     pub event: String,
     pub user_id: String,
     pub slot: i64,
-    pub issued_at: DateTime<Utc>,
+    pub issued_at: Timestamp,
     /// The record's signature, kept for the payload of a record not written (never stored
     /// with the coupon).
     pub mac: Option<String>,
@@ -62,6 +62,13 @@ impl CouponRow {
         })
         .unwrap_or_default()
     }
+}
+
+/// `at` as sqlx binds a timestamp: chrono is kept only here, at the SQL boundary, because
+/// sqlx encodes chrono's type for all three dialects and no jiff type yet.
+pub fn sql_timestamp(at: Timestamp) -> chrono::DateTime<chrono::Utc> {
+    let (seconds, nanos) = coupon_core::time::unix_seconds_and_nanos(at);
+    chrono::DateTime::from_timestamp(seconds, nanos).expect("jiff's years (±9999) lie within chrono's")
 }
 
 /// A record that could not become a coupon row, and why. The payload is kept byte for

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use coupon_core::kafka::KafkaSettings;
 use coupon_core::redis::{RedisTarget, RedisTls};
 use coupon_core::telemetry::{self, LogFormat};
+use coupon_core::time::FriendlyDuration;
 
 use crate::app::{Api, ApiSettings, Consumer, ConsumerSettings};
 use crate::apply::ReplicaWait;
@@ -152,7 +153,7 @@ pub struct AuthArgs {
     pub jwt_user_claim: String,
     /// Clock skew allowed on `exp` and `nbf`.
     #[arg(long, env = "JWT_LEEWAY", default_value = "30s")]
-    pub jwt_leeway: humantime::Duration,
+    pub jwt_leeway: FriendlyDuration,
 }
 
 impl AuthArgs {
@@ -233,18 +234,18 @@ pub struct ApiArgs {
     pub namespace: String,
     /// How long a produce may take before the apply answers 503.
     #[arg(long, env = "PRODUCE_TIMEOUT", default_value_t = ApiSettings::default().produce_timeout.into())]
-    pub produce_timeout: humantime::Duration,
+    pub produce_timeout: FriendlyDuration,
     /// Redis replicas that must hold the gate's write (`WAIT`) before the record is
     /// produced; 0 turns it off.
     #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
     /// How long to wait for those replicas before answering 503.
     #[arg(long, env = "REDIS_WAIT_TIMEOUT", default_value = "500ms")]
-    pub redis_wait_timeout: humantime::Duration,
+    pub redis_wait_timeout: FriendlyDuration,
     /// After SIGTERM, how long to keep serving with readiness off before no longer accepting
     /// connections (endpoints drain meanwhile); below the pod's termination grace period.
     #[arg(long, env = "SHUTDOWN_DELAY", default_value = "5s")]
-    pub shutdown_delay: humantime::Duration,
+    pub shutdown_delay: FriendlyDuration,
     /// Open connections at most: one more is answered 503 (`Retry-After: 1`) and closed.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections as u32,
         value_parser = clap::value_parser!(u32).range(1..))]
@@ -310,16 +311,16 @@ pub struct ConsumerArgs {
     pub batch_size: usize,
     /// How long a batch waits for more records once the first arrived.
     #[arg(long, env = "BATCH_LINGER", default_value_t = ConsumerSettings::default().batch_linger.into())]
-    pub batch_linger: humantime::Duration,
+    pub batch_linger: FriendlyDuration,
     /// How long an event whose Redis state may be lost stays closed (503) before the
     /// consumer restores it from SQL, and how long past a delivery's deadline an unwritten
     /// coupon waits before it is healed; longer than a broker may hold a produce request.
     #[arg(long, env = "RECOVERY_SETTLE", default_value_t = ConsumerSettings::default().recovery_settle.into())]
-    pub recovery_settle: humantime::Duration,
+    pub recovery_settle: FriendlyDuration,
     /// How long records of an event with no configuration in Redis are held before they are
     /// failed as not provisioned.
     #[arg(long, env = "MISSING_EVENT_PATIENCE", default_value_t = ConsumerSettings::default().missing_event_patience.into())]
-    pub missing_event_patience: humantime::Duration,
+    pub missing_event_patience: FriendlyDuration,
     #[command(flatten)]
     pub records: RecordKeysArgs,
     /// While Redis cannot tell whether a gate issued a record (an event recovering after its

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use clap::Args;
 use coupon_core::event::{EventConfig, EventId};
 use coupon_core::kafka::KafkaSettings;
@@ -37,7 +36,7 @@ pub struct DemoArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// How long to wait for the consumer to persist every issued coupon.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = coupon_core::time::parse_duration)]
     pub persist_timeout: Duration,
 }
 
@@ -71,7 +70,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("SQL: {}", redact_url(&database_url));
     println!("Redis: {}", redact_url(&args.redis_url));
 
-    let event = EventId::new("demo", &format!("flash-sale-{}", Utc::now().timestamp_millis()))?;
+    let event = EventId::new("demo", &format!("flash-sale-{}", jiff::Timestamp::now().as_millisecond()))?;
     let topic = format!("coupon_create.demo.{}", event.name());
     // A real broker may need the deployment's TLS/SASL properties; the mock needs none.
     let kafka = match &mock {

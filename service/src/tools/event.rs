@@ -14,12 +14,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use coupon_core::event::{EventConfig, EventId, EventKey};
 use coupon_core::provision;
 use coupon_core::redis::keyspace::{self, EventCounters};
 use coupon_core::redis::RedisHandle;
+use jiff::{SignedDuration, Timestamp};
 
 use super::cli::{KafkaArgs, RedisArgs};
 
@@ -57,12 +57,12 @@ pub struct EventCreateArgs {
     pub per_user: Option<i64>,
     /// Opening time, RFC 3339; default now for a new event.
     #[arg(long)]
-    pub start: Option<DateTime<Utc>>,
+    pub start: Option<Timestamp>,
     /// Closing time, RFC 3339; default start + --duration.
     #[arg(long)]
-    pub end: Option<DateTime<Utc>>,
+    pub end: Option<Timestamp>,
     /// The window's length when --end is not given (default 30m for a new event).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = coupon_core::time::parse_duration)]
     pub duration: Option<Duration>,
     /// Kafka topic; default coupon_create for a new event. An existing event's topic cannot
     /// change (its records would be split across two topics).
@@ -109,6 +109,8 @@ pub struct EventDeleteArgs {
 pub enum CreateRefusal {
     #[error("--limit is needed to create event {0}")]
     LimitNeeded(String),
+    #[error("--duration ends the window past the year 9999")]
+    TooLong,
     #[error("event {event}: topic cannot change from {from} to {to}: its records would be split across two topics")]
     TopicChange { event: String, from: String, to: String },
     #[error("event {event}: shards cannot change from {from} to {to}: users are assigned to shards by it")]
@@ -137,8 +139,8 @@ pub enum CreateRefusal {
 pub struct Existing {
     pub limit: i64,
     pub per_user: i64,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
+    pub start: Timestamp,
+    pub end: Timestamp,
     pub topic: String,
     pub shards: u16,
     pub incarnation: Option<String>,
@@ -146,7 +148,10 @@ pub struct Existing {
 
 impl Existing {
     fn of(counters: &EventCounters, shards: u16) -> Self {
-        let at = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        // Redis holds what a `Timestamp` gave it; clamped rather than trusted.
+        let at = |ms: i64| {
+            Timestamp::from_millisecond(ms.clamp(Timestamp::MIN.as_millisecond(), Timestamp::MAX.as_millisecond())).unwrap_or_default()
+        };
         Self {
             limit: counters.limit,
             per_user: counters.per_user,
@@ -161,11 +166,14 @@ impl Existing {
 
 /// The configuration `args` asks for: over an existing event, what is given changes and the
 /// rest is kept; for a new one, the defaults fill in. Pure.
-pub fn requested_config(args: &EventCreateArgs, existing: Option<&Existing>, now: DateTime<Utc>) -> Result<EventConfig, CreateRefusal> {
+pub fn requested_config(args: &EventCreateArgs, existing: Option<&Existing>, now: Timestamp) -> Result<EventConfig, CreateRefusal> {
     let event = format!("{}/{}", args.event.namespace, args.event.name);
-    let window = |start: DateTime<Utc>, default_length: chrono::Duration| {
-        let length = args.duration.and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(default_length);
-        args.end.unwrap_or(start + length)
+    let window = |start: Timestamp, default_length: SignedDuration| match args.end {
+        Some(end) => Ok(end),
+        None => {
+            let length = args.duration.map_or(Ok(default_length), SignedDuration::try_from).map_err(|_| CreateRefusal::TooLong)?;
+            start.checked_add(length).map_err(|_| CreateRefusal::TooLong)
+        }
     };
     match existing {
         Some(existing) => {
@@ -180,7 +188,7 @@ pub fn requested_config(args: &EventCreateArgs, existing: Option<&Existing>, now
             let end = if args.start.is_none() && args.duration.is_none() {
                 args.end.unwrap_or(existing.end)
             } else {
-                window(start, existing.end - existing.start)
+                window(start, existing.end.duration_since(existing.start))?
             };
             Ok(EventConfig {
                 limit: args.limit.unwrap_or(existing.limit),
@@ -200,7 +208,7 @@ pub fn requested_config(args: &EventCreateArgs, existing: Option<&Existing>, now
                 limit,
                 per_user: args.per_user.unwrap_or(1),
                 start,
-                end: window(start, chrono::Duration::minutes(30)),
+                end: window(start, SignedDuration::from_mins(30))?,
                 topic: args.topic.clone().unwrap_or_else(|| "coupon_create".into()),
                 paused: false,
                 incarnation: None,
@@ -251,7 +259,7 @@ async fn create(args: EventCreateArgs, deadline: Duration) -> anyhow::Result<()>
     if existing.is_some() && (args.recover || args.new_incarnation) {
         return Err(CreateRefusal::NotLost(id.to_string()).into());
     }
-    let mut config = requested_config(&args, existing.as_ref(), Utc::now())?;
+    let mut config = requested_config(&args, existing.as_ref(), Timestamp::now())?;
     let mut lost = false;
     if existing.is_none() {
         // A new event, or one Redis lost? SQL knows.
@@ -326,7 +334,7 @@ mod tests {
         }
     }
 
-    fn t(s: &str) -> DateTime<Utc> {
+    fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
 
@@ -374,6 +382,11 @@ mod tests {
             Err(CreateRefusal::ShardsChange { .. })
         ));
         assert_eq!(requested_config(&create_args(&[]), None, now), Err(CreateRefusal::LimitNeeded("default/sale".into())));
+        assert_eq!(
+            requested_config(&create_args(&["--limit", "1", "--duration", "70000000h"]), None, now),
+            Err(CreateRefusal::TooLong),
+            "a window past jiff's last instant is refused, not wrapped or panicked on"
+        );
     }
 
     #[test]

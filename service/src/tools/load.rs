@@ -87,7 +87,7 @@ impl LoadIdentity {
             Self::Body => None,
             Self::Header(name) => Some((name.clone(), user.to_owned())),
             Self::Jwt { key, algorithm, kid, issuer, audience } => {
-                let now = chrono::Utc::now().timestamp();
+                let now = jiff::Timestamp::now().as_second();
                 let claims = serde_json::json!({"sub": user, "iss": issuer, "aud": audience, "iat": now, "exp": now + 3600});
                 let claims = match claims {
                     serde_json::Value::Object(map) => map.into_iter().filter(|(_, v)| !v.is_null()).collect::<serde_json::Map<_, _>>(),

@@ -46,7 +46,7 @@ pub struct LoadArgs {
     #[arg(long)]
     pub same_user: bool,
     /// Spread the request starts over this long (e.g. 2s); default all at once.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = coupon_core::time::parse_duration)]
     pub ramp: Duration,
     #[arg(long, default_value = "user-")]
     pub user_prefix: String,

@@ -25,9 +25,9 @@ use tokio::task::JoinHandle;
 use super::{NamespacedCluster, Recorded};
 use crate::{kafka, kafka_brokers, redis_url, unique, wait_until, InProcessApi};
 
-/// A duration from the environment (`humantime`, e.g. `8s`), else `default`.
+/// A duration from the environment (e.g. `8s`), else `default`.
 pub fn parameter(name: &str, default: Duration) -> Duration {
-    std::env::var(name).ok().map(|v| humantime::parse_duration(&v).unwrap_or_else(|e| panic!("{name}={v}: {e}"))).unwrap_or(default)
+    std::env::var(name).ok().map(|v| coupon_core::time::parse_duration(&v).unwrap_or_else(|e| panic!("{name}={v}: {e}"))).unwrap_or(default)
 }
 
 pub fn lease() -> Duration {

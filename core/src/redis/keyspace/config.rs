@@ -81,8 +81,8 @@ pub async fn write_config(
             .invocation(keys, &[])
             .arg(config.limit)
             .arg(config.per_user)
-            .arg(config.start.timestamp_millis())
-            .arg(config.end.timestamp_millis())
+            .arg(config.start.as_millisecond())
+            .arg(config.end.as_millisecond())
             .arg(&config.topic)
             // A shard missing while the home shard exists lost its state: written back
             // recovering, never open and empty.

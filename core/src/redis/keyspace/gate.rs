@@ -296,7 +296,7 @@ mod tests {
 
         assert_eq!(retire_event(&mut conn, &event, Some("uid-b")).await.unwrap(), Retirement::OtherIncarnation);
         assert_eq!(retire_event(&mut conn, &event, Some("uid-a")).await.unwrap(), Retirement::StillOpen);
-        let closed = EventConfig { end: chrono::Utc::now() - chrono::Duration::seconds(1), ..first.clone() };
+        let closed = EventConfig { end: jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1), ..first.clone() };
         write_config(&mut conn, &event, &closed, false).await.unwrap();
         assert_eq!(retire_event(&mut conn, &event, Some("uid-a")).await.unwrap(), Retirement::Unwritten);
         // A row of another incarnation marks nothing; the event's own does.

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -97,7 +98,7 @@ def api():
 
 # The ops listener of each api the fixture started (`/openapi.json`, `/metrics`).
 API_OPS = {}
-DOCUMENT = ROOT / "service" / "src" / "http" / "openapi.json"
+DOCUMENT = ROOT / "docs" / "openapi.json"
 
 
 def test_openapi_document_is_served_on_the_ops_listener_only(api):
@@ -133,6 +134,9 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(api, t
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout, result.stdout[-3000:]
+    # Every operation of the document was exercised, none skipped.
+    operations = len([1 for item in json.loads(DOCUMENT.read_text())["paths"].values() for _ in item])
+    assert re.search(rf"Tested:\s+{operations}\b", result.stdout), result.stdout[-3000:]
 
 
 def test_without_a_token_every_user_route_is_401_with_a_challenge(api):

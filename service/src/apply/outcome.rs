@@ -1,7 +1,7 @@
 //! The answer to one apply: one enum, and one table giving each answer its HTTP status, its
 //! metric label and its body.
 
-use serde::Serialize;
+use crate::http::bodies::{BadRequestBody, BadRequestLabel, DuplicateBody, DuplicateLabel, IssuedBody, IssuedLabel};
 
 /// How an apply ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,16 +29,6 @@ pub enum ApplyOutcome {
         status: u16,
         error: String,
     },
-}
-
-/// The JSON body of an answer that carries more than its status.
-#[derive(Serialize)]
-struct Body<'a> {
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    slot: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
 }
 
 impl ApplyOutcome {
@@ -86,18 +76,23 @@ impl ApplyOutcome {
         self.row().1
     }
 
-    /// The JSON body.
+    /// The JSON body: one of `http::bodies`' types (the fixed ones are checked to parse into
+    /// `StatusBody` there).
     pub fn body(&self) -> std::borrow::Cow<'static, str> {
-        let (_, status, fixed) = self.row();
+        let (_, _, fixed) = self.row();
         if let Some(fixed) = fixed {
             return fixed.into();
         }
         let body = match self {
-            Self::Issued { slot } | Self::Duplicate { slot } => Body { status, slot: Some(*slot), error: None },
-            Self::BadRequest { error, .. } => Body { status, slot: None, error: Some(error) },
-            _ => Body { status, slot: None, error: None },
+            Self::Issued { slot } => serde_json::to_string(&IssuedBody { status: IssuedLabel::Issued, slot: *slot }),
+            Self::Duplicate { slot } => serde_json::to_string(&DuplicateBody { status: DuplicateLabel::Duplicate, slot: *slot }),
+            Self::BadRequest { error, .. } => {
+                serde_json::to_string(&BadRequestBody { status: BadRequestLabel::BadRequest, error: error.clone() })
+            }
+            // Every other kind has a fixed body in `row`.
+            other => Ok(format!(r#"{{"status":"{}"}}"#, other.label())),
         };
-        serde_json::to_string(&body).unwrap_or_default().into()
+        body.unwrap_or_default().into()
     }
 
     /// The labels answered with `status`, e.g. `not_open/closed` for 403 (the load tool's

@@ -1,6 +1,8 @@
 //! The api's HTTP face: routes, the mapping of `ApplyOutcome` to responses, the event stats,
 //! the server loop with its limits, and the health and metrics endpoints.
 
+mod api_doc;
+pub mod bodies;
 mod ops;
 mod server;
 mod stats;
@@ -17,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use coupon_core::redis::RedisHandle;
-use serde::Deserialize;
 
 pub use ops::{router as ops_router, Readiness};
 pub use server::{serve, ServerLimits, Shedding};
@@ -28,9 +29,7 @@ use crate::auth::{Authenticator, Identity, Rejection};
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-/// The OpenAPI document of this api, served at `/openapi.json` on the ops listener (checked
-/// against the live api by schemathesis in the test suite).
-pub const OPENAPI: &str = include_str!("openapi.json");
+pub use api_doc::document as openapi_document;
 
 /// Largest apply body accepted; a user id of 128 characters needs far less.
 pub const MAX_BODY_BYTES: usize = 1024;
@@ -67,7 +66,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// probes, `/metrics` and `/openapi.json`.
 pub fn ops_routes(state: &ApiState) -> Router {
     ops::router(state.health.clone(), state.metrics.clone(), Readiness::Serving)
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_document()) }))
 }
 
 impl IntoResponse for ApplyOutcome {
@@ -75,14 +74,6 @@ impl IntoResponse for ApplyOutcome {
         let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, [(header::CONTENT_TYPE, "application/json")], self.body()).into_response()
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ApplyRequest {
-    /// The user in `open` mode; with a proven identity optional, and refused when it names
-    /// someone else.
-    user_id: Option<String>,
 }
 
 /// A 401 with its `WWW-Authenticate` challenge; or, while the keys that may verify the
@@ -98,6 +89,33 @@ fn unauthorized(rejection: &Rejection) -> Response {
     response
 }
 
+/// Ask for a coupon of the event
+#[utoipa::path(
+    post,
+    path = "/v1/events/{event}/apply",
+    operation_id = "apply",
+    tag = "events",
+    params(("event" = String, Path, description = "Event name in the api's namespace")),
+    request_body(
+        content = bodies::ApplyRequest,
+        description = "`open` mode: the user applying. With a proven identity the body may be empty, or name the same user."
+    ),
+    responses(
+        (status = 201, body = bodies::IssuedBody,
+            description = "Issued, and the broker has the record. A user whose earlier apply was issued but never delivered gets the same slot again"),
+        (status = 400, response = api_doc::MalformedRequest),
+        (status = 401, response = api_doc::Unauthorized),
+        (status = 403, body = bodies::StatusBody, description = "Not open yet, closed, or paused by the shop"),
+        (status = 404, response = api_doc::UnknownEvent),
+        (status = 408, description = "Request took too long"),
+        (status = 409, body = bodies::DuplicateBody,
+            description = "The user already holds a coupon (or another request of theirs is delivering it): its slot"),
+        (status = 410, body = bodies::StatusBody, description = "Sold out"),
+        (status = 413, response = api_doc::MalformedRequest),
+        (status = 503, response = api_doc::Unavailable),
+    ),
+    security(("bearerToken" = []), ("gatewayHeader" = []), ())
+)]
 async fn apply(
     State(state): State<Arc<ApiState>>,
     event: Result<Path<String>, PathRejection>,
@@ -142,7 +160,7 @@ async fn decide(
     let named = match (&identity, body.iter().all(u8::is_ascii_whitespace)) {
         // With a proven identity the body may be empty.
         (Identity::Proven(_), true) => None,
-        _ => match serde_json::from_slice::<ApplyRequest>(&body) {
+        _ => match serde_json::from_slice::<bodies::ApplyRequest>(&body) {
             Ok(request) => request.user_id,
             Err(error) => return Ok(ApplyOutcome::bad_request(format!("invalid JSON body: {error}"))),
         },
@@ -157,22 +175,29 @@ async fn decide(
     Ok(state.apply.apply(event, user_id).await)
 }
 
-/// The user's coupon as `GET /v1/events/{event}/users/{userId}` answers it.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct UserCoupon<'a> {
-    event: String,
-    user_id: &'a str,
-    slot: i64,
-    /// `pending` (issued, the record's delivery not acknowledged yet), `acknowledged` (the
-    /// broker has the record) or `persisted` (the row is written).
-    state: coupon_core::redis::keyspace::HoldingState,
-    /// Whether the row is written to SQL.
-    persisted: bool,
-}
-
-/// Answers only for the caller's own user when the identity is proven: another user's
-/// coupon is 403.
+/// The coupon a user holds in the event
+///
+/// With a proven identity (jwt or header mode), only the caller's own coupon: another user's
+/// is 403.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event}/users/{userId}",
+    operation_id = "userCoupon",
+    tag = "events",
+    params(
+        ("event" = String, Path, description = "Event name in the api's namespace"),
+        ("userId" = String, Path, description = "The user"),
+    ),
+    responses(
+        (status = 200, body = bodies::UserCoupon, description = "The user's coupon"),
+        (status = 400, response = api_doc::MalformedRequest),
+        (status = 401, response = api_doc::Unauthorized),
+        (status = 403, body = bodies::StatusBody, description = "Another user's coupon"),
+        (status = 404, body = bodies::StatusBody, description = "No such event, or the user holds no coupon"),
+        (status = 503, response = api_doc::Unavailable),
+    ),
+    security(("bearerToken" = []), ("gatewayHeader" = []), ())
+)]
 async fn user_coupon(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -189,21 +214,21 @@ async fn user_coupon(
     match state.auth.identify(&headers).await {
         Err(rejection) => return unauthorized(&rejection),
         Ok(Identity::Proven(caller)) if caller != user => {
-            return (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"forbidden"}"#).into_response()
+            return (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], bodies::FORBIDDEN_BODY).into_response()
         }
         Ok(_) => {}
     }
     match state.apply.lookup(&event, &user).await {
-        LookupOutcome::Found(holding) => axum::Json(UserCoupon {
+        LookupOutcome::Found(holding) => axum::Json(bodies::UserCoupon {
             event: event.to_string(),
-            user_id: &user,
+            user_id: user,
             slot: holding.slot,
-            state: holding.state,
+            state: holding.state.into(),
             persisted: holding.state == coupon_core::redis::keyspace::HoldingState::Persisted,
         })
         .into_response(),
         LookupOutcome::NoCoupon => {
-            (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"no_coupon"}"#).into_response()
+            (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/json")], bodies::NO_COUPON_BODY).into_response()
         }
         LookupOutcome::UnknownEvent => ApplyOutcome::UnknownEvent.into_response(),
         LookupOutcome::Unavailable => ApplyOutcome::Unavailable.into_response(),

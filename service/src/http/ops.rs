@@ -42,10 +42,26 @@ pub fn router(health: Health, metrics: Arc<Metrics>, readiness: Readiness) -> Ro
 /// `/healthz` and `/readyz` alone: what the api's public listener serves besides its routes,
 /// for the kubelet's probes.
 pub fn probes(health: Health, readiness: Readiness) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).with_state((health, readiness))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state((health, readiness))
 }
 
-async fn readyz(State((health, readiness)): State<(Health, Readiness)>) -> Response {
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "probes", responses((status = 200, body = String, content_type = "text/plain", description = "Alive")))]
+pub(super) async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "probes",
+    responses(
+        (status = 200, body = super::bodies::ReadinessBody,
+            description = "Ready: the api answers HTTP (with Redis or Kafka out of reach it answers 503 JSON itself); `components` says what it can reach"),
+        (status = 503, body = super::bodies::ReadinessBody, description = "Not ready: starting, or stopping after the stop signal"),
+    )
+)]
+pub(super) async fn readyz(State((health, readiness)): State<(Health, Readiness)>) -> Response {
     // The answer is derived from the states it reports, read once: a probe flipping in
     // between never yields a body that contradicts the status. (A component is marked
     // reached before it is marked ready, so one reported ready has been reached.)
@@ -55,5 +71,6 @@ async fn readyz(State((health, readiness)): State<(Health, Readiness)>) -> Respo
         Readiness::Serving => components.get("serving").copied().unwrap_or(false) && health.all_reached_once_except("serving"),
     };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(serde_json::json!({"ready": ready, "components": components}))).into_response()
+    let components = components.into_iter().map(|(name, ready)| (name.to_owned(), ready)).collect();
+    (code, Json(super::bodies::ReadinessBody { ready, components })).into_response()
 }

@@ -129,7 +129,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, she
 }
 
 /// What an overloaded api answers: come back in a second.
-const OVERLOADED_BODY: &str = r#"{"status":"unavailable","reason":"overloaded"}"#;
+pub(crate) const OVERLOADED_BODY: &str = r#"{"status":"unavailable","reason":"overloaded"}"#;
 const RETRY_AFTER_SECS: &str = "1";
 /// Refused connections being closed gently at once (`close_gently`).
 const REFUSALS_AT_ONCE: usize = 1024;

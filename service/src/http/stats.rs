@@ -15,8 +15,8 @@ use super::stats_cache::StatsRead;
 use super::ApiState;
 use crate::apply::ApplyOutcome;
 
-/// The answer's body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// An event's limit, counters, window and state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventStats {
     /// `<namespace>/<name>`.
@@ -26,13 +26,15 @@ pub struct EventStats {
     pub remaining: i64,
     pub persisted: i64,
     /// RFC 3339, in UTC (`…Z`).
+    #[schema(value_type = String, format = DateTime)]
     pub opens_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub closes_at: Timestamp,
     pub state: EventState,
 }
 
 /// Where the event stands now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventState {
     Recovering,
@@ -74,9 +76,25 @@ impl EventStats {
     }
 }
 
-/// The stats of an event, from this process's memory while fresh (`StatsCache`: one read of
-/// the list of events and one of each event's counters per second, whatever the number of
-/// requests or of names).
+/// An event's limit, counters, window and state
+///
+/// From each api's memory, read at most once a second per event (a name nobody provisioned
+/// is remembered for 5 s), so polling it costs the sale nothing.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event}",
+    operation_id = "eventStats",
+    tag = "events",
+    params(("event" = String, Path, description = "Event name in the api's namespace")),
+    responses(
+        (status = 200, body = EventStats, description = "The event"),
+        (status = 400, response = super::api_doc::MalformedRequest),
+        (status = 404, response = super::api_doc::UnknownEvent),
+        (status = 503, response = super::api_doc::Unavailable),
+    )
+)]
+// (`StatsCache` keeps one read of the list of events and one of each event's counters per
+// second, whatever the number of requests or of names.)
 pub async fn event_stats(State(state): State<Arc<ApiState>>, event: Result<Path<String>, PathRejection>) -> Response {
     let Path(name) = match event {
         Ok(event) => event,

@@ -41,6 +41,9 @@ pub enum Command {
     /// Provision, inspect or remove an event without Kubernetes.
     #[command(subcommand)]
     Event(super::event::EventCommand),
+    /// Print the api's OpenAPI document (the one its ops listener serves at /openapi.json),
+    /// for client generators and gateways.
+    Openapi,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -369,7 +372,7 @@ pub fn main() -> std::process::ExitCode {
         // Servers log their life; one-shot tools only what went wrong.
         let default_level = match cli.command {
             Command::Api(_) | Command::Consumer(_) => "info,sqlx=warn",
-            Command::Event(_) => "warn",
+            Command::Event(_) | Command::Openapi => "warn",
         };
         (cli.log_format, default_level, run(cli.command))
     })
@@ -412,6 +415,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Api(args) => run_api(args).await?,
         Command::Consumer(args) => run_consumer(args).await?,
         Command::Event(command) => super::event::run(command).await?,
+        Command::Openapi => print!("{}", crate::http::openapi_document()),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -1,9 +1,13 @@
 //! Time as this project handles it, with jiff: instants as seconds and nanoseconds for
-//! signatures and SQL, and durations as people write them in flags, environment variables and the CRD (`30s`,
-//! `1h30m`, `500ms`, `7d`), read and printed by jiff's friendly format rather than a parser
-//! of our own. Days and weeks count as 24 hours and 7 days (a window, a lease or a timeout is
-//! an amount of time, not a calendar span); years and months are refused, having no fixed
-//! length.
+//! signatures and SQL, and durations as people write them in flags, environment variables
+//! and the CRD (`30s`, `1h30m`, `500ms`, `7d`), read and printed by jiff's friendly format.
+//! Days and weeks count as 24 hours and 7 days (a window, a lease or a timeout is an amount
+//! of time, not a calendar span); years and months are refused, having no fixed length.
+//!
+//! jiff wants units from the largest down, each once. Kubernetes manifests and the chart's
+//! schema follow Go's `time.ParseDuration`, which takes them in any order, repeated and with
+//! fractions (`30s5m`, `1.5m30s`): what jiff refuses in that form is read as Go reads it, so
+//! nothing a manifest or an earlier release accepted is refused now.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,16 +27,63 @@ pub fn unix_seconds_and_nanos(at: Timestamp) -> (i64, u32) {
     }
 }
 
-/// `text` as a non-negative duration: jiff's friendly format (`1h30m`, `1h 30m`, `90 minutes`)
-/// or ISO 8601 (`PT1H30M`).
+/// `text` as a non-negative duration: jiff's friendly format (`1h30m`, `1h 30m`, `90 minutes`),
+/// ISO 8601 (`PT1H30M`), or Go's form (`30s5m`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let refused = |why: String| format!("{text:?} is not a duration such as 30s, 1h30m or 500ms: {why}");
-    let span: Span = text.trim().parse().map_err(|e: jiff::Error| refused(e.to_string()))?;
+    let span: Span = match text.trim().parse() {
+        Ok(span) => span,
+        Err(error) => return parse_go_duration(text).ok_or_else(|| refused(jiff::Error::to_string(&error))),
+    };
     if span.get_years() != 0 || span.get_months() != 0 {
         return Err(refused("years and months have no fixed length; use days or hours".into()));
     }
     let signed = span.to_duration(SpanRelativeTo::days_are_24_hours()).map_err(|e| refused(e.to_string()))?;
     Duration::try_from(signed).map_err(|_| refused("it is negative".into()))
+}
+
+/// Go's `time.ParseDuration` for non-negative values: numbers with an optional fraction, each
+/// followed by `ns`, `us`, `µs`, `ms`, `s`, `m` or `h`, in any order; `0` alone. `None` for
+/// anything else, or past `u64::MAX` seconds.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    match text {
+        "" => return None,
+        "0" => return Some(Duration::ZERO),
+        _ => {}
+    }
+    let mut rest = text;
+    let mut nanos: u128 = 0;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let unit_nanos: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+            return None;
+        }
+        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+        let mut value = whole.checked_mul(unit_nanos)?;
+        // Digits past a nanosecond of an hour change nothing.
+        let fraction = &fraction[..fraction.len().min(20)];
+        if !fraction.is_empty() {
+            let scale = 10u128.pow(fraction.len() as u32);
+            value = value.checked_add(fraction.parse::<u128>().ok()?.checked_mul(unit_nanos)? / scale)?;
+        }
+        nanos = nanos.checked_add(value)?;
+        rest = after;
+    }
+    let seconds = u64::try_from(nanos / 1_000_000_000).ok()?;
+    Some(Duration::new(seconds, (nanos % 1_000_000_000) as u32))
 }
 
 /// `duration` the way [`parse_duration`] reads it back (`1h 30m`, `500ms`).
@@ -100,6 +151,15 @@ mod tests {
             ("7d", 604_800.0),
             ("1w", 604_800.0),
             ("1.5s", 1.5),
+            // Go's form, as manifests and the chart's schema take it.
+            ("30s5m", 330.0),
+            ("5m5m", 600.0),
+            ("500ms1s", 1.5),
+            ("1.5m30s", 120.0),
+            ("1.5h", 5400.0),
+            ("0", 0.0),
+            ("250us", 0.00025),
+            (".5s", 0.5),
         ] {
             assert_eq!(parse_duration(text).map(|d| d.as_secs_f64()), Ok(seconds), "{text}");
         }
@@ -113,8 +173,12 @@ mod tests {
             ("1y", "no fixed length"),
             ("2mo", "no fixed length"),
             ("", "duration"),
-            ("1h30m1h", "largest to smallest"),
             ("soon", "duration"),
+            ("1.2.3s", "duration"),
+            ("30s5", "duration"),
+            ("1d5h1d", "duration"),
+            ("1h 30s 5m", "duration"),
+            ("99999999999999999999999999999999999999999h", "duration"),
         ] {
             let error = parse_duration(text).unwrap_err();
             assert!(error.contains(why) && error.contains("1h30m"), "{text}: {error}");

@@ -105,7 +105,9 @@ impl Backend {
         config.per_user = counters.per_user;
         config.topic = counters.topic.clone();
         config.incarnation = counters.incarnation.clone();
-        config.start = Timestamp::from_millisecond(counters.start_ms.min(now_ms - 1000)).unwrap_or(now);
+        // Before the end (a window must not be empty), whatever Redis holds.
+        let a_second_before = now.checked_sub(jiff::SignedDuration::from_secs(1)).unwrap_or(now);
+        config.start = Timestamp::from_millisecond(counters.start_ms.min(now_ms - 1000)).unwrap_or(a_second_before);
         config.end = now;
         provision::provision_redis(&mut conn, event, &config, true).await?;
         Ok(true)

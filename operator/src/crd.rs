@@ -138,6 +138,9 @@ fn default_shards() -> u16 {
 #[x_kube(
     validation = Rule::new("self.end > self.start").message("schedule.end must be after schedule.start"),
     validation = Rule::new("self.end - self.start <= duration('168h')").message("the window may be at most 7 days (168h)"),
+    // jiff (k8s-openapi's `Time`) reads nothing past 9999-12-30T22:00Z: an object ending
+    // later could not be read at all, and would stop the operator's watch of every event.
+    validation = Rule::new("self.end < timestamp('9000-01-01T00:00:00Z')").message("the window must end before the year 9000"),
     validation = Rule::new("!has(self.warmUp) || duration(self.warmUp) <= duration('24h')").message("warmUp may be at most 24h"),
     validation = Rule::new("!has(self.coolDown) || duration(self.coolDown) <= duration('24h')").message("coolDown may be at most 24h")
 )]
@@ -276,6 +279,8 @@ pub enum SpecError {
     EndNotAfterStart { start: Timestamp, end: Timestamp },
     #[error("the window is longer than the maximum of 7 days")]
     WindowTooLong,
+    #[error("the window must end before the year 9000")]
+    EndTooLate,
     #[error("schedule.warmUp {0:?} is not a duration such as 5m or 1h30m, from 30s to 24h")]
     WarmUp(String),
     #[error("schedule.coolDown {0:?} is not a duration such as 2m or 1h30m (at most 24h)")]
@@ -320,6 +325,9 @@ impl Schedule {
     }
 }
 
+/// No window may end at or after this (the schema's rule says so too).
+const LAST_END: Timestamp = Timestamp::constant(221_845_392_000, 0); // 9000-01-01T00:00:00Z
+
 /// The api stays up this long after the end unless `coolDown` says otherwise.
 pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(120);
 
@@ -363,6 +371,9 @@ impl CouponEventSpec {
         }
         if end.duration_since(start).as_secs() > MAX_WINDOW.as_secs() as i64 {
             return Err(SpecError::WindowTooLong);
+        }
+        if end >= LAST_END {
+            return Err(SpecError::EndTooLate);
         }
         self.schedule.warm_up()?;
         self.schedule.cool_down()?;

@@ -48,7 +48,8 @@ pub struct DeploymentKey {
 
 fn warm_up_start(spec: &CouponEventSpec) -> Timestamp {
     let warm_up = spec.schedule.warm_up().unwrap_or(Duration::from_secs(300));
-    spec.schedule.start.0 - SignedDuration::try_from(warm_up).unwrap_or(SignedDuration::ZERO)
+    let warm_up = SignedDuration::try_from(warm_up).unwrap_or(SignedDuration::ZERO);
+    spec.schedule.start.0.checked_sub(warm_up).unwrap_or(Timestamp::MIN)
 }
 
 /// The phase of a valid event at `now`. Boundaries belong to the later phase: at exactly
@@ -114,14 +115,16 @@ pub fn desired_replicas(now: Timestamp, events: &[EventState<'_>]) -> BTreeMap<D
 /// When the api may go back to its idle replicas: `coolDown` after the end.
 fn cool_down_end(spec: &CouponEventSpec) -> Timestamp {
     let cool_down = spec.schedule.cool_down().unwrap_or(crate::crd::DEFAULT_COOL_DOWN);
-    spec.schedule.end.0 + SignedDuration::try_from(cool_down).unwrap_or(SignedDuration::ZERO)
+    // Saturating: an end in jiff's last day plus a cool-down must not overflow (and panic).
+    let cool_down = SignedDuration::try_from(cool_down).unwrap_or(SignedDuration::ZERO);
+    spec.schedule.end.0.checked_add(cool_down).unwrap_or(Timestamp::MAX)
 }
 
 /// The next instant after `now` at which what the operator does changes by the clock alone:
 /// the warm-up, the readiness check a minute before the start, the start, the end, the end
 /// of the cool-down.
 pub fn next_boundary(now: Timestamp, spec: &CouponEventSpec) -> Option<Timestamp> {
-    let ready_check = spec.schedule.start.0 - SignedDuration::from_secs(60);
+    let ready_check = spec.schedule.start.0.checked_sub(SignedDuration::from_secs(60)).unwrap_or(Timestamp::MIN);
     [warm_up_start(spec), ready_check, spec.schedule.start.0, spec.schedule.end.0, cool_down_end(spec)]
         .into_iter()
         .filter(|t| *t > now)
@@ -318,6 +321,18 @@ mod tests {
         s.schedule.cool_down = Some("10m".into());
         assert_eq!(at(&s, "2026-11-27T10:39:59Z", 100, 100), Some((10, 0)));
         assert_eq!(at(&s, "2026-11-27T10:40:00Z", 100, 100), Some((0, 0)));
+    }
+
+    /// A window at the end of time (admitted by the schema: a valid date-time, 7 days at most)
+    /// plus its cool-down passes jiff's last instant: saturated, never a panic of the operator.
+    #[test]
+    fn an_event_at_the_end_of_time_does_not_overflow() {
+        let mut s = spec("9999-12-30T21:00:00Z", "9999-12-30T21:59:00Z", ("api", 10, 1), ("consumer", 2, 0));
+        s.schedule.cool_down = Some("24h".into());
+        let now = t("9999-12-30T21:30:00Z");
+        assert_eq!(requested(now, &state(&s, 0, 0)), Some((10, 2)));
+        assert_eq!(next_boundary(now, &s), Some(t("9999-12-30T21:59:00Z")));
+        assert_eq!(next_boundary(t("9999-12-30T21:59:00Z"), &s), Some(Timestamp::MAX));
     }
 
     #[test]

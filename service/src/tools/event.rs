@@ -109,7 +109,7 @@ pub struct EventDeleteArgs {
 pub enum CreateRefusal {
     #[error("--limit is needed to create event {0}")]
     LimitNeeded(String),
-    #[error("--duration ends the window past the year 9999")]
+    #[error("the window would end past the year 9999: give an earlier --end or a shorter --duration")]
     TooLong,
     #[error("event {event}: topic cannot change from {from} to {to}: its records would be split across two topics")]
     TopicChange { event: String, from: String, to: String },

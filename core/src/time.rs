@@ -6,8 +6,9 @@
 //!
 //! jiff wants units from the largest down, each once. Kubernetes manifests and the chart's
 //! schema follow Go's `time.ParseDuration`, which takes them in any order, repeated and with
-//! fractions (`30s5m`, `1.5m30s`): what jiff refuses in that form is read as Go reads it, so
-//! nothing a manifest or an earlier release accepted is refused now.
+//! fractions (`30s5m`, `1.5m30s`): what jiff refuses in that form is read as Go reads it (with
+//! `d` and `w` too, and spaces between the parts, as humantime read them). Every duration is
+//! at most Go's longest, 2562047h (about 292 years): longer ones only overflow timers.
 
 use std::fmt;
 use std::str::FromStr;
@@ -33,18 +34,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let refused = |why: String| format!("{text:?} is not a duration such as 30s, 1h30m or 500ms: {why}");
     let span: Span = match text.trim().parse() {
         Ok(span) => span,
-        Err(error) => return parse_go_duration(text).ok_or_else(|| refused(jiff::Error::to_string(&error))),
+        Err(error) => return parse_go_duration(text.trim()).ok_or_else(|| refused(jiff::Error::to_string(&error))),
     };
     if span.get_years() != 0 || span.get_months() != 0 {
         return Err(refused("years and months have no fixed length; use days or hours".into()));
     }
     let signed = span.to_duration(SpanRelativeTo::days_are_24_hours()).map_err(|e| refused(e.to_string()))?;
-    Duration::try_from(signed).map_err(|_| refused("it is negative".into()))
+    let duration = Duration::try_from(signed).map_err(|_| refused("it is negative".into()))?;
+    if duration.as_nanos() > LONGEST_NANOS {
+        return Err(refused("longer than 2562047h (about 292 years)".into()));
+    }
+    Ok(duration)
 }
 
+/// The longest duration accepted: Go's (`i64::MAX` nanoseconds).
+const LONGEST_NANOS: u128 = i64::MAX as u128;
+
 /// Go's `time.ParseDuration` for non-negative values: numbers with an optional fraction, each
-/// followed by `ns`, `us`, `µs`, `ms`, `s`, `m` or `h`, in any order; `0` alone. `None` for
-/// anything else, or past `u64::MAX` seconds.
+/// followed by `ns`, `us`, `µs`, `ms`, `s`, `m`, `h` (or `d`, `w`), in any order, spaces
+/// allowed between the parts; `0` alone. `None` for anything else, or past Go's longest.
 fn parse_go_duration(text: &str) -> Option<Duration> {
     match text {
         "" => return None,
@@ -56,7 +64,8 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
     while !rest.is_empty() {
         let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let (number, after) = rest.split_at(number_end);
-        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let after = after.trim_start();
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.' || c.is_whitespace()).unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_end);
         let unit_nanos: u128 = match unit {
             "ns" => 1,
@@ -65,6 +74,8 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            "w" => 604_800_000_000_000,
             _ => return None,
         };
         let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
@@ -79,11 +90,10 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
             let scale = 10u128.pow(fraction.len() as u32);
             value = value.checked_add(fraction.parse::<u128>().ok()?.checked_mul(unit_nanos)? / scale)?;
         }
-        nanos = nanos.checked_add(value)?;
-        rest = after;
+        nanos = nanos.checked_add(value).filter(|nanos| *nanos <= LONGEST_NANOS)?;
+        rest = after.trim_start();
     }
-    let seconds = u64::try_from(nanos / 1_000_000_000).ok()?;
-    Some(Duration::new(seconds, (nanos % 1_000_000_000) as u32))
+    Some(Duration::new((nanos / 1_000_000_000) as u64, (nanos % 1_000_000_000) as u32))
 }
 
 /// `duration` the way [`parse_duration`] reads it back (`1h 30m`, `500ms`).
@@ -160,6 +170,13 @@ mod tests {
             ("0", 0.0),
             ("250us", 0.00025),
             (".5s", 0.5),
+            ("30s 5m", 330.0),
+            ("1h 30s 5m", 3930.0),
+            ("12h1d", 129_600.0),
+            ("1.5d", 129_600.0),
+            ("1d5h1d", 190_800.0),
+            (" 30s5m\n", 330.0),
+            ("2562047h", 9_223_369_200.0),
         ] {
             assert_eq!(parse_duration(text).map(|d| d.as_secs_f64()), Ok(seconds), "{text}");
         }
@@ -176,9 +193,11 @@ mod tests {
             ("soon", "duration"),
             ("1.2.3s", "duration"),
             ("30s5", "duration"),
-            ("1d5h1d", "duration"),
-            ("1h 30s 5m", "duration"),
+            ("1 0s", "duration"),
             ("99999999999999999999999999999999999999999h", "duration"),
+            ("9999999999999999999s", "duration"),
+            ("2562048h", "duration"),
+            ("100000w", "292 years"),
         ] {
             let error = parse_duration(text).unwrap_err();
             assert!(error.contains(why) && error.contains("1h30m"), "{text}: {error}");

@@ -17,7 +17,8 @@ use coupon_service::http::ServerLimits;
 use futures::stream::{self, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{burst, event, Line, Setup};
+use crate::results::Measure;
+use crate::setup::{burst, event, Setup};
 
 const CAP: usize = 256;
 const OPENED: usize = 3_000;
@@ -41,7 +42,7 @@ fn p99(values: &mut [f64]) -> f64 {
     values.get(values.len() * 99 / 100).copied().unwrap_or(f64::NAN)
 }
 
-pub async fn measure(setup: &Setup, requests: usize) -> anyhow::Result<Vec<Line>> {
+pub async fn measure(setup: &Setup, requests: usize) -> anyhow::Result<Vec<Measure>> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let settings = ApiSettings {
         namespace: "bench".into(),
@@ -75,27 +76,26 @@ pub async fn measure(setup: &Setup, requests: usize) -> anyhow::Result<Vec<Line>
     let grown_kib = held.saturating_sub(before) as f64 / 1024.0 / OPENED as f64;
 
     Ok(vec![
-        Line {
-            what: format!("connections beyond a cap of {CAP} answered 503 at once ({OPENED} idle opened)"),
-            ours: refused.to_string(),
-            baseline: format!("{beyond} (all beyond the cap)"),
-            ratio: format!("{:.3}", refused as f64 / beyond as f64),
-            target: ">= 0.99",
-        },
-        Line {
-            what: "p99 of those 503 answers (ms)".into(),
-            ours: format!("{:.1}", p99(&mut refusal_ms)),
-            baseline: format!("{:.1} (bare listener answering on accept)", p99(&mut bare_ms)),
-            ratio: format!("{:.2}", p99(&mut refusal_ms) / p99(&mut bare_ms)),
-            target: "<= 1.5",
-        },
-        Line {
-            what: format!("resident memory per idle connection held (KiB; {OPENED} opened)"),
-            ours: format!("{grown_kib:.1}"),
-            baseline: "20 (the server's budget per connection)".into(),
-            ratio: format!("{:.2}", grown_kib / 20.0),
-            target: "<= 1.0",
-        },
+        Measure::figure(
+            "overload_refused_at_once_vs_beyond_cap",
+            format!("connections beyond a cap of {CAP} answered 503 at once ({OPENED} idle opened)"),
+            refused as f64,
+            "connections",
+            0,
+            ">= 0.99",
+        )
+        .against(beyond as f64, "all beyond the cap"),
+        Measure::figure("overload_refusal_p99_vs_bare_listener", "p99 of those 503 answers (ms)", p99(&mut refusal_ms), "ms", 1, "<= 1.5")
+            .against(p99(&mut bare_ms), "bare listener answering on accept"),
+        Measure::figure(
+            "overload_memory_per_idle_connection_vs_budget",
+            format!("resident memory per idle connection held (KiB; {OPENED} opened)"),
+            grown_kib,
+            "KiB",
+            1,
+            "<= 1.0",
+        )
+        .against(20.0, "the server's budget per connection"),
     ])
 }
 

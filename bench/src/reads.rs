@@ -8,7 +8,8 @@ use coupon_core::redis::{diagnostics, keyspace, RedisHandle};
 use futures::stream::{self, StreamExt};
 use std::time::Duration;
 
-use crate::{burst, event, unique, Line, Setup, CONCURRENCY};
+use crate::results::Measure;
+use crate::setup::{burst, event, unique, Setup, CONCURRENCY};
 
 /// `requests` GETs of `url`, `CONCURRENCY` at a time: how many were answered `expected`.
 async fn flood(client: &reqwest::Client, url: &str, requests: usize, expected: u16) -> usize {
@@ -28,26 +29,22 @@ async fn one_read(setup: &Setup, event: &EventId) -> anyhow::Result<u64> {
     Ok(diagnostics::commands_run(&setup.redis_url).await? - before)
 }
 
-pub async fn measure(setup: &Setup, url: &str, requests: usize) -> anyhow::Result<Vec<Line>> {
+pub async fn measure(setup: &Setup, url: &str, requests: usize) -> anyhow::Result<Vec<Measure>> {
     let (sale, _) = event(setup, requests as i64 * 4).await?;
     let client = reqwest::Client::new();
     let stats_url = format!("{url}/v1/events/{}", sale.name());
     let unknown_url = format!("{url}/v1/events/{}", unique("made-up"));
     let baseline = one_read(setup, &sale).await? as f64;
     let mut lines = Vec::new();
-    for (what, url, expected) in [("stats", &stats_url, 200), ("unknown event", &unknown_url, 404)] {
+    for (what, name, url, expected) in [("stats", "stats", &stats_url, 200), ("unknown event", "unknown_event", &unknown_url, 404)] {
         flood(&client, url, 1, expected).await;
         let before = diagnostics::commands_run(&setup.redis_url).await?;
         let answered = flood(&client, url, requests, expected).await;
         anyhow::ensure!(answered == requests, "{what}: {answered} of {requests} answered {expected}");
         let per_request = (diagnostics::commands_run(&setup.redis_url).await? - before) as f64 / requests as f64;
-        lines.push(Line {
-            what: format!("Redis commands per {what} request"),
-            ours: format!("{per_request:.4}"),
-            baseline: format!("{baseline:.0} (one uncached read)"),
-            ratio: format!("{:.5}", per_request / baseline),
-            target: "< 0.01 commands",
-        });
+        let measure = format!("redis_commands_per_{name}_request_vs_one_read");
+        let what = format!("Redis commands per {what} request");
+        lines.push(Measure::figure(&measure, what, per_request, "commands", 4, "< 0.01 commands").against(baseline, "one uncached read"));
     }
     // The flood costs the api's HTTP handling whatever it asks (client, api and Redis share
     // the machine's cores): the baseline is the same burst beside a flood of the same size of
@@ -62,12 +59,10 @@ pub async fn measure(setup: &Setup, url: &str, requests: usize) -> anyhow::Resul
     let (beside, _) = tokio::join!(burst(url, sale.name(), applies, CONCURRENCY, "beside-"), flood(&client, &stats_url, requests, 200));
     let beside = beside?.p99_ms();
     let alone = burst(url, sale.name(), applies, CONCURRENCY, "alone-").await?.p99_ms();
-    lines.push(Line {
-        what: format!("apply p99 beside a stats flood (ms; alone: {alone:.1})"),
-        ours: format!("{beside:.1}"),
-        baseline: format!("{beside_http:.1} (beside as many /healthz)"),
-        ratio: format!("{:.2}", beside / beside_http),
-        target: "<= 1.2",
-    });
+    let what = format!("apply p99 beside a stats flood (ms; alone: {alone:.1})");
+    lines.push(
+        Measure::figure("apply_p99_beside_stats_vs_beside_healthz", what, beside, "ms", 1, "<= 1.2")
+            .against(beside_http, "beside as many /healthz"),
+    );
     Ok(lines)
 }

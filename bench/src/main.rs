@@ -7,6 +7,7 @@
 //! measure at smaller sizes). `BENCH_ONLY=soldout` (say) runs one part, e.g. under a profiler.
 
 mod burst;
+mod churn;
 mod consumer;
 mod issuing;
 mod jwt;
@@ -24,7 +25,7 @@ use results::{Machine, Measure};
 use setup::{env, Setup, Sizes};
 
 /// The parts, in the order they run and print.
-const PARTS: [&str; 9] = ["issuing", "soldout", "reads", "overload", "jwt", "shards", "consumer", "burst", "large"];
+const PARTS: [&str; 10] = ["issuing", "soldout", "churn", "reads", "overload", "jwt", "shards", "consumer", "burst", "large"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -52,6 +53,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("soldout") {
         measures.extend(soldout::measure(&setup, &url, &sizes).await?);
+    }
+    if run("churn") {
+        measures.extend(churn::measure(&setup, &url, &sizes).await?);
     }
     if run("reads") {
         measures.extend(reads::measure(&setup, &url, sizes.requests).await?);

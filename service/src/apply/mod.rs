@@ -5,7 +5,7 @@
 mod acks;
 mod caches;
 mod delivery;
-mod gate_batches;
+pub mod gate_batches;
 mod outcome;
 pub mod producer;
 mod stock;

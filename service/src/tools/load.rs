@@ -112,6 +112,8 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub latency_us: Option<Histogram<u64>>,
+    /// Latency in microseconds by HTTP status (a 201 and a 410 take different paths).
+    pub latency_by_status_us: BTreeMap<u16, Histogram<u64>>,
     /// The first request that got no HTTP answer, and why (refused, a certificate not
     /// trusted, a timeout): what a crowd that reached nothing has to say.
     pub first_failure: Option<String>,
@@ -147,6 +149,11 @@ impl LoadReport {
 
     pub fn p99_ms(&self) -> f64 {
         self.percentile_ms(0.99)
+    }
+
+    /// The `q` quantile of the answers with `status`, in milliseconds (0 without any).
+    pub fn percentile_ms_of(&self, status: u16, q: f64) -> f64 {
+        self.latency_by_status_us.get(&status).map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
     }
 
     /// A markdown table of answers, throughput and latency.
@@ -245,7 +252,14 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
         if let Some(issued) = issued {
             report.issued.push(issued);
         }
-        let _ = histogram.record((latency.as_micros() as u64).max(1));
+        let micros = (latency.as_micros() as u64).max(1);
+        let _ = histogram.record(micros);
+        if let Some(by_status) = match report.latency_by_status_us.entry(status) {
+            std::collections::btree_map::Entry::Occupied(entry) => Some(entry.into_mut()),
+            std::collections::btree_map::Entry::Vacant(entry) => Histogram::new_with_bounds(1, 60_000_000, 3).ok().map(|h| entry.insert(h)),
+        } {
+            let _ = by_status.record(micros);
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();

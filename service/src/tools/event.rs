@@ -383,7 +383,7 @@ mod tests {
         ));
         assert_eq!(requested_config(&create_args(&[]), None, now), Err(CreateRefusal::LimitNeeded("default/sale".into())));
         assert_eq!(
-            requested_config(&create_args(&["--limit", "1", "--duration", "70000000h"]), None, now),
+            requested_config(&create_args(&["--limit", "1", "--start", "9999-12-01T00:00:00Z", "--duration", "2000h"]), None, now),
             Err(CreateRefusal::TooLong),
             "a window past jiff's last instant is refused, not wrapped or panicked on"
         );

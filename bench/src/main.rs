@@ -13,6 +13,7 @@ mod issuing;
 mod jwt;
 mod large;
 mod overload;
+mod pg_copy;
 mod reads;
 mod results;
 mod setup;

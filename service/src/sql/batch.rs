@@ -116,8 +116,10 @@ impl Store {
             self.insert_ignoring_duplicates("failed_events (topic, kafka_partition, kafka_offset, payload, reason)");
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let inserted =
-                if coupons.is_empty() { 0 } else { InsertCoupons::insert_coupons(&mut *tx, coupons, &coupon_head, coupon_tail).await? };
+            let mut inserted = 0u64;
+            for chunk in coupons.chunks(INSERT_CHUNK) {
+                inserted += InsertCoupons::insert_coupons(&mut *tx, chunk, &coupon_head, coupon_tail).await?;
+            }
             let mut conflicts = Vec::new();
             let mut written = Vec::with_capacity(coupons.len());
             if inserted < coupons.len() as u64 {
@@ -154,36 +156,47 @@ impl Store {
     }
 }
 
-/// The coupon insert, per dialect, once per transaction. PostgreSQL streams the rows by
-/// binary COPY (`postgres_copy`); the others bind multi-row VALUES lists of `INSERT_CHUNK`.
+/// The multi-row coupon INSERT, per dialect. PostgreSQL binds four arrays and UNNESTs them
+/// (four parameters and one cached plan whatever the batch size); the others bind a
+/// VALUES list.
 trait InsertCoupons {
     /// Inserts, skipping rows that violate a unique key; returns the rows inserted.
-    async fn insert_coupons(&mut self, coupons: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error>;
+    async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error>;
 }
 
 impl InsertCoupons for sqlx::PgConnection {
-    async fn insert_coupons(&mut self, coupons: &[(CouponRow, Position)], _head: &str, _tail: &str) -> Result<u64, sqlx::Error> {
-        super::postgres_copy::insert_coupons(self, coupons).await
+    async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], _head: &str, _tail: &str) -> Result<u64, sqlx::Error> {
+        let events: Vec<&str> = chunk.iter().map(|(c, _)| c.event.as_str()).collect();
+        let users: Vec<&str> = chunk.iter().map(|(c, _)| c.user_id.as_str()).collect();
+        let slots: Vec<i64> = chunk.iter().map(|(c, _)| c.slot).collect();
+        let issued: Vec<_> = chunk.iter().map(|(c, _)| super::sql_timestamp(c.issued_at)).collect();
+        let result = sqlx::query(
+            "INSERT INTO coupons (event, user_id, slot, issued_at) \
+             SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::int8[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(events)
+        .bind(users)
+        .bind(slots)
+        .bind(issued)
+        .execute(self)
+        .await?;
+        Ok(result.rows_affected())
     }
 }
 
 macro_rules! insert_coupons_with_values_list {
     ($connection:ty) => {
         impl InsertCoupons for $connection {
-            async fn insert_coupons(&mut self, coupons: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error> {
-                let mut inserted = 0;
-                for chunk in coupons.chunks(INSERT_CHUNK) {
-                    let mut query = QueryBuilder::new(head);
-                    query.push_values(chunk, |mut row, (coupon, _)| {
-                        row.push_bind(&coupon.event)
-                            .push_bind(&coupon.user_id)
-                            .push_bind(coupon.slot)
-                            .push_bind(super::sql_timestamp(coupon.issued_at));
-                    });
-                    query.push(tail);
-                    inserted += query.build().execute(&mut *self).await?.rows_affected();
-                }
-                Ok(inserted)
+            async fn insert_coupons(&mut self, chunk: &[(CouponRow, Position)], head: &str, tail: &str) -> Result<u64, sqlx::Error> {
+                let mut query = QueryBuilder::new(head);
+                query.push_values(chunk, |mut row, (coupon, _)| {
+                    row.push_bind(&coupon.event)
+                        .push_bind(&coupon.user_id)
+                        .push_bind(coupon.slot)
+                        .push_bind(super::sql_timestamp(coupon.issued_at));
+                });
+                query.push(tail);
+                Ok(query.build().execute(self).await?.rows_affected())
             }
         }
     };

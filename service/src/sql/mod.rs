@@ -1,7 +1,7 @@
 //! SQL storage of issued coupons and failed records, on PostgreSQL, MySQL/MariaDB or SQLite
 //! (chosen by the `DATABASE_URL` scheme). The same statements serve all three, built with
 //! sqlx's `QueryBuilder`, which writes each dialect's own placeholders; only the "ignore
-//! duplicates" clause and PostgreSQL's coupon insert (binary COPY, `postgres_copy`) differ per dialect.
+//! duplicates" clause and PostgreSQL's array insert differ per dialect.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -35,7 +35,6 @@ macro_rules! on_pool {
 }
 
 mod batch;
-mod postgres_copy;
 pub use batch::{is_data_error, BatchOutcome};
 
 /// A coupon on its way into the `coupons` table.

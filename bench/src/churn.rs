@@ -81,6 +81,9 @@ async fn one_connection(address: &str, path: &str, connection: usize, count: usi
             .header(http::header::HOST, address)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))?;
+        // The previous answer is read; the connection takes the next request once its
+        // driver has seen that.
+        sender.ready().await?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         response.into_body().collect().await?;

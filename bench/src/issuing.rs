@@ -14,17 +14,24 @@ use coupon_service::apply::gate_batches::GateBatches;
 use futures::stream::{self, StreamExt};
 
 use crate::results::Measure;
-use crate::setup::{burst, event, Setup, Sizes, CONCURRENCY};
+use crate::setup::{burst, event, median, Setup, Sizes, CONCURRENCY};
 
 pub async fn measure(setup: &Setup, url: &str, sizes: &Sizes) -> anyhow::Result<Vec<Measure>> {
     let requests = sizes.requests;
-    let (issuing, _) = event(setup, requests as i64 * 2).await?;
-    burst(url, issuing.name(), 500, CONCURRENCY, "warm-").await?;
-    let report = burst(url, issuing.name(), requests, CONCURRENCY, "issue-").await?;
-    anyhow::ensure!(report.count(201) == requests as u64, "issuing run: {}", report.table());
-    let issuing = report.throughput();
-    let gate = gate_alone(setup, requests).await?;
-    let unpipelined = redis_benchmark_gate(setup, requests, CONCURRENCY).await?;
+    // Each side once per round, in a rotating order; the medians are compared.
+    let mut rounds: [Vec<f64>; 3] = Default::default();
+    for round in 0..sizes.rounds {
+        for k in 0..3 {
+            let side = (round + k) % 3;
+            let figure = match side {
+                0 => issuing_end_to_end(setup, url, requests).await?,
+                1 => gate_alone(setup, requests).await?,
+                _ => redis_benchmark_gate(setup, requests, CONCURRENCY).await?,
+            };
+            rounds[side].push(figure);
+        }
+    }
+    let [issuing, gate, unpipelined] = rounds.map(|figures| median(&figures));
     let script = "redis-benchmark EVALSHA of the gate script, one user per call";
     Ok(vec![
         Measure::figure("issuing_vs_redis_benchmark_evalsha", "issuing throughput end to end (201/s)", issuing, "req/s", 0, "report")
@@ -36,10 +43,19 @@ pub async fn measure(setup: &Setup, url: &str, sizes: &Sizes) -> anyhow::Result<
     ])
 }
 
+/// 201s per second through the api (HTTP, gate, acknowledged produce), after a warm-up.
+async fn issuing_end_to_end(setup: &Setup, url: &str, requests: usize) -> anyhow::Result<f64> {
+    let (issuing, _) = event(setup, requests as i64 + 500).await?;
+    burst(url, issuing.name(), 500, CONCURRENCY, "warm-").await?;
+    let report = burst(url, issuing.name(), requests, CONCURRENCY, "issue-").await?;
+    anyhow::ensure!(report.count(201) == requests as u64, "issuing run: {}", report.table());
+    Ok(report.throughput())
+}
+
 /// Claims per second through the api's gate (`GateBatches`: calls of up to 32 users, a few
 /// in flight per shard), `CONCURRENCY` applies waiting at a time, no HTTP and no broker.
 async fn gate_alone(setup: &Setup, requests: usize) -> anyhow::Result<f64> {
-    let (id, _) = event(setup, requests as i64 * 2).await?;
+    let (id, _) = event(setup, requests as i64 + 500).await?;
     let redis = RedisHandle::connect_in_background(&setup.redis_url)?;
     redis.wait().await;
     let gate = Arc::new(GateBatches::new(redis, Duration::from_secs(600)));
@@ -69,10 +85,9 @@ async fn redis_benchmark_gate(setup: &Setup, requests: usize, concurrency: usize
     let evalsha_args = keyspace::prepare_gate_benchmark(&mut conn, &id).await?;
     let output = Command::new("redis-benchmark")
         .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "6379",
+            // The Redis the api and the gate alone use.
+            "-u",
+            &setup.redis_url,
             "-q",
             "--csv",
             "-n",

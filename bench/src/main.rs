@@ -82,8 +82,7 @@ async fn main() -> anyhow::Result<()> {
 
     print!("{}", results::table(&measures));
     let path = env("BENCH_RESULTS", concat!(env!("CARGO_MANIFEST_DIR"), "/results.json"));
-    let sizes = if sizes.quick { "quick" } else { "full" };
-    std::fs::write(&path, results::json(&measures, &Machine::this(), sizes)? + "\n")?;
+    std::fs::write(&path, results::json(&measures, &Machine::this(), &sizes)? + "\n")?;
     eprintln!("wrote {path}");
     Ok(())
 }

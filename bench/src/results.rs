@@ -64,7 +64,7 @@ impl Measure {
             None => self.baseline.clone(),
         };
         let ratio =
-            self.ratio.map_or("-".to_owned(), |ratio| if ratio.abs() < 0.01 { format!("{ratio:.5}") } else { format!("{ratio:.2}") });
+            self.ratio.map_or("-".to_owned(), |ratio| if ratio.abs() < 0.01 { format!("{ratio:.5}") } else { format!("{ratio:.3}") });
         format!("| {} | {:.digits$} | {baseline} | {ratio} | {} |", self.what, self.value, self.target)
     }
 }
@@ -101,17 +101,17 @@ impl Machine {
 
 /// One object of `bench/results.json`: a measure, and where and how big it was run.
 #[derive(Debug, Serialize)]
-struct Row<'a> {
+struct Row<'a, S: Serialize> {
     #[serde(flatten)]
     measure: &'a Measure,
     machine: &'a Machine,
-    /// `quick` or `full`.
-    sizes: &'a str,
+    /// The sizes the run used (`quick`, and each part's).
+    sizes: &'a S,
 }
 
 /// `bench/results.json`: an array with one object per measure.
-pub fn json(measures: &[Measure], machine: &Machine, sizes: &str) -> serde_json::Result<String> {
-    let rows: Vec<Row<'_>> = measures.iter().map(|measure| Row { measure, machine, sizes }).collect();
+pub fn json<S: Serialize>(measures: &[Measure], machine: &Machine, sizes: &S) -> serde_json::Result<String> {
+    let rows: Vec<Row<'_, S>> = measures.iter().map(|measure| Row { measure, machine, sizes }).collect();
     serde_json::to_string_pretty(&rows)
 }
 
@@ -123,7 +123,7 @@ mod tests {
     fn a_measure_gives_its_ratio_to_the_table_and_the_file() {
         let measure = Measure::figure("soldout_vs_bare_axum", "sold-out throughput (req/s)", 9000.0, "req/s", 0, ">= 0.9")
             .against(10000.0, "bare axum handler");
-        assert_eq!(measure.table_row(), "| sold-out throughput (req/s) | 9000 | 10000 (bare axum handler) | 0.90 | >= 0.9 |");
+        assert_eq!(measure.table_row(), "| sold-out throughput (req/s) | 9000 | 10000 (bare axum handler) | 0.900 | >= 0.9 |");
         let object = serde_json::to_value(&measure).unwrap();
         assert_eq!(
             object,
@@ -131,10 +131,11 @@ mod tests {
                 "baseline_value": 10000.0, "ratio": 0.9, "target": ">= 0.9"})
         );
         let machine = Machine { cores: 2, model: "a CPU".into() };
-        let file: serde_json::Value = serde_json::from_str(&json(std::slice::from_ref(&measure), &machine, "quick").unwrap()).unwrap();
+        let file: serde_json::Value =
+            serde_json::from_str(&json(std::slice::from_ref(&measure), &machine, &serde_json::json!({"quick": true})).unwrap()).unwrap();
         assert_eq!(file[0]["measure"], "soldout_vs_bare_axum");
         assert_eq!(file[0]["machine"], serde_json::json!({"cores": 2, "model": "a CPU"}));
-        assert_eq!(file[0]["sizes"], "quick");
+        assert_eq!(file[0]["sizes"]["quick"], true);
         let alone = Measure::figure("burst_5xx", "burst: 5xx answers", 0.0, "answers", 0, "0");
         assert_eq!(alone.table_row(), "| burst: 5xx answers | 0 | - | - | 0 |");
     }

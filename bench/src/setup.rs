@@ -19,7 +19,7 @@ pub const CONCURRENCY: usize = 64;
 
 /// How big each part's crowd is: the full run (`bench/run`) or `--quick` (every measure at
 /// smaller sizes, in minutes). Each can be overridden by its variable.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Sizes {
     pub quick: bool,
     /// Applies in the issuing, sold-out, reads and token parts.
@@ -35,7 +35,7 @@ pub struct Sizes {
 impl Sizes {
     pub fn new(quick: bool) -> anyhow::Result<Self> {
         let size = |name: &str, full: &str, quick_size: &str| env(name, if quick { quick_size } else { full }).parse::<usize>();
-        Ok(Self {
+        let sizes = Self {
             quick,
             requests: size("BENCH_ISSUING_REQUESTS", "20000", "5000")?,
             rounds: size("BENCH_ROUNDS", "5", "2")?,
@@ -43,7 +43,17 @@ impl Sizes {
             gate_users: size("BENCH_GATE_USERS", "60000", "12000")?,
             consumer_rows: size("BENCH_ROWS", "20000", "5000")?,
             large_event: size("BENCH_LARGE_EVENT", "1000000", "100000")? as i64,
-        })
+        };
+        anyhow::ensure!(
+            sizes.rounds >= 1
+                && sizes.requests >= 1
+                && sizes.shard_requests >= 1
+                && sizes.gate_users >= 1
+                && sizes.consumer_rows >= 1
+                && sizes.large_event >= 1,
+            "every BENCH_ size must be at least 1: {sizes:?}"
+        );
+        Ok(sizes)
     }
 }
 

@@ -151,9 +151,10 @@ impl LoadReport {
         self.percentile_ms(0.99)
     }
 
-    /// The `q` quantile of the answers with `status`, in milliseconds (0 without any).
+    /// The `q` quantile of the answers with `status`, in milliseconds (NaN without any: no
+    /// answer is not a fast one).
     pub fn percentile_ms_of(&self, status: u16, q: f64) -> f64 {
-        self.latency_by_status_us.get(&status).map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
+        self.latency_by_status_us.get(&status).map_or(f64::NAN, |h| h.value_at_quantile(q) as f64 / 1000.0)
     }
 
     /// A markdown table of answers, throughput and latency.
@@ -254,12 +255,7 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadReport> {
         }
         let micros = (latency.as_micros() as u64).max(1);
         let _ = histogram.record(micros);
-        if let Some(by_status) = match report.latency_by_status_us.entry(status) {
-            std::collections::btree_map::Entry::Occupied(entry) => Some(entry.into_mut()),
-            std::collections::btree_map::Entry::Vacant(entry) => Histogram::new_with_bounds(1, 60_000_000, 3).ok().map(|h| entry.insert(h)),
-        } {
-            let _ = by_status.record(micros);
-        }
+        let _ = report.latency_by_status_us.entry(status).or_insert_with(|| Histogram::new_from(&histogram)).record(micros);
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -28,6 +28,15 @@ pub fn unix_seconds_and_nanos(at: Timestamp) -> (i64, u32) {
     }
 }
 
+/// The instant `ms` milliseconds after the epoch, as Redis keeps an event's window. Redis
+/// holds what a `Timestamp` gave it; a value outside jiff's range is clamped to its ends
+/// rather than read as something that is not a time.
+pub fn timestamp_from_millis_clamped(ms: i64) -> Timestamp {
+    // (Clamping `ms` to the ends' milliseconds first is not enough: jiff refuses even those,
+    // and the fall-back then was the epoch.)
+    Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 { Timestamp::MIN } else { Timestamp::MAX })
+}
+
 /// `text` as a non-negative duration: jiff's friendly format (`1h30m`, `1h 30m`, `90 minutes`),
 /// ISO 8601 (`PT1H30M`), or Go's form (`30s5m`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -146,6 +155,13 @@ mod tests {
         assert_eq!(split("2026-11-27T19:00:00.5+09:00"), (1_795_773_600, 500_000_000));
         assert_eq!(split("1969-12-31T23:59:59.000000001Z"), (-1, 1));
         assert_eq!(split("1969-12-31T23:59:59Z"), (-1, 0));
+    }
+
+    #[test]
+    fn milliseconds_out_of_range_are_clamped_to_the_ends() {
+        assert_eq!(timestamp_from_millis_clamped(1_500).as_millisecond(), 1_500);
+        assert_eq!(timestamp_from_millis_clamped(i64::MAX).as_millisecond(), Timestamp::MAX.as_millisecond());
+        assert_eq!(timestamp_from_millis_clamped(i64::MIN).as_millisecond(), Timestamp::MIN.as_millisecond());
     }
 
     #[test]

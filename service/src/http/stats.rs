@@ -58,11 +58,7 @@ impl EventStats {
         } else {
             EventState::Open
         };
-        // Redis holds what a `Timestamp` gave it; a value out of jiff's range is clamped
-        // rather than answered as something that is not a time.
-        let at = |ms: i64| {
-            Timestamp::from_millisecond(ms.clamp(Timestamp::MIN.as_millisecond(), Timestamp::MAX.as_millisecond())).unwrap_or_default()
-        };
+        let at = coupon_core::time::timestamp_from_millis_clamped;
         Self {
             event,
             limit: counters.limit,

@@ -148,10 +148,7 @@ pub struct Existing {
 
 impl Existing {
     fn of(counters: &EventCounters, shards: u16) -> Self {
-        // Redis holds what a `Timestamp` gave it; clamped rather than trusted.
-        let at = |ms: i64| {
-            Timestamp::from_millisecond(ms.clamp(Timestamp::MIN.as_millisecond(), Timestamp::MAX.as_millisecond())).unwrap_or_default()
-        };
+        let at = coupon_core::time::timestamp_from_millis_clamped;
         Self {
             limit: counters.limit,
             per_user: counters.per_user,

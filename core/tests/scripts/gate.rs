@@ -209,3 +209,58 @@ async fn the_issue_check_tells_or_says_it_cannot() {
     assert_eq!(keyspace::issued_to(&mut conn, &key, &layout, &asked).await.unwrap(), Issued::CannotTell, "recovering: cannot tell");
     keyspace::delete_event(&mut conn, &id).await.unwrap();
 }
+
+/// `apply.lua` keeps a call's writes and makes them once at its end: a call must still read
+/// back what it decided earlier in the same call (a lease it renewed, a slot from the free
+/// list, a user named twice), and a call larger than one write may carry (Lua's `unpack`)
+/// writes every user's entry and lease. Checked against the keys themselves.
+#[tokio::test]
+async fn a_gate_call_reads_back_its_own_writes_and_writes_them_all() {
+    let mut conn = connect().await;
+    let (id, layout) = event(&mut conn, &open(3000)).await;
+    // Slot 1: a delivery whose lease ran out. Slot 2: given back to the free list.
+    let short = Duration::from_millis(1);
+    let expired = keyspace::apply(&mut conn, &layout, "lapsed", short, None).await.unwrap().0;
+    assert!(matches!(expired, GateDecision::Issued { slot: 1, .. }), "{expired:?}");
+    let GateDecision::Issued { slot: 2, deadline_ms, .. } = keyspace::apply(&mut conn, &layout, "gives-back", LONG, None).await.unwrap().0
+    else {
+        panic!()
+    };
+    assert!(keyspace::release(&mut conn, &layout, "gives-back", 2, deadline_ms).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let crowd: Vec<String> = (0..2500).map(|n| format!("crowd-{n}")).collect();
+    let mut users = vec!["lapsed", "lapsed", "fresh", "fresh"];
+    users.extend(crowd.iter().map(String::as_str));
+    let decisions = keyspace::apply_many(&mut conn, &layout, 0, &users, LONG, None, &keyspace::unique_id()).await.unwrap().0;
+    let head: Vec<(&str, i64)> = decisions[..4]
+        .iter()
+        .map(|decision| match decision {
+            GateDecision::Issued { slot, again, .. } => (if *again { "delivered again" } else { "issued" }, *slot),
+            GateDecision::Duplicate { slot } => ("duplicate", *slot),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(head, vec![("delivered again", 1), ("duplicate", 1), ("issued", 2), ("duplicate", 2)]);
+    for (n, decision) in decisions[4..].iter().enumerate() {
+        assert!(matches!(decision, GateDecision::Issued { slot, again: false, .. } if *slot == n as i64 + 3), "crowd-{n}: {decision:?}");
+    }
+
+    // The keys as the keyspace's table (`keyspace/mod.rs`) documents them.
+    let key = |name: &str| format!("coupon:{{{id}}}:{name}");
+    let (count, held): (i64, i64) = redis::pipe().get(key("count")).get(key("held")).query_async(&mut conn).await.unwrap();
+    let entries: std::collections::HashMap<String, String> = redis::cmd("HGETALL").arg(key("users")).query_async(&mut conn).await.unwrap();
+    let leases: Vec<(String, i64)> =
+        redis::cmd("ZRANGE").arg(key("unwritten")).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut conn).await.unwrap();
+    assert_eq!((count, held), (2502, 2502), "counter and held after the call");
+    assert_eq!(entries.len(), 2502, "one entry per holder");
+    assert_eq!(leases.len(), 2502, "one lease per pending slot");
+    assert_eq!(entries["lapsed"], "1:p");
+    assert_eq!(entries["fresh"], "2:p");
+    for (n, user) in crowd.iter().enumerate() {
+        assert_eq!(entries[user], format!("{}:p", n + 3), "{user}");
+    }
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    assert!(leases.iter().all(|(_, deadline)| *deadline > now_ms + 60_000), "every lease is the call's, the lapsed one renewed");
+    keyspace::delete_event(&mut conn, &id).await.unwrap();
+}

@@ -259,6 +259,24 @@ impl Store {
         })
     }
 
+    /// Up to `limit` coupons of an event with a slot above `after`, by slot, with the time
+    /// each was issued: one page of an export.
+    pub async fn coupon_page(&self, event: &str, after: i64, limit: i64) -> Result<Vec<ExportedCoupon>, sqlx::Error> {
+        let select = format!("SELECT {}, slot, issued_at FROM coupons WHERE event = ", self.text("user_id"));
+        let rows: Vec<(String, i64, chrono::DateTime<chrono::Utc>)> = on_pool!(self, pool => {
+            let mut query = QueryBuilder::new(&select);
+            query.push_bind(event).push(" AND slot > ").push_bind(after).push(" ORDER BY slot LIMIT ").push_bind(limit);
+            query.build_query_as().fetch_all(pool).await?
+        });
+        rows.into_iter()
+            .map(|(user_id, slot, issued_at)| {
+                let issued_at =
+                    Timestamp::from_microsecond(issued_at.timestamp_micros()).map_err(|error| sqlx::Error::Decode(error.into()))?;
+                Ok(ExportedCoupon { user_id, slot, issued_at })
+            })
+            .collect()
+    }
+
     /// `(user_id, slot)` of every coupon of an event, by slot.
     pub async fn coupons(&self, event: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
         let select = format!("SELECT {}, slot FROM coupons WHERE event = ", self.text("user_id"));
@@ -280,6 +298,14 @@ impl Store {
             Ok(rows.into_iter().map(|(topic, partition, offset, payload, reason)| FailedRow { topic, partition, offset, payload, reason }).collect())
         })
     }
+}
+
+/// A coupon as `event export` writes it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportedCoupon {
+    pub user_id: String,
+    pub slot: i64,
+    pub issued_at: Timestamp,
 }
 
 /// Where a record came from on the topic.

@@ -33,6 +33,9 @@ pub enum EventCommand {
     Show(EventRef),
     /// Remove an event's Redis keys (and with --delete-topic its topic).
     Delete(EventDeleteArgs),
+    /// Write an event's coupons out of SQL, by slot, as CSV or JSON Lines (constant memory at
+    /// any size).
+    Export(super::export::EventExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -219,6 +222,7 @@ pub async fn run(command: EventCommand) -> anyhow::Result<()> {
     let deadline = Duration::from_secs(10);
     match command {
         EventCommand::Create(args) => create(args, deadline).await?,
+        EventCommand::Export(args) => super::export::run(args).await?,
         EventCommand::Show(args) => {
             let id = EventId::new(&args.namespace, &args.name)?;
             let mut conn = RedisHandle::connect_with_deadline(args.redis.target(), deadline).await?;

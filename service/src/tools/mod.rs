@@ -6,6 +6,7 @@ pub mod cli;
 #[cfg(feature = "tools")]
 pub mod demo;
 pub mod event;
+pub mod export;
 #[cfg(feature = "tools")]
 pub mod load;
 #[cfg(feature = "tools")]

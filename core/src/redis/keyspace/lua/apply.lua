@@ -87,31 +87,92 @@ local per_user = tonumber(cfg.per_user) or 1
 -- changes it.
 local holders_version = tonumber(cfg.holders_version) or 0
 
+-- The call's writes, kept here and made once per call (`flush`) instead of once per user:
+-- a batch's users cost the master one HGET each and a few commands for the lot. Everything
+-- this script reads back (a user named twice, a pending entry's lease) is read through
+-- these tables first, so the call decides exactly as writing at once would; the script is
+-- atomic, so no other client sees the difference.
+local entries_of, stored_entries, leases = {}, {}, {}
+local issued_count, issued_held, pending = 0, 0, 0
+local count -- the shard's counter, read once when first needed
+local free_empty = false -- LPOP answered nothing: the free list stays empty for this call
+
+local function flush()
+  local fields = {}
+  for user, list in pairs(stored_entries) do
+    local parts = {}
+    for i, e in ipairs(list) do parts[i] = e[1] .. ':' .. e[2] end
+    fields[#fields + 1] = user
+    fields[#fields + 1] = table.concat(parts, ' ')
+  end
+  if #fields > 0 then redis.call('HSET', K.users, unpack(fields)) end
+  local deadlines = {}
+  for member, deadline in pairs(leases) do
+    deadlines[#deadlines + 1] = deadline
+    deadlines[#deadlines + 1] = member
+  end
+  if #deadlines > 0 then redis.call('ZADD', K.unwritten, unpack(deadlines)) end
+  stored_entries, leases, pending = {}, {}, 0
+  if issued_count > 0 then redis.call('INCRBY', K.count, issued_count) end
+  if issued_held > 0 then redis.call('INCRBY', K.held, issued_held) end
+  issued_count, issued_held = 0, 0
+end
+
+local function entries(user)
+  local list = entries_of[user]
+  if not list then
+    list = parse_entries(redis.call('HGET', K.users, user))
+    entries_of[user] = list
+  end
+  return list
+end
+
+-- Bounded by what one command may carry (Lua's unpack): a huge call flushes on the way.
+local function count_pending()
+  pending = pending + 1
+  if pending >= 1000 then flush() end
+end
+
+local function store(user, list)
+  stored_entries[user] = list
+  count_pending()
+end
+
+local function lease_of(member)
+  return leases[member] or tonumber(redis.call('ZSCORE', K.unwritten, member)) or 0
+end
+
+local function set_lease(member, deadline)
+  leases[member] = deadline
+  count_pending()
+end
+
 -- One user's decision.
 local function decide(user)
-  local entries = parse_entries(redis.call('HGET', K.users, user))
+  local list = entries(user)
   -- The user's own entries first: a coupon issued in the window stays theirs after it.
-  for _, e in ipairs(entries) do
+  for _, e in ipairs(list) do
     if e[2] == 'x' then
       e[2] = 'w'
-      store_entries(K.users, user, entries)
+      store(user, list)
       return {ANSWER.CONFIRMED, tonumber(e[1]), cfg.topic, 0, '', granted}
     end
     if e[2] == 'p' then
       local member = unwritten_member(e[1], user)
-      local deadline = tonumber(redis.call('ZSCORE', K.unwritten, member)) or 0
-      if deadline > now then return {ANSWER.HELD, tonumber(e[1]), '', 0, '', granted} end
-      redis.call('ZADD', K.unwritten, now + lease, member)
+      if lease_of(member) > now then return {ANSWER.HELD, tonumber(e[1]), '', 0, '', granted} end
+      set_lease(member, now + lease)
       return {ANSWER.DELIVER_AGAIN, tonumber(e[1]), cfg.topic, now + lease, cfg.incarnation or '', granted}
     end
   end
-  if #entries >= per_user then return {ANSWER.HELD, tonumber(entries[1][1]), '', 0, '', granted} end
+  if #list >= per_user then return {ANSWER.HELD, tonumber(list[1][1]), '', 0, '', granted} end
   if now < tonumber(cfg.start_ms) then return {ANSWER.NOT_OPEN, 0, '', 0, '', granted} end
   if now >= tonumber(cfg.end_ms) then return {ANSWER.CLOSED, 0, '', 0, '', granted} end
   local slot
   for _ = 1, 16 do
+    if free_empty then break end
     slot = tonumber(redis.call('LPOP', K.free))
-    if not slot or slot <= limit then break end
+    if not slot then free_empty = true break end
+    if slot <= limit then break end
     slot = nil -- above a limit lowered since it was given back: dropped
   end
   -- How the holders' change log learns of this slot (`holders_changed`), once it is issued.
@@ -121,24 +182,27 @@ local function decide(user)
     -- holders learns of the new one from the change log.
     log = 'changed'
   else
-    local count = tonumber(redis.call('GET', K.count)) or 0
+    count = count or tonumber(redis.call('GET', K.count)) or 0
     local next_slot = stride_slot(count, shard, shards)
     if next_slot > limit then
       local code = ANSWER.SOLD_OUT
       if shards > 1 then code = ANSWER.SHARD_EMPTY end
       return {code, tonumber(cfg.end_ms), '', holders_version, '', granted}
     end
-    redis.call('INCR', K.count)
+    count = count + 1
+    issued_count = issued_count + 1
     slot = next_slot
     -- Slots from the counter are not logged (the hot path of a sale); its last one starts
     -- the log again, so holders read before it are read whole once more, and from here on
     -- only a new limit (which starts the log again too) reopens the counter.
-    if stride_slot(count + 1, shard, shards) > limit then log = 'reset' end
+    if stride_slot(count, shard, shards) > limit then log = 'reset' end
   end
-  entries[#entries + 1] = {tostring(slot), 'p'}
-  store_entries(K.users, user, entries)
-  redis.call('ZADD', K.unwritten, now + lease, unwritten_member(slot, user))
-  redis.call('INCR', K.held)
+  list[#list + 1] = {tostring(slot), 'p'}
+  store(user, list)
+  set_lease(unwritten_member(slot, user), now + lease)
+  issued_held = issued_held + 1
+  -- The log's functions read `held`: the call's writes go first.
+  if log then flush() end
   if log == 'changed' then holders_version = holders_changed(K.config, K.holder_changes, K.held, {user}) end
   if log == 'reset' then holders_version = holders_reset(K.config, K.holder_changes, K.held) end
   return {ANSWER.ISSUED, slot, cfg.topic, now + lease, cfg.incarnation or '', granted}
@@ -146,6 +210,7 @@ end
 
 local answers = {}
 for i = 1, n do answers[i] = decide(ARGV[4 + i]) end
+flush()
 -- Kept as long as a delivery's lease, when the call issued, redelivered or confirmed a slot
 -- (any other answer, a resend finds the same): a resend comes within seconds. cjson keeps
 -- 14 significant digits: slots and millisecond times are well within them, but a

@@ -6,6 +6,7 @@ mod acks;
 mod caches;
 mod delivery;
 pub mod gate_batches;
+mod idempotency;
 mod outcome;
 pub mod producer;
 mod stock;
@@ -20,6 +21,7 @@ use coupon_core::redis::{RedisConnection, RedisError, RedisHandle};
 use acks::Acknowledgements;
 pub use caches::{HoldersLoad, KnownEvents, Layouts, LoadHolders, SoldOutCache, SoldOutView, StockRequests};
 use gate_batches::GateBatches;
+pub use idempotency::IdempotencyKey;
 pub use outcome::ApplyOutcome;
 use producer::ProducerSlot;
 

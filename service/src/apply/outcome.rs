@@ -29,11 +29,20 @@ pub enum ApplyOutcome {
         status: u16,
         error: String,
     },
+    /// The `Idempotency-Key` was used before with another request body.
+    KeyReused,
+    /// The `Idempotency-Key`'s first request is still under way.
+    InFlight,
+    /// The `Idempotency-Key`'s request was answered: that answer again.
+    Replayed {
+        status: u16,
+        body: String,
+    },
 }
 
 impl ApplyOutcome {
     /// Every answer kind once, for documentation and the load tool's report.
-    pub const KINDS: [ApplyOutcome; 9] = [
+    pub const KINDS: [ApplyOutcome; 11] = [
         Self::Issued { slot: 0 },
         Self::Duplicate { slot: 0 },
         Self::SoldOut,
@@ -43,6 +52,8 @@ impl ApplyOutcome {
         Self::UnknownEvent,
         Self::Unavailable,
         Self::Unauthorized,
+        Self::KeyReused,
+        Self::InFlight,
     ];
 
     /// The table: HTTP status, metric label (also the body's `status`), and the fixed body
@@ -60,6 +71,9 @@ impl ApplyOutcome {
             Self::Unavailable => (503, "unavailable", Some(r#"{"status":"unavailable"}"#)),
             Self::Unauthorized => (401, "unauthorized", Some(r#"{"status":"unauthorized"}"#)),
             Self::BadRequest { status, .. } => (*status, "bad_request", None),
+            Self::KeyReused => (422, "idempotency_key_reused", Some(r#"{"status":"idempotency_key_reused"}"#)),
+            Self::InFlight => (409, "in_flight", Some(r#"{"status":"in_flight"}"#)),
+            Self::Replayed { status, .. } => (*status, "replayed", None),
         }
     }
 
@@ -86,6 +100,7 @@ impl ApplyOutcome {
         let body = match self {
             Self::Issued { slot } => serde_json::to_string(&IssuedBody { status: IssuedLabel::Issued, slot: *slot }),
             Self::Duplicate { slot } => serde_json::to_string(&DuplicateBody { status: DuplicateLabel::Duplicate, slot: *slot }),
+            Self::Replayed { body, .. } => Ok(body.clone()),
             Self::BadRequest { error, .. } => {
                 serde_json::to_string(&BadRequestBody { status: BadRequestLabel::BadRequest, error: error.clone() })
             }
@@ -138,6 +153,8 @@ mod tests {
     fn the_load_report_names_statuses_with_the_same_labels() {
         assert_eq!(ApplyOutcome::labels_for_status(403), "not_open/closed/paused");
         assert_eq!(ApplyOutcome::labels_for_status(410), "sold_out");
+        assert_eq!(ApplyOutcome::labels_for_status(409), "duplicate/in_flight");
+        assert_eq!(ApplyOutcome::labels_for_status(422), "idempotency_key_reused");
         assert_eq!(ApplyOutcome::labels_for_status(401), "unauthorized");
         assert_eq!(ApplyOutcome::labels_for_status(413), "bad_request");
         assert_eq!(ApplyOutcome::labels_for_status(0), "no answer");

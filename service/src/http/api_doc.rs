@@ -9,7 +9,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi, ToResponse};
 
 use super::bodies::{
-    ApplyRequest, BadRequestBody, CouponState, DuplicateBody, IssuedBody, ReadinessBody, StatusBody, StatusLabel, UserCoupon,
+    ApplyRequest, BadRequestBody, ConflictBody, CouponState, DuplicateBody, IssuedBody, ReadinessBody, StatusBody, StatusLabel, UserCoupon,
 };
 use super::stats::{EventState, EventStats};
 
@@ -25,7 +25,7 @@ This document and `/metrics` are served on the ops listener (OPS_ADDR, port 9090
     tags((name = "events", description = "Apply for a coupon and read an event"), (name = "probes", description = "Liveness and readiness")),
     paths(super::apply, super::stats::event_stats, super::user_coupon, super::ops::healthz, super::ops::readyz),
     components(
-        schemas(StatusBody, StatusLabel, IssuedBody, DuplicateBody, BadRequestBody, ApplyRequest, UserCoupon, CouponState, EventStats, EventState, ReadinessBody),
+        schemas(StatusBody, StatusLabel, IssuedBody, DuplicateBody, ConflictBody, BadRequestBody, ApplyRequest, UserCoupon, CouponState, EventStats, EventState, ReadinessBody),
         responses(MalformedRequest, UnknownEvent, Unavailable, Unauthorized)
     ),
     modifiers(&SecuritySchemes)
@@ -111,7 +111,10 @@ mod tests {
         let statuses = |path: &str, method: &str| -> Vec<String> {
             document["paths"][path][method]["responses"].as_object().unwrap().keys().cloned().collect()
         };
-        assert_eq!(statuses("/v1/events/{event}/apply", "post"), ["201", "400", "401", "403", "404", "408", "409", "410", "413", "503"]);
+        assert_eq!(
+            statuses("/v1/events/{event}/apply", "post"),
+            ["201", "400", "401", "403", "404", "408", "409", "410", "413", "422", "503"]
+        );
         assert_eq!(statuses("/v1/events/{event}", "get"), ["200", "400", "404", "503"]);
         assert_eq!(statuses("/v1/events/{event}/users/{userId}", "get"), ["200", "400", "401", "403", "404", "503"]);
         assert_eq!(statuses("/healthz", "get"), ["200"]);

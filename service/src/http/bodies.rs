@@ -18,6 +18,10 @@ pub enum StatusLabel {
     Unavailable,
     Unauthorized,
     Forbidden,
+    /// The `Idempotency-Key` was used before with another request body (422).
+    IdempotencyKeyReused,
+    /// The `Idempotency-Key`'s first request is still under way (409).
+    InFlight,
 }
 
 /// An answer that says only why: `{"status": "sold_out"}`.
@@ -61,6 +65,16 @@ pub struct DuplicateBody {
     pub status: DuplicateLabel,
     #[schema(minimum = 1)]
     pub slot: i64,
+}
+
+/// A 409: the user holds a coupon already, or the request's `Idempotency-Key` is still in
+/// use by its first request (`{"status": "in_flight"}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = Conflict)]
+pub enum ConflictBody {
+    Duplicate(DuplicateBody),
+    InFlight(StatusBody),
 }
 
 /// The status of the answer to a malformed request.
@@ -158,7 +172,11 @@ mod tests {
         for kind in ApplyOutcome::KINDS {
             match kind {
                 ApplyOutcome::Issued { .. } => is_exactly::<IssuedBody>(&ApplyOutcome::Issued { slot: 7 }.body()),
-                ApplyOutcome::Duplicate { .. } => is_exactly::<DuplicateBody>(&ApplyOutcome::Duplicate { slot: 3 }.body()),
+                ApplyOutcome::Duplicate { .. } => {
+                    is_exactly::<DuplicateBody>(&ApplyOutcome::Duplicate { slot: 3 }.body());
+                    is_exactly::<ConflictBody>(&ApplyOutcome::Duplicate { slot: 3 }.body());
+                }
+                ApplyOutcome::InFlight => is_exactly::<ConflictBody>(&kind.body()),
                 _ => is_exactly::<StatusBody>(&kind.body()),
             }
         }

@@ -24,7 +24,7 @@ pub use ops::{router as ops_router, Readiness};
 pub use server::{serve, ServerLimits, Shedding};
 pub use stats_cache::StatsCache;
 
-use crate::apply::{ApplyOutcome, ApplyService, LookupOutcome};
+use crate::apply::{ApplyOutcome, ApplyService, IdempotencyKey, LookupOutcome};
 use crate::auth::{Authenticator, Identity, Rejection};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -72,7 +72,11 @@ pub fn ops_routes(state: &ApiState) -> Router {
 impl IntoResponse for ApplyOutcome {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, [(header::CONTENT_TYPE, "application/json")], self.body()).into_response()
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], self.body()).into_response();
+        if let Self::Replayed { .. } = self {
+            response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+        }
+        response
     }
 }
 
@@ -95,23 +99,33 @@ fn unauthorized(rejection: &Rejection) -> Response {
     path = "/v1/events/{event}/apply",
     operation_id = "apply",
     tag = "events",
-    params(("event" = String, Path, description = "Event name in the api's namespace")),
+    params(
+        ("event" = String, Path, description = "Event name in the api's namespace"),
+        ("Idempotency-Key" = Option<String>, Header, max_length = 512, description = "A key the client makes for this apply (draft-ietf-httpapi-idempotency-key-header): \
+            a retry with the same key and the same body is answered what the first request was answered, with `Idempotent-Replayed: true`. \
+            A quoted string (`\"...\"`, RFC 8941) or the bare characters (printable ASCII without spaces, quotes, backslashes or commas), \
+            1 to 255 characters. Scoped to the event and the user; the 16 latest per user are kept until a day after the window. \
+            5xx answers are not kept. Malformed: 400."),
+    ),
     request_body(
         content = bodies::ApplyRequest,
         description = "`open` mode: the user applying. With a proven identity the body may be empty, or name the same user."
     ),
     responses(
-        (status = 201, body = bodies::IssuedBody,
+        (status = 201, body = bodies::IssuedBody, headers(("Idempotent-Replayed" = String, description = "`true` when this is the kept answer of an earlier request with the same Idempotency-Key")),
             description = "Issued, and the broker has the record. A user whose earlier apply was issued but never delivered gets the same slot again"),
         (status = 400, response = api_doc::MalformedRequest),
         (status = 401, response = api_doc::Unauthorized),
-        (status = 403, body = bodies::StatusBody, description = "Not open yet, closed, or paused by the shop"),
+        (status = 403, body = bodies::StatusBody, headers(("Idempotent-Replayed" = String, description = "`true` when this is the kept answer of an earlier request with the same Idempotency-Key")),
+            description = "Not open yet, closed, or paused by the shop"),
         (status = 404, response = api_doc::UnknownEvent),
         (status = 408, description = "Request took too long"),
-        (status = 409, body = bodies::DuplicateBody,
-            description = "The user already holds a coupon (or another request of theirs is delivering it): its slot"),
-        (status = 410, body = bodies::StatusBody, description = "Sold out"),
+        (status = 409, body = bodies::ConflictBody, headers(("Idempotent-Replayed" = String, description = "`true` when this is the kept answer of an earlier request with the same Idempotency-Key")),
+            description = "The user already holds a coupon (or another request of theirs is delivering it): its slot. \
+                Or (`in_flight`) the request's Idempotency-Key is still in use by its first request"),
+        (status = 410, body = bodies::StatusBody, headers(("Idempotent-Replayed" = String, description = "`true` when this is the kept answer of an earlier request with the same Idempotency-Key")), description = "Sold out"),
         (status = 413, response = api_doc::MalformedRequest),
+        (status = 422, body = bodies::StatusBody, description = "The request's Idempotency-Key was used before with another body"),
         (status = 503, response = api_doc::Unavailable),
     ),
     security(("bearerToken" = []), ("gatewayHeader" = []), ())
@@ -165,6 +179,10 @@ async fn decide(
             Err(error) => return Ok(ApplyOutcome::bad_request(format!("invalid JSON body: {error}"))),
         },
     };
+    let key = match idempotency_key(headers) {
+        Ok(key) => key,
+        Err(error) => return Ok(ApplyOutcome::bad_request(error)),
+    };
     let user_id = match (identity, named) {
         (Identity::Proven(user), None) => user,
         (Identity::Proven(user), Some(named)) if named == user => user,
@@ -172,7 +190,20 @@ async fn decide(
         (Identity::FromBody, Some(named)) => named,
         (Identity::FromBody, None) => return Ok(ApplyOutcome::bad_request("invalid JSON body: missing field `userId`")),
     };
-    Ok(state.apply.apply(event, user_id).await)
+    Ok(match key {
+        Some(key) => state.apply.apply_with_key(event, user_id, key, &body).await,
+        None => state.apply.apply(event, user_id).await,
+    })
+}
+
+/// The request's `Idempotency-Key`, if it has one; more than one is refused.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, String> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => IdempotencyKey::parse(value.as_bytes()).map(Some),
+        (Some(_), Some(_)) => Err("more than one Idempotency-Key".to_owned()),
+    }
 }
 
 /// The coupon a user holds in the event

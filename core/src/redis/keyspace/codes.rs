@@ -19,6 +19,7 @@ pub enum Answer {
     Verified,
     Taken,
     Refused,
+    Replay,
     Deleted,
     NotOpen,
     Closed,
@@ -38,6 +39,8 @@ pub enum Answer {
     Unwritten,
     ShardsChanged,
     BelowIssued,
+    KeyReused,
+    InFlight,
 }
 
 /// Each answer's name in the Lua table and its code.
@@ -54,6 +57,7 @@ const TABLE: &[(&str, i64, Answer)] = &[
     ("VERIFIED", 9, Answer::Verified),
     ("TAKEN", 10, Answer::Taken),
     ("REFUSED", 11, Answer::Refused),
+    ("REPLAY", 12, Answer::Replay),
     ("DELETED", -1, Answer::Deleted),
     ("NOT_OPEN", -2, Answer::NotOpen),
     ("CLOSED", -3, Answer::Closed),
@@ -73,6 +77,8 @@ const TABLE: &[(&str, i64, Answer)] = &[
     ("UNWRITTEN", -17, Answer::Unwritten),
     ("SHARDS_CHANGED", -18, Answer::ShardsChanged),
     ("BELOW_ISSUED", -19, Answer::BelowIssued),
+    ("KEY_REUSED", -20, Answer::KeyReused),
+    ("IN_FLIGHT", -21, Answer::InFlight),
 ];
 
 impl Answer {

@@ -58,6 +58,13 @@ pub(super) const HEAL: Contract = Contract {
 };
 pub(super) const HOLDER_CHANGES: Contract =
     Contract { script: "holder_changes", keys: &["config", "users", "holder_changes", "held"], args: &["since", "max"] };
+pub(super) const IDEMPOTENCY_CLAIM: Contract = Contract {
+    script: "idempotency_claim",
+    keys: &["config", "idempotency_keys"],
+    args: &["key", "fingerprint", "in_flight_ms", "grace_ms", "max"],
+};
+pub(super) const IDEMPOTENCY_FINISH: Contract =
+    Contract { script: "idempotency_finish", keys: &["idempotency_keys"], args: &["key", "fingerprint", "claimed_ms", "status", "body"] };
 pub(super) const ISSUED: Contract = Contract { script: "issued", keys: &["config", "users"], args: &["incarnation", "shard", "shards"] };
 pub(super) const PROVISION: Contract = Contract {
     script: "provision",
@@ -113,6 +120,8 @@ impl Contract {
             "grant" => script!("grant"),
             "heal" => script!("heal"),
             "holder_changes" => script!("holder_changes"),
+            "idempotency_claim" => script!("idempotency_claim"),
+            "idempotency_finish" => script!("idempotency_finish"),
             "issued" => script!("issued"),
             "provision" => script!("provision"),
             "release" => script!("release"),
@@ -127,7 +136,8 @@ impl Contract {
     }
 
     /// An invocation of the script with its KEYS in place: each named key of `keys`, and
-    /// `extra` for keys that are not a shard's (the gate call's answers).
+    /// `extra` for keys that are not a shard's (the gate call's answers, a user's
+    /// idempotency keys).
     pub(super) fn invocation(&self, keys: &EventKeys, extra: &[(&str, &str)]) -> ScriptInvocation<'static> {
         let mut invocation = self.script().prepare_invoke();
         for name in self.keys {
@@ -153,6 +163,8 @@ mod tests {
         &GRANT,
         &HEAL,
         &HOLDER_CHANGES,
+        &IDEMPOTENCY_CLAIM,
+        &IDEMPOTENCY_FINISH,
         &ISSUED,
         &PROVISION,
         &RELEASE,
@@ -191,7 +203,7 @@ mod tests {
             let source = std::fs::read_to_string(path).unwrap();
             assert_eq!(declared(&source, "KEYS"), contract.keys, "{}.lua KEYS", contract.script);
             assert_eq!(declared(&source, "ARGV"), contract.args, "{}.lua ARGV", contract.script);
-            for name in contract.keys.iter().filter(|name| **name != "call") {
+            for name in contract.keys.iter().filter(|name| !["call", "idempotency_keys"].contains(*name)) {
                 keys.named(name);
             }
             contract.script();

@@ -75,6 +75,13 @@ impl EventKeys {
         format!("{}:call:{id}", self.config.trim_end_matches(":config"))
     }
 
+    /// Where `user`'s `Idempotency-Key`s of the event are kept (`idempotency`), on this
+    /// shard: the user's home. The hash tag is the first `{...}` of a key, so braces in the
+    /// user id do not move it.
+    pub fn idempotency_keys(&self, user: &str) -> String {
+        format!("{}:idempotency:{user}", self.config.trim_end_matches(":config"))
+    }
+
     /// The home shard's keys (shard 0, and the only shard of an unsharded event).
     pub fn of(event: &EventId) -> Self {
         Self::with_tag(&event.to_string())

@@ -26,6 +26,7 @@
 //! | `coupon:{ns/name}:accepted` / `:refused` | sets | grant ids this shard took / refused for good |
 //! | `coupon:{ns/name}:holder_changes` | sorted set | users whose entries a release, a heal or a slot handed out again changed, scored by the `holders_version` of their last change (at most 10,000: the oldest go), so an api keeping a sold-out event's holders reads only what changed (`holders.rs`) |
 //! | `coupon:{ns/name}:call:<id>` | string | one gate call's answers (JSON), kept for the lease when the call issued, redelivered or confirmed a slot, so that a resent call answers the same; expires by itself |
+//! | `coupon:{ns/name}:idempotency:<user>` | hash | the user's `Idempotency-Key`s of the event (on their home shard): key → JSON `{g, f, t, s, b}` (generation: incarnation and epoch; fingerprint of the request body; claimed at, server ms; status, 0 while the first request is under way; body). At most 16, the oldest claimed going first; expires 24 h after the window (`idempotency.rs`) |
 //! | `coupon:events` | set | every provisioned event (`ns/name`), for the consumer's verification and healing passes; outside any event's hash tag |
 //!
 //! Issued coupons are `count - len(free)` with one shard, the sum of `held` with several.
@@ -49,6 +50,7 @@ mod grants;
 mod heal;
 mod holders;
 mod holdings;
+pub mod idempotency;
 mod issued;
 mod layout;
 mod recovery;

@@ -16,6 +16,7 @@ local ANSWER = {
   VERIFIED = 9, -- the shard's state is verified on this server
   TAKEN = 10, -- a grant its target took
   REFUSED = 11, -- a grant its target refused for good
+  REPLAY = 12, -- an Idempotency-Key's request answered already: its answer again
   DELETED = -1, -- the event was deleted (its tombstone is there)
   NOT_OPEN = -2,
   CLOSED = -3,
@@ -35,6 +36,8 @@ local ANSWER = {
   UNWRITTEN = -17, -- coupons not yet written
   SHARDS_CHANGED = -18, -- the event exists with another number of shards
   BELOW_ISSUED = -19, -- a new limit below a slot already handed out
+  KEY_REUSED = -20, -- an Idempotency-Key used before with another request body
+  IN_FLIGHT = -21, -- an Idempotency-Key whose first request is still under way
 }
 
 -- A script's KEYS or ARGV by name: `named(KEYS, {'config', 'count'})` gives `.config` and

@@ -161,7 +161,14 @@ fn rows(event: &str, n: usize) -> Vec<(CouponRow, Position)> {
     (1..=n as i64)
         .map(|slot| {
             (
-                CouponRow { event: event.to_owned(), user_id: format!("u{slot}"), slot, issued_at: Timestamp::now(), mac: None },
+                CouponRow {
+                    event: event.to_owned(),
+                    user_id: format!("u{slot}"),
+                    slot,
+                    ordinal: 1,
+                    issued_at: Timestamp::now(),
+                    mac: None,
+                },
                 Position { topic: "bench".into(), partition: 0, offset: slot },
             )
         })

@@ -115,6 +115,7 @@ async fn large_event(setup: &Setup, n: i64) -> anyhow::Result<LargeEvent> {
         event: fresh.to_string(),
         user_id: "first".into(),
         slot: 1,
+        ordinal: 1,
         issued_at: Timestamp::now(),
         mac: None,
     };

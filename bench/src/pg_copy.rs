@@ -69,6 +69,7 @@ mod tests {
             event: "a/b".into(),
             user_id: "u".into(),
             slot: 7,
+            ordinal: 1,
             issued_at: "2000-01-01T00:00:01.5Z".parse().unwrap(),
             mac: None,
         };

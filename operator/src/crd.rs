@@ -73,9 +73,10 @@ pub struct CouponEventSpec {
     /// the coupons already issued.
     #[schemars(range(min = 1, max = 100_000_000))]
     pub limit: i64,
-    /// Coupons one user may get. Only 1 is supported: the SQL schema keeps one coupon per user.
+    /// Coupons one user may get (1 to 100), each its own slot and row. An apply of a user who
+    /// holds this many is answered 409 with their slots.
     #[serde(default = "default_per_user_limit")]
-    #[schemars(range(min = 1, max = 1))]
+    #[schemars(range(min = 1, max = 100))]
     pub per_user_limit: i64,
     /// Kafka topic the issued coupons travel on (Kafka's naming rules: 1..=249 characters of
     /// letters, digits, '.', '_' and '-'; not '.' or '..').
@@ -293,7 +294,7 @@ pub enum SpecError {
     ExclusiveDefaultTopic(String),
     #[error("limit must be at least 1")]
     Limit,
-    #[error("perUserLimit must be 1")]
+    #[error("perUserLimit must be 1 to 100")]
     PerUserLimit,
     #[error("topic {0:?} is not a valid Kafka topic name")]
     Topic(String),
@@ -391,7 +392,7 @@ impl CouponEventSpec {
         if self.limit < 1 {
             return Err(SpecError::Limit);
         }
-        if self.per_user_limit != 1 {
+        if !(1..=coupon_core::event::MAX_PER_USER).contains(&self.per_user_limit) {
             return Err(SpecError::PerUserLimit);
         }
         if !coupon_core::event::valid_topic_name(&self.topic) {

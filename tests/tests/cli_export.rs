@@ -48,7 +48,7 @@ async fn write_coupons(store: &Store, event: &str) {
     store.ensure_slots(event, COUPONS).await.unwrap();
     let rows: Vec<(CouponRow, Position)> = (1..=COUPONS)
         .map(|slot| {
-            let row = CouponRow { event: event.to_owned(), user_id: user(slot), slot, issued_at: issued_at(slot), mac: None };
+            let row = CouponRow { event: event.to_owned(), user_id: user(slot), slot, ordinal: 1, issued_at: issued_at(slot), mac: None };
             (row, Position { topic: "export".into(), partition: 0, offset: slot })
         })
         .collect();
@@ -100,7 +100,7 @@ async fn export_asks_which_incarnation_and_refuses_an_event_without_coupons() {
     for incarnation in ["first-uid", "second-uid"] {
         let event = format!("{NAMESPACE}/{name}@{incarnation}");
         store.ensure_slots(&event, 1).await.unwrap();
-        let row = CouponRow { event: event.clone(), user_id: incarnation.into(), slot: 1, issued_at: issued_at(1), mac: None };
+        let row = CouponRow { event: event.clone(), user_id: incarnation.into(), slot: 1, ordinal: 1, issued_at: issued_at(1), mac: None };
         store.write_batch(&[(row, Position { topic: "export".into(), partition: 0, offset: 1 })], &[]).await.unwrap();
     }
     let ambiguous = export(&database, &[&name]);
@@ -114,6 +114,8 @@ async fn export_asks_which_incarnation_and_refuses_an_event_without_coupons() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["user"], "second-uid");
 
+    let wrong = export(&database, &[&name, "--incarnation", "third-uid"]);
+    assert!(!wrong.status.success() && wrong.stdout.is_empty(), "an incarnation without coupons is an error, not an empty file");
     let none = export(&database, &[&unique("never")]);
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("no coupons"), "{}", String::from_utf8_lossy(&none.stderr));

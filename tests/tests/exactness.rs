@@ -348,7 +348,7 @@ async fn a_release_names_its_slot_and_a_repeated_apply_names_the_pending_slot() 
         async move {
             match keyspace::apply(&mut conn, &layout, "late", Duration::from_secs(60), None).await.unwrap().0 {
                 GateDecision::Issued { slot: 5, again: true, deadline_ms, .. } => Some(deadline_ms),
-                GateDecision::Duplicate { slot: 5 } => None,
+                GateDecision::Duplicate { slot: 5, .. } => None,
                 other => panic!("{other:?}"),
             }
         }
@@ -357,7 +357,10 @@ async fn a_release_names_its_slot_and_a_repeated_apply_names_the_pending_slot() 
     assert!(!keyspace::release(&mut conn, &layout, "late", 5, first_deadline).await.unwrap(), "stale release refused");
     assert!(again > first_deadline);
     // A repeated apply of a pending entry within its lease names the slot.
-    assert_eq!(keyspace::apply(&mut conn, &layout, "u2", lease, None).await.unwrap().0, GateDecision::Duplicate { slot: 2 });
+    assert_eq!(
+        keyspace::apply(&mut conn, &layout, "u2", lease, None).await.unwrap().0,
+        GateDecision::Duplicate { slot: 2, slots: vec![2] }
+    );
     // Acknowledgements go in one call per shard: only entries that hold the named slot change,
     // and sending the same batch again (a resend after a lost answer) changes nothing.
     let batch: Vec<(String, i64)> = vec![("u2".into(), 2), ("u3".into(), 3), ("u4".into(), 9), ("u9".into(), 1)];
@@ -387,7 +390,7 @@ async fn one_gate_call_decides_many_users_as_separate_calls_in_order_would() {
         .iter()
         .map(|decision| match decision {
             GateDecision::Issued { slot, again: false, .. } => (*slot, "issued"),
-            GateDecision::Duplicate { slot } => (*slot, "duplicate"),
+            GateDecision::Duplicate { slot, .. } => (*slot, "duplicate"),
             GateDecision::SoldOut { .. } => (0, "sold out"),
             other => panic!("{other:?}"),
         })
@@ -399,7 +402,7 @@ async fn one_gate_call_decides_many_users_as_separate_calls_in_order_would() {
     assert_eq!(keyspace::apply_many(&mut conn, &layout, 0, &users, lease, None, &call).await.unwrap().0, decisions);
     assert_eq!(counters(&mut conn, &event.id).await.issued, 3);
     let again = keyspace::apply_many(&mut conn, &layout, 0, &["a"], lease, None, &keyspace::unique_id()).await.unwrap().0;
-    assert_eq!(again, vec![GateDecision::Duplicate { slot: 1 }]);
+    assert_eq!(again, vec![GateDecision::Duplicate { slot: 1, slots: vec![1] }]);
     assert!(keyspace::apply_many(&mut conn, &layout, 0, &[], lease, None, &keyspace::unique_id()).await.unwrap().0.is_empty());
     // A call names one shard: a user homed on another is refused before anything runs.
     let sharded = EventLayout::new(&event.id, 3);
@@ -569,7 +572,7 @@ async fn a_refused_batch_is_written_record_by_record(database_url: String) {
     let topic = unique("t");
     let row = |user: &str, slot: i64, offset: i64| {
         (
-            CouponRow { event: event.clone(), user_id: user.into(), slot, issued_at: jiff::Timestamp::now(), mac: None },
+            CouponRow { event: event.clone(), user_id: user.into(), slot, ordinal: 1, issued_at: jiff::Timestamp::now(), mac: None },
             Position { topic: topic.clone(), partition: 0, offset },
         )
     };

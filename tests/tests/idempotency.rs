@@ -1,9 +1,10 @@
 //! `Idempotency-Key` on applies (draft-ietf-httpapi-idempotency-key-header), through the
 //! api's HTTP port against real Redis and Kafka: a retry gets the first answer again, marked
 //! replayed; another body under the same key is 422; a key still in use is 409 at once, and
-//! however many requests race on one key, one apply runs; 5xx answers are not kept; 16 keys
-//! per user are kept, the oldest going first; a new event of the same name does not answer
-//! with the old one's keys.
+//! however many requests race on one key, one apply runs; 5xx answers are not kept (the key
+//! stays in flight until the delivery's lease has passed, then the retry runs); a request
+//! to a sold-out sale keeps nothing; 16 keys per user are kept, the oldest going first; a new
+//! event of the same name does not answer with the old one's keys.
 
 use std::time::Duration;
 
@@ -98,14 +99,17 @@ async fn requests_racing_on_one_key_run_one_apply() {
     assert_eq!(apply(&client, &url, &body, &["race"]).await, (201, fresh[0].1.clone(), true));
 }
 
-/// A 503 (the broker down: nothing decided) is not kept: the retry runs, and is issued.
+/// A 503 (the broker down) is not kept, and its key stays in flight until the lease a slot
+/// issued to it would have has passed: a retry meanwhile is 409 `in_flight`, after it the
+/// retry runs, and is issued.
 /// Sixteen keys per user are kept: a seventeenth pushes out the oldest, whose retry then runs
 /// again (and finds the user's slot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unavailable_answers_are_not_kept_and_sixteen_keys_are() {
     let brokers = kafka_brokers();
     let event = provision_event(&brokers, NAMESPACE, 5, 1).await;
-    let api = InProcessApi::start_without_probes(NAMESPACE, &brokers, Duration::from_secs(5)).await;
+    // A short produce timeout: the delivery's lease (and so the key's time in flight) with it.
+    let api = InProcessApi::start_without_probes(NAMESPACE, &brokers, Duration::from_secs(1)).await;
     for component in coupon_service::apply::COMPONENTS {
         api.state.health.set(component, true);
     }
@@ -114,7 +118,16 @@ async fn unavailable_answers_are_not_kept_and_sixteen_keys_are() {
     let down = apply(&client, &url, &user("d"), &["k0"]).await;
     assert_eq!((down.0, down.2), (503, false));
     api.state.health.set("kafka", true);
-    let issued = apply(&client, &url, &user("d"), &["k0"]).await;
+    let at_once = apply(&client, &url, &user("d"), &["k0"]).await;
+    assert_eq!(at_once, (409, serde_json::json!({"status": "in_flight"}), false));
+    let issued = coupon_tests::wait_until("the key may be taken over", Duration::from_secs(30), || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let answer = apply(&client, &url, &user("d"), &["k0"]).await;
+            (answer.0 != 409).then_some(answer)
+        }
+    })
+    .await;
     assert_eq!((issued.0, issued.2), (201, false), "the retry ran: {issued:?}");
 
     for n in 1..=16 {
@@ -159,4 +172,27 @@ async fn a_new_event_of_the_same_name_does_not_replay_the_old_ones_answers() {
     })
     .await;
     assert!(!answer.2, "a fresh answer of the new event, not the old one's: {answer:?}");
+}
+
+/// Once the api has seen the sale sold out, a keyed apply of a user who holds nothing is
+/// answered from memory and keeps nothing in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_apply_to_a_sold_out_sale_keeps_nothing() {
+    let brokers = kafka_brokers();
+    let event = provision_event(&brokers, NAMESPACE, 1, 1).await;
+    let api = InProcessApi::start(NAMESPACE, &brokers).await;
+    let (client, url) = (reqwest::Client::new(), api.apply_url(&event.id));
+    assert_eq!(apply(&client, &url, &user("first"), &["a"]).await.0, 201);
+    assert_eq!(apply(&client, &url, &user("late"), &[]).await.0, 410, "the api learns it is sold out");
+    for n in 0..5 {
+        let answer = apply(&client, &url, &user(&format!("crowd-{n}")), &["k"]).await;
+        assert_eq!((answer.0, answer.2), (410, false));
+    }
+    let mut redis = coupon_tests::redis().await;
+    let kept: Vec<String> =
+        redis::cmd("KEYS").arg(format!("coupon:{{{}}}:idempotency:crowd-*", event.id)).query_async(&mut redis).await.unwrap();
+    assert!(kept.is_empty(), "{kept:?}");
+    // The holder's key still answers their 201.
+    let again = apply(&client, &url, &user("first"), &["a"]).await;
+    assert_eq!((again.0, again.2), (201, true));
 }

@@ -60,7 +60,7 @@ fn start_consumer(database_url: &str, topic: &str) -> InProcessConsumer {
 
 /// An unsigned record of `user`'s coupon `slot` of `event`, issued now.
 fn record(event: &TestEvent, user: &str, slot: i64) -> CouponRecord {
-    CouponRecord { event: event.key(), user_id: user.into(), slot, issued_at: jiff::Timestamp::now(), mac: None }
+    CouponRecord { event: event.key(), user_id: user.into(), slot, ordinal: 1, issued_at: jiff::Timestamp::now(), mac: None }
 }
 
 fn json(record: &CouponRecord) -> Vec<u8> {
@@ -92,7 +92,8 @@ async fn while_redis_cannot_tell_only_records_an_api_signed_are_written() {
     keyspace::delete_event_shard_for_tests(&mut conn, &EventLayout::single(&event.id), 0).await.unwrap();
     let config = EventConfig::open_now(10, &event.topic, Duration::from_secs(600));
     assert_eq!(provision_redis(&mut conn, &event.id, &config, true).await.unwrap(), RedisOutcome::CreatedRecovering);
-    let unsigned = CouponRecord { event: event.key(), user_id: "mallory".into(), slot: 2, issued_at: signed.issued_at, mac: None };
+    let unsigned =
+        CouponRecord { event: event.key(), user_id: "mallory".into(), slot: 2, ordinal: 1, issued_at: signed.issued_at, mac: None };
     produce(&event.topic, &json(&unsigned)).await;
     let forged = CouponRecord { user_id: "eve".into(), slot: 3, mac: signed.mac.clone(), ..unsigned.clone() };
     produce(&event.topic, &json(&forged)).await;

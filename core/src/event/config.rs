@@ -33,10 +33,8 @@ pub const MAX_SHARDS: u16 = 64;
 pub enum InvalidConfig {
     #[error("limit must be at least 1, got {0}")]
     Limit(i64),
-    #[error("perUserLimit must be at least 1, got {0}")]
+    #[error("perUserLimit must be 1 to {max}, got {0}", max = super::MAX_PER_USER)]
     PerUser(i64),
-    #[error("perUserLimit {0} is not supported yet: the SQL schema holds one coupon per user and event")]
-    PerUserAboveOne(i64),
     #[error("end ({end}) must be after start ({start})")]
     Window { start: Timestamp, end: Timestamp },
     #[error("topic name {0:?} is not a valid Kafka topic name (1..=249 of [a-zA-Z0-9._-], not '.' or '..', not an internal one starting with '__')")]
@@ -87,11 +85,8 @@ impl EventConfig {
         if self.limit < 1 {
             return Err(InvalidConfig::Limit(self.limit));
         }
-        if self.per_user < 1 {
+        if !(1..=super::MAX_PER_USER).contains(&self.per_user) {
             return Err(InvalidConfig::PerUser(self.per_user));
-        }
-        if self.per_user > 1 {
-            return Err(InvalidConfig::PerUserAboveOne(self.per_user));
         }
         if self.end <= self.start {
             return Err(InvalidConfig::Window { start: self.start, end: self.end });
@@ -132,7 +127,8 @@ mod tests {
     fn invalid_configs_are_named() {
         assert_eq!(EventConfig { limit: 0, ..config() }.validate(), Err(InvalidConfig::Limit(0)));
         assert_eq!(EventConfig { per_user: 0, ..config() }.validate(), Err(InvalidConfig::PerUser(0)));
-        assert_eq!(EventConfig { per_user: 2, ..config() }.validate(), Err(InvalidConfig::PerUserAboveOne(2)));
+        assert_eq!(EventConfig { per_user: 101, ..config() }.validate(), Err(InvalidConfig::PerUser(101)));
+        assert_eq!(EventConfig { per_user: 100, ..config() }.validate(), Ok(()));
         let c = config();
         assert!(matches!(EventConfig { end: c.start, ..c.clone() }.validate(), Err(InvalidConfig::Window { .. })));
         assert!(matches!(EventConfig { topic: "a b".into(), ..c.clone() }.validate(), Err(InvalidConfig::Topic(_))));

@@ -111,12 +111,15 @@ impl RecordKeys {
 
 /// The MAC over a record's fields, each on a line of its own (none may hold a newline: the
 /// event key and user id are checked ASCII without spaces before a record is written), the
-/// issue time as seconds and nanoseconds so that no formatting can differ.
+/// issue time as seconds and nanoseconds so that no formatting can differ. The ordinal
+/// follows only when it is not 1, so a record of one coupon per user is signed as it
+/// always was (and verifies on consumers from before ordinals).
 fn mac(key: &[u8], record: &CouponRecord) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     let (seconds, nanos) = crate::time::unix_seconds_and_nanos(record.issued_at);
     let issued = format!("{seconds}.{nanos:09}");
-    for field in [DOMAIN, &record.event, &record.user_id, &record.slot.to_string(), &issued] {
+    let ordinal = (record.ordinal != 1).then(|| format!("ordinal={}", record.ordinal));
+    for field in [DOMAIN, &record.event, &record.user_id, &record.slot.to_string(), &issued].into_iter().chain(ordinal.as_deref()) {
         mac.update(field.as_bytes());
         mac.update(b"\n");
     }
@@ -135,6 +138,7 @@ mod tests {
             event: "shop/sale@7".into(),
             user_id: "u1".into(),
             slot: 3,
+            ordinal: 1,
             issued_at: "2026-11-27T10:00:00.123456789Z".parse().unwrap(),
             mac: None,
         }
@@ -150,6 +154,9 @@ mod tests {
         assert_eq!(keys.sign(record()).mac.as_deref(), Some(TAG));
         let same_instant = CouponRecord { issued_at: "2026-11-27T19:00:00.123456789+09:00".parse().unwrap(), ..record() };
         assert_eq!(keys.sign(same_instant).mac.as_deref(), Some(TAG));
+        // A second coupon of the user: `ordinal=2` on a line of its own after the time.
+        const SECOND: &str = "k1:UVf6kf40yhE8zqPSGTuKrv81lLR_e5Ui_rhNIOfx8qA";
+        assert_eq!(keys.sign(CouponRecord { ordinal: 2, ..record() }).mac.as_deref(), Some(SECOND));
     }
 
     #[test]
@@ -163,6 +170,7 @@ mod tests {
         assert_eq!(keys.verify(&back), Signature::Valid);
         for altered in [
             CouponRecord { slot: 4, ..signed.clone() },
+            CouponRecord { ordinal: 2, ..signed.clone() },
             CouponRecord { user_id: "u2".into(), ..signed.clone() },
             CouponRecord { event: "shop/sale@8".into(), ..signed.clone() },
             CouponRecord { issued_at: "2026-11-27T10:00:00.123456788Z".parse().unwrap(), ..signed.clone() },

@@ -237,7 +237,7 @@ async fn a_gate_call_reads_back_its_own_writes_and_writes_them_all() {
         .iter()
         .map(|decision| match decision {
             GateDecision::Issued { slot, again, .. } => (if *again { "delivered again" } else { "issued" }, *slot),
-            GateDecision::Duplicate { slot } => ("duplicate", *slot),
+            GateDecision::Duplicate { slot, .. } => ("duplicate", *slot),
             other => panic!("{other:?}"),
         })
         .collect();
@@ -262,5 +262,38 @@ async fn a_gate_call_reads_back_its_own_writes_and_writes_them_all() {
     }
     let now_ms = jiff::Timestamp::now().as_millisecond();
     assert!(leases.iter().all(|(_, deadline)| *deadline > now_ms + 60_000), "every lease is the call's, the lapsed one renewed");
+    keyspace::delete_event(&mut conn, &id).await.unwrap();
+}
+
+/// `per_user` above one: a user gets that many slots, each with its own ordinal, also while
+/// an earlier one is still being delivered; past it they are answered HELD with all their
+/// slots. An ordinal given back (a failed delivery released) is the next one handed out, so
+/// the user's ordinals stay within 1..=per_user.
+#[tokio::test]
+async fn a_user_gets_per_user_slots_with_their_ordinals_and_then_their_slots() {
+    let mut conn = connect().await;
+    let (id, layout) = event(&mut conn, &EventConfig { per_user: 3, ..open(100) }).await;
+    // One call with the user five times, as a crowd of their requests coalesced.
+    let decisions = keyspace::apply_many(&mut conn, &layout, 0, &["q"; 5], LONG, None, &keyspace::unique_id()).await.unwrap().0;
+    let issued: Vec<(i64, i64)> = decisions[..3]
+        .iter()
+        .map(|decision| match decision {
+            GateDecision::Issued { slot, ordinal, again: false, .. } => (*slot, *ordinal),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(issued, vec![(1, 1), (2, 2), (3, 3)]);
+    for decision in &decisions[3..] {
+        assert_eq!(*decision, GateDecision::Duplicate { slot: 1, slots: vec![1, 2, 3] });
+    }
+    // The second coupon's delivery fails for certain: its slot and ordinal come back.
+    let GateDecision::Issued { deadline_ms, .. } = &decisions[1] else { panic!() };
+    assert!(keyspace::release(&mut conn, &layout, "q", 2, *deadline_ms).await.unwrap());
+    let next = keyspace::apply(&mut conn, &layout, "q", LONG, None).await.unwrap().0;
+    assert!(matches!(next, GateDecision::Issued { slot: 2, ordinal: 2, again: false, .. }), "{next:?}");
+    let entries: String = redis::cmd("HGET").arg(format!("coupon:{{{id}}}:users")).arg("q").query_async(&mut conn).await.unwrap();
+    assert_eq!(entries, "1:p 3:p:3 2:p:2", "the first ordinal is left out, as one coupon per user always wrote it");
+    let held: i64 = redis::cmd("GET").arg(format!("coupon:{{{id}}}:held")).query_async(&mut conn).await.unwrap();
+    assert_eq!(held, 3);
     keyspace::delete_event(&mut conn, &id).await.unwrap();
 }

@@ -152,7 +152,7 @@ async fn holders_from_before_a_restore_are_read_whole() {
     let far = i64::MAX / 2;
     keyspace::fence(&mut conn, &layout, 0, true).await.unwrap();
     assert_eq!(keyspace::restore_begin(&mut conn, &layout, 0, "t", "me", far, 1).await.unwrap(), keyspace::RestoreStep::Done);
-    let rows = [("restored".to_owned(), 1)];
+    let rows = [("restored".to_owned(), 1, 1)];
     assert_eq!(keyspace::restore_chunk(&mut conn, &layout, 0, "t", 1, &[&rows[0]], &[]).await.unwrap(), keyspace::RestoreStep::Done);
     assert_eq!(keyspace::restore_finish(&mut conn, &layout, 0, "t", 1, 1).await.unwrap(), keyspace::RestoreStep::Done);
     refresh_reads(&mut conn, &layout, &mut holders, HoldersRead { changed_users: 0, shards_read_whole: 1 }, "after a restore").await;

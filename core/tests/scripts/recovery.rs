@@ -54,8 +54,8 @@ async fn the_restore_gives_each_of_its_answers() {
         RestoreStep::Busy,
         "a restore with a fresh heartbeat is not taken over"
     );
-    let rows = [("a".to_owned(), 1), ("b".to_owned(), 3)];
-    let rows: Vec<&(String, i64)> = rows.iter().collect();
+    let rows = [("a".to_owned(), 1, 1), ("b".to_owned(), 3, 1)];
+    let rows: Vec<&(String, i64, i64)> = rows.iter().collect();
     assert_eq!(keyspace::restore_chunk(&mut conn, &layout, 0, "t2", 1, &rows, &[2]).await.unwrap(), RestoreStep::Interrupted);
     assert_eq!(keyspace::restore_chunk(&mut conn, &layout, 0, "t1", 1, &rows, &[2]).await.unwrap(), RestoreStep::Done);
     assert_eq!(keyspace::restore_finish(&mut conn, &layout, 0, "t1", 3, 9).await.unwrap(), RestoreStep::LimitBelowRows);

@@ -44,11 +44,13 @@ impl ApplyService {
         layout: Arc<EventLayout>,
         user_id: String,
         slot: i64,
+        ordinal: i64,
         topic: &str,
         again: bool,
         deadline_ms: i64,
     ) -> bool {
-        let record = CouponRecord { event: key.to_string(), user_id: user_id.clone(), slot, issued_at: jiff::Timestamp::now(), mac: None };
+        let record =
+            CouponRecord { event: key.to_string(), user_id: user_id.clone(), slot, ordinal, issued_at: jiff::Timestamp::now(), mac: None };
         let record = match &self.record_keys {
             Some(keys) => keys.sign(record),
             None => record,

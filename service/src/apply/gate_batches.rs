@@ -256,6 +256,6 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), stopped).await.expect("the idle writer left the registry");
         let second = batches.decide(&layout, "u2").await.unwrap();
         assert!(matches!(second, GateDecision::Issued { slot: 2, .. }), "{second:?}");
-        assert_eq!(batches.decide(&layout, "u1").await.unwrap(), GateDecision::Duplicate { slot: 1 });
+        assert_eq!(batches.decide(&layout, "u1").await.unwrap(), GateDecision::Duplicate { slot: 1, slots: vec![1] });
     }
 }

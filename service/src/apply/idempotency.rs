@@ -4,9 +4,13 @@
 //!
 //! The key is the caller's: scoped to the event and the user the request names or proves,
 //! kept in Redis beside the user's entry (`keyspace::idempotency`). A request claims its key,
-//! the apply runs as any other, and its answer is kept unless it is a 5xx (nothing was
-//! decided; a retry must run again). The same key with another body is 422; while its first
-//! request runs, 409 at once. Without the header nothing of this runs.
+//! the apply runs as any other, and its answer is kept. A 5xx is not kept, and its claim is
+//! not let go either: a 503 may follow a slot issued whose record the broker may hold, and
+//! with more than one coupon per user a retry run at once would be issued a second slot. The
+//! claim stays in flight (retries answered 409) until the delivery's lease has passed; then a
+//! retry runs again, and the gate delivers that same slot again before it issues another.
+//! The same key with another body is 422; while its first request runs, 409 at once. Without
+//! the header nothing of this runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +23,11 @@ use super::{ApplyOutcome, ApplyService};
 
 /// Longest key accepted (its characters, without the quotes).
 pub const MAX_KEY_LEN: usize = 255;
-/// Beyond the delivery's lease, how long an apply may take (the gate's queue and the Redis
-/// client's timeouts): a claim older than both was left by an api that died mid-request.
-const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(3);
+/// Beyond the delivery's lease, how long an apply may take from its claim to its gate call
+/// (the 3 s a request keeps for Redis, with room to spare): a claim older than both was left
+/// by a request that ended without an answer to keep (a 5xx, an api that died), and the
+/// lease of any slot it was issued has passed, so the gate delivers that slot again.
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(5);
 
 /// A request's `Idempotency-Key`, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +91,14 @@ impl ApplyService {
         if let Err(error) = validate_user_id(&user_id) {
             return ApplyOutcome::bad_request(error);
         }
+        // Sold out or closed, as answered from memory: nothing to decide, nothing kept, no
+        // Redis call (a storm of keyed applies to a sold-out sale costs what it costs without
+        // keys). A holder goes on to the key's claim, which may have their 201 to answer.
+        if let Some(view) = self.sold_out.sold_out(event.name()) {
+            if let Some(answer @ (ApplyOutcome::SoldOut | ApplyOutcome::Closed)) = self.answer_sold_out(&event, &user_id, view).await {
+                return answer;
+            }
+        }
         let fingerprint = fingerprint(body);
         // Claim, apply and keeping the answer run in their own task: a client that goes away
         // cannot leave a claim without its answer.
@@ -115,6 +129,10 @@ impl ApplyService {
             }
         };
         let outcome = self.apply(event, user_id.clone()).await;
+        if outcome.http_status() >= 500 {
+            // Left in flight until it may be taken over (see the module's docs).
+            return outcome;
+        }
         let kept = idempotency::finish(
             &mut conn,
             &layout,

@@ -184,7 +184,7 @@ impl ApplyService {
                     Err(error) => Err(error),
                 };
                 match holdings {
-                    Ok(holdings) => holdings.into_iter().next(),
+                    Ok(holdings) => keyspace::representative(holdings),
                     Err(error) => {
                         tracing::warn!(%error, "sold-out lookup failed");
                         return Some(ApplyOutcome::Unavailable);
@@ -194,7 +194,7 @@ impl ApplyService {
         };
         match holding {
             Some(Holding { state: HoldingState::Pending, .. } | Holding { confirmed: false, .. }) => None,
-            Some(holding) => Some(ApplyOutcome::Duplicate { slot: holding.slot }),
+            Some(holding) => Some(ApplyOutcome::Duplicate { slot: holding.slot, slots: Vec::new() }),
             None if jiff::Timestamp::now().as_millisecond() >= view.closes_at_ms => Some(ApplyOutcome::Closed),
             None => Some(ApplyOutcome::SoldOut),
         }
@@ -254,7 +254,7 @@ impl ApplyService {
             _ => self.known.insert(name),
         }
         match decision {
-            GateDecision::Issued { slot, topic, incarnation, again, deadline_ms } => {
+            GateDecision::Issued { slot, topic, incarnation, again, deadline_ms, ordinal } => {
                 self.sold_out.reopened(name);
                 if again {
                     self.metrics.redelivered.inc();
@@ -269,14 +269,17 @@ impl ApplyService {
                     tracing::error!(event = %event, ?incarnation, "invalid incarnation in the event's configuration: not producing");
                     return ApplyOutcome::Unavailable;
                 };
-                if self.clone().deliver(key, layout, user_id, slot, &topic, again, deadline_ms).await {
+                if self.clone().deliver(key, layout, user_id, slot, ordinal, &topic, again, deadline_ms).await {
                     ApplyOutcome::Issued { slot }
                 } else {
                     ApplyOutcome::Unavailable
                 }
             }
             GateDecision::Confirmed { slot } => ApplyOutcome::Issued { slot },
-            GateDecision::Duplicate { slot } => ApplyOutcome::Duplicate { slot },
+            GateDecision::Duplicate { slot, slots } => {
+                // Listed only when the user holds more than one: one coupon's answer stays as it was.
+                ApplyOutcome::Duplicate { slot, slots: if slots.len() > 1 { slots } else { Vec::new() } }
+            }
             GateDecision::SoldOut { closes_at_ms, holders_version } => {
                 if let Some(from) = self.sold_out.set_sold_out(name, closes_at_ms, holders_version) {
                     self.load_holders(event.clone(), holders_version, from);

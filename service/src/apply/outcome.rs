@@ -10,9 +10,11 @@ pub enum ApplyOutcome {
     Issued {
         slot: i64,
     },
-    /// The user holds `slot` already.
+    /// The user holds `slot` already; `slots`: every slot they hold, when more than one (an
+    /// event with a `per_user` above one, answered by the gate).
     Duplicate {
         slot: i64,
+        slots: Vec<i64>,
     },
     SoldOut,
     NotOpen,
@@ -44,7 +46,7 @@ impl ApplyOutcome {
     /// Every answer kind once, for documentation and the load tool's report.
     pub const KINDS: [ApplyOutcome; 11] = [
         Self::Issued { slot: 0 },
-        Self::Duplicate { slot: 0 },
+        Self::Duplicate { slot: 0, slots: Vec::new() },
         Self::SoldOut,
         Self::NotOpen,
         Self::Closed,
@@ -99,7 +101,9 @@ impl ApplyOutcome {
         }
         let body = match self {
             Self::Issued { slot } => serde_json::to_string(&IssuedBody { status: IssuedLabel::Issued, slot: *slot }),
-            Self::Duplicate { slot } => serde_json::to_string(&DuplicateBody { status: DuplicateLabel::Duplicate, slot: *slot }),
+            Self::Duplicate { slot, slots } => {
+                serde_json::to_string(&DuplicateBody { status: DuplicateLabel::Duplicate, slot: *slot, slots: slots.clone() })
+            }
             Self::Replayed { body, .. } => Ok(body.clone()),
             Self::BadRequest { error, .. } => {
                 serde_json::to_string(&BadRequestBody { status: BadRequestLabel::BadRequest, error: error.clone() })
@@ -139,8 +143,13 @@ mod tests {
     fn bodies_with_more_than_a_status() {
         let issued: serde_json::Value = serde_json::from_str(&ApplyOutcome::Issued { slot: 7 }.body()).unwrap();
         assert_eq!(issued, serde_json::json!({"status": "issued", "slot": 7}));
-        let duplicate: serde_json::Value = serde_json::from_str(&ApplyOutcome::Duplicate { slot: 3 }.body()).unwrap();
+        let duplicate: serde_json::Value = serde_json::from_str(&ApplyOutcome::Duplicate { slot: 3, slots: Vec::new() }.body()).unwrap();
         assert_eq!(duplicate, serde_json::json!({"status": "duplicate", "slot": 3}));
+        let several = ApplyOutcome::Duplicate { slot: 9, slots: vec![3, 9, 12] };
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&several.body()).unwrap(),
+            serde_json::json!({"status": "duplicate", "slot": 9, "slots": [3, 9, 12]})
+        );
         let bad = ApplyOutcome::BadRequest { status: 413, error: "too big".into() };
         assert_eq!(bad.http_status(), 413);
         assert_eq!(

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use coupon_core::event::{validate_user_id, CouponRecord, EventKey, RecordKeys, Signature};
+use coupon_core::event::{validate_user_id, CouponRecord, EventKey, RecordKeys, Signature, MAX_PER_USER};
 
 use crate::sql::{CouponRow, FailedRow, Position};
 
@@ -39,11 +39,21 @@ pub fn parse_signed(payload: &[u8], keys: Option<&RecordKeys>) -> Result<(Coupon
     if !(1..=MAX_SLOT).contains(&record.slot) {
         return Err(format!("slot {} is outside 1..={MAX_SLOT}", record.slot));
     }
+    if !(1..=MAX_PER_USER).contains(&record.ordinal) {
+        return Err(format!("ordinal {} is outside 1..={MAX_PER_USER}", record.ordinal));
+    }
     if !ISSUED_YEARS.contains(&i32::from(record.issued_at.to_zoned(jiff::tz::TimeZone::UTC).year())) {
         return Err(format!("issuedAt {} is outside the years {ISSUED_YEARS:?}", record.issued_at));
     }
     let signature = keys.map_or(Signature::Missing, |keys| keys.verify(&record));
-    let row = CouponRow { event: record.event, user_id: record.user_id, slot: record.slot, issued_at: record.issued_at, mac: record.mac };
+    let row = CouponRow {
+        event: record.event,
+        user_id: record.user_id,
+        slot: record.slot,
+        ordinal: record.ordinal,
+        issued_at: record.issued_at,
+        mac: record.mac,
+    };
     Ok((row, signature))
 }
 
@@ -142,6 +152,7 @@ mod tests {
             event: "shop/sale".into(),
             user_id: "u1".into(),
             slot: 3,
+            ordinal: 1,
             issued_at: "2026-11-27T10:00:00Z".parse().unwrap(),
             mac: None,
         };

@@ -92,8 +92,8 @@ pub async fn restore_event(
     let mut after = 0;
     loop {
         let page = store.coupons_after(&name, after, RESTORE_PAGE).await?;
-        let Some(&(_, last)) = page.last() else { break };
-        for (_, slot) in &page {
+        let Some(&(_, last, _)) = page.last() else { break };
+        for (_, slot, _) in &page {
             for gap in after + 1..*slot {
                 let owner = stride_owner(gap, shards);
                 free[owner].push(gap);
@@ -106,7 +106,7 @@ pub async fn restore_event(
             after = *slot;
         }
         for shard in layout.shards() {
-            let rows: Vec<&(String, i64)> = page.iter().filter(|(user, _)| layout.home_shard(user) == shard).collect();
+            let rows: Vec<&(String, i64, i64)> = page.iter().filter(|(user, _, _)| layout.home_shard(user) == shard).collect();
             let index = usize::from(shard);
             if !rows.is_empty() && !send(conn, &layout, index, &token, &mut chunks[index], &rows, &mut free[index], &mut report).await? {
                 tracing::warn!(event = %event, "restore taken over or the server changed; will start again");
@@ -149,7 +149,7 @@ async fn send(
     shard: usize,
     token: &str,
     chunk: &mut u64,
-    rows: &[&(String, i64)],
+    rows: &[&(String, i64, i64)],
     free: &mut Vec<i64>,
     report: &mut RestoreReport,
 ) -> Result<bool, RecoveryError> {

@@ -63,8 +63,13 @@ pub enum DuplicateLabel {
 #[schema(as = Duplicate)]
 pub struct DuplicateBody {
     pub status: DuplicateLabel,
+    /// The slot being delivered to the user, else the first they hold.
     #[schema(minimum = 1)]
     pub slot: i64,
+    /// Every slot the user holds, when the event gives a user more than one
+    /// (`perUserLimit`) and they hold more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<i64>,
 }
 
 /// A 409: the user holds a coupon already, or the request's `Idempotency-Key` is still in
@@ -173,8 +178,12 @@ mod tests {
             match kind {
                 ApplyOutcome::Issued { .. } => is_exactly::<IssuedBody>(&ApplyOutcome::Issued { slot: 7 }.body()),
                 ApplyOutcome::Duplicate { .. } => {
-                    is_exactly::<DuplicateBody>(&ApplyOutcome::Duplicate { slot: 3 }.body());
-                    is_exactly::<ConflictBody>(&ApplyOutcome::Duplicate { slot: 3 }.body());
+                    for duplicate in
+                        [ApplyOutcome::Duplicate { slot: 3, slots: Vec::new() }, ApplyOutcome::Duplicate { slot: 3, slots: vec![3, 5] }]
+                    {
+                        is_exactly::<DuplicateBody>(&duplicate.body());
+                        is_exactly::<ConflictBody>(&duplicate.body());
+                    }
                 }
                 ApplyOutcome::InFlight => is_exactly::<ConflictBody>(&kind.body()),
                 _ => is_exactly::<StatusBody>(&kind.body()),

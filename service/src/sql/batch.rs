@@ -111,9 +111,10 @@ impl Store {
         coupons: &[(CouponRow, Position)],
         failures: &[FailedRow],
     ) -> Result<BatchOutcome, sqlx::Error> {
-        let (coupon_head, coupon_tail) = self.insert_ignoring_duplicates("coupons (event, user_id, slot, issued_at)");
+        let (coupon_head, coupon_tail) = self.insert_ignoring_duplicates("coupons (event, user_id, slot, ordinal, issued_at)");
         let (failed_head, failed_tail) =
             self.insert_ignoring_duplicates("failed_events (topic, kafka_partition, kafka_offset, payload, reason)");
+        let clashing = format!("SELECT {}, slot, ordinal FROM coupons WHERE event = ", self.text("user_id"));
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut inserted = 0u64;
@@ -124,19 +125,20 @@ impl Store {
             let mut written = Vec::with_capacity(coupons.len());
             if inserted < coupons.len() as u64 {
                 for (coupon, position) in coupons {
-                    let mut find = QueryBuilder::new("SELECT slot FROM coupons WHERE event = ");
-                    find.push_bind(&coupon.event).push(" AND user_id = ").push_bind(&coupon.user_id);
-                    let slot: Option<i64> = find.build_query_scalar().fetch_optional(&mut *tx).await?;
-                    if slot == Some(coupon.slot) {
+                    // The rows this one clashes with: its slot's, and the user's of its ordinal.
+                    let mut find = QueryBuilder::new(&clashing);
+                    find.push_bind(&coupon.event).push(" AND (slot = ").push_bind(coupon.slot);
+                    find.push(" OR (user_id = ").push_bind(&coupon.user_id).push(" AND ordinal = ").push_bind(coupon.ordinal as i32).push("))");
+                    let rows: Vec<(String, i64, i32)> = find.build_query_as().fetch_all(&mut *tx).await?;
+                    if rows.iter().any(|(user, slot, ordinal)| *user == coupon.user_id && *slot == coupon.slot && i64::from(*ordinal) == coupon.ordinal) {
                         written.push(coupon.clone());
                     } else {
-                        conflicts.push(position.failed(
-                            coupon.payload(),
-                            match slot {
-                                Some(other) => format!("user already holds slot {other} of this event"),
-                                None => "slot already taken by another user, or no such slot for the event".to_owned(),
-                            },
-                        ));
+                        let reason = match rows.iter().find(|(user, _, ordinal)| *user == coupon.user_id && i64::from(*ordinal) == coupon.ordinal) {
+                            Some((_, other, 1)) => format!("user already holds slot {other} of this event"),
+                            Some((_, other, ordinal)) => format!("user already holds slot {other} of this event as their coupon {ordinal}"),
+                            None => "slot already taken by another user, or no such slot for the event".to_owned(),
+                        };
+                        conflicts.push(position.failed(coupon.payload(), reason));
                     }
                 }
             } else {
@@ -169,14 +171,16 @@ impl InsertCoupons for sqlx::PgConnection {
         let events: Vec<&str> = chunk.iter().map(|(c, _)| c.event.as_str()).collect();
         let users: Vec<&str> = chunk.iter().map(|(c, _)| c.user_id.as_str()).collect();
         let slots: Vec<i64> = chunk.iter().map(|(c, _)| c.slot).collect();
+        let ordinals: Vec<i32> = chunk.iter().map(|(c, _)| c.ordinal as i32).collect();
         let issued: Vec<_> = chunk.iter().map(|(c, _)| super::sql_timestamp(c.issued_at)).collect();
         let result = sqlx::query(
-            "INSERT INTO coupons (event, user_id, slot, issued_at) \
-             SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::int8[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
+            "INSERT INTO coupons (event, user_id, slot, ordinal, issued_at) \
+             SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::int8[], $4::int4[], $5::timestamptz[]) ON CONFLICT DO NOTHING",
         )
         .bind(events)
         .bind(users)
         .bind(slots)
+        .bind(ordinals)
         .bind(issued)
         .execute(self)
         .await?;
@@ -193,6 +197,7 @@ macro_rules! insert_coupons_with_values_list {
                     row.push_bind(&coupon.event)
                         .push_bind(&coupon.user_id)
                         .push_bind(coupon.slot)
+                        .push_bind(coupon.ordinal as i32)
                         .push_bind(super::sql_timestamp(coupon.issued_at));
                 });
                 query.push(tail);

@@ -43,6 +43,8 @@ pub struct CouponRow {
     pub event: String,
     pub user_id: String,
     pub slot: i64,
+    /// Which of the user's coupons of the event (1 up to its `per_user`): unique per user.
+    pub ordinal: i64,
     pub issued_at: Timestamp,
     /// The record's signature, kept for the payload of a record not written (never stored
     /// with the coupon).
@@ -57,6 +59,7 @@ impl CouponRow {
             event: self.event.clone(),
             user_id: self.user_id.clone(),
             slot: self.slot,
+            ordinal: 1,
             issued_at: self.issued_at,
             mac: self.mac.clone(),
         })
@@ -214,15 +217,17 @@ impl Store {
         })
     }
 
-    /// Up to `limit` coupons `(user_id, slot)` of an event with a slot above `after`, by slot:
-    /// one page of a restore, so memory stays bounded whatever the event's size.
-    pub async fn coupons_after(&self, event: &str, after: i64, limit: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let select = format!("SELECT {}, slot FROM coupons WHERE event = ", self.text("user_id"));
-        on_pool!(self, pool => {
+    /// Up to `limit` coupons `(user_id, slot, ordinal)` of an event with a slot above
+    /// `after`, by slot: one page of a restore, so memory stays bounded whatever the event's
+    /// size.
+    pub async fn coupons_after(&self, event: &str, after: i64, limit: i64) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+        let select = format!("SELECT {}, slot, ordinal FROM coupons WHERE event = ", self.text("user_id"));
+        let rows: Vec<(String, i64, i32)> = on_pool!(self, pool => {
             let mut query = QueryBuilder::new(&select);
             query.push_bind(event).push(" AND slot > ").push_bind(after).push(" ORDER BY slot LIMIT ").push_bind(limit);
-            query.build_query_as().fetch_all(pool).await
-        })
+            query.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(|(user, slot, ordinal)| (user, slot, i64::from(ordinal))).collect())
     }
 
     /// The rows of an event that hold `user_id` or `slot` (at most two): what healing needs

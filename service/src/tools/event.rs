@@ -55,7 +55,7 @@ pub struct EventCreateArgs {
     /// Coupons to hand out; needed for a new event.
     #[arg(long)]
     pub limit: Option<i64>,
-    /// Coupons per user; only 1 is supported by the SQL schema today.
+    /// Coupons per user (1 to 100; default 1 for a new event), each its own slot and row.
     #[arg(long)]
     pub per_user: Option<i64>,
     /// Opening time, RFC 3339; default now for a new event.

@@ -75,7 +75,11 @@ pub async fn run(args: EventExportArgs) -> anyhow::Result<()> {
 /// The key SQL holds the event's coupons under: the one given, or the only one there is.
 async fn event_key(store: &Store, id: &EventId, incarnation: Option<&str>) -> anyhow::Result<String> {
     if let Some(incarnation) = incarnation {
-        return Ok(EventKey::new(id.clone(), Some(incarnation))?.to_string());
+        let key = EventKey::new(id.clone(), Some(incarnation))?.to_string();
+        if store.count_coupons(&key).await? == 0 {
+            return Err(ExportRefusal::NoCoupons(key).into());
+        }
+        return Ok(key);
     }
     let keys = store.coupon_keys_of(&id.to_string()).await?;
     match keys.as_slice() {

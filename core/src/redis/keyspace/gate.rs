@@ -28,15 +28,21 @@ pub enum GateDecision {
         again: bool,
         /// Server time by which this delivery ends; a release must name it.
         deadline_ms: i64,
+        /// Which of the user's coupons of the event this is (1 up to the event's
+        /// `per_user`): the record and the row carry it, unique per user.
+        ordinal: i64,
     },
     /// The user's earlier delivery of `slot` ended unconfirmed (they were answered 503) but its
     /// row is written: confirm it (201) without producing.
     Confirmed {
         slot: i64,
     },
-    /// The user holds `slot` already (or another request of theirs is delivering it).
+    /// The user holds as many coupons as the event gives one (`per_user`), or another
+    /// request of theirs is delivering the last of them: `slot` (the one being delivered, else
+    /// the first), and every slot they hold.
     Duplicate {
         slot: i64,
+        slots: Vec<i64>,
     },
     /// Every slot is taken; the window ends at `closes_at_ms` (server time). The holders
     /// stay as they are while `holders_version` does (a release, a heal or a restore
@@ -77,17 +83,21 @@ pub struct Grant {
     pub slots: Vec<i64>,
 }
 
+/// One user's answer of `apply.lua`: code, slot, topic, deadline, incarnation, grant, ordinal.
+type GateAnswer = (i64, i64, String, i64, String, i64, i64);
+
 impl GateDecision {
-    fn from_answer((code, slot, topic, deadline_ms, incarnation, _granted): (i64, i64, String, i64, String, i64)) -> RedisResult<Self> {
+    fn from_answer((code, slot, topic, deadline_ms, incarnation, _granted, ordinal): GateAnswer) -> RedisResult<Self> {
         let incarnation = Some(incarnation).filter(|i| !i.is_empty());
         Ok(match Answer::of("apply", code)? {
-            Answer::Issued => Self::Issued { slot, topic, incarnation, again: false, deadline_ms },
-            Answer::DeliverAgain => Self::Issued { slot, topic, incarnation, again: true, deadline_ms },
+            Answer::Issued => Self::Issued { slot, topic, incarnation, again: false, deadline_ms, ordinal },
+            Answer::DeliverAgain => Self::Issued { slot, topic, incarnation, again: true, deadline_ms, ordinal },
             Answer::Confirmed => Self::Confirmed { slot },
             Answer::Deleted => Self::Deleted,
             Answer::NotOpen => Self::NotOpen,
             Answer::Closed => Self::Closed,
-            Answer::Held => Self::Duplicate { slot },
+            // The topic field lists the user's slots.
+            Answer::Held => Self::Duplicate { slot, slots: topic.split_ascii_whitespace().filter_map(|s| s.parse().ok()).collect() },
             Answer::SoldOut => Self::SoldOut { closes_at_ms: slot, holders_version: deadline_ms },
             Answer::Recovering => Self::Recovering,
             Answer::Missing => Self::Missing,
@@ -149,7 +159,7 @@ pub async fn apply_many(
     if let Some(grant) = grant {
         invocation.arg(&grant.id).arg(grant.epoch).arg(&grant.slots);
     }
-    let answers: Vec<(i64, i64, String, i64, String, i64)> = invocation.invoke_async(conn).await?;
+    let answers: Vec<GateAnswer> = invocation.invoke_async(conn).await?;
     if answers.len() != users.len() {
         let counts = format!("{} answers for {} users", answers.len(), users.len());
         return Err((redis::ErrorKind::TypeError, "unexpected gate script answer", counts).into());
@@ -267,7 +277,7 @@ mod tests {
         for arg in &args {
             call.arg(arg.replace("__rand_int__", "7"));
         }
-        let answers: Vec<(i64, i64, String, i64, String, i64)> = call.query_async(&mut conn).await.unwrap();
+        let answers: Vec<GateAnswer> = call.query_async(&mut conn).await.unwrap();
         assert_eq!(answers.len(), 1);
         assert!(matches!(GateDecision::from_answer(answers[0].clone()).unwrap(), GateDecision::Issued { slot: 1, .. }), "{answers:?}");
         super::super::delete_event(&mut conn, &event).await.unwrap();

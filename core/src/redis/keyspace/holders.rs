@@ -54,7 +54,7 @@ impl Holders {
     }
 
     fn set(&mut self, user: String, entries: &str) {
-        match parse_holdings(entries).into_iter().next() {
+        match super::holdings::representative(parse_holdings(entries)) {
             Some(first) => self.by_user.insert(user, first),
             None => self.by_user.remove(&user),
         };

@@ -29,12 +29,13 @@ pub enum HoldingState {
     Persisted,
 }
 
-/// Parses a user's entries (`slot:state` separated by spaces).
+/// Parses a user's entries (`slot:state[:ordinal]` separated by spaces).
 pub(super) fn parse_holdings(value: &str) -> Vec<Holding> {
     value
         .split_ascii_whitespace()
         .filter_map(|entry| {
-            let (slot, state) = entry.split_once(':')?;
+            let mut parts = entry.split(':');
+            let (slot, state) = (parts.next()?, parts.next()?);
             let (state, confirmed) = match state {
                 "p" => (HoldingState::Pending, false),
                 "a" => (HoldingState::Acknowledged, true),
@@ -45,6 +46,15 @@ pub(super) fn parse_holdings(value: &str) -> Vec<Holding> {
             Some(Holding { slot: slot.parse().ok()?, state, confirmed })
         })
         .collect()
+}
+
+/// Of a user's entries, the one that speaks for them where one answer is kept per user (the
+/// sold-out short cut): an entry still pending or never confirmed, which only the gate may
+/// settle, before any other; else the first.
+pub fn representative(holdings: Vec<Holding>) -> Option<Holding> {
+    let unsettled = holdings.iter().position(|holding| holding.state == HoldingState::Pending || !holding.confirmed);
+    let at = unsettled.unwrap_or(0);
+    holdings.into_iter().nth(at)
 }
 
 /// The coupons `user` holds in the event (one read, on the user's home shard).
@@ -103,5 +113,18 @@ mod tests {
             ]
         );
         assert!(parse_holdings("").is_empty());
+        assert_eq!(representative(parse_holdings("3:w 8:x:2")).map(|h| h.slot), Some(8), "the unconfirmed one speaks");
+        assert_eq!(representative(parse_holdings("3:w 8:a:2 9:p:3")).map(|h| h.slot), Some(9), "the pending one speaks");
+        assert_eq!(representative(parse_holdings("3:w 8:a:2")).map(|h| h.slot), Some(3));
+        assert_eq!(representative(Vec::new()), None);
+        // A user's second and third coupons carry their ordinal.
+        assert_eq!(
+            parse_holdings("3:a 8:p:2 11:w:3"),
+            vec![
+                Holding { slot: 3, state: HoldingState::Acknowledged, confirmed: true },
+                Holding { slot: 8, state: HoldingState::Pending, confirmed: false },
+                Holding { slot: 11, state: HoldingState::Persisted, confirmed: true }
+            ]
+        );
     }
 }

@@ -59,8 +59,8 @@ pub async fn claim(
     })
 }
 
-/// Keeps the answer of the request that claimed `key` at `claimed_ms` (a 5xx lets the key
-/// go: a retry runs again). Answers false if the claim is no longer that request's.
+/// Keeps the answer (not a 5xx) of the request that claimed `key` at `claimed_ms`. Answers
+/// false if the claim is no longer that request's.
 #[allow(clippy::too_many_arguments)]
 pub async fn finish(
     conn: &mut RedisConnection,

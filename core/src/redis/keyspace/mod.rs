@@ -68,7 +68,7 @@ pub use gate::{ack, apply, apply_many, prepare_gate_benchmark, release, unique_i
 pub use grants::{close_grant, expired_grants, grant, settle_grant, stock, stride_left, GrantVerdict, ShardStock};
 pub use heal::{heal, mark_written, overdue_entries, HealVerdict, Healed, OverdueEntry};
 pub use holders::{holders, refresh_holders, Holders, HoldersRead};
-pub use holdings::{holdings, user_view, wait_for_replicas, Holding, HoldingState, UserView};
+pub use holdings::{holdings, representative, user_view, wait_for_replicas, Holding, HoldingState, UserView};
 pub use issued::{issued_to, Issued};
 use layout::EventKeys;
 pub use layout::{home_shard, EventLayout};

@@ -73,7 +73,7 @@ pub async fn restore_begin(
 }
 
 /// Writes back chunk number `chunk` (1, 2, ... per shard and restore; a chunk sent again is
-/// not written twice) of a shard: rows `(user, slot)` of its users and free slots.
+/// not written twice) of a shard: rows `(user, slot, ordinal)` of its users and free slots.
 #[allow(clippy::too_many_arguments)]
 pub async fn restore_chunk(
     conn: &mut RedisConnection,
@@ -81,14 +81,14 @@ pub async fn restore_chunk(
     shard: u16,
     token: &str,
     chunk: u64,
-    rows: &[&(String, i64)],
+    rows: &[&(String, i64, i64)],
     free: &[i64],
 ) -> RedisResult<RestoreStep> {
     let keys = layout.keys(shard);
     let mut invocation = contract::RESTORE_CHUNK.invocation(keys, &[]);
     invocation.arg(token).arg(chunk).arg(rows.len());
-    for (user, slot) in rows {
-        invocation.arg(user).arg(*slot);
+    for (user, slot, ordinal) in rows {
+        invocation.arg(user).arg(*slot).arg(*ordinal);
     }
     for slot in free {
         invocation.arg(*slot);

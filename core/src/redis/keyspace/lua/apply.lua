@@ -7,7 +7,9 @@
 -- its slots (stock another shard gave this one: taken into the free list first, once, unless
 -- the grant was refused or is of another epoch: made before a restore, or for an earlier
 -- event of the name).
--- Answers one {code, slot, topic, deadline, incarnation, grant} per user, in order (deadline:
+-- Answers one {code, slot, topic, deadline, incarnation, grant, ordinal} per user, in order
+-- (ordinal: which of the user's coupons `slot` is, for ISSUED, DELIVER_AGAIN and CONFIRMED;
+-- deadline:
 -- of the delivery now under way, which a release must name; topic and incarnation, which the
 -- record carries, for ISSUED and DELIVER_AGAIN only; grant: 1 if the grant's slots are in this
 -- shard's stock). Codes (`ANSWER`):
@@ -17,7 +19,8 @@
 --   CONFIRMED      the user's earlier delivery of `slot` was never confirmed to them, but its
 --                  row is written: confirm it now, nothing to deliver;
 --   DELETED, MISSING (no configuration at all: never provisioned, or Redis lost it);
---   NOT_OPEN, CLOSED, HELD (the user holds `slot` already, or it is being delivered);
+--   NOT_OPEN, CLOSED, HELD (the user holds `per_user` slots already, or is being delivered
+--                  the last of them: `slot`; topic lists all the user's slots);
 --   SOLD_OUT       slot: the window's end, so the api can answer 403 from memory once it
 --                  passed; deadline: `holders_version`, which changes whenever a holder can
 --                  have changed;
@@ -44,7 +47,7 @@ if done then return cjson.decode(done) end
 -- The same answer for every user of the call.
 local function all(code, slot, deadline, granted)
   local answers = {}
-  for i = 1, n do answers[i] = {code, slot or 0, '', deadline or 0, '', granted or 0} end
+  for i = 1, n do answers[i] = {code, slot or 0, '', deadline or 0, '', granted or 0, 0} end
   return answers
 end
 local cfg = read_config(K.config, {
@@ -100,10 +103,8 @@ local free_empty = false -- LPOP answered nothing: the free list stays empty for
 local function flush()
   local fields = {}
   for user, list in pairs(stored_entries) do
-    local parts = {}
-    for i, e in ipairs(list) do parts[i] = e[1] .. ':' .. e[2] end
     fields[#fields + 1] = user
-    fields[#fields + 1] = table.concat(parts, ' ')
+    fields[#fields + 1] = format_entries(list)
   end
   if #fields > 0 then redis.call('HSET', K.users, unpack(fields)) end
   local deadlines = {}
@@ -155,18 +156,30 @@ local function decide(user)
     if e[2] == 'x' then
       e[2] = 'w'
       store(user, list)
-      return {ANSWER.CONFIRMED, tonumber(e[1]), cfg.topic, 0, '', granted}
-    end
-    if e[2] == 'p' then
-      local member = unwritten_member(e[1], user)
-      if lease_of(member) > now then return {ANSWER.HELD, tonumber(e[1]), '', 0, '', granted} end
-      set_lease(member, now + lease)
-      return {ANSWER.DELIVER_AGAIN, tonumber(e[1]), cfg.topic, now + lease, cfg.incarnation or '', granted}
+      return {ANSWER.CONFIRMED, tonumber(e[1]), cfg.topic, 0, '', granted, tonumber(e[3])}
     end
   end
-  if #list >= per_user then return {ANSWER.HELD, tonumber(list[1][1]), '', 0, '', granted} end
-  if now < tonumber(cfg.start_ms) then return {ANSWER.NOT_OPEN, 0, '', 0, '', granted} end
-  if now >= tonumber(cfg.end_ms) then return {ANSWER.CLOSED, 0, '', 0, '', granted} end
+  local delivering
+  for _, e in ipairs(list) do
+    if e[2] == 'p' then
+      local member = unwritten_member(e[1], user)
+      if lease_of(member) <= now then
+        set_lease(member, now + lease)
+        return {ANSWER.DELIVER_AGAIN, tonumber(e[1]), cfg.topic, now + lease, cfg.incarnation or '', granted, tonumber(e[3])}
+      end
+      delivering = delivering or e
+    end
+  end
+  -- As many as the event gives a user: HELD, with the slot being delivered if one is (its
+  -- delivery may still fail), else the first; the topic field lists every slot the user
+  -- holds. Below that, another request's delivery under way does not hold this one back.
+  if #list >= per_user then
+    local slots = {}
+    for i, e in ipairs(list) do slots[i] = e[1] end
+    return {ANSWER.HELD, tonumber((delivering or list[1])[1]), table.concat(slots, ' '), 0, '', granted, 0}
+  end
+  if now < tonumber(cfg.start_ms) then return {ANSWER.NOT_OPEN, 0, '', 0, '', granted, 0} end
+  if now >= tonumber(cfg.end_ms) then return {ANSWER.CLOSED, 0, '', 0, '', granted, 0} end
   local slot
   for _ = 1, 16 do
     if free_empty then break end
@@ -187,7 +200,7 @@ local function decide(user)
     if next_slot > limit then
       local code = ANSWER.SOLD_OUT
       if shards > 1 then code = ANSWER.SHARD_EMPTY end
-      return {code, tonumber(cfg.end_ms), '', holders_version, '', granted}
+      return {code, tonumber(cfg.end_ms), '', holders_version, '', granted, 0}
     end
     count = count + 1
     issued_count = issued_count + 1
@@ -197,7 +210,8 @@ local function decide(user)
     -- only a new limit (which starts the log again too) reopens the counter.
     if stride_slot(count, shard, shards) > limit then log = 'reset' end
   end
-  list[#list + 1] = {tostring(slot), 'p'}
+  local ordinal = free_ordinal(list)
+  list[#list + 1] = {tostring(slot), 'p', ordinal}
   store(user, list)
   set_lease(unwritten_member(slot, user), now + lease)
   issued_held = issued_held + 1
@@ -205,7 +219,7 @@ local function decide(user)
   if log then flush() end
   if log == 'changed' then holders_version = holders_changed(K.config, K.holder_changes, K.held, {user}) end
   if log == 'reset' then holders_version = holders_reset(K.config, K.holder_changes, K.held) end
-  return {ANSWER.ISSUED, slot, cfg.topic, now + lease, cfg.incarnation or '', granted}
+  return {ANSWER.ISSUED, slot, cfg.topic, now + lease, cfg.incarnation or '', granted, tonumber(ordinal)}
 end
 
 local answers = {}
@@ -220,7 +234,7 @@ local changed = {[ANSWER.ISSUED] = true, [ANSWER.DELIVER_AGAIN] = true, [ANSWER.
 for i = 1, n do
   if changed[answers[i][1]] then
     local kept = {}
-    for j, a in ipairs(answers) do kept[j] = {a[1], a[2], a[3], string.format('%.0f', a[4]), a[5], a[6]} end
+    for j, a in ipairs(answers) do kept[j] = {a[1], a[2], a[3], string.format('%.0f', a[4]), a[5], a[6], a[7]} end
     redis.call('SET', K.call, cjson.encode(kept), 'PX', lease)
     break
   end

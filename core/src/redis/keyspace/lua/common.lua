@@ -64,26 +64,49 @@ local function server_id()
   return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
 end
 
--- A user's entries, `slot:state` separated by spaces, as a list of {slot, state}. States:
--- p pending (issued, delivery not acknowledged), a acknowledged by the broker (the user was
--- answered 201), w written to SQL after that, x written to SQL but never confirmed to the
--- user (their apply answered 503; the next one answers 201).
+-- A user's entries, `slot:state[:ordinal]` separated by spaces, as a list of
+-- {slot, state, ordinal}. States: p pending (issued, delivery not acknowledged), a
+-- acknowledged by the broker (the user was answered 201), w written to SQL after that, x
+-- written to SQL but never confirmed to the user (their apply answered 503; the next one
+-- answers 201). The ordinal (which of the user's coupons of the event it is, 1 to the
+-- event's `per_user`; the SQL row's, unique per user) is written only when it is not 1, so an
+-- event of one coupon per user keeps the entries it always had.
 local function parse_entries(held)
   local list = {}
   if held then
-    for slot, state in string.gmatch(held, '(%d+):(%a)') do list[#list + 1] = {slot, state} end
+    for slot, state, ordinal in string.gmatch(held, '(%d+):(%a):?(%d*)') do
+      if ordinal == '' then ordinal = '1' end
+      list[#list + 1] = {slot, state, ordinal}
+    end
   end
   return list
+end
+
+-- The value `parse_entries` reads.
+local function format_entries(list)
+  local parts = {}
+  for i, e in ipairs(list) do
+    parts[i] = e[1] .. ':' .. e[2]
+    if e[3] and e[3] ~= '1' then parts[i] = parts[i] .. ':' .. e[3] end
+  end
+  return table.concat(parts, ' ')
 end
 
 local function store_entries(users, user, list)
   if #list == 0 then
     redis.call('HDEL', users, user)
   else
-    local parts = {}
-    for i, e in ipairs(list) do parts[i] = e[1] .. ':' .. e[2] end
-    redis.call('HSET', users, user, table.concat(parts, ' '))
+    redis.call('HSET', users, user, format_entries(list))
   end
+end
+
+-- The lowest ordinal none of `list` has.
+local function free_ordinal(list)
+  local used = {}
+  for _, e in ipairs(list) do used[e[3]] = true end
+  local ordinal = 1
+  while used[tostring(ordinal)] do ordinal = ordinal + 1 end
+  return tostring(ordinal)
 end
 
 -- The member of the `unwritten` sorted set for one entry.

@@ -53,7 +53,9 @@ redis.call('HSET', K.config, 'limit', A.limit, 'per_user', A.per_user, 'start_ms
 if old.limit and old.limit ~= A.limit then holders_reset(K.config, K.holder_changes, K.held) end
 if old.limit then return {ANSWER.UPDATED, recovering} end
 if A.incarnation ~= '' then redis.call('HSET', K.config, 'incarnation', A.incarnation) end
-redis.call('HSET', K.config, 'shards', shards, 'shard', shard, 'epoch', A.epoch)
+-- `born` is the epoch it was created with, which a restore (a new epoch) leaves alone: what
+-- is kept for the event's lifetime (Idempotency-Keys) is told from an earlier event's by it.
+redis.call('HSET', K.config, 'shards', shards, 'shard', shard, 'epoch', A.epoch, 'born', A.epoch)
 -- A new event's holders are versioned from the creation time (`holders_reset`), so an api's
 -- holders of an earlier event of the same name (deleted, then created again) never match.
 holders_reset(K.config, K.holder_changes, K.held)

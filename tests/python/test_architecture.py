@@ -61,6 +61,8 @@ def test_scripts_are_lua_files_of_the_keyspace():
             "grant.lua",
             "heal.lua",
             "holder_changes.lua",
+            "idempotency_claim.lua",
+            "idempotency_finish.lua",
             "issued.lua",
             "provision.lua",
             "release.lua",

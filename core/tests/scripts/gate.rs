@@ -246,12 +246,11 @@ async fn a_gate_call_reads_back_its_own_writes_and_writes_them_all() {
         assert!(matches!(decision, GateDecision::Issued { slot, again: false, .. } if *slot == n as i64 + 3), "crowd-{n}: {decision:?}");
     }
 
-    // The keys as the keyspace's table (`keyspace/mod.rs`) documents them.
-    let key = |name: &str| format!("coupon:{{{id}}}:{name}");
-    let (count, held): (i64, i64) = redis::pipe().get(key("count")).get(key("held")).query_async(&mut conn).await.unwrap();
-    let entries: std::collections::HashMap<String, String> = redis::cmd("HGETALL").arg(key("users")).query_async(&mut conn).await.unwrap();
-    let leases: Vec<(String, i64)> =
-        redis::cmd("ZRANGE").arg(key("unwritten")).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut conn).await.unwrap();
+    use keyspace::inspect;
+    let count = inspect::home_counter(&mut conn, &id, "count").await.unwrap();
+    let held = inspect::home_counter(&mut conn, &id, "held").await.unwrap();
+    let entries = inspect::home_entries(&mut conn, &id).await.unwrap();
+    let leases = inspect::home_leases(&mut conn, &id).await.unwrap();
     assert_eq!((count, held), (2502, 2502), "counter and held after the call");
     assert_eq!(entries.len(), 2502, "one entry per holder");
     assert_eq!(leases.len(), 2502, "one lease per pending slot");
@@ -291,9 +290,9 @@ async fn a_user_gets_per_user_slots_with_their_ordinals_and_then_their_slots() {
     assert!(keyspace::release(&mut conn, &layout, "q", 2, *deadline_ms).await.unwrap());
     let next = keyspace::apply(&mut conn, &layout, "q", LONG, None).await.unwrap().0;
     assert!(matches!(next, GateDecision::Issued { slot: 2, ordinal: 2, again: false, .. }), "{next:?}");
-    let entries: String = redis::cmd("HGET").arg(format!("coupon:{{{id}}}:users")).arg("q").query_async(&mut conn).await.unwrap();
+    let entries = keyspace::inspect::home_entries(&mut conn, &id).await.unwrap().remove("q").unwrap();
     assert_eq!(entries, "1:p 3:p:3 2:p:2", "the first ordinal is left out, as one coupon per user always wrote it");
-    let held: i64 = redis::cmd("GET").arg(format!("coupon:{{{id}}}:held")).query_async(&mut conn).await.unwrap();
+    let held = keyspace::inspect::home_counter(&mut conn, &id, "held").await.unwrap();
     assert_eq!(held, 3);
     keyspace::delete_event(&mut conn, &id).await.unwrap();
 }

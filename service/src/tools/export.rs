@@ -115,7 +115,7 @@ pub async fn export(store: &Store, key: &str, format: ExportFormat, out: impl Wr
 
 /// Where the lines go, in their format.
 enum Sink<W: Write> {
-    Csv(csv::Writer<W>),
+    Csv(Box<csv::Writer<W>>),
     Jsonl(W),
 }
 
@@ -125,7 +125,7 @@ impl<W: Write> Sink<W> {
             ExportFormat::Csv => {
                 let mut csv = csv::Writer::from_writer(out);
                 csv.write_record(["user", "slot", "occurrence", "issued_at"])?;
-                Self::Csv(csv)
+                Self::Csv(Box::new(csv))
             }
             ExportFormat::Jsonl => Self::Jsonl(out),
         })

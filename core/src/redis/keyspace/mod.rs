@@ -51,6 +51,7 @@ mod heal;
 mod holders;
 mod holdings;
 pub mod idempotency;
+pub mod inspect;
 mod issued;
 mod layout;
 mod recovery;

@@ -44,7 +44,7 @@ pub async fn claim(
     fingerprint: &str,
     in_flight: Duration,
 ) -> RedisResult<Claim> {
-    let keys = layout.keys(layout.home_shard(user));
+    let (_, keys) = layout.user_keys(user);
     let hash = keys.idempotency_keys(user);
     let mut invocation = contract::IDEMPOTENCY_CLAIM.invocation(keys, &[("idempotency_keys", hash.as_str())]);
     invocation.arg(key).arg(fingerprint).arg(in_flight.as_millis() as u64).arg(GRACE.as_millis() as u64).arg(MAX_KEYS_PER_USER);
@@ -72,7 +72,7 @@ pub async fn finish(
     status: u16,
     body: &str,
 ) -> RedisResult<bool> {
-    let keys = layout.keys(layout.home_shard(user));
+    let (_, keys) = layout.user_keys(user);
     let hash = keys.idempotency_keys(user);
     let mut invocation = contract::IDEMPOTENCY_FINISH.invocation(keys, &[("idempotency_keys", hash.as_str())]);
     invocation.arg(key).arg(fingerprint).arg(claimed_ms).arg(status).arg(body);

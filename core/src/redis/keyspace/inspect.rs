@@ -29,6 +29,6 @@ pub async fn home_leases(conn: &mut RedisConnection, event: &EventId) -> RedisRe
 /// How many `Idempotency-Key`s of `user` are kept, and how long their hash has left (ms;
 /// negative when there is none, as `PTTL` answers).
 pub async fn idempotency_keys_kept(conn: &mut RedisConnection, layout: &EventLayout, user: &str) -> RedisResult<(i64, i64)> {
-    let hash = layout.keys(layout.home_shard(user)).idempotency_keys(user);
+    let hash = layout.user_keys(user).1.idempotency_keys(user);
     redis::pipe().hlen(&hash).pttl(&hash).query_async(conn).await
 }

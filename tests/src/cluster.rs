@@ -51,15 +51,41 @@ pub struct OwnCluster {
 impl OwnCluster {
     pub async fn start() -> Self {
         let dir = std::env::temp_dir().join(unique("own-cluster"));
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let mut ports = Vec::new();
         let mut processes = Vec::new();
-        for port in &ports {
+        for _ in 0..6 {
+            let (port, process) = Self::start_node(&dir).await;
+            ports.push(port);
+            processes.push(Some(process));
+        }
+        let cluster = Self { ports, dir, processes };
+        let mut create = tokio::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for port in &cluster.ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let output = create.args(["--cluster-replicas", "1", "--cluster-yes"]).output().await.expect("redis-cli runs");
+        assert!(output.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&output.stdout));
+        cluster.wait_until_serving().await;
+        cluster.wait_until_replicas_synced().await;
+        cluster
+    }
+
+    /// Starts one node on a free port, with its cluster bus on another free port: the
+    /// default bus port (the port plus 10,000) does not exist for ports above 55535, which
+    /// the kernel hands out, and a node refuses to start then. A port taken between
+    /// `free_port` and the node's bind makes it exit; it is started again on new ports.
+    async fn start_node(dir: &Path) -> (u16, ChildProcess) {
+        for _ in 0..5 {
+            let (port, bus_port) = (free_port(), free_port());
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            let port = port.to_string();
+            let (port_arg, bus_port_arg) = (port.to_string(), bus_port.to_string());
             let args = [
                 "--port",
-                &port,
+                &port_arg,
+                "--cluster-port",
+                &bus_port_arg,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -75,28 +101,29 @@ impl OwnCluster {
                 // Replicas in sync at once: a replica that never synced cannot take over.
                 "--repl-diskless-sync-delay",
                 "0",
+                "--logfile",
+                "node.log",
             ];
-            processes.push(Some(ChildProcess::spawn_in(&node_dir, Path::new("redis-server"), &args, &[])));
-        }
-        let cluster = Self { ports, dir, processes };
-        for port in &cluster.ports {
+            let mut process = ChildProcess::spawn_in(&node_dir, Path::new("redis-server"), &args, &[]);
             let addr = format!("127.0.0.1:{port}");
-            wait_until("cluster node listening", Duration::from_secs(20), || {
+            let listening = wait_until("cluster node listening or exited", Duration::from_secs(20), || {
                 let addr = addr.clone();
-                async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }
+                let exited = process.child.try_wait().ok().flatten().is_some();
+                async move {
+                    if exited {
+                        return Some(false);
+                    }
+                    tokio::net::TcpStream::connect(addr).await.ok().map(|_| true)
+                }
             })
             .await;
+            if listening {
+                return (port, process);
+            }
+            let log = std::fs::read_to_string(node_dir.join("node.log")).unwrap_or_default();
+            eprintln!("redis-server on {port} (bus {bus_port}) exited; starting it on other ports: {log}");
         }
-        let mut create = tokio::process::Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
-        for port in &cluster.ports {
-            create.arg(format!("127.0.0.1:{port}"));
-        }
-        let output = create.args(["--cluster-replicas", "1", "--cluster-yes"]).output().await.expect("redis-cli runs");
-        assert!(output.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&output.stdout));
-        cluster.wait_until_serving().await;
-        cluster.wait_until_replicas_synced().await;
-        cluster
+        panic!("no cluster node could start in five tries");
     }
 
     /// Waits until every replica's link to its master is up (its initial sync done).

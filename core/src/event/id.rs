@@ -77,8 +77,35 @@ impl FromStr for EventId {
 
 /// Longest event key: the width of SQL's `event` columns.
 pub const MAX_KEY_LEN: usize = 320;
-/// Longest incarnation (a Kubernetes UID is 36 characters).
-const MAX_INCARNATION_LEN: usize = 36;
+/// Longest incarnation: a Kubernetes UID (36 characters) and an occurrence (`-o` and up to
+/// ten digits of seconds since the epoch, which lasts until the year 2286).
+const MAX_INCARNATION_LEN: usize = 48;
+
+/// The incarnation of one occurrence of a recurring event: the object's (a UID, or none for
+/// an event made without Kubernetes) with `-o<start in seconds since the epoch>` after it,
+/// as `<uid>-o1765188000` or `o1765188000`. Each occurrence is so its own sale with its own
+/// rows (a user may win once per occurrence), and every part of the system that keys by the
+/// incarnation keeps occurrences apart without knowing of them. A UID is hexadecimal, so the
+/// suffix can never be mistaken for part of one.
+pub fn occurrence_incarnation(base: Option<&str>, occurrence: i64) -> String {
+    match base {
+        Some(base) => format!("{base}-o{occurrence}"),
+        None => format!("o{occurrence}"),
+    }
+}
+
+/// The object's incarnation and the occurrence of an incarnation `occurrence_incarnation`
+/// made; an incarnation without an occurrence is returned whole.
+pub fn split_occurrence(incarnation: &str) -> (Option<&str>, Option<i64>) {
+    let (base, suffix) = match incarnation.rsplit_once("-o") {
+        Some((base, suffix)) => (Some(base), suffix),
+        None => (None, incarnation.strip_prefix('o').unwrap_or("")),
+    };
+    match suffix.parse::<i64>() {
+        Ok(occurrence) if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) => (base, Some(occurrence)),
+        _ => (Some(incarnation), None),
+    }
+}
 
 /// What SQL rows and Kafka records name an event by: its id and, for an event the operator
 /// manages, the UID of its `CouponEvent` object, as `<namespace>/<name>@<uid>`. A name that is
@@ -124,6 +151,12 @@ impl EventKey {
     pub fn incarnation(&self) -> Option<&str> {
         self.incarnation.as_deref()
     }
+
+    /// The occurrence of a recurring event this key names (its start, in seconds since the
+    /// epoch), if any.
+    pub fn occurrence(&self) -> Option<i64> {
+        self.incarnation.as_deref().and_then(|i| split_occurrence(i).1)
+    }
 }
 
 impl fmt::Display for EventKey {
@@ -152,6 +185,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn occurrences_ride_in_the_incarnation() {
+        let uid = "5f0c2d4e-8a1b-4c3d-9e2f-0a1b2c3d4e5f";
+        let with_uid = occurrence_incarnation(Some(uid), 1_765_188_000);
+        assert_eq!(with_uid, format!("{uid}-o1765188000"));
+        assert_eq!(split_occurrence(&with_uid), (Some(uid), Some(1_765_188_000)));
+        assert_eq!(split_occurrence("o1765188000"), (None, Some(1_765_188_000)));
+        assert_eq!(split_occurrence(uid), (Some(uid), None), "a UID alone is no occurrence");
+        for plain in ["o", "-o", "x-o", "oo1", "a-o1x", "o-1"] {
+            assert_eq!(split_occurrence(plain), (Some(plain), None), "{plain}");
+        }
+        let key: EventKey = format!("shop/sale@{with_uid}").parse().unwrap();
+        assert_eq!(key.occurrence(), Some(1_765_188_000));
+        assert_eq!("shop/sale@o1765188000".parse::<EventKey>().unwrap().occurrence(), Some(1_765_188_000));
+        assert_eq!(format!("shop/sale@{uid}").parse::<EventKey>().unwrap().occurrence(), None);
+    }
+
+    #[test]
     fn keys_carry_the_incarnation_when_there_is_one() {
         let plain: EventKey = "shop/sale".parse().unwrap();
         assert_eq!((plain.id().to_string(), plain.incarnation()), ("shop/sale".into(), None));
@@ -168,6 +218,11 @@ mod tests {
         let long = EventId::new(&"n".repeat(63), &"a".repeat(253)).unwrap();
         assert_eq!(EventKey::new(long.clone(), Some(uid)), Err(EventKeyError::TooLong));
         assert!(EventKey::new(long, None).is_ok(), "every id fits without an incarnation");
+        // The longest key the operator makes: a namespace of 63, a name of 200, a UID and an
+        // occurrence.
+        let longest = EventId::new(&"n".repeat(63), &"a".repeat(200)).unwrap();
+        let key = EventKey::new(longest, Some(&occurrence_incarnation(Some(uid), 9_999_999_999))).unwrap();
+        assert_eq!(key.occurrence(), Some(9_999_999_999));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum EventCommand {
     /// Write an event's coupons out of SQL, by slot, as CSV or JSON Lines (constant memory at
     /// any size).
     Export(super::export::EventExportArgs),
+    /// Print the next windows of a recurring schedule, one per line as `START END` in RFC
+    /// 3339 with the zone's offset (no Redis, Kafka or SQL needed).
+    Plan(super::plan::EventPlanArgs),
 }
 
 #[derive(Args, Debug)]
@@ -223,6 +226,7 @@ pub async fn run(command: EventCommand) -> anyhow::Result<()> {
     match command {
         EventCommand::Create(args) => create(args, deadline).await?,
         EventCommand::Export(args) => super::export::run(args).await?,
+        EventCommand::Plan(args) => super::plan::run(args, &mut std::io::stdout().lock())?,
         EventCommand::Show(args) => {
             let id = EventId::new(&args.namespace, &args.name)?;
             let mut conn = RedisHandle::connect_with_deadline(args.redis.target(), deadline).await?;

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod demo;
 pub mod event;
 pub mod export;
+pub mod plan;
 #[cfg(feature = "tools")]
 pub mod load;
 #[cfg(feature = "tools")]

@@ -1,6 +1,7 @@
 //! The operator's side effects outside Kubernetes: the event's Redis configuration and Kafka
 //! topic, through the same provisioning code as `coupon-service event create`.
 
+use coupon_core::event::recurrence::Occurrence;
 use coupon_core::event::{EventId, InvalidConfig};
 use coupon_core::kafka::{KafkaSettings, TopicAdmin, TopicOutcome};
 use coupon_core::provision::{self, ProvisionError, RedisOutcome};
@@ -63,15 +64,18 @@ impl Backend {
     /// Writes the Redis configuration; never touches counters, refuses a limit below them.
     /// `existed_before`: the event was provisioned earlier, so a missing configuration means
     /// Redis lost its state and the event is written back marked recovering.
-    /// `incarnation`: the CouponEvent's UID, which the event's records and rows carry.
+    /// `incarnation`: what the event's records and rows carry after its name (the
+    /// CouponEvent's UID, and for a recurring event the occurrence); `window`: the window or
+    /// occurrence provisioned.
     pub async fn provision_redis(
         &self,
         event: &EventId,
         spec: &CouponEventSpec,
+        window: &Occurrence,
         existed_before: bool,
         incarnation: Option<&str>,
     ) -> Result<RedisOutcome, BackendError> {
-        let config = coupon_core::event::EventConfig { incarnation: incarnation.map(str::to_owned), ..spec.event_config() };
+        let config = coupon_core::event::EventConfig { incarnation: incarnation.map(str::to_owned), ..spec.event_config(window) };
         Ok(provision::provision_redis(&mut self.conn()?, event, &config, existed_before).await?)
     }
 
@@ -98,7 +102,8 @@ impl Backend {
         if counters.end_ms <= now_ms {
             return Ok(false);
         }
-        let mut config = spec.event_config();
+        let window = Occurrence { start: now, end: now };
+        let mut config = spec.event_config(&window);
         // Everything but the window as Redis holds it (the limit there is never below the
         // slots handed out).
         config.limit = counters.limit;

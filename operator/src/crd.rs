@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use coupon_core::event::recurrence::{Bound, Occurrence, Recurrence};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::{CustomResource, KubeSchema};
@@ -45,6 +46,7 @@ pub const MAX_COOL_DOWN: Duration = Duration::from_secs(24 * 3600);
     printcolumn(name = "Limit", type_ = "integer", json_path = ".spec.limit"),
     printcolumn(name = "Start", type_ = "string", json_path = ".spec.schedule.start"),
     printcolumn(name = "End", type_ = "string", json_path = ".spec.schedule.end"),
+    printcolumn(name = "Occurrence", type_ = "string", json_path = ".status.occurrence.start"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 200").message(
         "metadata.name may be at most 200 characters: the event's coupons are keyed by namespace, name and UID (320 characters at most), and its Kubernetes Events are named after it"
@@ -133,23 +135,31 @@ fn default_shards() -> u16 {
     1
 }
 
-/// The event's window.
+/// The event's window: one (`start` and `end`), or recurring (`recurrence`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.end > self.start").message("schedule.end must be after schedule.start"),
-    validation = Rule::new("self.end - self.start <= duration('168h')").message("the window may be at most 7 days (168h)"),
+    validation = Rule::new("has(self.recurrence) ? !has(self.start) && !has(self.end) : has(self.start) && has(self.end)").message("a schedule has either start and end, or recurrence, never both"),
+    validation = Rule::new("!has(self.start) || !has(self.end) || self.end > self.start").message("schedule.end must be after schedule.start"),
+    validation = Rule::new("!has(self.start) || !has(self.end) || self.end - self.start <= duration('168h')").message("the window may be at most 7 days (168h)"),
     // jiff (k8s-openapi's `Time`) reads nothing past 9999-12-30T22:00Z: an object ending
     // later could not be read at all, and would stop the operator's watch of every event.
-    validation = Rule::new("self.end < timestamp('9000-01-01T00:00:00Z')").message("the window must end before the year 9000"),
+    validation = Rule::new("!has(self.end) || self.end < timestamp('9000-01-01T00:00:00Z')").message("the window must end before the year 9000"),
     validation = Rule::new("!has(self.warmUp) || duration(self.warmUp) <= duration('24h')").message("warmUp may be at most 24h"),
     validation = Rule::new("!has(self.coolDown) || duration(self.coolDown) <= duration('24h')").message("coolDown may be at most 24h")
 )]
 pub struct Schedule {
-    /// Opening time, RFC 3339 (e.g. 2026-11-27T10:00:00Z).
-    pub start: Time,
+    /// Opening time, RFC 3339 (e.g. 2026-11-27T10:00:00Z). With `end`; not with `recurrence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Time>,
     /// Closing time, RFC 3339; after `start`, at most 7 days later.
-    pub end: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Time>,
+    /// Windows that recur (every weekday at 10:00 in Seoul): each occurrence is its own sale
+    /// of `limit` coupons, with its own rows, and a user may win once per occurrence (or
+    /// `perUserLimit` times). Not with `start` and `end`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recurrence: Option<RecurrenceSpec>,
     /// How long before `start` the Deployments are scaled up, as a duration such as `5m` or
     /// `1h30m` (at most 24h). Default `5m`.
     ///
@@ -164,6 +174,42 @@ pub struct Schedule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub cool_down: Option<String>,
+}
+
+/// A recurring schedule: a cron rule read in a time zone, each match opening a window of
+/// `duration`. Daylight saving: a local time that does not exist (spring forward) opens
+/// later by the gap (02:30 becomes 03:30), one that occurs twice (fall back) opens once, at
+/// the earlier instant. Occurrences may not overlap, warm-up included.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.count) && has(self.until))").message("a recurrence ends after count occurrences or at until, not both"),
+    validation = Rule::new("!has(self.count) || has(self.from)").message("count needs from: occurrences are counted from it")
+)]
+pub struct RecurrenceSpec {
+    /// Five-field cron rule (minute hour day-of-month month day-of-week) in `timeZone`'s
+    /// local time, e.g. `0 10 * * MON-FRI`.
+    #[schemars(length(min = 9, max = 200))]
+    pub cron: String,
+    /// IANA time zone the rule is read in, e.g. `Asia/Seoul` (the operator bundles the zone
+    /// database).
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: String,
+    /// How long each occurrence is open, as a duration such as `30m` (at most 168h).
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('168h')").message("duration must be more than 0 and at most 168h"))]
+    pub duration: String,
+    /// Occurrences start at or after this instant, RFC 3339 (default: any time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Time>,
+    /// How many occurrences, counted from `from` (1 to 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: Option<u32>,
+    /// No occurrence starts after this instant, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self < timestamp('9000-01-01T00:00:00Z')").message("until must be before the year 9000"))]
+    pub until: Option<Time>,
 }
 
 /// A Deployment in the event's namespace and its replica counts.
@@ -262,6 +308,14 @@ pub struct CouponEventStatus {
     /// `<namespace>/<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incarnation: Option<String>,
+    /// For a recurring event, the occurrence the counts above belong to: the one under way,
+    /// cooling down or draining, else the next (its records and rows carry
+    /// `<incarnation>-o<start in seconds since the epoch>`). Kept as the last once all are over.
+    #[serde(default)]
+    pub occurrence: Option<OccurrenceStatus>,
+    /// For a recurring event, the occurrence after `occurrence`; none after the last.
+    #[serde(default)]
+    pub next_occurrence: Option<OccurrenceStatus>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -271,6 +325,20 @@ pub struct CouponEventStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// One occurrence of a recurring event.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OccurrenceStatus {
+    pub start: Time,
+    pub end: Time,
+}
+
+impl From<Occurrence> for OccurrenceStatus {
+    fn from(occurrence: Occurrence) -> Self {
+        Self { start: Time(occurrence.start), end: Time(occurrence.end) }
+    }
 }
 
 /// A spec the operator refuses.
@@ -304,9 +372,50 @@ pub enum SpecError {
     Replicas(&'static str),
     #[error("{0}.deployment must be a Kubernetes name")]
     Deployment(&'static str),
+    #[error("a schedule has either start and end, or recurrence, never both")]
+    ScheduleShape,
+    #[error("schedule.recurrence: {0}")]
+    Recurrence(String),
 }
 
 impl Schedule {
+    /// The recurrence, read (its overlaps are checked by `validate`); `None` for one window.
+    pub fn recurrence(&self) -> Option<Result<Recurrence, SpecError>> {
+        let spec = self.recurrence.as_ref()?;
+        let read = || {
+            let duration = parse_duration(&spec.duration)
+                .ok_or_else(|| SpecError::Recurrence(format!("duration {:?} is not a duration such as 30m", spec.duration)))?;
+            let bound = match (spec.count, &spec.until) {
+                (Some(count), _) => Bound::Count(count),
+                (None, Some(until)) => Bound::Until(until.0),
+                (None, None) => Bound::Forever,
+            };
+            let anchor = spec.from.as_ref().map_or(Timestamp::MIN, |from| from.0);
+            Recurrence::parse(&spec.cron, &spec.time_zone, duration, bound, anchor).map_err(|e| SpecError::Recurrence(e.to_string()))
+        };
+        Some(read())
+    }
+
+    /// The window the operator acts for at `now`: the one window; or the occurrence under
+    /// way, or cooling down until the next one warms up, else the next. `None` for a
+    /// recurrence that is over (or unreadable).
+    pub fn window_at(&self, now: Timestamp) -> Option<Occurrence> {
+        match (&self.start, &self.end, self.recurrence()) {
+            (_, _, Some(recurrence)) => {
+                let warm_up = self.warm_up().unwrap_or(Duration::from_secs(300));
+                let cool_down = self.cool_down().unwrap_or(DEFAULT_COOL_DOWN);
+                recurrence.ok()?.in_effect(now, warm_up, cool_down)
+            }
+            (Some(start), Some(end), None) => Some(Occurrence { start: start.0, end: end.0 }),
+            _ => None,
+        }
+    }
+
+    /// The occurrence after `window`, for a recurrence.
+    pub fn after(&self, window: &Occurrence) -> Option<Occurrence> {
+        self.recurrence()?.ok()?.after(window)
+    }
+
     /// `warmUp`, defaulting to five minutes.
     pub fn warm_up(&self) -> Result<Duration, SpecError> {
         match &self.warm_up {
@@ -366,18 +475,34 @@ impl CouponEventSpec {
 
     /// Everything the schema's rules say, checked again in the operator.
     pub fn validate(&self) -> Result<(), SpecError> {
-        let (start, end) = (self.schedule.start.0, self.schedule.end.0);
-        if end <= start {
-            return Err(SpecError::EndNotAfterStart { start, end });
-        }
-        if end.duration_since(start).as_secs() > MAX_WINDOW.as_secs() as i64 {
-            return Err(SpecError::WindowTooLong);
-        }
-        if end >= LAST_END {
-            return Err(SpecError::EndTooLate);
-        }
-        self.schedule.warm_up()?;
+        let warm_up = self.schedule.warm_up()?;
         self.schedule.cool_down()?;
+        match (&self.schedule.start, &self.schedule.end, self.schedule.recurrence()) {
+            (None, None, Some(recurrence)) => {
+                let recurrence = recurrence?;
+                // Apart by the warm-up at least: the next occurrence's pods come up only once
+                // the one before has ended.
+                recurrence.check_apart(warm_up).map_err(|e| SpecError::Recurrence(e.to_string()))?;
+                if let Some(until) = &self.schedule.recurrence.as_ref().and_then(|r| r.until.clone()) {
+                    if until.0 >= LAST_END {
+                        return Err(SpecError::EndTooLate);
+                    }
+                }
+            }
+            (Some(start), Some(end), None) => {
+                let (start, end) = (start.0, end.0);
+                if end <= start {
+                    return Err(SpecError::EndNotAfterStart { start, end });
+                }
+                if end.duration_since(start).as_secs() > MAX_WINDOW.as_secs() as i64 {
+                    return Err(SpecError::WindowTooLong);
+                }
+                if end >= LAST_END {
+                    return Err(SpecError::EndTooLate);
+                }
+            }
+            _ => return Err(SpecError::ScheduleShape),
+        }
         if let Some(event_id) = &self.event_id {
             if event_id.len() > 200 || coupon_core::event::EventId::new("x", event_id).is_err() || event_id.contains('.') {
                 return Err(SpecError::EventId(event_id.clone()));
@@ -412,13 +537,14 @@ impl CouponEventSpec {
         Ok(())
     }
 
-    /// The event configuration the service library provisions in Redis.
-    pub fn event_config(&self) -> coupon_core::event::EventConfig {
+    /// The event configuration the service library provisions in Redis for `window` (the
+    /// one window, or an occurrence).
+    pub fn event_config(&self, window: &Occurrence) -> coupon_core::event::EventConfig {
         coupon_core::event::EventConfig {
             limit: self.limit,
             per_user: self.per_user_limit,
-            start: self.schedule.start.0,
-            end: self.schedule.end.0,
+            start: window.start,
+            end: window.end,
             topic: self.topic.clone(),
             paused: self.paused,
             incarnation: None,

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use coupon_core::event::recurrence::Occurrence;
+
 use crate::crd::{CouponEventSpec, Phase};
 
 /// How often an event is looked at while its counters move.
@@ -46,20 +48,25 @@ pub struct DeploymentKey {
     pub name: String,
 }
 
-fn warm_up_start(spec: &CouponEventSpec) -> Timestamp {
+fn warm_up_start(spec: &CouponEventSpec, window: &Occurrence) -> Timestamp {
     let warm_up = spec.schedule.warm_up().unwrap_or(Duration::from_secs(300));
     let warm_up = SignedDuration::try_from(warm_up).unwrap_or(SignedDuration::ZERO);
-    spec.schedule.start.0.checked_sub(warm_up).unwrap_or(Timestamp::MIN)
+    window.start.checked_sub(warm_up).unwrap_or(Timestamp::MIN)
 }
 
-/// The phase of a valid event at `now`. Boundaries belong to the later phase: at exactly
-/// `start - warmUp` it is warming up, at exactly `start` open, at exactly `end` closed.
+/// The phase of a valid event at `now`, in the window in effect (`CouponEventSpec::window_at`:
+/// the one window, or an occurrence). Boundaries belong to the later phase: at exactly
+/// `start - warmUp` it is warming up, at exactly `start` open, at exactly `end` closed. A
+/// recurrence whose occurrences are all over is closed once drained.
 pub fn phase(now: Timestamp, spec: &CouponEventSpec, issued: i64, persisted: i64) -> Phase {
-    if now < warm_up_start(spec) {
+    let Some(window) = spec.schedule.window_at(now) else {
+        return if persisted < issued { Phase::Draining } else { Phase::Closed };
+    };
+    if now < warm_up_start(spec, &window) {
         Phase::Scheduled
-    } else if now < spec.schedule.start.0 {
+    } else if now < window.start {
         Phase::WarmingUp
-    } else if now < spec.schedule.end.0 {
+    } else if now < window.end {
         if issued >= spec.limit {
             Phase::SoldOut
         } else {
@@ -87,7 +94,7 @@ pub fn requested(now: Timestamp, event: &EventState<'_>) -> Option<(i32, i32)> {
     // hear the cheap 410 (and holders their 409), not meet an empty Service, and a released
     // slot reopens the event without pods starting from zero. And for `coolDown` after the
     // end: the crowd retries for a while, and is answered 403 by pods still there.
-    let cooling_down = now < cool_down_end(event.spec);
+    let cooling_down = event.spec.schedule.window_at(now).is_some_and(|window| now < cool_down_end(event.spec, &window));
     let api_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut)
         || (matches!(phase, Phase::Draining | Phase::Closed) && cooling_down);
     let consumer_active = matches!(phase, Phase::WarmingUp | Phase::Open | Phase::SoldOut | Phase::Draining);
@@ -113,22 +120,33 @@ pub fn desired_replicas(now: Timestamp, events: &[EventState<'_>]) -> BTreeMap<D
 }
 
 /// When the api may go back to its idle replicas: `coolDown` after the end.
-fn cool_down_end(spec: &CouponEventSpec) -> Timestamp {
+fn cool_down_end(spec: &CouponEventSpec, window: &Occurrence) -> Timestamp {
     let cool_down = spec.schedule.cool_down().unwrap_or(crate::crd::DEFAULT_COOL_DOWN);
     // Saturating: an end in jiff's last day plus a cool-down must not overflow (and panic).
     let cool_down = SignedDuration::try_from(cool_down).unwrap_or(SignedDuration::ZERO);
-    spec.schedule.end.0.checked_add(cool_down).unwrap_or(Timestamp::MAX)
+    window.end.checked_add(cool_down).unwrap_or(Timestamp::MAX)
 }
 
 /// The next instant after `now` at which what the operator does changes by the clock alone:
 /// the warm-up, the readiness check a minute before the start, the start, the end, the end
-/// of the cool-down.
+/// of the cool-down; for a recurrence, also the next occurrence's warm-up (which may end
+/// this one's cool-down).
 pub fn next_boundary(now: Timestamp, spec: &CouponEventSpec) -> Option<Timestamp> {
-    let ready_check = spec.schedule.start.0.checked_sub(SignedDuration::from_secs(60)).unwrap_or(Timestamp::MIN);
-    [warm_up_start(spec), ready_check, spec.schedule.start.0, spec.schedule.end.0, cool_down_end(spec)]
-        .into_iter()
-        .filter(|t| *t > now)
-        .min()
+    let window = spec.schedule.window_at(now)?;
+    let ready_check = window.start.checked_sub(SignedDuration::from_secs(60)).unwrap_or(Timestamp::MIN);
+    let next_warm_up = spec.schedule.after(&window).map(|next| warm_up_start(spec, &next));
+    [
+        Some(warm_up_start(spec, &window)),
+        Some(ready_check),
+        Some(window.start),
+        Some(window.end),
+        Some(cool_down_end(spec, &window)),
+        next_warm_up,
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|t| *t > now)
+    .min()
 }
 
 /// When to reconcile again: at the next boundary, and every few seconds while counters move.
@@ -148,7 +166,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::crd::{OnDelete, Schedule, Workload};
+    use crate::crd::{OnDelete, RecurrenceSpec, Schedule, Workload};
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -165,7 +183,13 @@ mod tests {
             shards: 1,
             // No cool-down: the timelines below are about the window (see
             // `the_api_stays_up_for_the_cool_down_after_the_end`).
-            schedule: Schedule { start: Time(t(start)), end: Time(t(end)), warm_up: Some("5m".into()), cool_down: Some("0s".into()) },
+            schedule: Schedule {
+                start: Some(Time(t(start))),
+                end: Some(Time(t(end))),
+                recurrence: None,
+                warm_up: Some("5m".into()),
+                cool_down: Some("0s".into()),
+            },
             api: Workload { deployment: api.0.into(), replicas: api.1, idle_replicas: Some(api.2) },
             consumer: Workload { deployment: consumer.0.into(), replicas: consumer.1, idle_replicas: Some(consumer.2) },
             on_delete: OnDelete::Retain,
@@ -287,8 +311,9 @@ mod tests {
         // Exactly what the window ended at `now` with a coupon unwritten asks.
         for now in ["2026-11-26T10:00:00Z", "2026-11-27T10:05:00Z", "2026-11-28T10:00:00Z"] {
             let mut ended = s.clone();
-            ended.schedule.start = Time(ended.schedule.start.0.min(t(now) - SignedDuration::from_secs(1)));
-            ended.schedule.end = Time(t(now));
+            let start = ended.schedule.start.as_ref().unwrap().0;
+            ended.schedule.start = Some(Time(start.min(t(now) - SignedDuration::from_secs(1))));
+            ended.schedule.end = Some(Time(t(now)));
             assert_eq!(requested(t(now), &draining), requested(t(now), &state(&ended, 1, 0)), "{now}");
         }
         // It holds a shared consumer up for another event that is closed.
@@ -352,6 +377,64 @@ mod tests {
         assert_eq!(requeue_after(t("2026-11-27T10:29:58Z"), &s, Phase::Open), Duration::from_secs(2));
         assert_eq!(requeue_after(t("2026-11-27T11:00:00Z"), &s, Phase::Draining), ACTIVE_REQUEUE);
         assert_eq!(requeue_after(t("2026-11-27T11:00:00Z"), &s, Phase::Closed), IDLE_REQUEUE);
+    }
+
+    /// Daily at 10:00 Seoul (01:00Z) for 30 minutes, three times from 2026-11-27: each
+    /// occurrence warms up, opens, closes and cools down like a window of its own, and the
+    /// next takes over after the cool-down.
+    fn daily_in_seoul() -> CouponEventSpec {
+        let mut s = black_friday();
+        s.schedule = Schedule {
+            start: None,
+            end: None,
+            recurrence: Some(RecurrenceSpec {
+                cron: "0 10 * * *".into(),
+                time_zone: "Asia/Seoul".into(),
+                duration: "30m".into(),
+                from: Some(Time(t("2026-11-27T00:00:00Z"))),
+                count: Some(3),
+                until: None,
+            }),
+            warm_up: Some("5m".into()),
+            cool_down: Some("2m".into()),
+        };
+        s
+    }
+
+    #[test]
+    fn each_occurrence_of_a_recurring_event_has_its_own_timeline() {
+        let s = daily_in_seoul();
+        s.validate().unwrap();
+        // (instant, issued, persisted, phase, api, consumer)
+        let timeline = [
+            ("2026-11-27T00:54:59Z", 0, 0, Phase::Scheduled, 0, 0),
+            ("2026-11-27T00:55:00Z", 0, 0, Phase::WarmingUp, 10, 2),
+            ("2026-11-27T01:00:00Z", 0, 0, Phase::Open, 10, 2),
+            ("2026-11-27T01:10:00Z", 100, 60, Phase::SoldOut, 10, 2),
+            ("2026-11-27T01:30:00Z", 100, 90, Phase::Draining, 10, 2),
+            ("2026-11-27T01:31:59Z", 100, 100, Phase::Closed, 10, 0),
+            // The next occurrence is in effect: its own counts, from zero.
+            ("2026-11-27T01:32:00Z", 0, 0, Phase::Scheduled, 0, 0),
+            ("2026-11-28T00:55:00Z", 0, 0, Phase::WarmingUp, 10, 2),
+            ("2026-11-28T01:00:00Z", 3, 3, Phase::Open, 10, 2),
+            // The third and last, then nothing more.
+            ("2026-11-29T01:00:00Z", 0, 0, Phase::Open, 10, 2),
+            ("2026-11-29T01:32:00Z", 7, 7, Phase::Closed, 0, 0),
+            ("2026-11-29T01:32:00Z", 7, 6, Phase::Draining, 0, 2),
+            ("2026-12-10T00:00:00Z", 7, 7, Phase::Closed, 0, 0),
+        ];
+        for (now, issued, persisted, expected_phase, api, consumer) in timeline {
+            assert_eq!(phase(t(now), &s, issued, persisted), expected_phase, "phase at {now}");
+            assert_eq!(
+                replicas(now, &[state(&s, issued, persisted)]),
+                vec![("coupon-api".into(), api), ("coupon-consumer".into(), consumer)],
+                "replicas at {now}"
+            );
+        }
+        // The reconciles land on every boundary of each occurrence, and on the next.
+        assert_eq!(next_boundary(t("2026-11-27T01:30:00Z"), &s), Some(t("2026-11-27T01:32:00Z")));
+        assert_eq!(next_boundary(t("2026-11-27T01:32:00Z"), &s), Some(t("2026-11-28T00:55:00Z")));
+        assert_eq!(next_boundary(t("2026-11-29T01:32:00Z"), &s), None);
     }
 
     #[test]

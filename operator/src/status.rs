@@ -1,6 +1,7 @@
 //! The status the operator writes, computed from what it observed. Pure, so a reconcile of
 //! an unchanged object produces an identical status and therefore no write.
 
+use coupon_core::event::recurrence::Occurrence;
 use coupon_core::time::format_duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -39,6 +40,9 @@ pub struct Observation {
     pub scaling: ScaleReport,
     /// The accepted spec has the sale paused.
     pub paused: bool,
+    /// A recurring event's occurrence in effect and the one after it.
+    pub occurrence: Option<Occurrence>,
+    pub next_occurrence: Option<Occurrence>,
 }
 
 /// Label a Deployment carries to let the operator scale it: without it a CouponEvent could
@@ -221,6 +225,12 @@ pub fn next_status(now: Timestamp, previous: Option<&CouponEventStatus>, observe
         conditions: vec![provisioned, open, sold_out, drained, scaling, ready, warm_up],
         last_accepted_spec: observed.accepted.clone(),
         incarnation: observed.accepted.as_ref().and(observed.incarnation.clone()),
+        // The last occurrence stays once all are over.
+        occurrence: observed.occurrence.map(Into::into).or_else(|| {
+            let recurring = observed.accepted.as_ref().is_some_and(|a| a.schedule.recurrence.is_some());
+            previous.filter(|_| recurring).and_then(|p| p.occurrence.clone())
+        }),
+        next_occurrence: observed.next_occurrence.map(Into::into),
     };
     with_progress(&mut status, g, now, before);
     status
@@ -283,6 +293,8 @@ mod tests {
             incarnation: None,
             scaling: ScaleReport::default(),
             paused: false,
+            occurrence: None,
+            next_occurrence: None,
         }
     }
 

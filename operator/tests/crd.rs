@@ -183,3 +183,37 @@ fn an_omitted_idle_replicas_is_one_for_the_api_and_zero_for_the_consumer() {
     event.spec.consumer.idle_replicas = None;
     assert_eq!((event.spec.api_idle_replicas(), event.spec.consumer_idle_replicas()), (1, 0));
 }
+
+/// What admission cannot check of a recurrence (CEL knows no cron rules or time zones): the
+/// operator refuses it, with the reason.
+#[test]
+fn the_operator_refuses_recurrences_the_server_cannot_judge() {
+    let cases = admission_cases();
+    let base = base(&cases);
+    let with_schedule = |schedule: Value| {
+        let mut object = base.clone();
+        object["spec"]["schedule"] = schedule;
+        serde_json::from_value::<CouponEvent>(object).unwrap()
+    };
+    let refused = |schedule: Value, says: &str| {
+        let event = with_schedule(schedule.clone());
+        Validator::new()
+            .validate(&schema(), &serde_json::to_value(&event).unwrap(), None)
+            .unwrap_or_else(|e| panic!("{schedule}: the server would refuse it: {e:?}"));
+        let error = event.spec.validate().expect_err(&schedule.to_string()).to_string();
+        assert!(error.contains(says), "{schedule}: {error}");
+    };
+    let recurrence =
+        |cron: &str, zone: &str, duration: &str| serde_json::json!({"recurrence": {"cron": cron, "timeZone": zone, "duration": duration}});
+    refused(recurrence("0 10 * * *", "Asia/Atlantis", "30m"), "IANA");
+    refused(recurrence("0 10 * *  *  *", "Asia/Seoul", "30m"), "five-field");
+    refused(recurrence("0 25 * * *", "Asia/Seoul", "30m"), "cron");
+    refused(recurrence("*/10 * * * *", "Asia/Seoul", "30m"), "overlap");
+    // Apart, but not by the warm-up: the next occurrence's pods would come up while the one
+    // before is open.
+    let mut hourly = recurrence("0 * * * *", "UTC", "50m");
+    hourly["warmUp"] = "15m".into();
+    refused(hourly.clone(), "overlap");
+    hourly["warmUp"] = "10m".into();
+    with_schedule(hourly).spec.validate().unwrap();
+}

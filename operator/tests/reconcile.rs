@@ -23,6 +23,11 @@ use support::{FakeApiServer, Recorded};
 
 const NS: &str = "shop";
 
+/// The one window of a spec that has start and end.
+fn window(spec: &CouponEventSpec) -> coupon_core::event::recurrence::Occurrence {
+    spec.schedule.window_at(Timestamp::UNIX_EPOCH).expect("a spec of one window")
+}
+
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -53,8 +58,9 @@ fn coupon_event(limit: i64, on_delete: OnDelete) -> CouponEvent {
         partitions: 2,
         shards: 1,
         schedule: Schedule {
-            start: Time(t("2026-11-27T10:00:00Z")),
-            end: Time(t("2026-11-27T10:30:00Z")),
+            start: Some(Time(t("2026-11-27T10:00:00Z"))),
+            end: Some(Time(t("2026-11-27T10:30:00Z"))),
+            recurrence: None,
             warm_up: Some("5m".into()),
             cool_down: Some("0s".into()),
         },
@@ -172,7 +178,7 @@ fn topic_gone(topic: &str) -> bool {
 /// not the harness') and issues slots to `users` users `u0`, `u1`, ... through the real gate.
 async fn issue_through_the_gate(conn: &mut coupon_core::redis::RedisConnection, event_id: &EventId, spec: &CouponEventSpec, users: usize) {
     let now = jiff::Timestamp::now();
-    let mut open = spec.event_config();
+    let mut open = spec.event_config(&window(spec));
     open.incarnation = keyspace::counters(conn, event_id).await.unwrap().and_then(|c| c.incarnation);
     open.start = now - jiff::SignedDuration::from_mins(1);
     open.end = now + jiff::SignedDuration::from_mins(10);
@@ -342,7 +348,7 @@ async fn delete_with_retain_keeps_keys_and_a_shared_deployment_stays_up_for_the_
 async fn end_before_start_fails_with_a_condition_and_touches_neither_redis_nor_kafka() {
     let mut h = harness("2026-11-27T10:01:00Z").await;
     let mut event = coupon_event(100, OnDelete::Retain);
-    event.spec.schedule.end = Time(t("2026-11-27T09:00:00Z"));
+    event.spec.schedule.end = Some(Time(t("2026-11-27T09:00:00Z")));
     event.metadata.finalizers = Some(vec![FINALIZER.into()]);
     let requests = h.reconcile(&event).await;
     let status_patch = requests.iter().find(|r| r.path.ends_with("/status")).expect("status written");
@@ -424,12 +430,15 @@ async fn provisioning_is_idempotent_and_keeps_counters() {
     let event = coupon_event(10, OnDelete::Delete);
     let event_id = id(&event);
     backend.ensure_topic(&event.spec).await.unwrap();
-    assert_eq!(backend.provision_redis(&event_id, &event.spec, false, None).await.unwrap(), coupon_core::provision::RedisOutcome::Created);
+    assert_eq!(
+        backend.provision_redis(&event_id, &event.spec, &window(&event.spec), false, None).await.unwrap(),
+        coupon_core::provision::RedisOutcome::Created
+    );
     assert_eq!(topic_partitions(&event.spec.topic), Some(2));
     // Second run: nothing changes.
     backend.ensure_topic(&event.spec).await.unwrap();
     assert_eq!(
-        backend.provision_redis(&event_id, &event.spec, false, None).await.unwrap(),
+        backend.provision_redis(&event_id, &event.spec, &window(&event.spec), false, None).await.unwrap(),
         coupon_core::provision::RedisOutcome::Unchanged
     );
     // Issued coupons survive re-provisioning with a new window: four issued through the real
@@ -437,8 +446,11 @@ async fn provisioning_is_idempotent_and_keeps_counters() {
     let mut conn = backend.redis.get().unwrap();
     issue_through_the_gate(&mut conn, &event_id, &event.spec, 4).await;
     let mut moved = event.spec.clone();
-    moved.schedule.end = Time(t("2026-11-27T10:45:00Z"));
-    assert_eq!(backend.provision_redis(&event_id, &moved, false, None).await.unwrap(), coupon_core::provision::RedisOutcome::Updated);
+    moved.schedule.end = Some(Time(t("2026-11-27T10:45:00Z")));
+    assert_eq!(
+        backend.provision_redis(&event_id, &moved, &window(&moved), false, None).await.unwrap(),
+        coupon_core::provision::RedisOutcome::Updated
+    );
     let counters = backend.counters(&event_id).await.unwrap().unwrap();
     assert_eq!(counters.issued, 4);
     assert_eq!(counters.end_ms, t("2026-11-27T10:45:00Z").as_millisecond());
@@ -729,7 +741,7 @@ async fn a_topic_used_by_an_event_of_a_namespace_the_operator_does_not_watch_is_
     // Another shop's event on the same topic, known only to Redis' event registry.
     let foreign = EventId::new("other-shop", &unique("ev")).unwrap();
     let mut conn = h.ctx.backend.redis.get().unwrap();
-    coupon_core::provision::provision_redis(&mut conn, &foreign, &event.spec.event_config(), false).await.unwrap();
+    coupon_core::provision::provision_redis(&mut conn, &foreign, &event.spec.event_config(&window(&event.spec)), false).await.unwrap();
 
     let mut deleting = h.stored(&event);
     deleting.metadata.deletion_timestamp = Some(Time(t("2026-11-27T10:02:00Z")));

@@ -19,7 +19,18 @@ fn lines(args: &[&str]) -> Vec<String> {
 #[test]
 fn new_york_across_both_changes() {
     // 2026-03-08: 02:00 EST jumps to 03:00 EDT; 02:30 does not exist and opens at 03:30.
-    let spring = lines(&["--every", "30 2 * * *", "--time-zone", "America/New_York", "--duration", "30m", "--from", "2026-03-07T00:00:00-05:00", "--count", "3"]);
+    let spring = lines(&[
+        "--every",
+        "30 2 * * *",
+        "--time-zone",
+        "America/New_York",
+        "--duration",
+        "30m",
+        "--from",
+        "2026-03-07T00:00:00-05:00",
+        "--count",
+        "3",
+    ]);
     assert_eq!(
         spring,
         [
@@ -30,7 +41,18 @@ fn new_york_across_both_changes() {
     );
     // 2026-11-01: 02:00 EDT falls back to 01:00 EST; 01:30 happens twice and opens once, at
     // the earlier (EDT) one. Its 30 minutes are real time: it closes at 01:00 EST.
-    let fall = lines(&["--every", "30 1 * * *", "--time-zone", "America/New_York", "--duration", "30m", "--from", "2026-10-31T00:00:00-04:00", "--count", "3"]);
+    let fall = lines(&[
+        "--every",
+        "30 1 * * *",
+        "--time-zone",
+        "America/New_York",
+        "--duration",
+        "30m",
+        "--from",
+        "2026-10-31T00:00:00-04:00",
+        "--count",
+        "3",
+    ]);
     assert_eq!(
         fall,
         [
@@ -43,7 +65,18 @@ fn new_york_across_both_changes() {
 
 #[test]
 fn berlin_across_both_changes() {
-    let spring = lines(&["--every", "30 2 * * *", "--time-zone", "Europe/Berlin", "--duration", "1h", "--from", "2026-03-28T00:00:00+01:00", "--count", "3"]);
+    let spring = lines(&[
+        "--every",
+        "30 2 * * *",
+        "--time-zone",
+        "Europe/Berlin",
+        "--duration",
+        "1h",
+        "--from",
+        "2026-03-28T00:00:00+01:00",
+        "--count",
+        "3",
+    ]);
     assert_eq!(
         spring,
         [
@@ -54,7 +87,18 @@ fn berlin_across_both_changes() {
     );
     // 2026-10-25: 03:00 CEST falls back to 02:00 CET. A window over the change lasts its
     // duration of real time: 02:30 CEST plus an hour is 02:30 CET.
-    let fall = lines(&["--every", "30 2 * * *", "--time-zone", "Europe/Berlin", "--duration", "1h", "--from", "2026-10-24T00:00:00+02:00", "--count", "3"]);
+    let fall = lines(&[
+        "--every",
+        "30 2 * * *",
+        "--time-zone",
+        "Europe/Berlin",
+        "--duration",
+        "1h",
+        "--from",
+        "2026-10-24T00:00:00+02:00",
+        "--count",
+        "3",
+    ]);
     assert_eq!(
         fall,
         [
@@ -68,9 +112,31 @@ fn berlin_across_both_changes() {
 #[test]
 fn seoul_weekdays_without_daylight_saving() {
     // 2026-03-06 is a Friday; Seoul keeps +09:00 all year.
-    let march = lines(&["--every", "0 10 * * MON-FRI", "--time-zone", "Asia/Seoul", "--duration", "30m", "--from", "2026-03-06T00:00:00Z", "--count", "2"]);
+    let march = lines(&[
+        "--every",
+        "0 10 * * MON-FRI",
+        "--time-zone",
+        "Asia/Seoul",
+        "--duration",
+        "30m",
+        "--from",
+        "2026-03-06T00:00:00Z",
+        "--count",
+        "2",
+    ]);
     assert_eq!(march, ["2026-03-06T10:00:00+09:00 2026-03-06T10:30:00+09:00", "2026-03-09T10:00:00+09:00 2026-03-09T10:30:00+09:00"]);
-    let november = lines(&["--every", "0 10 * * MON-FRI", "--time-zone", "Asia/Seoul", "--duration", "30m", "--from", "2026-11-01T00:00:00Z", "--count", "1"]);
+    let november = lines(&[
+        "--every",
+        "0 10 * * MON-FRI",
+        "--time-zone",
+        "Asia/Seoul",
+        "--duration",
+        "30m",
+        "--from",
+        "2026-11-01T00:00:00Z",
+        "--count",
+        "1",
+    ]);
     assert_eq!(november, ["2026-11-02T10:00:00+09:00 2026-11-02T10:30:00+09:00"]);
     // Ten by default.
     assert_eq!(lines(&["--every", "0 10 * * *", "--time-zone", "Asia/Seoul", "--duration", "30m"]).len(), 10);

@@ -93,7 +93,7 @@ async fn an_event_crosses_into_its_warm_up_on_the_operators_own_timer() {
     .await;
     let event = cluster.create(&event).await;
     // As the server keeps it: a Kubernetes time has whole seconds.
-    let warm_up_begins = event.spec.schedule.start.0 - SignedDuration::from_mins(1);
+    let warm_up_begins = event.spec.schedule.start.as_ref().unwrap().0 - SignedDuration::from_mins(1);
     let name = event.metadata.name.clone().unwrap();
     wait_for_phase(&cluster, &name, Phase::Scheduled).await;
     assert_eq!(cluster.replicas("coupon-api").await, Some(1), "idle before the warm-up");

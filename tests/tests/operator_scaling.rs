@@ -99,8 +99,8 @@ async fn two_hundred_events_opening_together_on_a_slow_control_plane_are_all_sca
         let api = format!("api-{i}");
         cluster.create(&deployment(&api, 0)).await;
         let mut event = coupon_event(&cluster, 10, SignedDuration::from_secs(0), SignedDuration::from_secs(1));
-        event.spec.schedule.start = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(start);
-        event.spec.schedule.end = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(start + SignedDuration::from_mins(10));
+        event.spec.schedule.start = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(start));
+        event.spec.schedule.end = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(start + SignedDuration::from_mins(10)));
         event.spec.schedule.warm_up = Some("30s".into());
         event.spec.topic = topic.clone();
         event.spec.api.deployment = api;

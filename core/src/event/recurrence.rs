@@ -148,7 +148,7 @@ impl Recurrence {
     }
 
     /// The first [`CHECKED_OCCURRENCES`] windows are `gap` apart at least, and there is one.
-    fn check_apart(&self, gap: Duration) -> Result<(), RecurrenceError> {
+    pub fn check_apart(&self, gap: Duration) -> Result<(), RecurrenceError> {
         let gap = SignedDuration::try_from(gap).unwrap_or(SignedDuration::ZERO);
         let mut previous: Option<Occurrence> = None;
         for next in self.occurrences().take(CHECKED_OCCURRENCES) {

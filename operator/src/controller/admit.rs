@@ -9,6 +9,7 @@
 
 use std::ops::ControlFlow;
 
+use coupon_core::event::split_occurrence;
 use coupon_core::redis::keyspace::EventCounters;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -167,13 +168,26 @@ pub(super) fn incarnation(event: &CouponEvent) -> Option<&str> {
 
 /// Whether Redis' state under the object's name is this object's: it carries this object's
 /// incarnation, or its UID (UIDs are never reused, so state keyed with it is this object's
-/// whatever an outdated CRD or an edited annotation left of the record).
+/// whatever an outdated CRD or an edited annotation left of the record). For a recurring
+/// event, of any of its occurrences (`occurrence_of_ours` tells which).
 pub(super) fn owns(counters: &EventCounters, event: &CouponEvent) -> bool {
-    counters.incarnation.as_deref() == incarnation(event) || keyed_with_uid(counters, event).is_some()
+    base_incarnation(counters) == incarnation(event) || keyed_with_uid(counters, event).is_some()
 }
 
-/// Redis' incarnation when it is this object's UID: then Redis says who the sale is, whatever
-/// the object's own record of it (pruned by an outdated CRD, removed or edited) says.
+/// Redis' incarnation when it is this object's UID (of any occurrence): then Redis says who
+/// the sale is, whatever the object's own record of it (pruned by an outdated CRD, removed or
+/// edited) says. Returns the UID.
 pub(super) fn keyed_with_uid<'a>(counters: &'a EventCounters, event: &CouponEvent) -> Option<&'a str> {
-    counters.incarnation.as_deref().filter(|i| Some(*i) == event.metadata.uid.as_deref())
+    base_incarnation(counters).filter(|i| Some(*i) == event.metadata.uid.as_deref())
+}
+
+/// The object's part of Redis' incarnation, without the occurrence of a recurring event.
+fn base_incarnation(counters: &EventCounters) -> Option<&str> {
+    counters.incarnation.as_deref().and_then(|i| split_occurrence(i).0)
+}
+
+/// The occurrence Redis holds of this object's recurring event (its start, in seconds since
+/// the epoch), when Redis' state is this object's and names one.
+pub(super) fn occurrence_of_ours(counters: &EventCounters, event: &CouponEvent) -> Option<i64> {
+    owns(counters, event).then(|| counters.incarnation.as_deref().and_then(|i| split_occurrence(i).1)).flatten()
 }

@@ -310,6 +310,9 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
     };
     scale::warn_unscaled(event, ctx, id.namespace(), &scaling).await;
 
+    // A recurring event's occurrence in effect, and the next.
+    let occurrence = accepted.filter(|a| a.schedule.recurrence.is_some()).and_then(|a| a.schedule.window_at(now));
+    let next_occurrence = accepted.zip(occurrence).and_then(|(a, o)| a.schedule.after(&o));
     let observation = Observation {
         phase,
         issued,
@@ -323,6 +326,8 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
         incarnation: known.or_else(|| admit::incarnation(event).map(str::to_owned)),
         scaling,
         paused: accepted.is_some_and(|a| a.paused),
+        occurrence,
+        next_occurrence,
     };
     if let Some(halt) = report::report(event, ctx, &api, now, &observation).await? {
         return Ok(halt);

@@ -6,13 +6,13 @@
 //! the coupons issued, an earlier object's sale still draining) becomes a `Refusal`, not an
 //! error: the event stays as it is and its status says why.
 
-use coupon_core::event::{EventId, InvalidConfig};
+use coupon_core::event::{occurrence_incarnation, EventId, InvalidConfig};
 use coupon_core::redis::keyspace::{EventCounters, Retirement};
 use kube::runtime::events::EventType;
 use kube::Api;
 use serde_json::json;
 
-use super::admit::{incarnation, keyed_with_uid, owns, Admission};
+use super::admit::{incarnation, keyed_with_uid, occurrence_of_ours, owns, Admission};
 use super::{report, Context};
 use crate::backend::BackendError;
 use crate::conditions::{ConditionType, Reason};
@@ -70,21 +70,48 @@ async fn provision(
     id: &EventId,
     ctx: &Context,
 ) -> Result<(bool, Result<(), Refusal>), ProvisionError> {
+    // The window provisioned: the one window, or the occurrence in effect. A recurrence that
+    // is over provisions nothing more: Redis keeps its last occurrence until it is deleted.
+    let now = ctx.now();
+    let Some(window) = spec.schedule.window_at(now) else { return Ok((false, Ok(()))) };
     // The live-state check first, so that a refused spec touches neither Redis nor Kafka.
     // With Redis' counters lost, the last issued count the status saw stands in for them.
     let mut counters = ctx.backend.counters(id).await?;
     // The incarnation to provision with: Redis' own when its state carries this object's UID
-    // (the object's record of it may be lost or edited), else the object's.
+    // (the object's record of it may be lost or edited), else the object's; for a recurring
+    // event, with the occurrence after it.
     let known = counters.as_ref().and_then(|c| keyed_with_uid(c, event)).map(str::to_owned);
-    let incarnation_now = known.as_deref().or(incarnation(event));
+    let object_incarnation = known.as_deref().or(incarnation(event));
+    let recurring = spec.schedule.recurrence.is_some();
+    let incarnation_now = match recurring {
+        true => Some(occurrence_incarnation(object_incarnation, window.id())),
+        false => object_incarnation.map(str::to_owned),
+    };
     if let Some(theirs) = counters.as_ref().filter(|c| !owns(c, event)) {
-        if let Err(waiting) = retire_previous(event, spec, id, ctx, theirs).await? {
+        if let Err(waiting) = retire_previous(event, spec, id, ctx, theirs, Previous::OtherObject).await? {
             return Ok((false, Err(waiting)));
         }
         counters = None;
     }
+    // Another occurrence of this event (the one before, or one an edit of the recurrence
+    // moved): finished and written, it makes way for this one, which starts from zero.
+    let mut new_occurrence = false;
+    if let Some(ours) = counters.as_ref().filter(|c| c.incarnation != incarnation_now) {
+        if recurring || occurrence_of_ours(ours, event).is_some() {
+            if let Err(waiting) = retire_previous(event, spec, id, ctx, ours, Previous::Occurrence).await? {
+                return Ok((false, Err(waiting)));
+            }
+            counters = None;
+            new_occurrence = true;
+        }
+    }
+    // This occurrence was not provisioned before unless the status says it was: its state
+    // missing from Redis is then new, not lost.
+    let this_occurrence_before =
+        !recurring || event.status.as_ref().and_then(|s| s.occurrence.as_ref()).is_some_and(|o| o.start.0 == window.start);
     let issued = match counters {
         Some(counters) => counters.issued,
+        None if new_occurrence || !this_occurrence_before => 0,
         None => event.status.as_ref().map_or(0, |s| s.issued),
     };
     if spec.limit < issued {
@@ -94,7 +121,7 @@ async fn provision(
     if let Some(refusal) = super::quota::over_the_cap(event, spec, ctx).await {
         return Ok((false, Err(refusal)));
     }
-    let existed_before = provisioned_before(event);
+    let existed_before = provisioned_before(event) && this_occurrence_before;
     let created = match ctx.backend.ensure_topic(spec).await {
         Ok(outcome) => outcome == coupon_core::kafka::TopicOutcome::Created,
         Err(error) => {
@@ -118,7 +145,7 @@ async fn provision(
             ctx.publish(event, EventType::Warning, "TopicRecreated", "CreateTopic", message).await;
         }
     }
-    match ctx.backend.provision_redis(id, spec, existed_before, incarnation_now).await {
+    match ctx.backend.provision_redis(id, spec, &window, existed_before, incarnation_now.as_deref()).await {
         Ok(coupon_core::provision::RedisOutcome::CreatedRecovering) => {
             ctx.publish(
                 event,
@@ -148,16 +175,35 @@ async fn provision(
     }
 }
 
-/// Redis holds the state of an earlier object of this name (`theirs`). Its coupons are its
-/// own (their rows carry its incarnation); once it is finished it is removed, and this
-/// object starts from zero with its own limit. `Err` while it is not finished: this object
-/// waits (`PreviousEventDraining`).
+/// Whose state Redis holds instead of the one to provision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Previous {
+    /// An earlier object of this name.
+    OtherObject,
+    /// Another occurrence of this recurring event.
+    Occurrence,
+}
+
+impl Previous {
+    fn named(self) -> &'static str {
+        match self {
+            Self::OtherObject => "an earlier CouponEvent of this name",
+            Self::Occurrence => "another occurrence of this event",
+        }
+    }
+}
+
+/// Redis holds the state of an earlier object of this name, or of another occurrence of
+/// this one (`theirs`). Its coupons are its own (their rows carry its incarnation); once it
+/// is finished it is removed, and this object (occurrence) starts from zero with its own
+/// limit. `Err` while it is not finished: this one waits (`PreviousEventDraining`).
 async fn retire_previous(
     event: &CouponEvent,
     spec: &CouponEventSpec,
     id: &EventId,
     ctx: &Context,
     theirs: &EventCounters,
+    previous: Previous,
 ) -> Result<Result<(), Refusal>, BackendError> {
     let unwritten = (theirs.issued - theirs.persisted).max(theirs.unwritten);
     let waiting = match ctx.backend.retire(id, theirs.incarnation.as_deref()).await? {
@@ -167,7 +213,7 @@ async fn retire_previous(
             // once; its finalizer was removed by hand, or its clean-up was given up on):
             // it closes now, so it stops issuing under a name that is this object's.
             ctx.backend.close_sale(id, spec, ctx.now()).await?;
-            let message = "closed the sale an earlier CouponEvent of this name had left open".to_owned();
+            let message = format!("closed the sale {} had left open", previous.named());
             ctx.publish(event, EventType::Warning, "PreviousEventClosed", "Provision", message).await;
             Some("its sale was still open and is closed now".to_owned())
         }
@@ -176,11 +222,10 @@ async fn retire_previous(
         Retirement::OtherIncarnation => Some("it changed while being removed".to_owned()),
     };
     if let Some(why) = waiting {
-        let message =
-            format!("Redis holds the state of an earlier CouponEvent of this name and {why}; this one is provisioned once it is finished");
+        let message = format!("Redis holds the state of {} and {why}; this one is provisioned once it is finished", previous.named());
         return Ok(Err(Refusal { reason: Reason::PreviousEventDraining, message }));
     }
-    let message = format!("removed the Redis state of an earlier CouponEvent of this name ({} coupons, all written)", theirs.issued);
+    let message = format!("removed the Redis state of {} ({} coupons, all written)", previous.named(), theirs.issued);
     ctx.publish(event, EventType::Normal, "PreviousEventRemoved", "Provision", message).await;
     Ok(Ok(()))
 }

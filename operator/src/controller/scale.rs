@@ -234,7 +234,8 @@ fn short_of_replicas(
     target: i32,
 ) -> Option<(i32, i32)> {
     let active = matches!(phase, Some(Phase::WarmingUp | Phase::Open | Phase::SoldOut));
-    if !active || now < spec.schedule.start.0 - READY_BEFORE_START || target <= spec.api_idle_replicas() {
+    let window = spec.schedule.window_at(now)?;
+    if !active || now < window.start - READY_BEFORE_START || target <= spec.api_idle_replicas() {
         return None;
     }
     let available = deployment.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
@@ -320,8 +321,9 @@ mod tests {
             partitions: 3,
             shards: 1,
             schedule: Schedule {
-                start: Time(t("2026-11-27T10:00:00Z")),
-                end: Time(t("2026-11-27T10:30:00Z")),
+                start: Some(Time(t("2026-11-27T10:00:00Z"))),
+                end: Some(Time(t("2026-11-27T10:30:00Z"))),
+                recurrence: None,
                 warm_up: None,
                 cool_down: None,
             },

@@ -7,8 +7,8 @@ pub mod cli;
 pub mod demo;
 pub mod event;
 pub mod export;
-pub mod plan;
 #[cfg(feature = "tools")]
 pub mod load;
+pub mod plan;
 #[cfg(feature = "tools")]
 pub mod tools_cli;

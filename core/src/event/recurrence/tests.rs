@@ -79,11 +79,7 @@ fn a_rule_every_half_hour_through_the_gap_keeps_each_instant_once() {
 fn seoul_has_no_daylight_saving_and_weekday_names_work() {
     // 2026-12-04 is a Friday.
     let r = recurrence("0 10 * * MON-FRI", "Asia/Seoul", minutes(30), Bound::Forever, "2026-12-04T00:00:00+09:00");
-    assert_eq!(
-        starts(&r, 3),
-        ts(&["2026-12-04T01:00:00Z", "2026-12-07T01:00:00Z", "2026-12-08T01:00:00Z"]),
-        "Friday, then Monday"
-    );
+    assert_eq!(starts(&r, 3), ts(&["2026-12-04T01:00:00Z", "2026-12-07T01:00:00Z", "2026-12-08T01:00:00Z"]), "Friday, then Monday");
     let first = r.occurrences().next().unwrap();
     assert_eq!(format_window(&first, r.zone()), "2026-12-04T10:00:00+09:00 2026-12-04T10:30:00+09:00");
     // Summer: still +09:00, still 01:00 UTC.
@@ -114,7 +110,8 @@ fn count_and_until_bound_the_occurrences() {
 #[test]
 fn overlapping_windows_and_bad_parts_are_refused() {
     let anchor = t("2026-12-01T00:00:00Z");
-    let make = |rule: &str, zone: &str, duration: Duration, bound: Bound, gap: Duration| Recurrence::new(rule, zone, duration, bound, anchor, gap);
+    let make =
+        |rule: &str, zone: &str, duration: Duration, bound: Bound, gap: Duration| Recurrence::new(rule, zone, duration, bound, anchor, gap);
     assert!(matches!(make("* * * * *", "UTC", minutes(2), Bound::Forever, Duration::ZERO), Err(RecurrenceError::Overlap { .. })));
     assert!(make("0 * * * *", "UTC", minutes(30), Bound::Forever, Duration::ZERO).is_ok());
     // The warm-up must fit between two occurrences.
@@ -124,10 +121,16 @@ fn overlapping_windows_and_bad_parts_are_refused() {
         assert!(matches!(make(rule, "UTC", minutes(30), Bound::Forever, Duration::ZERO), Err(RecurrenceError::Rule { .. })), "{rule:?}");
     }
     assert!(matches!(make("0 10 * * *", "UTC", Duration::ZERO, Bound::Forever, Duration::ZERO), Err(RecurrenceError::Duration(_))));
-    assert!(matches!(make("0 10 * * MON", "UTC", minutes(168 * 60 + 1), Bound::Forever, Duration::ZERO), Err(RecurrenceError::Duration(_))));
+    assert!(matches!(
+        make("0 10 * * MON", "UTC", minutes(168 * 60 + 1), Bound::Forever, Duration::ZERO),
+        Err(RecurrenceError::Duration(_))
+    ));
     assert!(make("0 10 * * MON", "UTC", minutes(168 * 60), Bound::Forever, Duration::ZERO).is_ok());
     assert_eq!(make("0 10 * * *", "UTC", minutes(30), Bound::Count(0), Duration::ZERO).unwrap_err(), RecurrenceError::Count(0));
-    assert_eq!(make("0 10 * * *", "UTC", minutes(30), Bound::Count(MAX_COUNT + 1), Duration::ZERO).unwrap_err(), RecurrenceError::Count(MAX_COUNT + 1));
+    assert_eq!(
+        make("0 10 * * *", "UTC", minutes(30), Bound::Count(MAX_COUNT + 1), Duration::ZERO).unwrap_err(),
+        RecurrenceError::Count(MAX_COUNT + 1)
+    );
     assert!(matches!(make("0 0 31 2 *", "UTC", minutes(30), Bound::Forever, Duration::ZERO), Err(RecurrenceError::Never(_))));
 }
 

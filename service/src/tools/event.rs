@@ -28,7 +28,7 @@ pub enum EventCommand {
     /// Create an event, or change the given settings of an existing one (the rest are kept):
     /// Kafka topic first, then the Redis configuration. Counters are never reset. For an
     /// event Redis does not hold, SQL is asked whether it had coupons (--database-url).
-    Create(EventCreateArgs),
+    Create(Box<EventCreateArgs>),
     /// Print an event's configuration and counters as JSON.
     Show(EventRef),
     /// Remove an event's Redis keys (and with --delete-topic its topic).
@@ -62,12 +62,35 @@ pub struct EventCreateArgs {
     #[arg(long)]
     pub per_user: Option<i64>,
     /// Opening time, RFC 3339; default now for a new event.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "every")]
     pub start: Option<Timestamp>,
     /// Closing time, RFC 3339; default start + --duration.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "every")]
     pub end: Option<Timestamp>,
-    /// The window's length when --end is not given (default 30m for a new event).
+    /// A recurring event: a five-field cron rule in --time-zone's local time
+    /// (`0 10 * * MON-FRI`), each match a window of --duration and a sale of --limit coupons
+    /// of its own. Each run provisions the occurrence under way (or the next), once the one
+    /// before is over and written; --follow keeps running for each.
+    #[arg(long)]
+    pub every: Option<String>,
+    /// The IANA time zone --every is read in (`Asia/Seoul`).
+    #[arg(long, requires = "every")]
+    pub time_zone: Option<String>,
+    /// With --every: occurrences start at or after this instant (RFC 3339).
+    #[arg(long, requires = "every")]
+    pub from: Option<Timestamp>,
+    /// With --every and --from: this many occurrences (1 to 1000).
+    #[arg(long, requires = "every", conflicts_with = "until")]
+    pub count: Option<u32>,
+    /// With --every: no occurrence starts after this instant (RFC 3339).
+    #[arg(long, requires = "every")]
+    pub until: Option<Timestamp>,
+    /// With --every: keep running, provisioning each occurrence as the one before ends and
+    /// is written, until the last.
+    #[arg(long, requires = "every")]
+    pub follow: bool,
+    /// The window's length when --end is not given (default 30m for a new event); with
+    /// --every, each occurrence's.
     #[arg(long, value_parser = coupon_core::time::parse_duration)]
     pub duration: Option<Duration>,
     /// Kafka topic; default coupon_create for a new event. An existing event's topic cannot
@@ -89,11 +112,11 @@ pub struct EventCreateArgs {
     pub database_url: Option<String>,
     /// The event had coupons but Redis lost it: write its configuration back marked
     /// recovering (applies answer 503 until the consumer has restored it from SQL).
-    #[arg(long, conflicts_with = "new_incarnation")]
+    #[arg(long, conflicts_with_all = ["new_incarnation", "every"])]
     pub recover: bool,
     /// The event had coupons but Redis lost it: start a new event under the same name, its
     /// records and rows keyed apart (`<namespace>/<name>@<incarnation>`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "every")]
     pub new_incarnation: bool,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -224,7 +247,7 @@ pub fn requested_config(args: &EventCreateArgs, existing: Option<&Existing>, now
 pub async fn run(command: EventCommand) -> anyhow::Result<()> {
     let deadline = Duration::from_secs(10);
     match command {
-        EventCommand::Create(args) => create(args, deadline).await?,
+        EventCommand::Create(args) => create(*args, deadline).await?,
         EventCommand::Export(args) => super::export::run(args).await?,
         EventCommand::Plan(args) => super::plan::run(args, &mut std::io::stdout().lock())?,
         EventCommand::Show(args) => {
@@ -254,6 +277,9 @@ pub async fn run(command: EventCommand) -> anyhow::Result<()> {
 async fn create(args: EventCreateArgs, deadline: Duration) -> anyhow::Result<()> {
     let id = EventId::new(&args.event.namespace, &args.event.name)?;
     let mut conn = RedisHandle::connect_with_deadline(args.event.redis.target(), deadline).await?;
+    if let Some(every) = args.every.clone() {
+        return super::recurring::create(args, &every, &mut conn).await;
+    }
     let existing = match keyspace::counters(&mut conn, &id).await? {
         Some(counters) => {
             let shards = keyspace::layout(&mut conn, &id).await?.map_or(1, |layout| layout.shard_count());
@@ -334,7 +360,7 @@ mod tests {
         let mut argv = vec!["coupon-service", "create", "sale"];
         argv.extend_from_slice(line);
         match Wrapper::parse_from(argv).command {
-            EventCommand::Create(args) => args,
+            EventCommand::Create(args) => *args,
             _ => unreachable!(),
         }
     }

@@ -10,5 +10,6 @@ pub mod export;
 #[cfg(feature = "tools")]
 pub mod load;
 pub mod plan;
+pub mod recurring;
 #[cfg(feature = "tools")]
 pub mod tools_cli;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use coupon_core::event::recurrence::{Bound, Occurrence, Recurrence};
+use coupon_core::event::recurrence::Occurrence;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::{CustomResource, KubeSchema};
@@ -379,43 +379,6 @@ pub enum SpecError {
 }
 
 impl Schedule {
-    /// The recurrence, read (its overlaps are checked by `validate`); `None` for one window.
-    pub fn recurrence(&self) -> Option<Result<Recurrence, SpecError>> {
-        let spec = self.recurrence.as_ref()?;
-        let read = || {
-            let duration = parse_duration(&spec.duration)
-                .ok_or_else(|| SpecError::Recurrence(format!("duration {:?} is not a duration such as 30m", spec.duration)))?;
-            let bound = match (spec.count, &spec.until) {
-                (Some(count), _) => Bound::Count(count),
-                (None, Some(until)) => Bound::Until(until.0),
-                (None, None) => Bound::Forever,
-            };
-            let anchor = spec.from.as_ref().map_or(Timestamp::MIN, |from| from.0);
-            Recurrence::parse(&spec.cron, &spec.time_zone, duration, bound, anchor).map_err(|e| SpecError::Recurrence(e.to_string()))
-        };
-        Some(read())
-    }
-
-    /// The window the operator acts for at `now`: the one window; or the occurrence under
-    /// way, or cooling down until the next one warms up, else the next. `None` for a
-    /// recurrence that is over (or unreadable).
-    pub fn window_at(&self, now: Timestamp) -> Option<Occurrence> {
-        match (&self.start, &self.end, self.recurrence()) {
-            (_, _, Some(recurrence)) => {
-                let warm_up = self.warm_up().unwrap_or(Duration::from_secs(300));
-                let cool_down = self.cool_down().unwrap_or(DEFAULT_COOL_DOWN);
-                recurrence.ok()?.in_effect(now, warm_up, cool_down)
-            }
-            (Some(start), Some(end), None) => Some(Occurrence { start: start.0, end: end.0 }),
-            _ => None,
-        }
-    }
-
-    /// The occurrence after `window`, for a recurrence.
-    pub fn after(&self, window: &Occurrence) -> Option<Occurrence> {
-        self.recurrence()?.ok()?.after(window)
-    }
-
     /// `warmUp`, defaulting to five minutes.
     pub fn warm_up(&self) -> Result<Duration, SpecError> {
         match &self.warm_up {
@@ -436,13 +399,13 @@ impl Schedule {
 }
 
 /// No window may end at or after this (the schema's rule says so too).
-const LAST_END: Timestamp = Timestamp::constant(221_845_392_000, 0); // 9000-01-01T00:00:00Z
+pub(crate) const LAST_END: Timestamp = Timestamp::constant(221_845_392_000, 0); // 9000-01-01T00:00:00Z
 
 /// The api stays up this long after the end unless `coolDown` says otherwise.
 pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(120);
 
 /// A duration as the schema's pattern takes it (`1h30m`, `45s`): units, no spaces.
-fn parse_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     coupon_core::time::parse_duration(text).ok().filter(|_| text.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
@@ -477,32 +440,7 @@ impl CouponEventSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         let warm_up = self.schedule.warm_up()?;
         self.schedule.cool_down()?;
-        match (&self.schedule.start, &self.schedule.end, self.schedule.recurrence()) {
-            (None, None, Some(recurrence)) => {
-                let recurrence = recurrence?;
-                // Apart by the warm-up at least: the next occurrence's pods come up only once
-                // the one before has ended.
-                recurrence.check_apart(warm_up).map_err(|e| SpecError::Recurrence(e.to_string()))?;
-                if let Some(until) = &self.schedule.recurrence.as_ref().and_then(|r| r.until.clone()) {
-                    if until.0 >= LAST_END {
-                        return Err(SpecError::EndTooLate);
-                    }
-                }
-            }
-            (Some(start), Some(end), None) => {
-                let (start, end) = (start.0, end.0);
-                if end <= start {
-                    return Err(SpecError::EndNotAfterStart { start, end });
-                }
-                if end.duration_since(start).as_secs() > MAX_WINDOW.as_secs() as i64 {
-                    return Err(SpecError::WindowTooLong);
-                }
-                if end >= LAST_END {
-                    return Err(SpecError::EndTooLate);
-                }
-            }
-            _ => return Err(SpecError::ScheduleShape),
-        }
+        self.schedule.validate_window(warm_up, Timestamp::now())?;
         if let Some(event_id) = &self.event_id {
             if event_id.len() > 200 || coupon_core::event::EventId::new("x", event_id).is_err() || event_id.contains('.') {
                 return Err(SpecError::EventId(event_id.clone()));

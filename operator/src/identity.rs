@@ -50,6 +50,22 @@ async fn annotate(api: &Api<CouponEvent>, event: &CouponEvent, annotation: &str,
     Ok(())
 }
 
+/// The annotation naming the occurrence of a recurring event last provisioned (its start in
+/// seconds since the epoch), written before Redis is: whether a missing Redis state was lost
+/// (and is restored from SQL) or is a new occurrence's must not depend on a status write
+/// that may have failed.
+pub const OCCURRENCE_ANNOTATION: &str = "coupons.fcfs.dev/occurrence";
+
+/// The occurrence the annotation records, if any.
+pub fn provisioned_occurrence(event: &CouponEvent) -> Option<i64> {
+    event.metadata.annotations.as_ref()?.get(OCCURRENCE_ANNOTATION)?.parse().ok()
+}
+
+/// Records that the occurrence starting `occurrence` is being provisioned.
+pub async fn record_occurrence(api: &Api<CouponEvent>, event: &CouponEvent, occurrence: i64) -> Result<(), kube::Error> {
+    annotate(api, event, OCCURRENCE_ANNOTATION, &occurrence.to_string()).await
+}
+
 /// Condition reason while the installed CRD drops what the operator writes.
 pub const CRD_OUTDATED: &str = Reason::CrdOutdated.as_str();
 

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod occurrences;
 pub(crate) mod progress;
 pub mod readiness;
 pub mod schedule;

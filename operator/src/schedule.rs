@@ -59,7 +59,13 @@ fn warm_up_start(spec: &CouponEventSpec, window: &Occurrence) -> Timestamp {
 /// `start - warmUp` it is warming up, at exactly `start` open, at exactly `end` closed. A
 /// recurrence whose occurrences are all over is closed once drained.
 pub fn phase(now: Timestamp, spec: &CouponEventSpec, issued: i64, persisted: i64) -> Phase {
-    let Some(window) = spec.schedule.window_at(now) else {
+    phase_in(now, spec, spec.schedule.window_at(now), issued, persisted)
+}
+
+/// The phase at `now` in `window` (`None`: a recurrence that is over), such as the
+/// occurrence Redis holds while the next one waits for it to be written.
+pub fn phase_in(now: Timestamp, spec: &CouponEventSpec, window: Option<Occurrence>, issued: i64, persisted: i64) -> Phase {
+    let Some(window) = window else {
         return if persisted < issued { Phase::Draining } else { Phase::Closed };
     };
     if now < warm_up_start(spec, &window) {

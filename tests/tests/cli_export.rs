@@ -120,3 +120,32 @@ async fn export_asks_which_incarnation_and_refuses_an_event_without_coupons() {
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("no coupons"), "{}", String::from_utf8_lossy(&none.stderr));
 }
+
+/// A recurring event's coupons, one key per occurrence: exported together, occurrence by
+/// occurrence, each line naming its occurrence's start; or one occurrence alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recurring_events_occurrences_are_exported_with_their_start() {
+    let database = sqlite_url();
+    let store = migrated_store(&database).await;
+    let name = unique("weekly");
+    // Written out of order: the export orders them by occurrence.
+    for (occurrence, user) in [(1_765_188_000, "b"), (1_764_583_200, "a")] {
+        let event = format!("{NAMESPACE}/{name}@uid-1-o{occurrence}");
+        store.ensure_slots(&event, 1).await.unwrap();
+        let row = CouponRow { event, user_id: user.into(), slot: 1, ordinal: 1, issued_at: issued_at(1), mac: None };
+        store.write_batch(&[(row, Position { topic: "export".into(), partition: 0, offset: 1 })], &[]).await.unwrap();
+    }
+    let csv = stdout(&export(&database, &[&name]));
+    let lines: Vec<&str> = csv.lines().collect();
+    let issued = issued_at(1).to_string();
+    assert_eq!(
+        lines,
+        ["user,slot,occurrence,issued_at", &format!("a,1,2025-12-01T10:00:00Z,{issued}"), &format!("b,1,2025-12-08T10:00:00Z,{issued}")]
+    );
+    let one = stdout(&export(&database, &[&name, "--incarnation", "uid-1-o1765188000", "--format", "jsonl"]));
+    let lines: Vec<Value> = one.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!((lines[0]["user"].as_str(), lines[0]["occurrence"].as_str()), (Some("b"), Some("2025-12-08T10:00:00Z")));
+    let all = stdout(&export(&database, &[&name, "--incarnation", "uid-1"]));
+    assert_eq!(all.lines().count(), 3, "every occurrence of the incarnation");
+}

@@ -28,8 +28,12 @@ pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most occurrences a `count` may ask for: the operator counts them from the first on
 /// every look, so the count bounds that work.
 pub const MAX_COUNT: u32 = 1000;
-/// Occurrences checked for overlaps when a recurrence is made.
-pub const CHECKED_OCCURRENCES: usize = 1000;
+/// Occurrences checked for overlaps when a recurrence is made: a year of them from now (both
+/// daylight-saving changes), at least a thousand, at most this many.
+pub const CHECKED_OCCURRENCES: usize = 20_000;
+/// How far ahead overlaps are looked for: a year and the week a change of clocks moves by
+/// (a rule "second Sunday of March" falls up to six days later the next year).
+const CHECKED_SPAN: SignedDuration = SignedDuration::from_hours(380 * 24);
 
 /// How a recurrence ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +89,9 @@ pub struct Recurrence {
     bound: Bound,
     /// Occurrences start at or after this instant (a `count` counts from here).
     anchor: Timestamp,
+    /// No occurrence starts after this: `until`, or the start of a count's last, found once
+    /// when the recurrence is read, so that no later look counts from the anchor again.
+    last_start: Option<Timestamp>,
 }
 
 impl fmt::Debug for Recurrence {
@@ -115,9 +122,9 @@ pub fn parse_rule(rule: &str) -> Result<Cron, RecurrenceError> {
 }
 
 impl Recurrence {
-    /// Checks every part, and that the first [`CHECKED_OCCURRENCES`] windows from `anchor`
-    /// do not overlap, with `gap` of room between one's end and the next start (the
-    /// operator's warm-up).
+    /// Checks every part, and that the windows from `anchor` (or `now`, if later) do not
+    /// overlap, with `gap` of room between one's end and the next start (the operator's
+    /// warm-up): see [`Recurrence::check_apart`].
     pub fn new(
         rule: &str,
         zone_name: &str,
@@ -127,7 +134,7 @@ impl Recurrence {
         gap: Duration,
     ) -> Result<Self, RecurrenceError> {
         let recurrence = Self::parse(rule, zone_name, duration, bound, anchor)?;
-        recurrence.check_apart(gap)?;
+        recurrence.check_apart(gap, Timestamp::now())?;
         Ok(recurrence)
     }
 
@@ -144,14 +151,30 @@ impl Recurrence {
             }
         }
         let duration = SignedDuration::try_from(duration).map_err(|_| RecurrenceError::Duration(duration))?;
-        Ok(Self { rule: rule.to_owned(), cron, zone_name: zone_name.to_owned(), zone, duration, bound, anchor })
+        let mut recurrence =
+            Self { rule: rule.to_owned(), cron, zone_name: zone_name.to_owned(), zone, duration, bound, anchor, last_start: None };
+        recurrence.last_start = match bound {
+            Bound::Forever => None,
+            Bound::Until(until) => Some(until),
+            // Before any: nothing may start (a rule that never matches is refused by `check_apart`).
+            Bound::Count(count) => Some(recurrence.starts_from(anchor).take(count as usize).last().unwrap_or(Timestamp::MIN)),
+        };
+        Ok(recurrence)
     }
 
-    /// The first [`CHECKED_OCCURRENCES`] windows are `gap` apart at least, and there is one.
-    pub fn check_apart(&self, gap: Duration) -> Result<(), RecurrenceError> {
+    /// The windows from `anchor` (or `from`, if later) are `gap` apart at least, over a year
+    /// (at least a thousand windows, at most [`CHECKED_OCCURRENCES`]): both daylight-saving
+    /// changes are in it, where a rule's windows may come closer. And there is one.
+    pub fn check_apart(&self, gap: Duration, from: Timestamp) -> Result<(), RecurrenceError> {
         let gap = SignedDuration::try_from(gap).unwrap_or(SignedDuration::ZERO);
+        let from = from.max(self.anchor);
+        let horizon = from.checked_add(CHECKED_SPAN).unwrap_or(Timestamp::MAX);
         let mut previous: Option<Occurrence> = None;
-        for next in self.occurrences().take(CHECKED_OCCURRENCES) {
+        let windows = self.bounded(self.starts_from(from)).map(|start| self.window(start));
+        for (checked, next) in windows.enumerate() {
+            if checked >= CHECKED_OCCURRENCES || (checked >= 1000 && next.start > horizon) {
+                break;
+            }
             if let Some(previous) = previous {
                 if next.start < previous.end.checked_add(gap).unwrap_or(Timestamp::MAX) {
                     return Err(RecurrenceError::Overlap { previous: previous.start, previous_end: previous.end, next: next.start });
@@ -159,10 +182,15 @@ impl Recurrence {
             }
             previous = Some(next);
         }
-        if previous.is_none() && !matches!(self.bound, Bound::Until(until) if until < self.anchor) {
-            return Err(RecurrenceError::Never(self.anchor));
+        if previous.is_none() && self.last_start.is_none_or(|last| last >= from) {
+            return Err(RecurrenceError::Never(from));
         }
         Ok(())
+    }
+
+    /// `starts` cut at the last start the bound allows.
+    fn bounded<'a>(&'a self, starts: impl Iterator<Item = Timestamp> + 'a) -> impl Iterator<Item = Timestamp> + 'a {
+        starts.take_while(move |start| self.last_start.is_none_or(|last| *start <= last))
     }
 
     pub fn rule(&self) -> &str {
@@ -187,36 +215,14 @@ impl Recurrence {
 
     /// Every occurrence from the anchor on, in order, as the bound allows.
     pub fn occurrences(&self) -> impl Iterator<Item = Occurrence> + '_ {
-        self.starts_from(self.anchor).enumerate().map_while(move |(index, start)| {
-            let within = match self.bound {
-                Bound::Forever => true,
-                Bound::Count(count) => index < count as usize,
-                Bound::Until(until) => start <= until,
-            };
-            within.then(|| self.window(start))
-        })
+        self.bounded(self.starts_from(self.anchor)).map(|start| self.window(start))
     }
 
     /// The occurrences that end after `after`, in order (one under way first, if any).
-    /// Work: with a count, at most the count; else from a week before `after`.
-    pub fn upcoming(&self, after: Timestamp) -> Box<dyn Iterator<Item = Occurrence> + '_> {
-        match self.bound {
-            Bound::Count(_) => Box::new(self.occurrences().filter(move |o| o.end > after)),
-            Bound::Forever | Bound::Until(_) => {
-                // An occurrence under way started at most its duration (a week) ago.
-                let from = after.checked_sub(self.duration).unwrap_or(Timestamp::MIN).max(self.anchor);
-                let until = match self.bound {
-                    Bound::Until(until) => Some(until),
-                    _ => None,
-                };
-                Box::new(
-                    self.starts_from(from)
-                        .map_while(move |start| until.is_none_or(|until| start <= until).then_some(start))
-                        .map(|start| self.window(start))
-                        .filter(move |o| o.end > after),
-                )
-            }
-        }
+    /// Work: from a week before `after` (an occurrence lasts a week at most).
+    pub fn upcoming(&self, after: Timestamp) -> impl Iterator<Item = Occurrence> + '_ {
+        let from = after.checked_sub(self.duration).unwrap_or(Timestamp::MIN).max(self.anchor);
+        self.bounded(self.starts_from(from)).map(|start| self.window(start)).filter(move |o| o.end > after)
     }
 
     /// The occurrence under way at `now`, or else the next one; `None` once all are over.
@@ -224,15 +230,17 @@ impl Recurrence {
         self.upcoming(now).next()
     }
 
-    /// The occurrence the operator acts for at `now`: the one under way, or cooling down
+    /// The occurrence the operator acts for at `now`: the one under way; or cooling down
     /// (`cool_down` after its end) unless the next one's `warm_up` has begun; else the next.
-    /// `None` once all are over and cooled down.
+    /// Never the next while one is under way, whatever the warm-up. `None` once all are over
+    /// and cooled down.
     pub fn in_effect(&self, now: Timestamp, warm_up: Duration, cool_down: Duration) -> Option<Occurrence> {
         let warm_up = SignedDuration::try_from(warm_up).unwrap_or(SignedDuration::ZERO);
         let cool_down = SignedDuration::try_from(cool_down).unwrap_or(SignedDuration::ZERO);
-        let mut chosen = None;
+        let mut chosen: Option<Occurrence> = None;
         for occurrence in self.upcoming(now.checked_sub(cool_down).unwrap_or(Timestamp::MIN)) {
-            if occurrence.start.checked_sub(warm_up).unwrap_or(Timestamp::MIN) > now {
+            let under_way = chosen.is_some_and(|c| now < c.end);
+            if under_way || occurrence.start.checked_sub(warm_up).unwrap_or(Timestamp::MIN) > now {
                 return chosen.or(Some(occurrence));
             }
             chosen = Some(occurrence);
@@ -252,24 +260,57 @@ impl Recurrence {
     /// Starts at or after `from`, in order. The rule is matched against local times as if
     /// the zone had no transitions (croner in UTC); each match is then placed in the zone,
     /// a skipped time moved forward by the gap, a repeated one at its earlier instant.
-    /// Two local times that land on one instant (02:30 moved to 03:30 when the rule also
-    /// matches 03:30) are one occurrence.
+    ///
+    /// Placing can reorder matches (in a zone with a 30-minute gap, 02:20 lands on 02:50,
+    /// after 02:45) and make two land on one instant (02:30 moved to 03:30 when the rule also
+    /// matches 03:30): placed starts wait in a sorted buffer, and one leaves it only once no
+    /// later match can land before it, judged by the earliest instant of the latest match
+    /// (jiff's `earlier`, which never decreases as local time goes on). Equal ones are one.
     fn starts_from(&self, from: Timestamp) -> impl Iterator<Item = Timestamp> + '_ {
-        // Local times an hour or two before `from` may still land at or after it (a gap
-        // moves them forward): start a day earlier in local time and skip what is before.
+        // Local times before `from` may still land at or after it (a gap moves them
+        // forward): start a day earlier in local time and skip what lands before.
         let local_from = from.to_zoned(self.zone.clone()).datetime().checked_sub(SignedDuration::from_hours(26)).unwrap_or(DateTime::MIN);
         let cursor = local_from.to_zoned(TimeZone::UTC).unwrap_or_else(|_| Zoned::new(Timestamp::MIN, TimeZone::UTC));
-        let mut last: Option<Timestamp> = None;
-        self.cron
-            .iter_from(cursor, croner::Direction::Forward)
-            .map_while(move |local| self.zone.to_ambiguous_zoned(local.datetime()).compatible().ok().map(|z| z.timestamp()))
-            .filter(move |start| {
-                let fresh = *start >= from && last.is_none_or(|last| *start > last);
-                if fresh {
-                    last = Some(*start);
+        let mut matches = self.cron.iter_from(cursor, croner::Direction::Forward);
+        let mut placed: std::collections::BTreeSet<Timestamp> = std::collections::BTreeSet::new();
+        let mut exhausted = false;
+        std::iter::from_fn(move || loop {
+            // The earliest a match not yet placed can land: `None` once there are no more.
+            let floor = if exhausted {
+                None
+            } else {
+                match matches.next() {
+                    Some(local) => {
+                        let ambiguous = self.zone.to_ambiguous_zoned(local.datetime());
+                        match (ambiguous.clone().compatible(), ambiguous.earlier()) {
+                            (Ok(at), Ok(earliest)) => {
+                                placed.insert(at.timestamp());
+                                Some(earliest.timestamp())
+                            }
+                            _ => {
+                                exhausted = true;
+                                None
+                            }
+                        }
+                    }
+                    None => {
+                        exhausted = true;
+                        None
+                    }
                 }
-                fresh
-            })
+            };
+            let ready = placed.first().copied().filter(|first| floor.is_none_or(|floor| *first < floor));
+            match ready {
+                Some(first) => {
+                    placed.remove(&first);
+                    if first >= from {
+                        return Some(first);
+                    }
+                }
+                None if exhausted && placed.is_empty() => return None,
+                None => {}
+            }
+        })
     }
 }
 

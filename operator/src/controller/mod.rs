@@ -12,6 +12,7 @@ mod autoscaler;
 pub mod caches;
 mod cleanup;
 pub mod namespaces;
+mod occurrence;
 mod provision;
 mod quota;
 mod report;
@@ -21,6 +22,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coupon_core::event::recurrence::Occurrence;
 use coupon_core::event::EventId;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
@@ -286,6 +288,7 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
     };
     let known = admit::record_from_redis(&api, event, &admission, counters.as_ref()).await?;
     let (issued, persisted, healed) = counters
+        .as_ref()
         .map(|c| (c.issued, c.persisted, c.healed))
         .unwrap_or_else(|| previous.map(|s| (s.issued, s.persisted, s.healed)).unwrap_or_default());
     // A refused edit leaves the last accepted spec in effect (as Redis still holds it): a live
@@ -296,7 +299,18 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
         (Err(_), true) => None,
         (Err(_), false) => admission.accepted_before.as_ref(),
     };
+    // A recurring event's occurrence: the one Redis holds (while the next waits for it to be
+    // written, the counts are still its own), else the one in effect.
+    let occurrence = accepted.filter(|a| a.schedule.recurrence.is_some()).and_then(|a| {
+        let held = counters.as_ref().and_then(|c| {
+            let start = admit::occurrence_of_ours(c, event).and_then(|s| Timestamp::from_second(s).ok())?;
+            Some(Occurrence { start, end: coupon_core::time::timestamp_from_millis_clamped(c.end_ms) })
+        });
+        held.or_else(|| a.schedule.window_at(now))
+    });
+    let next_occurrence = accepted.zip(occurrence).and_then(|(a, o)| a.schedule.after(&o));
     let phase = match accepted {
+        Some(accepted) if accepted.schedule.recurrence.is_some() => schedule::phase_in(now, accepted, occurrence, issued, persisted),
         Some(accepted) => schedule::phase(now, accepted, issued, persisted),
         None => Phase::Failed,
     };
@@ -310,9 +324,6 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
     };
     scale::warn_unscaled(event, ctx, id.namespace(), &scaling).await;
 
-    // A recurring event's occurrence in effect, and the next.
-    let occurrence = accepted.filter(|a| a.schedule.recurrence.is_some()).and_then(|a| a.schedule.window_at(now));
-    let next_occurrence = accepted.zip(occurrence).and_then(|(a, o)| a.schedule.after(&o));
     let observation = Observation {
         phase,
         issued,

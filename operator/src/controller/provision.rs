@@ -70,13 +70,17 @@ async fn provision(
     id: &EventId,
     ctx: &Context,
 ) -> Result<(bool, Result<(), Refusal>), ProvisionError> {
-    // The window provisioned: the one window, or the occurrence in effect. A recurrence that
-    // is over provisions nothing more: Redis keeps its last occurrence until it is deleted.
-    let now = ctx.now();
-    let Some(window) = spec.schedule.window_at(now) else { return Ok((false, Ok(()))) };
     // The live-state check first, so that a refused spec touches neither Redis nor Kafka.
     // With Redis' counters lost, the last issued count the status saw stands in for them.
     let mut counters = ctx.backend.counters(id).await?;
+    // The window provisioned: the one window, or the occurrence in effect.
+    let now = ctx.now();
+    let Some(window) = spec.schedule.window_at(now) else {
+        // A recurrence that is over provisions nothing more; an occurrence still open under
+        // a spec that ended the recurrence (an `until` moved back) closes now.
+        super::occurrence::close_after_the_last(event, spec, id, ctx, counters.as_ref()).await?;
+        return Ok((false, Ok(())));
+    };
     // The incarnation to provision with: Redis' own when its state carries this object's UID
     // (the object's record of it may be lost or edited), else the object's; for a recurring
     // event, with the occurrence after it.
@@ -98,20 +102,24 @@ async fn provision(
     let mut new_occurrence = false;
     if let Some(ours) = counters.as_ref().filter(|c| c.incarnation != incarnation_now) {
         if recurring || occurrence_of_ours(ours, event).is_some() {
-            if let Err(waiting) = retire_previous(event, spec, id, ctx, ours, Previous::Occurrence).await? {
+            if let Err(waiting) = super::occurrence::make_way(event, spec, id, ctx, ours, &window).await? {
                 return Ok((false, Err(waiting)));
             }
             counters = None;
             new_occurrence = true;
         }
     }
-    // This occurrence was not provisioned before unless the status says it was: its state
-    // missing from Redis is then new, not lost.
-    let this_occurrence_before =
-        !recurring || event.status.as_ref().and_then(|s| s.occurrence.as_ref()).is_some_and(|o| o.start.0 == window.start);
+    // This occurrence was provisioned before only if the object records it (written before
+    // Redis is, where pruning cannot drop it): its state missing from Redis is then lost, to
+    // be restored from SQL, and otherwise new.
+    let this_occurrence_before = !recurring || (!new_occurrence && identity::provisioned_occurrence(event) == Some(window.id()));
+    if recurring && !this_occurrence_before {
+        let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
+        identity::record_occurrence(&api, event, window.id()).await?;
+    }
     let issued = match counters {
         Some(counters) => counters.issued,
-        None if new_occurrence || !this_occurrence_before => 0,
+        None if !this_occurrence_before => 0,
         None => event.status.as_ref().map_or(0, |s| s.issued),
     };
     if spec.limit < issued {
@@ -177,18 +185,21 @@ async fn provision(
 
 /// Whose state Redis holds instead of the one to provision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Previous {
+pub(super) enum Previous {
     /// An earlier object of this name.
     OtherObject,
-    /// Another occurrence of this recurring event.
+    /// Another occurrence of this recurring event that has not begun: closing it is harmless.
     Occurrence,
+    /// Another occurrence of this recurring event that began: it runs to its end (an edit of
+    /// the recurrence takes effect after it), never closed early.
+    OccurrenceUnderWay,
 }
 
 impl Previous {
     fn named(self) -> &'static str {
         match self {
             Self::OtherObject => "an earlier CouponEvent of this name",
-            Self::Occurrence => "another occurrence of this event",
+            Self::Occurrence | Self::OccurrenceUnderWay => "another occurrence of this event",
         }
     }
 }
@@ -197,7 +208,7 @@ impl Previous {
 /// this one (`theirs`). Its coupons are its own (their rows carry its incarnation); once it
 /// is finished it is removed, and this object (occurrence) starts from zero with its own
 /// limit. `Err` while it is not finished: this one waits (`PreviousEventDraining`).
-async fn retire_previous(
+pub(super) async fn retire_previous(
     event: &CouponEvent,
     spec: &CouponEventSpec,
     id: &EventId,
@@ -208,6 +219,9 @@ async fn retire_previous(
     let unwritten = (theirs.issued - theirs.persisted).max(theirs.unwritten);
     let waiting = match ctx.backend.retire(id, theirs.incarnation.as_deref()).await? {
         Retirement::Removed | Retirement::Absent => None,
+        Retirement::StillOpen if previous == Previous::OccurrenceUnderWay => {
+            Some("it is under way: a change of the recurrence takes effect once it has ended".to_owned())
+        }
         Retirement::StillOpen => {
             // No object owns that sale any more (two objects of one name cannot live at
             // once; its finalizer was removed by hand, or its clean-up was given up on):

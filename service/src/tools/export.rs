@@ -8,7 +8,7 @@
 use std::io::Write;
 
 use clap::{Args, ValueEnum};
-use coupon_core::event::{EventId, EventKey};
+use coupon_core::event::{split_occurrence, EventId, EventKey};
 use jiff::Timestamp;
 
 use crate::sql::{ExportedCoupon, Store};
@@ -28,8 +28,9 @@ pub struct EventExportArgs {
     #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
     pub format: ExportFormat,
     /// The incarnation whose coupons to export (a CouponEvent's UID; the one given to
-    /// `event create --new-incarnation`): needed only when SQL holds coupons of the event's
-    /// name under more than one.
+    /// `event create --new-incarnation`; of a recurring event, every occurrence of it, or one
+    /// as `<uid>-o<start>`): needed only when SQL holds coupons of the event's name under more
+    /// than one.
     #[arg(long)]
     pub incarnation: Option<String>,
 }
@@ -65,49 +66,68 @@ struct Line<'a> {
 pub async fn run(args: EventExportArgs) -> anyhow::Result<()> {
     let id = EventId::new(&args.namespace, &args.name)?;
     let store = Store::connect(&args.database_url).await?;
-    let key = event_key(&store, &id, args.incarnation.as_deref()).await?;
+    let keys = event_keys(&store, &id, args.incarnation.as_deref()).await?;
     let stdout = std::io::stdout().lock();
-    let written = export(&store, &key, args.format, std::io::BufWriter::new(stdout)).await?;
-    tracing::info!(event = %key, coupons = written, "exported");
+    let written = export(&store, &keys, args.format, std::io::BufWriter::new(stdout)).await?;
+    tracing::info!(event = %id, keys = keys.len(), coupons = written, "exported");
     Ok(())
 }
 
-/// The key SQL holds the event's coupons under: the one given, or the only one there is.
-async fn event_key(store: &Store, id: &EventId, incarnation: Option<&str>) -> anyhow::Result<String> {
-    if let Some(incarnation) = incarnation {
-        let key = EventKey::new(id.clone(), Some(incarnation))?.to_string();
-        if store.count_coupons(&key).await? == 0 {
-            return Err(ExportRefusal::NoCoupons(key).into());
-        }
-        return Ok(key);
-    }
-    let keys = store.coupon_keys_of(&id.to_string()).await?;
-    match keys.as_slice() {
-        [] => Err(ExportRefusal::NoCoupons(id.to_string()).into()),
-        [(key, _)] => Ok(key.clone()),
-        several => {
-            let incarnations = several.iter().map(|(key, coupons)| format!("{key} ({coupons} coupons)")).collect::<Vec<_>>().join(", ");
-            Err(ExportRefusal::WhichIncarnation { event: id.to_string(), incarnations }.into())
-        }
-    }
+/// The object's part of a key's incarnation, without a recurring event's occurrence.
+fn base(key: &EventKey) -> Option<&str> {
+    key.incarnation().and_then(|i| split_occurrence(i).0)
 }
 
-/// Writes every coupon of `key` to `out`, by slot; answers how many.
-pub async fn export(store: &Store, key: &str, format: ExportFormat, out: impl Write) -> anyhow::Result<u64> {
-    let mut sink = Sink::new(format, out)?;
-    let mut after = 0;
-    let mut written = 0;
-    loop {
-        let page = store.coupon_page(key, after, PAGE).await?;
-        for coupon in &page {
-            sink.line(coupon)?;
+/// The keys SQL holds the event's coupons under, in order: the one given; or every
+/// occurrence of the incarnation given (a recurring event's); or, given none, those of the
+/// only incarnation there is.
+async fn event_keys(store: &Store, id: &EventId, incarnation: Option<&str>) -> anyhow::Result<Vec<EventKey>> {
+    let mut held: Vec<EventKey> =
+        store.coupon_keys_of(&id.to_string()).await?.into_iter().filter_map(|(key, _)| key.parse().ok()).collect();
+    held.sort_by_key(|key| (base(key).map(str::to_owned), key.occurrence()));
+    let keys: Vec<EventKey> = match incarnation {
+        Some(incarnation) => {
+            held.into_iter().filter(|key| key.incarnation() == Some(incarnation) || base(key) == Some(incarnation)).collect()
         }
-        written += page.len() as u64;
-        // Each page leaves before the next is read.
-        sink.flush()?;
-        match page.last() {
-            Some(last) if page.len() as i64 == PAGE => after = last.slot,
-            _ => break,
+        None => {
+            let bases: std::collections::BTreeSet<Option<&str>> = held.iter().map(base).collect();
+            if bases.len() > 1 {
+                let incarnations = bases.iter().map(|b| b.unwrap_or("(none)")).collect::<Vec<_>>().join(", ");
+                return Err(ExportRefusal::WhichIncarnation { event: id.to_string(), incarnations }.into());
+            }
+            held
+        }
+    };
+    if keys.is_empty() {
+        let named = match incarnation {
+            Some(incarnation) => EventKey::new(id.clone(), Some(incarnation))?.to_string(),
+            None => id.to_string(),
+        };
+        return Err(ExportRefusal::NoCoupons(named).into());
+    }
+    Ok(keys)
+}
+
+/// Writes every coupon of `keys` to `out`, key by key and by slot in each; answers how many.
+pub async fn export(store: &Store, keys: &[EventKey], format: ExportFormat, out: impl Write) -> anyhow::Result<u64> {
+    let mut sink = Sink::new(format, out)?;
+    let mut written = 0;
+    for key in keys {
+        let occurrence = key.occurrence().and_then(|start| Timestamp::from_second(start).ok());
+        let key = key.to_string();
+        let mut after = 0;
+        loop {
+            let page = store.coupon_page(&key, after, PAGE).await?;
+            for coupon in &page {
+                sink.line(coupon, occurrence)?;
+            }
+            written += page.len() as u64;
+            // Each page leaves before the next is read.
+            sink.flush()?;
+            match page.last() {
+                Some(last) if page.len() as i64 == PAGE => after = last.slot,
+                _ => break,
+            }
         }
     }
     Ok(written)
@@ -131,8 +151,8 @@ impl<W: Write> Sink<W> {
         })
     }
 
-    fn line(&mut self, coupon: &ExportedCoupon) -> anyhow::Result<()> {
-        let line = Line { user: &coupon.user_id, slot: coupon.slot, occurrence: None, issued_at: coupon.issued_at };
+    fn line(&mut self, coupon: &ExportedCoupon, occurrence: Option<Timestamp>) -> anyhow::Result<()> {
+        let line = Line { user: &coupon.user_id, slot: coupon.slot, occurrence, issued_at: coupon.issued_at };
         match self {
             Self::Csv(csv) => {
                 let occurrence = line.occurrence.map(|at| at.to_string()).unwrap_or_default();

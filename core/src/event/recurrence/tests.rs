@@ -157,3 +157,41 @@ fn an_occurrence_stays_in_effect_through_its_cool_down_unless_the_next_warms_up(
     let last = r.occurrences().last().unwrap();
     assert_eq!(r.after(&last), None);
 }
+
+#[test]
+fn a_half_hour_gap_keeps_every_match_in_order() {
+    // Lord Howe moves from +10:30 to +11:00 at 02:00 on 2026-10-04: local 02:20 lands on
+    // 02:50, after the real 02:45; both stay, in order.
+    let r = recurrence("20,45 2 * * *", "Australia/Lord_Howe", minutes(1), Bound::Forever, "2026-10-02T12:00:00Z");
+    assert_eq!(
+        starts(&r, 6),
+        ts(&[
+            "2026-10-02T15:50:00Z",
+            "2026-10-02T16:15:00Z",
+            "2026-10-03T15:45:00Z",
+            "2026-10-03T15:50:00Z",
+            "2026-10-04T15:20:00Z",
+            "2026-10-04T15:45:00Z",
+        ])
+    );
+}
+
+#[test]
+fn windows_that_come_closer_at_a_change_of_clocks_are_refused() {
+    // Every two hours for 90 minutes in New York: 00:00 and 03:00 EDT (the 02:00 moved) on
+    // 2026-03-08 are an hour apart. The check looks a year ahead from now (or the anchor).
+    let r = Recurrence::parse("0 */2 * * *", "America/New_York", minutes(90), Bound::Forever, Timestamp::MIN).unwrap();
+    assert!(matches!(r.check_apart(Duration::ZERO, t("2026-03-01T00:00:00Z")), Err(RecurrenceError::Overlap { .. })));
+    assert!(r.check_apart(Duration::ZERO, t("2026-03-09T00:00:00Z")).is_err(), "the next spring is within a year");
+    let seoul = Recurrence::parse("0 */2 * * *", "Asia/Seoul", minutes(90), Bound::Forever, Timestamp::MIN).unwrap();
+    assert_eq!(seoul.check_apart(Duration::ZERO, t("2026-03-01T00:00:00Z")), Ok(()));
+}
+
+#[test]
+fn the_next_occurrence_never_takes_over_one_under_way() {
+    // Hourly for 50 minutes; a 15-minute warm-up of the next would begin at :45, while this
+    // one is open until :50 (`validate` refuses such a spec; this is the last line).
+    let r = recurrence("0 * * * *", "UTC", minutes(50), Bound::Forever, "2026-12-01T00:00:00Z");
+    assert_eq!(r.in_effect(t("2026-12-01T00:46:00Z"), minutes(15), Duration::ZERO).map(|o| o.start), Some(t("2026-12-01T00:00:00Z")));
+    assert_eq!(r.in_effect(t("2026-12-01T00:50:00Z"), minutes(15), Duration::ZERO).map(|o| o.start), Some(t("2026-12-01T01:00:00Z")));
+}

@@ -20,6 +20,8 @@ pub const MAX_WARM_UP: Duration = Duration::from_secs(24 * 3600);
 pub const MIN_WARM_UP: Duration = Duration::from_secs(30);
 /// A warm-up below this is taken, with a warning: on a busy cluster pods may not be Ready.
 pub const SHORT_WARM_UP: Duration = Duration::from_secs(120);
+/// Longest `ttlAfterFinished`.
+pub const MAX_TTL_AFTER_FINISHED: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Longest cool-down after the end.
 pub const MAX_COOL_DOWN: Duration = Duration::from_secs(24 * 3600);
 
@@ -58,6 +60,7 @@ pub const MAX_COOL_DOWN: Duration = Duration::from_secs(24 * 3600);
     validation = Rule::new("self.shards == oldSelf.shards").message("shards cannot change: users are assigned to shards by it"),
     validation = Rule::new("has(self.eventId) == has(oldSelf.eventId) && (!has(self.eventId) || self.eventId == oldSelf.eventId)").message("eventId is set at creation or never: adding, changing or removing it would re-key a live sale"),
     validation = Rule::new("!has(self.eventId) || !has(self.onDelete) || self.onDelete == 'Retain'").message("an event with an eventId keeps its state on deletion (onDelete: Retain): deleting it would start the same sale over when the object is created again"),
+    validation = Rule::new("!has(self.eventId) || !has(self.ttlAfterFinished)").message("an event with an eventId keeps its state so that a re-created object continues the sale: ttlAfterFinished is not allowed with it"),
     validation = Rule::new("!has(self.exclusiveTopic) || !self.exclusiveTopic || (has(self.topic) && self.topic != 'coupon_create')").message("exclusiveTopic needs a topic of the event's own: the default topic coupon_create is shared")
 )]
 #[serde(rename_all = "camelCase")]
@@ -117,6 +120,14 @@ pub struct CouponEventSpec {
     /// event. The emergency stop after a pricing mistake.
     #[serde(default)]
     pub paused: bool,
+    /// How long after the event is finished (closed, cooled down, every coupon written; each
+    /// occurrence of a recurring one) its Redis state is removed, as a duration such as `24h`
+    /// (at most 720h). The coupons in SQL stay (`event export` reads them). Unset: the state
+    /// stays until the CouponEvent is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('720h')").message("ttlAfterFinished may be at most 720h (30 days)"))]
+    pub ttl_after_finished: Option<String>,
 }
 
 fn default_per_user_limit() -> i64 {
@@ -376,6 +387,10 @@ pub enum SpecError {
     ScheduleShape,
     #[error("schedule.recurrence: {0}")]
     Recurrence(String),
+    #[error("ttlAfterFinished {0:?} is not a duration such as 24h (at most 720h)")]
+    TtlAfterFinished(String),
+    #[error("an event with an eventId keeps its state so that a re-created object continues the sale: ttlAfterFinished is not allowed with it")]
+    TtlWithEventId,
 }
 
 impl Schedule {
@@ -426,6 +441,13 @@ impl CouponEventSpec {
         spec
     }
 
+    /// `ttlAfterFinished`, if set.
+    pub fn ttl_after_finished(&self) -> Result<Option<Duration>, SpecError> {
+        let Some(text) = &self.ttl_after_finished else { return Ok(None) };
+        let ttl = parse_duration(text).filter(|d| *d <= MAX_TTL_AFTER_FINISHED).ok_or_else(|| SpecError::TtlAfterFinished(text.clone()))?;
+        Ok(Some(ttl))
+    }
+
     /// Replicas of the api outside the window (default 1).
     pub fn api_idle_replicas(&self) -> i32 {
         self.api.idle_or(1)
@@ -441,12 +463,16 @@ impl CouponEventSpec {
         let warm_up = self.schedule.warm_up()?;
         self.schedule.cool_down()?;
         self.schedule.validate_window(warm_up, Timestamp::now())?;
+        self.ttl_after_finished()?;
         if let Some(event_id) = &self.event_id {
             if event_id.len() > 200 || coupon_core::event::EventId::new("x", event_id).is_err() || event_id.contains('.') {
                 return Err(SpecError::EventId(event_id.clone()));
             }
             if self.on_delete != OnDelete::Retain {
                 return Err(SpecError::EventIdNeedsRetain);
+            }
+            if self.ttl_after_finished.is_some() {
+                return Err(SpecError::TtlWithEventId);
             }
         }
         if self.exclusive_topic && self.topic == crate::lifecycle::DEFAULT_TOPIC {

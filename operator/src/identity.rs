@@ -66,6 +66,28 @@ pub async fn record_occurrence(api: &Api<CouponEvent>, event: &CouponEvent, occu
     annotate(api, event, OCCURRENCE_ANNOTATION, &occurrence.to_string()).await
 }
 
+/// The annotation naming the incarnation whose Redis state `ttlAfterFinished` released
+/// (empty for an event keyed without one), written before the state is removed: without it,
+/// the next look would take the missing state for a lost one and restore it from SQL.
+pub const RELEASED_ANNOTATION: &str = "coupons.fcfs.dev/released";
+
+/// The incarnation whose state was released (`Some("")`: the one without an incarnation).
+pub fn released(event: &CouponEvent) -> Option<&str> {
+    event.metadata.annotations.as_ref()?.get(RELEASED_ANNOTATION).map(String::as_str)
+}
+
+/// Records that the state of `incarnation` is being released.
+pub async fn record_released(api: &Api<CouponEvent>, event: &CouponEvent, incarnation: Option<&str>) -> Result<(), kube::Error> {
+    annotate(api, event, RELEASED_ANNOTATION, incarnation.unwrap_or_default()).await
+}
+
+/// Removes the record of a release: the state is there again, or is to be.
+pub async fn clear_released(api: &Api<CouponEvent>, event: &CouponEvent) -> Result<(), kube::Error> {
+    let patch = json!({ "metadata": { "uid": event.uid(), "annotations": { RELEASED_ANNOTATION: null } } });
+    api.patch(&event.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
 /// Condition reason while the installed CRD drops what the operator writes.
 pub const CRD_OUTDATED: &str = Reason::CrdOutdated.as_str();
 

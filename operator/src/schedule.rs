@@ -200,6 +200,7 @@ mod tests {
             consumer: Workload { deployment: consumer.0.into(), replicas: consumer.1, idle_replicas: Some(consumer.2) },
             on_delete: OnDelete::Retain,
             paused: false,
+            ttl_after_finished: None,
         }
     }
 

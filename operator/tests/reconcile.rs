@@ -68,6 +68,7 @@ fn coupon_event(limit: i64, on_delete: OnDelete) -> CouponEvent {
         consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
         on_delete,
         paused: false,
+        ttl_after_finished: None,
     };
     let mut event = CouponEvent::new(&name, spec);
     event.metadata.namespace = Some(NS.into());

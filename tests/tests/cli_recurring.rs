@@ -144,3 +144,57 @@ fn runs_it_cannot_honour_are_refused() {
         assert!(stderr(&output).contains(says), "{extra:?}: {}", stderr(&output));
     }
 }
+
+/// `--follow` keeps running: it provisions each occurrence as the one before ends and is
+/// written, prints each, and exits after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_provisions_each_occurrence_until_the_last() {
+    let (name, database) = (unique("follow"), coupon_tests::sqlite_url());
+    let store = coupon_tests::migrated_store(&database).await;
+    let topic = format!("cli.{name}");
+    let id = EventId::new(NAMESPACE, &name).unwrap();
+    let consumer = InProcessConsumer::start_with(ConsumerSettings {
+        database_url: database.clone(),
+        redis_url: redis_url(),
+        kafka: kafka(&kafka_brokers()),
+        topics: vec![topic.clone()],
+        group_id: unique("group"),
+        ..ConsumerSettings::default()
+    });
+    let first = minute_of(Timestamp::now()) + SignedDuration::from_secs(60);
+    let from = first.to_string();
+    let binary = Path::new(env!("CARGO_BIN_EXE_coupon-service-under-test"));
+    let follow = tokio::process::Command::new(binary)
+        .args(["event", "create", &name, "--every", "* * * * *", "--time-zone", "Asia/Seoul", "--duration", "20s", "--limit", "2"])
+        .args(["--topic", &topic, "--partitions", "1", "--from", &from, "--count", "2", "--follow"])
+        .env("REDIS_URL", redis_url())
+        .env("KAFKA_BROKERS", kafka_brokers())
+        .env("COUPON_NAMESPACE", NAMESPACE)
+        .env("DATABASE_URL", &database)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let api = InProcessApi::start(NAMESPACE, &kafka_brokers()).await;
+    let http = reqwest::Client::new();
+    let url = api.apply_url(&id);
+    for start in [first, first + SignedDuration::from_secs(60)] {
+        sleep_until(start + SignedDuration::from_secs(1)).await;
+        let mut won = Vec::new();
+        for user in 1..=4 {
+            if apply(&http, &url, &format!("user-{user}")).await.0 == 201 {
+                won.push(user);
+            }
+        }
+        assert_eq!(won, vec![1, 2], "the occurrence of {start}");
+        coupon_tests::wait_for_rows(&store, &format!("{NAMESPACE}/{name}@o{}", start.as_second()), 2, Duration::from_secs(30)).await;
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), follow.wait_with_output()).await.expect("it exits after the last").unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let keys: Vec<&str> = lines.iter().filter_map(|l| l["key"].as_str()).collect();
+    assert_eq!(keys, [format!("{NAMESPACE}/{name}@o{}", first.as_second()), format!("{NAMESPACE}/{name}@o{}", first.as_second() + 60)]);
+    assert_eq!(lines.last().unwrap()["over"], true);
+    consumer.stop().await.unwrap();
+}

@@ -13,6 +13,7 @@ pub mod caches;
 mod cleanup;
 pub mod namespaces;
 mod occurrence;
+mod release;
 mod provision;
 mod quota;
 mod report;
@@ -67,6 +68,15 @@ pub enum Error {
     NoNamespace,
     #[error("waiting for {0} issued coupons to be written to SQL before letting the event go")]
     Draining(i64),
+}
+
+impl From<release::ReleaseError> for Error {
+    fn from(error: release::ReleaseError) -> Self {
+        match error {
+            release::ReleaseError::Kube(error) => Self::Kube(error),
+            release::ReleaseError::Backend(error) => Self::Backend(error),
+        }
+    }
 }
 
 impl From<ProvisionError> for Error {
@@ -317,6 +327,13 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
     // Waiting for an earlier object's coupons to be written: that needs the consumer, with
     // the api idle (nothing is open).
     let waiting_for_previous = matches!(&provisioned, Err(refusal) if refusal.reason == Reason::PreviousEventDraining);
+    // A finished sale's Redis state goes after `ttlAfterFinished` (the counts stay in the
+    // status, the rows in SQL); not while this event waits on another (a skipped occurrence
+    // must not be provisioned once the one it would overlap is gone).
+    let release = match (accepted, held_by_another || waiting_for_previous) {
+        (Some(accepted), false) => release::release_if_due(event, accepted, &id, ctx, counters.as_ref(), phase).await?,
+        _ => release::Release::Nothing,
+    };
     let this = event_state(id.namespace(), spec, accepted, waiting_for_previous, issued, persisted);
     let scaling = match scaled.take() {
         Some(report) if this == first_look => report,
@@ -348,7 +365,11 @@ async fn apply(event: &CouponEvent, ctx: &Context, scaled: &mut Option<ScaleRepo
     if waiting_for_previous || held_by_another {
         return Ok(Action::requeue(schedule::ACTIVE_REQUEUE));
     }
-    Ok(Action::requeue(schedule::requeue_after(now, accepted.unwrap_or(spec), phase)))
+    let requeue = schedule::requeue_after(now, accepted.unwrap_or(spec), phase);
+    Ok(Action::requeue(match release {
+        release::Release::Due(at) => requeue.min(Duration::from_millis(at.duration_since(now).as_millis().max(100) as u64)),
+        release::Release::Nothing | release::Release::Released => requeue,
+    }))
 }
 
 /// What this event asks of its Deployments: drain an earlier object's coupons, its window

@@ -117,7 +117,7 @@ async fn provision(
         let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
         identity::record_occurrence(&api, event, window.id()).await?;
     }
-    let issued = match counters {
+    let issued = match &counters {
         Some(counters) => counters.issued,
         None if !this_occurrence_before => 0,
         None => event.status.as_ref().map_or(0, |s| s.issued),
@@ -125,6 +125,17 @@ async fn provision(
     if spec.limit < issued {
         let message = format!("limit {} is below the {issued} coupons already issued", spec.limit);
         return Ok((false, Err(Refusal { reason: Reason::LimitBelowIssued, message })));
+    }
+    // Released after it finished (`ttlAfterFinished`): not made again while its window is
+    // over. An edit that moved the end later reopens it: then it is written back as lost and
+    // restored from SQL (every coupon of it is there), never from zero.
+    let released = super::release::released(event, incarnation_now.as_deref());
+    if released && counters.is_none() && now >= window.end {
+        return Ok((false, Ok(())));
+    }
+    if released {
+        let api: Api<CouponEvent> = Api::namespaced(ctx.client.clone(), id.namespace());
+        identity::clear_released(&api, event).await?;
     }
     if let Some(refusal) = super::quota::over_the_cap(event, spec, ctx).await {
         return Ok((false, Err(refusal)));

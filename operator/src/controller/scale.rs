@@ -331,6 +331,7 @@ mod tests {
             consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
             on_delete,
             paused: false,
+            ttl_after_finished: None,
         };
         let mut event = CouponEvent::new(name, spec);
         event.metadata.namespace = Some("shop".into());

@@ -82,6 +82,7 @@ pub fn coupon_event(cluster: &NamespacedCluster, limit: i64, from: SignedDuratio
         consumer: Workload { deployment: "coupon-consumer".into(), replicas: 2, idle_replicas: Some(0) },
         on_delete: OnDelete::Delete,
         paused: false,
+        ttl_after_finished: None,
     };
     let mut event = CouponEvent::new(&name, spec);
     event.metadata.namespace = Some(cluster.namespace.clone());

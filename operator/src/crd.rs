@@ -389,7 +389,9 @@ pub enum SpecError {
     Recurrence(String),
     #[error("ttlAfterFinished {0:?} is not a duration such as 24h (at most 720h)")]
     TtlAfterFinished(String),
-    #[error("an event with an eventId keeps its state so that a re-created object continues the sale: ttlAfterFinished is not allowed with it")]
+    #[error(
+        "an event with an eventId keeps its state so that a re-created object continues the sale: ttlAfterFinished is not allowed with it"
+    )]
     TtlWithEventId,
 }
 

@@ -52,7 +52,11 @@ async fn a_finished_sales_redis_state_goes_after_its_time_to_live_and_stays_gone
     cluster.patch::<CouponEvent>(&name, serde_json::json!({"spec": {"limit": 6}})).await;
     let generation = cluster.get::<CouponEvent>(&name).await.unwrap().metadata.generation;
     wait_until("the edit looked at", Duration::from_secs(30), || async {
-        cluster.get::<CouponEvent>(&name).await.filter(|e| e.status.as_ref().is_some_and(|s| s.observed_generation == generation)).map(|_| ())
+        cluster
+            .get::<CouponEvent>(&name)
+            .await
+            .filter(|e| e.status.as_ref().is_some_and(|s| s.observed_generation == generation))
+            .map(|_| ())
     })
     .await;
     // Through the look the edit asked for, and a while after.
@@ -76,7 +80,11 @@ async fn a_finished_sales_redis_state_goes_after_its_time_to_live_and_stays_gone
         keyspace::counters(&mut redis, id_ref).await.unwrap().filter(|c| !c.recovering).map(|c| c.issued)
     })
     .await;
-    assert_eq!(apply_all(&api, &cluster.namespace, &name, (1..=3).map(|u| format!("user-{u}"))).await, vec![3], "the two winners keep theirs; the next slot is 3");
+    assert_eq!(
+        apply_all(&api, &cluster.namespace, &name, (1..=3).map(|u| format!("user-{u}"))).await,
+        vec![3],
+        "the two winners keep theirs; the next slot is 3"
+    );
     coupon_tests::wait_for_rows(&store, &key_of(&event), 3, Duration::from_secs(30)).await;
     consumer.stop().await.unwrap();
     assert_nothing_refused(&cluster);

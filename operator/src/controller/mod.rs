@@ -13,9 +13,9 @@ pub mod caches;
 mod cleanup;
 pub mod namespaces;
 mod occurrence;
-mod release;
 mod provision;
 mod quota;
+mod release;
 mod report;
 mod scale;
 

@@ -34,7 +34,9 @@ pub struct EventPlanArgs {
 /// Prints one window per line, `START END`, in RFC 3339 with the zone's offset at each.
 pub fn run(args: EventPlanArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let from = args.from.unwrap_or_else(Timestamp::now);
-    let recurrence = Recurrence::new(&args.every, &args.time_zone, args.duration, Bound::Forever, from, Duration::ZERO)?;
+    let recurrence = Recurrence::parse(&args.every, &args.time_zone, args.duration, Bound::Forever, from)?;
+    // Over the year from --from, the windows printed.
+    recurrence.check_apart(Duration::ZERO, from)?;
     for occurrence in recurrence.occurrences().take(args.count as usize) {
         writeln!(out, "{}", format_window(&occurrence, recurrence.zone()))?;
     }

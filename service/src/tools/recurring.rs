@@ -140,16 +140,36 @@ pub async fn create(args: EventCreateArgs, every: &str, conn: &mut RedisConnecti
                 println!("{}", serde_json::json!({"event": format!("{}/{}", args.event.namespace, args.event.name), "over": true}));
                 return Ok(());
             }
-            Err(error)
-                if args.follow
-                    && error
-                        .downcast_ref::<RecurringRefusal>()
-                        .is_some_and(|r| matches!(r, RecurringRefusal::PreviousNotFinished { .. })) =>
-            {
+            Err(error) if args.follow && waits(&error) => {
                 tracing::info!(%error, "waiting for the occurrence before");
+                tokio::time::sleep(FOLLOW_RETRY).await;
+            }
+            // Redis or Kafka out of reach: `--follow` runs for days, and tries again.
+            Err(error) if args.follow && !refused(&error) => {
+                tracing::warn!(%error, "cannot provision the occurrence now; trying again");
                 tokio::time::sleep(FOLLOW_RETRY).await;
             }
             Err(error) => return Err(error),
         }
     }
+}
+
+/// The occurrence before is not finished yet: later it will be.
+fn waits(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<RecurringRefusal>().is_some_and(|r| matches!(r, RecurringRefusal::PreviousNotFinished { .. }))
+}
+
+/// What was asked cannot be done (bad input, a lost occurrence, a state that forbids it):
+/// trying again changes nothing.
+fn refused(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<RecurringRefusal>().is_some()
+        || error.downcast_ref::<super::event::CreateRefusal>().is_some()
+        || error.downcast_ref::<coupon_core::event::InvalidConfig>().is_some()
+        || error.downcast_ref::<coupon_core::event::recurrence::RecurrenceError>().is_some()
+        || error.downcast_ref::<coupon_core::event::EventKeyError>().is_some()
+        || error.downcast_ref::<coupon_core::event::EventIdError>().is_some()
+        || matches!(
+            error.downcast_ref::<coupon_core::provision::ProvisionError>(),
+            Some(coupon_core::provision::ProvisionError::Invalid(_))
+        )
 }

@@ -220,6 +220,21 @@ mod tests {
         desired_replicas(t(now), events).into_iter().map(|(k, v)| (k.name, v)).collect()
     }
 
+    /// `(instant, issued, persisted, phase, api replicas, consumer replicas)`, in order.
+    type Timeline<'a> = [(&'a str, i64, i64, Phase, i32, i32)];
+
+    /// Checks the phase and the replicas of `s` at every instant of `timeline`.
+    fn assert_timeline(s: &CouponEventSpec, timeline: &Timeline<'_>) {
+        for &(now, issued, persisted, expected_phase, api, consumer) in timeline {
+            assert_eq!(phase(t(now), s, issued, persisted), expected_phase, "phase at {now}");
+            assert_eq!(
+                replicas(now, &[state(s, issued, persisted)]),
+                vec![("coupon-api".into(), api), ("coupon-consumer".into(), consumer)],
+                "replicas at {now}"
+            );
+        }
+    }
+
     #[test]
     fn one_event_over_its_whole_timeline() {
         let s = black_friday();
@@ -235,14 +250,7 @@ mod tests {
             ("2026-11-27T10:30:00Z", 50, 50, Phase::Closed, 0, 0),
             ("2026-11-28T10:30:00Z", 50, 50, Phase::Closed, 0, 0),
         ];
-        for (now, issued, persisted, expected_phase, api, consumer) in timeline {
-            assert_eq!(phase(t(now), &s, issued, persisted), expected_phase, "phase at {now}");
-            assert_eq!(
-                replicas(now, &[state(&s, issued, persisted)]),
-                vec![("coupon-api".into(), api), ("coupon-consumer".into(), consumer)],
-                "replicas at {now}"
-            );
-        }
+        assert_timeline(&s, &timeline);
     }
 
     #[test]
@@ -430,14 +438,7 @@ mod tests {
             ("2026-11-29T01:32:00Z", 7, 6, Phase::Draining, 0, 2),
             ("2026-12-10T00:00:00Z", 7, 7, Phase::Closed, 0, 0),
         ];
-        for (now, issued, persisted, expected_phase, api, consumer) in timeline {
-            assert_eq!(phase(t(now), &s, issued, persisted), expected_phase, "phase at {now}");
-            assert_eq!(
-                replicas(now, &[state(&s, issued, persisted)]),
-                vec![("coupon-api".into(), api), ("coupon-consumer".into(), consumer)],
-                "replicas at {now}"
-            );
-        }
+        assert_timeline(&s, &timeline);
         // The reconciles land on every boundary of each occurrence, and on the next.
         assert_eq!(next_boundary(t("2026-11-27T01:30:00Z"), &s), Some(t("2026-11-27T01:32:00Z")));
         assert_eq!(next_boundary(t("2026-11-27T01:32:00Z"), &s), Some(t("2026-11-28T00:55:00Z")));
